@@ -1,0 +1,60 @@
+"""`dub bench NAME...`: run sub-benchmarks and print a table (or JSON)."""
+
+from __future__ import annotations
+
+import importlib
+import json
+from typing import List
+
+import typer
+
+
+def register(app: typer.Typer) -> None:
+    @app.command()
+    def bench(
+        names: List[str] = typer.Argument(None, help="Sub-benchmarks: media, encoders, generate, train-step, e2e (default: all)."),
+        device: str = typer.Option("auto", help="auto | cpu | cuda"),
+        preset: str = typer.Option("tiny", help="Model sizes: tiny (CPU) or a real preset such as small_16k (random weights)."),
+        batch_size: int = typer.Option(1, "--batch-size", "-b"),
+        repeats: int = typer.Option(5, help="Timed repetitions per stage (median reported)."),
+        duration: float = typer.Option(8.0, help="Clip duration in seconds."),
+        as_json: bool = typer.Option(False, "--json", help="Print JSON rows instead of a table."),
+    ) -> None:
+        """Measure per-stage time, real-time factor, clips/s and peak memory."""
+        from rich.console import Console
+        from rich.table import Table
+
+        from workflows.bench import SUB_BENCHMARKS, BenchOptions, device_name, resolve_device
+
+        selected = names or list(SUB_BENCHMARKS)
+        unknown = [n for n in selected if n not in SUB_BENCHMARKS]
+        if unknown:
+            raise typer.BadParameter(f"unknown sub-benchmark(s) {unknown}; choose from {list(SUB_BENCHMARKS)}")
+        opts = BenchOptions(device=resolve_device(device), preset=preset, batch_size=batch_size,
+                            repeats=repeats, duration_s=duration)
+        rows = []
+        skipped = []
+        for name in selected:
+            try:
+                module = importlib.import_module(f"workflows.bench.{name.replace('-', '_')}")
+            except ModuleNotFoundError as exc:
+                if exc.name != f"workflows.bench.{name.replace('-', '_')}":
+                    raise
+                skipped.append(name)
+                continue
+            rows.extend(module.run(opts))
+        if as_json:
+            print(json.dumps({"device": device_name(opts.device), "rows": [r.as_dict() for r in rows],
+                              "not_available": skipped}, indent=2))
+            return
+        table = Table(title=f"dub bench on {device_name(opts.device)}")
+        for col in ("bench", "stage", "median ms", "batch", "dtype", "RTF", "clips/s", "peak MB", "note"):
+            table.add_column(col)
+        for r in rows:
+            table.add_row(r.bench, r.stage, f"{r.median_ms:.2f}", str(r.batch_size), r.dtype,
+                          "" if r.rtf is None else f"{r.rtf:.4f}",
+                          "" if r.clips_per_s is None else f"{r.clips_per_s:.2f}",
+                          "" if r.peak_mem_mb is None else f"{r.peak_mem_mb:.0f}", r.note)
+        Console().print(table)
+        if skipped:
+            Console().print(f"[yellow]not available yet: {', '.join(skipped)}[/yellow]")

@@ -1,0 +1,1 @@
+"""Data contracts: Arrow schemas of the manifest and reports, atomic Parquet I/O, stable ids."""

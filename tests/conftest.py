@@ -1,0 +1,64 @@
+"""Shared test fixtures: the MMAudio conformance fixture root and one local Ray per session."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+
+
+def mmaudio_fixture_root() -> Path:
+    """Where the MMAudio reference tensors live.
+
+    `DUB_FIXTURES_MMAUDIO` wins; else `../shared/fixtures/mmaudio` beside the project (the
+    development layout); else the copy bundled in `tests/data/mmaudio` (a user's clone).
+    A missing root is an error, never a silent skip.
+    """
+    env = os.environ.get("DUB_FIXTURES_MMAUDIO")
+    if env:
+        root = Path(env)
+        if not root.is_absolute():
+            root = PROJECT_ROOT / root
+    else:
+        shared = PROJECT_ROOT.parent / "shared" / "fixtures" / "mmaudio"
+        root = shared if shared.is_dir() else PROJECT_ROOT / "tests" / "data" / "mmaudio"
+    if not root.is_dir():
+        raise FileNotFoundError(f"MMAudio fixtures not found at {root} (set DUB_FIXTURES_MMAUDIO)")
+    return root
+
+
+@pytest.fixture(scope="session")
+def fixtures_root() -> Path:
+    return mmaudio_fixture_root()
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    """One local Ray instance for the whole test session (start/stop costs seconds)."""
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(
+            num_cpus=2,
+            object_store_memory=256 * 1024 * 1024,
+            include_dashboard=False,
+            log_to_driver=False,
+            ignore_reinit_error=True,
+        )
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _limit_threads():
+    # 2-core CI: keep torch from oversubscribing next to Ray workers.
+    try:
+        import torch
+
+        torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+    except ImportError:
+        pass
+    yield
