@@ -18,7 +18,12 @@ app = typer.Typer(
     pretty_exceptions_show_locals=False,
 )
 
-COMMAND_MODULES = ("ingest", "generate", "extract", "train", "report", "weights", "bench")
+COMMAND_MODULES = ("ingest", "generate", "extract", "train", "report", "weights", "dataset", "bench")
+
+
+@app.callback()
+def _root() -> None:
+    """dub: ingest -> generate -> train -> report, on a local or remote Ray cluster."""
 
 for _name in COMMAND_MODULES:
     try:
