@@ -1,0 +1,124 @@
+"""The visual/text encoder protocol and its MMAudio implementation (CLIP + Synchformer).
+
+Frames arrive as uint8 (B, T, H, W, 3) from the media module: CLIP frames at `clip_fps`,
+sync frames at `sync_fps` (already `sync_size` square, short side resized then centre-cropped).
+Encoders move them to their device, convert and normalise.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
+
+import torch
+
+from model.synchformer import Synchformer, synchformer_features
+
+if TYPE_CHECKING:
+    from model.clip_encoder import ClipEncoder
+
+CLIP_FPS = 8
+CLIP_SIZE = 384
+SYNC_FPS = 25
+SYNC_SIZE = 224
+
+
+@runtime_checkable
+class VisualTextEncoder(Protocol):
+    clip_fps: int
+    clip_size: int
+    sync_fps: int
+    sync_size: int
+    clip_dim: int
+    sync_dim: int
+    text_dim: int
+    text_seq_len: int
+
+    def clip_features(self, frames: torch.Tensor) -> torch.Tensor:
+        """uint8 (B, T, H, W, 3) at clip_fps -> (B, T, clip_dim)."""
+        ...
+
+    def sync_features(self, frames: torch.Tensor) -> torch.Tensor:
+        """uint8 (B, T, H, W, 3) at sync_fps -> (B, 8 * segments, sync_dim)."""
+        ...
+
+    def text_features(self, prompts: list[str]) -> torch.Tensor:
+        """Prompts -> (B, text_seq_len, text_dim)."""
+        ...
+
+
+def sync_pixels(frames: torch.Tensor, size: int, device: torch.device) -> torch.Tensor:
+    """uint8 (B, T, H, W, 3) -> float (B, T, 3, size, size) in [-1, 1] on `device`.
+
+    Frames not already `size` square get MMAudio's transform here: short side to `size`
+    (bicubic, antialiased), centre crop.
+    """
+    from model.clip_encoder import center_crop, frames_to_images, resize_uint8, short_side_size
+
+    images = frames_to_images(frames.to(device))
+    height, width = images.shape[-2:]
+    if (height, width) != (size, size):
+        images = center_crop(resize_uint8(images, short_side_size(height, width, size)), size)
+    pixels = (images.float() / 255.0 - 0.5) / 0.5
+    return pixels.reshape(*frames.shape[:2], 3, size, size)
+
+
+class MMAudioEncoders:
+    """CLIP (image + text) and Synchformer features exactly as MMAudio computes them."""
+
+    clip_fps = CLIP_FPS
+    sync_fps = SYNC_FPS
+
+    def __init__(
+        self,
+        clip: ClipEncoder,
+        synchformer: Synchformer,
+        device: str | torch.device = "cpu",
+        *,
+        clip_batch_size: int | None = None,
+        sync_batch_size: int | None = None,
+    ) -> None:
+        self.device = torch.device(device)
+        self.clip = clip.to(self.device).eval()
+        self.synchformer = synchformer.to(self.device).eval()
+        self.clip_batch_size = clip_batch_size
+        self.sync_batch_size = sync_batch_size
+
+    @property
+    def clip_size(self) -> int:
+        return self.clip.input_size
+
+    @property
+    def sync_size(self) -> int:
+        return self.synchformer.config.crop_size
+
+    @property
+    def clip_dim(self) -> int:
+        return self.clip.image_dim
+
+    @property
+    def sync_dim(self) -> int:
+        return self.synchformer.embed_dim
+
+    @property
+    def text_dim(self) -> int:
+        return self.clip.text_dim
+
+    @property
+    def text_seq_len(self) -> int:
+        return self.clip.text_seq_len
+
+    def clip_features(self, frames: torch.Tensor) -> torch.Tensor:
+        return self.clip.image_features(frames, batch_size=self.clip_batch_size)
+
+    @torch.no_grad()
+    def sync_features(self, frames: torch.Tensor) -> torch.Tensor:
+        pixels = sync_pixels(frames, self.sync_size, self.device)
+        on_cuda = self.device.type == "cuda"
+        if on_cuda:
+            pixels = pixels.to(torch.bfloat16)  # halves the overlapping-segment copy; autocast runs bf16 anyway
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=on_cuda):
+            features = synchformer_features(self.synchformer, pixels, batch_size=self.sync_batch_size)
+        return features.float()
+
+    def text_features(self, prompts: list[str]) -> torch.Tensor:
+        return self.clip.text_features(prompts)
