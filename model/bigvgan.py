@@ -1,0 +1,321 @@
+"""BigVGAN / BigVGAN-v2 vocoder for inference: mel (B, num_mels, T) -> wav (B, 1, hop * T).
+
+Checkpoints store weight-normalised convs, either as `<name>.weight_g` / `<name>.weight_v`
+(torch.nn.utils.weight_norm) or `<name>.parametrizations.weight.original0/1` (the
+parametrizations API). `load_bigvgan` folds both into plain weights, W = g * v / ||v||, so the
+module itself holds ordinary convolutions and key names `<name>.weight`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, Mapping
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from model.vae import read_state_dict
+
+_SNAKE_EPS = 1e-9
+_FILTER_TAPS = 12  # anti-aliasing filter length used by every released BigVGAN
+
+
+@dataclass(frozen=True)
+class BigVGANConfig:
+    num_mels: int
+    upsample_rates: tuple[int, ...]
+    upsample_kernel_sizes: tuple[int, ...]
+    upsample_initial_channel: int
+    resblock_kernel_sizes: tuple[int, ...]
+    resblock_dilation_sizes: tuple[tuple[int, ...], ...]
+    resblock: Literal["1", "2"] = "1"
+    activation: Literal["snake", "snakebeta"] = "snakebeta"
+    snake_logscale: bool = True
+    use_tanh_at_final: bool = True  # False (v2 44 kHz): clamp to [-1, 1] instead
+    use_bias_at_final: bool = True
+    sampling_rate: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.resblock not in ("1", "2"):
+            raise ValueError(f"BigVGAN resblock must be '1' or '2', got {self.resblock!r}")
+        if self.activation not in ("snake", "snakebeta"):
+            raise ValueError(f"BigVGAN activation must be 'snake' or 'snakebeta', got {self.activation!r}")
+        if len(self.upsample_rates) != len(self.upsample_kernel_sizes):
+            raise ValueError("upsample_rates and upsample_kernel_sizes must have the same length")
+        if len(self.resblock_kernel_sizes) != len(self.resblock_dilation_sizes):
+            raise ValueError("resblock_kernel_sizes and resblock_dilation_sizes must have the same length")
+        if self.upsample_initial_channel % 2 ** len(self.upsample_rates):
+            raise ValueError(
+                f"upsample_initial_channel {self.upsample_initial_channel} must be divisible by "
+                f"2**{len(self.upsample_rates)} (channels halve at every upsampling stage)"
+            )
+
+    @property
+    def hop_size(self) -> int:
+        return math.prod(self.upsample_rates)
+
+    @classmethod
+    def mmaudio_16k(cls) -> BigVGANConfig:
+        """MMAudio's 16 kHz vocoder (`best_netG.pt`, mmaudio/ext/bigvgan/bigvgan_vocoder.yml)."""
+        return cls(num_mels=80, upsample_rates=(4, 4, 2, 2, 2, 2), upsample_kernel_sizes=(8, 8, 4, 4, 4, 4),
+                   upsample_initial_channel=1536, resblock_kernel_sizes=(3, 7, 11),
+                   resblock_dilation_sizes=((1, 3, 5),) * 3, sampling_rate=16_000)
+
+    @classmethod
+    def bigvgan_v2_44k_128band_512x(cls) -> BigVGANConfig:
+        """nvidia/bigvgan_v2_44khz_128band_512x (its config.json): no final tanh, no final bias."""
+        return cls(num_mels=128, upsample_rates=(8, 4, 2, 2, 2, 2), upsample_kernel_sizes=(16, 8, 4, 4, 4, 4),
+                   upsample_initial_channel=1536, resblock_kernel_sizes=(3, 7, 11),
+                   resblock_dilation_sizes=((1, 3, 5),) * 3, use_tanh_at_final=False,
+                   use_bias_at_final=False, sampling_rate=44_100)
+
+    def as_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> BigVGANConfig:
+        """The publisher's config.json layout; training-only fields are ignored."""
+        return cls(
+            num_mels=int(d["num_mels"]),
+            upsample_rates=tuple(int(x) for x in d["upsample_rates"]),
+            upsample_kernel_sizes=tuple(int(x) for x in d["upsample_kernel_sizes"]),
+            upsample_initial_channel=int(d["upsample_initial_channel"]),
+            resblock_kernel_sizes=tuple(int(x) for x in d["resblock_kernel_sizes"]),
+            resblock_dilation_sizes=tuple(tuple(int(x) for x in ds) for ds in d["resblock_dilation_sizes"]),
+            resblock=str(d.get("resblock", "1")),
+            activation=d.get("activation", "snakebeta"),
+            snake_logscale=bool(d.get("snake_logscale", True)),
+            use_tanh_at_final=bool(d.get("use_tanh_at_final", True)),
+            use_bias_at_final=bool(d.get("use_bias_at_final", True)),
+            sampling_rate=None if d.get("sampling_rate") is None else int(d["sampling_rate"]),
+        )
+
+    @classmethod
+    def from_json(cls, path: str | Path) -> BigVGANConfig:
+        with open(path) as f:
+            return cls.from_dict(json.load(f))
+
+
+def kaiser_sinc_filter(cutoff: float, half_width: float, taps: int) -> torch.Tensor:
+    """(1, 1, taps) Kaiser-windowed sinc low-pass (cutoff in cycles/sample), unit DC gain."""
+    half = taps // 2
+    attenuation = 2.285 * (half - 1) * math.pi * 4 * half_width + 7.95
+    if attenuation > 50.0:
+        beta = 0.1102 * (attenuation - 8.7)
+    elif attenuation >= 21.0:
+        beta = 0.5842 * (attenuation - 21) ** 0.4 + 0.07886 * (attenuation - 21.0)
+    else:
+        beta = 0.0
+    window = torch.kaiser_window(taps, beta=beta, periodic=False, dtype=torch.float64)
+    t = torch.arange(-half, half, dtype=torch.float64) + 0.5 if taps % 2 == 0 else \
+        torch.arange(taps, dtype=torch.float64) - half
+    f = 2 * cutoff * window * torch.sinc(2 * cutoff * t)
+    return (f / f.sum()).to(torch.float32).view(1, 1, taps)
+
+
+class Snake(nn.Module):
+    """x + sin^2(a x) / b per channel; snakebeta has its own b, snake uses b = a."""
+
+    def __init__(self, channels: int, with_beta: bool, logscale: bool) -> None:
+        super().__init__()
+        self.logscale = logscale
+        init = torch.zeros(channels) if logscale else torch.ones(channels)
+        self.alpha = nn.Parameter(init.clone())
+        self.beta = nn.Parameter(init.clone()) if with_beta else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        alpha = self.alpha[None, :, None]
+        beta = alpha if self.beta is None else self.beta[None, :, None]
+        if self.logscale:
+            alpha, beta = torch.exp(alpha), torch.exp(beta)
+        return x + torch.sin(x * alpha).pow(2) / (beta + _SNAKE_EPS)
+
+
+class _UpSample2x(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.register_buffer("filter", kaiser_sinc_filter(0.25, 0.3, _FILTER_TAPS))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        taps, channels = self.filter.shape[-1], x.shape[1]
+        pad = taps // 2 - 1
+        crop_left = 2 * pad + (taps - 2) // 2
+        crop_right = 2 * pad + (taps - 1) // 2
+        x = F.pad(x, (pad, pad), mode="replicate")
+        x = 2 * F.conv_transpose1d(x, self.filter.expand(channels, -1, -1), stride=2, groups=channels)
+        return x[..., crop_left:x.shape[-1] - crop_right]
+
+
+class _LowPass2x(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.register_buffer("filter", kaiser_sinc_filter(0.25, 0.3, _FILTER_TAPS))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        taps, channels = self.filter.shape[-1], x.shape[1]
+        x = F.pad(x, (taps // 2 - (taps % 2 == 0), taps // 2), mode="replicate")
+        return F.conv1d(x, self.filter.expand(channels, -1, -1), stride=2, groups=channels)
+
+
+class _DownSample2x(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.lowpass = _LowPass2x()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.lowpass(x)
+
+
+class AntiAliasedActivation(nn.Module):
+    """Snake evaluated at twice the sample rate to keep its harmonics from aliasing."""
+
+    def __init__(self, channels: int, config: BigVGANConfig) -> None:
+        super().__init__()
+        self.upsample = _UpSample2x()
+        self.act = Snake(channels, config.activation == "snakebeta", config.snake_logscale)
+        self.downsample = _DownSample2x()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.downsample(self.act(self.upsample(x)))
+
+
+def _same_conv(channels: int, kernel: int, dilation: int) -> nn.Conv1d:
+    return nn.Conv1d(channels, channels, kernel, dilation=dilation, padding=(kernel * dilation - dilation) // 2)
+
+
+class AMPBlock1(nn.Module):
+    def __init__(self, channels: int, kernel: int, dilations: tuple[int, ...], config: BigVGANConfig) -> None:
+        super().__init__()
+        self.convs1 = nn.ModuleList(_same_conv(channels, kernel, d) for d in dilations)
+        self.convs2 = nn.ModuleList(_same_conv(channels, kernel, 1) for _ in dilations)
+        self.activations = nn.ModuleList(AntiAliasedActivation(channels, config) for _ in range(2 * len(dilations)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for j, (c1, c2) in enumerate(zip(self.convs1, self.convs2)):
+            x = x + c2(self.activations[2 * j + 1](c1(self.activations[2 * j](x))))
+        return x
+
+
+class AMPBlock2(nn.Module):
+    def __init__(self, channels: int, kernel: int, dilations: tuple[int, ...], config: BigVGANConfig) -> None:
+        super().__init__()
+        self.convs = nn.ModuleList(_same_conv(channels, kernel, d) for d in dilations)
+        self.activations = nn.ModuleList(AntiAliasedActivation(channels, config) for _ in dilations)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for conv, act in zip(self.convs, self.activations):
+            x = x + conv(act(x))
+        return x
+
+
+class BigVGAN(nn.Module):
+    def __init__(self, config: BigVGANConfig) -> None:
+        super().__init__()
+        self.config = config
+        c0 = config.upsample_initial_channel
+        self.conv_pre = nn.Conv1d(config.num_mels, c0, 7, padding=3)
+        self.ups = nn.ModuleList(
+            nn.ModuleList([nn.ConvTranspose1d(c0 // 2**i, c0 // 2 ** (i + 1), k, u, padding=(k - u) // 2)])
+            for i, (u, k) in enumerate(zip(config.upsample_rates, config.upsample_kernel_sizes))
+        )
+        block_cls = AMPBlock1 if config.resblock == "1" else AMPBlock2
+        self.resblocks = nn.ModuleList(
+            block_cls(c0 // 2 ** (i + 1), k, tuple(d), config)
+            for i in range(len(config.upsample_rates))
+            for k, d in zip(config.resblock_kernel_sizes, config.resblock_dilation_sizes)
+        )
+        channels = c0 // 2 ** len(config.upsample_rates)
+        self.activation_post = AntiAliasedActivation(channels, config)
+        self.conv_post = nn.Conv1d(channels, 1, 7, padding=3, bias=config.use_bias_at_final)
+
+    @property
+    def hop_size(self) -> int:
+        return self.config.hop_size
+
+    def forward(self, mel: torch.Tensor) -> torch.Tensor:
+        if mel.ndim != 3 or mel.shape[1] != self.config.num_mels:
+            raise ValueError(f"BigVGAN expects mel (B, {self.config.num_mels}, T), got {tuple(mel.shape)}")
+        x = self.conv_pre(mel)
+        n = len(self.config.resblock_kernel_sizes)
+        for i, up in enumerate(self.ups):
+            x = up[0](x)
+            x = sum(self.resblocks[i * n + j](x) for j in range(n)) / n
+        x = self.conv_post(self.activation_post(x))
+        return torch.tanh(x) if self.config.use_tanh_at_final else x.clamp(-1.0, 1.0)
+
+
+_WN_STYLES = {
+    "parametrizations": (".parametrizations.weight.original0", ".parametrizations.weight.original1"),
+    "legacy": (".weight_g", ".weight_v"),
+}
+
+
+def fold_weight_norm(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Replace every (g, v) pair, in either key style, by `<name>.weight` = g * v / ||v||.
+
+    The norm runs over all dims but 0, as torch's weight_norm(dim=0) does; for transposed convs
+    dim 0 is the input channel, so g has shape (in, 1, 1) there.
+    """
+    out: dict[str, torch.Tensor] = {}
+    pending: dict[str, dict[int, torch.Tensor]] = {}
+    for key, value in state.items():
+        for g_suffix, v_suffix in _WN_STYLES.values():
+            if key.endswith(g_suffix):
+                pending.setdefault(key[: -len(g_suffix)], {})[0] = value
+                break
+            if key.endswith(v_suffix):
+                pending.setdefault(key[: -len(v_suffix)], {})[1] = value
+                break
+        else:
+            out[key] = value
+    for name, pair in pending.items():
+        if len(pair) != 2:
+            raise KeyError(f"weight-norm parameters of {name!r} are incomplete: need both g and v")
+        g, v = pair[0].to(torch.float32), pair[1].to(torch.float32)
+        norm = torch.linalg.vector_norm(v, dim=list(range(1, v.ndim)), keepdim=True)
+        out[f"{name}.weight"] = (g * v / norm).to(pair[1].dtype)
+    return out
+
+
+def weight_norm_state_dict(model: BigVGAN, style: Literal["parametrizations", "legacy"] = "parametrizations"
+                           ) -> dict[str, torch.Tensor]:
+    """The model's state dict in checkpoint layout (g = ||W||, v = W per dim-0 slice), e.g. to publish
+    fine-tuned weights that the reference BigVGAN code can load."""
+    g_suffix, v_suffix = _WN_STYLES[style]
+    conv_names = {name for name, m in model.named_modules() if isinstance(m, (nn.Conv1d, nn.ConvTranspose1d))}
+    out: dict[str, torch.Tensor] = {}
+    for key, value in model.state_dict().items():
+        name, _, leaf = key.rpartition(".")
+        if leaf == "weight" and name in conv_names:
+            out[name + g_suffix] = torch.linalg.vector_norm(value, dim=list(range(1, value.ndim)), keepdim=True)
+            out[name + v_suffix] = value.clone()
+        else:
+            out[key] = value.clone()
+    return out
+
+
+def load_bigvgan(weights: str | Path | Mapping[str, Any], config: BigVGANConfig | str | Path) -> BigVGAN:
+    """BigVGAN from a generator checkpoint (bare, or under "generator" as both MMAudio's
+    `best_netG.pt` and NVIDIA's `bigvgan_generator.pt` store it), weight norm folded away.
+
+    Weight-norm keys may use either style; already-folded `<name>.weight` keys load as they are.
+    The anti-aliasing filters are fixed constants: taken from the checkpoint when present.
+    """
+    if not isinstance(config, BigVGANConfig):
+        config = BigVGANConfig.from_json(config)
+    state = fold_weight_norm(read_state_dict(weights, expect_key="conv_pre.bias"))
+    model = BigVGAN(config)
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    missing = [k for k in missing if not k.endswith(".filter")]
+    if missing or unexpected:
+        raise ValueError(
+            f"BigVGAN checkpoint does not match the config: missing {sorted(missing)[:8]}, "
+            f"unexpected {sorted(unexpected)[:8]} (check num_mels, upsample_initial_channel, resblock, "
+            "activation and use_bias_at_final in the config)"
+        )
+    return model.eval()

@@ -1,0 +1,267 @@
+"""Audio codec: MMAudio conformance (mel, VAE, BigVGAN) and tiny random codec behaviour."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from model.bigvgan import BigVGAN, BigVGANConfig, kaiser_sinc_filter, load_bigvgan, weight_norm_state_dict
+from model.codec import Codec, MMAudioCodec, build_mmaudio_codec
+from model.mel import MelConfig, MelConverter
+from model.vae import VAE, VAEConfig, load_vae
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+
+
+def assert_conforms(out: torch.Tensor, ref: torch.Tensor, name: str) -> None:
+    """The fixture README's tolerance: max|out - ref| <= 1e-4 * max(1, max|ref|)."""
+    assert out.shape == ref.shape, f"{name}: shape {tuple(out.shape)} != reference {tuple(ref.shape)}"
+    err = (out.detach().float() - ref).abs().max().item()
+    bound = 1e-4 * max(1.0, ref.abs().max().item())
+    assert err <= bound, f"{name}: max abs error {err:.3g} > {bound:.3g}"
+
+
+def read_json(path: Path) -> dict:
+    return json.loads(path.read_text())
+
+
+# ----------------------------------------------------------------------------------------- mel
+
+@pytest.fixture(scope="module")
+def fixture_mels(fixtures_root: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, torch.Tensor]:
+    out = tmp_path_factory.mktemp("mels") / "mels.safetensors"
+    env = {**os.environ, "MKL_CBWR": "COMPATIBLE"}
+    subprocess.run([sys.executable, "-m", "tests.codec_helpers", str(fixtures_root), str(out)],
+                   cwd=PROJECT_ROOT, env=env, check=True, timeout=300)
+    return load_file(str(out))
+
+
+def _check_mel_set(fixtures_root: Path, name: str, fixture_mels: dict[str, torch.Tensor]) -> None:
+    folder = fixtures_root / name
+    config = MelConfig.from_dict(read_json(folder / "config.json"))
+    io = load_file(str(folder / "io.safetensors"))
+    converter = MelConverter(config)
+    assert_conforms(converter.mel_basis, io["mel_basis"], f"{name}.mel_basis")
+    assert_conforms(converter.window, io["window"], f"{name}.window")
+    assert fixture_mels[name].shape[-1] == config.num_frames(io["wave"].shape[-1])
+    assert_conforms(fixture_mels[name], io["mel"], f"{name}.mel")
+
+
+def test_conformance_mel16k(fixtures_root: Path, fixture_mels: dict[str, torch.Tensor]) -> None:
+    _check_mel_set(fixtures_root, "mel16k", fixture_mels)
+
+
+def test_conformance_mel44k(fixtures_root: Path, fixture_mels: dict[str, torch.Tensor]) -> None:
+    _check_mel_set(fixtures_root, "mel44k", fixture_mels)
+
+
+def test_mel_presets_match_fixture_configs(fixtures_root: Path) -> None:
+    presets = {p.sampling_rate: p for p in (MelConfig.mmaudio_16k(), MelConfig.mmaudio_44k())}
+    for name in ("mel16k", "mel44k"):
+        config = MelConfig.from_dict(read_json(fixtures_root / name / "config.json"))
+        assert config == presets[config.sampling_rate]
+        assert MelConfig.from_dict(config.as_dict()) == config
+
+
+def test_mel_config_rejects_centred_stft(fixtures_root: Path) -> None:
+    d = read_json(fixtures_root / "mel16k" / "config.json")
+    with pytest.raises(ValueError, match="stft_center"):
+        MelConfig.from_dict({**d, "stft_center": True})
+
+
+# ----------------------------------------------------------------------------------------- VAE
+
+def _vae_outputs(vae: VAE, io: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    with torch.no_grad():
+        post = vae.posterior(io["mel"])
+        mean, std = vae.encode(io["mel"])
+        assert torch.equal(mean, post.mean) and torch.equal(std, post.std)
+        return {"enc_moments": post.moments, "enc_mean": mean, "enc_std": std,
+                "enc_logvar": post.logvar, "dec": vae.decode(io["z"])}
+
+
+def test_conformance_vae16k(fixtures_root: Path) -> None:
+    folder = fixtures_root / "vae16k"
+    config = VAEConfig.from_dict(read_json(folder / "arch.json"))
+    io = load_file(str(folder / "io.safetensors"))
+    outputs = _vae_outputs(load_vae(folder / "weights.safetensors", config), io)
+    for name, out in outputs.items():
+        assert_conforms(out, io[name], f"vae16k.{name}")
+
+
+def test_vae_loads_nested_torch_checkpoint(fixtures_root: Path, tmp_path: Path) -> None:
+    folder = fixtures_root / "vae16k"
+    config = VAEConfig.from_dict(read_json(folder / "arch.json"))
+    raw = load_file(str(folder / "weights.safetensors"))
+    path = tmp_path / "vae.pth"
+    torch.save({"state_dict": raw, "epoch": 3}, path)
+    io = load_file(str(folder / "io.safetensors"))
+    with torch.no_grad():
+        dec = load_vae(path, config).decode(io["z"])
+    assert_conforms(dec, io["dec"], "vae16k.dec via nested .pth")
+
+
+def test_vae_rejects_wrong_config_and_bad_input(fixtures_root: Path) -> None:
+    folder = fixtures_root / "vae16k"
+    arch = read_json(folder / "arch.json")
+    wrong = VAEConfig.from_dict({**arch, "hidden_dim": 2 * arch["hidden_dim"]})
+    with pytest.raises((ValueError, RuntimeError)):
+        load_vae(folder / "weights.safetensors", wrong)
+    vae = load_vae(folder / "weights.safetensors", VAEConfig.from_dict(arch))
+    with pytest.raises(ValueError, match="multiple of"):
+        vae.encode(torch.zeros(1, arch["data_dim"], 7))
+    with pytest.raises(ValueError, match="channel-first"):
+        vae.decode(torch.zeros(1, 5, arch["embed_dim"]))
+
+
+def test_vae_presets_match_fixture_arch(fixtures_root: Path) -> None:
+    arch = read_json(fixtures_root / "vae16k" / "arch.json")
+    preset = VAEConfig.mmaudio_16k()
+    assert (preset.data_dim, preset.embed_dim) == (arch["data_dim"], arch["embed_dim"])
+    assert preset.hidden_dim == arch.get("full_model_hidden_dim", preset.hidden_dim)
+    fixture = VAEConfig.from_dict(arch)
+    assert (fixture.ch_mult, fixture.num_res_blocks, fixture.down_layers) == (
+        preset.ch_mult, preset.num_res_blocks, preset.down_layers)
+
+
+# ------------------------------------------------------------------------------------- BigVGAN
+
+def test_conformance_bigvgan16k(fixtures_root: Path) -> None:
+    folder = fixtures_root / "bigvgan16k"
+    config = BigVGANConfig.from_json(folder / "config.json")
+    io = load_file(str(folder / "io.safetensors"))
+    stored = load_file(str(folder / "weights.safetensors"))
+    legacy_names = read_json(folder / "legacy_key_map.json")
+    legacy = {legacy_names.get(k, k): v for k, v in stored.items()}
+    assert set(legacy) != set(stored), "the legacy key map renamed nothing"
+
+    with torch.no_grad():
+        wav = load_bigvgan(folder / "weights.safetensors", config)(io["mel"])
+        wav_legacy = load_bigvgan({"generator": legacy}, config)(io["mel"])
+    assert wav.shape[-1] == config.hop_size * io["mel"].shape[-1]
+    assert_conforms(wav, io["wav"], "bigvgan16k.wav")
+    assert_conforms(wav_legacy, io["wav"], "bigvgan16k.wav (legacy weight_g/weight_v keys)")
+    torch.testing.assert_close(wav_legacy, wav, rtol=0, atol=1e-6)
+
+
+def test_bigvgan_filters_equal_fixture_constants(fixtures_root: Path) -> None:
+    stored = load_file(str(fixtures_root / "bigvgan16k" / "weights.safetensors"))
+    filters = [v for k, v in stored.items() if k.endswith(".filter")]
+    assert filters
+    computed = kaiser_sinc_filter(0.25, 0.3, filters[0].shape[-1])
+    for f in filters:
+        torch.testing.assert_close(f, computed, rtol=0, atol=1e-6)
+
+
+def _publisher_config(resblock: str, activation: str, final_tanh: bool, final_bias: bool) -> dict:
+    """A tiny config in the layout of nvidia/bigvgan_v2_44khz_128band_512x/config.json."""
+    return {
+        "resblock": resblock, "num_gpus": 0, "batch_size": 4, "learning_rate": 0.0001,
+        "upsample_rates": [4, 2, 2], "upsample_kernel_sizes": [8, 4, 4], "upsample_initial_channel": 16,
+        "resblock_kernel_sizes": [3, 7], "resblock_dilation_sizes": [[1, 3, 5], [1, 3, 5]],
+        "use_tanh_at_final": final_tanh, "use_bias_at_final": final_bias,
+        "activation": activation, "snake_logscale": True, "use_cqtd_instead_of_mrd": True,
+        "cqtd_dilations": [1, 2, 4], "mpd_reshapes": [2, 3, 5, 7, 11], "segment_size": 65536,
+        "num_mels": 12, "num_freq": 2049, "n_fft": 2048, "hop_size": 16, "win_size": 2048,
+        "sampling_rate": 44100, "fmin": 0, "fmax": None, "fmax_for_loss": None,
+        "dist_config": {"dist_backend": "nccl", "dist_url": "tcp://localhost:54321", "world_size": 1},
+    }
+
+
+@pytest.mark.parametrize(
+    ("resblock", "activation", "final_tanh", "final_bias", "style"),
+    [("1", "snakebeta", False, False, "parametrizations"), ("2", "snake", True, True, "legacy")],
+)
+def test_bigvgan_publisher_layout_roundtrip(tmp_path: Path, resblock: str, activation: str,
+                                            final_tanh: bool, final_bias: bool, style: str) -> None:
+    config_path = tmp_path / "config.json"
+    config_path.write_text(json.dumps(_publisher_config(resblock, activation, final_tanh, final_bias)))
+    config = BigVGANConfig.from_json(config_path)
+    assert (config.use_tanh_at_final, config.use_bias_at_final, config.sampling_rate) == (final_tanh, final_bias, 44100)
+
+    torch.manual_seed(0)
+    model = BigVGAN(config).eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith(("alpha", "beta")):
+                p.normal_(0.0, 0.3)
+        model.conv_post.weight.mul_(50.0)  # push the output past [-1, 1] so the final squashing shows
+    sd = weight_norm_state_dict(model, style)
+    assert ("conv_post.bias" in sd) == final_bias
+    path = tmp_path / "bigvgan_generator.pt"
+    torch.save({"generator": sd}, path)
+
+    loaded = load_bigvgan(path, config_path)
+    mel = torch.randn(2, 12, 9, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        expected, wav = model(mel), loaded(mel)
+    assert wav.shape == (2, 1, 9 * config.hop_size)
+    torch.testing.assert_close(wav, expected, rtol=1e-5, atol=1e-5)
+    saturated = (wav.abs() == 1.0).float().mean().item()
+    if final_tanh:
+        assert saturated < 0.5 and wav.abs().max() <= 1.0
+    else:
+        assert saturated > 0.05, "use_tanh_at_final=False must hard-clamp to [-1, 1]"
+
+
+def test_bigvgan_rejects_mismatched_config(fixtures_root: Path) -> None:
+    folder = fixtures_root / "bigvgan16k"
+    d = read_json(folder / "config.json")
+    with pytest.raises(ValueError, match="does not match"):
+        load_bigvgan(folder / "weights.safetensors", BigVGANConfig.from_dict({**d, "resblock": "2"}))
+
+
+# --------------------------------------------------------------------------------------- codec
+
+def _tiny_codec(hop: int = 64) -> MMAudioCodec:
+    torch.manual_seed(0)
+    mel = MelConverter(MelConfig(16_000, 256, hop, 256, 16, 0.0, 8_000.0, "log10"))
+    vae = VAE(VAEConfig(data_dim=16, embed_dim=4, hidden_dim=8)).eval()
+    vocoder = BigVGAN(BigVGANConfig(num_mels=16, upsample_rates=(4, 4, 4), upsample_kernel_sizes=(8, 8, 8),
+                                    upsample_initial_channel=16, resblock_kernel_sizes=(3,),
+                                    resblock_dilation_sizes=((1, 3),), sampling_rate=16_000)).eval()
+    return MMAudioCodec(mel, vae, vocoder)
+
+
+def test_codec_roundtrip_shapes_follow_latents_per_second() -> None:
+    codec = _tiny_codec()
+    assert isinstance(codec, Codec)
+    num_samples = 8_000  # 0.5 s, not a whole number of latents: encode pads the tail
+    wav = 0.5 * torch.rand(2, num_samples, generator=torch.Generator().manual_seed(2)) - 0.25
+    mean, std = codec.encode(wav)
+    n = math.ceil(num_samples / codec.sample_rate * codec.latents_per_second)
+    assert mean.shape == std.shape == (2, n, codec.latent_dim)
+    assert bool((std > 0).all()) and torch.isfinite(mean).all()
+    out = codec.decode(mean)
+    assert out.shape == (2, round(n * codec.sample_rate / codec.latents_per_second))
+    assert out.shape[1] >= num_samples and out.abs().max() <= 1.0
+    # Items are independent: a batch of one gives the same latents.
+    mean_one, _ = codec.encode(wav[1:])
+    torch.testing.assert_close(mean_one, mean[1:], rtol=1e-4, atol=1e-5)
+
+
+def test_codec_rejects_bad_input_and_mismatched_parts() -> None:
+    codec = _tiny_codec()
+    with pytest.raises(ValueError, match=r"\(B, L\)"):
+        codec.encode(torch.zeros(1, 1, 4_000))
+    with pytest.raises(ValueError, match="channel-last"):
+        codec.decode(torch.zeros(1, codec.latent_dim, 10))
+    with pytest.raises(ValueError, match="hop"):
+        MMAudioCodec(MelConverter(MelConfig(16_000, 256, 128, 256, 16, 0.0, 8_000.0, "log10")),
+                     codec.vae, codec.vocoder)
+
+
+def test_build_mmaudio_codec_rejects_unknown_kind_and_foreign_weights(fixtures_root: Path) -> None:
+    with pytest.raises(ValueError, match="kind"):
+        build_mmaudio_codec("32k", vae_weights={}, vocoder_weights={})
+    vocoder_weights = fixtures_root / "bigvgan16k" / "weights.safetensors"
+    with pytest.raises(KeyError, match="encoder.conv_in.weight"):
+        build_mmaudio_codec("16k", vae_weights=vocoder_weights, vocoder_weights=vocoder_weights)
