@@ -1,0 +1,90 @@
+"""`dub ingest PATH... -o manifest.parquet`: scan videos, probe them, write the manifest."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+
+def register(app: typer.Typer) -> None:
+    @app.command()
+    def ingest(
+        paths: List[Path] = typer.Argument(..., help="Video files or folders (scanned recursively)."),
+        output: Path = typer.Option(..., "--output", "-o", help="Manifest to write (Parquet); an existing one is updated."),
+        ext: Optional[str] = typer.Option(None, "--ext", help="Comma-separated extensions to scan for "
+                                                              "(default: common video formats)."),
+        workers: Optional[int] = typer.Option(None, "--workers", "-j", min=0,
+                                              help="Probe processes (default: CPU count, at most 8; 0: in-process)."),
+        timeout: float = typer.Option(60.0, "--timeout", min=1.0, help="Seconds per file before a probe is stopped "
+                                                                      "(plus 1 s per 20 MB)."),
+        strict: bool = typer.Option(False, "--strict", help="Exit 1 if any file failed."),
+        quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+    ) -> None:
+        """Scan videos, probe each one (duration, fps, size, rotation, audio), flag bad files and duplicates.
+
+        Re-running adds new files, re-probes changed ones and keeps ids (they come from the file bytes).
+        A sidecar NAME.txt beside NAME.mp4 becomes that video's prompt.
+        """
+        from rich.console import Console
+
+        from workflows.ingest import DEFAULT_EXTENSIONS, IngestConfig
+        from workflows.ingest import ingest as run_ingest
+
+        console = Console(stderr=True)
+        extensions = tuple(e.strip().lower().lstrip(".") for e in ext.split(",") if e.strip()) if ext else DEFAULT_EXTENSIONS
+        try:
+            config = IngestConfig(extensions=extensions, workers=workers, timeout_s=timeout)
+        except ValueError as exc:
+            raise typer.BadParameter(str(exc)) from exc
+        missing = [str(p) for p in paths if not p.exists() and not p.is_symlink()]
+        if missing:
+            console.print(f"[red]not found: {', '.join(missing)}[/red]")
+            raise typer.Exit(2)
+        if output.exists() and output.is_dir():
+            console.print(f"[red]--output {output} is a directory; give a file name such as {output}/manifest.parquet[/red]")
+            raise typer.Exit(2)
+        try:
+            summary = _run_with_progress(run_ingest, paths, output, config, console, quiet)
+        except ValueError as exc:  # an unreadable existing manifest: say so, do not overwrite it
+            console.print(f"[red]{exc}[/red]")
+            raise typer.Exit(2) from exc
+        _print_summary(summary, Console())
+        if strict and summary.errors:
+            raise typer.Exit(1)
+
+
+def _run_with_progress(run_ingest, paths, output, config, console, quiet):
+    if quiet or not console.is_terminal:
+        return run_ingest(paths, output, config)
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    with Progress(TextColumn("probing"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                  console=console, transient=True) as progress:
+        task = progress.add_task("probe", total=None)
+
+        def on_progress(done: int, total: int) -> None:
+            progress.update(task, completed=done, total=total)
+
+        return run_ingest(paths, output, config, on_progress=on_progress)
+
+
+def _print_summary(summary, console) -> None:
+    from rich.table import Table
+
+    table = Table(title=f"dub ingest -> {summary.output}", show_header=True)
+    table.add_column("result")
+    table.add_column("files", justify="right")
+    table.add_column("detail")
+    table.add_row("[green]ok[/green]", str(summary.ok), f"{summary.total_hours:.3f} h of video")
+    if summary.duplicates:
+        table.add_row("duplicate", str(summary.duplicates), "same bytes as another file; processed once")
+    for kind, count in summary.errors_by_kind.items():
+        table.add_row(f"[red]error: {kind}[/red]", str(count), summary.error_examples.get(kind, ""))
+    table.add_row("total rows", str(summary.rows),
+                  f"scanned {summary.scanned}, probed {summary.probed}, unchanged {summary.reused}, "
+                  f"removed {summary.removed}, {summary.elapsed_s:.1f} s")
+    console.print(table)
+    for warning in summary.warnings:
+        console.print(f"[yellow]warning: {warning}[/yellow]")

@@ -1,0 +1,135 @@
+"""Parquet I/O for manifests and reports: atomic writes, schema-checked reads.
+
+A reader gets a table in the declared schema (columns in order, types cast, optional columns
+filled with nulls, extra user columns kept at the end) or an error that names the file, what
+is wrong with it and how to fix it.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from manifests.schema import (MANIFEST_REQUIRED, MANIFEST_SCHEMA, MANIFEST_STATUSES, REPORT_REQUIRED, REPORT_SCHEMA,
+                              REPORT_STATUSES, schema_name)
+
+
+class ManifestError(ValueError):
+    """A manifest or report file that cannot be used as one."""
+
+
+def write_parquet_atomic(table: pa.Table, path: str | Path) -> Path:
+    """Write `table` to `path` so readers see the old file or the new one, never a partial one.
+
+    Temp file in the same directory (same filesystem, so the rename is atomic), fsync, then
+    os.replace; the directory is fsynced too so the rename survives a power cut.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            pq.write_table(table, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp_name, path)
+    except BaseException:
+        Path(tmp_name).unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+    return path
+
+
+def _fsync_dir(directory: Path) -> None:
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:  # some filesystems do not allow opening directories
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def read_manifest(path: str | Path) -> pa.Table:
+    """Read an ingest manifest, checked against MANIFEST_SCHEMA."""
+    table = _read(path, "manifest", "create one with `dub ingest VIDEO_DIR -o MANIFEST.parquet`")
+    return conform(table, MANIFEST_SCHEMA, MANIFEST_REQUIRED, MANIFEST_STATUSES, what=f"manifest {path}")
+
+
+def read_report(path: str | Path) -> pa.Table:
+    """Read a generation report (`OUT/report.parquet`), checked against REPORT_SCHEMA."""
+    table = _read(path, "generation_report", "it is written by `dub generate -o OUT` as OUT/report.parquet")
+    return conform(table, REPORT_SCHEMA, REPORT_REQUIRED, REPORT_STATUSES, what=f"report {path}")
+
+
+def empty_manifest() -> pa.Table:
+    return MANIFEST_SCHEMA.empty_table()
+
+
+def manifest_from_rows(rows: list[dict]) -> pa.Table:
+    """Build a manifest table from row dicts (missing keys become nulls), validated."""
+    table = pa.Table.from_pylist([{name: row.get(name) for name in MANIFEST_SCHEMA.names} for row in rows],
+                                 schema=MANIFEST_SCHEMA)
+    return conform(table, MANIFEST_SCHEMA, MANIFEST_REQUIRED, MANIFEST_STATUSES, what="manifest rows")
+
+
+def _read(path: str | Path, expected: str, hint: str) -> pa.Table:
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{expected.replace('_', ' ')} not found: {path} ({hint})")
+    if path.is_dir():
+        raise ManifestError(f"{path} is a directory; expected a {expected.replace('_', ' ')} Parquet file ({hint})")
+    try:
+        table = pq.read_table(path)
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise ManifestError(f"{path} is not a readable Parquet file ({exc}); {hint}") from exc
+    found = schema_name(table.schema)
+    if found is not None and found != expected:
+        raise ManifestError(f"{path} is a {found.replace('_', ' ')}, not a {expected.replace('_', ' ')}; {hint}")
+    return table
+
+
+def conform(table: pa.Table, schema: pa.Schema, required: tuple[str, ...], statuses: tuple[str, ...],
+            *, what: str) -> pa.Table:
+    """Return `table` in `schema`'s column order and types; raise ManifestError naming every problem."""
+    problems = []
+    missing = [name for name in required if name not in table.column_names]
+    if missing:
+        problems.append(f"missing column(s) {missing}")
+    columns, names = [], []
+    for field in schema:
+        if field.name not in table.column_names:
+            if field.name in missing:
+                continue
+            columns.append(pa.chunked_array([pa.nulls(table.num_rows, field.type)], type=field.type))
+            names.append(field.name)
+            continue
+        column = table.column(field.name)
+        if column.type != field.type:
+            try:
+                column = column.cast(field.type)
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+                problems.append(f"column {field.name!r} has type {column.type}, expected {field.type}")
+                continue
+        if not field.nullable and column.null_count:
+            problems.append(f"column {field.name!r} has {column.null_count} empty value(s); every row needs one")
+        columns.append(column)
+        names.append(field.name)
+    if "status" in names:
+        bad = sorted({s for s in columns[names.index("status")].to_pylist() if s not in statuses})
+        if bad:
+            problems.append(f"unknown status value(s) {bad}; allowed: {list(statuses)}")
+    if problems:
+        raise ManifestError(f"{what} does not match the expected schema: " + "; ".join(problems))
+    fields = [schema.field(name) for name in names]
+    extras = [name for name in table.column_names if name not in schema.names]
+    fields += [table.schema.field(name) for name in extras]
+    columns += [table.column(name) for name in extras]
+    return pa.Table.from_arrays(columns, schema=pa.schema(fields, metadata=schema.metadata))

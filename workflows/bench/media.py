@@ -1,0 +1,51 @@
+"""`dub bench media`: decode speed of the media module on this machine.
+
+Writes a 720p 25 fps H.264 clip (`opts.duration_s`, 8 s by default) to a temp folder and
+times `decode_window` over it at the CLIP rate (8 fps, 384x384), the Synchformer rate
+(25 fps, 224x224 crop), both in one pass, and both with torch instead of swscale resizing.
+The real-time factor is decode time / clip duration; the note gives frames/s.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+from workflows.bench import BenchOptions, BenchRow, time_call
+
+_SIZE = (1280, 720)
+_FPS = 25.0
+
+
+def run(opts: BenchOptions) -> list[BenchRow]:
+    from workflows.media.decode import CLIP_TARGET, SYNC_TARGET, decode_window, frame_count
+    from workflows.media.synth import write_synthetic_video
+
+    duration = float(opts.duration_s)
+    cases = [
+        ("decode 8 fps 384x384 (CLIP)", [CLIP_TARGET], "swscale"),
+        ("decode 25 fps 224x224 (Synchformer)", [SYNC_TARGET], "swscale"),
+        ("decode both rates, one pass", [CLIP_TARGET, SYNC_TARGET], "swscale"),
+        ("decode both rates, torch resize", [CLIP_TARGET, SYNC_TARGET], "torch"),
+    ]
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="dub-bench-media-") as tmp:
+        clip = write_synthetic_video(Path(tmp) / "bench_720p.mp4", seconds=duration, fps=_FPS, size=_SIZE)
+        source_frames = clip.num_frames
+        for stage, targets, backend in cases:
+            # torch resizing is ~50x slower on CPU: one timed pass is enough to show it
+            repeats, warmup = (opts.repeats, opts.warmup) if backend == "swscale" else (1, 0)
+
+            def call(targets=targets, backend=backend):
+                return decode_window(clip.path, 0.0, duration, targets, backend=backend)
+
+            median_ms, _ = time_call(call, repeats=repeats, warmup=warmup, device="cpu")
+            out_frames = sum(frame_count(duration, t.fps) for t in targets)
+            seconds = median_ms / 1000.0
+            rows.append(BenchRow(
+                bench="media", stage=stage, median_ms=median_ms, batch_size=1, dtype="uint8", device="cpu",
+                audio_s=duration,
+                note=(f"{out_frames / seconds:.0f} out frames/s, {source_frames / seconds:.0f} source frames/s "
+                      f"({source_frames} frames 1280x720 H.264, {backend})"),
+            ))
+    return rows
