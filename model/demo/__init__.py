@@ -1,0 +1,12 @@
+"""The weights-free demo stack: hand-made video/text features and a Griffin-Lim codec.
+
+For demos, tests and CPU-only laptops. Nothing here is learned, so a network trained on these
+features is a working toy, not MMAudio quality.
+"""
+
+from __future__ import annotations
+
+from model.demo.codec import DemoCodec
+from model.demo.features import DemoEncoders
+
+__all__ = ["DemoCodec", "DemoEncoders"]

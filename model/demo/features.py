@@ -1,0 +1,291 @@
+"""Demo video and text encoders with NO learned weights (the demo/testing stack).
+
+They implement the encoder protocol of docs/ARCHITECTURE.md with hand-made features, so the
+whole pipeline runs on a laptop without downloading CLIP or Synchformer. A network trained on
+them is a working toy: it can follow cuts, flashes and motion, not recognise a dog.
+
+Clip features (8 fps, frames meant to be 384 x 384; any size works because every frame is
+first area-pooled to a 32 x 32 analysis grid), one per frame:
+    soft colour histogram (8 bins per channel) + 4 x 4 colour layout + edge statistics
+    (gradient energy on a 4 x 4 grid, an 8-bin orientation histogram) + brightness mean/std,
+    projected to `clip_dim` by a fixed seeded random orthogonal matrix and L2-normalised.
+
+Sync features (25 fps, frames meant to be 224 x 224; pooled to 16 x 16), laid out exactly like
+Synchformer's: S = (T - 16) // 8 + 1 segments of 16 frames with stride 8, 8 tokens each,
+output (B, S * 8, sync_dim) with token j of segment s at index s * 8 + j. That token covers
+frames 8s + 2j and 8s + 2j + 1 (`sync_token_frames`) and describes, for each of the two, the
+change INTO it from the frame before (absolute luma difference on a 4 x 4 grid, signed
+brightness and colour change, the strongest cell; frame 0 has no predecessor and counts as
+unchanged) plus their mean coarse appearance. So a flash at frame k moves exactly the tokens
+covering frames k and k + 1. Projected by a fixed orthogonal matrix, not normalised: the
+magnitude carries the amount of motion.
+
+Text features: a hashed bag of words. Word i of the prompt (lower-cased, split on non-word
+characters) sits at position i as a unit vector drawn from a generator seeded by a hash of the
+word; words past the last position are summed into it. Unused positions and the empty prompt
+are zeros.
+
+Deterministic: the same frames give the same features, bit for bit, on the same device and
+torch build (no random state, no atomics, hashes from hashlib, not Python's salted hash()).
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import math
+import re
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+CLIP_FPS = 8
+CLIP_SIZE = 384
+SYNC_FPS = 25
+SYNC_SIZE = 224
+SEGMENT_FRAMES = 16
+SEGMENT_STRIDE = 8
+TOKENS_PER_SEGMENT = 8
+FRAMES_PER_TOKEN = SEGMENT_FRAMES // TOKENS_PER_SEGMENT
+
+_CLIP_GRID = 32  # analysis resolution of a clip frame
+_SYNC_GRID = 16  # analysis resolution of a sync frame
+_HIST_BINS = 8
+_ORIENT_BINS = 8
+_LUMA = (0.299, 0.587, 0.114)
+_FRAME_CHUNK = 64  # frames converted to float at once (bounds memory for long clips)
+_WORD = re.compile(r"[\w']+")
+
+CLIP_RAW_DIM = 3 * _HIST_BINS + 3 * 16 + 16 + _ORIENT_BINS + 2
+_TRANSITION_DIM = 16 + 1 + 3 + 1
+_APPEARANCE_DIM = 3 * 4 + 1
+SYNC_RAW_DIM = 2 * _TRANSITION_DIM + _APPEARANCE_DIM
+
+
+def num_sync_segments(num_frames: int) -> int:
+    """Synchformer segments in `num_frames` frames: 16-frame windows with stride 8."""
+    return 0 if num_frames < SEGMENT_FRAMES else (num_frames - SEGMENT_FRAMES) // SEGMENT_STRIDE + 1
+
+
+def sync_token_frames(segment: int, token: int) -> tuple[int, int]:
+    """The two frames (indices into the 25 fps input) described by token `token` of `segment`."""
+    if not 0 <= token < TOKENS_PER_SEGMENT:
+        raise ValueError(f"token must be in [0, {TOKENS_PER_SEGMENT}), got {token}")
+    first = segment * SEGMENT_STRIDE + token * FRAMES_PER_TOKEN
+    return first, first + 1
+
+
+def orthogonal_projection(in_dim: int, out_dim: int, seed: int) -> torch.Tensor:
+    """A fixed (in_dim, out_dim) matrix with orthonormal columns (or rows when in_dim < out_dim),
+    so projecting never shrinks nor amplifies differences. QR of a seeded Gaussian in float64,
+    signs fixed by R's diagonal so the result does not depend on the LAPACK sign convention."""
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+    big, small = max(in_dim, out_dim), min(in_dim, out_dim)
+    q, r = torch.linalg.qr(torch.randn(big, small, generator=gen, dtype=torch.float64))
+    q = q * torch.sign(torch.diagonal(r))
+    return (q if in_dim >= out_dim else q.T).to(torch.float32).contiguous()
+
+
+class DemoEncoders(nn.Module):
+    """Encoder protocol (clip / sync / text features) from fixed, hand-made features.
+
+    Dimensions are arguments so a small network fits; the defaults suit the demo bundle.
+    Holds no learned weights: its state dict is empty and its projections derive from `seed`.
+    """
+
+    clip_fps = CLIP_FPS
+    clip_size = CLIP_SIZE
+    sync_fps = SYNC_FPS
+    sync_size = SYNC_SIZE
+
+    def __init__(
+        self,
+        clip_dim: int = 64,
+        sync_dim: int = 64,
+        text_dim: int = 64,
+        text_seq_len: int = 8,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        for name, value in (("clip_dim", clip_dim), ("sync_dim", sync_dim), ("text_dim", text_dim),
+                            ("text_seq_len", text_seq_len)):
+            if value < 1:
+                raise ValueError(f"{name} must be >= 1, got {value}")
+        self.clip_dim = clip_dim
+        self.sync_dim = sync_dim
+        self.text_dim = text_dim
+        self.text_seq_len = text_seq_len
+        self.seed = seed
+        self.register_buffer("clip_projection", orthogonal_projection(CLIP_RAW_DIM, clip_dim, seed), persistent=False)
+        self.register_buffer("sync_projection", orthogonal_projection(SYNC_RAW_DIM, sync_dim, seed + 1),
+                             persistent=False)
+
+    @property
+    def device(self) -> torch.device:
+        return self.clip_projection.device
+
+    # -- clip ------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def clip_features(self, frames: torch.Tensor) -> torch.Tensor:
+        """uint8 frames (B, T, H, W, 3) at 8 fps -> (B, T, clip_dim), unit length per frame."""
+        _check_frames(frames, "clip")
+        b, t = frames.shape[:2]
+        if t == 0:
+            return torch.zeros(b, 0, self.clip_dim, device=self.device)
+        pooled = _pooled_frames(frames.to(self.device), _CLIP_GRID).flatten(0, 1)  # (BT, 3, g, g)
+        raw = _clip_descriptor(pooled)
+        out = raw @ self.clip_projection
+        out = out / out.norm(dim=-1, keepdim=True).clamp_min(1e-8)
+        return out.reshape(b, t, self.clip_dim)
+
+    # -- sync ------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def sync_features(self, frames: torch.Tensor) -> torch.Tensor:
+        """uint8 frames (B, T, H, W, 3) at 25 fps, T >= 16 -> (B, S * 8, sync_dim),
+        S = (T - 16) // 8 + 1; token s * 8 + j covers frames `sync_token_frames(s, j)`."""
+        _check_frames(frames, "sync")
+        b, t = frames.shape[:2]
+        segments = num_sync_segments(t)
+        if segments == 0:
+            raise ValueError(
+                f"sync features need at least {SEGMENT_FRAMES} frames ({SEGMENT_FRAMES / SYNC_FPS:.2f} s at "
+                f"{SYNC_FPS} fps), got {t}: decode a longer window"
+            )
+        pooled = _pooled_frames(frames.to(self.device), _SYNC_GRID)  # (B, T, 3, g, g)
+        transition, appearance = _sync_frame_descriptors(pooled)
+        first = torch.tensor(
+            [sync_token_frames(s, j)[0] for s in range(segments) for j in range(TOKENS_PER_SEGMENT)],
+            device=self.device,
+        )
+        tokens = torch.cat(
+            [transition[:, first], transition[:, first + 1],
+             0.5 * (appearance[:, first] + appearance[:, first + 1])],
+            dim=-1,
+        )  # (B, S*8, SYNC_RAW_DIM)
+        return tokens @ self.sync_projection
+
+    # -- text ------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def text_features(self, prompts: list[str]) -> torch.Tensor:
+        """Prompts -> (B, text_seq_len, text_dim): word i at position i, overflow words summed
+        into the last position, each position unit length; the empty prompt gives zeros."""
+        if isinstance(prompts, str):
+            raise TypeError("text_features takes a list of prompts, not a single string")
+        out = torch.zeros(len(prompts), self.text_seq_len, self.text_dim)
+        for row, prompt in enumerate(prompts):
+            words = _WORD.findall(prompt.lower())
+            for i, word in enumerate(words):
+                out[row, min(i, self.text_seq_len - 1)] += _word_vector(word, self.text_dim, self.seed)
+        norms = out.norm(dim=-1, keepdim=True)
+        out = torch.where(norms > 0, out / norms.clamp_min(1e-12), out)
+        return out.to(self.device)
+
+
+# -- frame helpers -------------------------------------------------------------------------
+
+def _check_frames(frames: torch.Tensor, what: str) -> None:
+    if not isinstance(frames, torch.Tensor):
+        raise TypeError(f"{what} frames must be a torch.Tensor, got {type(frames).__name__}")
+    if frames.dtype != torch.uint8 or frames.ndim != 5 or frames.shape[-1] != 3:
+        raise ValueError(
+            f"{what} frames must be uint8 (B, T, H, W, 3); got {frames.dtype} {tuple(frames.shape)}"
+        )
+
+
+def _pooled_frames(frames: torch.Tensor, grid: int) -> torch.Tensor:
+    """uint8 (B, T, H, W, 3) -> float (B, T, 3, grid, grid) in [0, 1], area-averaged."""
+    b, t, h, w, _ = frames.shape
+    chunks = []
+    for chunk in frames.reshape(b * t, h, w, 3).split(_FRAME_CHUNK):
+        x = chunk.permute(0, 3, 1, 2).float().div_(255.0)
+        chunks.append(F.adaptive_avg_pool2d(x, grid))
+    return torch.cat(chunks).reshape(b, t, 3, grid, grid)
+
+
+def _luma(x: torch.Tensor) -> torch.Tensor:
+    """(..., 3, H, W) -> (..., H, W)."""
+    r, g, b = x.unbind(-3)
+    return _LUMA[0] * r + _LUMA[1] * g + _LUMA[2] * b
+
+
+def _soft_histogram(values: torch.Tensor, bins: int) -> torch.Tensor:
+    """values (N, C, P) in [0, 1] -> (N, C, bins), triangular binning so a small colour change
+    moves the histogram a little instead of flipping a bin; each row sums to 1."""
+    pos = (values * bins - 0.5).clamp(0, bins - 1)
+    centres = torch.arange(bins, device=values.device, dtype=values.dtype)
+    weight = (1 - (pos.unsqueeze(-1) - centres).abs()).clamp_min(0)
+    return weight.mean(dim=2)
+
+
+def _orientation_histogram(gx: torch.Tensor, gy: torch.Tensor, bins: int) -> torch.Tensor:
+    """Gradient orientations modulo pi, soft circular bins weighted by magnitude -> (N, bins)."""
+    magnitude = torch.hypot(gx, gy).flatten(1)
+    pos = (torch.atan2(gy, gx).flatten(1) % math.pi) * (bins / math.pi)
+    centres = torch.arange(bins, device=gx.device, dtype=gx.dtype)
+    dist = (pos.unsqueeze(-1) - centres).abs()
+    dist = torch.minimum(dist, bins - dist)
+    weight = (1 - dist).clamp_min(0) * magnitude.unsqueeze(-1)
+    return weight.sum(dim=1) / magnitude.sum(dim=1, keepdim=True).clamp_min(1e-8)
+
+
+def _clip_descriptor(x: torch.Tensor) -> torch.Tensor:
+    """(N, 3, g, g) in [0, 1] -> (N, CLIP_RAW_DIM). Each group is centred and scaled to a
+    comparable range so no group dominates the direction after normalisation."""
+    n = x.shape[0]
+    hist = _soft_histogram(x.flatten(2), _HIST_BINS).flatten(1)
+    layout = F.adaptive_avg_pool2d(x, 4).flatten(1)
+    gray = _luma(x)
+    gx = (gray[:, :, 1:] - gray[:, :, :-1])[:, :-1, :]
+    gy = (gray[:, 1:, :] - gray[:, :-1, :])[:, :, :-1]
+    edge_grid = F.adaptive_avg_pool2d(torch.hypot(gx, gy).unsqueeze(1), 4).reshape(n, 16)
+    orientation = _orientation_histogram(gx, gy, _ORIENT_BINS)
+    brightness = torch.stack([gray.mean(dim=(1, 2)), gray.std(dim=(1, 2))], dim=1)
+    return torch.cat(
+        [
+            (hist - 1 / _HIST_BINS) * 4,
+            (layout - 0.5) * 2,
+            edge_grid.sqrt() * 2,
+            (orientation - 1 / _ORIENT_BINS) * 4,
+            (brightness - torch.tensor([0.5, 0.0], device=x.device)) * torch.tensor([2.0, 4.0], device=x.device),
+        ],
+        dim=1,
+    )
+
+
+def _signed_sqrt(x: torch.Tensor) -> torch.Tensor:
+    return torch.sign(x) * x.abs().sqrt()
+
+
+def _sync_frame_descriptors(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, T, 3, g, g) -> transition (B, T, _TRANSITION_DIM): the change into each frame from
+    the one before (zero for frame 0); appearance (B, T, _APPEARANCE_DIM). Square roots
+    compress the range so a small motion is visible next to a full-frame flash."""
+    b, t = x.shape[:2]
+    previous = torch.cat([x[:, :1], x[:, :-1]], dim=1)
+    diff = x - previous
+    luma_diff = _luma(diff)  # (B, T, g, g)
+    motion = F.adaptive_avg_pool2d(luma_diff.abs().flatten(0, 1).unsqueeze(1), 4).reshape(b, t, 16)
+    transition = torch.cat(
+        [
+            motion.sqrt() * 2,
+            _signed_sqrt(luma_diff.mean(dim=(2, 3))).unsqueeze(-1) * 2,
+            _signed_sqrt(diff.mean(dim=(3, 4))) * 2,
+            motion.amax(dim=-1, keepdim=True).sqrt() * 2,
+        ],
+        dim=-1,
+    )
+    layout = F.adaptive_avg_pool2d(x.flatten(0, 1), 2).reshape(b, t, 12)
+    appearance = torch.cat([(layout - 0.5) * 2, (_luma(x).mean(dim=(2, 3)).unsqueeze(-1) - 0.5) * 2], dim=-1)
+    return transition, appearance
+
+
+@functools.lru_cache(maxsize=65536)
+def _word_vector(word: str, dim: int, seed: int) -> torch.Tensor:
+    digest = hashlib.blake2b(f"{seed}\x00{word}".encode(), digest_size=8).digest()
+    gen = torch.Generator(device="cpu").manual_seed(int.from_bytes(digest, "little") & (2**63 - 1))
+    v = torch.randn(dim, generator=gen, dtype=torch.float64)
+    return (v / v.norm()).to(torch.float32)

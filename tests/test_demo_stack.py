@@ -1,0 +1,285 @@
+"""The weights-free demo stack (model/demo) and the demo model bundle (model/bundles.py)."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from model.demo import DemoCodec, DemoEncoders
+from model.demo.features import num_sync_segments, sync_token_frames
+
+SR = 16_000
+
+
+def random_frames(batch: int, frames: int, size: int, seed: int) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randint(0, 256, (batch, frames, size, size, 3), generator=gen, dtype=torch.uint8)
+
+
+def textured_still(frames: int, size: int, seed: int) -> torch.Tensor:
+    """One textured frame held for `frames` frames (a static shot)."""
+    gen = torch.Generator().manual_seed(seed)
+    still = (60 + torch.randint(0, 80, (size, size, 3), generator=gen)).to(torch.uint8)
+    return still.expand(1, frames, size, size, 3).clone()
+
+
+def tokens_covering(frames: set[int], num_frames: int) -> set[int]:
+    """Flat token indices s * 8 + j whose two frames (the documented mapping) touch `frames`."""
+    return {s * 8 + j for s in range(num_sync_segments(num_frames)) for j in range(8)
+            if set(sync_token_frames(s, j)) & frames}
+
+
+def changed_tokens(a: torch.Tensor, b: torch.Tensor) -> set[int]:
+    return set((a - b).abs().amax(dim=-1)[0].nonzero().flatten().tolist())
+
+
+# -- features ------------------------------------------------------------------------------
+
+def test_clip_and_sync_shapes_for_an_8_s_clip_at_real_sizes():
+    enc = DemoEncoders(clip_dim=64, sync_dim=48)
+    clip = enc.clip_features(random_frames(1, 64, 384, seed=0))
+    sync = enc.sync_features(random_frames(1, 200, 224, seed=1))
+    assert clip.shape == (1, 64, 64) and clip.dtype == torch.float32
+    assert sync.shape == (1, 192, 48) and sync.dtype == torch.float32
+    assert torch.allclose(clip.norm(dim=-1), torch.ones(1, 64), atol=1e-5)
+
+
+@pytest.mark.parametrize("duration_s", [0.64, 1.0, 2.5, 5.0])
+def test_shapes_follow_duration(duration_s):
+    enc = DemoEncoders()
+    t_clip, t_sync = int(duration_s * 8), int(duration_s * 25)
+    clip = enc.clip_features(random_frames(2, max(t_clip, 1), 48, seed=2))
+    sync = enc.sync_features(random_frames(2, t_sync, 32, seed=3))
+    assert clip.shape == (2, max(t_clip, 1), enc.clip_dim)
+    assert sync.shape == (2, ((t_sync - 16) // 8 + 1) * 8, enc.sync_dim)
+
+
+def test_sync_needs_one_segment():
+    with pytest.raises(ValueError, match="at least 16 frames"):
+        DemoEncoders().sync_features(random_frames(1, 15, 32, seed=0))
+
+
+def test_bad_frames_are_rejected_with_the_expected_layout():
+    with pytest.raises(ValueError, match=r"uint8 \(B, T, H, W, 3\)"):
+        DemoEncoders().clip_features(torch.zeros(1, 4, 3, 32, 32, dtype=torch.uint8))
+
+
+def test_features_are_deterministic_bit_for_bit():
+    clip_frames, sync_frames = random_frames(2, 16, 96, seed=4), random_frames(2, 40, 64, seed=5)
+    a, b = DemoEncoders(), DemoEncoders()
+    assert torch.equal(a.clip_features(clip_frames), b.clip_features(clip_frames))
+    assert torch.equal(a.sync_features(sync_frames), b.sync_features(sync_frames))
+    # a different seed is a different (still fixed) projection
+    assert not torch.equal(a.clip_features(clip_frames), DemoEncoders(seed=7).clip_features(clip_frames))
+
+
+def test_clip_features_tell_scenes_apart():
+    enc = DemoEncoders()
+    frames = torch.cat([textured_still(4, 96, seed=10), textured_still(4, 96, seed=11)], dim=1)
+    frames[:, 4:, :, :, 2] = 250  # second shot: strongly blue
+    f = enc.clip_features(frames)[0]
+    same_shot = torch.dot(f[0], f[3]).item()
+    across_cut = torch.dot(f[0], f[4]).item()
+    assert same_shot == pytest.approx(1.0, abs=1e-5)
+    assert across_cut < 0.9
+
+
+@pytest.mark.parametrize("k", [17, 20])
+def test_a_flash_moves_exactly_the_tokens_covering_it(k):
+    enc = DemoEncoders()
+    base = textured_still(48, 64, seed=12)
+    flashed = base.clone()
+    flashed[:, k] = 255
+    expected = tokens_covering({k, k + 1}, 48)  # the change into k and back out of it into k + 1
+    assert changed_tokens(enc.sync_features(flashed), enc.sync_features(base)) == expected
+    assert expected  # the mapping puts frame k in two overlapping segments
+    assert len(expected) in (2, 4)
+
+
+def test_a_one_frame_shake_moves_the_matching_tokens():
+    enc = DemoEncoders()
+    base = textured_still(40, 64, seed=13)
+    base[:, :, 20:36, 20:36] = 230  # a bright square
+    shaken = base.clone()
+    k = 25
+    shaken[:, k] = torch.roll(base[:, k], shifts=(6, 6), dims=(1, 2))  # the square jumps for one frame
+    assert changed_tokens(enc.sync_features(shaken), enc.sync_features(base)) == tokens_covering({k, k + 1}, 40)
+
+
+def test_motion_energy_grows_with_motion():
+    enc = DemoEncoders()
+    base = textured_still(24, 64, seed=14)
+    small, large = base.clone(), base.clone()
+    small[:, 10, 0:8, 0:8] = 255
+    large[:, 10] = 255
+    ref = enc.sync_features(base)
+    token = 4  # segment 0, token 4 covers frames 8 and 9: unaffected; token 5 covers 10, 11
+    d_small = (enc.sync_features(small) - ref)[0, 5].norm()
+    d_large = (enc.sync_features(large) - ref)[0, 5].norm()
+    assert torch.equal(enc.sync_features(small)[0, token], ref[0, token])
+    assert 0 < d_small < d_large
+
+
+def test_text_features_hashed_bag_of_words():
+    enc = DemoEncoders(text_dim=32, text_seq_len=4)
+    out = enc.text_features(["A dog barks", "a DOG barks!", "barks dog", "", "one two three four five six"])
+    assert out.shape == (5, 4, 32)
+    assert torch.equal(out[0], out[1])  # case and punctuation do not matter
+    assert not torch.equal(out[0], out[2])  # word order does (one word per position)
+    assert torch.equal(out[3], torch.zeros(4, 32))
+    norms = out.norm(dim=-1)
+    assert torch.allclose(norms[0], torch.tensor([1.0, 1.0, 1.0, 0.0]))
+    assert torch.allclose(norms[4], torch.ones(4))  # words past the end summed into the last slot
+    # the same word sits at the same place whatever the prompt
+    assert torch.equal(enc.text_features(["dog"])[0, 0], enc.text_features(["dog runs"])[0, 0])
+
+
+def test_text_features_do_not_depend_on_the_process_hash_seed():
+    code = ("import torch, sys; from model.demo import DemoEncoders; "
+            "sys.stdout.buffer.write(DemoEncoders().text_features(['rain on a tin roof']).numpy().tobytes())")
+    seed = "2" if os.environ.get("PYTHONHASHSEED") == "1" else "1"
+    other = subprocess.run([sys.executable, "-c", code], env=dict(os.environ, PYTHONHASHSEED=seed),
+                           capture_output=True, check=True, cwd=os.path.dirname(os.path.dirname(__file__))).stdout
+    assert other == DemoEncoders().text_features(["rain on a tin roof"]).numpy().tobytes()
+
+
+# -- codec ---------------------------------------------------------------------------------
+
+def bursts(onsets_s: list[float], length: int, seed: int) -> torch.Tensor:
+    """Decaying noise bursts (clicks, hits) starting at known times."""
+    gen = torch.Generator().manual_seed(seed)
+    wav = torch.zeros(1, length)
+    n = int(0.04 * SR)
+    envelope = torch.exp(-torch.arange(n) / (0.008 * SR))
+    for t in onsets_s:
+        start = int(t * SR)
+        wav[0, start:start + n] = 0.4 * torch.randn(n, generator=gen) * envelope
+    return wav
+
+
+def energy_onsets(wav: torch.Tensor, refractory_s: float = 0.25) -> list[float]:
+    """Times where short-time energy first rises above 5 % of its maximum."""
+    hop, win = 64, 256
+    energy = wav.unfold(-1, win, hop).pow(2).mean(-1)
+    above = energy > 0.05 * energy.max()
+    onsets: list[float] = []
+    for i in range(1, len(above)):
+        t = i * hop / SR
+        if above[i] and not above[i - 1] and (not onsets or t - onsets[-1] > refractory_s):
+            onsets.append(t)
+    return onsets
+
+
+def test_codec_round_trip_keeps_onsets_within_one_hop():
+    codec = DemoCodec()
+    truth = [0.31, 1.0, 1.73, 2.5, 3.14, 4.62, 5.05, 6.9]
+    wav = bursts(truth, 8 * SR, seed=0)
+    mean, std = codec.encode(wav)
+    out = codec.decode(mean)
+    reference, decoded = energy_onsets(wav[0]), energy_onsets(out[0])
+    assert len(reference) == len(truth)
+    assert len(decoded) == len(reference), (reference, decoded)
+    hop_s = codec.hop_length / SR
+    for ref, got in zip(reference, decoded):
+        assert abs(got - ref) <= hop_s, (ref, got)
+    assert torch.all(std == codec.latent_std)
+
+
+def test_codec_lengths_follow_latents_per_second():
+    codec = DemoCodec()
+    assert codec.latents_per_second == 31.25
+    mean, std = codec.encode(torch.zeros(2, 8 * SR))
+    assert mean.shape == std.shape == (2, 250, codec.latent_dim)
+    assert codec.decode(mean[:1]).shape == (1, 8 * SR)
+    odd = codec.encode(torch.zeros(1, SR + 100))[0]
+    assert odd.shape[1] == 32  # ceil((16000 + 100) / 512)
+    assert codec.decode(odd).shape[1] == 32 * codec.hop_length
+    with pytest.raises(ValueError, match=r"\(B, N, 20\)"):
+        codec.decode(torch.zeros(1, 10, 7))
+
+
+def test_codec_is_deterministic_and_keeps_loudness_order():
+    codec = DemoCodec()
+    gen = torch.Generator().manual_seed(3)
+    quiet = 0.05 * torch.randn(1, SR, generator=gen)
+    loud = 10 * quiet
+    lat_q, lat_l = codec.encode(quiet)[0], codec.encode(loud)[0]
+    assert torch.equal(codec.decode(lat_q), codec.decode(lat_q))
+    assert codec.decode(lat_l).pow(2).mean() > 50 * codec.decode(lat_q).pow(2).mean()
+    silence = codec.decode(codec.encode(torch.zeros(1, SR))[0])
+    assert silence.abs().max() < 1e-3
+
+
+# -- the demo bundle -----------------------------------------------------------------------
+
+def test_unknown_bundle_lists_the_names():
+    from model.bundles import BUNDLES, UnknownBundleError, resolve_bundle
+
+    with pytest.raises(UnknownBundleError) as info:
+        resolve_bundle("mmaudio-huge")
+    for name in BUNDLES:
+        assert name in str(info.value)
+    assert {"demo", "mmaudio-small-16k", "mmaudio-large-44k-v2", "mf-mjt-small-16k"} <= set(BUNDLES)
+
+
+def test_untrained_demo_network_is_a_clear_error(tmp_path):
+    from model.bundles import BUNDLES, DemoNotTrainedError, bundle_info, load_bundle
+    from model.registry import WeightsRegistry
+
+    absent = dataclasses.replace(BUNDLES["demo"], network_asset="default/not_there.safetensors")
+    for call in (lambda: bundle_info(absent, registry=WeightsRegistry(tmp_path)),
+                 lambda: load_bundle(absent, WeightsRegistry(tmp_path))):
+        with pytest.raises(DemoNotTrainedError, match="not trained yet") as info:
+            call()
+        assert "not_there.safetensors" in str(info.value) and "--checkpoint" in str(info.value)
+
+
+def test_mmaudio_bundle_lists_every_missing_file(tmp_path):
+    from model.bundles import bundle_info
+    from model.registry import MissingWeightsError, WeightsRegistry
+
+    with pytest.raises(MissingWeightsError) as info:
+        bundle_info("mmaudio-small-16k", registry=WeightsRegistry(tmp_path))
+    message = str(info.value)
+    for name in ("mmaudio_small_16k.pth", "v1-16.pth", "best_netG.pt", "synchformer_state_dict.pth",
+                 "open_clip_pytorch_model.bin", "https://huggingface.co/hkchengrex/MMAudio"):
+        assert name in message
+    assert "open_clip_config.json" not in message  # optional: the built-in config is used
+
+
+def test_demo_encoders_and_codec_fit_the_demo_network():
+    from model.bundles import BUNDLES, build_codec, build_encoders, check_compatible, network_config
+
+    bundle = BUNDLES["demo"]
+    config = network_config(bundle)
+    encoders, codec = build_encoders(bundle, {}, "cpu"), build_codec(bundle, {}, "cpu")
+    assert isinstance(encoders, DemoEncoders) and isinstance(codec, DemoCodec)
+    check_compatible(config, encoders, codec)
+    assert codec.sample_rate == bundle.sample_rate == config.sample_rate == 16_000
+    assert round(bundle.window_s * codec.latents_per_second) == config.latent_seq_len
+    assert bundle.window_s * 8 == config.clip_seq_len
+    assert num_sync_segments(int(bundle.window_s * 25)) * 8 == config.sync_seq_len
+
+
+def test_demo_bundle_generates_with_a_checkpoint(tmp_path):
+    from model.bundles import BUNDLES, bundle_info, load_generator, network_config
+    from model.checkpoint import save_checkpoint
+    from model.generator import SamplerConfig, WindowBatch
+    from model.network import MFMJT
+    from model.registry import WeightsRegistry
+
+    torch.manual_seed(0)
+    checkpoint = save_checkpoint(MFMJT(network_config(BUNDLES["demo"])), tmp_path / "demo.safetensors")
+    registry = WeightsRegistry(tmp_path / "weights")
+    info = bundle_info("demo", checkpoint=checkpoint, registry=registry)
+    assert info.sample_rate == 16_000 and len(info.weights_hash) == 64
+    generator = load_generator("demo", checkpoint=checkpoint, registry=registry)
+    batch = WindowBatch(clip_frames=random_frames(1, 64, 32, seed=20), sync_frames=random_frames(1, 200, 32, seed=21),
+                        prompts=["a door slams"], negative_prompts=[""], seeds=[7])
+    wav = generator.generate(batch, SamplerConfig(**info.sampler))
+    assert wav.shape == (1, 8 * 16_000) and torch.isfinite(wav).all() and wav.abs().max() > 0
