@@ -1,0 +1,92 @@
+"""`dub report RUN -o REPORT_DIR`: FAD, onset and sync metrics, per-video Parquet and an HTML page."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+
+def register(app: typer.Typer) -> None:
+    @app.command()
+    def report(
+        run: Path = typer.Argument(..., help="A `dub generate` output directory (run.json, report.parquet, mp4/)."),
+        out: Path = typer.Option(..., "--out", "-o", help="Report directory (report.parquet, summary.json, index.html)."),
+        reference: Optional[Path] = typer.Option(
+            None, "--reference", "-r",
+            help="Reference audio when the source videos have none: a folder (<video_id>.* or <source stem>.*) "
+                 "or a Parquet manifest with columns video_id, path."),
+        backend: List[str] = typer.Option(
+            None, "--backend", "-b",
+            help="FAD embedding backends: panns, vggish, passt, logmel (default: all; unavailable ones are reported)."),
+        weights_dir: Optional[Path] = typer.Option(
+            None, "--weights-dir", help="Local weights folder (default: $DUB_WEIGHTS_DIR or ~/.cache/dub/weights)."),
+        device: str = typer.Option("cpu", help="cpu | cuda (embedding models)."),
+        max_plots: int = typer.Option(50, "--max-plots", help="Clips with pictures and audio players in the page."),
+        tolerance: float = typer.Option(0.3, "--onset-tolerance",
+                                        help="Onset accuracy/AP matching window in seconds (MMAudio eval_onsets: 0.3)."),
+        no_html: bool = typer.Option(False, "--no-html", help="Skip index.html."),
+        timings: bool = typer.Option(False, "--timings", help="Also print the time per clip of each metric."),
+        as_json: bool = typer.Option(False, "--json", help="Print summary.json instead of tables."),
+    ) -> None:
+        """Score a generate run against reference audio and visual events."""
+        import json
+
+        from rich.console import Console
+        from rich.table import Table
+
+        from workflows.metrics.embeddings import BACKENDS
+        from workflows.metrics.onsets import OnsetConfig
+        from workflows.report import ALL_BACKENDS, ReportConfig, grouped_unavailable, run_report
+
+        backends = tuple(backend) if backend else ALL_BACKENDS
+        unknown = [b for b in backends if b not in BACKENDS]
+        if unknown:
+            raise typer.BadParameter(f"unknown backend(s) {unknown}; choose from {sorted(BACKENDS)}")
+        if reference is not None and not reference.exists():
+            raise typer.BadParameter(f"--reference {reference} does not exist")
+        config = ReportConfig(run_dir=str(run), out_dir=str(out),
+                              reference=None if reference is None else str(reference),
+                              backends=backends, weights_dir=None if weights_dir is None else str(weights_dir),
+                              device=device, onsets=OnsetConfig(tolerance_s=tolerance),
+                              max_plots=max_plots, write_html=not no_html)
+        console = Console(stderr=as_json)
+        try:
+            with console.status("scoring clips") as status:
+                result = run_report(config, progress=lambda i, n, vid: status.update(f"scored {i}/{n} ({vid})"))
+        except (FileNotFoundError, ValueError) as exc:
+            console.print(f"[red]error:[/red] {exc}")
+            raise typer.Exit(2) from exc
+        summary = result.summary
+        if as_json:
+            print(json.dumps(summary, indent=2, default=str))
+            return
+        table = Table(title=f"dub report: {summary['n_scored']}/{summary['n_rows']} clips scored")
+        table.add_column("metric")
+        table.add_column("value", justify="right")
+        table.add_column("clips", justify="right")
+        table.add_column("note")
+        lower = set(summary["lower_is_better"])
+        metrics = summary["metrics"]
+        for key, value in metrics.items():
+            if key.endswith("_n"):
+                continue  # the clip count of a mean, shown in its row
+            base = key.removesuffix("_mean")
+            note = "; ".join(x for x in (summary["notes"].get(key, ""), "lower is better" if base in lower else "") if x)
+            count = metrics.get(f"{base}_n") if key.endswith("_mean") else None
+            table.add_row(key, "" if value is None else f"{value:.4g}", "" if count is None else str(count), note)
+        console.print(table)
+        for keys, reason in grouped_unavailable(summary["unavailable"]):
+            console.print(f"[yellow]not computed[/yellow] {', '.join(keys)}: {reason}")
+        if timings:
+            t = Table(title="time per clip on this machine (median)")
+            t.add_column("metric")
+            t.add_column("ms / clip", justify="right")
+            for key, ms in summary["timings_ms_per_clip"].items():
+                t.add_row(key, f"{ms:.1f}")
+            for key, s in summary["timings_s_total"].items():
+                t.add_row(f"{key} (once, total)", f"{1000 * s:.1f}")
+            console.print(t)
+        console.print(f"wrote {result.out_dir / 'report.parquet'}, {result.out_dir / 'summary.json'}"
+                      + ("" if no_html else f", {result.out_dir / 'index.html'}"))

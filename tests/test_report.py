@@ -1,0 +1,199 @@
+"""`dub report` end to end on a real (tiny) generate run: per-video Parquet, summary, HTML page
+opened in headless Chromium, the CLI."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from tests.report_helpers import (burst_audio, decode_png, event_frames, write_clip, write_events,
+                                  write_generate_run, write_wav)
+from workflows.metrics.run_inputs import GeneratedRow, ReferenceIndex, load_run
+from workflows.report import ReportConfig, run_report
+
+CHROMIUM = Path("/usr/bin/chromium")
+DURATION = 6.0
+
+
+def _events(seed: int) -> np.ndarray:
+    rng = np.random.default_rng(100 + seed)
+    return np.sort(rng.choice(np.arange(0.4, 5.6, 0.45), size=5, replace=False)).round(2)
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory) -> Path:
+    """v0-v2: silent sources with event sidecars, references in a folder; v3: a source with its
+    own audio track and no sidecar; v4: a row that failed in generate."""
+    root = tmp_path_factory.mktemp("report")
+    rows = []
+    for k in range(3):
+        times = _events(k)
+        source = write_clip(root / "videos" / f"clip{k}.mp4", event_frames(times, DURATION, seed=k))
+        write_events(source, times)
+        generated = write_clip(root / "run" / "mp4" / f"v{k}_clip{k}.mp4", event_frames(times, DURATION, seed=k),
+                               burst_audio(times, DURATION, seed=k))
+        write_wav(root / "refs" / f"v{k}.flac", burst_audio(times, DURATION, seed=50 + k))
+        rows.append({"video_id": f"v{k}", "path": source, "output_mp4": Path("mp4") / generated.name})
+    times = _events(3)
+    source = write_clip(root / "videos" / "clip3.mp4", event_frames(times, DURATION, seed=3),
+                        burst_audio(times, DURATION, seed=60))
+    generated = write_clip(root / "run" / "mp4" / "v3_clip3.mp4", event_frames(times, DURATION, seed=3),
+                           burst_audio(times + 0.5, DURATION, seed=3))  # badly out of sync
+    rows.append({"video_id": "v3", "path": source, "output_mp4": generated})
+    rows.append({"video_id": "v4", "path": root / "videos" / "gone.mp4", "status": "failed",
+                 "error": "cannot decode"})
+    return write_generate_run(root / "run", rows)
+
+
+@pytest.fixture(scope="module")
+def report(run_dir, tmp_path_factory):
+    weights = tmp_path_factory.mktemp("no_weights")
+    out = run_dir.parent / "out"
+    config = ReportConfig(run_dir=str(run_dir), out_dir=str(out), reference=str(run_dir.parent / "refs"),
+                          backends=("panns", "vggish", "logmel"), weights_dir=str(weights))
+    return run_report(config)
+
+
+def test_per_video_parquet(report):
+    table = pq.read_table(report.out_dir / "report.parquet").to_pylist()
+    by_id = {r["video_id"]: r for r in table}
+    assert list(by_id) == ["v0", "v1", "v2", "v3", "v4"]
+    assert by_id["v4"]["status"] == "skipped" and "cannot decode" in by_id["v4"]["error"]
+    for vid in ("v0", "v1", "v2"):
+        r = by_id[vid]
+        assert r["status"] == "ok" and r["error"] is None
+        assert r["reference_kind"] == "dir" and r["onset_reference"] == "events"
+        assert r["onset_acc"] == 1.0 and r["onset_f1"] >= 0.8  # generated bursts sit on the events
+        assert r["av_align"] >= 0.5
+        assert r["kl_panns"] is None  # no PANNs weights: not a zero
+        assert r["t_onsets_s"] > 0 and r["t_embed_logmel_s"] > 0
+    v3 = by_id["v3"]
+    assert v3["reference_kind"] == "video_track" and v3["onset_reference"] == "reference_audio"
+    assert v3["onset_f1"] == 0.0 and v3["av_align"] < 0.2  # 0.5 s late audio
+    assert v3["av_align_reference"] > v3["av_align"]
+
+
+def test_summary_names_missing_weights_and_keeps_other_metrics(report):
+    summary = json.loads((report.out_dir / "summary.json").read_text())
+    assert summary["n_scored"] == 4 and summary["n_skipped"] == 1 and summary["n_with_events"] == 3
+    metrics, unavailable = summary["metrics"], summary["unavailable"]
+    for key in ("fad_panns", "kl_panns", "is_panns"):
+        assert "Cnn14_16k_mAP=0.438.pth" in unavailable[key] and key not in metrics
+    assert "not implemented in this version" in unavailable["fad_vggish"]
+    assert "synchformer_state_dict.pth" in unavailable["desync_s"]
+    assert metrics["fad_logmel"] > 0
+    assert "not comparable" in summary["notes"]["fad_logmel"]
+    assert metrics["onset_acc_n"] == 4 and metrics["av_align_n"] == 4
+    assert set(summary["timings_ms_per_clip"]) >= {"read", "onsets", "av_align", "embed_logmel", "plots"}
+
+
+def _chromium(args: list[str], tmp_path: Path) -> subprocess.CompletedProcess:
+    profile = tmp_path / "chromium-profile"
+    cmd = [str(CHROMIUM), "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+           "--disable-component-update", "--disable-sync", "--no-first-run", f"--user-data-dir={profile}",
+           "--enable-logging=stderr", "--v=0", *args]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    shutil.rmtree(profile, ignore_errors=True)
+    return result
+
+
+@pytest.mark.skipif(not CHROMIUM.exists(), reason="Debian's chromium is not installed (apt-get install -y chromium)")
+def test_html_page_renders_in_headless_chromium(report, tmp_path):
+    page = report.out_dir / "index.html"
+    assert "http://" not in page.read_text() and "https://" not in page.read_text().split("<h2>Clips")[1]
+    dom = _chromium(["--dump-dom", f"{page.as_uri()}#sort=av_align"], tmp_path)
+    assert dom.returncode == 0, dom.stderr[-2000:]
+    assert "Uncaught" not in dom.stderr, dom.stderr[-2000:]
+    html = dom.stdout
+    assert '<table id="summary"' in html and '<table id="clips"' in html
+    assert len(re.findall(r'<img class="spectrogram"[^>]*src="data:image/png;base64,', html)) == 8
+    assert len(re.findall(r'<audio controls', html)) == 8
+    # the page's own script sorted the clips by av_align, ascending, empty values last
+    order = re.findall(r'<tr data-id="(v\d)"', html)
+    av = {r["video_id"]: r["av_align"] for r in report.rows}
+    expected = sorted([v for v in av if av[v] is not None], key=lambda v: av[v]) + ["v4"]
+    assert order == expected
+    sections = re.findall(r'<section class="clip" id="clip-(v\d)"', html)
+    assert sections == expected  # per-clip pictures follow the table order
+
+    shot = tmp_path / "page.png"
+    result = _chromium([f"--screenshot={shot}", "--window-size=1200,2000", page.as_uri()], tmp_path)
+    assert result.returncode == 0 and shot.exists(), result.stderr[-2000:]
+    pixels = decode_png(shot.read_bytes()).astype(np.int16)
+    assert pixels.shape == (2000, 1200, 3)
+    assert pixels.std() > 20  # not a blank page
+    # the colour-mapped spectrograms: saturated pixels, which text, tables and waveforms barely have
+    colourful = (pixels.max(axis=2) - pixels.min(axis=2)) > 60
+    assert colourful.mean() > 0.03
+
+
+def test_classifier_metrics_with_a_panns_model(run_dir, tmp_path):
+    import torch
+
+    from workflows.metrics.embeddings import PannsBackend
+    from workflows.metrics.panns import Cnn14, Cnn14Config
+
+    tiny = Cnn14Config(mel_bins=32, classes_num=5, channels=(4, 4, 8, 8, 8, 16))
+    torch.manual_seed(0)
+    torch.save({"model": Cnn14(tiny).state_dict()}, tmp_path / "tiny_cnn14.pth")
+    config = ReportConfig(run_dir=str(run_dir), out_dir=str(tmp_path / "out"), reference=str(run_dir.parent / "refs"),
+                          weights_dir=str(tmp_path), write_html=False)
+    result = run_report(config, backends={"panns": PannsBackend(tmp_path / "tiny_cnn14.pth", config=tiny)})
+    metrics = result.summary["metrics"]
+    assert metrics["fad_panns"] >= 0 and 1.0 <= metrics["is_panns_mean"] <= 5.0
+    assert metrics["kl_panns_n"] == 4
+    assert all(r["kl_panns"] >= 0 for r in result.rows if r["status"] == "ok")
+    assert "fad_panns" not in result.summary["unavailable"] and "kl_panns" not in result.summary["unavailable"]
+    assert "synchformer_state_dict.pth" in result.summary["unavailable"]["desync_s"]
+
+
+def test_reference_manifest_and_bad_inputs(run_dir, tmp_path):
+    import pyarrow as pa
+
+    manifest = tmp_path / "refs.parquet"
+    pq.write_table(pa.table({"video_id": ["v1"], "path": [str(run_dir.parent / "refs" / "v1.flac")]}), manifest)
+    index = ReferenceIndex(manifest)
+    _, rows = load_run(run_dir)
+    by_id = {r.video_id: r for r in rows}
+    assert index.lookup(by_id["v1"]) == (run_dir.parent / "refs" / "v1.flac", "manifest")
+    assert index.lookup(by_id["v0"]) == (None, "none")
+    assert index.lookup(by_id["v3"])[1] == "video_track"  # the source's own audio wins
+    silent = GeneratedRow("x", None, "done", None, None, None, None)
+    assert index.lookup(silent) == (None, "none")
+    with pytest.raises(FileNotFoundError, match="report.parquet"):
+        load_run(tmp_path)
+    with pytest.raises(FileNotFoundError, match="neither a folder"):
+        ReferenceIndex(tmp_path / "nothing.txt")
+
+
+def test_cli_prints_summary_and_timings(run_dir, tmp_path):
+    import typer
+    from typer.testing import CliRunner
+
+    from dub.commands.report import register
+
+    app = typer.Typer()
+    register(app)
+
+    @app.callback()
+    def _root() -> None:  # keep `report` a sub-command
+        pass
+
+    out = tmp_path / "cli_out"
+    result = CliRunner().invoke(app, ["report", str(run_dir), "-o", str(out), "--reference",
+                                      str(run_dir.parent / "refs"), "--backend", "logmel", "--backend", "panns",
+                                      "--weights-dir", str(tmp_path), "--no-html", "--timings"])
+    assert result.exit_code == 0, result.output
+    assert "fad_logmel" in result.output and "ms / clip" in result.output
+    assert "Cnn14_16k_mAP=0.438.pth" in result.output
+    assert (out / "report.parquet").exists() and (out / "summary.json").exists()
+    assert not (out / "index.html").exists()
+    bad = CliRunner().invoke(app, ["report", str(tmp_path / "missing"), "-o", str(out)])
+    assert bad.exit_code == 2 and "report.parquet" in bad.output

@@ -1,0 +1,137 @@
+"""Audio embedding backends for FAD (and classifier logits for KL/IS where a model has them).
+
+    panns    PANNs CNN14 16 kHz, 2048-d + 527 AudioSet logits   needs Cnn14_16k_mAP=0.438.pth
+    vggish   VGGish 128-d                                       not implemented in this version
+    passt    PaSST 768-d + logits                               not implemented in this version
+    logmel   weights-free: 64-band log-mel (CNN14's front end), mean and std over frames (128-d).
+             Useful to compare runs of this tool with each other; NOT comparable with
+             published FAD numbers.
+
+`build_backend(name, locator)` raises `BackendUnavailable` with a one-line reason (which file
+is missing, or that the backend is not implemented), which the report prints as is.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Callable, Protocol, Sequence
+
+import numpy as np
+
+from workflows.metrics.weights import METRIC_WEIGHTS, MissingWeights, WeightsLocator
+
+if TYPE_CHECKING:
+    from workflows.metrics.panns import Cnn14Config
+
+__all__ = ["BACKENDS", "BackendInfo", "BackendUnavailable", "ClipFeatures", "EmbeddingBackend",
+           "LogMelStatsBackend", "PannsBackend", "build_backend"]
+
+
+class BackendUnavailable(RuntimeError):
+    """The backend cannot run here; the message says why (missing file, not implemented)."""
+
+
+@dataclass(frozen=True)
+class BackendInfo:
+    name: str
+    sample_rate: int
+    comparable: bool  # with numbers published by papers using the same model
+    note: str
+
+
+@dataclass(frozen=True)
+class ClipFeatures:
+    embeddings: np.ndarray  # (N, D) float64, one row per clip
+    logits: np.ndarray | None  # (N, C) classifier logits, None when the model has no classifier
+
+
+class EmbeddingBackend(Protocol):
+    info: BackendInfo
+
+    def features(self, wavs: Sequence[np.ndarray]) -> ClipFeatures:
+        """Mono waveforms at info.sample_rate -> per-clip features."""
+        ...
+
+
+def _min_length(wav: np.ndarray, n: int) -> np.ndarray:
+    wav = np.asarray(wav, dtype=np.float32).reshape(-1)
+    return np.pad(wav, (0, max(0, n - len(wav))))
+
+
+class LogMelStatsBackend:
+    info = BackendInfo("logmel", 16000, False,
+                       "weights-free log-mel mean+std statistics: not comparable with published FAD")
+
+    def __init__(self, device: str = "cpu") -> None:
+        import torch
+
+        from workflows.metrics.panns import LogMelFrontEnd
+
+        self._torch = torch
+        self.device = device
+        self.front = LogMelFrontEnd().eval().to(device)
+
+    def features(self, wavs: Sequence[np.ndarray]) -> ClipFeatures:
+        torch = self._torch
+        rows = []
+        with torch.inference_mode():
+            for wav in wavs:
+                x = torch.from_numpy(_min_length(wav, 1024))[None].to(self.device)
+                mel = self.front(x)[0].double()  # (T, mels) in dB
+                rows.append(torch.cat([mel.mean(dim=0), mel.std(dim=0, unbiased=False)]).cpu().numpy())
+        return ClipFeatures(np.stack(rows) if rows else np.zeros((0, 128)), None)
+
+
+class PannsBackend:
+    info = BackendInfo("panns", 16000, True, "PANNs CNN14 16 kHz (2048-d embedding, AudioSet logits)")
+
+    def __init__(self, weights_path: str | Path, device: str = "cpu", config: Cnn14Config | None = None) -> None:
+        import torch
+
+        from workflows.metrics.panns import CNN14_16K, load_cnn14
+
+        self._torch = torch
+        self.device = device
+        self.model = load_cnn14(weights_path, config or CNN14_16K, device)
+
+    def features(self, wavs: Sequence[np.ndarray]) -> ClipFeatures:
+        torch = self._torch
+        embs, logits = [], []
+        with torch.inference_mode():
+            for wav in wavs:
+                x = torch.from_numpy(_min_length(wav, 16000))[None].to(self.device)  # >= 1 s: 5 poolings need frames
+                e, lg = self.model(x)
+                embs.append(e[0].double().cpu().numpy())
+                logits.append(lg[0].double().cpu().numpy())
+        if not embs:
+            return ClipFeatures(np.zeros((0, self.model.config.channels[-1])), np.zeros((0, self.model.config.classes_num)))
+        return ClipFeatures(np.stack(embs), np.stack(logits))
+
+
+def _weights_path(locator: WeightsLocator, key: str):
+    try:
+        return locator.path(key)
+    except MissingWeights as exc:
+        raise BackendUnavailable(str(exc)) from exc
+
+
+def _not_implemented(key: str) -> Callable[[WeightsLocator, str], EmbeddingBackend]:
+    def build(locator: WeightsLocator, device: str) -> EmbeddingBackend:
+        raise BackendUnavailable(f"{key} backend not implemented in this version "
+                                 f"(it would load {METRIC_WEIGHTS[key].file_name})")
+    return build
+
+
+BACKENDS: dict[str, Callable[[WeightsLocator, str], EmbeddingBackend]] = {
+    "panns": lambda locator, device: PannsBackend(_weights_path(locator, "panns_cnn14_16k"), device),
+    "vggish": _not_implemented("vggish"),
+    "passt": _not_implemented("passt"),
+    "logmel": lambda locator, device: LogMelStatsBackend(device),
+}
+
+
+def build_backend(name: str, locator: WeightsLocator | None = None, device: str = "cpu") -> EmbeddingBackend:
+    if name not in BACKENDS:
+        raise ValueError(f"unknown embedding backend {name!r}; choose from {sorted(BACKENDS)}")
+    return BACKENDS[name](locator or WeightsLocator(), device)

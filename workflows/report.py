@@ -1,0 +1,411 @@
+"""`dub report`: score a generate run against reference audio and visual events.
+
+Outputs in REPORT_DIR:
+    report.parquet   one row per generate-run row: status, pairing, per-clip metrics, t_*_s timings
+    summary.json     set-level metrics (FAD per backend, IS, means of per-clip metrics), which
+                     metrics could not run and why, mean time per clip of each metric
+    index.html       one self-contained page (see workflows/report_page.py)
+
+Clips are scored one after the other in this process (metrics are cheap next to generation;
+the embedding models are loaded once). A metric that cannot run is listed under
+`unavailable` with its reason (the missing weight file, not implemented, no reference), never
+written as zero.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from workflows.metrics.av_align import av_align_score, motion_peaks
+from workflows.metrics.classifiers import inception_score, kl_softmax
+from workflows.metrics.clap import build_clap
+from workflows.metrics.desync import build_offset_predictor
+from workflows.metrics.embeddings import BackendUnavailable, EmbeddingBackend, build_backend
+from workflows.metrics.fad import frechet_distance
+from workflows.metrics.media_io import encode_opus, read_audio, read_grey_frames
+from workflows.metrics.onsets import OnsetConfig, detect_onsets, onset_acc_ap, onset_prf
+from workflows.metrics.plots import spectrogram_png, waveform_png
+from workflows.metrics.run_inputs import GeneratedRow, ReferenceIndex, load_events, load_run, read_generated_audio
+from workflows.metrics.weights import WeightsLocator
+
+__all__ = ["ClipMedia", "ReportConfig", "ReportResult", "grouped_unavailable", "run_report"]
+
+ALL_BACKENDS = ("panns", "vggish", "passt", "logmel")
+CLASSIFIER_BACKENDS = ("panns", "passt")  # backends whose logits give KL and IS
+PER_CLIP_METRICS = ("onset_acc", "onset_ap", "onset_precision", "onset_recall", "onset_f1",
+                    "av_align", "av_align_reference", "kl_panns", "kl_passt", "desync_s", "clap_score")
+LOWER_IS_BETTER = {"kl_panns", "kl_passt", "desync_s"} | {f"fad_{b}" for b in ALL_BACKENDS}
+
+
+@dataclass(frozen=True)
+class ReportConfig:
+    run_dir: str
+    out_dir: str
+    reference: str | None = None  # folder or Parquet manifest of reference audio
+    backends: tuple[str, ...] = ALL_BACKENDS
+    weights_dir: str | None = None
+    device: str = "cpu"
+    sample_rate: int = 16000  # audio rate for embeddings and plots (onsets resample to 22.05 kHz)
+    onsets: OnsetConfig = OnsetConfig()
+    max_plots: int = 50  # clips with pictures and players in the page (the table lists all)
+    write_html: bool = True
+
+    def as_dict(self) -> dict:
+        d = asdict(self)
+        d["backends"] = list(self.backends)
+        return d
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "ReportConfig":
+        data = dict(data)
+        data["backends"] = tuple(data.get("backends", ALL_BACKENDS))
+        if isinstance(data.get("onsets"), dict):
+            data["onsets"] = OnsetConfig.from_dict(data["onsets"])
+        return cls(**data)
+
+
+@dataclass
+class ClipMedia:
+    """Pictures and audio of one clip for the page (PNG / Ogg bytes)."""
+    wave_generated: bytes
+    spec_generated: bytes
+    audio_generated: tuple[bytes, str]
+    wave_reference: bytes | None = None
+    spec_reference: bytes | None = None
+    audio_reference: tuple[bytes, str] | None = None
+
+
+@dataclass
+class ReportResult:
+    rows: list[dict]
+    summary: dict
+    out_dir: Path
+    media: dict[str, ClipMedia] = field(default_factory=dict)
+
+
+class _Timer:
+    """Adds elapsed seconds to record['t_<name>_s']."""
+
+    def __init__(self, record: dict, name: str) -> None:
+        self.record, self.key = record, f"t_{name}_s"
+
+    def __enter__(self) -> "_Timer":
+        self.start = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.record[self.key] = self.record.get(self.key, 0.0) + time.perf_counter() - self.start
+
+
+def _is_text_to_audio(run_config: dict, rows: list[GeneratedRow]) -> bool:
+    mode = str(run_config.get("mode", run_config.get("task", ""))).lower()
+    return "text" in mode or (bool(rows) and all(r.source_path is None for r in rows))
+
+
+def _nan_to_none(value):
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, (np.floating,)):
+        return _nan_to_none(float(value))
+    return value
+
+
+def _empty_record(row: GeneratedRow) -> dict:
+    record: dict = {
+        "video_id": row.video_id, "source_path": None if row.source_path is None else str(row.source_path),
+        "status": "ok", "error": None, "generated_path": None, "reference_path": None,
+        "reference_kind": "none", "onset_reference": "none", "duration_s": None,
+        "n_reference_onsets": None, "n_generated_onsets": None,
+    }
+    record.update({m: None for m in PER_CLIP_METRICS})
+    return record
+
+
+class _ClipScorer:
+    """Per-clip metrics; keeps the embedding features for the set-level metrics."""
+
+    def __init__(self, config: ReportConfig, backends: dict[str, EmbeddingBackend], refs: ReferenceIndex) -> None:
+        self.config = config
+        self.backends = backends
+        self.refs = refs
+        self.gen_features: dict[str, list] = {b: [] for b in backends}
+        self.ref_features: dict[str, list] = {b: [] for b in backends}
+
+    def _note(self, record: dict, what: str, exc: Exception) -> None:
+        msg = f"{what}: {type(exc).__name__}: {exc}"
+        record["error"] = msg if not record["error"] else f"{record['error']}; {msg}"
+
+    def score(self, index: int, row: GeneratedRow, want_media: bool) -> tuple[dict, ClipMedia | None]:
+        cfg = self.config
+        record = _empty_record(row)
+        if row.status != "done":
+            record["status"] = "skipped"
+            record["error"] = f"generation {row.status or 'missing'}" + (f": {row.error}" if row.error else "")
+            return record, None
+        try:
+            with _Timer(record, "read"):
+                gen, record["generated_path"] = read_generated_audio(row, cfg.sample_rate)
+        except Exception as exc:  # no generated audio: the clip cannot be scored at all
+            record["status"] = "failed"
+            self._note(record, "read generated audio", exc)
+            return record, None
+        ref = events = None
+        try:
+            with _Timer(record, "read"):
+                ref_path, record["reference_kind"] = self.refs.lookup(row)
+                record["reference_path"] = None if ref_path is None else str(ref_path)
+                ref = read_audio(ref_path, cfg.sample_rate) if ref_path is not None else None
+        except Exception as exc:  # scored without a reference; the error column says why
+            self._note(record, "read reference audio", exc)
+        try:
+            events = load_events(row.source_path)
+        except Exception as exc:
+            self._note(record, "read visual events", exc)
+        record["duration_s"] = len(gen) / cfg.sample_rate
+
+        gen_onsets = ref_onsets = None
+        try:
+            with _Timer(record, "onsets"):
+                detection = detect_onsets(gen, cfg.sample_rate, cfg.onsets)
+                gen_onsets = detection.times_s
+                record["n_generated_onsets"] = len(gen_onsets)
+                if events is not None:
+                    ref_onsets, record["onset_reference"] = events, "events"
+                elif ref is not None:
+                    ref_onsets = detect_onsets(ref, cfg.sample_rate, cfg.onsets).times_s
+                    record["onset_reference"] = "reference_audio"
+                if ref_onsets is not None:
+                    scored_ref = ref_onsets if cfg.onsets.max_duration_s is None else \
+                        ref_onsets[ref_onsets < cfg.onsets.max_duration_s]
+                    record["n_reference_onsets"] = len(scored_ref)
+                    record["onset_acc"], record["onset_ap"] = onset_acc_ap(detection, scored_ref, cfg.onsets)
+                    p, r, f = onset_prf(gen_onsets, scored_ref, cfg.onsets.prf_window_s)
+                    record["onset_precision"], record["onset_recall"], record["onset_f1"] = p, r, f
+        except Exception as exc:
+            self._note(record, "onsets", exc)
+
+        if row.source_path is not None:
+            try:
+                with _Timer(record, "av_align"):
+                    video = read_grey_frames(row.source_path)
+                    motion = motion_peaks(video.frames, video.times_s, video.fps)
+                    record["av_align"], _ = av_align_score(gen, cfg.sample_rate, motion)
+                    if ref is not None:
+                        record["av_align_reference"], _ = av_align_score(ref, cfg.sample_rate, motion)
+            except Exception as exc:
+                self._note(record, "av_align", exc)
+
+        for name, backend in self.backends.items():
+            try:
+                with _Timer(record, f"embed_{name}"):
+                    g = backend.features([gen])
+                    r = backend.features([ref]) if ref is not None else None
+                self.gen_features[name].append((index, g))
+                if r is not None:
+                    self.ref_features[name].append((index, r))
+            except Exception as exc:
+                self._note(record, f"embedding {name}", exc)
+
+        media = None
+        if want_media:
+            try:
+                with _Timer(record, "plots"):
+                    media = self._media(gen, ref, events if events is not None else ref_onsets, gen_onsets)
+            except Exception as exc:
+                self._note(record, "plots", exc)
+        return record, media
+
+    def _media(self, gen: np.ndarray, ref: np.ndarray | None, marks: np.ndarray | None,
+               gen_onsets: np.ndarray | None) -> ClipMedia:
+        """Pictures on one time axis; `marks` are the visual events (else the reference onsets)."""
+        sr = self.config.sample_rate
+        duration = max(len(gen), len(ref) if ref is not None else 0) / sr or 1.0
+        media = ClipMedia(
+            wave_generated=waveform_png(gen, sr, duration, events_s=marks, onsets_s=gen_onsets),
+            spec_generated=spectrogram_png(gen, sr, duration, events_s=marks, onsets_s=gen_onsets),
+            audio_generated=encode_opus(gen, sr),
+        )
+        if ref is not None:
+            ref_onsets = detect_onsets(ref, sr, self.config.onsets).times_s
+            media.wave_reference = waveform_png(ref, sr, duration, events_s=marks, onsets_s=ref_onsets)
+            media.spec_reference = spectrogram_png(ref, sr, duration, events_s=marks, onsets_s=ref_onsets)
+            media.audio_reference = encode_opus(ref, sr)
+        return media
+
+
+def _load_backends(config: ReportConfig, locator: WeightsLocator,
+                   unavailable: dict[str, str]) -> dict[str, EmbeddingBackend]:
+    backends: dict[str, EmbeddingBackend] = {}
+    for name in config.backends:
+        try:
+            backends[name] = build_backend(name, locator, config.device)
+        except BackendUnavailable as exc:
+            unavailable[f"fad_{name}"] = str(exc)
+            if name in CLASSIFIER_BACKENDS:
+                unavailable[f"kl_{name}"] = str(exc)
+                unavailable[f"is_{name}"] = str(exc)
+    return backends
+
+
+def _set_metrics(scorer: _ClipScorer, records: list[dict], metrics: dict, notes: dict, unavailable: dict) -> None:
+    for name, backend in scorer.backends.items():
+        gen = scorer.gen_features[name]
+        ref = scorer.ref_features[name]
+        if len(gen) < 2 or len(ref) < 2:
+            unavailable[f"fad_{name}"] = (f"needs >= 2 generated and >= 2 reference clips, "
+                                         f"have {len(gen)} and {len(ref)}")
+        else:
+            start = time.perf_counter()
+            metrics[f"fad_{name}"] = frechet_distance(np.concatenate([f.embeddings for _, f in gen]),
+                                                      np.concatenate([f.embeddings for _, f in ref]))
+            metrics[f"t_fad_{name}_s"] = time.perf_counter() - start
+        if not backend.info.comparable:
+            notes[f"fad_{name}"] = backend.info.note
+        if gen and gen[0][1].logits is not None:
+            logits = np.concatenate([f.logits for _, f in gen])
+            metrics[f"is_{name}_mean"], metrics[f"is_{name}_std"] = inception_score(logits)
+            ref_by_index = {i: f for i, f in ref}
+            for i, f in gen:
+                if i in ref_by_index:
+                    records[i][f"kl_{name}"] = float(kl_softmax(f.logits, ref_by_index[i].logits)[0])
+            if not ref_by_index:
+                unavailable[f"kl_{name}"] = "no clip has reference audio"
+
+
+def _per_clip_means(records: list[dict], metrics: dict, unavailable: dict) -> None:
+    for m in PER_CLIP_METRICS:
+        values = [r[m] for r in records if r.get(m) is not None and math.isfinite(r[m])]
+        if values:
+            metrics[f"{m}_mean"] = float(np.mean(values))
+            metrics[f"{m}_n"] = len(values)
+        elif m.startswith("onset_") and m not in unavailable:
+            unavailable[m] = "no clip has visual events (<stem>.events.json) or reference audio"
+        elif m.startswith("av_align") and m not in unavailable:
+            unavailable[m] = ("no clip has a readable source video" if m == "av_align"
+                              else "no clip has both a source video and reference audio")
+
+
+def _timings_ms(records: list[dict]) -> dict[str, float]:
+    """Median milliseconds per clip of each timed step (the median hides the first clip's warm-up)."""
+    keys = sorted({k for r in records for k in r if k.startswith("t_") and k.endswith("_s")})
+    out = {}
+    for k in keys:
+        values = [r[k] for r in records if r.get(k) is not None]
+        if values:
+            out[k[2:-2]] = 1000.0 * float(np.median(values))
+    return out
+
+
+def grouped_unavailable(unavailable: dict[str, str]) -> list[tuple[list[str], str]]:
+    """Metrics that share one reason (e.g. FAD, KL and IS all need the CNN14 file), together."""
+    groups: dict[str, list[str]] = {}
+    for key, reason in unavailable.items():
+        groups.setdefault(reason, []).append(key)
+    return [(keys, reason) for reason, keys in groups.items()]
+
+
+def _write_parquet(records: list[dict], path: Path) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    string_cols = {"video_id", "source_path", "status", "error", "generated_path", "reference_path",
+                   "reference_kind", "onset_reference"}
+    int_cols = {"n_reference_onsets", "n_generated_onsets"}
+    columns = list(dict.fromkeys(k for r in records for k in r)) or ["video_id"]
+    fields = [pa.field(c, pa.string() if c in string_cols else pa.int64() if c in int_cols else pa.float64())
+              for c in columns]
+    data = {c: [_nan_to_none(r.get(c)) for r in records] for c in columns}
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    pq.write_table(pa.Table.from_pydict(data, schema=pa.schema(fields)), tmp)
+    os.replace(tmp, path)
+
+
+def _write_text(text: str, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def run_report(config: ReportConfig, progress: Callable[[int, int, str], None] | None = None,
+               backends: dict[str, EmbeddingBackend] | None = None) -> ReportResult:
+    """Score every row of the run, write report.parquet, summary.json and index.html.
+
+    `backends` replaces the ones `config.backends` names (already-built models, e.g. a tiny
+    CNN14 in tests or one shared across reports)."""
+    run_config, rows = load_run(config.run_dir)
+    out_dir = Path(config.out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    locator = WeightsLocator(config.weights_dir)
+    unavailable: dict[str, str] = {}
+    notes: dict[str, str] = {}
+    metrics: dict[str, float] = {}
+
+    import torch  # noqa: F401 - imported before timing so model_load is the models alone
+
+    load_start = time.perf_counter()
+    if backends is None:
+        backends = _load_backends(config, locator, unavailable)
+    model_load_s = time.perf_counter() - load_start
+    for key, build in (("desync_s", build_offset_predictor),) + \
+            ((("clap_score", build_clap),) if _is_text_to_audio(run_config, rows) else ()):
+        try:
+            build(locator)
+        except BackendUnavailable as exc:
+            unavailable[key] = str(exc)
+    unavailable.setdefault("kl_passt", unavailable.get("fad_passt", "passt backend not requested"))
+
+    scorer = _ClipScorer(config, backends, ReferenceIndex(config.reference))
+    records: list[dict] = []
+    media: dict[str, ClipMedia] = {}
+    for i, row in enumerate(rows):
+        want_media = config.write_html and len(media) < config.max_plots
+        record, clip_media = scorer.score(i, row, want_media)
+        records.append(record)
+        if clip_media is not None:
+            media[row.video_id] = clip_media
+        if progress is not None:
+            progress(i + 1, len(rows), row.video_id)
+
+    _set_metrics(scorer, records, metrics, notes, unavailable)
+    _per_clip_means(records, metrics, unavailable)
+    for key in list(unavailable):
+        if key in metrics or f"{key}_mean" in metrics:
+            del unavailable[key]  # e.g. a backend-level note superseded by a computed value
+
+    statuses = [r["status"] for r in records]
+    summary = {
+        "run_dir": str(config.run_dir),
+        "n_rows": len(records),
+        "n_scored": statuses.count("ok"),
+        "n_skipped": statuses.count("skipped"),
+        "n_failed": statuses.count("failed"),
+        "n_with_reference": sum(1 for r in records if r["reference_path"]),
+        "n_with_events": sum(1 for r in records if r["onset_reference"] == "events"),
+        "metrics": {k: _nan_to_none(v) for k, v in metrics.items() if not k.startswith("t_")},
+        "notes": notes,
+        "unavailable": dict(sorted(unavailable.items())),
+        "lower_is_better": sorted(k for k in LOWER_IS_BETTER),
+        "timings_ms_per_clip": _timings_ms(records),
+        "timings_s_total": {"model_load": model_load_s,
+                            **{k[2:-2]: v for k, v in metrics.items() if k.startswith("t_")}},
+        "onset_definition": {"tolerance_s": config.onsets.tolerance_s, "prf_window_s": config.onsets.prf_window_s,
+                             "peak_delta": config.onsets.peak_delta, "max_duration_s": config.onsets.max_duration_s},
+        "config": config.as_dict(),
+        "run_config": run_config,
+    }
+    _write_parquet(records, out_dir / "report.parquet")
+    _write_text(json.dumps(summary, indent=2, default=str), out_dir / "summary.json")
+    result = ReportResult(records, summary, out_dir, media)
+    if config.write_html:
+        from workflows.report_page import render_page
+
+        _write_text(render_page(summary, records, media), out_dir / "index.html")
+    return result
