@@ -1,0 +1,122 @@
+"""`dub generate`: dub every clip of a manifest (or text prompts) on a local or remote Ray."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+DEFAULT_MANIFEST = "manifest.parquet"
+
+
+def register(app: typer.Typer) -> None:
+    @app.command()
+    def generate(
+        manifest: Optional[Path] = typer.Option(None, "--manifest", "-m", help="Manifest from `dub ingest` (default: ./manifest.parquet)."),
+        out: Path = typer.Option(Path("dubbed"), "--out", "-o", help="Output directory (one generation config per directory)."),
+        prompts: Optional[Path] = typer.Option(None, "--prompts", help="Text-to-audio: a file with one prompt per line (no video)."),
+        model: str = typer.Option("demo", "--model", help="Model bundle name (see `dub weights list`)."),
+        checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", help="An MF-MJT checkpoint (.safetensors) from `dub train`."),
+        sampler: str = typer.Option("meanflow", help="meanflow (1..k steps) or euler (flow-matching baseline)."),
+        steps: int = typer.Option(1, help="Sampler steps: 1 for one-step MeanFlow; 25 for the Euler baseline."),
+        cfg: float = typer.Option(1.0, "--cfg", help="Classifier-free guidance weight (<= 1: no unconditional pass)."),
+        cfg_rescale: float = typer.Option(0.7, "--cfg-rescale", help="Scalar rescale strength phi for --rescale-mode std."),
+        rescale_mode: str = typer.Option("std", "--rescale-mode", help="std | proj | none"),
+        seed: int = typer.Option(0, help="Global seed; each window's noise comes from (seed, video id, window)."),
+        prompt: str = typer.Option("", help="Default text prompt (a manifest row's own prompt wins)."),
+        negative_prompt: str = typer.Option("", "--negative-prompt", help="Text for the unconditional branch."),
+        fmt: str = typer.Option("mp4", "--format", help="mp4 | wds | both"),
+        audio_codec: str = typer.Option("aac", "--audio-codec", help="aac | flac | opus"),
+        keep_original_audio: bool = typer.Option(False, "--keep-original-audio", help="Keep the source audio as a second track."),
+        save_features: bool = typer.Option(False, "--save-features", help="Store CLIP/sync/text features in the shards."),
+        window: Optional[float] = typer.Option(None, "--window", help="Window length in seconds (default: the model's)."),
+        overlap: float = typer.Option(1.0, "--overlap", help="Window overlap in seconds (crossfaded)."),
+        duration: Optional[float] = typer.Option(None, "--duration", help="Text-to-audio clip length in seconds."),
+        batch_size: int = typer.Option(4, "--batch-size", help="Windows per model call (mixing videos)."),
+        limit: Optional[int] = typer.Option(None, "--limit", help="Process at most this many pending videos."),
+        address: Optional[str] = typer.Option(None, "--address", help="Ray cluster address (else RAY_ADDRESS, else local Ray)."),
+        replicas: Optional[int] = typer.Option(None, "--replicas", help="Model replicas (default: one per GPU, else 1 CPU actor)."),
+        overwrite: bool = typer.Option(False, "--overwrite", help="Regenerate everything, even under another config."),
+        max_failures: Optional[int] = typer.Option(None, "--max-failures", help="Stop when more videos than this have failed."),
+        quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or table."),
+        as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
+    ) -> None:
+        """Generate a synchronized soundtrack for every pending clip; resumable and idempotent."""
+        from rich.console import Console
+
+        from model.generator import SamplerConfig
+        from workflows.generate.config import GenerateConfig
+        from workflows.generate.run import GenerateError, run_generate
+
+        console = Console(stderr=True)
+        if prompts is None and manifest is None:
+            manifest = Path(DEFAULT_MANIFEST)
+            if not manifest.exists():
+                raise typer.BadParameter(f"no --manifest given and ./{DEFAULT_MANIFEST} does not exist; "
+                                         "run `dub ingest VIDEOS -o manifest.parquet` first", param_hint="--manifest")
+        try:
+            config = GenerateConfig(
+                out_dir=str(out), manifest=str(manifest) if prompts is None else None,
+                prompts_file=str(prompts) if prompts else None, model=model,
+                checkpoint=str(checkpoint) if checkpoint else None,
+                sampler=SamplerConfig(sampler=sampler, steps=steps, cfg=cfg, rescale=rescale_mode, phi=cfg_rescale),
+                seed=seed, prompt=prompt, negative_prompt=negative_prompt, format=fmt, audio_codec=audio_codec,
+                keep_original_audio=keep_original_audio, save_features=save_features, window_s=window,
+                overlap_s=overlap, t2a_duration_s=duration, batch_size=batch_size, limit=limit, address=address,
+                overwrite=overwrite, max_failures=max_failures, replicas=replicas)
+        except ValueError as exc:
+            raise typer.BadParameter(str(exc)) from exc
+
+        show = not quiet and not as_json
+        try:
+            if show:
+                summary = _run_with_progress(config, console)
+            else:
+                summary = run_generate(config)
+        except (GenerateError, FileNotFoundError) as exc:
+            console.print(f"[red]error:[/red] {exc}")
+            raise typer.Exit(2) from exc
+        if as_json:
+            print(json.dumps(summary.as_dict(), indent=2))
+        elif show:
+            _print_summary(summary, console)
+        if summary.failed and max_failures is not None and summary.failed > max_failures:
+            raise typer.Exit(1)
+
+
+def _run_with_progress(config, console):
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    from workflows.generate.run import run_generate
+
+    with Progress(TextColumn("[bold]dub generate"), BarColumn(), MofNCompleteColumn(),
+                  TextColumn("{task.fields[detail]}"), TimeElapsedColumn(), TimeRemainingColumn(),
+                  console=console, transient=False) as bar:
+        task = bar.add_task("generate", total=None, detail="starting Ray")
+
+        def update(summary):
+            todo = summary.total - summary.skipped - summary.already_done
+            bar.update(task, total=max(todo, 1), completed=summary.generated + summary.failed,
+                       detail=f"done {summary.done} · failed {summary.failed} · skipped {summary.skipped}")
+
+        return run_generate(config, progress=update)
+
+
+def _print_summary(summary, console) -> None:
+    from rich.table import Table
+
+    table = Table(title=f"dub generate → {summary.out_dir}")
+    table.add_column("videos")
+    table.add_column("count", justify="right")
+    table.add_row("in manifest", str(summary.total))
+    table.add_row("done (this run)", str(summary.generated))
+    table.add_row("done (earlier runs)", str(summary.already_done))
+    table.add_row("failed", str(summary.failed))
+    table.add_row("skipped", str(summary.skipped))
+    table.add_row("audio generated", f"{summary.audio_seconds:.1f} s")
+    table.add_row("wall time", f"{summary.wall_s:.1f} s ({summary.clips_per_s:.2f} videos/s)")
+    for reason, count in sorted(summary.errors.items()):
+        table.add_row(f"  failed: {reason}", str(count))
+    console.print(table)

@@ -1,0 +1,162 @@
+"""Video-to-audio generation for a batch of windows: features -> MF-MJT -> latents -> waveform.
+
+Pure PyTorch. The caller (a Ray actor in `workflows.generate`) hands over decoded uint8 frames,
+prompts and one noise seed per window; everything here is batched across windows of
+different videos. Conditions are preprocessed once per batch and reused by every sampler step.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+
+import torch
+
+from model.guidance import Guidance, needs_uncond
+from model.sampling import guided_field, sample_euler, sample_meanflow
+
+
+@dataclass(frozen=True)
+class SamplerConfig:
+    sampler: str = "meanflow"  # meanflow | euler
+    steps: int = 1
+    cfg: float = 1.0  # classifier-free guidance weight w (w <= 1: no unconditional pass)
+    rescale: str = "std"  # std | proj | none
+    phi: float = 0.7  # strength of the std rescale
+
+    def __post_init__(self) -> None:
+        if self.sampler not in ("meanflow", "euler"):
+            raise ValueError(f"unknown sampler {self.sampler!r}: use 'meanflow' or 'euler'")
+        if self.steps < 1:
+            raise ValueError(f"steps must be >= 1, got {self.steps}")
+        if self.rescale not in ("std", "proj", "none"):
+            raise ValueError(f"unknown rescale mode {self.rescale!r}: use 'std', 'proj' or 'none'")
+
+    @property
+    def guidance(self) -> Guidance:
+        return Guidance(cfg=self.cfg, rescale=self.rescale, phi=self.phi)
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class WindowBatch:
+    """One batch of windows. Frames may be None for text-to-audio (empty video tokens)."""
+
+    clip_frames: torch.Tensor | None  # (B, Tc, H, W, 3) uint8
+    sync_frames: torch.Tensor | None  # (B, Ts, H, W, 3) uint8
+    prompts: list[str]
+    negative_prompts: list[str]
+    seeds: list[int]
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+def noise_for_seeds(seeds: list[int], shape: tuple[int, ...], device: torch.device | str) -> torch.Tensor:
+    """One noise tensor per window from its own seed, drawn on the CPU so the bytes do not
+    depend on the device or on which other windows share the batch."""
+    out = []
+    for seed in seeds:
+        gen = torch.Generator(device="cpu").manual_seed(int(seed) % (2**63 - 1))
+        out.append(torch.randn(shape, generator=gen, dtype=torch.float32))
+    return torch.stack(out).to(device)
+
+
+class Generator:
+    """Encoders + network + codec on one device; `generate(batch)` -> waveforms (B, L)."""
+
+    def __init__(self, network, encoders, codec, *, device: str = "cpu", dtype: torch.dtype = torch.float32):
+        self.network = network.to(device).eval()
+        self.encoders = encoders
+        self.codec = codec
+        self.device = torch.device(device)
+        self.dtype = dtype
+        self._empty_text_cache: dict[str, torch.Tensor] = {}
+
+    @property
+    def sample_rate(self) -> int:
+        return self.codec.sample_rate
+
+    def _autocast(self):
+        enabled = self.device.type == "cuda" and self.dtype != torch.float32
+        return torch.autocast(self.device.type, dtype=self.dtype, enabled=enabled)
+
+    def _text(self, prompts: list[str]) -> torch.Tensor:
+        """Text features; the empty prompt maps to the network's learned empty-string feature."""
+        cfg = self.network.config
+        feats = torch.empty(len(prompts), cfg.text_seq_len, cfg.text_dim, device=self.device)
+        nonempty = [i for i, p in enumerate(prompts) if p.strip()]
+        empty = [i for i, p in enumerate(prompts) if not p.strip()]
+        if nonempty:
+            enc = self.encoders.text_features([prompts[i] for i in nonempty]).to(self.device, torch.float32)
+            feats[nonempty] = enc
+        if empty:
+            feats[empty] = self.network.empty_string_feat.to(self.device, torch.float32)
+        return feats
+
+    @torch.inference_mode()
+    def features(self, batch: WindowBatch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        cfg = self.network.config
+        n = len(batch.seeds)
+        start = time.perf_counter()
+        with self._autocast():
+            if batch.clip_frames is None:
+                clip_f = self.network.empty_clip_feat.to(self.device).expand(n, cfg.clip_seq_len, -1)
+                sync_f = self.network.empty_sync_feat.to(self.device).expand(n, cfg.sync_seq_len, -1)
+            else:
+                clip_f = self.encoders.clip_features(batch.clip_frames.to(self.device))
+                sync_f = self.encoders.sync_features(batch.sync_frames.to(self.device))
+            text_f = self._text(batch.prompts)
+        batch.timings["features_s"] = time.perf_counter() - start
+        return clip_f.float(), sync_f.float(), text_f.float()
+
+    @torch.inference_mode()
+    def latents(self, clip_f, sync_f, text_f, batch: WindowBatch, sampler: SamplerConfig) -> torch.Tensor:
+        net = self.network
+        cfg = net.config
+        start = time.perf_counter()
+        _check_length("clip", clip_f.shape[1], cfg.clip_seq_len)
+        _check_length("sync", sync_f.shape[1], cfg.sync_seq_len)
+        noise = noise_for_seeds(batch.seeds, (cfg.latent_seq_len, cfg.latent_dim), self.device)
+        guidance = sampler.guidance
+        with self._autocast():
+            cond = net.preprocess_conditions(clip_f, sync_f, text_f)
+            uncond = None
+            if needs_uncond(guidance):
+                negative = None
+                if any(p.strip() for p in batch.negative_prompts):
+                    negative = self._text(batch.negative_prompts)
+                uncond = net.empty_conditions(len(batch.seeds), text_f=negative)
+
+            def predict(z, t, s, c):
+                return net.predict_flow(z, t, c, s=s)
+
+            field = guided_field(predict, cond, uncond, guidance, cat=lambda a, b: a.cat(b))
+            if sampler.sampler == "meanflow":
+                x = sample_meanflow(field, noise, steps=sampler.steps)
+            else:
+                x = sample_euler(field, noise, steps=sampler.steps)
+            x = net.unnormalize(x.float())
+        batch.timings["generate_s"] = time.perf_counter() - start
+        return x
+
+    @torch.inference_mode()
+    def decode(self, latents: torch.Tensor, batch: WindowBatch) -> torch.Tensor:
+        start = time.perf_counter()
+        with self._autocast():
+            wav = self.codec.decode(latents)
+        batch.timings["decode_audio_s"] = time.perf_counter() - start
+        return wav.float().clamp(-1, 1)
+
+    def generate(self, batch: WindowBatch, sampler: SamplerConfig) -> torch.Tensor:
+        clip_f, sync_f, text_f = self.features(batch)
+        lat = self.latents(clip_f, sync_f, text_f, batch, sampler)
+        return self.decode(lat, batch)
+
+
+def _check_length(name: str, got: int, want: int) -> None:
+    if got != want:
+        raise ValueError(
+            f"{name} features have {got} tokens but the network expects {want}: the window duration "
+            f"does not match the model's (decode windows of the model's duration)"
+        )

@@ -1,0 +1,108 @@
+"""The resolved configuration of a generate run, and the hash that decides what "done" means.
+
+Only fields that change the produced audio or files enter the hash (model, weights, sampler,
+seed, prompts, windows, audio codec). Batch size, limits, addresses and progress flags do not:
+a rerun with another batch size still resumes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+from model.generator import SamplerConfig
+
+FORMATS = ("mp4", "wds", "both")
+AUDIO_CODECS = ("aac", "flac", "opus")
+
+
+@dataclass(frozen=True)
+class GenerateConfig:
+    out_dir: str
+    manifest: str | None = None
+    prompts_file: str | None = None  # text-to-audio: one prompt per line, no video
+    model: str = "demo"
+    checkpoint: str | None = None
+    sampler: SamplerConfig = field(default_factory=SamplerConfig)
+    seed: int = 0
+    prompt: str = ""
+    negative_prompt: str = ""
+    format: str = "mp4"
+    audio_codec: str = "aac"
+    keep_original_audio: bool = False
+    save_features: bool = False
+    window_s: float | None = None  # None: the model's own window length
+    overlap_s: float = 1.0
+    t2a_duration_s: float | None = None
+    batch_size: int = 4
+    limit: int | None = None
+    address: str | None = None
+    overwrite: bool = False
+    max_failures: int | None = None
+    replicas: int | None = None  # model replicas; default one per GPU, or CPU actors
+    shard_size: int = 256  # samples per WebDataset shard
+
+    def __post_init__(self) -> None:
+        if (self.manifest is None) == (self.prompts_file is None):
+            raise ValueError("give exactly one of a manifest (video-to-audio) or a prompts file (text-to-audio)")
+        if self.format not in FORMATS:
+            raise ValueError(f"--format must be one of {FORMATS}, got {self.format!r}")
+        if self.audio_codec not in AUDIO_CODECS:
+            raise ValueError(f"--audio-codec must be one of {AUDIO_CODECS}, got {self.audio_codec!r}")
+        if self.batch_size < 1:
+            raise ValueError("--batch-size must be >= 1")
+        if self.window_s is not None and self.window_s <= 0:
+            raise ValueError("--window must be positive")
+        if self.overlap_s < 0 or (self.window_s is not None and self.overlap_s >= self.window_s / 2):
+            raise ValueError("--overlap must be >= 0 and less than half the window")
+        if self.limit is not None and self.limit < 1:
+            raise ValueError("--limit must be >= 1")
+
+    @property
+    def formats(self) -> tuple[str, ...]:
+        return ("mp4", "wds") if self.format == "both" else (self.format,)
+
+    @property
+    def text_to_audio(self) -> bool:
+        return self.prompts_file is not None
+
+    # Fields that do not change any output byte.
+    _NOT_HASHED = ("out_dir", "manifest", "prompts_file", "batch_size", "limit", "address", "overwrite",
+                   "max_failures", "replicas", "format", "shard_size", "save_features")
+
+    def identity(self, weights_hash: str) -> dict:
+        d = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in self._NOT_HASHED}
+        d["sampler"] = self.sampler.as_dict()
+        d["weights_hash"] = weights_hash
+        return d
+
+    def config_hash(self, weights_hash: str) -> str:
+        blob = json.dumps(self.identity(weights_hash), sort_keys=True, default=str).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]
+
+    def as_dict(self) -> dict:
+        d = asdict(self)
+        d["sampler"] = self.sampler.as_dict()
+        return d
+
+
+def window_seed(seed: int, video_id: str, window_index: int) -> int:
+    """A window's noise seed from (global seed, video id, window index): independent of order,
+    batch composition and worker, so the same command gives the same audio."""
+    digest = hashlib.sha256(f"{seed}:{video_id}:{window_index}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") & (2**63 - 1)
+
+
+def run_paths(out_dir: str | Path) -> dict[str, Path]:
+    out = Path(out_dir)
+    return {
+        "out": out,
+        "run_json": out / "run.json",
+        "report": out / "report.parquet",
+        "journal": out / "journal",
+        "mp4": out / "mp4",
+        "shards": out / "shards",
+        "audio": out / "audio",
+    }

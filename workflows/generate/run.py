@@ -1,0 +1,454 @@
+"""`dub generate`: the driver that wires the Ray Data stages and writes outputs.
+
+    pending manifest rows -> window rows -> decode (CPU tasks) -> model replicas (actor pool)
+        -> driver: collect a video's windows, stitch, write mp4 / shard, journal its row
+
+The driver only wires stages and writes results; resume is explicit (stable ids, outputs on
+disk are the truth, atomic renames), because Ray Data's own checkpointing only covers
+read -> write plans.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from workflows.generate.config import GenerateConfig, run_paths, window_seed
+from workflows.generate.sinks import (Journal, ShardWriter, completed_shard_keys, mp4_name, read_journal,
+                                      remove_stale_temporaries, write_flac_bytes, write_json_atomic)
+
+
+class GenerateError(RuntimeError):
+    """A run that cannot start or must stop (config clash, too many failures)."""
+
+
+@dataclass
+class Summary:
+    out_dir: str
+    config_hash: str
+    total: int = 0
+    done: int = 0
+    failed: int = 0
+    skipped: int = 0
+    already_done: int = 0
+    generated: int = 0
+    audio_seconds: float = 0.0
+    wall_s: float = 0.0
+    errors: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def clips_per_s(self) -> float:
+        return self.generated / self.wall_s if self.wall_s > 0 else 0.0
+
+    def as_dict(self) -> dict:
+        d = dict(self.__dict__)
+        d["clips_per_s"] = self.clips_per_s
+        return d
+
+
+@dataclass
+class _Video:
+    video_id: str
+    path: str
+    prompt: str
+    duration_s: float
+    windows: list  # [(start_s, length_s)]
+    missing: tuple[str, ...] = ()  # outputs still to write (resume writes only what is missing)
+    existing: dict = field(default_factory=dict)  # outputs already on disk, for the report row
+
+
+ProgressFn = Callable[[Summary], None]
+
+
+def run_generate(cfg: GenerateConfig, progress: ProgressFn | None = None) -> Summary:
+    from model.bundles import bundle_info
+    from workflows.ray_cluster import connect
+
+    started = time.perf_counter()
+    info = bundle_info(cfg.model, checkpoint=cfg.checkpoint)
+    window_s = cfg.window_s or info.window_s
+    if cfg.window_s is not None and abs(cfg.window_s - info.window_s) > 1e-6:
+        raise GenerateError(f"--window {cfg.window_s} differs from the model's window of {info.window_s} s; "
+                            "this model generates fixed-length windows")
+    config_hash = cfg.config_hash(info.weights_hash)
+    paths = run_paths(cfg.out_dir)
+    _prepare_out_dir(cfg, paths, config_hash, info)
+
+    videos, skipped_rows = _load_inputs(cfg, window_s)
+    done_rows, pending = _reconcile(cfg, paths, videos, config_hash)
+    if cfg.limit is not None:
+        pending = pending[: cfg.limit]
+
+    summary = Summary(out_dir=str(paths["out"]), config_hash=config_hash,
+                      total=len(videos) + len(skipped_rows), skipped=len(skipped_rows),
+                      already_done=len(done_rows), done=len(done_rows))
+    journal = Journal(paths["journal"])
+    # Skipped rows are derived from the manifest on every run, so they are never journaled.
+    journal.add([r for r in done_rows if r.pop("reconstructed", False)])
+    if pending:
+        resources = connect(cfg.address)
+        _execute(cfg, info, window_s, config_hash, pending, paths, journal, summary, resources, progress)
+    journal.flush()
+    _write_report(paths, [v.video_id for v in videos], skipped_rows)
+    summary.wall_s = time.perf_counter() - started
+    write_json_atomic(paths["out"] / "summary.json", summary.as_dict())
+    return summary
+
+
+# -- inputs and resume ---------------------------------------------------------------------
+
+def _prepare_out_dir(cfg: GenerateConfig, paths: dict, config_hash: str, info) -> None:
+    out = paths["out"]
+    out.mkdir(parents=True, exist_ok=True)
+    run_json = paths["run_json"]
+    if run_json.exists():
+        previous = json.loads(run_json.read_text())
+        if previous.get("config_hash") != config_hash:
+            if not cfg.overwrite:
+                raise GenerateError(
+                    f"{out} holds a run with another configuration (hash {previous.get('config_hash')}, "
+                    f"this one {config_hash}); write to a new --out directory or pass --overwrite")
+        if cfg.overwrite:
+            for key in ("mp4", "shards", "journal", "audio"):
+                shutil.rmtree(paths[key], ignore_errors=True)
+            paths["report"].unlink(missing_ok=True)
+    remove_stale_temporaries(out, paths["mp4"], paths["shards"], paths["journal"], paths["audio"])
+    write_json_atomic(run_json, {"config_hash": config_hash, "config": cfg.as_dict(),
+                                 "model": info.as_dict(), "dub_version": _version()})
+
+
+def _version() -> str:
+    from dub import __version__
+
+    return __version__
+
+
+def _load_inputs(cfg: GenerateConfig, window_s: float) -> tuple[list[_Video], list[dict]]:
+    from workflows.media.windows import plan_windows
+
+    if cfg.text_to_audio:
+        return _load_prompts(cfg, window_s), []
+    from manifests.io import read_manifest
+
+    table = read_manifest(cfg.manifest)
+    videos, skipped = [], []
+    for row in table.to_pylist():
+        vid = row["video_id"]
+        if row.get("status") == "duplicate" or row.get("duplicate_of"):
+            skipped.append(_row(vid, row["path"], "skipped", f"duplicate of {row.get('duplicate_of')}"))
+            continue
+        if row.get("status") != "ok":
+            skipped.append(_row(vid, row["path"], "skipped", f"ingest: {row.get('error') or row.get('status')}"))
+            continue
+        duration = float(row.get("duration_s") or 0.0)
+        if duration <= 0:
+            skipped.append(_row(vid, row["path"], "skipped", "ingest found no duration"))
+            continue
+        prompt = (row.get("prompt") or "").strip() or cfg.prompt
+        windows = [(w.start_s, w.end_s - w.start_s) for w in plan_windows(duration, window_s, cfg.overlap_s)]
+        videos.append(_Video(vid, row["path"], prompt, duration, windows))
+    return videos, skipped
+
+
+def _load_prompts(cfg: GenerateConfig, window_s: float) -> list[_Video]:
+    path = Path(cfg.prompts_file)
+    if not path.is_file():
+        raise GenerateError(f"prompts file {path} does not exist")
+    duration = cfg.t2a_duration_s or window_s
+    if duration > window_s + 1e-6:
+        raise GenerateError(f"--duration {duration} is longer than the model's window ({window_s} s)")
+    videos = []
+    for index, line in enumerate(path.read_text(encoding="utf-8").splitlines()):
+        prompt = line.strip()
+        if not prompt:
+            continue
+        vid = hashlib.sha256(f"{index}:{prompt}".encode()).hexdigest()[:16]
+        videos.append(_Video(vid, f"prompt:{index}", prompt, duration, [(0.0, duration)]))
+    if not videos:
+        raise GenerateError(f"prompts file {path} has no prompts")
+    return videos
+
+
+def _expected_mp4(paths: dict, video: _Video) -> Path:
+    return paths["mp4"] / mp4_name(video.video_id, video.path)
+
+
+def _expected_audio(paths: dict, video: _Video, codec: str) -> Path:
+    return paths["audio"] / f"{video.video_id}.{_AUDIO_EXT[codec]}"
+
+
+_AUDIO_EXT = {"aac": "m4a", "flac": "flac", "opus": "ogg"}
+
+
+def _reconcile(cfg: GenerateConfig, paths: dict, videos: list[_Video], config_hash: str):
+    """Done = every requested output is on disk. Outputs are the truth; the journal adds timings."""
+    journal = read_journal(paths["journal"])
+    shard_keys = completed_shard_keys(paths["shards"]) if "wds" in cfg.formats else {}
+    done, pending = [], []
+    for video in videos:
+        outputs, missing = _existing_outputs(cfg, paths, video, shard_keys)
+        if missing:
+            video.missing, video.existing = missing, outputs
+            pending.append(video)
+            continue
+        row = journal.get(video.video_id)
+        if row is None or row.get("status") != "done":
+            # Outputs made durable just before a crash, before their journal row: adopt them.
+            row = _row(video.video_id, video.path, "done", None, config_hash=config_hash, reconstructed=True)
+        row.update(outputs)
+        done.append(row)
+    return done, pending
+
+
+def _existing_outputs(cfg, paths, video: _Video, shard_keys: dict) -> tuple[dict, tuple[str, ...]]:
+    """(outputs already on disk, formats still missing)."""
+    if cfg.text_to_audio:
+        audio = _expected_audio(paths, video, cfg.audio_codec)
+        return ({"output_audio": str(audio)}, ()) if audio.exists() else ({}, ("audio",))
+    outputs, missing = {}, []
+    if "mp4" in cfg.formats:
+        mp4 = _expected_mp4(paths, video)
+        if mp4.exists():
+            outputs["output_mp4"] = str(mp4)
+        else:
+            missing.append("mp4")
+    if "wds" in cfg.formats:
+        if video.video_id in shard_keys:
+            outputs["output_shard"] = shard_keys[video.video_id]
+        else:
+            missing.append("wds")
+    return outputs, tuple(missing)
+
+
+def _row(video_id: str, path: str, status: str, error: str | None, **extra) -> dict:
+    row = {"video_id": video_id, "path": path, "status": status, "error": error,
+           "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    row.update(extra)
+    return row
+
+
+# -- execution -----------------------------------------------------------------------------
+
+def _execute(cfg, info, window_s, config_hash, pending, paths, journal, summary, resources, progress) -> None:
+    import ray.data
+    from ray.data import ActorPoolStrategy
+
+    from workflows.generate.stages import GenerateReplica, decode_windows
+
+    by_id = {v.video_id: v for v in pending}
+    window_rows = []
+    for v in pending:
+        for index, (start, length) in enumerate(v.windows):
+            window_rows.append({
+                "video_id": v.video_id, "path": v.path, "window_index": index, "num_windows": len(v.windows),
+                "start_s": float(start), "valid_s": float(length), "prompt": v.prompt,
+                "negative_prompt": cfg.negative_prompt, "seed": window_seed(cfg.seed, v.video_id, index),
+            })
+
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = False
+    ctx.verbose_progress = False
+    ds = ray.data.from_items(window_rows, override_num_blocks=max(1, len(window_rows)))
+    if cfg.text_to_audio:
+        ds = ds.map_batches(_no_frames, batch_size=None)
+    else:
+        ds = ds.map_batches(
+            # The memory hint (a window's frames at both rates) also keeps Ray Data from fusing
+            # decoding into the model actors on a CPU-only cluster (identical remote args fuse),
+            # so decoding overlaps generation.
+            decode_windows, batch_size=1, num_cpus=1, memory=_decode_memory_bytes(info, window_s),
+            fn_kwargs=dict(clip_fps=info.clip_fps, clip_size=info.clip_size, sync_fps=info.sync_fps,
+                           sync_size=info.sync_size, window_s=window_s))
+    use_gpu = resources.gpus >= 1
+    replicas = cfg.replicas or (int(resources.gpus) if use_gpu else 1)
+    ds = ds.map_batches(
+        GenerateReplica, batch_size=cfg.batch_size, compute=ActorPoolStrategy(size=replicas),
+        num_gpus=1 if use_gpu else 0, num_cpus=1,
+        fn_constructor_kwargs=dict(model=cfg.model, checkpoint=cfg.checkpoint, sampler=cfg.sampler.as_dict(),
+                                   device="cuda" if use_gpu else "cpu", save_features=cfg.save_features))
+
+    writer = _Writer(cfg, paths, info, config_hash, journal)
+    collected: dict[str, dict[int, dict]] = {}
+    failures = 0
+    try:
+        for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
+            for i in range(len(batch["video_id"])):
+                vid = str(batch["video_id"][i])
+                if vid not in by_id:
+                    continue
+                windows = collected.setdefault(vid, {})
+                windows[int(batch["window_index"][i])] = {k: batch[k][i] for k in batch}
+                if len(windows) < int(batch["num_windows"][i]):
+                    continue
+                video = by_id.pop(vid)
+                collected.pop(vid)
+                row = writer.write(video, [windows[j] for j in sorted(windows)])
+                if row["status"] == "done":
+                    summary.done += 1
+                    summary.generated += 1
+                    summary.audio_seconds += video.duration_s
+                else:
+                    summary.failed += 1
+                    failures += 1
+                    reason = (row["error"] or "").split(":", 1)[0]
+                    summary.errors[reason] = summary.errors.get(reason, 0) + 1
+                if progress:
+                    progress(summary)
+                if cfg.max_failures is not None and failures > cfg.max_failures:
+                    raise GenerateError(
+                        f"stopped after {failures} failed videos (--max-failures {cfg.max_failures}); "
+                        f"latest error: {row['error']}. Completed outputs are kept; rerun to resume.")
+    finally:
+        writer.close()
+
+
+def _decode_memory_bytes(info, window_s: float) -> int:
+    frames = window_s * (info.clip_fps * info.clip_size**2 + info.sync_fps * info.sync_size**2) * 3
+    return int(3 * frames)  # decoded frames, their copy into the block, and headroom
+
+
+def _no_frames(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    n = len(batch["video_id"])
+    batch["error"] = np.array([""] * n, dtype=object)
+    batch["t_decode_s"] = np.zeros(n)
+    return batch
+
+
+class _Writer:
+    """Stitches a video's windows and writes every requested output; journals its row once
+    the outputs are durable (shard rows when their shard is closed)."""
+
+    def __init__(self, cfg: GenerateConfig, paths: dict, info, config_hash: str, journal: Journal):
+        self.cfg, self.paths, self.info, self.config_hash, self.journal = cfg, paths, info, config_hash, journal
+        self.shards = ShardWriter(paths["shards"], cfg.shard_size) if "wds" in cfg.formats and not cfg.text_to_audio else None
+        self._awaiting_shard: dict[str, dict] = {}
+
+    def write(self, video: _Video, windows: list[dict]) -> dict:
+        from workflows.media.windows import Window, stitch
+
+        errors = [str(w["error"]) for w in windows if str(w["error"])]
+        timings = {key: float(sum(float(w[key]) for w in windows))
+                   for key in ("t_decode_s", "t_features_s", "t_generate_s", "t_decode_audio_s") if key in windows[0]}
+        if errors:
+            row = _row(video.video_id, video.path, "failed", errors[0], num_windows=len(windows), **timings)
+            self.journal.add([row])
+            return row
+        start = time.perf_counter()
+        try:
+            sr = int(windows[0]["sample_rate"])
+            spans = [Window(float(w["start_s"]), float(w["start_s"]) + float(w["valid_s"])) for w in windows]
+            audio = stitch([np.asarray(w["audio"])[: int(round(float(w["valid_s"]) * sr))] for w in windows], spans, sr)
+            audio = audio[: int(round(video.duration_s * sr))]
+            row = _row(video.video_id, video.path, "done", None, num_windows=len(windows),
+                       audio_duration_s=len(audio) / sr, config_hash=self.config_hash, **timings)
+            self._write_outputs(video, audio, sr, windows, row)
+        except Exception as exc:  # noqa: BLE001 - a write failure fails this video, not the run
+            row = _row(video.video_id, video.path, "failed", f"write: {type(exc).__name__}: {exc}",
+                       num_windows=len(windows), **timings)
+            self.journal.add([row])
+            return row
+        row["t_write_s"] = time.perf_counter() - start
+        if self.shards is not None and video.video_id in self._awaiting_shard:
+            return row  # journaled when its shard closes
+        self.journal.add([row])
+        return row
+
+    def _write_outputs(self, video: _Video, audio: np.ndarray, sr: int, windows: list[dict], row: dict) -> None:
+        cfg = self.cfg
+        if cfg.text_to_audio:
+            from workflows.media.audio import encode_audio_file
+
+            dst = _expected_audio(self.paths, video, cfg.audio_codec)
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            encode_audio_file(audio, sr, dst, codec=cfg.audio_codec)
+            row["output_audio"] = str(dst)
+            return
+        row.update(video.existing)
+        if "mp4" in video.missing:
+            from workflows.media.remux import remux_with_audio
+
+            dst = _expected_mp4(self.paths, video)
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            remux_with_audio(video.path, audio, sr, dst, keep_original_audio=cfg.keep_original_audio,
+                             codec=cfg.audio_codec)
+            row["output_mp4"] = str(dst)
+        if self.shards is not None and "wds" in video.missing:
+            meta = {"video_id": video.video_id, "source": video.path, "prompt": video.prompt,
+                    "model": cfg.model, "weights_hash": self.info.weights_hash, "config_hash": self.config_hash,
+                    "sampler": cfg.sampler.as_dict(), "seed": cfg.seed, "sample_rate": sr,
+                    "windows": [[float(w["start_s"]), float(w["valid_s"])] for w in windows],
+                    "timings": {k: v for k, v in row.items() if k.startswith("t_")}}
+            sample = {"flac": write_flac_bytes(audio, sr), "json": json.dumps(meta).encode()}
+            if cfg.save_features and "clip_f" in windows[0]:
+                for name in ("clip_f", "sync_f", "text_f"):
+                    sample[f"{name}.npy"] = _npy_bytes(np.stack([np.asarray(w[name]) for w in windows]))
+            row["output_shard"] = self.shards.current_path or ""
+            self._awaiting_shard[video.video_id] = row
+            shard_path = self.shards.current_path
+            for key in self.shards.add(video.video_id, sample):
+                self._release(key, shard_path)
+
+    def _release(self, key: str, shard_path: str) -> None:
+        row = self._awaiting_shard.pop(key)
+        row["output_shard"] = shard_path
+        self.journal.add([row])
+
+    def close(self) -> None:
+        if self.shards is not None:
+            shard_path = self.shards.current_path
+            for key in self.shards.close():
+                self._release(key, shard_path)
+        self.journal.flush()
+
+
+def _npy_bytes(array: np.ndarray) -> bytes:
+    import io
+
+    buf = io.BytesIO()
+    np.save(buf, array.astype(np.float16))
+    return buf.getvalue()
+
+
+def _write_report(paths: dict, order: list[str], skipped_rows: list[dict]) -> None:
+    """One row per manifest row: processed videos from the journal (newest row per id), then
+    the rows ingest flagged; written atomically."""
+    import pyarrow as pa
+
+    from manifests.io import write_parquet_atomic
+    from manifests.schema import REPORT_SCHEMA
+
+    journal = read_journal(paths["journal"])
+    rows = []
+    for vid in order:
+        row = journal.get(vid)
+        if row is None:
+            row = {"video_id": vid, "status": "pending", "error": "not processed in this run (--limit or stopped)"}
+        rows.append({name: row.get(name) for name in REPORT_SCHEMA.names})
+    rows.extend({name: row.get(name) for name in REPORT_SCHEMA.names} for row in skipped_rows)
+    table = pa.Table.from_pylist(rows, schema=REPORT_SCHEMA)
+    write_parquet_atomic(table, paths["report"])
+    _compact_journal(paths["journal"], table)
+
+
+def _compact_journal(journal_dir: Path, table) -> None:
+    """Fold the journal into one part so reruns do not grow it. The new part is written
+    (atomically) before the old ones go, and sorts after them, so a crash in between is harmless."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    old = sorted(Path(journal_dir).glob("part-*.parquet"))
+    rows = table.filter(pc.is_in(table["status"], pa.array(["done", "failed"])))
+    final = Path(journal_dir) / f"part-{time.time_ns()}-compact.parquet"
+    tmp = final.with_name("." + final.name + ".tmp")
+    pq.write_table(rows, tmp)
+    tmp.replace(final)
+    for part in old:
+        part.unlink(missing_ok=True)

@@ -1,0 +1,143 @@
+"""The two Ray Data stages of generation: window decoding (CPU tasks) and the model replica
+(an actor per GPU, or CPU actors when the cluster has none).
+
+Errors are data: a window that cannot be decoded or generated comes out as a row with an
+`error` string, and the run goes on.
+"""
+
+from __future__ import annotations
+
+import time
+import traceback
+
+import numpy as np
+
+# Columns that flow between stages besides the frames / audio.
+WINDOW_COLUMNS = ("video_id", "window_index", "num_windows", "start_s", "valid_s", "prompt",
+                  "negative_prompt", "seed")
+
+
+def _short_error(exc: BaseException) -> str:
+    msg = str(exc).strip() or type(exc).__name__
+    return f"{type(exc).__name__}: {msg}"[:500]
+
+
+def decode_windows(batch: dict[str, np.ndarray], *, clip_fps: float, clip_size: int, sync_fps: float,
+                   sync_size: int, window_s: float) -> dict[str, np.ndarray]:
+    """Decode each window's frames at both model rates in one pass over the file."""
+    from workflows.media.decode import FrameTarget, decode_window
+
+    targets = [FrameTarget(fps=clip_fps, size=clip_size, mode="resize"),
+               FrameTarget(fps=sync_fps, size=sync_size, mode="crop")]
+    n_clip = int(round(window_s * clip_fps))
+    n_sync = int(round(window_s * sync_fps))
+    n = len(batch["video_id"])
+    clip = np.zeros((n, n_clip, clip_size, clip_size, 3), np.uint8)
+    sync = np.zeros((n, n_sync, sync_size, sync_size, 3), np.uint8)
+    errors, took = [], []
+    for i in range(n):
+        start = time.perf_counter()
+        try:
+            frames, _covered = decode_window(str(batch["path"][i]), float(batch["start_s"][i]), window_s, targets)
+            clip[i] = _fit(frames[0], n_clip)
+            sync[i] = _fit(frames[1], n_sync)
+            errors.append("")
+        except Exception as exc:  # noqa: BLE001 - any decoder failure becomes a failed row
+            errors.append("decode: " + _short_error(exc))
+        took.append(time.perf_counter() - start)
+    out = {k: batch[k] for k in WINDOW_COLUMNS}
+    out.update(clip_frames=clip, sync_frames=sync, error=np.array(errors, dtype=object),
+               t_decode_s=np.array(took))
+    return out
+
+
+def _fit(frames: np.ndarray, count: int) -> np.ndarray:
+    """Exactly `count` frames: hold the last frame past the end of a short video (its audio is
+    trimmed afterwards), drop any extra frame from rounding."""
+    if len(frames) == 0:
+        raise ValueError("no frames decoded in this window")
+    if len(frames) >= count:
+        return frames[:count]
+    pad = np.repeat(frames[-1:], count - len(frames), axis=0)
+    return np.concatenate([frames, pad], axis=0)
+
+
+class GenerateReplica:
+    """One model replica. Ray Data builds one per actor and calls it with batches of windows
+    from any videos."""
+
+    def __init__(self, model: str, checkpoint: str | None, sampler: dict, device: str,
+                 save_features: bool = False):
+        import torch
+
+        from model.bundles import load_generator
+        from model.generator import SamplerConfig
+
+        if device == "cpu":
+            # Ray gives each CPU actor its CPUs; torch would otherwise spawn one thread per core.
+            torch.set_num_threads(max(1, torch.get_num_threads()))
+        self.generator = load_generator(model, checkpoint=checkpoint, device=device)
+        self.sampler = SamplerConfig(**sampler)
+        self.save_features = save_features
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        n = len(batch["video_id"])
+        errors = list(batch["error"])
+        ok = [i for i in range(n) if not errors[i]]
+        audio: dict[int, np.ndarray] = {}
+        timings = {"features_s": 0.0, "generate_s": 0.0, "decode_audio_s": 0.0}
+        feats: dict[int, dict[str, np.ndarray]] = {}
+        if ok:
+            try:
+                self._run(batch, ok, audio, timings, feats)
+            except Exception:  # noqa: BLE001 - isolate the culprit: retry one window at a time
+                for i in ok:
+                    try:
+                        self._run(batch, [i], audio, timings, feats)
+                    except Exception as exc:  # noqa: BLE001
+                        errors[i] = "generate: " + _short_error(exc)
+        length = max((len(a) for a in audio.values()), default=0)
+        out_audio = np.zeros((n, length), np.float32)
+        for i, a in audio.items():
+            out_audio[i, : len(a)] = a
+        out = {k: batch[k] for k in WINDOW_COLUMNS}
+        out.update(audio=out_audio, error=np.array(errors, dtype=object), t_decode_s=batch["t_decode_s"],
+                   sample_rate=np.full(n, self.generator.sample_rate))
+        share = max(1, len(ok))
+        for key, value in timings.items():
+            out["t_" + key] = np.full(n, value / share)
+        if self.save_features:
+            for name in ("clip_f", "sync_f", "text_f"):
+                shape = next((f[name].shape for f in feats.values()), (0,))
+                col = np.zeros((n, *shape), np.float32)
+                for i, f in feats.items():
+                    col[i] = f[name]
+                out[name] = col
+        return out
+
+    def _run(self, batch, rows, audio, timings, feats) -> None:
+        import torch
+
+        from model.generator import WindowBatch
+
+        wb = WindowBatch(
+            clip_frames=None if batch.get("clip_frames") is None else torch.from_numpy(np.ascontiguousarray(batch["clip_frames"][rows])),
+            sync_frames=None if batch.get("sync_frames") is None else torch.from_numpy(np.ascontiguousarray(batch["sync_frames"][rows])),
+            prompts=[str(batch["prompt"][i]) for i in rows],
+            negative_prompts=[str(batch["negative_prompt"][i]) for i in rows],
+            seeds=[int(batch["seed"][i]) for i in rows],
+        )
+        clip_f, sync_f, text_f = self.generator.features(wb)
+        lat = self.generator.latents(clip_f, sync_f, text_f, wb, self.sampler)
+        wav = self.generator.decode(lat, wb).cpu().numpy()
+        for j, i in enumerate(rows):
+            audio[i] = wav[j]
+            if self.save_features:
+                feats[i] = {"clip_f": clip_f[j].cpu().numpy(), "sync_f": sync_f[j].cpu().numpy(),
+                            "text_f": text_f[j].cpu().numpy()}
+        for key, value in wb.timings.items():
+            timings[key] += value
+
+
+def format_traceback() -> str:
+    return traceback.format_exc(limit=3)
