@@ -1,0 +1,109 @@
+"""`dub bench train-step`: one AdamW training step, flow matching vs MeanFlow.
+
+Times a full step (loss, backward, optimiser) on random latents and random condition
+features of the preset's shapes (random weights): plain flow matching, MeanFlow with the
+default recipe (25% of samples need the JVP), and MeanFlow with every sample s != t (the
+JVP on the whole batch, the worst case). bf16 autocast on CUDA, float32 on CPU. Falls back
+to a per-token MLP when the MF-MJT network cannot be imported, and says so in the notes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from workflows.bench import BenchOptions, BenchRow, device_name, resolve_device, time_call
+
+_FALLBACK_PRESET = "tiny"
+
+
+def run(opts: BenchOptions) -> list[BenchRow]:
+    import torch
+
+    from model.meanflow import MeanFlowConfig, flow_matching_loss, meanflow_loss
+
+    device = resolve_device(opts.device)
+    cuda = device.startswith("cuda")
+    torch.manual_seed(0)
+    model, x, cond, empty, what = _setup(opts, device)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+    dtype = torch.bfloat16 if cuda else torch.float32
+    default = MeanFlowConfig()
+    cases = [
+        ("flow matching", flow_matching_loss, default),
+        ("meanflow (25% s != t)", meanflow_loss, default),
+        ("meanflow (all s != t)", meanflow_loss, replace(default, flow_matching_ratio=0.0)),
+    ]
+    rows: list[BenchRow] = []
+    baseline_ms: float | None = None
+    for stage, objective, cfg in cases:
+        generator = torch.Generator(device).manual_seed(0)
+
+        def step(objective=objective, cfg=cfg, generator=generator) -> None:
+            with torch.autocast(device.split(":")[0], dtype=torch.bfloat16, enabled=cuda):
+                loss, _ = objective(model, x, cond=cond, empty=empty, cfg=cfg, generator=generator)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+
+        median_ms, peak_mb = time_call(step, repeats=opts.repeats, warmup=max(1, opts.warmup), device=device)
+        if baseline_ms is None:
+            baseline_ms = median_ms
+            ratio = ""
+        else:
+            ratio = f"{median_ms / baseline_ms:.2f}x flow matching; "
+        rows.append(BenchRow(
+            bench="train-step", stage=f"{stage}, AdamW step", median_ms=median_ms, batch_size=x.shape[0],
+            dtype=str(dtype).removeprefix("torch."), device=device, peak_mem_mb=peak_mb,
+            note=f"{ratio}{what}; {device_name(device)}",
+        ))
+    return rows
+
+
+def _setup(opts: BenchOptions, device: str):
+    """(model, latents, conditions, empty features, description) on `device`."""
+    import torch
+
+    try:
+        from model.config import NETWORK_PRESETS
+        from model.network import MFMJT
+    except ImportError as exc:
+        return _mlp_setup(opts, device, f"MLP fallback (MF-MJT unavailable: {exc})")
+
+    preset = opts.preset if opts.preset in NETWORK_PRESETS else _FALLBACK_PRESET
+    config = NETWORK_PRESETS[preset]
+    if opts.duration_s != 8.0:
+        config = config.with_duration(opts.duration_s)
+    if not config.mean_flow:
+        config = replace(config, mean_flow=True)
+    model = MFMJT(config).to(device).train()
+    b = opts.batch_size
+    x = torch.randn(b, config.latent_seq_len, config.latent_dim, device=device)
+    cond = {
+        "clip_f": torch.randn(b, config.clip_seq_len, config.clip_dim, device=device),
+        "sync_f": torch.randn(b, config.sync_seq_len, config.sync_dim, device=device),
+        "text_f": torch.randn(b, config.text_seq_len, config.text_dim, device=device),
+    }
+    empty = {"clip_f": model.empty_clip_feat, "sync_f": model.empty_sync_feat, "text_f": model.empty_string_feat}
+    params = sum(p.numel() for p in model.parameters()) / 1e6
+    substituted = "" if preset == opts.preset else f" (no network preset {opts.preset!r})"
+    what = f"MF-MJT {preset}{substituted}, {params:.1f} M params, random weights, {config.latent_seq_len} latents"
+    return model, x, cond, empty, what
+
+
+def _mlp_setup(opts: BenchOptions, device: str, what: str):
+    import torch
+    from torch import nn
+
+    class TokenMLP(nn.Module):
+        def __init__(self, dim: int = 20, hidden: int = 512) -> None:
+            super().__init__()
+            self.net = nn.Sequential(nn.Linear(dim + 2, hidden), nn.SiLU(), nn.Linear(hidden, hidden), nn.SiLU(),
+                                     nn.Linear(hidden, dim))
+
+        def forward(self, z, t, s):
+            times = torch.stack([t, s - t], dim=-1).to(z.dtype)[:, None].expand(-1, z.shape[1], -1)
+            return self.net(torch.cat([z, times], dim=-1))
+
+    model = TokenMLP().to(device)
+    x = torch.randn(opts.batch_size, 250, 20, device=device)
+    return model, x, {}, None, what
