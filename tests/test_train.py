@@ -1,0 +1,245 @@
+"""`dub train`: Ray Train (2 CPU DDP workers) on real tiny shards, checkpoints, resume, bad shards."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from model.checkpoint import load_checkpoint, load_state_dict_file, save_checkpoint
+from model.config import get_preset
+from model.meanflow import MeanFlowConfig
+from model.network import MFMJT
+from tests.train_helpers import SHAPES, TINY_ARCHITECTURE, write_synthetic_shards
+from workflows.train.config import TrainConfig
+from workflows.train.data import ShardError, check_shards, collate, iter_samples, sample_stream, worker_share
+from workflows.train.loop import build_network, conditions, lr_factor
+from workflows.train.run import TrainError, resolve_network, run_train
+
+
+@pytest.fixture(scope="module")
+def shard_dir(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("train_shards") / "shards"
+    write_synthetic_shards(out, samples=12, shard_size=4)
+    return out
+
+
+def tiny_config(shards: Path, runs: Path, **changes) -> TrainConfig:
+    base = TrainConfig(shards=str(shards), name="tiny", storage_path=str(runs), workers=2, preset="small_16k",
+                       architecture=TINY_ARCHITECTURE, batch_size=2, steps=2, checkpoint_every=2, log_every=1,
+                       warmup_steps=1, lr=1e-3, shuffle_buffer=4, stats_samples=12)
+    return dataclasses.replace(base, **changes)
+
+
+def _state(checkpoint: Path) -> dict:
+    return torch.load(checkpoint / "train_state.pt", map_location="cpu", weights_only=True)
+
+
+def _adam_step(state: dict) -> float:
+    return float(next(iter(state["optimizer"]["state"].values()))["step"])
+
+
+def test_two_workers_checkpoint_then_resume(ray_session, shard_dir, tmp_path):
+    cfg = tiny_config(shard_dir, tmp_path / "runs")
+    shown: list[dict] = []
+    first = run_train(cfg, on_metrics=shown.append)  # the console callback sees each logged row
+    assert [row["step"] for row in shown] == [1.0, 2.0]
+    ckpt2 = Path(first.checkpoint_dir)
+    assert first.workers == 2 and first.step == 2 and ckpt2.name == "checkpoint_00000002"
+    for name in ("model.safetensors", "online.safetensors", "train_state.pt", "meta.json", "rng_rank0.pt",
+                 "rng_rank1.pt"):
+        assert (ckpt2 / name).is_file(), name
+    model, meta = load_checkpoint(first.model_path)  # what `dub generate --checkpoint` loads
+    assert isinstance(model, MFMJT) and meta["step"] == 2
+    assert (model.config.latent_seq_len, model.config.latent_dim) == SHAPES["latent_mean"]
+    assert (model.config.clip_seq_len, model.config.clip_dim) == SHAPES["clip_f"]
+    assert model.config.hidden_dim == TINY_ARCHITECTURE["hidden_dim"]
+    # from scratch: latent normalisation set from the shards (mean around 0.5, not the identity)
+    assert model.latent_mean.abs().mean().item() > 0.1 and not torch.allclose(model.latent_std, torch.ones(1))
+    assert _state(ckpt2)["step"] == 2 and _adam_step(_state(ckpt2)) == 2.0
+
+    resumed = run_train(dataclasses.replace(cfg, steps=3, checkpoint_every=3))
+    ckpt3 = Path(resumed.checkpoint_dir)
+    assert resumed.step == 3 and ckpt3.name == "checkpoint_00000003"
+    state3 = _state(ckpt3)
+    # the optimizer continued (a fresh one would have taken 1 step) and so did the schedule
+    assert state3["step"] == 3 and _adam_step(state3) == 3.0
+    assert state3["scheduler"]["last_epoch"] == 3
+    online2 = load_state_dict_file(ckpt2 / "online.safetensors")
+    online3 = load_state_dict_file(ckpt3 / "online.safetensors")
+    assert any(not torch.equal(online2[k], online3[k]) for k in online2)
+    assert torch.equal(online2["latent_mean"], online3["latent_mean"])  # restored, not recomputed
+
+    log = pd.read_parquet(resumed.metrics_parquet)
+    assert log["step"].tolist() == [1, 2, 3]  # one row per step across the two runs
+    assert set(log.columns) >= {"loss", "mse", "grad_norm", "lr", "samples_per_s", "elapsed_s"}
+    assert np.isfinite(log[["loss", "mse", "grad_norm"]].to_numpy()).all()
+    meta3 = json.loads((ckpt3 / "meta.json").read_text())
+    assert meta3["step"] == 3 and meta3["network"]["hidden_dim"] == TINY_ARCHITECTURE["hidden_dim"]
+
+
+def test_rerun_with_another_network_is_refused(shard_dir, tmp_path):
+    runs = tmp_path / "runs"
+    folder = runs / "tiny" / "checkpoint_00000002"
+    folder.mkdir(parents=True)
+    (folder / "meta.json").write_text(json.dumps({"step": 2, "objective": "meanflow", "network": {"hidden_dim": 1}}))
+    with pytest.raises(TrainError, match="another network"):
+        run_train(tiny_config(shard_dir, runs))
+
+
+def test_more_workers_than_the_cluster_has_is_refused(ray_session, shard_dir, tmp_path):
+    with pytest.raises(TrainError, match="--workers 3 needs 3 CPUs, but the Ray cluster has 2"):
+        run_train(tiny_config(shard_dir, tmp_path / "runs", workers=3))
+
+
+# -- bad shards: clear errors before any worker starts ---------------------------------------
+
+def test_truncated_shard_is_named(shard_dir, tmp_path):
+    broken = tmp_path / "shards"
+    broken.mkdir()
+    shards = sorted(shard_dir.glob("shard-*.tar"))
+    for shard in shards:
+        (broken / shard.name).write_bytes(shard.read_bytes())
+    victim = broken / shards[1].name
+    victim.write_bytes(victim.read_bytes()[: victim.stat().st_size // 3])
+    with pytest.raises(ShardError) as err:
+        run_train(tiny_config(broken, tmp_path / "runs"))
+    assert victim.name in str(err.value) and ("truncated" in str(err.value) or "unreadable" in str(err.value))
+
+
+def test_missing_shard_is_named(shard_dir, tmp_path):
+    first = sorted(shard_dir.glob("shard-*.tar"))[0]
+    missing = shard_dir / "shard-gone-00009.tar"
+    with pytest.raises(ShardError, match="shard-gone-00009.tar does not exist"):
+        run_train(tiny_config(Path(f"{first},{missing}"), tmp_path / "runs"))
+    with pytest.raises(ShardError, match="no shard-\\*.tar"):
+        check_shards(str(tmp_path))
+
+
+def test_foreign_tar_is_not_a_training_shard(tmp_path):
+    """A generate output shard (audio + json) has none of the training arrays."""
+    import io
+
+    path = tmp_path / "shard-x-00000.tar"
+    with tarfile.open(path, "w") as tar:
+        for name, data in (("abc.flac", b"fLaC"), ("abc.json", b"{}")):
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    with pytest.raises(ShardError, match="not a training shard.*latent_mean.npy"):
+        check_shards(str(tmp_path))
+
+
+def test_shards_with_other_shapes_are_refused(shard_dir, tmp_path):
+    other = tmp_path / "other"
+    write_synthetic_shards(other, samples=2, shard_size=2)
+    shard = next(other.glob("shard-*.tar"))
+    # rewrite one sample with a shorter text sequence
+    from workflows.extract.sample import encode_sample
+    from workflows.generate.sinks import ShardWriter
+
+    sample = next(iter_samples([str(shard)]))
+    arrays = {k: sample[k] for k in SHAPES}
+    arrays["text_f"] = arrays["text_f"][:4]
+    writer = ShardWriter(tmp_path / "mixed", 10)
+    writer.add(sample["__key__"], encode_sample(arrays, sample["meta"]))
+    writer.close()
+    mixed = next((tmp_path / "mixed").glob("shard-*.tar"))
+    first = sorted(shard_dir.glob("shard-*.tar"))[0]
+    with pytest.raises(ShardError, match="other shapes.*text_f"):
+        check_shards(f"{first},{mixed}")
+
+
+# -- pieces of the loop -----------------------------------------------------------------------
+
+def test_data_split_over_workers_is_disjoint(shard_dir):
+    shards = tuple(str(p) for p in sorted(shard_dir.glob("shard-*.tar")))
+    assert worker_share(shards, 1, 2) == (list(shards[1::2]), 1)
+    few = shards[:2]  # 8 samples, 3 workers: every worker reads both shards and keeps its share
+    every = {s["__key__"] for s in iter_samples(list(few))}
+    shares = []
+    for rank, size in enumerate((3, 3, 2)):  # sample i goes to worker i % 3
+        stream = sample_stream(few, rank, 3, shuffle_buffer=2, seed=0)
+        shares.append({next(stream)["__key__"] for _ in range(size)})
+    assert set().union(*shares) == every and sum(map(len, shares)) == len(every) == 8  # disjoint, complete
+
+
+def test_audio_only_samples_get_the_networks_empty_video_features(shard_dir):
+    samples = list(iter_samples(sorted(str(p) for p in shard_dir.glob("shard-*.tar"))))[:4]
+    batch = {k: torch.from_numpy(v) for k, v in collate(samples).items()}
+    assert batch["has_video"].tolist() == [True, True, True, False]
+    cfg = dataclasses.replace(get_preset("small_16k"), **TINY_ARCHITECTURE, latent_dim=20, latent_seq_len=63,
+                              clip_dim=16, clip_seq_len=16, sync_dim=16, sync_seq_len=40, text_dim=16, text_seq_len=8)
+    torch.manual_seed(0)
+    net = MFMJT(cfg)
+    with torch.no_grad():
+        net.empty_clip_feat.normal_()
+    cond, empty = conditions(net, batch)
+    assert torch.equal(cond["clip_f"][3], net.empty_clip_feat.expand(16, -1))
+    assert torch.equal(cond["clip_f"][0], batch["clip_f"][0])
+    assert torch.equal(cond["sync_f"][3], net.empty_sync_feat.expand(40, -1))
+    assert empty["text_f"] is net.empty_string_feat
+
+
+def test_learning_rate_warms_up_then_decays_to_the_floor():
+    cfg = TrainConfig(shards="x", steps=100, warmup_steps=10, min_lr_ratio=0.1)
+    factors = [lr_factor(s, cfg) for s in range(101)]
+    assert factors[0] < factors[5] < factors[9] < 1.0 and math.isclose(factors[10], 1.0)
+    assert all(a >= b for a, b in zip(factors[10:], factors[11:]))
+    assert math.isclose(factors[100], 0.1)
+
+
+def test_init_weights_set_the_architecture_and_must_fit_the_shards(shard_dir, tmp_path):
+    shards = check_shards(str(shard_dir))
+    fitting = dataclasses.replace(get_preset("small_16k"), hidden_dim=64, depth=2, fused_depth=1, num_heads=2,
+                                  latent_dim=20, clip_dim=16, sync_dim=16, text_dim=16, text_seq_len=8)
+    save_checkpoint(MFMJT(fitting), tmp_path / "init.safetensors")
+    resolved = resolve_network(TrainConfig(shards=str(shard_dir), init=str(tmp_path / "init.safetensors")), shards)
+    assert resolved.hidden_dim == 64 and resolved.latent_seq_len == 63 and resolved.sync_seq_len == 40
+    wrong = dataclasses.replace(fitting, clip_dim=32)
+    save_checkpoint(MFMJT(wrong), tmp_path / "wrong.safetensors")
+    with pytest.raises(TrainError, match="clip_dim: weights 32 vs shards 16"):
+        resolve_network(TrainConfig(shards=str(shard_dir), init=str(tmp_path / "wrong.safetensors")), shards)
+
+
+def test_config_rejects_bad_values():
+    with pytest.raises(ValueError, match="objective"):
+        TrainConfig(shards="x", objective="diffusion")
+    with pytest.raises(ValueError, match="unknown architecture fields"):
+        TrainConfig(shards="x", architecture={"width": 3})
+    with pytest.raises(ValueError, match="--init takes the architecture"):
+        TrainConfig(shards="x", init="a.pth", preset="tiny")
+    cfg = TrainConfig(shards="x", meanflow=MeanFlowConfig(cond_dropout=0.2))
+    assert TrainConfig.from_dict(json.loads(json.dumps(cfg.as_dict()))) == cfg
+
+
+def test_init_from_mmaudio_weights_fine_tunes_that_network(fixtures_root, tmp_path):
+    """--init with MMAudio-format weights (the conformance fixture's, which has no interval
+    embedding): the worker's network holds exactly those weights, with a zero-output interval
+    embedding, and the shards' sequence lengths."""
+    weights = fixtures_root / "network" / "weights.safetensors"
+    arch = json.loads((fixtures_root / "network" / "arch.json").read_text())
+    shapes = {"latent_mean": (31, arch["latent_dim"]), "latent_std": (31, arch["latent_dim"]),
+              "clip_f": (8, arch["clip_dim"]), "sync_f": (24, arch["sync_dim"]),
+              "text_f": (arch["text_seq_len"], arch["text_dim"])}
+    write_synthetic_shards(tmp_path / "shards", samples=2, shard_size=2, shapes=shapes)
+    cfg = TrainConfig(shards=str(tmp_path / "shards"), init=str(weights))
+    network = resolve_network(cfg, check_shards(cfg.shards))
+    assert (network.hidden_dim, network.depth, network.fused_depth) == (arch["hidden_dim"], arch["depth"],
+                                                                         arch["fused_depth"])
+    assert (network.latent_seq_len, network.clip_seq_len, network.sync_seq_len) == (31, 8, 24)
+    net = build_network({"train": cfg.as_dict(), "network": network.as_dict()})
+    assert net.training
+    reference = load_state_dict_file(weights)
+    state = net.state_dict()
+    for key, value in reference.items():
+        if key in state:
+            assert torch.equal(state[key], value), key
+    assert not net.interval_embed.mlp[2].weight.any()  # MMAudio's velocity for every s at the start
