@@ -259,12 +259,28 @@ def bundle_info(name: str | ModelBundle, checkpoint: str | Path | None = None,
     paths = weight_paths(bundle, registry, checkpoint=checkpoint, verify=verify)
     return BundleInfo(
         name=bundle.name, description=bundle.description, sample_rate=bundle.sample_rate,
-        window_s=bundle.window_s, clip_fps=CLIP_FPS, clip_size=CLIP_SIZE, sync_fps=SYNC_FPS,
+        window_s=_checkpoint_window_s(checkpoint) or bundle.window_s, clip_fps=CLIP_FPS, clip_size=CLIP_SIZE, sync_fps=SYNC_FPS,
         sync_size=SYNC_SIZE, sampler=bundle.sampler.as_dict(),
         weights_hash=weights_hash(bundle, registry, paths),
         weights={role: str(p) for role, p in sorted(paths.items())},
         checkpoint=None if checkpoint is None else str(checkpoint),
     )
+
+
+def _checkpoint_window_s(checkpoint: str | Path | None) -> float | None:
+    """The window a `dub train` checkpoint was trained on (stored in its metadata), if any."""
+    if checkpoint is None or Path(checkpoint).suffix != ".safetensors":
+        return None
+    import json
+
+    from model.checkpoint import USER_METADATA_KEY
+    from model.registry import safetensors_metadata
+
+    try:
+        value = json.loads(safetensors_metadata(Path(checkpoint)).get(USER_METADATA_KEY, "{}")).get("window_s")
+        return float(value) if value is not None else None
+    except (OSError, ValueError, TypeError, AttributeError):
+        return None
 
 
 class LoadedBundle(NamedTuple):

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from workflows.generate.stages import WINDOW_COLUMNS, _short_error, decode_windows
+from workflows.generate.stages import WINDOW_COLUMNS, short_error, decode_windows
 
 # The one weights role extraction does not need (features and latents come from the rest).
 NETWORK_ROLE = "network"
@@ -64,7 +64,7 @@ def _with_audio(batch: dict[str, np.ndarray], out: dict[str, np.ndarray], window
         try:
             audio[i] = read_window_audio(str(batch["path"][i]), float(batch["start_s"][i]), window_s, sample_rate)
         except Exception as exc:  # noqa: BLE001 - an unreadable audio track fails this window only
-            errors[i] = "audio: " + _short_error(exc)
+            errors[i] = "audio: " + short_error(exc)
         out["t_decode_s"][i] += time.perf_counter() - start
     out.update(audio=audio, error=np.array(errors, dtype=object), path=batch["path"])
     return out
@@ -151,7 +151,7 @@ class ExtractReplica:
                     try:
                         self._encode(batch, [i], arrays)
                     except Exception as exc:  # noqa: BLE001
-                        errors[i] = "encode: " + _short_error(exc)
+                        errors[i] = "encode: " + short_error(exc)
             took = time.perf_counter() - start
         out = {k: batch[k] for k in WINDOW_COLUMNS}
         out.update(arrays)

@@ -17,7 +17,7 @@ WINDOW_COLUMNS = ("video_id", "window_index", "num_windows", "start_s", "valid_s
                   "negative_prompt", "seed")
 
 
-def _short_error(exc: BaseException) -> str:
+def short_error(exc: BaseException) -> str:
     msg = str(exc).strip() or type(exc).__name__
     return f"{type(exc).__name__}: {msg}"[:500]
 
@@ -43,7 +43,7 @@ def decode_windows(batch: dict[str, np.ndarray], *, clip_fps: float, clip_size: 
             sync[i] = _fit(frames[1], n_sync)
             errors.append("")
         except Exception as exc:  # noqa: BLE001 - any decoder failure becomes a failed row
-            errors.append("decode: " + _short_error(exc))
+            errors.append("decode: " + short_error(exc))
         took.append(time.perf_counter() - start)
     out = {k: batch[k] for k in WINDOW_COLUMNS}
     out.update(clip_frames=clip, sync_frames=sync, error=np.array(errors, dtype=object),
@@ -95,7 +95,7 @@ class GenerateReplica:
                     try:
                         self._run(batch, [i], audio, timings, feats)
                     except Exception as exc:  # noqa: BLE001
-                        errors[i] = "generate: " + _short_error(exc)
+                        errors[i] = "generate: " + short_error(exc)
         length = max((len(a) for a in audio.values()), default=0)
         out_audio = np.zeros((n, length), np.float32)
         for i, a in audio.items():
