@@ -243,3 +243,13 @@ def test_init_from_mmaudio_weights_fine_tunes_that_network(fixtures_root, tmp_pa
         if key in state:
             assert torch.equal(state[key], value), key
     assert not net.interval_embed.mlp[2].weight.any()  # MMAudio's velocity for every s at the start
+
+
+def test_relative_shard_paths_become_absolute_for_the_workers(shard_dir, monkeypatch):
+    # Ray workers run in their own working directories: a relative path would not open there.
+    from workflows.train.data import list_shards
+
+    monkeypatch.chdir(shard_dir.parent)
+    paths, directory = list_shards(shard_dir.name)
+    assert paths and all(Path(p).is_absolute() and Path(p).exists() for p in paths)
+    assert directory == str(shard_dir.resolve())

@@ -65,9 +65,11 @@ def list_shards(spec: str) -> tuple[list[str], str | None]:
             if not path.exists():
                 raise ShardError(f"shard {path} does not exist")
             paths.append(str(path))
+    # Absolute: Ray workers run in their own working directories.
+    paths = [str(Path(p).resolve()) for p in paths]
     if directory is None and len({str(Path(p).parent) for p in paths}) == 1:
         directory = str(Path(paths[0]).parent)
-    return paths, directory
+    return paths, (str(Path(directory).resolve()) if directory else None)
 
 
 def inspect_shard(path: str) -> tuple[dict, int]:
