@@ -241,3 +241,22 @@ def test_killed_actor_is_replaced_and_every_clip_done_once(ray_session, checkpoi
     all_keys = [m.name for s in (out / "shards").glob("*.tar") for m in tarfile.open(s).getmembers()
                 if m.name.endswith(".flac")]
     assert len(all_keys) == len(set(all_keys)) == len(keys) == 6
+
+
+def test_cli_with_a_relative_out_dir_prints_json_and_absolute_paths(ray_session, checkpoint, tmp_path, monkeypatch):
+    import json
+
+    from typer.testing import CliRunner
+
+    from dub.cli import app
+
+    make_video(tmp_path / "v" / "one clip.mp4", seconds=1.5, fps=25, size=(64, 48))
+    _ingest(tmp_path / "v", tmp_path / "m.parquet")
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(app, ["generate", "-m", "m.parquet", "-o", "rel", "--checkpoint", str(checkpoint),
+                                      "--json"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout[result.stdout.index("{"):])
+    assert summary["generated"] == 1 and summary["failed"] == 0
+    row = pq.read_table(tmp_path / "rel" / "report.parquet").to_pylist()[0]
+    assert Path(row["output_mp4"]).is_absolute() and Path(row["output_mp4"]).exists()

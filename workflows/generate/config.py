@@ -96,7 +96,7 @@ def window_seed(seed: int, video_id: str, window_index: int) -> int:
 
 
 def run_paths(out_dir: str | Path) -> dict[str, Path]:
-    out = Path(out_dir)
+    out = Path(out_dir).resolve()  # report rows hold absolute paths, valid from any directory
     return {
         "out": out,
         "run_json": out / "run.json",
