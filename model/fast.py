@@ -1,0 +1,312 @@
+"""Optimised inference paths: one MeanFlow step with CFG as a CUDA graph, and a compiled decoder.
+
+The eager path (`model.generator.Generator`) stays the reference. These wrappers call the very
+same functions (`preprocess_conditions`, `guided_field` with cond and uncond as ONE batch of 2B,
+`sample_meanflow`, `unnormalize`, the codec's decode) under the same bf16 autocast, so a
+replayed graph computes the eager arithmetic; only launch overhead goes away.
+
+    CudaGraphCall(fn, example_inputs)        capture fn once (warm-up on a side stream), then
+                                             replay it on new inputs copied into static buffers
+    OneStepGraph(network, guidance, batch)   features + noise -> latents (or waveforms)
+    compile_decoder(vae, vocoder, ...)       torch.compile of VAE decode + vocoder, with an
+                                             eager fallback that says why
+
+On the CPU (or with `use_graph=False`) everything runs eagerly through the same code, which is
+how the CPU tests check the wiring against the Generator.
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, fields
+
+import torch
+
+from model.guidance import Guidance, needs_uncond
+from model.network import MFMJT, Conditions
+from model.sampling import guided_field, sample_meanflow, time_grid
+
+TensorFn = Callable[..., torch.Tensor]
+
+
+def _autocast(device: torch.device, dtype: torch.dtype) -> torch.autocast:
+    # The autocast weight-cast cache is not safe under graph capture (cached casts made during
+    # capture are freed when the context exits), so it is off everywhere; casts are exact anyway.
+    enabled = device.type == "cuda" and dtype != torch.float32
+    return torch.autocast(device.type, dtype=dtype, enabled=enabled, cache_enabled=False)
+
+
+def _clone_tree(out):
+    if isinstance(out, torch.Tensor):
+        return out.clone()
+    if isinstance(out, (tuple, list)):
+        return type(out)(_clone_tree(o) for o in out)
+    raise TypeError(f"a captured function must return tensors (or a tuple of them), got {type(out).__name__}")
+
+
+class CudaGraphCall:
+    """`fn(*tensors)` captured once as a CUDA graph for fixed input shapes, replayed per call.
+
+    Inputs are copied into static buffers; the output is cloned so later replays cannot
+    overwrite what a caller holds. On the CPU, or with `use_graph=False`, `fn` runs eagerly.
+    `fn` must not synchronise with the host (no `.item()`, no data-dependent shapes).
+    """
+
+    def __init__(self, fn: TensorFn, example_inputs: Sequence[torch.Tensor], *, use_graph: bool | None = None,
+                 warmup: int = 2) -> None:
+        if not example_inputs:
+            raise ValueError("CudaGraphCall needs at least one example input tensor")
+        self.fn = fn
+        self.device = example_inputs[0].device
+        self.use_graph = self.device.type == "cuda" if use_graph is None else bool(use_graph)
+        if self.use_graph and self.device.type != "cuda":
+            raise ValueError(f"CUDA graphs need CUDA tensors; the example inputs are on {self.device}")
+        # Normal (not inference-mode) tensors: callers may copy into them in or out of inference mode.
+        with torch.inference_mode(False), torch.no_grad():
+            self.static_inputs = [x.detach().clone() for x in example_inputs]
+        self.graph: torch.cuda.CUDAGraph | None = None
+        self.static_output = None
+        self.capture_s = 0.0
+        if self.use_graph:
+            self._capture(warmup)
+
+    def _capture(self, warmup: int) -> None:
+        start = time.perf_counter()
+        with torch.inference_mode(False), torch.no_grad():
+            side = torch.cuda.Stream(self.device)
+            side.wait_stream(torch.cuda.current_stream(self.device))
+            with torch.cuda.stream(side):
+                for _ in range(max(1, warmup)):  # cuDNN/cuBLAS pick algorithms outside the graph
+                    self.fn(*self.static_inputs)
+            torch.cuda.current_stream(self.device).wait_stream(side)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                self.static_output = self.fn(*self.static_inputs)
+        torch.cuda.synchronize(self.device)
+        self.graph = graph
+        self.capture_s = time.perf_counter() - start
+
+    def __call__(self, *inputs: torch.Tensor):
+        if not self.use_graph:
+            with torch.no_grad():
+                return self.fn(*inputs)
+        if len(inputs) != len(self.static_inputs):
+            raise ValueError(f"expected {len(self.static_inputs)} inputs, got {len(inputs)}")
+        with torch.no_grad():
+            for i, (dst, src) in enumerate(zip(self.static_inputs, inputs)):
+                if src.shape != dst.shape:
+                    raise ValueError(
+                        f"input {i} has shape {tuple(src.shape)} but the graph was captured for "
+                        f"{tuple(dst.shape)}; build another graph for this shape"
+                    )
+                dst.copy_(src, non_blocking=True)
+            self.graph.replay()
+            return _clone_tree(self.static_output)
+
+
+class OneStepGraph:
+    """Features + noise -> latents (and waveforms when `decode` is given) for a batch of windows,
+    MeanFlow with CFG, cond and uncond in ONE network call of 2B, replayed as a CUDA graph.
+
+    Call with noise (b, N, C), clip_f, sync_f, text_f (raw encoder features, float32) and
+    optionally `negative_text_f` (b, Nt, text_dim) for the unconditional branch. b may differ from
+    the captured `batch_size`: smaller batches are padded, larger ones run in chunks. Returns
+    unnormalised latents (b, N, C) float32, or waveforms (b, L) float32 in [-1, 1] (as
+    `Generator.decode` returns them) when `decode(latents) -> wav` is given.
+
+    `compile=True` wraps the latent computation in `torch.compile` before capture (slow to
+    build: minutes for real sizes). `use_graph=False` (or the CPU) runs eagerly.
+    """
+
+    def __init__(self, network: MFMJT, guidance: Guidance, batch_size: int, *, steps: int | Sequence[float] = 1,
+                 decode: TensorFn | None = None, dtype: torch.dtype = torch.bfloat16,
+                 use_graph: bool | None = None, compile: bool = False, compile_mode: str | None = None,
+                 warmup: int = 2, seed: int = 0) -> None:
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.network = network
+        self.guidance = guidance
+        self.batch_size = batch_size
+        self.steps = steps
+        self.decode = decode
+        self.dtype = dtype
+        self.device = network.device
+        cfg = network.config
+        self._has_negative = False
+        with torch.inference_mode(False), torch.no_grad(), _autocast(self.device, dtype):
+            empty = network.empty_conditions(batch_size)
+            # static copies: `set_negative` rewrites them in place, the graph reads them
+            self._uncond = Conditions(**{f.name: getattr(empty, f.name).clone() for f in fields(empty)})
+            self._default_uncond = Conditions(**{f.name: getattr(empty, f.name).clone() for f in fields(empty)})
+        latents_fn: TensorFn = self._latents
+        self.compiled = False
+        if compile:
+            latents_fn = torch.compile(self._latents, mode=compile_mode, dynamic=False)
+            self.compiled = True
+        self._latents_fn = latents_fn
+        gen = torch.Generator(device="cpu").manual_seed(seed)
+
+        def example(*shape: int) -> torch.Tensor:
+            return torch.randn(batch_size, *shape, generator=gen).to(self.device)
+
+        examples = [example(cfg.latent_seq_len, cfg.latent_dim), example(cfg.clip_seq_len, cfg.clip_dim),
+                    example(cfg.sync_seq_len, cfg.sync_dim), example(cfg.text_seq_len, cfg.text_dim)]
+        self._call = CudaGraphCall(self._step, examples, use_graph=use_graph, warmup=warmup)
+
+    @property
+    def uses_graph(self) -> bool:
+        return self._call.use_graph
+
+    @property
+    def build_s(self) -> float:
+        return self._call.capture_s
+
+    def accepts(self, sampler: str, steps: int | Sequence[float], guidance: Guidance) -> bool:
+        """Whether this graph computes that sampler setting (the Generator's hook asks first)."""
+        return sampler == "meanflow" and _same_steps(steps, self.steps) and guidance == self.guidance
+
+    # -- the computation (eager code; captured as is) ---------------------------------------
+
+    def _latents(self, noise: torch.Tensor, clip_f: torch.Tensor, sync_f: torch.Tensor,
+                 text_f: torch.Tensor) -> torch.Tensor:
+        net = self.network
+        with _autocast(self.device, self.dtype):
+            cond = net.preprocess_conditions(clip_f, sync_f, text_f)
+            uncond = self._uncond if needs_uncond(self.guidance) else None
+
+            def predict(z, t, s, c):
+                return net.predict_flow(z, t, c, s=s)
+
+            field = guided_field(predict, cond, uncond, self.guidance, cat=lambda a, b: a.cat(b))
+            x = sample_meanflow(field, noise, steps=self.steps)
+            return net.unnormalize(x.float())
+
+    def _step(self, noise, clip_f, sync_f, text_f) -> torch.Tensor:
+        latents = self._latents_fn(noise, clip_f, sync_f, text_f)
+        if self.decode is None:
+            return latents
+        with _autocast(self.device, self.dtype):
+            wav = self.decode(latents)
+        return wav.float().clamp(-1, 1)
+
+    # -- calling -------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def set_negative(self, negative_text_f: torch.Tensor | None) -> None:
+        """Unconditional branch text: a negative prompt's features (batch_size rows), or None for
+        the network's empty-string feature. Runs eagerly (small), outside the graph."""
+        if negative_text_f is None:
+            if self._has_negative:
+                for f in fields(self._uncond):
+                    getattr(self._uncond, f.name).copy_(getattr(self._default_uncond, f.name))
+                self._has_negative = False
+            return
+        with _autocast(self.device, self.dtype):
+            neg = self.network.empty_conditions(self.batch_size, text_f=negative_text_f.to(self.device))
+        for f in fields(self._uncond):
+            getattr(self._uncond, f.name).copy_(getattr(neg, f.name))
+        self._has_negative = True
+
+    def __call__(self, noise: torch.Tensor, clip_f: torch.Tensor, sync_f: torch.Tensor, text_f: torch.Tensor,
+                 negative_text_f: torch.Tensor | None = None) -> torch.Tensor:
+        inputs = [noise, clip_f, sync_f, text_f]
+        b = noise.shape[0]
+        if any(x.shape[0] != b for x in inputs) or (negative_text_f is not None and negative_text_f.shape[0] != b):
+            raise ValueError(
+                "noise, clip_f, sync_f, text_f (and negative_text_f) must share the batch size, got "
+                f"{[x.shape[0] for x in inputs]}"
+            )
+        outputs = []
+        for start in range(0, b, self.batch_size):
+            stop = min(b, start + self.batch_size)
+            chunk = [_pad_rows(x[start:stop].to(self.device, torch.float32), self.batch_size) for x in inputs]
+            negative = None if negative_text_f is None else _pad_rows(
+                negative_text_f[start:stop].to(self.device, torch.float32), self.batch_size)
+            if needs_uncond(self.guidance):
+                self.set_negative(negative)
+            outputs.append(self._call(*chunk)[: stop - start])
+        return outputs[0] if len(outputs) == 1 else torch.cat(outputs)
+
+
+def _pad_rows(x: torch.Tensor, rows: int) -> torch.Tensor:
+    """Pad the batch to `rows` by repeating the last row (rows are independent in the network)."""
+    if x.shape[0] == rows:
+        return x
+    return torch.cat([x, x[-1:].expand(rows - x.shape[0], *x.shape[1:])])
+
+
+def _same_steps(a: int | Sequence[float], b: int | Sequence[float]) -> bool:
+    return torch.equal(time_grid(a), time_grid(b))
+
+
+# -- decoder -----------------------------------------------------------------------------------
+
+
+def decode_latents(vae, vocoder, latents: torch.Tensor) -> torch.Tensor:
+    """Channel-last latents (B, N, C) -> waveforms (B, L): VAE decode then vocoder (as
+    `MMAudioCodec.decode`, without its checks, so it traces cleanly)."""
+    mel = vae.decode(latents.transpose(1, 2).to(vae.data_mean))
+    return vocoder(mel).squeeze(1)
+
+
+@dataclass
+class DecoderPath:
+    """A decode function and what it is: "compiled", or "eager" with the reason in `note`."""
+
+    fn: TensorFn
+    kind: str
+    note: str
+    build_s: float = 0.0
+
+
+def compile_decoder(vae, vocoder, *, example_latents: torch.Tensor | None = None, mode: str | None = None,
+                    dtype: torch.dtype = torch.bfloat16) -> DecoderPath:
+    """`torch.compile` of VAE decode + vocoder, checked on `example_latents` (B, N, C) when given.
+
+    Inductor once crashed on this decoder (SPEC §3: CUDA misaligned address), so any failure
+    falls back to the eager decoder and says so in `note`. A crash that poisons the CUDA context
+    cannot be recovered in-process: run this in its own process when that matters (the GPU
+    benchmark script does).
+    """
+    eager = functools.partial(decode_latents, vae, vocoder)
+    start = time.perf_counter()
+    try:
+        compiled = torch.compile(eager, mode=mode, dynamic=False)
+    except Exception as exc:  # noqa: BLE001 - no compiler on this platform
+        return DecoderPath(eager, "eager", f"torch.compile unavailable ({_short(exc)}); eager decoder")
+    if example_latents is None:
+        return DecoderPath(_FallbackOnError(compiled, eager), "compiled", "torch.compile (checked at first call)")
+    device = example_latents.device
+    try:
+        with torch.no_grad(), _autocast(device, dtype):
+            compiled(example_latents)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+    except Exception as exc:  # noqa: BLE001 - Inductor/Triton failures of any kind
+        return DecoderPath(eager, "eager", f"torch.compile failed ({_short(exc)}); eager decoder",
+                           time.perf_counter() - start)
+    return DecoderPath(compiled, "compiled", f"torch.compile ok (mode={mode or 'default'})",
+                       time.perf_counter() - start)
+
+
+class _FallbackOnError:
+    """Calls `primary`; on its first failure switches to `fallback` for good and remembers why."""
+
+    def __init__(self, primary: TensorFn, fallback: TensorFn) -> None:
+        self.primary, self.fallback = primary, fallback
+        self.failed: str | None = None
+
+    def __call__(self, *args, **kwargs):
+        if self.failed is None:
+            try:
+                return self.primary(*args, **kwargs)
+            except Exception as exc:  # noqa: BLE001
+                self.failed = _short(exc)
+        return self.fallback(*args, **kwargs)
+
+
+def _short(exc: BaseException, limit: int = 300) -> str:
+    text = f"{type(exc).__name__}: {exc}".strip().replace("\n", " ")
+    return text[:limit]

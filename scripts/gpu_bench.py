@@ -1,0 +1,319 @@
+#!/usr/bin/env python3
+"""One call for the GPU machine: `dub bench` on real sizes (random weights, nothing downloaded)
+plus the fast-path-vs-eager correctness checks, all under one time budget.
+
+    python3 scripts/gpu_bench.py --device cuda --preset small_16k --batch-size 8 --out OUT
+    python3 scripts/gpu_bench.py --device cpu --preset tiny --batch-size 2 --repeats 1 --out OUT  # CPU smoke test
+
+It runs the sub-benchmark modules directly (the same `run(opts)` that `dub bench` calls, rows
+in the same format), each part in a child process of its own: a CUDA error that poisons the
+context (Inductor once crashed on the decoder), an out-of-memory or a hang costs only that
+part. Rows stream to a temporary file as each stage finishes, so a part stopped at its time
+limit keeps what it measured; OUT gets only gpu_bench.json (rewritten after every part) and,
+from gpu_bench.sh, gpu_bench.log. Parts, in order of value: correctness, generate (eager and
+CUDA graphs), e2e (model-side throughput), encoders, train-step, then torch.compile variants
+of generate, encoders and e2e while the budget lasts (`--parts` picks, e.g. for a second run).
+
+Writes OUT/gpu_bench.json: {"device", "command", "env", "parts", "checks", "rows"}; "rows" are
+`dub bench --json` rows.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+
+@dataclass(frozen=True)
+class Part:
+    name: str
+    module: str | None  # workflows.bench.<module>; None: the correctness checks
+    max_s: float  # time limit on an H200 (the whole run must fit 8 minutes)
+    extra: dict = field(default_factory=dict)
+    train_batch: bool = False  # uses --train-batch-size instead of --batch-size
+
+
+PARTS = (
+    Part("correctness", None, 60),
+    Part("generate", "generate", 100),
+    Part("e2e", "e2e", 90),
+    Part("encoders", "encoders", 75),
+    Part("train-step", "train_step", 60, train_batch=True),
+    Part("generate-compiled", "generate", 150, {"compiled_only": True, "compile_batches": [1]}),
+    Part("encoders-compiled", "encoders", 90, {"compiled_only": True}),
+    Part("e2e-compiled", "e2e", 150, {"compiled_only": True}),
+)
+MIN_PART_S = 25.0  # do not start a part with less time than this left
+TEARDOWN_S = 10.0  # a child stops starting stages this long before its limit
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--device", default="cuda")
+    p.add_argument("--preset", default="small_16k")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--train-batch-size", type=int, default=32, help="batch of the train-step part (the issue: 32)")
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--duration", type=float, default=8.0)
+    p.add_argument("--budget-s", type=float, default=float(os.environ.get("GPU_BENCH_BUDGET_S", 440)),
+                   help="total time for all parts (default 440 s: the run must fit 8 minutes)")
+    p.add_argument("--parts", default=",".join(part.name for part in PARTS),
+                   help="comma-separated parts to run, in the listed order")
+    p.add_argument("--no-compile", action="store_true", help="skip the torch.compile parts")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads in the children (0: torch's default)")
+    p.add_argument("--out", default=os.environ.get("OUT", "out/gpu_bench"))
+    p.add_argument("--child", default=None, help=argparse.SUPPRESS)
+    p.add_argument("--deadline", type=float, default=None, help=argparse.SUPPRESS)
+    p.add_argument("--rows-file", default=None, help=argparse.SUPPRESS)
+    return p.parse_args(argv)
+
+
+# -- parent ------------------------------------------------------------------------------------
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.child:
+        return child_main(args)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    # the parts' row streams live outside OUT: only the JSON and the log come back from the GPU machine
+    work = Path(tempfile.mkdtemp(prefix="dub-gpu-bench-"))
+    started = time.time()
+    deadline = started + args.budget_s
+    wanted = [name.strip() for name in args.parts.split(",") if name.strip()]
+    unknown = sorted(set(wanted) - {part.name for part in PARTS})
+    if unknown:
+        print(f"unknown parts {unknown}; choose from {[part.name for part in PARTS]}", file=sys.stderr)
+        return 2
+    result = {"command": " ".join([Path(sys.executable).name, *sys.argv]), "device": None, "env": environment(),
+              "budget_s": args.budget_s, "parts": {}, "checks": [], "rows": []}
+    log(started, f"gpu_bench: {args.device} preset {args.preset} batch {args.batch_size}, budget {args.budget_s:.0f} s")
+    for part in PARTS:
+        if part.name not in wanted:
+            continue
+        if args.no_compile and "compiled" in part.name:
+            result["parts"][part.name] = {"status": "skipped", "reason": "--no-compile"}
+            continue
+        left = deadline - time.time()
+        if left < MIN_PART_S:
+            result["parts"][part.name] = {"status": "skipped", "reason": f"only {left:.0f} s of the budget left"}
+            log(started, f"part {part.name}: skipped ({left:.0f} s left)")
+            continue
+        result["parts"][part.name] = run_part(args, part, min(part.max_s, left), work, started, result)
+        write_result(out, result, started)
+    write_result(out, result, started)
+    shutil.rmtree(work, ignore_errors=True)
+    print_summary(result)
+    return 0
+
+
+def log(started: float, message: str) -> None:
+    print(f"[{time.time() - started:6.1f} s] {message}", flush=True)
+
+
+def run_part(args: argparse.Namespace, part: Part, limit_s: float, work: Path, started: float, result: dict) -> dict:
+    rows_file = work / f"rows_{part.name}.jsonl"
+    rows_file.unlink(missing_ok=True)
+    command = [sys.executable, str(Path(__file__).resolve()), "--child", part.name, "--device", args.device,
+               "--preset", args.preset, "--batch-size", str(args.batch_size),
+               "--train-batch-size", str(args.train_batch_size), "--repeats", str(args.repeats),
+               "--warmup", str(args.warmup), "--duration", str(args.duration), "--threads", str(args.threads),
+               "--deadline", str(time.time() + limit_s - TEARDOWN_S), "--rows-file", str(rows_file)]
+    log(started, f"part {part.name}: start (limit {limit_s:.0f} s)")
+    t0 = time.time()
+    # own session: a timed-out part is killed with its compile workers, and only those
+    proc = subprocess.Popen(command, cwd=ROOT, start_new_session=True)
+    status = "ok"
+    try:
+        code = proc.wait(timeout=limit_s)
+        if code != 0:
+            status = f"exit code {code}"
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        status = f"killed at its {limit_s:.0f} s limit"
+    seconds = time.time() - t0
+    info = collect(rows_file, result)
+    log(started, f"part {part.name}: {status} after {seconds:.0f} s, {info['rows']} rows")
+    return {"status": status, "seconds": round(seconds, 1), **info}
+
+
+def collect(rows_file: Path, result: dict) -> dict:
+    """Fold a child's JSON lines into the result; returns the part's own summary."""
+    info: dict = {"rows": 0, "errors": []}
+    if not rows_file.exists():
+        return info
+    for line in rows_file.read_text().splitlines():
+        try:
+            item = json.loads(line)
+        except json.JSONDecodeError:
+            continue  # a line cut by a kill
+        kind, payload = item.get("kind"), item.get("payload")
+        if kind == "row":
+            result["rows"].append(payload)
+            info["rows"] += 1
+        elif kind == "check":
+            result["checks"].append(payload)
+        elif kind == "error":
+            info["errors"].append(payload)
+        elif kind == "info":
+            result["device"] = result["device"] or payload.get("device_name")
+            info.update({k: v for k, v in payload.items() if k != "device_name"})
+    return info
+
+
+def write_result(out: Path, result: dict, started: float) -> None:
+    result["wall_s"] = round(time.time() - started, 1)
+    tmp = out / "gpu_bench.json.tmp"
+    tmp.write_text(json.dumps(result, indent=2, default=str))
+    tmp.replace(out / "gpu_bench.json")
+
+
+def environment() -> dict:
+    env = {"python": sys.version.split()[0]}
+    try:
+        import torch
+
+        env.update(torch=torch.__version__, cuda=torch.version.cuda, cuda_available=torch.cuda.is_available())
+    except Exception as exc:  # noqa: BLE001
+        env["torch"] = f"unavailable: {exc}"
+    for name in ("triton", "open_clip", "av", "ray"):
+        try:
+            module = __import__(name)
+            env[name] = getattr(module, "__version__", "present")
+        except Exception:  # noqa: BLE001
+            env[name] = None
+    return env
+
+
+def print_summary(result: dict) -> None:
+    print(f"\n== dub bench on {result['device']} ({result['wall_s']:.0f} s) ==", flush=True)
+    print(f"{'bench':10} {'stage':66} {'b':>3} {'median ms':>10} {'RTF':>8} {'clips/s':>8} {'peak MB':>8}")
+    for r in result["rows"]:
+        rtf = "" if r.get("rtf") is None else f"{r['rtf']:.4f}"
+        cps = "" if r.get("clips_per_s") is None else f"{r['clips_per_s']:.2f}"
+        peak = "" if r.get("peak_mem_mb") is None else f"{r['peak_mem_mb']:.0f}"
+        flag = "  " + r["note"][:120] if r["note"].startswith(("ERROR", "not run")) else ""
+        print(f"{r['bench']:10} {r['stage'][:66]:66} {r['batch_size']:>3} {r['median_ms']:>10.2f} {rtf:>8} "
+              f"{cps:>8} {peak:>8}{flag}")
+    print("\n== fast path vs eager ==")
+    for c in result["checks"]:
+        print(f"{'PASS' if c['pass'] else 'FAIL'}  {c['check']}: max abs {c['max_abs_err']:.3e}, "
+              f"relative {c['rel_err']:.2e} (tolerance {c['tol']:g})")
+    print("\n== parts ==")
+    for name, part in result["parts"].items():
+        errors = part.get("errors") or []
+        print(f"{name:20} {part.get('status')}  {part.get('seconds', '')} s  {part.get('reason', '')}"
+              + (f"  errors: {errors[0][:200]}" if errors else ""))
+    sys.stdout.flush()
+
+
+# -- child -------------------------------------------------------------------------------------
+
+
+def child_main(args: argparse.Namespace) -> int:
+    rows_file = Path(args.rows_file)
+    emitted: set[int] = set()
+
+    def emit(kind: str, payload) -> None:
+        with rows_file.open("a") as f:
+            f.write(json.dumps({"kind": kind, "payload": payload}, default=str) + "\n")
+
+    def on_row(row) -> None:
+        emitted.add(id(row))
+        emit("row", row.as_dict())
+        print(f"    {row.bench:10} {row.stage[:70]:70} b{row.batch_size:<3} {row.median_ms:10.2f} ms"
+              + (f"  {row.note[:160]}" if row.note.startswith(("ERROR", "not run")) else ""), flush=True)
+
+    try:
+        import torch
+
+        from workflows.bench import BenchOptions, device_name, resolve_device
+
+        if args.threads > 0:
+            torch.set_num_threads(args.threads)
+        device = resolve_device(args.device)
+        emit("info", {"device_name": device_name(device), "torch": torch.__version__})
+        part = next(p for p in PARTS if p.name == args.child)
+        extra = {"deadline": args.deadline, "on_row": on_row, "on_check": lambda c: emit("check", c), **part.extra}
+        opts = BenchOptions(device=device, preset=args.preset,
+                            batch_size=args.train_batch_size if part.train_batch else args.batch_size,
+                            repeats=args.repeats, warmup=args.warmup, duration_s=args.duration, extra=extra)
+        if part.module is None:
+            correctness(opts, lambda c: emit("check", c))
+            return 0
+        import importlib
+
+        module = importlib.import_module(f"workflows.bench.{part.module}")
+        for row in module.run(opts):
+            if id(row) not in emitted:  # modules without on_row support report at the end
+                on_row(row)
+        return 0
+    except Exception:  # noqa: BLE001 - whatever broke, the parent records it and goes on
+        text = traceback.format_exc()
+        print(text, file=sys.stderr, flush=True)
+        emit("error", text[-2000:])
+        return 1
+
+
+def correctness(opts, report) -> None:
+    """The fast paths against the eager `Generator` on the same inputs (bf16 autocast on CUDA):
+    one step + CFG latents, the whole path to waveforms, a padded batch, and bf16 vs float32."""
+    import torch
+
+    from model.codec import MMAudioCodec
+    from model.fast import OneStepGraph
+    from model.generator import Generator, SamplerConfig, WindowBatch, noise_for_seeds
+    from model.mel import MelConverter
+    from workflows.bench.generate import ONE_STEP_GUIDANCE, build_stack, codec_configs, compare, random_inputs
+
+    cuda = opts.device.startswith("cuda")
+    stack = build_stack(opts.preset, opts.device, opts.duration_s)
+    net = stack.network
+    mel_cfg, _vae_cfg, _voc_cfg = codec_configs(opts.preset, net.config.sample_rate)
+    codec = MMAudioCodec(MelConverter(mel_cfg).to(opts.device), stack.vae, stack.vocoder).eval()
+    sampler = SamplerConfig(sampler="meanflow", steps=1, **ONE_STEP_GUIDANCE)
+    dtype = torch.bfloat16 if cuda else torch.float32
+    b = min(4, max(2, opts.batch_size))
+    what = "CUDA graph" if cuda else "eager fallback"
+    _, clip_f, sync_f, text_f = random_inputs(net.config, b, opts.device, seed=7)
+    batch = WindowBatch(None, None, prompts=[""] * b, negative_prompts=[""] * b, seeds=list(range(b)))
+    noise = noise_for_seeds(batch.seeds, (net.config.latent_seq_len, net.config.latent_dim), opts.device)
+
+    eager = Generator(net, None, codec, device=opts.device, dtype=dtype)
+    lat_ref = eager.latents(clip_f, sync_f, text_f, batch, sampler)
+    wav_ref = eager.decode(lat_ref, batch)
+    fast = OneStepGraph(net, sampler.guidance, b, dtype=dtype)
+    report(compare(f"one step + CFG latents, {what} vs eager Generator (batch {b})",
+                   fast(noise, clip_f, sync_f, text_f), lat_ref, 2e-2))
+    padded = OneStepGraph(net, sampler.guidance, b + 1, dtype=dtype)
+    report(compare(f"one step + CFG latents, {what} captured for {b + 1}, called with {b} (padded)",
+                   padded(noise, clip_f, sync_f, text_f), lat_ref, 2e-2))
+    full = OneStepGraph(net, sampler.guidance, b, decode=codec.decode, dtype=dtype)
+    report(compare(f"network + VAE + vocoder waveforms, {what} vs eager Generator (batch {b})",
+                   full(noise, clip_f, sync_f, text_f), wav_ref, 2e-2))
+    if cuda:
+        reference32 = Generator(net, None, codec, device=opts.device, dtype=torch.float32)
+        lat32 = reference32.latents(clip_f, sync_f, text_f, batch, sampler)
+        report(compare(f"one step + CFG latents, bf16 {what} vs float32 eager (precision, informational)",
+                       fast(noise, clip_f, sync_f, text_f), lat32, 1e-1))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,113 @@
+"""`dub bench` encoders/generate/e2e on the CPU (tiny sizes) and the fast inference path of
+model/fast.py against the eager Generator on frames decoded from a bundled sample video."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from dub.cli import app
+from model.demo import DemoCodec, DemoEncoders
+from model.fast import CudaGraphCall, OneStepGraph
+from model.generator import Generator, SamplerConfig, WindowBatch, noise_for_seeds
+from workflows.bench.generate import build_network
+from workflows.media.decode import FrameTarget, decode_window
+
+SAMPLE = Path(__file__).resolve().parents[1] / "dub" / "samples" / "green_gem_bounce.mp4"
+ROW_FIELDS = {"bench", "stage", "median_ms", "batch_size", "dtype", "device", "audio_s", "peak_mem_mb", "note",
+              "rtf", "clips_per_s"}
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    # 2 shared cores: one torch thread avoids OpenMP oversubscription stalls next to Ray workers
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def test_bench_cli_json_rows(ray_session):
+    result = CliRunner().invoke(app, ["bench", "encoders", "generate", "e2e", "--device", "cpu", "--preset", "tiny",
+                                      "--repeats", "1", "--duration", "2", "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    rows = report["rows"]
+    assert report["device"].startswith("cpu")
+    assert {r["bench"] for r in rows} == {"encoders", "generate", "e2e"}
+    problems = [f"{r['bench']}/{r['stage']}: {r['note']}" for r in rows if r["note"].startswith(("ERROR", "not run"))]
+    assert not problems, problems
+    for r in rows:
+        assert set(r) == ROW_FIELDS, r
+        assert r["median_ms"] > 0 and r["batch_size"] >= 1 and r["device"] == "cpu", r
+        assert r["clips_per_s"] == pytest.approx(r["batch_size"] * 1000.0 / r["median_ms"])
+        assert r["audio_s"] == pytest.approx(r["batch_size"] * 2.0)
+        assert r["rtf"] == pytest.approx(r["median_ms"] / 1000.0 / r["audio_s"])
+    stages = {(r["bench"], r["stage"]): r for r in rows}
+    for stage in ("network 1 step + CFG, fast path (eager on cpu)",
+                  "network + VAE + vocoder, fast path (eager on cpu)"):
+        # the fast path's output was compared with the eager one before timing
+        assert "within 0.02" in stages[("generate", stage)]["note"]
+    assert ("generate", "network 25 Euler steps + CFG, eager (baseline)") in stages
+    assert ("encoders", "Synchformer, 5 segments") in stages  # 2 s at 25 fps: (50 - 16) // 8 + 1
+    ray_run = stages[("e2e", "ray: run_generate end to end (decode tasks + model actor + mp4 remux)")]
+    assert ray_run["batch_size"] == 2 and "2 done, 0 failed" in ray_run["note"]
+    assert ("e2e", "ray: decode window at both rates (CPU task, PyAV)") in stages
+    assert ("e2e", "model-side: total per batch (pre-decoded frames, no video decode)") in stages
+
+
+def _sample_batch(seconds: float, prompts: list[str], negatives: list[str]) -> WindowBatch:
+    """The same real decoded clip twice (CLIP 8 fps 384 px, Synchformer 25 fps 224 crop)."""
+    decoded = decode_window(SAMPLE, 0.0, seconds, [FrameTarget(8, 384, "resize"), FrameTarget(25, 224, "crop")])
+    clip, sync = (torch.from_numpy(f).unsqueeze(0).repeat(len(prompts), 1, 1, 1, 1) for f in decoded.frames)
+    return WindowBatch(clip, sync, prompts, negatives, seeds=[11, 12][: len(prompts)])
+
+
+@pytest.mark.parametrize("negatives", [["", ""], ["rain and wind", ""]])
+def test_fast_path_matches_eager_generator(negatives):
+    torch.manual_seed(0)
+    seconds = 6.0  # the sample's length
+    net = build_network("tiny", "cpu", duration_s=seconds, seed=3)
+    generator = Generator(net, DemoEncoders(), DemoCodec(latent_dim=net.config.latent_dim))
+    sampler = SamplerConfig(sampler="meanflow", steps=1, cfg=4.5, rescale="std", phi=0.7)
+    batch = _sample_batch(seconds, ["a bell rings", "a ball bounces"], negatives)
+    clip_f, sync_f, text_f = generator.features(batch)
+    eager_latents = generator.latents(clip_f, sync_f, text_f, batch, sampler)
+    eager_wav = generator.decode(eager_latents, batch)
+
+    noise = noise_for_seeds(batch.seeds, (net.config.latent_seq_len, net.config.latent_dim), "cpu")
+    negative = generator._text(negatives) if any(negatives) else None
+    fast = OneStepGraph(net, sampler.guidance, 2, decode=generator.codec.decode, dtype=torch.float32)
+    assert not fast.uses_graph and fast.accepts("meanflow", 1, sampler.guidance)
+    assert not fast.accepts("euler", 25, sampler.guidance)
+    fast_wav = fast(noise, clip_f, sync_f, text_f, negative_text_f=negative)
+    assert fast_wav.shape == eager_wav.shape == (2, net.config.latent_seq_len * generator.codec.hop_length)
+    assert eager_wav.abs().max() > 1e-3  # real audio, not silence
+    # same calls, same shapes: the same numbers
+    torch.testing.assert_close(fast_wav, eager_wav, rtol=1e-5, atol=1e-6)
+
+    # captured for 3 windows and given 2 (a partly filled last batch): rows are padded. Other
+    # matrix shapes round differently, so compare latents (Griffin-Lim amplifies 1e-6 changes).
+    padded = OneStepGraph(net, sampler.guidance, 3, dtype=torch.float32)
+    padded_latents = padded(noise, clip_f, sync_f, text_f, negative_text_f=negative)
+    torch.testing.assert_close(padded_latents, eager_latents, rtol=1e-4, atol=1e-4)
+    if negative is not None:  # the negative prompt changed the result, and the fast path followed
+        plain = padded(noise, clip_f, sync_f, text_f)
+        assert (plain - padded_latents).abs().max() > 1e-3
+
+
+def test_fast_path_rejects_bad_input():
+    net = build_network("tiny", "cpu", seed=0)
+    fast = OneStepGraph(net, SamplerConfig(cfg=4.5).guidance, 2, dtype=torch.float32)
+    cfg = net.config
+    noise = torch.zeros(2, cfg.latent_seq_len, cfg.latent_dim)
+    clip = torch.zeros(1, cfg.clip_seq_len, cfg.clip_dim)
+    with pytest.raises(ValueError, match="share the batch size"):
+        fast(noise, clip, torch.zeros(2, cfg.sync_seq_len, cfg.sync_dim),
+             torch.zeros(2, cfg.text_seq_len, cfg.text_dim))
+    with pytest.raises(ValueError, match="CUDA graphs need CUDA tensors"):
+        CudaGraphCall(lambda x: x * 2, [torch.zeros(3)], use_graph=True)
