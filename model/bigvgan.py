@@ -19,7 +19,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from model.vae import read_state_dict
+from model.state_dicts import read_state_dict, strict_load
 
 _SNAKE_EPS = 1e-9
 _FILTER_TAPS = 12  # anti-aliasing filter length used by every released BigVGAN
@@ -310,12 +310,12 @@ def load_bigvgan(weights: str | Path | Mapping[str, Any], config: BigVGANConfig 
         config = BigVGANConfig.from_json(config)
     state = fold_weight_norm(read_state_dict(weights, expect_key="conv_pre.bias"))
     model = BigVGAN(config)
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    missing = [k for k in missing if not k.endswith(".filter")]
-    if missing or unexpected:
-        raise ValueError(
-            f"BigVGAN checkpoint does not match the config: missing {sorted(missing)[:8]}, "
-            f"unexpected {sorted(unexpected)[:8]} (check num_mels, upsample_initial_channel, resblock, "
-            "activation and use_bias_at_final in the config)"
-        )
+    strict_load(model, state, "BigVGAN checkpoint", detail=" config",
+                hint="Check num_mels, upsample_initial_channel, resblock, activation and use_bias_at_final "
+                     "in the config.",
+                may_be_missing=_is_filter_key)
     return model.eval()
+
+
+def _is_filter_key(key: str) -> bool:
+    return key.endswith(".filter")

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import pickle
 import re
 from collections.abc import Mapping
 from pathlib import Path
@@ -19,8 +18,13 @@ import torch
 from model.config import NetworkConfig, get_preset, sample_rate_for_latent_dim
 from model.layers import gated_hidden_dim
 from model.network import DERIVED_BUFFER_KEYS, INTERVAL_EMBED_PREFIX, MFMJT
-
-StateDict = dict[str, torch.Tensor]
+from model.state_dicts import (  # noqa: F401 - UnsafeCheckpointError is re-exported for callers
+    StateDict,
+    UnsafeCheckpointError,
+    read_state_dict,
+    strict_load,
+    strip_prefixes,
+)
 
 CONFIG_METADATA_KEY = "dub.network_config"
 USER_METADATA_KEY = "dub.metadata"
@@ -29,12 +33,7 @@ TORCH_SUFFIXES = (".pth", ".pt")
 WRAPPER_KEYS = ("state_dict", "model", "weights", "network", "ema")
 # Prefixes added by DistributedDataParallel and torch.compile.
 WRAPPER_PREFIXES = ("module.", "_orig_mod.")
-MAX_LISTED_KEYS = 20
 DEFAULT_DURATION_S = 8.0
-
-
-class UnsafeCheckpointError(ValueError):
-    """The file is a pickle that needs arbitrary code to load; it is refused."""
 
 
 class CheckpointMismatchError(ValueError):
@@ -45,52 +44,13 @@ class CheckpointMismatchError(ValueError):
 
 
 def load_state_dict_file(path: str | os.PathLike) -> StateDict:
-    """Tensors of a `.safetensors` file, or of a `.pth`/`.pt` file loaded with weights_only=True."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        return load_file(str(path), device="cpu")
-    if path.suffix not in TORCH_SUFFIXES:
-        raise ValueError(f"unsupported checkpoint type {path.name!r}: use .safetensors, .pth or .pt")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as err:
-        raise UnsafeCheckpointError(
-            f"refusing to load {path}: it is a pickle that needs to run code to load "
-            "(only tensors, dicts and plain values are accepted). Convert it to .safetensors "
-            f"with a trusted tool if you trust its origin. Loader said: {str(err).splitlines()[0]}"
-        ) from None
-    return _unwrap_state_dict(obj, path)
+    """Tensors of a `.safetensors` file, or of a `.pth`/`.pt` file loaded with weights_only=True
+    (bare, or nested under one of WRAPPER_KEYS)."""
+    return read_state_dict(path, wrappers=WRAPPER_KEYS, suffixes=TORCH_SUFFIXES, what="checkpoint")
 
 
-def _is_tensor_dict(obj: Any) -> bool:
-    return isinstance(obj, Mapping) and bool(obj) and all(isinstance(v, torch.Tensor) for v in obj.values())
-
-
-def _unwrap_state_dict(obj: Any, path: Path) -> StateDict:
-    if _is_tensor_dict(obj):
-        return dict(obj)
-    if isinstance(obj, Mapping):
-        for key in WRAPPER_KEYS:
-            if _is_tensor_dict(obj.get(key)):
-                return dict(obj[key])
-        found = sorted(map(str, obj))[:MAX_LISTED_KEYS]
-    else:
-        found = [type(obj).__name__]
-    raise ValueError(
-        f"{path} holds no state dict of tensors (top level: {found}); expected a dict of tensors "
-        f"or one nested under {list(WRAPPER_KEYS)}"
-    )
-
-
-def _strip_wrapper_prefixes(state_dict: StateDict) -> StateDict:
-    for prefix in WRAPPER_PREFIXES:
-        if state_dict and all(k.startswith(prefix) for k in state_dict):
-            state_dict = {k[len(prefix) :]: v for k, v in state_dict.items()}
-    return state_dict
+def _is_interval_key(key: str) -> bool:
+    return key.startswith(INTERVAL_EMBED_PREFIX)
 
 
 def _read_safetensors_metadata(path: Path) -> dict[str, str]:
@@ -132,7 +92,7 @@ def infer_network_config(
     the sample rate (hence sequence lengths) from latent_dim (20 -> 16 kHz, 40 -> 44.1 kHz)
     unless given. `mean_flow` is True by default: a plain MMAudio checkpoint gains a
     zero-initialised interval embedding."""
-    sd = _strip_wrapper_prefixes(dict(state_dict))
+    sd = strip_prefixes(state_dict, WRAPPER_PREFIXES)
     hidden, latent_dim, _ = _shape(sd, "audio_input_proj.0.weight")
     _, clip_dim = _shape(sd, "clip_input_proj.0.weight")
     _, sync_dim, _ = _shape(sd, "sync_input_proj.0.weight")
@@ -152,7 +112,7 @@ def infer_network_config(
             f"{ffn_key} has {ffn_width} channels, which mlp_ratio={mlp_ratio} does not give for "
             f"hidden dim {hidden}; pass the mlp_ratio the network was built with"
         )
-    mean_flow = mean_flow or any(k.startswith(INTERVAL_EMBED_PREFIX) for k in sd)
+    mean_flow = mean_flow or any(_is_interval_key(k) for k in sd)
     config = NetworkConfig(
         latent_dim=latent_dim,
         clip_dim=clip_dim,
@@ -173,48 +133,26 @@ def infer_network_config(
 # ------------------------------------------------------------------------------ loading
 
 
-def _listed(items: list[str]) -> str:
-    shown = items[:MAX_LISTED_KEYS]
-    more = len(items) - len(shown)
-    return "\n    " + "\n    ".join(shown) + (f"\n    ... and {more} more" if more else "")
-
-
 def apply_state_dict(model: MFMJT, state_dict: Mapping[str, torch.Tensor]) -> MFMJT:
     """Load weights strictly, except that a checkpoint without the interval embedding (any
     MMAudio checkpoint) keeps the model's zero-output initialisation of it. Derived buffers
     (`latent_rot`, `clip_rot`, `*.freqs`) in the checkpoint are ignored, as MMAudio does."""
-    sd = {k: v for k, v in _strip_wrapper_prefixes(dict(state_dict)).items() if k not in DERIVED_BUFFER_KEYS}
-    expected = model.state_dict()
-    missing = [k for k in expected if k not in sd]
-    has_interval = any(k.startswith(INTERVAL_EMBED_PREFIX) for k in sd)
-    if not has_interval:
+    sd = {k: v for k, v in strip_prefixes(state_dict, WRAPPER_PREFIXES).items() if k not in DERIVED_BUFFER_KEYS}
+    has_interval = any(_is_interval_key(k) for k in sd)
+    strict_load(
+        model,
+        sd,
+        "checkpoint",
+        against="network",
+        detail=f" (config: {json.dumps(model.config.as_dict())})",
+        hint="Check the preset / config (or pass config=None to infer it from the weights).",
+        error=CheckpointMismatchError,
         # flow-matching (MMAudio) checkpoint: the interval embedding gets its zero-output init
-        missing = [k for k in missing if not k.startswith(INTERVAL_EMBED_PREFIX)]
-    unexpected = [k for k in sd if k not in expected]
-    mismatched = [
-        f"{k}: checkpoint {tuple(sd[k].shape)} vs network {tuple(expected[k].shape)}"
-        for k in sd
-        if k in expected and sd[k].shape != expected[k].shape
-    ]
-    problems = []
-    if missing:
-        problems.append(f"{len(missing)} missing key(s):{_listed(missing)}")
-    if unexpected:
-        problems.append(f"{len(unexpected)} unexpected key(s):{_listed(unexpected)}")
-    if mismatched:
-        problems.append(f"{len(mismatched)} shape mismatch(es):{_listed(mismatched)}")
-    if problems:
-        raise CheckpointMismatchError(
-            "checkpoint does not fit the network "
-            f"(config: {json.dumps(model.config.as_dict())}):\n  " + "\n  ".join(problems) + "\n"
-            "Check the preset / config (or pass config=None to infer it from the weights)."
-        )
-    if any(p.is_meta for p in model.parameters()):
-        model.to_empty(device="cpu")  # also rebuilds the derived rotary / frequency tables
+        may_be_missing=None if has_interval else _is_interval_key,
+    )
     if not has_interval:
         # fixed seed: loading the same checkpoint twice gives the same network
         model.initialize_interval_embedding(generator=torch.Generator().manual_seed(0))
-    model.load_state_dict(sd, strict=False)
     return model
 
 

@@ -21,6 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from model.state_dicts import read_state_dict, strict_load
+
 RELEASED_MODEL_NAME = "ViT-H-14-378-quickgelu"
 # MMAudio resizes frames to 384 px; the 378 px model's stride-14 patch conv drops the last 6
 # pixel rows/columns, so it still sees its 27 x 27 grid.
@@ -135,24 +137,9 @@ def build_clip_model(model_cfg: Mapping[str, Any]) -> nn.Module:
 
 
 def read_clip_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
-    """Tensors from a .safetensors file or a torch checkpoint loaded with weights_only=True."""
-    path = Path(path)
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        return load_file(str(path))
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # UnpicklingError and friends: the file wants more than tensors
-        raise ValueError(
-            f"refusing to load {path}: not a plain tensor checkpoint loadable with weights_only=True "
-            f"({type(err).__name__}). Convert it to safetensors from a trusted environment."
-        ) from err
-    if isinstance(state, Mapping) and isinstance(state.get("state_dict"), Mapping):
-        state = state["state_dict"]
-    if not isinstance(state, Mapping):
-        raise ValueError(f"{path} does not hold a state dict (got {type(state).__name__})")
-    return {k.removeprefix("module."): v for k, v in state.items()}
+    """Tensors from a .safetensors file or a torch checkpoint loaded with weights_only=True
+    (bare or under "state_dict", DDP's "module." prefix removed)."""
+    return read_state_dict(path, wrappers=("state_dict",), strip=("module.",), what="CLIP weights")
 
 
 def _resolve_weights(source: Path) -> tuple[Path, dict[str, Any] | None]:
@@ -172,24 +159,7 @@ def _resolve_weights(source: Path) -> tuple[Path, dict[str, Any] | None]:
 
 def load_clip_state(model: nn.Module, state: Mapping[str, torch.Tensor]) -> None:
     """Strict load with a readable report of missing, unexpected and mis-shaped tensors."""
-    expected = model.state_dict()
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    mismatched = [
-        f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(expected[k].shape)}"
-        for k in sorted(set(state) & set(expected))
-        if state[k].shape != expected[k].shape
-    ]
-    problems = []
-    if missing:
-        problems.append(f"missing keys ({len(missing)}): {missing[:8]}")
-    if unexpected:
-        problems.append(f"unexpected keys ({len(unexpected)}): {unexpected[:8]}")
-    if mismatched:
-        problems.append(f"shape mismatches ({len(mismatched)}): {mismatched[:8]}")
-    if problems:
-        raise ValueError("CLIP checkpoint does not match the model config: " + "; ".join(problems))
-    model.load_state_dict(state, strict=True)
+    strict_load(model, state, "CLIP checkpoint", detail=" config")
 
 
 class ClipEncoder(nn.Module):

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
+from typing import NamedTuple
 
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
@@ -177,20 +178,14 @@ def meanflow_loss(
     `empty` maps condition names to empty (null) features broadcastable to them; it is
     required when conditions are dropped or guidance is folded into training.
     """
-    cond = dict(cond or {})
-    _check_inputs(x, cond, empty, cfg.cond_dropout > 0.0 or cfg.guided, noise)
-    batch, device = x.shape[0], x.device
-    t, s = sample_times(batch, cfg, device, generator)
-    cond, keep = drop_conditions(cond, empty, groups, cfg.cond_dropout, generator)
-    e = noise if noise is not None else _randn(tuple(x.shape), generator, device, x.dtype)
-    z = _bcast(1.0 - t, x) * e + _bcast(t, x) * x
-    v = x - e
+    b = _noised_batch(x, cond, empty, cfg, noise, generator, groups, mean_flow=True)
+    v = x - b.e
     if cfg.guided:
-        v = _guided_velocity(model, z, t, v, cond, keep, empty, cfg, groups)
-    target = meanflow_target(model, z, t, s, v, cond)
-    pred = model(z, t, s, **cond)
+        v = _guided_velocity(model, b.z, b.t, v, b.cond, b.keep, empty, cfg, groups)
+    target = meanflow_target(model, b.z, b.t, b.s, v, b.cond)
+    pred = model(b.z, b.t, b.s, **b.cond)
     loss, mse = _weighted_loss(pred, target, cfg.adaptive_p, cfg.adaptive_eps)
-    return loss, _metrics(loss, mse, (s == t).float().mean(), target)
+    return loss, _metrics(loss, mse, (b.s == b.t).float().mean(), target)
 
 
 def flow_matching_loss(
@@ -206,17 +201,11 @@ def flow_matching_loss(
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """Plain conditional flow matching (s = t, target v, unweighted MSE) with the same
     condition dropout; t is one logit-normal draw (cfg.time_mu/sigma, MeanFlow convention)."""
-    cond = dict(cond or {})
-    _check_inputs(x, cond, empty, cfg.cond_dropout > 0.0, noise)
-    batch, device = x.shape[0], x.device
-    t = 1.0 - torch.sigmoid(cfg.time_mu + cfg.time_sigma * _randn((batch,), generator, device))
-    cond, _ = drop_conditions(cond, empty, groups, cfg.cond_dropout, generator)
-    e = noise if noise is not None else _randn(tuple(x.shape), generator, device, x.dtype)
-    z = _bcast(1.0 - t, x) * e + _bcast(t, x) * x
-    target = (x - e).float()
-    pred = model(z, t, t, **cond)
+    b = _noised_batch(x, cond, empty, cfg, noise, generator, groups, mean_flow=False)
+    target = (x - b.e).float()
+    pred = model(b.z, b.t, b.t, **b.cond)
     loss, mse = _weighted_loss(pred, target, 0.0, 1.0)
-    return loss, _metrics(loss, mse, torch.ones((), device=device), target)
+    return loss, _metrics(loss, mse, torch.ones((), device=x.device), target)
 
 
 def unwrap_model(model: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
@@ -229,6 +218,42 @@ def unwrap_model(model: Callable[..., torch.Tensor]) -> Callable[..., torch.Tens
             model = model._orig_mod
         else:
             return model
+
+
+class _NoisedBatch(NamedTuple):
+    t: torch.Tensor  # (B,) times
+    s: torch.Tensor  # (B,) interval ends (s = t for flow matching)
+    cond: dict[str, torch.Tensor]  # after condition dropout
+    keep: tuple[torch.Tensor, ...]  # per condition group, which samples kept it
+    e: torch.Tensor  # noise
+    z: torch.Tensor  # z_t = (1 - t)·e + t·x
+
+
+def _noised_batch(
+    x: torch.Tensor,
+    cond: Mapping[str, torch.Tensor] | None,
+    empty: Mapping[str, torch.Tensor] | None,
+    cfg: MeanFlowConfig,
+    noise: torch.Tensor | None,
+    generator: torch.Generator | None,
+    groups: ConditionGroups,
+    *,
+    mean_flow: bool,
+) -> _NoisedBatch:
+    """The preamble both objectives share: input checks, times, condition dropout, noise and
+    interpolation, drawn in this order from `generator` (the order fixes what a seed gives).
+    MeanFlow draws (t, s) with `sample_times`; flow matching one logit-normal t and s = t."""
+    cond = dict(cond or {})
+    _check_inputs(x, cond, empty, cfg.cond_dropout > 0.0 or (mean_flow and cfg.guided), noise)
+    batch, device = x.shape[0], x.device
+    if mean_flow:
+        t, s = sample_times(batch, cfg, device, generator)
+    else:
+        t = s = 1.0 - torch.sigmoid(cfg.time_mu + cfg.time_sigma * _randn((batch,), generator, device))
+    cond, keep = drop_conditions(cond, empty, groups, cfg.cond_dropout, generator)
+    e = noise if noise is not None else _randn(tuple(x.shape), generator, device, x.dtype)
+    z = _bcast(1.0 - t, x) * e + _bcast(t, x) * x
+    return _NoisedBatch(t, s, cond, keep, e, z)
 
 
 def _guided_velocity(

@@ -21,13 +21,23 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import re
 import shutil
 import tempfile
 from collections.abc import Iterable, Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
+
+from model.state_dicts import (  # noqa: F401 - errors and readers re-exported for callers
+    CheckpointLayout,
+    MissingWeightsError,
+    UnsafeCheckpointError,
+    WeightsError,
+    first_line,
+    read_checkpoint,
+    read_state_dict,
+    unwrap_state_dict,
+)
 
 ENV_VAR = "DUB_WEIGHTS_DIR"
 DEFAULT_ROOT = "~/.cache/dub/weights"
@@ -46,19 +56,7 @@ UNVERIFIABLE = "unverifiable"  # present, but the publisher gives no checksum
 UNCHECKED = "unchecked"  # present, not verified yet (list only)
 
 
-class WeightsError(Exception):
-    """Base class of weights problems; the message says what to do."""
-
-
-class MissingWeightsError(WeightsError, FileNotFoundError):
-    pass
-
-
 class WeightsVerificationError(WeightsError):
-    pass
-
-
-class UnsafeCheckpointError(WeightsError):
     pass
 
 
@@ -243,154 +241,21 @@ def _safetensors_tensor_digest(path: Path) -> str:
         return tensor_digest((k, f.get_tensor(k)) for k in f.keys())
 
 
-# -- safe reading of checkpoints -----------------------------------------------------------
-
-@dataclass(frozen=True)
-class CheckpointLayout:
-    """How a state dict sat inside a checkpoint: the wrapper keys walked through
-    (e.g. ("generator",)), top-level entries dropped (optimizer, ...) and scalar extras kept."""
-
-    nesting: tuple[str, ...] = ()
-    dropped: tuple[str, ...] = ()
-    extras: dict[str, Any] = field(default_factory=dict)
-
-
-def read_checkpoint(path: str | Path) -> Any:
-    """`torch.load(weights_only=True)` on the CPU, numpy arrays allowed (they are data).
-    Anything whose unpickling would need other code raises UnsafeCheckpointError."""
-    import pickle
-
-    import torch
-
-    path = Path(path)
-    try:
-        with torch.serialization.safe_globals(_numpy_safe_globals()):
-            return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as err:
-        culprit = re.search(r"(?:Unsupported global|GLOBAL)[: ]+([\w.]+)", str(err))
-        what = f" (it asks for {culprit.group(1)})" if culprit else ""
-        raise UnsafeCheckpointError(
-            f"refusing to load {path}: unpickling it would run code beyond plain tensors{what}. dub only "
-            "loads safetensors or torch.load(weights_only=True). If you trust the file, convert it to "
-            "safetensors yourself in an isolated environment, or get a safetensors release from its publisher."
-        ) from err
-    except (RuntimeError, EOFError, OSError, ValueError) as err:
-        raise WeightsError(f"cannot read {path} as a PyTorch checkpoint ({type(err).__name__}: "
-                           f"{_first_line(err)}); is the download complete?") from err
-
+# -- safe reading of checkpoints (model/state_dicts.py) -----------------------------------
 
 def unwrap_checkpoint(obj: Any) -> tuple[dict[str, Any], CheckpointLayout]:
-    """A flat {name: tensor} state dict from a loaded checkpoint.
-
-    Walks through wrapper keys ({"generator": sd}, {"model": sd}, {"state_dict": sd}, ...) while
-    the level is not already all tensors, keeps JSON-able scalars beside the wrapper as extras
-    (epoch, iteration) and drops the rest (optimizer states); nested dicts left inside the state
-    dict are flattened with dotted names. numpy arrays become tensors.
-    """
-    import numpy as np
-    import torch
-
-    nesting: list[str] = []
-    dropped: list[str] = []
-    extras: dict[str, Any] = {}
-    while isinstance(obj, Mapping) and not _all_tensors(obj):
-        wrapper = next((k for k in WRAPPER_KEYS if isinstance(obj.get(k), Mapping)), None)
-        if wrapper is None:
-            break
-        prefix = ".".join(nesting + [""]) if nesting else ""
-        for key, value in obj.items():
-            if key == wrapper:
-                continue
-            scalar = _json_scalar(value)
-            if scalar is not None:
-                extras[prefix + str(key)] = scalar
-            else:
-                dropped.append(prefix + str(key))
-        nesting.append(wrapper)
-        obj = obj[wrapper]
-    if not isinstance(obj, Mapping):
-        raise WeightsError(f"the checkpoint holds a {type(obj).__name__}, not a state dict")
-
-    flat: dict[str, Any] = {}
-
-    def visit(prefix: str, node: Mapping) -> None:
-        for key, value in node.items():
-            name = f"{prefix}{key}"
-            if isinstance(value, torch.Tensor):
-                flat[name] = value
-            elif isinstance(value, np.ndarray) and value.dtype != object:
-                flat[name] = torch.from_numpy(np.ascontiguousarray(value))
-            elif isinstance(value, Mapping):
-                visit(name + ".", value)
-            else:
-                scalar = _json_scalar(value)
-                if scalar is not None:
-                    extras[name] = scalar
-                else:
-                    dropped.append(name)
-
-    visit("", obj)
-    if not flat:
-        raise WeightsError("the checkpoint holds no tensors")
-    return flat, CheckpointLayout(tuple(nesting), tuple(dropped), extras)
+    """A flat {name: tensor} state dict from a loaded checkpoint: walks through WRAPPER_KEYS,
+    keeps JSON-able scalars beside the wrapper as extras (epoch, iteration), drops the rest
+    (optimizer states), flattens nested dicts with dotted names; numpy arrays become tensors."""
+    return unwrap_state_dict(obj, wrappers=WRAPPER_KEYS, flatten=True)
 
 
 def load_state_dict(path: str | Path, device: str = "cpu") -> dict[str, Any]:
     """A flat state dict from a .safetensors file, or from a PyTorch checkpoint (.pth, .pt, .bin,
     .ckpt) loaded with weights_only=True and unwrapped (`unwrap_checkpoint`). Never runs code
-    from the file.
-
-    model/checkpoint.py's `load_state_dict_file` reads network checkpoints the same way but
-    does not accept every published file (e.g. {"generator": ...} vocoders, numpy arrays in
-    PANNs, open_clip's .bin), hence this more general reader for the registry's files."""
-    path = Path(path)
-    if not path.is_file():
-        raise MissingWeightsError(f"weights file not found: {path}")
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        return load_file(str(path), device=device)
-    state, _ = unwrap_checkpoint(read_checkpoint(path))
-    return {k: v.to(device) for k, v in state.items()} if device != "cpu" else state
-
-
-def _all_tensors(node: Mapping) -> bool:
-    import numpy as np
-    import torch
-
-    return bool(node) and all(isinstance(v, (torch.Tensor, np.ndarray)) for v in node.values())
-
-
-def _json_scalar(value: Any) -> Any:
-    import numpy as np
-
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, (bool, int, float, str)) or value is None:
-        return value
-    return None
-
-
-def _numpy_safe_globals() -> list:
-    """numpy arrays and scalars as pickled by numpy 1.x (numpy.core) and 2.x (numpy._core)."""
-    import numpy as np
-
-    try:
-        from numpy._core import multiarray
-    except ImportError:  # numpy < 2
-        from numpy.core import multiarray  # type: ignore[no-redef]
-    allowed: list = [
-        multiarray._reconstruct,
-        multiarray.scalar,
-        (multiarray._reconstruct, "numpy.core.multiarray._reconstruct"),
-        (multiarray.scalar, "numpy.core.multiarray.scalar"),
-        np.ndarray,
-        np.dtype,
-    ]
-    for kind in (np.bool_, np.int8, np.int16, np.int32, np.int64, np.uint8, np.uint16, np.uint32, np.uint64,
-                 np.float16, np.float32, np.float64, np.complex64, np.complex128):
-        allowed.append(type(np.dtype(kind)))
-    return allowed
+    from the file. It accepts every published file (e.g. {"generator": ...} vocoders, numpy
+    arrays in PANNs, open_clip's .bin); model loaders read their own files more strictly."""
+    return read_state_dict(path, wrappers=WRAPPER_KEYS, flatten=True, device=device)
 
 
 # -- the registry --------------------------------------------------------------------------
@@ -556,7 +421,7 @@ class WeightsRegistry:
         try:
             actual = _safetensors_tensor_digest(found)
         except Exception as err:  # noqa: BLE001 - any read failure means a damaged file
-            return MISMATCH, f"tensors unreadable ({type(err).__name__}: {_first_line(err)})"
+            return MISMATCH, f"tensors unreadable ({type(err).__name__}: {first_line(err)})"
         if actual != meta.get("tensor_sha256"):
             return MISMATCH, "tensors changed since import (the file is damaged)"
         source = Digests(int(meta.get("source_size", -1)), meta.get("source_md5", ""), meta.get("source_sha256", ""))
@@ -685,7 +550,7 @@ def _dub_metadata(path: Path) -> dict[str, str] | None:
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}
     except Exception as err:  # noqa: BLE001 - a damaged header
-        return {"error": f"safetensors header unreadable ({_first_line(err)})"}
+        return {"error": f"safetensors header unreadable ({first_line(err)})"}
     if _META_PREFIX + "tensor_sha256" not in meta:
         return None
     return {k[len(_META_PREFIX):]: v for k, v in meta.items() if k.startswith(_META_PREFIX)}
@@ -757,8 +622,3 @@ def _write_cache(path: Path, status: str, detail: str, sha256: str = "") -> None
         os.replace(tmp, _cache_path(path))
     except OSError:
         pass  # a read-only weights directory: verification still works, just uncached
-
-
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip()
-    return text.splitlines()[0] if text else type(err).__name__

@@ -17,6 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from model.state_dicts import read_state_dict, strict_load
+
 KEY_PREFIX = "vfeat_extractor."
 
 
@@ -324,28 +326,6 @@ def synchformer_features(
     return out.reshape(b, -1, cfg.embed_dim)
 
 
-def _read_state_dict(source: str | Path) -> dict[str, torch.Tensor]:
-    path = Path(source)
-    if not path.is_file():
-        raise FileNotFoundError(f"Synchformer weights not found: {path}")
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        return load_file(str(path))
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # UnpicklingError and friends: the file wants more than tensors
-        raise ValueError(
-            f"refusing to load {path}: not a plain tensor checkpoint loadable with weights_only=True "
-            f"({type(err).__name__}). Convert it to safetensors from a trusted environment."
-        ) from err
-    if isinstance(state, Mapping) and "state_dict" in state and isinstance(state["state_dict"], Mapping):
-        state = state["state_dict"]
-    if not isinstance(state, Mapping):
-        raise ValueError(f"{path} does not hold a state dict (got {type(state).__name__})")
-    return dict(state)
-
-
 def load_synchformer(
     source: str | Path | Mapping[str, torch.Tensor], config: SynchformerConfig | None = None
 ) -> Synchformer:
@@ -353,31 +333,17 @@ def load_synchformer(
 
     `source` is a .safetensors file, a torch checkpoint (loaded with weights_only=True) or a state dict.
     """
-    state = _read_state_dict(source) if isinstance(source, (str, Path)) else dict(source)
-    state = {k: v for k, v in state.items() if k.startswith(KEY_PREFIX)}
+    if isinstance(source, (str, Path)):
+        source = read_state_dict(source, wrappers=("state_dict",), what="Synchformer weights")
+    state = {k: v for k, v in source.items() if k.startswith(KEY_PREFIX)}
     if not state:
         raise ValueError(f"no '{KEY_PREFIX}*' keys in the Synchformer checkpoint; is this synchformer_state_dict.pth?")
     model = Synchformer(config)
-    expected = model.state_dict()
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    mismatched = [
-        f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(expected[k].shape)}"
-        for k in sorted(set(state) & set(expected))
-        if state[k].shape != expected[k].shape
-    ]
-    problems = []
-    if missing:
-        problems.append(f"missing keys ({len(missing)}): {missing[:8]}")
-    if unexpected:
-        problems.append(f"unexpected keys ({len(unexpected)}): {unexpected[:8]}")
-    if mismatched:
-        problems.append(f"shape mismatches ({len(mismatched)}): {mismatched[:8]}")
-    if problems:
-        raise ValueError(
-            "Synchformer checkpoint does not match the config "
-            f"(embed_dim={model.config.embed_dim}, depth={model.config.depth}, "
-            f"crop_size={model.config.crop_size}): " + "; ".join(problems)
-        )
-    model.load_state_dict(state, strict=True)
+    strict_load(
+        model,
+        state,
+        "Synchformer checkpoint",
+        detail=f" config (embed_dim={model.config.embed_dim}, depth={model.config.depth}, "
+        f"crop_size={model.config.crop_size})",
+    )
     return model.eval()

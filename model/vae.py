@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import pickle
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
@@ -18,6 +17,8 @@ from typing import Any, Mapping
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+from model.state_dicts import read_state_dict, strict_load
 
 _EPS = 1e-4
 
@@ -326,45 +327,6 @@ class VAE(nn.Module):
                 module.weight.copy_(normalized_conv_weight(module.weight))
 
 
-def read_state_dict(source: str | Path | Mapping[str, Any], expect_key: str) -> dict[str, torch.Tensor]:
-    """A flat state dict from a path (safetensors, or torch weights-only) or a mapping.
-
-    Checkpoints often nest the weights one level down ("generator", "state_dict", "model", ...):
-    the first mapping that holds `expect_key` wins, so both bare and nested layouts load.
-    """
-    if isinstance(source, (str, Path)):
-        path = Path(source)
-        if not path.is_file():
-            raise FileNotFoundError(f"weights file not found: {path}")
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            source = load_file(str(path))
-        else:
-            try:
-                source = torch.load(path, map_location="cpu", weights_only=True)
-            except pickle.UnpicklingError as err:
-                raise ValueError(
-                    f"refusing to load {path}: it needs arbitrary code to unpickle (weights-only loading "
-                    f"failed: {str(err).splitlines()[0]}); convert it to .safetensors with a trusted tool"
-                ) from None
-    if not isinstance(source, Mapping):
-        raise TypeError(f"expected a state dict (mapping of tensors), got {type(source).__name__}")
-    if expect_key in source:
-        return dict(source)
-    for key in ("generator", "state_dict", "model", "ema", "weights"):
-        inner = source.get(key)
-        if isinstance(inner, Mapping) and expect_key in inner:
-            return dict(inner)
-    for inner in source.values():
-        if isinstance(inner, Mapping) and expect_key in inner:
-            return dict(inner)
-    raise KeyError(
-        f"no {expect_key!r} in the weights (top-level keys: {sorted(map(str, source))[:8]}); "
-        "is this the right checkpoint?"
-    )
-
-
 def load_vae(weights: str | Path | Mapping[str, torch.Tensor], config: VAEConfig) -> VAE:
     """Build a VAE from MMAudio checkpoint weights (raw, before weight normalisation).
 
@@ -373,11 +335,7 @@ def load_vae(weights: str | Path | Mapping[str, torch.Tensor], config: VAEConfig
     """
     state = read_state_dict(weights, expect_key="encoder.conv_in.weight")
     vae = VAE(config)
-    missing, unexpected = vae.load_state_dict(state, strict=False)
-    if missing or unexpected:
-        raise ValueError(
-            f"VAE checkpoint does not match {config}: missing keys {sorted(missing)[:8]}, "
-            f"unexpected keys {sorted(unexpected)[:8]} (wrong preset, e.g. 16k weights with the 44k config?)"
-        )
+    strict_load(vae, state, "VAE checkpoint", detail=f" built from {config}",
+                hint="Wrong preset? (e.g. 16k weights with the 44k config)")
     vae.normalize_weights_()
     return vae.eval()
