@@ -67,7 +67,7 @@ print("|---|---|---|---|---|---|---|")
 for name, label in [("ground-truth", "ground-truth recording"), ("meanflow-1", "MF-MJT (MeanFlow), 1 step"),
                     ("flowmatch-1", "flow matching, 1 step"), ("flowmatch-25", "flow matching, 25 Euler steps")]:
     m = json.loads((w / f"report-{name}" / "summary.json").read_text())["metrics"]
-    cell = lambda k: "n/a" if m.get(k) is None else f"{m[k]:.3f}"
+    cell = lambda k: "n/a" if m.get(k + '_mean') is None else f"{m[k + '_mean']:.3f}"
     print(f"| {label} | {cell('onset_f1')} | {cell('onset_precision')} | {cell('onset_recall')} | "
           f"{cell('onset_ap')} | {cell('onset_acc')} | {cell('av_align')} |")
 EOF

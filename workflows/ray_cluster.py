@@ -22,11 +22,17 @@ class ClusterResources:
 
 def connect(address: str | None = None, *, quiet: bool = True) -> ClusterResources:
     """Join `address` (else RAY_ADDRESS) or start a local Ray; return what the cluster offers."""
+    import logging
+
     import ray
 
+    if quiet:
+        # Ray Data's per-dataset INFO lines drown the progress bar; warnings still show.
+        logging.getLogger("ray.data").setLevel(logging.WARNING)
     if not ray.is_initialized():
         address = address or os.environ.get("RAY_ADDRESS") or None
-        kwargs = dict(include_dashboard=False, log_to_driver=not quiet, ignore_reinit_error=True)
+        kwargs = dict(include_dashboard=False, log_to_driver=not quiet, ignore_reinit_error=True,
+                      logging_level=logging.WARNING if quiet else logging.INFO)
         if address:
             ray.init(address=address, **kwargs)
         else:
