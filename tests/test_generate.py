@@ -260,3 +260,21 @@ def test_cli_with_a_relative_out_dir_prints_json_and_absolute_paths(ray_session,
     assert summary["generated"] == 1 and summary["failed"] == 0
     row = pq.read_table(tmp_path / "rel" / "report.parquet").to_pylist()[0]
     assert Path(row["output_mp4"]).is_absolute() and Path(row["output_mp4"]).exists()
+
+
+def test_text_to_audio_writes_one_audio_file_per_prompt(ray_session, checkpoint, tmp_path):
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a snare drum hit\n\n   \na cow bell ringing twice\n", encoding="utf-8")
+    out = tmp_path / "t2a"
+    summary = run_generate(GenerateConfig(out_dir=str(out), prompts_file=str(prompts), checkpoint=str(checkpoint),
+                                          t2a_duration_s=2.0, audio_codec="flac"))
+    assert summary.generated == 2 and summary.failed == 0  # blank lines are not prompts
+    rows = pq.read_table(out / "report.parquet").to_pylist()
+    assert len(rows) == 2 and all(r["status"] == "done" for r in rows)
+    for row in rows:
+        path = Path(row["output_audio"])
+        assert path.suffix == ".flac" and path.exists()
+        assert abs(_stream_seconds(path, "audio") - 2.0) < 0.05
+    again = run_generate(GenerateConfig(out_dir=str(out), prompts_file=str(prompts), checkpoint=str(checkpoint),
+                                        t2a_duration_s=2.0, audio_codec="flac"))
+    assert again.generated == 0 and again.already_done == 2
