@@ -312,8 +312,11 @@ def load_generator(name: str | ModelBundle, checkpoint: str | Path | None = None
     """A model.generator.Generator for the bundle (what a generate worker runs)."""
     from model.generator import Generator
 
+    import torch
+
     loaded = load_bundle(name, registry, device, checkpoint=checkpoint)
-    return Generator(loaded.network, loaded.encoders, loaded.codec, device=device)
+    dtype = torch.bfloat16 if str(device).startswith("cuda") else torch.float32  # bf16 autocast on GPUs
+    return Generator(loaded.network, loaded.encoders, loaded.codec, device=device, dtype=dtype)
 
 
 def _load_network(bundle: ModelBundle, path: Path, *, explicit: bool):

@@ -71,7 +71,19 @@ class Generator:
         self.codec = codec
         self.device = torch.device(device)
         self.dtype = dtype
-        self._empty_text_cache: dict[str, torch.Tensor] = {}
+        self.fast_step = None  # model.fast.OneStepGraph, when use_fast_step() was called
+
+    def use_fast_step(self, batch_size: int, sampler: SamplerConfig) -> bool:
+        """Capture one MeanFlow step with CFG (cond + uncond as one batch) as a CUDA graph for
+        this sampler setting; later `latents()` calls that match it replay the graph. Only on
+        CUDA (on the CPU the eager path is the same arithmetic). Returns whether it is active."""
+        if self.device.type != "cuda" or sampler.sampler != "meanflow":
+            return False
+        from model.fast import OneStepGraph
+
+        self.fast_step = OneStepGraph(self.network, sampler.guidance, batch_size, steps=sampler.steps,
+                                      dtype=self.dtype)
+        return True
 
     @property
     def sample_rate(self) -> int:
@@ -119,6 +131,13 @@ class Generator:
         _check_length("sync", sync_f.shape[1], cfg.sync_seq_len)
         noise = noise_for_seeds(batch.seeds, (cfg.latent_seq_len, cfg.latent_dim), self.device)
         guidance = sampler.guidance
+        if self.fast_step is not None and self.fast_step.accepts(sampler.sampler, sampler.steps, guidance):
+            negative = None
+            if needs_uncond(guidance) and any(p.strip() for p in batch.negative_prompts):
+                negative = self._text(batch.negative_prompts)
+            x = self.fast_step(noise, clip_f, sync_f, text_f, negative_text_f=negative)
+            batch.timings["generate_s"] = time.perf_counter() - start
+            return x
         with self._autocast():
             cond = net.preprocess_conditions(clip_f, sync_f, text_f)
             uncond = None

@@ -111,3 +111,26 @@ def test_fast_path_rejects_bad_input():
              torch.zeros(2, cfg.text_seq_len, cfg.text_dim))
     with pytest.raises(ValueError, match="CUDA graphs need CUDA tensors"):
         CudaGraphCall(lambda x: x * 2, [torch.zeros(3)], use_graph=True)
+
+
+def test_generator_replays_the_fast_step_when_it_matches_the_sampler():
+    # The hook `dub generate` replicas switch on under CUDA; on the CPU the OneStepGraph runs
+    # eagerly, so the hooked Generator must give exactly the eager latents, and only for the
+    # sampler setting it was built for.
+    seconds = 6.0
+    net = build_network("tiny", "cpu", duration_s=seconds, seed=5)
+    generator = Generator(net, DemoEncoders(), DemoCodec(latent_dim=net.config.latent_dim))
+    sampler = SamplerConfig(sampler="meanflow", steps=1, cfg=2.0, rescale="proj")
+    batch = _sample_batch(seconds, ["a bell rings", "a ball bounces"], ["", ""])
+    clip_f, sync_f, text_f = generator.features(batch)
+    eager = generator.latents(clip_f, sync_f, text_f, batch, sampler)
+    assert generator.use_fast_step(2, sampler) is False  # CPU: no graph to capture
+    calls = []
+    graph = OneStepGraph(net, sampler.guidance, 2, dtype=torch.float32)
+    generator.fast_step = lambda *a, **k: calls.append(1) or graph(*a, **k)
+    generator.fast_step.accepts = graph.accepts
+    hooked = generator.latents(clip_f, sync_f, text_f, batch, sampler)
+    torch.testing.assert_close(hooked, eager, rtol=1e-5, atol=1e-6)
+    assert calls == [1]
+    generator.latents(clip_f, sync_f, text_f, batch, SamplerConfig(sampler="euler", steps=2, cfg=2.0))
+    assert calls == [1]  # another sampler goes the eager way

@@ -272,7 +272,8 @@ def _execute(cfg, info, window_s, config_hash, pending, paths, journal, summary,
         GenerateReplica, batch_size=cfg.batch_size, compute=ActorPoolStrategy(size=replicas),
         num_gpus=1 if use_gpu else 0, num_cpus=1,
         fn_constructor_kwargs=dict(model=cfg.model, checkpoint=cfg.checkpoint, sampler=cfg.sampler.as_dict(),
-                                   device="cuda" if use_gpu else "cpu", save_features=cfg.save_features))
+                                   device="cuda" if use_gpu else "cpu", save_features=cfg.save_features,
+                                   batch_size=cfg.batch_size))
 
     writer = _Writer(cfg, paths, info, config_hash, journal)
     collected: dict[str, dict[int, dict]] = {}
