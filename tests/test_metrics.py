@@ -343,8 +343,10 @@ def test_logmel_backend_is_labelled_not_comparable(burst_clip):
 def test_missing_weights_name_the_file(tmp_path):
     with pytest.raises(BackendUnavailable, match=r"Cnn14_16k_mAP=0\.438\.pth"):
         build_backend("panns", WeightsLocator(tmp_path))
-    with pytest.raises(BackendUnavailable, match="not implemented in this version"):
+    with pytest.raises(BackendUnavailable, match=r"vggish-10086976\.pth"):
         build_backend("vggish", WeightsLocator(tmp_path))
+    with pytest.raises(BackendUnavailable, match="not implemented in this version"):
+        build_backend("passt", WeightsLocator(tmp_path))
     with pytest.raises(MissingWeights, match="synchformer_state_dict.pth"):
         WeightsLocator(tmp_path).path("synchformer")
     with pytest.raises(BackendUnavailable, match="synchformer_state_dict.pth"):

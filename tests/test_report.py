@@ -86,7 +86,7 @@ def test_summary_names_missing_weights_and_keeps_other_metrics(report):
     metrics, unavailable = summary["metrics"], summary["unavailable"]
     for key in ("fad_panns", "kl_panns", "is_panns"):
         assert "Cnn14_16k_mAP=0.438.pth" in unavailable[key] and key not in metrics
-    assert "not implemented in this version" in unavailable["fad_vggish"]
+    assert "vggish-10086976.pth" in unavailable["fad_vggish"]
     assert "synchformer_state_dict.pth" in unavailable["desync_s"]
     assert metrics["fad_logmel"] > 0
     assert "not comparable" in summary["notes"]["fad_logmel"]

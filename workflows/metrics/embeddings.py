@@ -1,7 +1,7 @@
 """Audio embedding backends for FAD (and classifier logits for KL/IS where a model has them).
 
     panns    PANNs CNN14 16 kHz, 2048-d + 527 AudioSet logits   needs Cnn14_16k_mAP=0.438.pth
-    vggish   VGGish 128-d                                       not implemented in this version
+    vggish   VGGish 128-d, one row per 0.96 s example           needs vggish-10086976.pth
     passt    PaSST 768-d + logits                               not implemented in this version
     logmel   weights-free: 64-band log-mel (CNN14's front end), mean and std over frames (128-d).
              Useful to compare runs of this tool with each other; NOT comparable with
@@ -23,9 +23,10 @@ from workflows.metrics.weights import METRIC_WEIGHTS, MissingWeights, WeightsLoc
 
 if TYPE_CHECKING:
     from workflows.metrics.panns import Cnn14Config
+    from workflows.metrics.vggish import VGGishConfig
 
 __all__ = ["BACKENDS", "BackendInfo", "BackendUnavailable", "ClipFeatures", "EmbeddingBackend",
-           "LogMelStatsBackend", "PannsBackend", "build_backend"]
+           "LogMelStatsBackend", "PannsBackend", "VGGishBackend", "build_backend"]
 
 
 class BackendUnavailable(RuntimeError):
@@ -42,7 +43,7 @@ class BackendInfo:
 
 @dataclass(frozen=True)
 class ClipFeatures:
-    embeddings: np.ndarray  # (N, D) float64, one row per clip
+    embeddings: np.ndarray  # (N, D) float64, one row per clip (vggish: per 0.96 s example, as av-benchmark)
     logits: np.ndarray | None  # (N, C) classifier logits, None when the model has no classifier
 
 
@@ -109,6 +110,39 @@ class PannsBackend:
         return ClipFeatures(np.stack(embs), np.stack(logits))
 
 
+class VGGishBackend:
+    """FD-VGG as MMAudio's av-benchmark computes it: raw 128-d embeddings (no last ReLU, no PCA),
+    one row per 0.96 s example, all examples of all clips in the Fréchet statistics."""
+
+    info = BackendInfo("vggish", 16000, True,
+                       "VGGish 128-d (torchvggish weights, no PCA), one row per 0.96 s example, as av-benchmark")
+
+    def __init__(self, weights_path: str | Path, device: str = "cpu", config: VGGishConfig | None = None,
+                 batch: int = 64) -> None:
+        import torch
+
+        from workflows.metrics.vggish import VGGISH, VGGishFrontEnd, load_vggish
+
+        self._torch = torch
+        self.device = device
+        self.batch = batch
+        self.front = VGGishFrontEnd()  # float64 on the CPU, like the numpy original
+        self.model = load_vggish(weights_path, config or VGGISH, device)
+
+    def features(self, wavs: Sequence[np.ndarray]) -> ClipFeatures:
+        torch = self._torch
+        examples = [self.front(torch.from_numpy(np.asarray(w, dtype=np.float32).reshape(-1))) for w in wavs]
+        rows = []
+        with torch.inference_mode():
+            if examples:
+                stacked = torch.cat(examples).float()
+                for start in range(0, len(stacked), self.batch):
+                    rows.append(self.model(stacked[start:start + self.batch].to(self.device)).double().cpu())
+        if not rows:
+            return ClipFeatures(np.zeros((0, self.model.config.embedding_size)), None)
+        return ClipFeatures(torch.cat(rows).numpy(), None)
+
+
 def _weights_path(locator: WeightsLocator, key: str):
     try:
         return locator.path(key)
@@ -125,7 +159,7 @@ def _not_implemented(key: str) -> Callable[[WeightsLocator, str], EmbeddingBacke
 
 BACKENDS: dict[str, Callable[[WeightsLocator, str], EmbeddingBackend]] = {
     "panns": lambda locator, device: PannsBackend(_weights_path(locator, "panns_cnn14_16k"), device),
-    "vggish": _not_implemented("vggish"),
+    "vggish": lambda locator, device: VGGishBackend(_weights_path(locator, "vggish"), device),
     "passt": _not_implemented("passt"),
     "logmel": lambda locator, device: LogMelStatsBackend(device),
 }
