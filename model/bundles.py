@@ -172,17 +172,19 @@ def asset_path(bundle: ModelBundle) -> Path | None:
 
 
 def weight_paths(bundle: ModelBundle, registry: WeightsRegistry, *, checkpoint: str | Path | None = None,
-                 verify: bool = False) -> dict[str, Path]:
+                 verify: bool = False, network: bool = True) -> dict[str, Path]:
     """role -> local path of every weights file the bundle needs (optional roles only when
-    present). All missing files are reported together, each with where it goes and its URL."""
+    present). All missing files are reported together, each with where it goes and its URL.
+    `network=False`: only the encoders' and codec's files (feature extraction never runs the
+    network, which for the demo bundle may not be trained yet)."""
     paths: dict[str, Path] = {}
     problems: list[str] = []
-    if checkpoint is not None:
+    if network and checkpoint is not None:
         path = Path(checkpoint).expanduser()
         if not path.is_file():
             problems.append(f"checkpoint not found: {path}")
         paths["network"] = path
-    elif bundle.network_asset is not None:
+    elif network and bundle.network_asset is not None:
         path = asset_path(bundle)
         if not path.is_file():
             raise DemoNotTrainedError(
@@ -192,7 +194,7 @@ def weight_paths(bundle: ModelBundle, registry: WeightsRegistry, *, checkpoint: 
             )
         paths["network"] = path
     for role, (model, file) in bundle.weights.items():
-        if role == "network" and "network" in paths:
+        if role == "network" and ("network" in paths or not network):
             continue  # an explicit checkpoint replaces the bundle's network file
         if role in OPTIONAL_ROLES:
             found = registry.locate(model, file)
@@ -305,6 +307,14 @@ def load_bundle(bundle: str | ModelBundle, registry: WeightsRegistry | None = No
     codec = build_codec(bundle, paths, device, network.config)
     check_compatible(network.config, encoders, codec)
     return LoadedBundle(bundle, encoders, codec, network.to(device).eval())
+
+
+def load_feature_stack(bundle: str | ModelBundle, registry: WeightsRegistry | None = None, device: str = "cpu",
+                       *, verify: bool = True):
+    """(encoders, codec) of a bundle, without its network (what `dub extract` runs)."""
+    bundle = resolve_bundle(bundle)
+    paths = weight_paths(bundle, registry or WeightsRegistry(), verify=verify, network=False)
+    return build_encoders(bundle, paths, device), build_codec(bundle, paths, device)
 
 
 def load_generator(name: str | ModelBundle, checkpoint: str | Path | None = None, device: str = "cpu",

@@ -17,7 +17,6 @@ import numpy as np
 from workflows.generate.stages import WINDOW_COLUMNS, short_error, decode_windows
 
 # The one weights role extraction does not need (features and latents come from the rest).
-NETWORK_ROLE = "network"
 
 
 def window_samples(window_s: float, sample_rate: int) -> int:
@@ -72,33 +71,18 @@ def _with_audio(batch: dict[str, np.ndarray], out: dict[str, np.ndarray], window
 
 def feature_weight_paths(model: str) -> dict[str, Path]:
     """role -> local file of every weights file the bundle's encoders and codec need (checked
-    against their checksums, cached). Not the network: extraction does not run it (and the
-    demo network, for one, may not be trained yet)."""
-    from model.bundles import OPTIONAL_ROLES, resolve_bundle
+    against their checksums, cached); not the network's."""
+    from model.bundles import resolve_bundle, weight_paths
     from model.registry import WeightsRegistry
 
-    bundle = resolve_bundle(model)
-    registry = WeightsRegistry()
-    paths: dict[str, Path] = {}
-    for role, (owner, file) in bundle.weights.items():
-        if role == NETWORK_ROLE:
-            continue
-        if role in OPTIONAL_ROLES:
-            found = registry.locate(owner, file)
-            if found is not None:
-                paths[role] = found
-        else:
-            paths[role] = registry.path(owner, file, verify=True)
-    return paths
+    return weight_paths(resolve_bundle(model), WeightsRegistry(), verify=True, network=False)
 
 
 def load_feature_stack(model: str, device: str):
     """(encoders, codec) of a bundle, without its network."""
-    from model.bundles import build_codec, build_encoders, resolve_bundle
+    from model.bundles import load_feature_stack as load
 
-    bundle = resolve_bundle(model)
-    paths = feature_weight_paths(model)
-    return build_encoders(bundle, paths, device), build_codec(bundle, paths, device)
+    return load(model, device=device)
 
 
 def describe(obj) -> str:
