@@ -171,6 +171,8 @@ def test_failed_decode_is_a_row_and_the_run_goes_on(ray_session, checkpoint, tmp
     assert rows["good.mp4"]["status"] == "done"
     with pytest.raises(GenerateError, match="max-failures"):
         run_generate(_config(manifest, tmp_path / "out", checkpoint, max_failures=0))
+    rows = {Path(r["path"]).name: r for r in pq.read_table(tmp_path / "out" / "report.parquet").to_pylist()}
+    assert rows["gone.mp4"]["status"] == "failed" and rows["good.mp4"]["status"] == "done"  # report kept
 
 
 def _flac_by_key(out: Path) -> dict[str, bytes]:

@@ -92,11 +92,13 @@ def run_generate(cfg: GenerateConfig, progress: ProgressFn | None = None) -> Sum
     journal = Journal(paths["journal"])
     # Skipped rows are derived from the manifest on every run, so they are never journaled.
     journal.add([r for r in done_rows if r.pop("reconstructed", False)])
-    if pending:
-        resources = connect(cfg.address)
-        _execute(cfg, info, window_s, config_hash, pending, paths, journal, summary, resources, progress)
-    journal.flush()
-    _write_report(paths, [v.video_id for v in videos], skipped_rows)
+    try:
+        if pending:
+            resources = connect(cfg.address)
+            _execute(cfg, info, window_s, config_hash, pending, paths, journal, summary, resources, progress)
+    finally:  # a run stopped by --max-failures still leaves a report of what it did
+        journal.flush()
+        _write_report(paths, [v.video_id for v in videos], skipped_rows)
     summary.wall_s = time.perf_counter() - started
     write_json_atomic(paths["out"] / "summary.json", summary.as_dict())
     return summary
