@@ -26,9 +26,6 @@ def connect(address: str | None = None, *, quiet: bool = True) -> ClusterResourc
 
     import ray
 
-    if quiet:
-        # Ray Data's per-dataset INFO lines drown the progress bar; warnings still show.
-        logging.getLogger("ray.data").setLevel(logging.WARNING)
     if not ray.is_initialized():
         address = address or os.environ.get("RAY_ADDRESS") or None
         kwargs = dict(include_dashboard=False, log_to_driver=not quiet, ignore_reinit_error=True,

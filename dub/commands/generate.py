@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Optional
 
@@ -95,11 +96,15 @@ def _run_with_progress(config, console):
                   TextColumn("{task.fields[detail]}"), TimeElapsedColumn(), TimeRemainingColumn(),
                   console=console, transient=False) as bar:
         task = bar.add_task("generate", total=None, detail="starting Ray")
+        started = time.perf_counter()
 
         def update(summary):
             todo = summary.total - summary.skipped - summary.already_done
+            elapsed = time.perf_counter() - started
+            rate = summary.generated / elapsed if elapsed > 0 else 0.0
             bar.update(task, total=max(todo, 1), completed=summary.generated + summary.failed,
-                       detail=f"done {summary.done} · failed {summary.failed} · skipped {summary.skipped}")
+                       detail=f"done {summary.done} · failed {summary.failed} · skipped {summary.skipped} "
+                              f"· {rate:.2f} clips/s")
 
         return run_generate(config, progress=update)
 

@@ -27,6 +27,7 @@ import numpy as np
 from workflows.extract.config import AUDIO_EXTENSIONS, ExtractConfig
 from workflows.extract.sample import EMPTY_TEXT_FILE, EXTRACT_INFO_FILE, encode_sample, npy_bytes, window_key
 from workflows.generate.sinks import ShardWriter, completed_shard_keys, remove_stale_temporaries, write_json_atomic
+from workflows.generate.stages import decode_memory_bytes
 
 
 class ExtractError(RuntimeError):
@@ -228,7 +229,8 @@ def _execute(cfg: ExtractConfig, bundle, window_s: float, rows: list[dict], with
     ctx.verbose_progress = False
     ds = ray.data.from_items(rows, override_num_blocks=max(1, len(rows)))
     if with_video:
-        ds = ds.map_batches(decode_training_windows, batch_size=1, num_cpus=1, fn_kwargs=dict(
+        memory = decode_memory_bytes(CLIP_FPS, CLIP_SIZE, SYNC_FPS, SYNC_SIZE, window_s)
+        ds = ds.map_batches(decode_training_windows, batch_size=1, num_cpus=1, memory=memory, fn_kwargs=dict(
             clip_fps=CLIP_FPS, clip_size=CLIP_SIZE, sync_fps=SYNC_FPS, sync_size=SYNC_SIZE, window_s=window_s,
             sample_rate=bundle.sample_rate))
     else:

@@ -242,7 +242,7 @@ def _execute(cfg, info, window_s, config_hash, pending, paths, journal, summary,
     import ray.data
     from ray.data import ActorPoolStrategy
 
-    from workflows.generate.stages import GenerateReplica, decode_windows
+    from workflows.generate.stages import GenerateReplica, decode_memory_bytes, decode_windows
 
     by_id = {v.video_id: v for v in pending}
     window_rows = []
@@ -262,10 +262,8 @@ def _execute(cfg, info, window_s, config_hash, pending, paths, journal, summary,
         ds = ds.map_batches(_no_frames, batch_size=None)
     else:
         ds = ds.map_batches(
-            # The memory hint (a window's frames at both rates) also keeps Ray Data from fusing
-            # decoding into the model actors on a CPU-only cluster (identical remote args fuse),
-            # so decoding overlaps generation.
-            decode_windows, batch_size=1, num_cpus=1, memory=_decode_memory_bytes(info, window_s),
+            decode_windows, batch_size=1, num_cpus=1,
+            memory=decode_memory_bytes(info.clip_fps, info.clip_size, info.sync_fps, info.sync_size, window_s),
             fn_kwargs=dict(clip_fps=info.clip_fps, clip_size=info.clip_size, sync_fps=info.sync_fps,
                            sync_size=info.sync_size, window_s=window_s))
     use_gpu = resources.gpus >= 1
@@ -310,11 +308,6 @@ def _execute(cfg, info, window_s, config_hash, pending, paths, journal, summary,
                         f"latest error: {row['error']}. Completed outputs are kept; rerun to resume.")
     finally:
         writer.close()
-
-
-def _decode_memory_bytes(info, window_s: float) -> int:
-    frames = window_s * (info.clip_fps * info.clip_size**2 + info.sync_fps * info.sync_size**2) * 3
-    return int(3 * frames)  # decoded frames, their copy into the block, and headroom
 
 
 def _no_frames(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

@@ -22,6 +22,15 @@ def short_error(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {msg}"[:500]
 
 
+def decode_memory_bytes(clip_fps: float, clip_size: int, sync_fps: float, sync_size: int, window_s: float) -> int:
+    """Memory a window-decoding task needs: the frames at both rates, their copy into the
+    block, and headroom. Declaring it also keeps Ray Data from fusing decoding into the model
+    actors on a CPU-only cluster (operators with identical remote args fuse), so decoding
+    overlaps the model instead of running inside the actor."""
+    frames = window_s * (clip_fps * clip_size**2 + sync_fps * sync_size**2) * 3
+    return int(3 * frames)
+
+
 def decode_windows(batch: dict[str, np.ndarray], *, clip_fps: float, clip_size: int, sync_fps: float,
                    sync_size: int, window_s: float) -> dict[str, np.ndarray]:
     """Decode each window's frames at both model rates in one pass over the file."""
