@@ -48,8 +48,9 @@ def register(app: typer.Typer) -> None:
                               "not_available": skipped}, indent=2))
             return
         table = Table(title=f"dub bench on {device_name(opts.device)}")
-        for col in ("bench", "stage", "median ms", "batch", "dtype", "RTF", "clips/s", "peak MB", "note"):
+        for col in ("bench", "stage", "median ms", "batch", "dtype", "RTF", "clips/s", "peak MB"):
             table.add_column(col)
+        table.add_column("note", max_width=48, overflow="ellipsis", no_wrap=True)  # full notes: --json
         for r in rows:
             table.add_row(r.bench, r.stage, f"{r.median_ms:.2f}", str(r.batch_size), r.dtype,
                           "" if r.rtf is None else f"{r.rtf:.4f}",
