@@ -14,7 +14,7 @@ def mmaudio_fixture_root() -> Path:
     """Where the MMAudio reference tensors live.
 
     `DUB_FIXTURES_MMAUDIO` wins; else `../shared/fixtures/mmaudio` beside the project (the
-    development layout); else the copy bundled in `tests/data/mmaudio` (a user's clone).
+    development layout); else the copy bundled in `tests/data/mmaudio_fixtures` (a user's clone).
     A missing root is an error, never a silent skip.
     """
     env = os.environ.get("DUB_FIXTURES_MMAUDIO")
@@ -24,7 +24,7 @@ def mmaudio_fixture_root() -> Path:
             root = PROJECT_ROOT / root
     else:
         shared = PROJECT_ROOT.parent / "shared" / "fixtures" / "mmaudio"
-        root = shared if shared.is_dir() else PROJECT_ROOT / "tests" / "data" / "mmaudio"
+        root = shared if shared.is_dir() else PROJECT_ROOT / "tests" / "data" / "mmaudio_fixtures"
     if not root.is_dir():
         raise FileNotFoundError(f"MMAudio fixtures not found at {root} (set DUB_FIXTURES_MMAUDIO)")
     return root
