@@ -8,7 +8,6 @@ Errors are data: a window that cannot be decoded or generated comes out as a row
 from __future__ import annotations
 
 import time
-import traceback
 
 import numpy as np
 
@@ -151,7 +150,3 @@ class GenerateReplica:
                             "text_f": text_f[j].cpu().numpy()}
         for key, value in wb.timings.items():
             timings[key] += value
-
-
-def format_traceback() -> str:
-    return traceback.format_exc(limit=3)
