@@ -7,7 +7,6 @@ as they become durable; the final report is rebuilt from the journal plus what i
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import re
@@ -37,20 +36,9 @@ def _tmp_name(path: Path) -> Path:
 
 def write_flac_bytes(audio: np.ndarray, sample_rate: int) -> bytes:
     """FLAC-encode a mono float waveform in memory (WebDataset stores audio as bytes)."""
-    import av
+    from workflows.media.audio import encode_audio_bytes
 
-    buf = io.BytesIO()
-    with av.open(buf, mode="w", format="flac") as container:
-        stream = container.add_stream("flac", rate=sample_rate, layout="mono")
-        pcm = (np.clip(audio, -1.0, 1.0) * 32767.0).round().astype(np.int16)[None, :]
-        frame = av.AudioFrame.from_ndarray(pcm, format="s16", layout="mono")
-        frame.sample_rate = sample_rate
-        frame.pts = 0
-        for packet in stream.encode(frame):
-            container.mux(packet)
-        for packet in stream.encode(None):
-            container.mux(packet)
-    return buf.getvalue()
+    return encode_audio_bytes(audio, sample_rate, "flac", "flac")
 
 
 class ShardWriter:

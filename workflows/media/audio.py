@@ -103,31 +103,49 @@ def encode_audio_file(audio: np.ndarray, sample_rate: int, path: str | Path, cod
                       output_rate: int | None = None, bitrate: int | None = None) -> Path:
     """Write `audio` to `path` (container from the extension), resampled to `output_rate`
     (None: the input rate where the codec can store it, else the codec's default)."""
-    import av
-
     path = Path(path)
     spec = codec_spec(codec)
     suffix = path.suffix.lower()
     if suffix not in spec.extensions:
         raise ValueError(f"{codec} audio cannot be written to a {suffix or 'no-extension'} file; "
                          f"use one of {list(spec.extensions)}")
-    audio = as_channels_first(audio)
-    if audio.shape[0] > 2:
-        raise ValueError(f"only mono or stereo audio can be encoded, got {audio.shape[0]} channels")
-    rate = output_rate or storable_rate(codec, sample_rate)
-    audio = np.clip(resample(audio, sample_rate, rate), -1.0, 1.0)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.stem}.partial-{os.getpid()}{path.suffix}")
     try:
-        with av.open(str(tmp), "w", format=_FORMATS[suffix]) as container:
-            stream = add_audio_stream(container, codec, rate, audio.shape[0], bitrate)
-            for packet in encode_frames(stream, audio, rate):
-                container.mux(packet)
+        _encode(str(tmp), _FORMATS[suffix], audio, sample_rate, codec, output_rate, bitrate, None)
         tmp.replace(path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
     return path
+
+
+def encode_audio_bytes(audio: np.ndarray, sample_rate: int, codec: str = "flac", container_format: str = "flac", *,
+                       output_rate: int | None = None, bitrate: int | None = None,
+                       options: dict[str, str] | None = None) -> bytes:
+    """`audio` as an encoded file in memory (WebDataset samples, audio embedded in a page)."""
+    import io
+
+    buf = io.BytesIO()
+    _encode(buf, container_format, audio, sample_rate, codec, output_rate, bitrate, options)
+    return buf.getvalue()
+
+
+def _encode(target, container_format: str, audio: np.ndarray, sample_rate: int, codec: str,
+            output_rate: int | None, bitrate: int | None, options: dict[str, str] | None) -> None:
+    import av
+
+    audio = as_channels_first(audio)
+    if audio.shape[0] > 2:
+        raise ValueError(f"only mono or stereo audio can be encoded, got {audio.shape[0]} channels")
+    rate = output_rate or storable_rate(codec, sample_rate)
+    audio = np.clip(resample(audio, sample_rate, rate), -1.0, 1.0)
+    with av.open(target, "w", format=container_format) as container:
+        stream = add_audio_stream(container, codec, rate, audio.shape[0], bitrate)
+        if options:
+            stream.options = options
+        for packet in encode_frames(stream, audio, rate):
+            container.mux(packet)
 
 
 def read_audio(path: str | Path, sample_rate: int | None = None, mono: bool = True, *,

@@ -75,30 +75,9 @@ def read_grey_frames(path: str | Path, max_side: int = 96, max_duration_s: float
 
 def encode_opus(wav: np.ndarray, sample_rate: int, bit_rate: int = 32000) -> tuple[bytes, str]:
     """Mono audio as an Ogg/Opus file in memory (small enough to embed in an HTML page)."""
-    import io
-    from fractions import Fraction
+    from workflows.media.audio import encode_audio_bytes
 
-    import av
-
-    from workflows.metrics.onsets import resample
-
-    rate = 48000  # the only rate every Opus encoder takes
-    x = np.clip(resample(np.asarray(wav, dtype=np.float32).reshape(-1), sample_rate, rate), -1.0, 1.0)
-    buf = io.BytesIO()
-    with av.open(buf, "w", format="ogg") as out:
-        stream = out.add_stream("libopus", rate=rate)
-        stream.layout = "mono"
-        stream.bit_rate = bit_rate
-        stream.options = {"compression_level": "3"}  # a preview: encode fast rather than best
-        block = 960  # 20 ms
-        for start in range(0, len(x), block):
-            frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(x[start:start + block]).reshape(1, -1),
-                                               format="flt", layout="mono")
-            frame.sample_rate = rate
-            frame.pts = start
-            frame.time_base = Fraction(1, rate)
-            for packet in stream.encode(frame):
-                out.mux(packet)
-        for packet in stream.encode():
-            out.mux(packet)
-    return buf.getvalue(), "audio/ogg"
+    # 48 kHz is the only rate every Opus encoder takes; a preview: encode fast rather than best
+    data = encode_audio_bytes(np.asarray(wav, dtype=np.float32).reshape(-1), sample_rate, "opus", "ogg",
+                              bitrate=bit_rate, options={"compression_level": "3"})
+    return data, "audio/ogg"
