@@ -29,6 +29,9 @@ DEFAULT_GROUPS: tuple[tuple[str, ...], ...] = (("clip_f", "sync_f"), ("text_f",)
 @dataclass(frozen=True)
 class MeanFlowConfig:
     flow_matching_ratio: float = 0.75  # probability that s = t (plain flow matching on that sample)
+    # exactly round(ratio * batch) samples with s = t (chosen at random) instead of a coin per
+    # sample: the JVP sub-batch then has one size, which a compiled tangent needs to stay compiled
+    exact_ratio: bool = False
     time_mu: float = -0.4  # logit-normal location, MeanFlow convention (1 = noise)
     time_sigma: float = 1.0
     adaptive_p: float = 1.0  # loss weight 1 / (mse + eps)^p, detached; 0 = plain MSE
@@ -73,11 +76,17 @@ def sample_times(
 
     MeanFlow draws two logit-normal times in its convention (1 = noise) and calls the larger
     one the noise-side time; mapped to ours (x -> 1 - x) the larger draw becomes the smaller t.
-    With probability `flow_matching_ratio` the data-side time collapses onto it (s = t).
+    With probability `flow_matching_ratio` the data-side time collapses onto it (s = t); with
+    `exact_ratio`, exactly round(flow_matching_ratio * batch) randomly chosen samples do.
     """
     draws = torch.sigmoid(cfg.time_mu + cfg.time_sigma * _randn((batch, 2), generator, device))
     noise_side, data_side = draws.max(dim=1).values, draws.min(dim=1).values
-    same = _rand((batch,), generator, device) < cfg.flow_matching_ratio
+    coins = _rand((batch,), generator, device)
+    if cfg.exact_ratio:  # the k smallest coins: a uniformly random subset of size k
+        ranks = coins.argsort().argsort()
+        same = ranks < round(cfg.flow_matching_ratio * batch)
+    else:
+        same = coins < cfg.flow_matching_ratio
     data_side = torch.where(same, noise_side, data_side)
     return 1.0 - noise_side, 1.0 - data_side
 
@@ -127,6 +136,66 @@ def empty_like_conditions(
     }
 
 
+TangentFn = Callable[..., torch.Tensor]
+
+
+def eager_tangent(
+    inner: Callable[..., torch.Tensor],
+    z: torch.Tensor,
+    t: torch.Tensor,
+    s: torch.Tensor,
+    v: torch.Tensor,
+    cond: Mapping[str, torch.Tensor],
+) -> torch.Tensor:
+    """d/dt u(z, t, s) along dz/dt = v, s fixed: forward-mode AD (`torch.func.jvp`) with the
+    math attention kernel (flash / memory-efficient kernels have no forward-mode derivative).
+    `inner` is the unwrapped module (jvp cannot go through DDP's forward)."""
+
+    def u_of(z_: torch.Tensor, t_: torch.Tensor, s_: torch.Tensor) -> torch.Tensor:
+        return inner(z_, t_, s_, **cond)
+
+    with torch.no_grad(), sdpa_kernel(SDPBackend.MATH):
+        _, dudt = torch.func.jvp(u_of, (z, t, s), (v, torch.ones_like(t), torch.zeros_like(s)))
+    return dudt
+
+
+class CompiledTangent:
+    """`eager_tangent` through `torch.compile`: the same arithmetic, fused, and with
+    mode="reduce-overhead" replayed as CUDA graphs. Eager forward-mode AD launches a primal and
+    a tangent kernel per op, so on a GPU the tangent pass is launch-bound; this removes that.
+
+    Build one per training run (it keeps the compiled function). Sub-batch sizes that change
+    every step recompile; use `MeanFlowConfig(exact_ratio=True)` so the JVP sub-batch has one
+    size. The first call compiles (seconds for tiny models, minutes for real ones).
+    """
+
+    def __init__(self, mode: str | None = None, dynamic: bool | None = None) -> None:
+        self.mode = mode
+        self.dynamic = dynamic
+        self._fn: TangentFn | None = None
+
+    def __call__(self, inner, z, t, s, v, cond) -> torch.Tensor:
+        if self._fn is None:
+            self._fn = torch.compile(eager_tangent, mode=self.mode, dynamic=self.dynamic)
+        # own dense copies (tiny next to the network): tracing forward-mode AD through inputs
+        # that are views of one base trips an internal assert in torch 2.14 (tangent layout)
+        z, t, s, v = (x.clone(memory_format=torch.contiguous_format) for x in (z, t, s, v))
+        cond = {k: x.clone(memory_format=torch.contiguous_format) for k, x in cond.items()}
+        with torch.no_grad(), sdpa_kernel(SDPBackend.MATH):
+            dudt = self._fn(inner, z, t, s, v, cond)
+        # cudagraph outputs are overwritten by the next replay: keep our own copy
+        return dudt.clone() if self.mode == "reduce-overhead" else dudt
+
+
+def make_tangent(kind: str, device: torch.device | str = "cpu") -> TangentFn:
+    """'eager' or 'compiled' (reduce-overhead on CUDA, default mode on the CPU)."""
+    if kind == "eager":
+        return eager_tangent
+    if kind == "compiled":
+        return CompiledTangent(mode="reduce-overhead" if torch.device(device).type == "cuda" else None)
+    raise ValueError(f"unknown tangent {kind!r}: choose 'eager' or 'compiled'")
+
+
 def meanflow_target(
     model: Callable[..., torch.Tensor],
     z: torch.Tensor,
@@ -134,28 +203,22 @@ def meanflow_target(
     s: torch.Tensor,
     v: torch.Tensor,
     cond: Mapping[str, torch.Tensor] | None = None,
+    tangent: TangentFn = eager_tangent,
 ) -> torch.Tensor:
     """u_tgt = v + (s - t)·d/dt u(z, t, s) along dz/dt = v, without gradient, in float32
     (float64 stays float64) whatever autocast computed the JVP in.
 
-    Forward-mode AD (`torch.func.jvp`) on the unwrapped module, with the math attention
-    kernel (flash / memory-efficient kernels have no forward-mode derivative). Samples with
-    s = t need no derivative, so the JVP runs only on the others.
+    `tangent` computes the derivative on the unwrapped module (`eager_tangent`, or a
+    `CompiledTangent`). Samples with s = t need no derivative, so it runs only on the others.
     """
     cond = dict(cond or {})
     target = v.detach().to(torch.promote_types(v.dtype, torch.float32), copy=True)
     moving = (s != t).nonzero().squeeze(1)
     if moving.numel() == 0:
         return target
-    inner = unwrap_model(model)
     sub = _select(cond, moving, z.shape[0])
-
-    def u_of(z_: torch.Tensor, t_: torch.Tensor, s_: torch.Tensor) -> torch.Tensor:
-        return inner(z_, t_, s_, **sub)
-
     z_m, t_m, s_m, v_m = z[moving], t[moving], s[moving], v[moving].to(z.dtype)
-    with torch.no_grad(), sdpa_kernel(SDPBackend.MATH):
-        _, dudt = torch.func.jvp(u_of, (z_m, t_m, s_m), (v_m, torch.ones_like(t_m), torch.zeros_like(s_m)))
+    dudt = tangent(unwrap_model(model), z_m, t_m, s_m, v_m, sub)
     step = _bcast(s_m - t_m, dudt).to(target.dtype) * dudt.to(target.dtype)
     target[moving] = target[moving] + step
     return target
@@ -171,9 +234,11 @@ def meanflow_loss(
     noise: torch.Tensor | None = None,
     generator: torch.Generator | None = None,
     groups: ConditionGroups = DEFAULT_GROUPS,
+    tangent: TangentFn = eager_tangent,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """MeanFlow loss on data `x` (batch first). `model` may be DDP-wrapped: the gradient pass
-    goes through the wrapper (so gradients synchronise), the JVP through the inner module.
+    goes through the wrapper (so gradients synchronise), the JVP through the inner module
+    (`tangent`: `eager_tangent` or a `CompiledTangent`, see `make_tangent`).
 
     `empty` maps condition names to empty (null) features broadcastable to them; it is
     required when conditions are dropped or guidance is folded into training.
@@ -182,7 +247,7 @@ def meanflow_loss(
     v = x - b.e
     if cfg.guided:
         v = _guided_velocity(model, b.z, b.t, v, b.cond, b.keep, empty, cfg, groups)
-    target = meanflow_target(model, b.z, b.t, b.s, v, b.cond)
+    target = meanflow_target(model, b.z, b.t, b.s, v, b.cond, tangent)
     pred = model(b.z, b.t, b.s, **b.cond)
     loss, mse = _weighted_loss(pred, target, cfg.adaptive_p, cfg.adaptive_eps)
     return loss, _metrics(loss, mse, (b.s == b.t).float().mean(), target)

@@ -53,6 +53,7 @@ PARTS = (
     Part("e2e", "e2e", 90),
     Part("encoders", "encoders", 75),
     Part("train-step", "train_step", 60, train_batch=True),
+    Part("train-step-compiled", "train_step", 240, {"compiled_only": True}, train_batch=True),
     Part("generate-compiled", "generate", 150, {"compiled_only": True, "compile_batches": [1]}),
     Part("encoders-compiled", "encoders", 90, {"compiled_only": True}),
     Part("e2e-compiled", "e2e", 150, {"compiled_only": True}),
@@ -313,6 +314,27 @@ def correctness(opts, report) -> None:
         lat32 = reference32.latents(clip_f, sync_f, text_f, batch, sampler)
         report(compare(f"one step + CFG latents, bf16 {what} vs float32 eager (precision, informational)",
                        fast(noise, clip_f, sync_f, text_f), lat32, 1e-1))
+    tangent_check(net, clip_f, sync_f, text_f, dtype, report)
+
+
+def tangent_check(net, clip_f, sync_f, text_f, dtype, report) -> None:
+    """MeanFlow training: the compiled JVP (CUDA graphs on a GPU) against eager forward-mode AD."""
+    import torch
+
+    from model.meanflow import eager_tangent, make_tangent
+    from workflows.bench.generate import compare
+
+    device = clip_f.device
+    gen = torch.Generator(device="cpu").manual_seed(3)
+    b, cfg = clip_f.shape[0], net.config
+    z, v = (torch.randn(b, cfg.latent_seq_len, cfg.latent_dim, generator=gen).to(device) for _ in range(2))
+    t = 0.8 * torch.rand(b, generator=gen).to(device)
+    s = t + (1 - t) * torch.rand(b, generator=gen).to(device)
+    cond = {"clip_f": clip_f, "sync_f": sync_f, "text_f": text_f}
+    with torch.autocast(device.type, dtype=dtype, enabled=device.type == "cuda" and dtype != torch.float32):
+        ref = eager_tangent(net, z, t, s, v, cond).float()
+        got = make_tangent("compiled", device)(net, z, t, s, v, cond).float()
+    report(compare(f"MeanFlow JVP (training target), compiled vs eager forward-mode AD (batch {b})", got, ref, 5e-2))
 
 
 if __name__ == "__main__":

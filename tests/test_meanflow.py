@@ -10,11 +10,14 @@ import pytest
 import torch
 
 from model.meanflow import (
+    CompiledTangent,
     MeanFlowConfig,
     drop_conditions,
     empty_like_conditions,
     flow_matching_loss,
     meanflow_loss,
+    eager_tangent,
+    make_tangent,
     meanflow_target,
     sample_times,
 )
@@ -268,6 +271,58 @@ def _small_mfmjt(seed: int):
     }
     x = torch.randn(8, config.latent_seq_len, config.latent_dim, generator=gen)
     return net, x, cond, empty
+
+
+def test_exact_ratio_fixes_the_number_of_jvp_samples_per_batch():
+    cfg = MeanFlowConfig(exact_ratio=True)
+    subsets = set()
+    for seed in range(20):
+        t, s = sample_times(32, cfg, generator=torch.Generator().manual_seed(seed))
+        assert int((s == t).sum()) == 24 and bool((t <= s).all())
+        subsets.add(tuple((s != t).nonzero().squeeze(1).tolist()))
+    assert len(subsets) == 20  # a random subset each time, not the same samples
+    # over many batches every position is equally likely to need the JVP
+    counts = torch.zeros(32)
+    for seed in range(400):
+        t, s = sample_times(32, cfg, generator=torch.Generator().manual_seed(seed))
+        counts += (s != t).float()
+    assert float(counts.min()) > 60 and float(counts.max()) < 140  # expected 100 each
+    for ratio, batch, expected in ((0.0, 5, 0), (1.0, 5, 5), (0.5, 7, 4)):
+        t, s = sample_times(batch, MeanFlowConfig(flow_matching_ratio=ratio, exact_ratio=True),
+                            generator=torch.Generator().manual_seed(0))
+        assert int((s == t).sum()) == expected
+
+
+def test_compiled_tangent_computes_the_eager_jvp():
+    """The compiled tangent (the fast path for training on a GPU, see make_tangent) is the same
+    derivative as the eager forward-mode AD, on the real network with every weight random."""
+    net, x, cond, empty = _small_mfmjt(seed=9)
+    gen = torch.Generator().manual_seed(10)
+    # 2 samples: the size of the JVP sub-batch in the loss below (8 x 25 %), so one compilation
+    z, v = torch.randn(2, 2, *x.shape[1:], generator=gen).unbind(0)
+    t = 0.8 * torch.rand(2, generator=gen)
+    s = t + (1 - t) * torch.rand(2, generator=gen)
+    cond2 = {k: c[:2] for k, c in cond.items()}
+    compiled = CompiledTangent()
+    expected = eager_tangent(net, z, t, s, v, cond2)
+    got = compiled(net, z, t, s, v, cond2)
+    assert float(expected.abs().max()) > 0.1
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
+    # through the loss: same target, same loss and gradient as the eager path
+    cfg = MeanFlowConfig(exact_ratio=True, cond_dropout=0.0)
+    losses, grads = [], []
+    for tangent in (eager_tangent, compiled):
+        net.zero_grad()
+        loss, _ = meanflow_loss(net, x, cond=cond, empty=empty, cfg=cfg, tangent=tangent,
+                                generator=torch.Generator().manual_seed(11))
+        loss.backward()
+        losses.append(loss.detach())
+        grads.append(torch.cat([p.grad.flatten() for p in net.parameters() if p.grad is not None]))
+    torch.testing.assert_close(losses[1], losses[0], rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(grads[1], grads[0], rtol=1e-3, atol=1e-5)
+    assert make_tangent("eager") is eager_tangent and isinstance(make_tangent("compiled"), CompiledTangent)
+    with pytest.raises(ValueError, match="eager"):
+        make_tangent("fd")
 
 
 def test_jvp_through_mfmjt_matches_finite_differences():

@@ -18,6 +18,7 @@ def register(app: typer.Typer) -> None:
         batch_size: int = typer.Option(1, "--batch-size", "-b"),
         repeats: int = typer.Option(5, help="Timed repetitions per stage (median reported)."),
         duration: float = typer.Option(8.0, help="Clip duration in seconds."),
+        compile: bool = typer.Option(False, "--compile", help="Add the torch.compile variants where a sub-benchmark has them (train-step; slow to build)."),
         as_json: bool = typer.Option(False, "--json", help="Print JSON rows instead of a table."),
     ) -> None:
         """Measure per-stage time, real-time factor, clips/s and peak memory."""
@@ -31,7 +32,7 @@ def register(app: typer.Typer) -> None:
         if unknown:
             raise typer.BadParameter(f"unknown sub-benchmark(s) {unknown}; choose from {list(SUB_BENCHMARKS)}")
         opts = BenchOptions(device=resolve_device(device), preset=preset, batch_size=batch_size,
-                            repeats=repeats, duration_s=duration)
+                            repeats=repeats, duration_s=duration, extra={"compile": compile})
         rows = []
         skipped = []
         for name in selected:

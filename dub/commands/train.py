@@ -26,6 +26,8 @@ def register(app: typer.Typer) -> None:
         num_heads: Optional[int] = typer.Option(None, "--num-heads", help="From scratch: attention heads."),
         objective: str = typer.Option("meanflow", "--objective", help="meanflow | flow-matching"),
         fm_ratio: float = typer.Option(0.75, "--fm-ratio", help="MeanFlow: share of samples with s = t."),
+        exact_fm_ratio: bool = typer.Option(False, "--exact-fm-ratio", help="MeanFlow: exactly that share in every batch (a fixed JVP batch size, for --jvp compiled)."),
+        jvp: str = typer.Option("eager", "--jvp", help="MeanFlow JVP: eager | compiled (torch.compile; CUDA graphs on GPU; first step compiles for minutes)."),
         cond_dropout: float = typer.Option(0.1, "--cond-dropout", help="Per-sample drop rate of each condition group."),
         guidance_omega: float = typer.Option(1.0, "--guidance-omega", help="MeanFlow training-time guidance omega (1 = off)."),
         guidance_kappa: float = typer.Option(0.0, "--guidance-kappa", help="MeanFlow training-time guidance kappa."),
@@ -64,7 +66,8 @@ def register(app: typer.Typer) -> None:
             config = TrainConfig(
                 shards=shards, name=name, storage_path=storage, workers=workers, use_gpu=gpu, address=address,
                 init=str(init) if init else None, preset=preset, architecture=architecture, objective=objective,
-                meanflow=MeanFlowConfig(flow_matching_ratio=fm_ratio, cond_dropout=cond_dropout,
+                jvp=jvp,
+                meanflow=MeanFlowConfig(flow_matching_ratio=fm_ratio, exact_ratio=exact_fm_ratio, cond_dropout=cond_dropout,
                                         guidance_omega=guidance_omega, guidance_kappa=guidance_kappa,
                                         adaptive_p=adaptive_p),
                 batch_size=batch_size, steps=steps, lr=lr, weight_decay=weight_decay, warmup_steps=warmup,

@@ -5,6 +5,12 @@ features of the preset's shapes (random weights): plain flow matching, MeanFlow 
 default recipe (25% of samples need the JVP), and MeanFlow with every sample s != t (the
 JVP on the whole batch, the worst case). bf16 autocast on CUDA, float32 on CPU. Falls back
 to a per-token MLP when the MF-MJT network cannot be imported, and says so in the notes.
+
+With `extra={"compile": True}` (`dub bench train-step --compile`) it adds the compiled
+variants: MeanFlow with a fixed JVP sub-batch (exact 25 %) and the JVP through torch.compile
+(CUDA graphs on a GPU), then flow matching and that MeanFlow with the network compiled too, so
+the ratio is read against the matching baseline. `compiled_only` skips the eager cases.
+Compilation happens in the warm-up calls and is not timed.
 """
 
 from __future__ import annotations
@@ -19,7 +25,7 @@ _FALLBACK_PRESET = "tiny"
 def run(opts: BenchOptions) -> list[BenchRow]:
     import torch
 
-    from model.meanflow import MeanFlowConfig, flow_matching_loss, meanflow_loss
+    from model.meanflow import MeanFlowConfig, eager_tangent, flow_matching_loss, make_tangent, meanflow_loss
 
     device = resolve_device(opts.device)
     cuda = device.startswith("cuda")
@@ -28,29 +34,44 @@ def run(opts: BenchOptions) -> list[BenchRow]:
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
     dtype = torch.bfloat16 if cuda else torch.float32
     default = MeanFlowConfig()
-    cases = [
-        ("flow matching", flow_matching_loss, default),
-        ("meanflow (25% s != t)", meanflow_loss, default),
-        ("meanflow (all s != t)", meanflow_loss, replace(default, flow_matching_ratio=0.0)),
-    ]
+    exact = replace(default, exact_ratio=True)
+    cases = []  # (stage, objective, cfg, model, tangent, baseline group)
+    if not opts.extra.get("compiled_only"):
+        cases += [
+            ("flow matching", flow_matching_loss, default, model, None, "eager"),
+            ("meanflow (25% s != t)", meanflow_loss, default, model, eager_tangent, "eager"),
+            ("meanflow (all s != t)", meanflow_loss, replace(default, flow_matching_ratio=0.0), model, eager_tangent,
+             "eager"),
+        ]
+    if opts.extra.get("compile") or opts.extra.get("compiled_only"):
+        compiled_model = torch.compile(model)
+        cases += [
+            ("meanflow (exact 25%, compiled JVP)", meanflow_loss, exact, model, make_tangent("compiled", device),
+             "eager"),
+            ("flow matching (compiled network)", flow_matching_loss, default, compiled_model, None, "compiled"),
+            ("meanflow (exact 25%, compiled JVP + network)", meanflow_loss, exact, compiled_model,
+             make_tangent("compiled", device), "compiled"),
+        ]
     rows: list[BenchRow] = []
-    baseline_ms: float | None = None
-    for stage, objective, cfg in cases:
+    baselines: dict[str, float] = {}
+    for stage, objective, cfg, net, tangent, group in cases:
         generator = torch.Generator(device).manual_seed(0)
+        kwargs = {} if tangent is None else {"tangent": tangent}
 
-        def step(objective=objective, cfg=cfg, generator=generator) -> None:
+        def step(objective=objective, cfg=cfg, net=net, kwargs=kwargs, generator=generator) -> None:
             with torch.autocast(device.split(":")[0], dtype=torch.bfloat16, enabled=cuda):
-                loss, _ = objective(model, x, cond=cond, empty=empty, cfg=cfg, generator=generator)
+                loss, _ = objective(net, x, cond=cond, empty=empty, cfg=cfg, generator=generator, **kwargs)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
 
-        median_ms, peak_mb = time_call(step, repeats=opts.repeats, warmup=max(1, opts.warmup), device=device)
-        if baseline_ms is None:
-            baseline_ms = median_ms
-            ratio = ""
-        else:
-            ratio = f"{median_ms / baseline_ms:.2f}x flow matching; "
+        warmup = max(1, opts.warmup) + (2 if group == "compiled" or tangent not in (None, eager_tangent) else 0)
+        median_ms, peak_mb = time_call(step, repeats=opts.repeats, warmup=warmup, device=device)
+        ratio = ""
+        if objective is flow_matching_loss:
+            baselines[group] = median_ms
+        elif group in baselines:
+            ratio = f"{median_ms / baselines[group]:.2f}x {'eager' if group == 'eager' else 'compiled'} flow matching; "
         rows.append(BenchRow(
             bench="train-step", stage=f"{stage}, AdamW step", median_ms=median_ms, batch_size=x.shape[0],
             dtype=str(dtype).removeprefix("torch."), device=device, peak_mem_mb=peak_mb,

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import copy
 import csv
+import functools
 import json
 import math
 import tempfile
@@ -28,7 +29,7 @@ import torch
 
 from model.checkpoint import apply_state_dict, load_network, load_state_dict_file, save_checkpoint
 from model.config import NetworkConfig
-from model.meanflow import flow_matching_loss, meanflow_loss
+from model.meanflow import flow_matching_loss, make_tangent, meanflow_loss
 from model.network import MFMJT
 from workflows.train.config import TrainConfig
 from workflows.train.data import batches, sample_stream
@@ -77,7 +78,10 @@ def train_loop_per_worker(job: dict[str, Any]) -> None:
     stream = sample_stream(tuple(job["shards"]), rank, world, shuffle_buffer=cfg.shuffle_buffer,
                            seed=f"{cfg.seed}:{step}")
     data = batches(stream, cfg.batch_size)
-    objective = meanflow_loss if cfg.objective == "meanflow" else flow_matching_loss
+    if cfg.objective == "meanflow":
+        objective = functools.partial(meanflow_loss, tangent=make_tangent(cfg.jvp, device))
+    else:
+        objective = flow_matching_loss
     use_bf16 = cfg.bf16 if cfg.bf16 is not None else device.type == "cuda"
 
     started = last_log = time.perf_counter()
