@@ -2,7 +2,7 @@
 
     panns    PANNs CNN14 16 kHz, 2048-d + 527 AudioSet logits   needs Cnn14_16k_mAP=0.438.pth
     vggish   VGGish 128-d, one row per 0.96 s example           needs vggish-10086976.pth
-    passt    PaSST 768-d + logits                               not implemented in this version
+    passt    PaSST-S 768-d + 527 AudioSet logits, 32 kHz 10 s   needs passt-s-f128-p16-s10-ap.476-swa.pt
     logmel   weights-free: 64-band log-mel (CNN14's front end), mean and std over frames (128-d).
              Useful to compare runs of this tool with each other; NOT comparable with
              published FAD numbers.
@@ -23,10 +23,11 @@ from workflows.metrics.weights import METRIC_WEIGHTS, MissingWeights, WeightsLoc
 
 if TYPE_CHECKING:
     from workflows.metrics.panns import Cnn14Config
+    from workflows.metrics.passt import PasstConfig
     from workflows.metrics.vggish import VGGishConfig
 
 __all__ = ["BACKENDS", "BackendInfo", "BackendUnavailable", "ClipFeatures", "EmbeddingBackend",
-           "LogMelStatsBackend", "PannsBackend", "VGGishBackend", "build_backend"]
+           "LogMelStatsBackend", "PannsBackend", "PasstBackend", "VGGishBackend", "build_backend"]
 
 
 class BackendUnavailable(RuntimeError):
@@ -143,6 +144,52 @@ class VGGishBackend:
         return ClipFeatures(torch.cat(rows).numpy(), None)
 
 
+class PasstBackend:
+    """FD/KL/IS-PaSST as MMAudio's av-benchmark computes them: each clip (mono, 32 kHz) minus its
+    mean (av-benchmark's loader removes DC from every file), cut or zero-padded to 320000 samples
+    (10 s), through hear21passt's get_basic_model(mode="all") rebuilt in `workflows.metrics.passt`;
+    one 768-d embedding and 527 logits per clip. av-benchmark also cuts clips at its
+    --audio_length before this; the report hands over clips of their own length."""
+
+    info = BackendInfo("passt", 32000, True,
+                       "PaSST-S SWA (AudioSet mAP .476) 768-d embedding + 527 logits, 10 s at 32 kHz, "
+                       "as av-benchmark")
+
+    def __init__(self, weights_path: str | Path, device: str = "cpu", config: PasstConfig | None = None,
+                 batch: int = 8, remove_dc: bool = True) -> None:
+        import torch
+
+        from workflows.metrics.passt import PASST_S_SWA, load_passt
+
+        self._torch = torch
+        self.device = device
+        self.batch = batch
+        self.remove_dc = remove_dc
+        self.model = load_passt(weights_path, config or PASST_S_SWA, device)
+
+    def _clip(self, wav: np.ndarray):
+        from workflows.metrics.passt import fit_clip
+
+        x = np.asarray(wav, dtype=np.float64).reshape(-1)
+        if self.remove_dc and len(x):
+            x = x - x.mean()
+        return fit_clip(self._torch.from_numpy(x.astype(np.float32)))
+
+    def features(self, wavs: Sequence[np.ndarray]) -> ClipFeatures:
+        torch = self._torch
+        embs, logits = [], []
+        with torch.inference_mode():
+            for start in range(0, len(wavs), self.batch):
+                x = torch.stack([self._clip(w) for w in wavs[start:start + self.batch]]).to(self.device)
+                e, lg = self.model(x)
+                embs.append(e.double().cpu())
+                logits.append(lg.double().cpu())
+        if not embs:
+            config = self.model.config
+            return ClipFeatures(np.zeros((0, config.embed_dim)), np.zeros((0, config.num_classes)))
+        return ClipFeatures(torch.cat(embs).numpy(), torch.cat(logits).numpy())
+
+
 def _weights_path(locator: WeightsLocator, key: str):
     try:
         return locator.path(key)
@@ -160,7 +207,7 @@ def _not_implemented(key: str) -> Callable[[WeightsLocator, str], EmbeddingBacke
 BACKENDS: dict[str, Callable[[WeightsLocator, str], EmbeddingBackend]] = {
     "panns": lambda locator, device: PannsBackend(_weights_path(locator, "panns_cnn14_16k"), device),
     "vggish": lambda locator, device: VGGishBackend(_weights_path(locator, "vggish"), device),
-    "passt": _not_implemented("passt"),
+    "passt": lambda locator, device: PasstBackend(_weights_path(locator, "passt"), device),
     "logmel": lambda locator, device: LogMelStatsBackend(device),
 }
 
