@@ -325,7 +325,7 @@ def test_panns_backend_gives_embeddings_and_logits(tmp_path, burst_clip):
 
 def test_desync_windows_follow_av_benchmark():
     assert desync_windows(8.0) == [(0.0, 4.8), (pytest.approx(3.2), 8.0)]
-    assert desync_windows(4.0) == [(0.0, 4.0)]
+    assert desync_windows(4.0) == []  # under 14 segments: the sync head cannot score the clip
     assert desync_score([-0.4, 0.2]) == pytest.approx(0.3)
 
 
@@ -345,7 +345,7 @@ def test_missing_weights_name_the_file(tmp_path):
         build_backend("panns", WeightsLocator(tmp_path))
     with pytest.raises(BackendUnavailable, match=r"vggish-10086976\.pth"):
         build_backend("vggish", WeightsLocator(tmp_path))
-    with pytest.raises(BackendUnavailable, match="not implemented in this version"):
+    with pytest.raises(BackendUnavailable, match=r"passt-s-f128-p16-s10-ap\.476-swa\.pt"):
         build_backend("passt", WeightsLocator(tmp_path))
     with pytest.raises(MissingWeights, match="synchformer_state_dict.pth"):
         WeightsLocator(tmp_path).path("synchformer")
@@ -354,7 +354,7 @@ def test_missing_weights_name_the_file(tmp_path):
     (tmp_path / "mmaudio-ext").mkdir()
     (tmp_path / "mmaudio-ext" / "synchformer_state_dict.pth").write_bytes(b"")
     assert WeightsLocator(tmp_path).path("synchformer").name == "synchformer_state_dict.pth"
-    with pytest.raises(BackendUnavailable, match="found, but .* not implemented"):
+    with pytest.raises(BackendUnavailable, match="found, but it cannot be used for DeSync"):
         build_offset_predictor(WeightsLocator(tmp_path))
     with pytest.raises(ValueError, match="unknown embedding backend"):
         build_backend("nope", WeightsLocator(tmp_path))
