@@ -197,3 +197,45 @@ def test_cli_prints_summary_and_timings(run_dir, tmp_path):
     assert not (out / "index.html").exists()
     bad = CliRunner().invoke(app, ["report", str(tmp_path / "missing"), "-o", str(out)])
     assert bad.exit_code == 2 and "report.parquet" in bad.output
+
+
+def test_desync_and_passt_scores_with_tiny_models(run_dir, tmp_path):
+    """DeSync (full Synchformer) and FD/KL/IS-PaSST computed inside the report from tiny models
+    in the publishers' layouts; PaSST is handed 32 kHz audio, DeSync 16 kHz, per clip."""
+    import torch
+
+    from workflows.metrics.desync import OFFSET_GRID_S, build_offset_predictor
+    from workflows.metrics.embeddings import PasstBackend
+    from workflows.metrics.passt import PASST_TINY, PaSST
+    from workflows.metrics.synchformer_sync import FullSynchformer, FullSynchformerConfig
+    from workflows.metrics.weights import WeightsLocator
+
+    torch.manual_seed(0)
+    passt_file = tmp_path / "tiny_passt.pt"
+    torch.save(PaSST(PASST_TINY).state_dict(), passt_file)
+    tiny_sync = FullSynchformerConfig.tiny()
+    (tmp_path / "mmaudio-ext").mkdir()
+    torch.save(FullSynchformer(tiny_sync).state_dict(), tmp_path / "mmaudio-ext" / "synchformer_state_dict.pth")
+    offsets = build_offset_predictor(WeightsLocator(tmp_path), config=tiny_sync)
+
+    backend = PasstBackend(passt_file, config=PASST_TINY)
+    seen_lengths = []
+    features = backend.features
+    backend.features = lambda wavs: seen_lengths.extend(len(w) for w in wavs) or features(wavs)
+    config = ReportConfig(run_dir=str(run_dir), out_dir=str(tmp_path / "out"), reference=str(run_dir.parent / "refs"),
+                          weights_dir=str(tmp_path), write_html=False)
+    result = run_report(config, backends={"passt": backend}, offsets=offsets)
+    summary = result.summary
+    ok = [r for r in result.rows if r["status"] == "ok"]
+    assert len(ok) == 4
+    for r in ok:  # 6 s clips: 17 segments, two windows of 14, offsets on the grid
+        assert r["desync_s"] is not None and 0.0 <= r["desync_s"] <= 2.0
+        assert np.isclose(OFFSET_GRID_S, r["desync_s"]).any() or np.isclose(
+            np.abs(OFFSET_GRID_S[:, None] + OFFSET_GRID_S[None, :]) / 2, r["desync_s"]).any()
+        assert r["kl_passt"] >= 0 and r["t_desync_s"] > 0
+    metrics = summary["metrics"]
+    assert metrics["desync_s_n"] == 4 and metrics["fad_passt"] >= 0 and metrics["is_passt_mean"] >= 1.0
+    assert not {"desync_s", "fad_passt", "kl_passt", "is_passt"} & set(summary["unavailable"])
+    assert "desync" in summary["timings_ms_per_clip"] and "embed_passt" in summary["timings_ms_per_clip"]
+    assert set(seen_lengths) == {int(DURATION * 32000)}  # resampled for PaSST, generated and reference
+    assert "text prompt" in summary["unavailable"]["clap_score"]

@@ -26,8 +26,8 @@ import numpy as np
 
 from workflows.metrics.av_align import av_align_score, motion_peaks
 from workflows.metrics.classifiers import inception_score, kl_softmax
-from workflows.metrics.clap import build_clap
-from workflows.metrics.desync import build_offset_predictor
+from workflows.metrics.clap import build_clap, clap_score
+from workflows.metrics.desync import OffsetPredictor, build_offset_predictor, desync_score
 from workflows.metrics.embeddings import BackendUnavailable, EmbeddingBackend, build_backend
 from workflows.metrics.fad import frechet_distance
 from workflows.metrics.media_io import encode_opus, read_audio, read_grey_frames
@@ -105,6 +105,32 @@ class _Timer:
         self.record[self.key] = self.record.get(self.key, 0.0) + time.perf_counter() - self.start
 
 
+class _ClipAudio:
+    """One clip's audio at each rate a metric asks for (16 kHz onsets and CNN14, 32 kHz PaSST,
+    48 kHz CLAP), each read from the file and resampled once."""
+
+    def __init__(self, load: Callable[[int], np.ndarray]) -> None:
+        self._load = load
+        self._by_rate: dict[int, np.ndarray] = {}
+
+    def at(self, rate: int) -> np.ndarray:
+        if rate not in self._by_rate:
+            self._by_rate[rate] = self._load(rate)
+        return self._by_rate[rate]
+
+
+class _ClapScorer:
+    """Per-clip CLAP score: cosine of the LAION-CLAP embeddings of the prompt and the audio."""
+
+    sample_rate = 48000  # LAION-CLAP's audio rate
+
+    def __init__(self, model) -> None:
+        self.model = model
+
+    def score(self, texts: list[str], wavs: list[np.ndarray]) -> np.ndarray:
+        return clap_score(self.model.text_embeddings(texts), self.model.audio_embeddings(wavs))
+
+
 def _is_text_to_audio(run_config: dict, rows: list[GeneratedRow]) -> bool:
     mode = str(run_config.get("mode", run_config.get("task", ""))).lower()
     return "text" in mode or (bool(rows) and all(r.source_path is None for r in rows))
@@ -132,10 +158,13 @@ def _empty_record(row: GeneratedRow) -> dict:
 class _ClipScorer:
     """Per-clip metrics; keeps the embedding features for the set-level metrics."""
 
-    def __init__(self, config: ReportConfig, backends: dict[str, EmbeddingBackend], refs: ReferenceIndex) -> None:
+    def __init__(self, config: ReportConfig, backends: dict[str, EmbeddingBackend], refs: ReferenceIndex,
+                 offsets: OffsetPredictor | None = None, clap: _ClapScorer | None = None) -> None:
         self.config = config
         self.backends = backends
         self.refs = refs
+        self.offsets = offsets  # DeSync (full Synchformer), None when its weights are missing
+        self.clap = clap  # CLAP score, None when its weights are missing or no clip has a prompt
         self.gen_features: dict[str, list] = {b: [] for b in backends}
         self.ref_features: dict[str, list] = {b: [] for b in backends}
 
@@ -157,13 +186,18 @@ class _ClipScorer:
             record["status"] = "failed"
             self._note(record, "read generated audio", exc)
             return record, None
-        ref = events = None
+        gen_audio = _ClipAudio(lambda rate: read_generated_audio(row, rate)[0])
+        gen_audio._by_rate[cfg.sample_rate] = gen
+        ref = events = ref_audio = None
         try:
             with _Timer(record, "read"):
                 ref_path, record["reference_kind"] = self.refs.lookup(row)
                 record["reference_path"] = None if ref_path is None else str(ref_path)
-                ref = read_audio(ref_path, cfg.sample_rate) if ref_path is not None else None
+                if ref_path is not None:
+                    ref_audio = _ClipAudio(lambda rate: read_audio(ref_path, rate))
+                    ref = ref_audio.at(cfg.sample_rate)
         except Exception as exc:  # scored without a reference; the error column says why
+            ref_audio = None
             self._note(record, "read reference audio", exc)
         try:
             events = load_events(row.source_path)
@@ -203,11 +237,28 @@ class _ClipScorer:
             except Exception as exc:
                 self._note(record, "av_align", exc)
 
+        if self.offsets is not None and row.source_path is not None:
+            try:
+                with _Timer(record, "desync"):
+                    offsets = self.offsets.clip_offsets(str(row.source_path), gen_audio.at(16000))
+                    # none for clips under 4.8 s: the sync head has positions for 14 segments
+                    record["desync_s"] = desync_score(offsets) if offsets else None
+            except Exception as exc:
+                self._note(record, "desync", exc)
+
+        if self.clap is not None and row.prompt:
+            try:
+                with _Timer(record, "clap"):
+                    record["clap_score"] = float(self.clap.score([row.prompt], [gen_audio.at(self.clap.sample_rate)])[0])
+            except Exception as exc:
+                self._note(record, "clap", exc)
+
         for name, backend in self.backends.items():
             try:
+                rate = backend.info.sample_rate
                 with _Timer(record, f"embed_{name}"):
-                    g = backend.features([gen])
-                    r = backend.features([ref]) if ref is not None else None
+                    g = backend.features([gen_audio.at(rate)])
+                    r = backend.features([ref_audio.at(rate)]) if ref_audio is not None else None
                 self.gen_features[name].append((index, g))
                 if r is not None:
                     self.ref_features[name].append((index, r))
@@ -288,6 +339,9 @@ def _per_clip_means(records: list[dict], metrics: dict, unavailable: dict) -> No
             metrics[f"{m}_n"] = len(values)
         elif m.startswith("onset_") and m not in unavailable:
             unavailable[m] = "no clip has visual events (<stem>.events.json) or reference audio"
+        elif m == "desync_s" and m not in unavailable:
+            unavailable[m] = ("no clip is 4.8 s or longer with a readable source video "
+                              "(Synchformer's sync head scores 14 segments)")
         elif m.startswith("av_align") and m not in unavailable:
             unavailable[m] = ("no clip has a readable source video" if m == "av_align"
                               else "no clip has both a source video and reference audio")
@@ -335,11 +389,14 @@ def _write_text(text: str, path: Path) -> None:
 
 
 def run_report(config: ReportConfig, progress: Callable[[int, int, str], None] | None = None,
-               backends: dict[str, EmbeddingBackend] | None = None) -> ReportResult:
+               backends: dict[str, EmbeddingBackend] | None = None, offsets: OffsetPredictor | None = None,
+               clap=None) -> ReportResult:
     """Score every row of the run, write report.parquet, summary.json and index.html.
 
-    `backends` replaces the ones `config.backends` names (already-built models, e.g. a tiny
-    CNN14 in tests or one shared across reports)."""
+    `backends` replaces the ones `config.backends` names, `offsets` the DeSync predictor and
+    `clap` the CLAP model (`text_embeddings` / `audio_embeddings` at 48 kHz) that would be
+    loaded from the weights folder: already-built models, e.g. tiny ones in tests or ones
+    shared across reports."""
     run_config, rows = load_run(config.run_dir)
     out_dir = Path(config.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -353,16 +410,23 @@ def run_report(config: ReportConfig, progress: Callable[[int, int, str], None] |
     load_start = time.perf_counter()
     if backends is None:
         backends = _load_backends(config, locator, unavailable)
-    model_load_s = time.perf_counter() - load_start
-    for key, build in (("desync_s", build_offset_predictor),) + \
-            ((("clap_score", build_clap),) if _is_text_to_audio(run_config, rows) else ()):
+    if offsets is None:
         try:
-            build(locator)
+            offsets = build_offset_predictor(locator, config.device)
         except BackendUnavailable as exc:
-            unavailable[key] = str(exc)
+            unavailable["desync_s"] = str(exc)
+    clap_scorer = None
+    if any(r.prompt for r in rows) or _is_text_to_audio(run_config, rows):
+        try:
+            clap_scorer = _ClapScorer(clap if clap is not None else build_clap(locator, config.device))
+        except BackendUnavailable as exc:
+            unavailable["clap_score"] = str(exc)
+    else:
+        unavailable["clap_score"] = "no clip has a text prompt (CLAP scores text-audio agreement)"
+    model_load_s = time.perf_counter() - load_start
     unavailable.setdefault("kl_passt", unavailable.get("fad_passt", "passt backend not requested"))
 
-    scorer = _ClipScorer(config, backends, ReferenceIndex(config.reference))
+    scorer = _ClipScorer(config, backends, ReferenceIndex(config.reference), offsets, clap_scorer)
     records: list[dict] = []
     media: dict[str, ClipMedia] = {}
     for i, row in enumerate(rows):
