@@ -192,6 +192,10 @@ KNOWN_FILES: tuple[KnownFile, ...] = (
               "https://huggingface.co/lukewys/laion_clap/resolve/main/music_speech_audioset_epoch_15_esc_89.98.pt",
               "LAION-CLAP HTSAT-base, music+speech+AudioSet (CLAP score, as av-benchmark uses it)",
               note=_HF_NOT_RECORDED),
+    KnownFile("roberta-base", "vocab.json", "https://huggingface.co/FacebookAI/roberta-base/resolve/main/vocab.json",
+              "RoBERTa-base BPE vocabulary (LAION-CLAP's text tokenizer)", note=_HF_NOT_RECORDED),
+    KnownFile("roberta-base", "merges.txt", "https://huggingface.co/FacebookAI/roberta-base/resolve/main/merges.txt",
+              "RoBERTa-base BPE merges (LAION-CLAP's text tokenizer)", note=_HF_NOT_RECORDED),
     # the user's own MF-MJT checkpoint
     KnownFile("mf-mjt", "mf_mjt_small_16k.safetensors", "",
               "your MF-MJT small 16 kHz checkpoint (one-step)",

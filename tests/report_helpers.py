@@ -108,7 +108,7 @@ def write_events(video_path: Path, times_s) -> Path:
 def write_generate_run(run_dir: Path, rows: list[dict]) -> Path:
     """A generate run as `dub generate` lays it out: run.json, report.parquet, mp4/.
 
-    Each row: video_id, path (source), status, and for done rows `output_mp4`.
+    Each row: video_id, path (source), status, and for done rows `output_mp4`; optional `prompt`.
     """
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -128,6 +128,9 @@ def write_generate_run(run_dir: Path, rows: list[dict]) -> Path:
     schema = pa.schema([("video_id", pa.string()), ("path", pa.string()), ("status", pa.string()),
                         ("error", pa.string()), ("output_mp4", pa.string()), ("output_shard", pa.string()),
                         ("audio_duration_s", pa.float64()), ("t_total_s", pa.float64())])
+    if any("prompt" in r for r in rows):
+        table["prompt"] = [r.get("prompt") for r in rows]
+        schema = schema.append(pa.field("prompt", pa.string()))
     pq.write_table(pa.Table.from_pydict(table, schema=schema), run_dir / "report.parquet")
     return run_dir
 

@@ -239,3 +239,34 @@ def test_desync_and_passt_scores_with_tiny_models(run_dir, tmp_path):
     assert "desync" in summary["timings_ms_per_clip"] and "embed_passt" in summary["timings_ms_per_clip"]
     assert set(seen_lengths) == {int(DURATION * 32000)}  # resampled for PaSST, generated and reference
     assert "text prompt" in summary["unavailable"]["clap_score"]
+
+
+def test_clap_score_for_clips_with_prompts(tmp_path):
+    """A run whose rows carry prompts gets a CLAP score per prompted clip (tiny LAION-CLAP in the
+    publisher's layout), equal to the cosine of the model's own text and 48 kHz audio embeddings."""
+    from tests.test_clap import MERGES, VOCAB, fixture_state, tiny_config
+    from workflows.metrics.clap import load_clap
+    from workflows.metrics.media_io import read_audio
+
+    times = _events(7)
+    rows = []
+    for k, prompt in enumerate(("a dog barks twice", None)):
+        generated = write_clip(tmp_path / "run" / "mp4" / f"t{k}.mp4", event_frames(times, DURATION, seed=k),
+                               burst_audio(times, DURATION, seed=k))
+        rows.append({"video_id": f"t{k}", "path": generated, "output_mp4": generated, "prompt": prompt})
+    run = write_generate_run(tmp_path / "run", rows)
+    config = tiny_config()
+    clap = load_clap(fixture_state(config), "cpu", config, VOCAB, MERGES)
+    report_cfg = ReportConfig(run_dir=str(run), out_dir=str(tmp_path / "out"), backends=(),
+                              weights_dir=str(tmp_path / "none"), write_html=False)
+    result = run_report(report_cfg, clap=clap)
+    scored, unprompted = result.rows
+    expected = clap.scores(["a dog barks twice"], [read_audio(rows[0]["output_mp4"], 48000)])[0]
+    assert scored["clap_score"] == pytest.approx(float(expected), abs=1e-6)
+    assert -1.0 <= scored["clap_score"] <= 1.0 and unprompted["clap_score"] is None
+    assert result.summary["metrics"]["clap_score_n"] == 1 and "clap_score" not in result.summary["unavailable"]
+    # without the weights the summary names the missing file and the rest still runs
+    missing = run_report(ReportConfig(run_dir=str(run), out_dir=str(tmp_path / "out2"), backends=(),
+                                      weights_dir=str(tmp_path / "none"), write_html=False))
+    assert "music_speech_audioset_epoch_15_esc_89.98.pt" in missing.summary["unavailable"]["clap_score"]
+    assert missing.rows[0]["av_align"] is not None
