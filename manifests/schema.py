@@ -59,6 +59,7 @@ REPORT_FIELDS = [
     pa.field("output_mp4", pa.string()),
     pa.field("output_shard", pa.string()),
     pa.field("output_audio", pa.string()),  # text-to-audio runs: the encoded audio file
+    pa.field("prompt", pa.string()),  # the text the clip was generated with ("" = none); CLAP scores it
     pa.field("audio_duration_s", pa.float64()),
     pa.field("num_windows", pa.int32()),
     pa.field("config_hash", pa.string()),

@@ -280,3 +280,18 @@ def test_text_to_audio_writes_one_audio_file_per_prompt(ray_session, checkpoint,
     again = run_generate(GenerateConfig(out_dir=str(out), prompts_file=str(prompts), checkpoint=str(checkpoint),
                                         t2a_duration_s=2.0, audio_codec="flac"))
     assert again.generated == 0 and again.already_done == 2
+    assert [r["prompt"] for r in pq.read_table(out / "report.parquet").to_pylist()] == \
+        ["a snare drum hit", "a cow bell ringing twice"]
+
+    # dub report on the text-to-audio run: the audio files are read, CLAP scores each prompt
+    from tests.test_clap import MERGES, VOCAB, fixture_state, tiny_config
+    from workflows.metrics.clap import load_clap
+    from workflows.report import ReportConfig, run_report
+
+    clap_config = tiny_config()
+    clap = load_clap(fixture_state(clap_config), "cpu", clap_config, VOCAB, MERGES)
+    report = run_report(ReportConfig(run_dir=str(out), out_dir=str(tmp_path / "report"), backends=("logmel",),
+                                     weights_dir=str(tmp_path / "no_weights"), write_html=False), clap=clap)
+    assert [r["status"] for r in report.rows] == ["ok", "ok"]
+    assert all(-1.0 <= r["clap_score"] <= 1.0 and r["error"] is None for r in report.rows)
+    assert report.summary["metrics"]["clap_score_n"] == 2

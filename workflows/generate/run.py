@@ -205,6 +205,7 @@ def _reconcile(cfg: GenerateConfig, paths: dict, videos: list[_Video], config_ha
             # Outputs made durable just before a crash, before their journal row: adopt them.
             row = _row(video.video_id, video.path, "done", None, config_hash=config_hash, reconstructed=True)
         row.update(outputs)
+        row["prompt"] = video.prompt
         done.append(row)
     return done, pending
 
@@ -333,7 +334,8 @@ class _Writer:
         timings = {key: float(sum(float(w[key]) for w in windows))
                    for key in ("t_decode_s", "t_features_s", "t_generate_s", "t_decode_audio_s") if key in windows[0]}
         if errors:
-            row = _row(video.video_id, video.path, "failed", errors[0], num_windows=len(windows), **timings)
+            row = _row(video.video_id, video.path, "failed", errors[0], num_windows=len(windows),
+                       prompt=video.prompt, **timings)
             self.journal.add([row])
             return row
         start = time.perf_counter()
@@ -342,12 +344,12 @@ class _Writer:
             spans = [Window(float(w["start_s"]), float(w["start_s"]) + float(w["valid_s"])) for w in windows]
             audio = stitch([np.asarray(w["audio"])[: int(round(float(w["valid_s"]) * sr))] for w in windows], spans, sr)
             audio = audio[: int(round(video.duration_s * sr))]
-            row = _row(video.video_id, video.path, "done", None, num_windows=len(windows),
+            row = _row(video.video_id, video.path, "done", None, num_windows=len(windows), prompt=video.prompt,
                        audio_duration_s=len(audio) / sr, config_hash=self.config_hash, **timings)
             self._write_outputs(video, audio, sr, windows, row)
         except Exception as exc:  # noqa: BLE001 - a write failure fails this video, not the run
             row = _row(video.video_id, video.path, "failed", f"write: {type(exc).__name__}: {exc}",
-                       num_windows=len(windows), **timings)
+                       num_windows=len(windows), prompt=video.prompt, **timings)
             self.journal.add([row])
             return row
         row["t_write_s"] = time.perf_counter() - start

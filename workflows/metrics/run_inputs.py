@@ -34,6 +34,7 @@ class GeneratedRow:
     output_mp4: Path | None
     output_shard: Path | None
     prompt: str | None
+    output_audio: Path | None = None  # text-to-audio runs: the audio file
 
 
 def _resolve(run_dir: Path, value) -> Path | None:
@@ -63,12 +64,14 @@ def load_run(run_dir: str | Path) -> tuple[dict, list[GeneratedRow]]:
     for r in table:
         rows.append(GeneratedRow(
             video_id=str(r["video_id"]),
-            source_path=_resolve(run_dir, r.get("path")),
+            # text-to-audio rows have no video: their path is "prompt:<index>"
+            source_path=None if str(r.get("path") or "").startswith("prompt:") else _resolve(run_dir, r.get("path")),
             status=str(r.get("status") or ""),
             error=r.get("error"),
             output_mp4=_resolve(run_dir, r.get("output_mp4")),
             output_shard=_resolve(run_dir, r.get("output_shard")),
             prompt=r.get("prompt"),
+            output_audio=_resolve(run_dir, r.get("output_audio")),
         ))
     return config, rows
 
@@ -84,9 +87,11 @@ def _decode_bytes(data: bytes, sample_rate: int) -> np.ndarray:
 
 
 def read_generated_audio(row: GeneratedRow, sample_rate: int) -> tuple[np.ndarray, str]:
-    """Generated audio of a done row (mp4 track, else `<video_id>.flac` in its WebDataset shard)."""
-    if row.output_mp4 is not None and row.output_mp4.is_file():
-        return read_audio(row.output_mp4, sample_rate), str(row.output_mp4)
+    """Generated audio of a done row (mp4 track, else the text-to-audio file, else
+    `<video_id>.flac` in its WebDataset shard)."""
+    for path in (row.output_mp4, row.output_audio):
+        if path is not None and path.is_file():
+            return read_audio(path, sample_rate), str(path)
     if row.output_shard is not None and row.output_shard.is_file():
         with tarfile.open(row.output_shard) as tar:
             for member in tar.getmembers():
@@ -96,7 +101,7 @@ def read_generated_audio(row: GeneratedRow, sample_rate: int) -> tuple[np.ndarra
                     return _decode_bytes(data, sample_rate), f"{row.output_shard}:{member.name}"
         raise FileNotFoundError(f"{row.output_shard} has no audio for {row.video_id}")
     raise FileNotFoundError(f"no generated audio for {row.video_id}: output_mp4={row.output_mp4}, "
-                            f"output_shard={row.output_shard}")
+                            f"output_audio={row.output_audio}, output_shard={row.output_shard}")
 
 
 class ReferenceIndex:
