@@ -197,6 +197,13 @@ def test_cli_prints_summary_and_timings(run_dir, tmp_path):
     assert not (out / "index.html").exists()
     bad = CliRunner().invoke(app, ["report", str(tmp_path / "missing"), "-o", str(out)])
     assert bad.exit_code == 2 and "report.parquet" in bad.output
+    skipped = CliRunner().invoke(app, ["report", str(run_dir), "-o", str(tmp_path / "skip_out"), "--backend", "logmel",
+                                       "--weights-dir", str(tmp_path), "--no-html", "--skip", "desync", "--json"])
+    assert skipped.exit_code == 0, skipped.output
+    summary = json.loads((tmp_path / "skip_out" / "summary.json").read_text())
+    assert summary["unavailable"]["desync_s"] == "left out (--skip desync)" and summary["config"]["skip"] == ["desync"]
+    wrong = CliRunner().invoke(app, ["report", str(run_dir), "-o", str(out), "--skip", "fad"])
+    assert wrong.exit_code != 0 and "desync" in wrong.output
 
 
 def test_desync_and_passt_scores_with_tiny_models(run_dir, tmp_path):

@@ -42,6 +42,7 @@ ALL_BACKENDS = ("panns", "vggish", "passt", "logmel")
 CLASSIFIER_BACKENDS = ("panns", "passt")  # backends whose logits give KL and IS
 PER_CLIP_METRICS = ("onset_acc", "onset_ap", "onset_precision", "onset_recall", "onset_f1",
                     "av_align", "av_align_reference", "kl_panns", "kl_passt", "desync_s", "clap_score")
+SKIPPABLE = ("desync", "clap")  # model-based metrics a user may leave out (`--skip`)
 LOWER_IS_BETTER = {"kl_panns", "kl_passt", "desync_s"} | {f"fad_{b}" for b in ALL_BACKENDS}
 
 
@@ -57,16 +58,19 @@ class ReportConfig:
     onsets: OnsetConfig = OnsetConfig()
     max_plots: int = 50  # clips with pictures and players in the page (the table lists all)
     write_html: bool = True
+    skip: tuple[str, ...] = ()  # SKIPPABLE metrics left out
 
     def as_dict(self) -> dict:
         d = asdict(self)
         d["backends"] = list(self.backends)
+        d["skip"] = list(self.skip)
         return d
 
     @classmethod
     def from_dict(cls, data: dict) -> "ReportConfig":
         data = dict(data)
         data["backends"] = tuple(data.get("backends", ALL_BACKENDS))
+        data["skip"] = tuple(data.get("skip", ()))
         if isinstance(data.get("onsets"), dict):
             data["onsets"] = OnsetConfig.from_dict(data["onsets"])
         return cls(**data)
@@ -410,13 +414,18 @@ def run_report(config: ReportConfig, progress: Callable[[int, int, str], None] |
     load_start = time.perf_counter()
     if backends is None:
         backends = _load_backends(config, locator, unavailable)
-    if offsets is None:
+    if "desync" in config.skip:
+        offsets = None
+        unavailable["desync_s"] = "left out (--skip desync)"
+    elif offsets is None:
         try:
             offsets = build_offset_predictor(locator, config.device)
         except BackendUnavailable as exc:
             unavailable["desync_s"] = str(exc)
     clap_scorer = None
-    if any(r.prompt for r in rows) or _is_text_to_audio(run_config, rows):
+    if "clap" in config.skip:
+        unavailable["clap_score"] = "left out (--skip clap)"
+    elif any(r.prompt for r in rows) or _is_text_to_audio(run_config, rows):
         try:
             clap_scorer = _ClapScorer(clap if clap is not None else build_clap(locator, config.device))
         except BackendUnavailable as exc:

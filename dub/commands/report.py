@@ -22,7 +22,10 @@ def register(app: typer.Typer) -> None:
             help="FAD embedding backends: panns, vggish, passt, logmel (default: all; unavailable ones are reported)."),
         weights_dir: Optional[Path] = typer.Option(
             None, "--weights-dir", help="Local weights folder (default: $DUB_WEIGHTS_DIR or ~/.cache/dub/weights)."),
-        device: str = typer.Option("cpu", help="cpu | cuda (embedding models)."),
+        device: str = typer.Option("cpu", help="cpu | cuda (embedding, Synchformer and CLAP models)."),
+        skip: List[str] = typer.Option(
+            None, "--skip",
+            help="Leave out a model-based metric: desync (full Synchformer: ~30-40 s per clip on a 2-core CPU), clap."),
         max_plots: int = typer.Option(50, "--max-plots", help="Clips with pictures and audio players in the page."),
         tolerance: float = typer.Option(0.3, "--onset-tolerance",
                                         help="Onset accuracy/AP matching window in seconds (MMAudio eval_onsets: 0.3)."),
@@ -38,19 +41,22 @@ def register(app: typer.Typer) -> None:
 
         from workflows.metrics.embeddings import BACKENDS
         from workflows.metrics.onsets import OnsetConfig
-        from workflows.report import ALL_BACKENDS, ReportConfig, grouped_unavailable, run_report
+        from workflows.report import ALL_BACKENDS, SKIPPABLE, ReportConfig, grouped_unavailable, run_report
 
         backends = tuple(backend) if backend else ALL_BACKENDS
         unknown = [b for b in backends if b not in BACKENDS]
         if unknown:
             raise typer.BadParameter(f"unknown backend(s) {unknown}; choose from {sorted(BACKENDS)}")
+        unknown_skip = sorted(set(skip or ()) - set(SKIPPABLE))
+        if unknown_skip:
+            raise typer.BadParameter(f"unknown --skip {unknown_skip}; choose from {list(SKIPPABLE)}")
         if reference is not None and not reference.exists():
             raise typer.BadParameter(f"--reference {reference} does not exist")
         config = ReportConfig(run_dir=str(run), out_dir=str(out),
                               reference=None if reference is None else str(reference),
                               backends=backends, weights_dir=None if weights_dir is None else str(weights_dir),
                               device=device, onsets=OnsetConfig(tolerance_s=tolerance),
-                              max_plots=max_plots, write_html=not no_html)
+                              max_plots=max_plots, write_html=not no_html, skip=tuple(skip or ()))
         console = Console(stderr=as_json)
         try:
             with console.status("scoring clips") as status:
