@@ -155,7 +155,7 @@ KNOWN_FILES: tuple[KnownFile, ...] = (
               "BigVGAN vocoder, 16 kHz (from Make-An-Audio 2)", size_hint="429M",
               md5="eeaf372a38a9c31c362120aba2dde292", note=_MMAUDIO_MD5),
     KnownFile("mmaudio-ext", "synchformer_state_dict.pth", _MMAUDIO_RELEASE + "synchformer_state_dict.pth",
-              "Synchformer (visual branch gives the sync features)", size_hint="907M",
+              "Synchformer (its visual branch gives the sync features; the whole model scores DeSync)", size_hint="907M",
               md5="5b2f5594b0730f70e41e549b7c94390c", note=_MMAUDIO_MD5),
     # BigVGAN-v2 44.1 kHz vocoder, the one MMAudio's 44k models decode with
     KnownFile("bigvgan-v2-44k", "bigvgan_generator.pt", _BIGVGAN_V2 + "bigvgan_generator.pt",
