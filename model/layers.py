@@ -113,3 +113,16 @@ class TimestepEmbedder(nn.Module):
         # MMAudio casts to t's dtype; casting to the weights' dtype also lets float32 times drive
         # a half-precision network (under autocast the linear layers recast anyway).
         return self.mlp(self.sinusoid(t).to(self.mlp[0].weight.dtype))
+
+
+class GeluMlp(nn.Module):
+    """The ViT (timm) MLP: fc1 -> exact GELU -> fc2. Key names fc1/fc2 as in the released
+    MotionFormer, PaSST and HTS-AT checkpoints, which all use it."""
+
+    def __init__(self, dim: int, hidden: int) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden)
+        self.fc2 = nn.Linear(hidden, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(F.gelu(self.fc1(x)))

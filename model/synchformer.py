@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from model.layers import GeluMlp
 from model.state_dicts import read_state_dict, strict_load
 
 KEY_PREFIX = "vfeat_extractor."
@@ -142,16 +143,6 @@ class DividedAttention(nn.Module):
         return self.proj(out.transpose(1, 2).reshape(n, length, dim))
 
 
-class Mlp(nn.Module):
-    def __init__(self, dim: int, hidden: int) -> None:
-        super().__init__()
-        self.fc1 = nn.Linear(dim, hidden)
-        self.fc2 = nn.Linear(hidden, dim)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(F.gelu(self.fc1(x)))
-
-
 class DividedSpaceTimeBlock(nn.Module):
     """Time attention (norm3) first, then space attention (norm1), then the MLP (norm2)."""
 
@@ -162,7 +153,7 @@ class DividedSpaceTimeBlock(nn.Module):
         self.attn = DividedAttention(dim, config.num_heads, config.qkv_bias)
         self.timeattn = DividedAttention(dim, config.num_heads, config.qkv_bias)
         self.norm2 = nn.LayerNorm(dim, eps=eps)
-        self.mlp = Mlp(dim, int(dim * config.mlp_ratio))
+        self.mlp = GeluMlp(dim, int(dim * config.mlp_ratio))
         self.norm3 = nn.LayerNorm(dim, eps=eps)
 
     def forward(self, x: torch.Tensor, *, frames: int, patches: int) -> torch.Tensor:

@@ -35,6 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from model.layers import GeluMlp
 __all__ = ["HTSAT_BASE", "HTSATConfig", "HTSATEncoder", "HTSAT_TINY"]
 
 
@@ -218,16 +219,6 @@ class _WindowAttention(nn.Module):
         return self.proj(out.transpose(1, 2).reshape(bw, n, c))
 
 
-class _Mlp(nn.Module):
-    def __init__(self, dim: int, hidden: int) -> None:
-        super().__init__()
-        self.fc1 = nn.Linear(dim, hidden)
-        self.fc2 = nn.Linear(hidden, dim)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(F.gelu(self.fc1(x)))
-
-
 class _SwinBlock(nn.Module):
     def __init__(self, dim: int, resolution: int, heads: int, window: int, shifted: bool, mlp_ratio: float) -> None:
         super().__init__()
@@ -238,7 +229,7 @@ class _SwinBlock(nn.Module):
         self.norm1 = nn.LayerNorm(dim)
         self.attn = _WindowAttention(dim, self.window, heads)
         self.norm2 = nn.LayerNorm(dim)
-        self.mlp = _Mlp(dim, int(dim * mlp_ratio))
+        self.mlp = GeluMlp(dim, int(dim * mlp_ratio))
         if self.shift:
             self.register_buffer("attn_mask", _shift_mask(resolution, resolution, self.window, self.shift))
         else:

@@ -42,6 +42,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from model.layers import GeluMlp
 from model.state_dicts import read_state_dict, strict_load
 
 __all__ = ["CLIP_SAMPLES", "PASST_S_SWA", "PASST_TINY", "SAMPLE_RATE", "Passt", "PasstConfig", "PasstMelFrontEnd",
@@ -180,16 +181,6 @@ class _Attention(nn.Module):
         return self.proj(out.transpose(1, 2).reshape(b, n, d))
 
 
-class _Mlp(nn.Module):
-    def __init__(self, dim: int, hidden: int) -> None:
-        super().__init__()
-        self.fc1 = nn.Linear(dim, hidden)
-        self.fc2 = nn.Linear(hidden, dim)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(F.gelu(self.fc1(x)))
-
-
 class _Block(nn.Module):
     def __init__(self, config: PasstConfig) -> None:
         super().__init__()
@@ -197,7 +188,7 @@ class _Block(nn.Module):
         self.norm1 = nn.LayerNorm(dim, eps=1e-6)
         self.attn = _Attention(dim, config.num_heads)
         self.norm2 = nn.LayerNorm(dim, eps=1e-6)
-        self.mlp = _Mlp(dim, int(dim * config.mlp_ratio))
+        self.mlp = GeluMlp(dim, int(dim * config.mlp_ratio))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x + self.attn(self.norm1(x))
