@@ -300,7 +300,7 @@ def test_cnn14_tiny_forward_and_checkpoint_round_trip(tmp_path):
         with torch.no_grad():
             emb2, logits2 = loaded(wav)
         assert torch.equal(emb, emb2) and torch.equal(logits, logits2)
-    with pytest.raises(ValueError, match="does not match CNN14"):
+    with pytest.raises(ValueError, match="does not match the CNN14"):
         load_cnn14(tmp_path / "tiny.pth")  # the full-size config
 
 

@@ -18,6 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from model.state_dicts import read_state_dict, strict_load
+
 __all__ = ["CNN14_16K", "Cnn14", "Cnn14Config", "LogMelFrontEnd", "load_cnn14"]
 
 
@@ -150,25 +152,15 @@ class Cnn14(nn.Module):
 
 def load_cnn14(path: str | Path, config: Cnn14Config = CNN14_16K, device: str = "cpu") -> Cnn14:
     """CNN14 with weights from a released `.pth` (`{"model": ...}`, loaded weights-only) or a
-    `.safetensors` file of the same keys."""
+    `.safetensors` file of the same keys; every key and shape must match (ValueError names them)."""
     path = Path(path)
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        state = load_file(str(path))
-    else:
-        try:
-            blob = torch.load(str(path), map_location="cpu", weights_only=True)
-        except Exception as exc:
-            raise ValueError(f"{path} cannot be read with torch.load(weights_only=True) ({exc}); "
-                             f"re-save its 'model' state dict as safetensors") from exc
-        state = blob.get("model", blob) if isinstance(blob, dict) else blob
-    model = Cnn14(config)
     try:
-        missing, unexpected = model.load_state_dict(state, strict=False)
-    except RuntimeError as exc:  # shape mismatches
-        raise ValueError(f"{path} does not match CNN14 {config}: {str(exc)[:500]}") from exc
-    if missing or unexpected:
-        raise ValueError(f"{path} does not match CNN14 {config}: missing keys {list(missing)[:5]}, "
-                         f"unexpected keys {list(unexpected)[:5]}")
+        state = read_state_dict(path, "fc_audioset.weight", what="CNN14 weights file")
+    except KeyError as exc:
+        raise ValueError(f"{path} holds no CNN14 state dict (no 'fc_audioset.weight' key); expected "
+                         "Cnn14_16k_mAP=0.438.pth or its imported .safetensors") from exc
+    with torch.device("meta"):  # strict_load materialises it; skips initialising 81M parameters
+        model = Cnn14(config)
+    strict_load(model, state, str(path), against="CNN14", detail=f" ({config})",
+                hint="expected PANNs' Cnn14_16k_mAP=0.438.pth (or its imported .safetensors)")
     return model.eval().to(device)

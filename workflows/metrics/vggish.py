@@ -192,7 +192,7 @@ def load_vggish(path: str | Path, config: VGGishConfig = VGGISH, device: str = "
                          "torchvggish's vggish-10086976.pth or its imported .safetensors") from exc
     with torch.device("meta"):  # strict_load materialises it; skips initialising 72M parameters
         model = VGGish(config)
-    strict_load(model, state, str(path), against=f"VGGish {config}",
+    strict_load(model, state, str(path), against="VGGish", detail=f" ({config})",
                 hint="expected torchvggish's vggish-10086976.pth (or its imported .safetensors)")
     return model.eval().to(device)
 
