@@ -34,10 +34,10 @@ def main(argv: list[str] | None = None) -> int:
 
     from model.registry import WeightsRegistry
     from workflows.metrics.clap import ClapModel, clap_htsat_base
-    from workflows.metrics.panns import CNN14_16K, Cnn14
-    from workflows.metrics.passt import PASST_S_SWA, PaSST
-    from workflows.metrics.synchformer_sync import FullSynchformer, FullSynchformerConfig
-    from workflows.metrics.vggish import VGGISH, VGGish
+    from workflows.metrics.models.panns import CNN14_16K, Cnn14
+    from workflows.metrics.models.passt import PASST_S_SWA, PaSST
+    from workflows.metrics.models.synchformer_sync import FullSynchformer, FullSynchformerConfig
+    from workflows.metrics.models.vggish import VGGISH, VGGish
     from workflows.metrics.weights import METRIC_WEIGHTS
 
     registry = WeightsRegistry(args.out)

@@ -24,7 +24,7 @@ from workflows.metrics.desync import (
     desync_windows,
 )
 from workflows.metrics.embeddings import BackendUnavailable
-from workflows.metrics.synchformer_sync import (
+from workflows.metrics.models.synchformer_sync import (
     FullSynchformer,
     FullSynchformerConfig,
     SyncMelFrontEnd,

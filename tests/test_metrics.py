@@ -17,7 +17,7 @@ from workflows.metrics.fad import frechet_distance, frechet_distance_from_stats,
 from workflows.metrics.media_io import read_audio, read_grey_frames
 from workflows.metrics.onsets import (OnsetConfig, average_precision, detect_onsets, onset_prf,
                                       score_onsets)
-from workflows.metrics.panns import Cnn14, Cnn14Config, LogMelFrontEnd, load_cnn14
+from workflows.metrics.models.panns import Cnn14, Cnn14Config, LogMelFrontEnd, load_cnn14
 from workflows.metrics.plots import encode_png, spectrogram_png, waveform_png
 from workflows.metrics.weights import MissingWeights, WeightsLocator
 

@@ -18,7 +18,7 @@ from safetensors.torch import load_file, save_file
 
 from workflows.metrics.classifiers import inception_score, kl_softmax
 from workflows.metrics.embeddings import BackendUnavailable, PasstBackend, build_backend
-from workflows.metrics.passt import (CLIP_SAMPLES, PASST_S_SWA, PASST_TINY, SAMPLE_RATE, Passt, PasstConfig,
+from workflows.metrics.models.passt import (CLIP_SAMPLES, PASST_S_SWA, PASST_TINY, SAMPLE_RATE, Passt, PasstConfig,
                                      PasstMelFrontEnd, checkpoint_shapes, fit_clip, kaldi_mel_banks, load_passt)
 from workflows.metrics.weights import METRIC_WEIGHTS, WeightsLocator
 

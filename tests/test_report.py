@@ -138,7 +138,7 @@ def test_classifier_metrics_with_a_panns_model(run_dir, tmp_path):
     import torch
 
     from workflows.metrics.embeddings import PannsBackend
-    from workflows.metrics.panns import Cnn14, Cnn14Config
+    from workflows.metrics.models.panns import Cnn14, Cnn14Config
 
     tiny = Cnn14Config(mel_bins=32, classes_num=5, channels=(4, 4, 8, 8, 8, 16))
     torch.manual_seed(0)
@@ -213,8 +213,8 @@ def test_desync_and_passt_scores_with_tiny_models(run_dir, tmp_path):
 
     from workflows.metrics.desync import OFFSET_GRID_S, build_offset_predictor
     from workflows.metrics.embeddings import PasstBackend
-    from workflows.metrics.passt import PASST_TINY, PaSST
-    from workflows.metrics.synchformer_sync import FullSynchformer, FullSynchformerConfig
+    from workflows.metrics.models.passt import PASST_TINY, PaSST
+    from workflows.metrics.models.synchformer_sync import FullSynchformer, FullSynchformerConfig
     from workflows.metrics.weights import WeightsLocator
 
     torch.manual_seed(0)

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from workflows.metrics.embeddings import BackendUnavailable, VGGishBackend, build_backend
-from workflows.metrics.vggish import (EXAMPLE_FRAMES, MEL_BANDS, MIN_SAMPLES, SAMPLE_RATE, VGGish, VGGishConfig,
+from workflows.metrics.models.vggish import (EXAMPLE_FRAMES, MEL_BANDS, MIN_SAMPLES, SAMPLE_RATE, VGGish, VGGishConfig,
                                       VGGishFrontEnd, htk_mel_matrix, load_vggish, load_vggish_pca)
 from workflows.metrics.weights import METRIC_WEIGHTS, WeightsLocator
 

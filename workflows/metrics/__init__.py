@@ -1,5 +1,6 @@
 """Metrics for `dub report`: Fréchet distance, onset and AV-Align sync scores, classifier scores,
-embedding backends (PANNs CNN14, weights-free log-mel), pictures for the HTML page.
+embedding backends (PANNs, VGGish, PaSST, weights-free log-mel), DeSync, CLAP score, pictures
+for the HTML page. The networks themselves are in `models/`.
 
 Public entry points:
     fad.frechet_distance(a, b)                 two (N, D) embedding sets -> float
@@ -7,6 +8,8 @@ Public entry points:
     av_align.av_align_score                    audio onsets vs video motion peaks (IoU)
     embeddings.build_backend(name, locator)    'panns' | 'vggish' | 'passt' | 'logmel'
     classifiers.kl_softmax / inception_score   from classifier logits
+    desync.build_offset_predictor(locator)     full Synchformer offsets, first/last 14 segments
+    clap.build_clap(locator)                   LAION-CLAP text/audio embeddings; clap.clap_score
 """
 
 from workflows.metrics.fad import frechet_distance

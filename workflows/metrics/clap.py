@@ -43,8 +43,8 @@ from workflows.metrics.embeddings import BackendUnavailable
 from workflows.metrics.weights import MissingWeights, WeightsLocator
 
 if TYPE_CHECKING:
-    from workflows.metrics.htsat import HTSATConfig
-    from workflows.metrics.roberta import RobertaConfig
+    from workflows.metrics.models.htsat import HTSATConfig
+    from workflows.metrics.models.roberta import RobertaConfig
 
 __all__ = ["ROBERTA_MODEL", "ClapConfig", "ClapPreprocess", "ClapScorer",
            "build_clap", "clap_htsat_base", "clap_score", "clap_state_dict", "load_clap", "prepare_clap_audio"]
@@ -79,8 +79,8 @@ class ClapConfig:
 
     @classmethod
     def from_dict(cls, data: dict) -> "ClapConfig":
-        from workflows.metrics.htsat import HTSATConfig
-        from workflows.metrics.roberta import RobertaConfig
+        from workflows.metrics.models.htsat import HTSATConfig
+        from workflows.metrics.models.roberta import RobertaConfig
 
         data = dict(data)
         return cls(audio=HTSATConfig.from_dict(data.pop("audio")), text=RobertaConfig.from_dict(data.pop("text")),
@@ -90,8 +90,8 @@ class ClapConfig:
 def clap_htsat_base() -> ClapConfig:
     """The released model: HTSAT-base + RoBERTa-base, 512-d joint space (a function, so that
     importing this module does not import torch)."""
-    from workflows.metrics.htsat import HTSAT_BASE
-    from workflows.metrics.roberta import ROBERTA_BASE
+    from workflows.metrics.models.htsat import HTSAT_BASE
+    from workflows.metrics.models.roberta import ROBERTA_BASE
 
     return ClapConfig(HTSAT_BASE, ROBERTA_BASE)
 
@@ -154,8 +154,8 @@ def _model_class():
     import torch.nn.functional as F
     from torch import nn
 
-    from workflows.metrics.htsat import HTSATEncoder
-    from workflows.metrics.roberta import RobertaModel
+    from workflows.metrics.models.htsat import HTSATEncoder
+    from workflows.metrics.models.roberta import RobertaModel
 
     class ClapModel(nn.Module):
         """LAION-CLAP (non-fusion) with the checkpoint's key names; outputs unit-norm embeddings."""
@@ -221,7 +221,7 @@ def load_clap(path, device: str = "cpu", config: ClapConfig | None = None,
     import torch
 
     from model.state_dicts import strict_load
-    from workflows.metrics.roberta import ByteLevelBPETokenizer
+    from workflows.metrics.models.roberta import ByteLevelBPETokenizer
 
     config = config or clap_htsat_base()
     for name, file in (("vocab.json", vocab_path), ("merges.txt", merges_path)):

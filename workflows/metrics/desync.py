@@ -32,7 +32,7 @@ from workflows.metrics.embeddings import BackendUnavailable
 from workflows.metrics.weights import MissingWeights, WeightsLocator
 
 if TYPE_CHECKING:
-    from workflows.metrics.synchformer_sync import FullSynchformer, FullSynchformerConfig
+    from workflows.metrics.models.synchformer_sync import FullSynchformer, FullSynchformerConfig
 
 __all__ = ["HEAD_SEGMENTS", "OFFSET_GRID_S", "SEGMENT_STRIDE_S", "WINDOW_S", "OffsetPredictor",
            "SynchformerOffsetPredictor", "build_offset_predictor", "desync_score", "desync_segment_windows",
@@ -64,7 +64,7 @@ def desync_windows(duration_s: float) -> list[tuple[float, float]]:
     """The time spans (seconds) of the two windows for a clip of `duration_s` whose video and
     audio both last that long: [] under 4.8 s; the last window ends on the segment grid (a
     multiple of 0.32 s plus 0.32 s), which can be before the clip's end."""
-    from workflows.metrics.synchformer_sync import SAMPLE_RATE, VIDEO_FPS, num_audio_segments, num_video_segments
+    from workflows.metrics.models.synchformer_sync import SAMPLE_RATE, VIDEO_FPS, num_audio_segments, num_video_segments
 
     frames = max(0, math.ceil(duration_s * VIDEO_FPS - 1e-6))
     segments = min(num_video_segments(frames), num_audio_segments(int(round(duration_s * SAMPLE_RATE))))
@@ -94,7 +94,7 @@ class SynchformerOffsetPredictor:
         segments the head needs, return [offset of the first 14, offset of the last 14] in seconds
         (signed; `desync_score` takes the absolute values), or [] for a clip under 14 segments."""
         from workflows.media.decode import FrameTarget, decode_window
-        from workflows.metrics.synchformer_sync import SAMPLE_RATE, VIDEO_FPS
+        from workflows.metrics.models.synchformer_sync import SAMPLE_RATE, VIDEO_FPS
 
         wav = _mono(wav_16k)
         if self.max_duration_s is not None:
@@ -112,7 +112,7 @@ class SynchformerOffsetPredictor:
         """(windows, 21) offset logits of the first and last 14 segments; (0, 21) for short clips."""
         import torch
 
-        from workflows.metrics.synchformer_sync import num_audio_segments, num_video_segments
+        from workflows.metrics.models.synchformer_sync import num_audio_segments, num_video_segments
 
         wav = _mono(wav_16k)
         segments = min(num_video_segments(len(frames_25fps)), num_audio_segments(len(wav)))
@@ -147,7 +147,7 @@ def build_offset_predictor(locator: WeightsLocator, device: str = "cpu", *,
         path = locator.path("synchformer")
     except MissingWeights as exc:
         raise BackendUnavailable(str(exc)) from exc
-    from workflows.metrics.synchformer_sync import load_full_synchformer
+    from workflows.metrics.models.synchformer_sync import load_full_synchformer
 
     try:
         model = load_full_synchformer(path, device, config)
