@@ -35,7 +35,23 @@ def connect(address: str | None = None, *, quiet: bool = True) -> ClusterResourc
         else:
             # Local embedded Ray: keep the object store modest so laptops are not starved.
             ray.init(object_store_memory=_local_object_store_bytes(), **kwargs)
+    if quiet:
+        _quiet_ray_data_console()
     return resources()
+
+
+def _quiet_ray_data_console() -> None:
+    """Ray Data's per-dataset INFO lines (plan, "execution finished") drown our progress bar:
+    raise its console handler to WARNING. Its log file (under the Ray session) keeps everything."""
+    import logging
+
+    import ray.data  # noqa: F401 - configures the "ray.data" logger and its handlers on import
+
+    for handler in logging.getLogger("ray.data").handlers:
+        if not isinstance(handler, logging.FileHandler) and "File" not in type(handler).__name__:
+            handler.setLevel(logging.WARNING)
+    # we turn Ray's progress bars off on purpose (dub draws its own): no warning about it
+    logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)
 
 
 def resources() -> ClusterResources:
