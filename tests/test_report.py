@@ -3,6 +3,7 @@ opened in headless Chromium, the CLI."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import shutil
@@ -246,6 +247,18 @@ def test_desync_and_passt_scores_with_tiny_models(run_dir, tmp_path):
     assert "desync" in summary["timings_ms_per_clip"] and "embed_passt" in summary["timings_ms_per_clip"]
     assert set(seen_lengths) == {int(DURATION * 32000)}  # resampled for PaSST, generated and reference
     assert "text prompt" in summary["unavailable"]["clap_score"]
+
+    # --audio-length 3: the models see the first 3 s (as av-benchmark's --audio_length); DeSync
+    # then has under 14 segments and says so, the onset metrics still score whole clips
+    seen_lengths.clear()
+    short = run_report(dataclasses.replace(config, out_dir=str(tmp_path / "out3"), audio_length_s=3.0),
+                       backends={"passt": backend}, offsets=build_offset_predictor(
+                           WeightsLocator(tmp_path), config=tiny_sync, max_duration_s=3.0))
+    assert set(seen_lengths) == {3 * 32000}
+    assert all(r["desync_s"] is None for r in short.rows) and "4.8 s" in short.summary["unavailable"]["desync_s"]
+    assert short.summary["metrics"]["onset_acc_n"] == summary["metrics"]["onset_acc_n"]
+    with pytest.raises(ValueError, match="audio_length_s"):
+        dataclasses.replace(config, audio_length_s=0.0)
 
 
 def test_clap_score_for_clips_with_prompts(tmp_path):

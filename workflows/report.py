@@ -26,7 +26,7 @@ import numpy as np
 
 from workflows.metrics.av_align import av_align_score, motion_peaks
 from workflows.metrics.classifiers import inception_score, kl_softmax
-from workflows.metrics.clap import build_clap, clap_score
+from workflows.metrics.clap import ClapPreprocess, build_clap, clap_score
 from workflows.metrics.desync import OffsetPredictor, build_offset_predictor, desync_score
 from workflows.metrics.embeddings import BackendUnavailable, EmbeddingBackend, build_backend
 from workflows.metrics.fad import frechet_distance
@@ -59,6 +59,16 @@ class ReportConfig:
     max_plots: int = 50  # clips with pictures and players in the page (the table lists all)
     write_html: bool = True
     skip: tuple[str, ...] = ()  # SKIPPABLE metrics left out
+    # model-based metrics (FD/KL/IS, DeSync, CLAP) see the first audio_length_s of every clip, mean
+    # removed, as av-benchmark's --audio_length 8 (MMAudio's setting); None: whole clips
+    audio_length_s: float | None = 8.0
+
+    def __post_init__(self) -> None:
+        if self.audio_length_s is not None and self.audio_length_s <= 0:
+            raise ValueError(f"audio_length_s must be positive or None (whole clips), got {self.audio_length_s}")
+        unknown = sorted(set(self.skip) - set(SKIPPABLE))
+        if unknown:
+            raise ValueError(f"cannot skip {unknown}; skippable: {list(SKIPPABLE)}")
 
     def as_dict(self) -> dict:
         d = asdict(self)
@@ -121,6 +131,13 @@ class _ClipAudio:
         if rate not in self._by_rate:
             self._by_rate[rate] = self._load(rate)
         return self._by_rate[rate]
+
+    def model_input(self, rate: int, length_s: float | None) -> np.ndarray:
+        """What av-benchmark feeds its models: the first `length_s` seconds, mean removed."""
+        wav = self.at(rate)
+        if length_s is not None:
+            wav = wav[: int(round(length_s * rate))]
+        return wav - wav.mean() if len(wav) else wav
 
 
 class _ClapScorer:
@@ -244,7 +261,8 @@ class _ClipScorer:
         if self.offsets is not None and row.source_path is not None:
             try:
                 with _Timer(record, "desync"):
-                    offsets = self.offsets.clip_offsets(str(row.source_path), gen_audio.at(16000))
+                    offsets = self.offsets.clip_offsets(str(row.source_path),
+                                                        gen_audio.model_input(16000, cfg.audio_length_s))
                     # none for clips under 4.8 s: the sync head has positions for 14 segments
                     record["desync_s"] = desync_score(offsets) if offsets else None
             except Exception as exc:
@@ -253,7 +271,8 @@ class _ClipScorer:
         if self.clap is not None and row.prompt:
             try:
                 with _Timer(record, "clap"):
-                    record["clap_score"] = float(self.clap.score([row.prompt], [gen_audio.at(self.clap.sample_rate)])[0])
+                    wav = gen_audio.model_input(self.clap.sample_rate, cfg.audio_length_s)
+                    record["clap_score"] = float(self.clap.score([row.prompt], [wav])[0])
             except Exception as exc:
                 self._note(record, "clap", exc)
 
@@ -261,8 +280,9 @@ class _ClipScorer:
             try:
                 rate = backend.info.sample_rate
                 with _Timer(record, f"embed_{name}"):
-                    g = backend.features([gen_audio.at(rate)])
-                    r = backend.features([ref_audio.at(rate)]) if ref_audio is not None else None
+                    length = cfg.audio_length_s
+                    g = backend.features([gen_audio.model_input(rate, length)])
+                    r = backend.features([ref_audio.model_input(rate, length)]) if ref_audio is not None else None
                 self.gen_features[name].append((index, g))
                 if r is not None:
                     self.ref_features[name].append((index, r))
@@ -419,7 +439,7 @@ def run_report(config: ReportConfig, progress: Callable[[int, int, str], None] |
         unavailable["desync_s"] = "left out (--skip desync)"
     elif offsets is None:
         try:
-            offsets = build_offset_predictor(locator, config.device)
+            offsets = build_offset_predictor(locator, config.device, max_duration_s=config.audio_length_s)
         except BackendUnavailable as exc:
             unavailable["desync_s"] = str(exc)
     clap_scorer = None
@@ -427,7 +447,8 @@ def run_report(config: ReportConfig, progress: Callable[[int, int, str], None] |
         unavailable["clap_score"] = "left out (--skip clap)"
     elif any(r.prompt for r in rows) or _is_text_to_audio(run_config, rows):
         try:
-            clap_scorer = _ClapScorer(clap if clap is not None else build_clap(locator, config.device))
+            clap_scorer = _ClapScorer(clap if clap is not None else build_clap(
+                locator, config.device, preprocess=ClapPreprocess(max_seconds=config.audio_length_s)))
         except BackendUnavailable as exc:
             unavailable["clap_score"] = str(exc)
     else:

@@ -23,6 +23,10 @@ def register(app: typer.Typer) -> None:
         weights_dir: Optional[Path] = typer.Option(
             None, "--weights-dir", help="Local weights folder (default: $DUB_WEIGHTS_DIR or ~/.cache/dub/weights)."),
         device: str = typer.Option("cpu", help="cpu | cuda (embedding, Synchformer and CLAP models)."),
+        audio_length: float = typer.Option(
+            8.0, "--audio-length",
+            help="Seconds of each clip the model-based metrics see (FD/KL/IS, DeSync, CLAP), as av-benchmark's "
+                 "--audio_length (MMAudio: 8); 0 = whole clips."),
         skip: List[str] = typer.Option(
             None, "--skip",
             help="Leave out a model-based metric: desync (full Synchformer: ~30-40 s per clip on a 2-core CPU), clap."),
@@ -56,7 +60,8 @@ def register(app: typer.Typer) -> None:
                               reference=None if reference is None else str(reference),
                               backends=backends, weights_dir=None if weights_dir is None else str(weights_dir),
                               device=device, onsets=OnsetConfig(tolerance_s=tolerance),
-                              max_plots=max_plots, write_html=not no_html, skip=tuple(skip or ()))
+                              max_plots=max_plots, write_html=not no_html, skip=tuple(skip or ()),
+                              audio_length_s=audio_length if audio_length > 0 else None)
         console = Console(stderr=as_json)
         try:
             with console.status("scoring clips") as status:
