@@ -14,7 +14,6 @@ import time
 from pathlib import Path
 
 import av
-import numpy as np
 import pyarrow.parquet as pq
 import pytest
 

@@ -290,3 +290,35 @@ def test_clap_score_for_clips_with_prompts(tmp_path):
                                       weights_dir=str(tmp_path / "none"), write_html=False))
     assert "music_speech_audioset_epoch_15_esc_89.98.pt" in missing.summary["unavailable"]["clap_score"]
     assert missing.rows[0]["av_align"] is not None
+
+
+def test_workers_on_ray_give_the_in_process_results(ray_session, run_dir, tmp_path):
+    """`--workers 2`: two Ray actors, each with its own models, score the clips; every row and
+    set-level metric equals the in-process report's (timings aside)."""
+    import torch
+
+    from workflows.metrics.embeddings import PannsBackend, build_backend
+    from workflows.metrics.models.panns import Cnn14, Cnn14Config
+
+    tiny = Cnn14Config(mel_bins=32, classes_num=5, channels=(4, 4, 8, 8, 8, 16))
+    torch.manual_seed(1)
+    torch.save({"model": Cnn14(tiny).state_dict()}, tmp_path / "tiny_cnn14.pth")
+
+    def report(workers: int):
+        config = ReportConfig(run_dir=str(run_dir), out_dir=str(tmp_path / f"out{workers}"),
+                              reference=str(run_dir.parent / "refs"), weights_dir=str(tmp_path / "none"),
+                              max_plots=2, workers=workers)
+        backends = {"panns": PannsBackend(tmp_path / "tiny_cnn14.pth", config=tiny),
+                    "logmel": build_backend("logmel")}
+        return run_report(config, backends=backends)
+
+    alone, parallel = report(1), report(2)
+    untimed = [{k: v for k, v in r.items() if not k.startswith("t_")} for r in alone.rows]
+    assert [{k: v for k, v in r.items() if not k.startswith("t_")} for r in parallel.rows] == untimed
+    assert parallel.summary["metrics"] == alone.summary["metrics"]
+    assert parallel.summary["unavailable"] == alone.summary["unavailable"]
+    assert "fad_panns" in parallel.summary["metrics"] and "fad_logmel" in parallel.summary["metrics"]
+    assert set(parallel.media) == set(alone.media) and len(parallel.media) == 2
+    assert (tmp_path / "out2" / "index.html").stat().st_size > 10_000
+    with pytest.raises(ValueError, match="workers"):
+        ReportConfig(run_dir=str(run_dir), out_dir=str(tmp_path), workers=0)

@@ -6,8 +6,9 @@ Outputs in REPORT_DIR:
                      metrics could not run and why, mean time per clip of each metric
     index.html       one self-contained page (see workflows/report_page.py)
 
-Clips are scored one after the other in this process (metrics are cheap next to generation;
-the embedding models are loaded once). A metric that cannot run is listed under
+Clips are scored one after the other in this process (the models loaded once), or with
+`workers > 1` on that many Ray actors, each with its own models (`report_parallel.py`); the set-level
+metrics (FAD, IS) are computed from everything gathered, so both give the same numbers. A metric that cannot run is listed under
 `unavailable` with its reason (the missing weight file, not implemented, no reference), never
 written as zero.
 """
@@ -28,7 +29,8 @@ from workflows.metrics.av_align import av_align_score, motion_peaks
 from workflows.metrics.classifiers import inception_score, kl_softmax
 from workflows.metrics.clap import ClapPreprocess, build_clap, clap_score
 from workflows.metrics.desync import OffsetPredictor, build_offset_predictor, desync_score
-from workflows.metrics.embeddings import BackendUnavailable, EmbeddingBackend, build_backend
+from workflows.metrics.embeddings import (BackendInfo, BackendUnavailable, ClipFeatures, EmbeddingBackend,
+                                          build_backend)
 from workflows.metrics.fad import frechet_distance
 from workflows.metrics.media_io import encode_opus, read_audio, read_grey_frames
 from workflows.metrics.onsets import OnsetConfig, detect_onsets, onset_acc_ap, onset_prf
@@ -62,8 +64,14 @@ class ReportConfig:
     # model-based metrics (FD/KL/IS, DeSync, CLAP) see the first audio_length_s of every clip, mean
     # removed, as av-benchmark's --audio_length 8 (MMAudio's setting); None: whole clips
     audio_length_s: float | None = 8.0
+    # > 1: score clips on that many Ray actors (each loads the models once; one GPU each when
+    # device is cuda); 1: in this process
+    workers: int = 1
+    address: str | None = None  # Ray cluster for workers > 1 (else RAY_ADDRESS, else local Ray)
 
     def __post_init__(self) -> None:
+        if self.workers < 1:
+            raise ValueError(f"workers must be >= 1, got {self.workers}")
         if self.audio_length_s is not None and self.audio_length_s <= 0:
             raise ValueError(f"audio_length_s must be positive or None (whole clips), got {self.audio_length_s}")
         unknown = sorted(set(self.skip) - set(SKIPPABLE))
@@ -103,6 +111,17 @@ class ReportResult:
     summary: dict
     out_dir: Path
     media: dict[str, ClipMedia] = field(default_factory=dict)
+
+
+@dataclass
+class ScoredClip:
+    """One clip's outcome: its report row, page media, and embedding features per backend
+    (kept for the set-level metrics: FAD, IS, KL)."""
+    index: int
+    record: dict
+    media: ClipMedia | None = None
+    generated: dict[str, ClipFeatures] = field(default_factory=dict)
+    reference: dict[str, ClipFeatures] = field(default_factory=dict)
 
 
 class _Timer:
@@ -186,27 +205,30 @@ class _ClipScorer:
         self.refs = refs
         self.offsets = offsets  # DeSync (full Synchformer), None when its weights are missing
         self.clap = clap  # CLAP score, None when its weights are missing or no clip has a prompt
-        self.gen_features: dict[str, list] = {b: [] for b in backends}
-        self.ref_features: dict[str, list] = {b: [] for b in backends}
 
     def _note(self, record: dict, what: str, exc: Exception) -> None:
         msg = f"{what}: {type(exc).__name__}: {exc}"
         record["error"] = msg if not record["error"] else f"{record['error']}; {msg}"
 
-    def score(self, index: int, row: GeneratedRow, want_media: bool) -> tuple[dict, ClipMedia | None]:
+    def score(self, index: int, row: GeneratedRow, want_media: bool) -> ScoredClip:
+        scored = ScoredClip(index, _empty_record(row))
+        scored.media = self._score(row, want_media, scored)
+        return scored
+
+    def _score(self, row: GeneratedRow, want_media: bool, scored: ScoredClip) -> ClipMedia | None:
         cfg = self.config
-        record = _empty_record(row)
+        record = scored.record
         if row.status != "done":
             record["status"] = "skipped"
             record["error"] = f"generation {row.status or 'missing'}" + (f": {row.error}" if row.error else "")
-            return record, None
+            return None
         try:
             with _Timer(record, "read"):
                 gen, record["generated_path"] = read_generated_audio(row, cfg.sample_rate)
         except Exception as exc:  # no generated audio: the clip cannot be scored at all
             record["status"] = "failed"
             self._note(record, "read generated audio", exc)
-            return record, None
+            return None
         gen_audio = _ClipAudio(lambda rate: read_generated_audio(row, rate)[0])
         gen_audio._by_rate[cfg.sample_rate] = gen
         ref = events = ref_audio = None
@@ -283,9 +305,9 @@ class _ClipScorer:
                     length = cfg.audio_length_s
                     g = backend.features([gen_audio.model_input(rate, length)])
                     r = backend.features([ref_audio.model_input(rate, length)]) if ref_audio is not None else None
-                self.gen_features[name].append((index, g))
+                scored.generated[name] = g
                 if r is not None:
-                    self.ref_features[name].append((index, r))
+                    scored.reference[name] = r
             except Exception as exc:
                 self._note(record, f"embedding {name}", exc)
 
@@ -296,7 +318,7 @@ class _ClipScorer:
                     media = self._media(gen, ref, events if events is not None else ref_onsets, gen_onsets)
             except Exception as exc:
                 self._note(record, "plots", exc)
-        return record, media
+        return media
 
     def _media(self, gen: np.ndarray, ref: np.ndarray | None, marks: np.ndarray | None,
                gen_onsets: np.ndarray | None) -> ClipMedia:
@@ -330,10 +352,11 @@ def _load_backends(config: ReportConfig, locator: WeightsLocator,
     return backends
 
 
-def _set_metrics(scorer: _ClipScorer, records: list[dict], metrics: dict, notes: dict, unavailable: dict) -> None:
-    for name, backend in scorer.backends.items():
-        gen = scorer.gen_features[name]
-        ref = scorer.ref_features[name]
+def _set_metrics(infos: dict[str, BackendInfo], scored: list[ScoredClip], records: list[dict], metrics: dict,
+                 notes: dict, unavailable: dict) -> None:
+    for name, info in infos.items():
+        gen = [(c.index, c.generated[name]) for c in scored if name in c.generated]
+        ref = [(c.index, c.reference[name]) for c in scored if name in c.reference]
         if len(gen) < 2 or len(ref) < 2:
             unavailable[f"fad_{name}"] = (f"needs >= 2 generated and >= 2 reference clips, "
                                          f"have {len(gen)} and {len(ref)}")
@@ -342,12 +365,12 @@ def _set_metrics(scorer: _ClipScorer, records: list[dict], metrics: dict, notes:
             metrics[f"fad_{name}"] = frechet_distance(np.concatenate([f.embeddings for _, f in gen]),
                                                       np.concatenate([f.embeddings for _, f in ref]))
             metrics[f"t_fad_{name}_s"] = time.perf_counter() - start
-        if not backend.info.comparable:
-            notes[f"fad_{name}"] = backend.info.note
+        if not info.comparable:
+            notes[f"fad_{name}"] = info.note
         if gen and gen[0][1].logits is not None:
             logits = np.concatenate([f.logits for _, f in gen])
             metrics[f"is_{name}_mean"], metrics[f"is_{name}_std"] = inception_score(logits)
-            ref_by_index = {i: f for i, f in ref}
+            ref_by_index = dict(ref)
             for i, f in gen:
                 if i in ref_by_index:
                     records[i][f"kl_{name}"] = float(kl_softmax(f.logits, ref_by_index[i].logits)[0])
@@ -412,28 +435,40 @@ def _write_text(text: str, path: Path) -> None:
     os.replace(tmp, path)
 
 
-def run_report(config: ReportConfig, progress: Callable[[int, int, str], None] | None = None,
-               backends: dict[str, EmbeddingBackend] | None = None, offsets: OffsetPredictor | None = None,
-               clap=None) -> ReportResult:
-    """Score every row of the run, write report.parquet, summary.json and index.html.
+@dataclass(frozen=True)
+class Injected:
+    """Already-built models that replace what the weights folder would give (tests, reuse)."""
+    backends: dict[str, EmbeddingBackend] | None = None
+    offsets: OffsetPredictor | None = None
+    clap: object | None = None  # text_embeddings / audio_embeddings at 48 kHz
 
-    `backends` replaces the ones `config.backends` names, `offsets` the DeSync predictor and
-    `clap` the CLAP model (`text_embeddings` / `audio_embeddings` at 48 kHz) that would be
-    loaded from the weights folder: already-built models, e.g. tiny ones in tests or ones
-    shared across reports."""
-    run_config, rows = load_run(config.run_dir)
-    out_dir = Path(config.out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+
+@dataclass
+class LoadedModels:
+    backends: dict[str, EmbeddingBackend]
+    offsets: OffsetPredictor | None
+    clap: _ClapScorer | None
+    unavailable: dict[str, str]
+    load_s: float
+
+    def infos(self) -> dict[str, BackendInfo]:
+        return {name: backend.info for name, backend in self.backends.items()}
+
+    def scorer(self, config: ReportConfig) -> _ClipScorer:
+        return _ClipScorer(config, self.backends, ReferenceIndex(config.reference), self.offsets, self.clap)
+
+
+def load_models(config: ReportConfig, run_config: dict, rows: list[GeneratedRow],
+                injected: Injected = Injected()) -> LoadedModels:
+    """Every model the report's metrics need, from the weights folder (or `injected`); what cannot
+    load goes into `unavailable` with the reason."""
+    import torch  # noqa: F401 - imported before timing so load_s is the models alone
+
     locator = WeightsLocator(config.weights_dir)
     unavailable: dict[str, str] = {}
-    notes: dict[str, str] = {}
-    metrics: dict[str, float] = {}
-
-    import torch  # noqa: F401 - imported before timing so model_load is the models alone
-
-    load_start = time.perf_counter()
-    if backends is None:
-        backends = _load_backends(config, locator, unavailable)
+    start = time.perf_counter()
+    backends = injected.backends if injected.backends is not None else _load_backends(config, locator, unavailable)
+    offsets = injected.offsets
     if "desync" in config.skip:
         offsets = None
         unavailable["desync_s"] = "left out (--skip desync)"
@@ -447,28 +482,62 @@ def run_report(config: ReportConfig, progress: Callable[[int, int, str], None] |
         unavailable["clap_score"] = "left out (--skip clap)"
     elif any(r.prompt for r in rows) or _is_text_to_audio(run_config, rows):
         try:
-            clap_scorer = _ClapScorer(clap if clap is not None else build_clap(
+            clap_scorer = _ClapScorer(injected.clap if injected.clap is not None else build_clap(
                 locator, config.device, preprocess=ClapPreprocess(max_seconds=config.audio_length_s)))
         except BackendUnavailable as exc:
             unavailable["clap_score"] = str(exc)
     else:
         unavailable["clap_score"] = "no clip has a text prompt (CLAP scores text-audio agreement)"
-    model_load_s = time.perf_counter() - load_start
     unavailable.setdefault("kl_passt", unavailable.get("fad_passt", "passt backend not requested"))
+    return LoadedModels(backends, offsets, clap_scorer, unavailable, time.perf_counter() - start)
 
-    scorer = _ClipScorer(config, backends, ReferenceIndex(config.reference), offsets, clap_scorer)
-    records: list[dict] = []
-    media: dict[str, ClipMedia] = {}
-    for i, row in enumerate(rows):
-        want_media = config.write_html and len(media) < config.max_plots
-        record, clip_media = scorer.score(i, row, want_media)
-        records.append(record)
-        if clip_media is not None:
-            media[row.video_id] = clip_media
-        if progress is not None:
-            progress(i + 1, len(rows), row.video_id)
 
-    _set_metrics(scorer, records, metrics, notes, unavailable)
+def _media_wanted(config: ReportConfig, rows: list[GeneratedRow]) -> list[bool]:
+    """Pictures and players for the first `max_plots` generated clips (the table lists all)."""
+    wanted, left = [], config.max_plots if config.write_html else 0
+    for row in rows:
+        wanted.append(left > 0 and row.status == "done")
+        left -= wanted[-1]
+    return wanted
+
+
+def run_report(config: ReportConfig, progress: Callable[[int, int, str], None] | None = None,
+               backends: dict[str, EmbeddingBackend] | None = None, offsets: OffsetPredictor | None = None,
+               clap=None) -> ReportResult:
+    """Score every row of the run, write report.parquet, summary.json and index.html.
+
+    `backends` replaces the ones `config.backends` names, `offsets` the DeSync predictor and
+    `clap` the CLAP model (`text_embeddings` / `audio_embeddings` at 48 kHz) that would be
+    loaded from the weights folder: already-built models, e.g. tiny ones in tests or ones
+    shared across reports."""
+    run_config, rows = load_run(config.run_dir)
+    out_dir = Path(config.out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    unavailable: dict[str, str] = {}
+    notes: dict[str, str] = {}
+    metrics: dict[str, float] = {}
+
+    want_media = _media_wanted(config, rows)
+    if config.workers > 1:
+        from workflows.report_parallel import score_on_ray
+
+        scored, infos, model_load_s, loaded_unavailable = score_on_ray(
+            config, run_config, rows, want_media, Injected(backends, offsets, clap), progress)
+    else:
+        models = load_models(config, run_config, rows, Injected(backends, offsets, clap))
+        infos, model_load_s, loaded_unavailable = models.infos(), models.load_s, models.unavailable
+        scorer = models.scorer(config)
+        scored = []
+        for i, row in enumerate(rows):
+            scored.append(scorer.score(i, row, want_media[i]))
+            if progress is not None:
+                progress(i + 1, len(rows), row.video_id)
+    unavailable.update(loaded_unavailable)
+    scored.sort(key=lambda c: c.index)
+    records = [c.record for c in scored]
+    media = {rows[c.index].video_id: c.media for c in scored if c.media is not None}
+
+    _set_metrics(infos, scored, records, metrics, notes, unavailable)
     _per_clip_means(records, metrics, unavailable)
     for key in list(unavailable):
         if key in metrics or f"{key}_mean" in metrics:

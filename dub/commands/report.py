@@ -27,6 +27,10 @@ def register(app: typer.Typer) -> None:
             8.0, "--audio-length",
             help="Seconds of each clip the model-based metrics see (FD/KL/IS, DeSync, CLAP), as av-benchmark's "
                  "--audio_length (MMAudio: 8); 0 = whole clips."),
+        workers: int = typer.Option(
+            1, "--workers", "-w",
+            help="Score clips on this many Ray actors (each loads the models; one GPU each with --device cuda). 1: in this process."),
+        address: Optional[str] = typer.Option(None, "--address", help="Ray cluster for --workers > 1 (else RAY_ADDRESS, else local Ray)."),
         skip: List[str] = typer.Option(
             None, "--skip",
             help="Leave out a model-based metric: desync (full Synchformer: ~30-40 s per clip on a 2-core CPU), clap."),
@@ -56,12 +60,16 @@ def register(app: typer.Typer) -> None:
             raise typer.BadParameter(f"unknown --skip {unknown_skip}; choose from {list(SKIPPABLE)}")
         if reference is not None and not reference.exists():
             raise typer.BadParameter(f"--reference {reference} does not exist")
-        config = ReportConfig(run_dir=str(run), out_dir=str(out),
-                              reference=None if reference is None else str(reference),
-                              backends=backends, weights_dir=None if weights_dir is None else str(weights_dir),
-                              device=device, onsets=OnsetConfig(tolerance_s=tolerance),
-                              max_plots=max_plots, write_html=not no_html, skip=tuple(skip or ()),
-                              audio_length_s=audio_length if audio_length > 0 else None)
+        try:
+            config = ReportConfig(run_dir=str(run), out_dir=str(out),
+                                  reference=None if reference is None else str(reference),
+                                  backends=backends, weights_dir=None if weights_dir is None else str(weights_dir),
+                                  device=device, onsets=OnsetConfig(tolerance_s=tolerance),
+                                  max_plots=max_plots, write_html=not no_html, skip=tuple(skip or ()),
+                                  audio_length_s=audio_length if audio_length > 0 else None,
+                                  workers=workers, address=address)
+        except ValueError as exc:  # e.g. --workers 0
+            raise typer.BadParameter(str(exc)) from exc
         console = Console(stderr=as_json)
         try:
             with console.status("scoring clips") as status:
