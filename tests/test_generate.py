@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import av
+import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
@@ -127,6 +128,19 @@ def test_shards_read_back_with_webdataset_and_ray(first_run, ray_session):
         assert abs(samples_n / meta["sample_rate"] - report[s["__key__"]]["audio_duration_s"]) < 1e-3
     rows = ray.data.read_webdataset(shards).take_all()
     assert sorted(r["__key__"] for r in rows) == sorted(report)
+
+    # dub report reads a wds-only run's audio out of the shards: the same samples as the FLAC
+    # bytes, resampled like any file
+    from dataclasses import replace
+
+    from workflows.metrics.run_inputs import load_run, read_generated_audio
+
+    _, generated = load_run(out)
+    for row in (r for r in generated if r.status == "done"):
+        from_shard, where = read_generated_audio(replace(row, output_mp4=None), 16000)
+        assert where.startswith(str(row.output_shard)) and where.endswith(f"{row.video_id}.flac")
+        assert abs(len(from_shard) / 16000 - report[row.video_id]["audio_duration_s"]) < 2e-3
+        assert float(np.abs(from_shard).max()) > 0.0
 
 
 def test_resume_does_nothing_then_redoes_only_the_deleted(first_run, corpus, checkpoint):

@@ -148,11 +148,12 @@ def _encode(target, container_format: str, audio: np.ndarray, sample_rate: int, 
             container.mux(packet)
 
 
-def read_audio(path: str | Path, sample_rate: int | None = None, mono: bool = True, *,
+def read_audio(path: str | Path | bytes, sample_rate: int | None = None, mono: bool = True, *,
                start_s: float = 0.0, duration_s: float | None = None) -> np.ndarray:
-    """The first audio track of `path` as float32: (L,) when `mono` (channels averaged), else
-    (C, L); resampled to `sample_rate` (None: the file's rate). Time 0 is the track's first
-    sample; [start_s, start_s + duration_s) selects a part."""
+    """The first audio track of `path` (or of an encoded file held in `bytes`, e.g. a
+    WebDataset sample) as float32: (L,) when `mono` (channels averaged), else (C, L);
+    resampled to `sample_rate` (None: the file's rate). Time 0 is the track's first sample;
+    [start_s, start_s + duration_s) selects a part."""
     audio, rate = read_audio_native(path, start_s=start_s, duration_s=duration_s)
     if mono:
         audio = audio.mean(axis=0, keepdims=True)
@@ -161,16 +162,24 @@ def read_audio(path: str | Path, sample_rate: int | None = None, mono: bool = Tr
     return audio[0] if mono else audio
 
 
-def read_audio_native(path: str | Path, *, start_s: float = 0.0, duration_s: float | None = None) -> tuple[np.ndarray, int]:
-    """(C, L) float32 audio at the file's own rate, and that rate."""
+def read_audio_native(path: str | Path | bytes, *, start_s: float = 0.0,
+                      duration_s: float | None = None) -> tuple[np.ndarray, int]:
+    """(C, L) float32 audio at the file's own rate, and that rate (`path` may be the bytes of
+    an encoded file)."""
+    import io
+
     import av
 
     from workflows.media.streams import open_media
 
-    path = Path(path)
-    with open_media(path) as container:
+    if isinstance(path, (bytes, bytearray)):
+        opened, name = av.open(io.BytesIO(path)), "the audio bytes"
+    else:
+        path = Path(path)
+        opened, name = open_media(path), path.name
+    with opened as container:
         if not container.streams.audio:
-            raise MediaError("no_audio", f"{path.name} has no audio track")
+            raise MediaError("no_audio", f"{name} has no audio track")
         stream = container.streams.audio[0]
         rate = int(stream.codec_context.sample_rate)
         first = None
@@ -189,7 +198,7 @@ def read_audio_native(path: str | Path, *, start_s: float = 0.0, duration_s: flo
                     chunks.append(out.to_ndarray())
         except av.error.FFmpegError as exc:
             if not chunks:
-                raise MediaError("undecodable", f"the audio of {path.name} could not be decoded: {exc}") from exc
+                raise MediaError("undecodable", f"the audio of {name} could not be decoded: {exc}") from exc
         if not chunks:
             return np.zeros((1, 0), np.float32), rate
         audio = np.concatenate(chunks, axis=-1).astype(np.float32, copy=False)

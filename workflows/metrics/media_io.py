@@ -20,14 +20,16 @@ def has_audio_stream(path: str | Path) -> bool:
         return len(container.streams.audio) > 0
 
 
-def read_audio(path: str | Path, sample_rate: int) -> np.ndarray:
-    """The first audio track of `path` as mono float32 (L,) at `sample_rate` (the media module's
-    reader: channels averaged, time 0 at the track's first sample)."""
+def read_audio(path: str | Path | bytes, sample_rate: int) -> np.ndarray:
+    """The first audio track of `path` (or of encoded file bytes, e.g. a shard's FLAC) as mono
+    float32 (L,) at `sample_rate` (the media module's reader: channels averaged, time 0 at the
+    track's first sample)."""
     from workflows.media.audio import read_audio as media_read_audio
 
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"audio/video file not found: {path}")
+    if not isinstance(path, (bytes, bytearray)):
+        path = Path(path)
+        if not path.exists():
+            raise FileNotFoundError(f"audio/video file not found: {path}")
     return np.asarray(media_read_audio(path, sample_rate, mono=True), dtype=np.float32).reshape(-1)
 
 

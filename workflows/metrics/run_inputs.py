@@ -9,7 +9,6 @@ video_id, path. Visual events: the optional sidecar `<source stem>.events.json`
 
 from __future__ import annotations
 
-import io
 import json
 import tarfile
 from dataclasses import dataclass
@@ -76,16 +75,6 @@ def load_run(run_dir: str | Path) -> tuple[dict, list[GeneratedRow]]:
     return config, rows
 
 
-def _decode_bytes(data: bytes, sample_rate: int) -> np.ndarray:
-    import av
-
-    with av.open(io.BytesIO(data)) as container:
-        resampler = av.AudioResampler(format="fltp", layout="mono", rate=sample_rate)
-        chunks = [o.to_ndarray()[0] for f in container.decode(audio=0) for o in resampler.resample(f)]
-        chunks += [o.to_ndarray()[0] for o in resampler.resample(None)]
-    return np.concatenate(chunks).astype(np.float32) if chunks else np.zeros(0, np.float32)
-
-
 def read_generated_audio(row: GeneratedRow, sample_rate: int) -> tuple[np.ndarray, str]:
     """Generated audio of a done row (mp4 track, else the text-to-audio file, else
     `<video_id>.flac` in its WebDataset shard)."""
@@ -98,7 +87,7 @@ def read_generated_audio(row: GeneratedRow, sample_rate: int) -> tuple[np.ndarra
                 name = Path(member.name).name
                 if name.startswith(row.video_id + ".") and name.endswith((".flac", ".wav")):
                     data = tar.extractfile(member).read()  # type: ignore[union-attr]
-                    return _decode_bytes(data, sample_rate), f"{row.output_shard}:{member.name}"
+                    return read_audio(data, sample_rate), f"{row.output_shard}:{member.name}"
         raise FileNotFoundError(f"{row.output_shard} has no audio for {row.video_id}")
     raise FileNotFoundError(f"no generated audio for {row.video_id}: output_mp4={row.output_mp4}, "
                             f"output_audio={row.output_audio}, output_shard={row.output_shard}")
