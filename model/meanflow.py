@@ -187,6 +187,9 @@ class CompiledTangent:
         return dudt.clone() if self.mode == "reduce-overhead" else dudt
 
 
+TANGENT_KINDS = ("eager", "compiled")
+
+
 def make_tangent(kind: str, device: torch.device | str = "cpu") -> TangentFn:
     """'eager' or 'compiled' (reduce-overhead on CUDA, default mode on the CPU)."""
     if kind == "eager":

@@ -142,9 +142,9 @@ class _ClipAudio:
     """One clip's audio at each rate a metric asks for (16 kHz onsets and CNN14, 32 kHz PaSST,
     48 kHz CLAP), each read from the file and resampled once."""
 
-    def __init__(self, load: Callable[[int], np.ndarray]) -> None:
+    def __init__(self, load: Callable[[int], np.ndarray], known: dict[int, np.ndarray] | None = None) -> None:
         self._load = load
-        self._by_rate: dict[int, np.ndarray] = {}
+        self._by_rate: dict[int, np.ndarray] = dict(known or {})
 
     def at(self, rate: int) -> np.ndarray:
         if rate not in self._by_rate:
@@ -229,8 +229,7 @@ class _ClipScorer:
             record["status"] = "failed"
             self._note(record, "read generated audio", exc)
             return None
-        gen_audio = _ClipAudio(lambda rate: read_generated_audio(row, rate)[0])
-        gen_audio._by_rate[cfg.sample_rate] = gen
+        gen_audio = _ClipAudio(lambda rate: read_generated_audio(row, rate)[0], {cfg.sample_rate: gen})
         ref = events = ref_audio = None
         try:
             with _Timer(record, "read"):

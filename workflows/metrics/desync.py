@@ -18,7 +18,7 @@ clip, so "last 14 segments" is the clip's own end. Video and audio segments are 
 separately and the shorter stream bounds both (segment i covers the same time in each).
 
 The predictor needs the full `synchformer_state_dict.pth` (visual + audio branch + sync head,
-see workflows/metrics/synchformer_sync.py). Importing this module does not import torch.
+see workflows/metrics/models/synchformer_sync.py). Importing this module does not import torch.
 """
 
 from __future__ import annotations

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Callable, Protocol, Sequence
 
 import numpy as np
 
-from workflows.metrics.weights import METRIC_WEIGHTS, MissingWeights, WeightsLocator
+from workflows.metrics.weights import MissingWeights, WeightsLocator
 
 if TYPE_CHECKING:
     from workflows.metrics.models.panns import Cnn14Config
@@ -149,7 +149,7 @@ class PasstBackend:
     mean (av-benchmark's loader removes DC from every file), cut or zero-padded to 320000 samples
     (10 s), through hear21passt's get_basic_model(mode="all") rebuilt in `workflows.metrics.models.passt`;
     one 768-d embedding and 527 logits per clip. av-benchmark also cuts clips at its
-    --audio_length before this; the report hands over clips of their own length."""
+    --audio_length before this; the report does the same (`ReportConfig.audio_length_s`)."""
 
     info = BackendInfo("passt", 32000, True,
                        "PaSST-S SWA (AudioSet mAP .476) 768-d embedding + 527 logits, 10 s at 32 kHz, "
@@ -195,13 +195,6 @@ def _weights_path(locator: WeightsLocator, key: str):
         return locator.path(key)
     except MissingWeights as exc:
         raise BackendUnavailable(str(exc)) from exc
-
-
-def _not_implemented(key: str) -> Callable[[WeightsLocator, str], EmbeddingBackend]:
-    def build(locator: WeightsLocator, device: str) -> EmbeddingBackend:
-        raise BackendUnavailable(f"{key} backend not implemented in this version "
-                                 f"(it would load {METRIC_WEIGHTS[key].file_name})")
-    return build
 
 
 BACKENDS: dict[str, Callable[[WeightsLocator, str], EmbeddingBackend]] = {

@@ -8,10 +8,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from model.meanflow import MeanFlowConfig
+from model.meanflow import TANGENT_KINDS, MeanFlowConfig
 
 OBJECTIVES = ("meanflow", "flow-matching")
-TANGENTS = ("eager", "compiled")  # how the MeanFlow JVP runs (model.meanflow.make_tangent)
 # NetworkConfig fields a user may set for a from-scratch network; the data fixes the rest
 # (feature widths and sequence lengths come from the shards).
 ARCHITECTURE_FIELDS = ("hidden_dim", "depth", "fused_depth", "num_heads", "mlp_ratio", "v2")
@@ -61,8 +60,8 @@ class TrainConfig:
         problems = []
         if self.objective not in OBJECTIVES:
             problems.append(f"objective must be one of {OBJECTIVES}, got {self.objective!r}")
-        if self.jvp not in TANGENTS:
-            problems.append(f"jvp must be one of {TANGENTS}, got {self.jvp!r}")
+        if self.jvp not in TANGENT_KINDS:
+            problems.append(f"jvp must be one of {TANGENT_KINDS}, got {self.jvp!r}")
         for name in ("batch_size", "steps", "checkpoint_every", "log_every", "stats_samples", "shuffle_buffer"):
             if getattr(self, name) < 1:
                 problems.append(f"{name} must be >= 1, got {getattr(self, name)}")
