@@ -11,6 +11,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Mapping
@@ -129,14 +131,21 @@ class Snake(nn.Module):
         self.beta = nn.Parameter(init.clone()) if with_beta else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        alpha = self.alpha[None, :, None]
-        beta = alpha if self.beta is None else self.beta[None, :, None]
+        """x: (B, C, ...) with the channel on dim 1."""
+        shape = (1, -1) + (1,) * (x.ndim - 2)
+        alpha = self.alpha.view(shape)
+        beta = alpha if self.beta is None else self.beta.view(shape)
         if self.logscale:
             alpha, beta = torch.exp(alpha), torch.exp(beta)
         return x + torch.sin(x * alpha).pow(2) / (beta + _SNAKE_EPS)
 
 
 class _UpSample2x(nn.Module):
+    """BigVGAN's UpSample1d(2): replicate pad, transposed conv with the filter, crop, gain 2.
+
+    Holds the filter under the checkpoint's key; its forward is the direct definition, which
+    `AntiAliasedActivation` computes polyphase instead (tests compare the two)."""
+
     def __init__(self) -> None:
         super().__init__()
         self.register_buffer("filter", kaiser_sinc_filter(0.25, 0.3, _FILTER_TAPS))
@@ -163,6 +172,8 @@ class _LowPass2x(nn.Module):
 
 
 class _DownSample2x(nn.Module):
+    """BigVGAN's DownSample1d(2) (the filter sits one level down, as in the checkpoints)."""
+
     def __init__(self) -> None:
         super().__init__()
         self.lowpass = _LowPass2x()
@@ -171,17 +182,108 @@ class _DownSample2x(nn.Module):
         return self.lowpass(x)
 
 
+_POLY_PAD = 3  # x samples each polyphase branch reaches either side (12 taps / 2 phases / 2)
+_POLY_TAPS = 2 * _POLY_PAD + 1
+
+
+def polyphase_weights(up_filter: torch.Tensor, down_filter: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The 2x up/down filters as two 7-tap phases each: (2, 7) for the upsampler (gain 2 folded
+    in; row 0 makes the even output samples, row 1 the odd) and (2, 7) for the low-pass (row 0
+    reads the even samples, row 1 the odd). Derived from BigVGAN's padding and crop arithmetic
+    for 12-tap filters: up[2p] = 2 sum_j h[2j+1] x[p+2-j], up[2p+1] = 2 sum_j h[2j] x[p+3-j],
+    out[k] = sum_j g[2j+1] s[2(k+j-2)] + g[2j] s[2(k+j-3)+1], indices clamped at the edges."""
+    h, g = up_filter.reshape(-1).float(), down_filter.reshape(-1).float()
+    if h.numel() != _FILTER_TAPS or g.numel() != _FILTER_TAPS:
+        raise ValueError(f"the polyphase activation needs {_FILTER_TAPS}-tap filters, got {h.numel()} and {g.numel()}")
+    up = torch.zeros(2, _POLY_TAPS)
+    down = torch.zeros(2, _POLY_TAPS)
+    for j in range(_FILTER_TAPS // 2):
+        up[0, 5 - j] = 2 * h[2 * j + 1]
+        up[1, 6 - j] = 2 * h[2 * j]
+        down[0, j + 1] = g[2 * j + 1]
+        down[1, j] = g[2 * j]
+    return up, down
+
+
 class AntiAliasedActivation(nn.Module):
-    """Snake evaluated at twice the sample rate to keep its harmonics from aliasing."""
+    """Snake evaluated at twice the sample rate to keep its harmonics from aliasing.
+
+    Computed polyphase: the even and odd samples of the 2x signal are two 7-tap filters of x,
+    Snake runs on both phases, and the low-pass + decimation is a 7-tap filter of each phase,
+    summed. Same numbers as BigVGAN's upsample -> snake -> downsample (edge replication
+    included) without the transposed depthwise conv, the 2x-long padded copies and the gain
+    pass that dominated the vocoder's GPU time (profile in docs/benchmarks.md). Eager, the
+    filters are two grouped convs; under torch.compile they are written as shifted sums so
+    Inductor fuses the whole activation into one kernel (one read of x, one write).
+    """
 
     def __init__(self, channels: int, config: BigVGANConfig) -> None:
         super().__init__()
+        self.channels = channels
         self.upsample = _UpSample2x()
         self.act = Snake(channels, config.activation == "snakebeta", config.snake_logscale)
         self.downsample = _DownSample2x()
+        self.register_buffer("phase_taps", torch.empty(2, 2, _POLY_TAPS), persistent=False)  # [up, down]
+        self.register_buffer("up_weight", torch.empty(2 * channels, 1, _POLY_TAPS), persistent=False)
+        self.register_buffer("down_weight", torch.empty(channels, 2, _POLY_TAPS), persistent=False)
+        self.refresh_polyphase_weights()
+        # Checkpoints may carry the filters: derive the phases from what was loaded.
+        self.register_load_state_dict_post_hook(lambda module, _keys: module.refresh_polyphase_weights())
+
+    @torch.no_grad()
+    def refresh_polyphase_weights(self) -> None:
+        up, down = polyphase_weights(self.upsample.filter, self.downsample.lowpass.filter)
+        self.phase_taps.copy_(torch.stack([up, down]))
+        self.up_weight.copy_(up.repeat(self.channels, 1).unsqueeze(1))
+        self.down_weight.copy_(down.expand(self.channels, 2, _POLY_TAPS))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if torch.compiler.is_compiling():
+            return self._shifted_sums_forward(x)
+        b, c, t = x.shape
+        up = F.conv1d(F.pad(x, (_POLY_PAD, _POLY_PAD), mode="replicate"), self.up_weight.to(x.dtype), groups=c)
+        s = _pad_phases(self.act(up.view(b, c, 2, t)))
+        return F.conv1d(s.view(b, 2 * c, t + 2 * _POLY_PAD), self.down_weight.to(s.dtype), groups=c)
+
+    def _shifted_sums_forward(self, x: torch.Tensor) -> torch.Tensor:
+        t = x.shape[-1]
+        up, down = self.phase_taps.to(x.dtype).unbind(0)
+        xp = F.pad(x, (_POLY_PAD, _POLY_PAD), mode="replicate")
+        phases = torch.stack([_fir(xp, up[0], t), _fir(xp, up[1], t)], dim=2)
+        s = _pad_phases(self.act(phases))
+        return _fir(s[:, :, 0], down[0], t) + _fir(s[:, :, 1], down[1], t)
+
+    def reference_forward(self, x: torch.Tensor) -> torch.Tensor:
+        """BigVGAN's own order of operations (for tests and benchmarks)."""
         return self.downsample(self.act(self.upsample(x)))
+
+
+@contextmanager
+def reference_activations(module: nn.Module) -> Iterator[None]:
+    """Run every AntiAliasedActivation in `module` in BigVGAN's own order of operations, to
+    measure what the polyphase form saves (`dub bench generate`)."""
+    acts = [m for m in module.modules() if isinstance(m, AntiAliasedActivation)]
+    for act in acts:
+        act.forward = act.reference_forward
+    try:
+        yield
+    finally:
+        for act in acts:
+            del act.forward
+
+
+def _pad_phases(s: torch.Tensor) -> torch.Tensor:
+    """(B, C, 2, T) -> (B, C, 2, T + 6): the low-pass pads the 2x signal by replicating its
+    first and last samples, which are the even phase's first and the odd phase's last."""
+    b, c, _, _ = s.shape
+    first = s[:, :, :1, :1].expand(b, c, 2, _POLY_PAD)
+    last = s[:, :, 1:, -1:].expand(b, c, 2, _POLY_PAD)
+    return torch.cat([first, s, last], dim=-1)
+
+
+def _fir(x: torch.Tensor, taps: torch.Tensor, length: int) -> torch.Tensor:
+    """sum_i taps[i] * x[..., i : i + length]: a 1-D correlation as pointwise ops Inductor fuses."""
+    return sum(taps[i] * x[..., i:i + length] for i in range(taps.shape[0]))
 
 
 def _same_conv(channels: int, kernel: int, dilation: int) -> nn.Conv1d:

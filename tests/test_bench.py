@@ -49,7 +49,8 @@ def test_bench_cli_json_rows(ray_session):
         assert r["rtf"] == pytest.approx(r["median_ms"] / 1000.0 / r["audio_s"])
     stages = {(r["bench"], r["stage"]): r for r in rows}
     for stage in ("network 1 step + CFG, fast path (eager on cpu)",
-                  "network + VAE + vocoder, fast path (eager on cpu)"):
+                  "network + VAE + vocoder, fast path (eager on cpu)",
+                  "vocoder (BigVGAN), BigVGAN's upsample -> snake -> downsample"):
         # the fast path's output was compared with the eager one before timing
         assert "within 0.02" in stages[("generate", stage)]["note"]
     assert ("generate", "network 25 Euler steps + CFG, eager (baseline)") in stages

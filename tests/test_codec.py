@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -13,7 +14,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from model.bigvgan import BigVGAN, BigVGANConfig, kaiser_sinc_filter, load_bigvgan, weight_norm_state_dict
+from model.bigvgan import (AntiAliasedActivation, BigVGAN, BigVGANConfig, kaiser_sinc_filter, load_bigvgan,
+                           weight_norm_state_dict)
 from model.codec import Codec, MMAudioCodec, build_mmaudio_codec
 from model.mel import MelConfig, MelConverter
 from model.vae import VAE, VAEConfig, load_vae
@@ -159,6 +161,59 @@ def test_bigvgan_filters_equal_fixture_constants(fixtures_root: Path) -> None:
     computed = kaiser_sinc_filter(0.25, 0.3, filters[0].shape[-1])
     for f in filters:
         torch.testing.assert_close(f, computed, rtol=0, atol=1e-6)
+
+
+def _activation(channels: int, activation: str = "snakebeta", seed: int = 0) -> AntiAliasedActivation:
+    config = dataclasses.replace(BigVGANConfig.mmaudio_16k(), activation=activation)
+    act = AntiAliasedActivation(channels, config)
+    with torch.no_grad():  # log-scale alpha/beta away from 0 so Snake is far from the identity
+        act.act.alpha.normal_(0.0, 0.5, generator=torch.Generator().manual_seed(seed))
+        if act.act.beta is not None:
+            act.act.beta.normal_(0.0, 0.5, generator=torch.Generator().manual_seed(seed + 1))
+    return act
+
+
+@pytest.mark.parametrize("length", [1, 2, 3, 7, 64, 501])
+@pytest.mark.parametrize("activation", ["snake", "snakebeta"])
+def test_polyphase_activation_equals_bigvgans_upsample_snake_downsample(length: int, activation: str) -> None:
+    """Both polyphase forms (grouped convs eager; shifted sums under torch.compile) give BigVGAN's
+    own upsample -> snake -> downsample, edge replication included, down to one sample."""
+    act = _activation(6, activation)
+    x = 3 * torch.randn(2, 6, length, generator=torch.Generator().manual_seed(length))
+    x[..., 0] += 5.0  # distinct edges: a wrong edge replication shows at both ends
+    x[..., -1] -= 5.0
+    with torch.no_grad():
+        reference = act.reference_forward(x)
+        assert reference.shape == x.shape
+        torch.testing.assert_close(act(x), reference, rtol=0, atol=1e-5)
+        torch.testing.assert_close(act._shifted_sums_forward(x), reference, rtol=0, atol=1e-5)
+
+
+def test_polyphase_weights_follow_loaded_filters() -> None:
+    """A checkpoint's filters (identical constants in every release) are what the phases use."""
+    act = _activation(4)
+    state = act.state_dict()
+    assert "up_weight" not in state and "phase_taps" not in state  # derived, not checkpoint keys
+    state["upsample.filter"] = torch.flip(torch.arange(12.0), [0]).view(1, 1, 12) / 66.0
+    state["downsample.lowpass.filter"] = torch.linspace(-1, 1, 12).view(1, 1, 12)
+    act.load_state_dict(state)
+    x = torch.randn(1, 4, 33, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        torch.testing.assert_close(act(x), act.reference_forward(x), rtol=0, atol=1e-5)
+
+
+def test_compiled_activation_uses_the_fused_form_and_matches() -> None:
+    """Under torch.compile (Inductor on the CPU here) the activation traces the shifted-sum form
+    that fuses into one kernel; its output equals BigVGAN's order of operations."""
+    act = _activation(8)
+    x = torch.randn(2, 8, 40, generator=torch.Generator().manual_seed(4))
+    calls = []
+    original = act._shifted_sums_forward
+    act._shifted_sums_forward = lambda t: calls.append(1) or original(t)
+    with torch.no_grad():
+        compiled = torch.compile(act, dynamic=False)(x)
+        torch.testing.assert_close(compiled, act.reference_forward(x), rtol=0, atol=1e-5)
+    assert calls, "torch.compile did not trace the shifted-sum form"
 
 
 def _publisher_config(resblock: str, activation: str, final_tanh: bool, final_bias: bool) -> dict:

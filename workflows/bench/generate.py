@@ -421,6 +421,7 @@ def _decoder_stages(runner: StageRunner, stack: GenerateStack, latents, b: int, 
                     where: str) -> None:
     import torch
 
+    from model.bigvgan import BigVGAN, reference_activations
     from model.fast import CudaGraphCall
 
     vae, vocoder, device = stack.vae, stack.vocoder, runner.device
@@ -438,7 +439,14 @@ def _decoder_stages(runner: StageRunner, stack: GenerateStack, latents, b: int, 
             return vocoder(mel)
 
     runner.measure("VAE decode", vae_only, batch=b, audio_s=audio_s, note=stack.description)
-    runner.measure("vocoder (BigVGAN)", vocoder_only, batch=b, audio_s=audio_s, slow=True, note=stack.description)
+    runner.measure("vocoder (BigVGAN)", vocoder_only, batch=b, audio_s=audio_s, slow=True,
+                   note=f"{stack.description}; polyphase anti-aliased activations")
+    if isinstance(vocoder, BigVGAN):
+        polyphase = vocoder_only()
+        with reference_activations(vocoder):
+            runner.measure("vocoder (BigVGAN), BigVGAN's upsample -> snake -> downsample", vocoder_only, batch=b,
+                           audio_s=audio_s, slow=True, reference=polyphase,
+                           note=f"{stack.description}; the activation as published, for comparison")
     runner.measure("VAE + vocoder, eager", lambda: eager_decode(vae, vocoder, latents), batch=b, audio_s=audio_s,
                    slow=True, note=stack.description)
     runner.profile("VAE + vocoder, eager", lambda: eager_decode(vae, vocoder, latents), batch=b, audio_s=audio_s,
