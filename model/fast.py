@@ -10,6 +10,8 @@ replayed graph computes the eager arithmetic; only launch overhead goes away.
     OneStepGraph(network, guidance, batch)   features + noise -> latents (or waveforms)
     compile_decoder(vae, vocoder, ...)       torch.compile of VAE decode + vocoder, with an
                                              eager fallback that says why
+    DecoderGraph(vae, vocoder, batch, ...)   latents -> waveforms at one batch size (padded,
+                                             chunked), compiled or not, replayed as a CUDA graph
 
 On the CPU (or with `use_graph=False`) everything runs eagerly through the same code, which is
 how the CPU tests check the wiring against the Generator.
@@ -289,6 +291,53 @@ def compile_decoder(vae, vocoder, *, example_latents: torch.Tensor | None = None
                            time.perf_counter() - start)
     return DecoderPath(compiled, "compiled", f"torch.compile ok (mode={mode or 'default'})",
                        time.perf_counter() - start)
+
+
+class DecoderGraph:
+    """Latents (b, N, C) -> waveforms (b, L) float32 in [-1, 1], as `Generator.decode` returns
+    them, through VAE decode + vocoder captured as a CUDA graph at `batch_size` rows (smaller
+    batches padded, larger ones chunked, like `OneStepGraph`).
+
+    `compile=True` compiles the decoder first (`compile_decoder`, eager fallback with the reason
+    in `note`); the vocoder's anti-aliased activations then fuse into one kernel each. On the CPU
+    (or `use_graph=False`) it runs eagerly/compiled without a graph.
+    """
+
+    def __init__(self, vae, vocoder, batch_size: int, num_latents: int, *, dtype: torch.dtype = torch.bfloat16,
+                 compile: bool = False, compile_mode: str | None = None, use_graph: bool | None = None,
+                 warmup: int = 2, seed: int = 0) -> None:
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.batch_size, self.dtype = batch_size, dtype
+        self.device = vae.data_mean.device
+        gen = torch.Generator(device="cpu").manual_seed(seed)
+        example = torch.randn(batch_size, num_latents, vae.config.embed_dim, generator=gen).to(self.device)
+        if compile:
+            self.path = compile_decoder(vae, vocoder, example_latents=example, mode=compile_mode, dtype=dtype)
+        else:
+            self.path = DecoderPath(functools.partial(decode_latents, vae, vocoder), "eager", "eager decoder")
+        self._call = CudaGraphCall(self._decode, [example], use_graph=use_graph, warmup=warmup)
+
+    @property
+    def uses_graph(self) -> bool:
+        return self._call.use_graph
+
+    @property
+    def note(self) -> str:
+        graph = "CUDA graph" if self.uses_graph else "no graph"
+        return f"{self.path.note}; {graph}, batch {self.batch_size}"
+
+    def _decode(self, latents: torch.Tensor) -> torch.Tensor:
+        with _autocast(self.device, self.dtype):
+            wav = self.path.fn(latents)
+        return wav.float().clamp(-1, 1)
+
+    def __call__(self, latents: torch.Tensor) -> torch.Tensor:
+        outputs = []
+        for start in range(0, latents.shape[0], self.batch_size):
+            chunk = latents[start:start + self.batch_size].to(self.device, torch.float32)
+            outputs.append(self._call(_pad_rows(chunk, self.batch_size))[: chunk.shape[0]])
+        return outputs[0] if len(outputs) == 1 else torch.cat(outputs)
 
 
 class _FallbackOnError:

@@ -72,18 +72,35 @@ class Generator:
         self.device = torch.device(device)
         self.dtype = dtype
         self.fast_step = None  # model.fast.OneStepGraph, when use_fast_step() was called
+        self.fast_decoder = None  # model.fast.DecoderGraph, when use_fast_decoder() was called
 
-    def use_fast_step(self, batch_size: int, sampler: SamplerConfig) -> bool:
+    def use_fast_step(self, batch_size: int, sampler: SamplerConfig, *, compile: bool = False) -> str | None:
         """Capture one MeanFlow step with CFG (cond + uncond as one batch) as a CUDA graph for
-        this sampler setting; later `latents()` calls that match it replay the graph. Only on
-        CUDA (on the CPU the eager path is the same arithmetic). Returns whether it is active."""
-        if self.device.type != "cuda" or sampler.sampler != "meanflow":
-            return False
+        this sampler setting; later `latents()` calls that match it replay the graph. On CUDA, or
+        anywhere with `compile=True` (torch.compile first; on the CPU without a graph: the eager
+        path is the same arithmetic). Returns what is active, or None when the eager step stays."""
+        if sampler.sampler != "meanflow" or (self.device.type != "cuda" and not compile):
+            return None
         from model.fast import OneStepGraph
 
         self.fast_step = OneStepGraph(self.network, sampler.guidance, batch_size, steps=sampler.steps,
-                                      dtype=self.dtype)
-        return True
+                                      dtype=self.dtype, compile=compile)
+        how = "compiled" if compile else "eager"
+        graph = "CUDA graph" if self.fast_step.uses_graph else "no graph"
+        return f"one-step network {how}; {graph}, batch {batch_size}"
+
+    def use_fast_decoder(self, batch_size: int, *, compile: bool = False) -> str | None:
+        """Decode latents through `model.fast.DecoderGraph` (VAE + vocoder as a CUDA graph,
+        compiled with `compile=True`): MMAudio codecs only, on CUDA or with `compile`. Returns
+        what is active, or None when the eager decoder stays."""
+        vae, vocoder = getattr(self.codec, "vae", None), getattr(self.codec, "vocoder", None)
+        if vae is None or vocoder is None or (self.device.type != "cuda" and not compile):
+            return None
+        from model.fast import DecoderGraph
+
+        self.fast_decoder = DecoderGraph(vae, vocoder, batch_size, self.network.config.latent_seq_len,
+                                         dtype=self.dtype, compile=compile)
+        return "VAE + vocoder: " + self.fast_decoder.note
 
     @property
     def sample_rate(self) -> int:
@@ -162,10 +179,13 @@ class Generator:
     @torch.inference_mode()
     def decode(self, latents: torch.Tensor, batch: WindowBatch) -> torch.Tensor:
         start = time.perf_counter()
-        with self._autocast():
-            wav = self.codec.decode(latents)
+        if self.fast_decoder is not None and latents.shape[1] == self.network.config.latent_seq_len:
+            wav = self.fast_decoder(latents)
+        else:
+            with self._autocast():
+                wav = self.codec.decode(latents).float().clamp(-1, 1)
         batch.timings["decode_audio_s"] = time.perf_counter() - start
-        return wav.float().clamp(-1, 1)
+        return wav
 
     def generate(self, batch: WindowBatch, sampler: SamplerConfig) -> torch.Tensor:
         clip_f, sync_f, text_f = self.features(batch)

@@ -29,8 +29,7 @@ from pathlib import Path
 
 from workflows.bench import BenchOptions, BenchRow, resolve_device
 from workflows.bench.encoders import (CLIP_FPS, CLIP_SIZE, PROMPT, REAL_SOURCE, SYNC_FPS, SYNC_SIZE, TINY_SOURCE,
-                                      build_encoders, clip_resize, compile_encoder_towers, random_frames,
-                                      sync_resize)
+                                      build_encoders, clip_resize, random_frames, sync_resize)
 from workflows.bench.generate import (ONE_STEP_GUIDANCE, TINY_PRESETS, StageRunner, build_stack, dtype_name,
                                       eager_decode, free_cuda_cache, short_error)
 
@@ -97,7 +96,7 @@ class ModelSidePipeline:
             self.encoders = encoders.encoders
             self.what = f"{preset}: ViT-H/14 CLIP + Synchformer + MF-MJT + VAE + BigVGAN, random weights"
             if compile:  # the warm-up batch compiles
-                compile_encoder_towers(self.encoders)
+                self.encoders.compile_towers()
                 self.what += "; CLIP vision tower + Synchformer torch.compile'd"
         cfg = self.stack.network.config
         self.n_clip, self.n_sync = cfg.clip_seq_len, int(round(duration_s * SYNC_FPS))

@@ -239,17 +239,7 @@ def _synchformer_only(model, frames, size: int):
         return synchformer_features(model, pixels.to(torch.bfloat16) if cuda else pixels)
 
 
-def compile_encoder_towers(encoders) -> None:
-    """torch.compile CLIP's vision tower and Synchformer's MotionFormer in place (MMAudioEncoders);
-    the first calls compile (about a minute each for real sizes)."""
-    import torch
-
-    clip_model = encoders.clip.model
-    clip_model.visual = torch.compile(clip_model.visual, dynamic=False)
-    encoders.synchformer.vfeat_extractor = torch.compile(encoders.synchformer.vfeat_extractor, dynamic=False)
-
-
 def _compile_encoders(runner: StageRunner, stack: EncoderStack, b: int) -> bool:
     built = runner.attempt("torch.compile CLIP vision tower + Synchformer", b,
-                           lambda: compile_encoder_towers(stack.encoders) or True, need_s=40)
+                           stack.encoders.compile_towers, need_s=40)
     return built is not None

@@ -42,6 +42,7 @@ class GenerateConfig:
     overwrite: bool = False
     max_failures: int | None = None
     replicas: int | None = None  # model replicas; default one per GPU, or CPU actors
+    compile: bool = False  # torch.compile the network step, decoder and encoder towers per replica
     shard_size: int = 256  # samples per WebDataset shard
 
     def __post_init__(self) -> None:
@@ -68,9 +69,10 @@ class GenerateConfig:
     def text_to_audio(self) -> bool:
         return self.prompts_file is not None
 
-    # Fields that do not change any output byte.
+    # Fields that do not change what is generated (compile only changes bf16 rounding, like the
+    # batch size does through other matrix shapes).
     _NOT_HASHED = ("out_dir", "manifest", "prompts_file", "batch_size", "limit", "address", "overwrite",
-                   "max_failures", "replicas", "format", "shard_size", "save_features")
+                   "max_failures", "replicas", "format", "shard_size", "save_features", "compile")
 
     def identity(self, weights_hash: str) -> dict:
         d = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in self._NOT_HASHED}

@@ -274,7 +274,7 @@ def _execute(cfg, info, window_s, config_hash, pending, paths, journal, summary,
         num_gpus=1 if use_gpu else 0, num_cpus=1,
         fn_constructor_kwargs=dict(model=cfg.model, checkpoint=cfg.checkpoint, sampler=cfg.sampler.as_dict(),
                                    device="cuda" if use_gpu else "cpu", save_features=cfg.save_features,
-                                   batch_size=cfg.batch_size))
+                                   batch_size=cfg.batch_size, compile=cfg.compile))
 
     writer = _Writer(cfg, paths, info, config_hash, journal)
     collected: dict[str, dict[int, dict]] = {}

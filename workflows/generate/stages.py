@@ -77,7 +77,7 @@ class GenerateReplica:
     from any videos."""
 
     def __init__(self, model: str, checkpoint: str | None, sampler: dict, device: str,
-                 save_features: bool = False, batch_size: int = 1):
+                 save_features: bool = False, batch_size: int = 1, compile: bool = False):
         import torch
 
         from model.bundles import load_generator
@@ -89,11 +89,26 @@ class GenerateReplica:
         self.generator = load_generator(model, checkpoint=checkpoint, device=device)
         self.sampler = SamplerConfig(**sampler)
         self.save_features = save_features
-        if device != "cpu":
-            try:  # the latency path: one step + CFG replayed as a CUDA graph
-                self.generator.use_fast_step(batch_size, self.sampler)
+        self.fast_paths = self._use_fast_paths(batch_size, compile)
+
+    def _use_fast_paths(self, batch_size: int, compile: bool) -> list[str]:
+        """The latency paths (CUDA graphs; torch.compile with `compile`). Each falls back to the
+        eager code, which computes the same thing, and says why."""
+        gen = self.generator
+        builders = {"one-step network": lambda: gen.use_fast_step(batch_size, self.sampler, compile=compile),
+                    "decoder": lambda: gen.use_fast_decoder(batch_size, compile=compile)}
+        if compile and hasattr(gen.encoders, "compile_towers"):
+            builders["encoder towers"] = gen.encoders.compile_towers
+        active = []
+        for name, build in builders.items():
+            try:
+                what = build()
             except Exception as exc:  # noqa: BLE001 - the eager path computes the same thing
-                print(f"dub: CUDA graph capture failed, generating eagerly: {short_error(exc)}", flush=True)
+                print(f"dub: the {name} fast path is unavailable, running it eagerly: {short_error(exc)}", flush=True)
+                continue
+            if what:
+                active.append(what)
+        return active
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         n = len(batch["video_id"])
