@@ -11,6 +11,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -24,6 +26,7 @@ import torch.nn.functional as F
 from model.state_dicts import read_state_dict, strict_load
 
 _SNAKE_EPS = 1e-9
+ActivationForm = Literal["auto", "polyphase", "reference"]
 _FILTER_TAPS = 12  # anti-aliasing filter length used by every released BigVGAN
 
 
@@ -130,6 +133,14 @@ class Snake(nn.Module):
         self.alpha = nn.Parameter(init.clone())
         self.beta = nn.Parameter(init.clone()) if with_beta else None
 
+    def frequency_and_inverse_beta(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(a, 1 / (b + eps)) per channel in float32, log scale applied: what fused kernels take."""
+        alpha = self.alpha.float()
+        beta = alpha if self.beta is None else self.beta.float()
+        if self.logscale:
+            alpha, beta = torch.exp(alpha), torch.exp(beta)
+        return alpha, 1.0 / (beta + _SNAKE_EPS)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: (B, C, ...) with the channel on dim 1."""
         shape = (1, -1) + (1,) * (x.ndim - 2)
@@ -212,9 +223,10 @@ class AntiAliasedActivation(nn.Module):
     Snake runs on both phases, and the low-pass + decimation is a 7-tap filter of each phase,
     summed. Same numbers as BigVGAN's upsample -> snake -> downsample (edge replication
     included) without the transposed depthwise conv, the 2x-long padded copies and the gain
-    pass that dominated the vocoder's GPU time (profile in docs/benchmarks.md). Eager, the
-    filters are two grouped convs; under torch.compile they are written as shifted sums so
-    Inductor fuses the whole activation into one kernel (one read of x, one write).
+    pass that dominated the vocoder's GPU time (profile in docs/benchmarks.md). Three ways to
+    run it, same numbers: on CUDA without autograd, one Triton kernel (`model.bigvgan_triton`);
+    under torch.compile, shifted sums that Inductor fuses into one kernel; otherwise two
+    grouped convs. `form` ("auto", "polyphase", "reference") pins one for benchmarks.
     """
 
     def __init__(self, channels: int, config: BigVGANConfig) -> None:
@@ -229,6 +241,7 @@ class AntiAliasedActivation(nn.Module):
         self.refresh_polyphase_weights()
         # Checkpoints may carry the filters: derive the phases from what was loaded.
         self.register_load_state_dict_post_hook(lambda module, _keys: module.refresh_polyphase_weights())
+        self.form: ActivationForm = "auto"
 
     @torch.no_grad()
     def refresh_polyphase_weights(self) -> None:
@@ -238,12 +251,26 @@ class AntiAliasedActivation(nn.Module):
         self.down_weight.copy_(down.expand(self.channels, 2, _POLY_TAPS))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.form == "reference":
+            return self.reference_forward(x)
         if torch.compiler.is_compiling():
             return self._shifted_sums_forward(x)
+        if self.form == "auto" and x.is_cuda and not torch.is_grad_enabled() and _fused_kernel_usable():
+            try:
+                return self._fused_kernel_forward(x)
+            except Exception as exc:  # noqa: BLE001 - a Triton build problem: the convs compute the same
+                _disable_fused_kernel(exc)
         b, c, t = x.shape
         up = F.conv1d(F.pad(x, (_POLY_PAD, _POLY_PAD), mode="replicate"), self.up_weight.to(x.dtype), groups=c)
         s = _pad_phases(self.act(up.view(b, c, 2, t)))
         return F.conv1d(s.view(b, 2 * c, t + 2 * _POLY_PAD), self.down_weight.to(s.dtype), groups=c)
+
+    def _fused_kernel_forward(self, x: torch.Tensor) -> torch.Tensor:
+        from model import bigvgan_triton
+
+        alpha, inv_beta = self.act.frequency_and_inverse_beta()
+        up, down = self.phase_taps.unbind(0)
+        return bigvgan_triton.anti_aliased_snake(x, alpha, inv_beta, up, down)
 
     def _shifted_sums_forward(self, x: torch.Tensor) -> torch.Tensor:
         t = x.shape[-1]
@@ -259,17 +286,45 @@ class AntiAliasedActivation(nn.Module):
 
 
 @contextmanager
-def reference_activations(module: nn.Module) -> Iterator[None]:
-    """Run every AntiAliasedActivation in `module` in BigVGAN's own order of operations, to
-    measure what the polyphase form saves (`dub bench generate`)."""
+def activation_form(module: nn.Module, form: ActivationForm) -> Iterator[None]:
+    """Run every AntiAliasedActivation in `module` as `form` (to measure what each form saves,
+    `dub bench generate`): "reference" = BigVGAN's upsample -> snake -> downsample, "polyphase" =
+    the grouped convs (no Triton kernel), "auto" = the Triton kernel on CUDA when it works."""
     acts = [m for m in module.modules() if isinstance(m, AntiAliasedActivation)]
+    before = [act.form for act in acts]
     for act in acts:
-        act.forward = act.reference_forward
+        act.form = form
     try:
         yield
     finally:
-        for act in acts:
-            del act.forward
+        for act, old in zip(acts, before):
+            act.form = old
+
+
+_FUSED_KERNEL = {"usable": None, "error": None}
+
+
+def _fused_kernel_usable() -> bool:
+    if _FUSED_KERNEL["usable"] is None:
+        from model import bigvgan_triton
+
+        _FUSED_KERNEL["usable"] = bigvgan_triton.available() and os.environ.get("DUB_BIGVGAN_TRITON", "1") != "0"
+    return bool(_FUSED_KERNEL["usable"])
+
+
+def activation_status(device: str | torch.device) -> str:
+    """How AntiAliasedActivation runs eagerly on `device` (for benchmark notes and logs)."""
+    if torch.device(device).type != "cuda":
+        return "polyphase grouped convs (the Triton kernel is CUDA only)"
+    if _fused_kernel_usable():
+        return "one Triton kernel each"
+    return f"polyphase grouped convs (Triton kernel off: {_FUSED_KERNEL['error'] or 'DUB_BIGVGAN_TRITON=0 or no triton'})"
+
+
+def _disable_fused_kernel(exc: BaseException) -> None:
+    _FUSED_KERNEL.update(usable=False, error=f"{type(exc).__name__}: {exc}"[:300])
+    warnings.warn(f"BigVGAN's fused Triton activation failed, using grouped convs instead: {_FUSED_KERNEL['error']}",
+                  RuntimeWarning, stacklevel=3)
 
 
 def _pad_phases(s: torch.Tensor) -> torch.Tensor:

@@ -278,6 +278,7 @@ def correctness(opts, report) -> None:
     one step + CFG latents, the whole path to waveforms, a padded batch, and bf16 vs float32."""
     import torch
 
+    from model.bigvgan import activation_form, activation_status
     from model.codec import MMAudioCodec
     from model.fast import OneStepGraph
     from model.generator import Generator, SamplerConfig, WindowBatch, noise_for_seeds
@@ -309,12 +310,47 @@ def correctness(opts, report) -> None:
     full = OneStepGraph(net, sampler.guidance, b, decode=codec.decode, dtype=dtype)
     report(compare(f"network + VAE + vocoder waveforms, {what} vs eager Generator (batch {b})",
                    full(noise, clip_f, sync_f, text_f), wav_ref, 2e-2))
+    with activation_form(stack.vocoder, "reference"):
+        wav_published = eager.decode(lat_ref, batch)
+    report(compare(f"waveforms, vocoder activations {activation_status(opts.device)} vs BigVGAN's order "
+                   f"(batch {b})", wav_ref, wav_published, 2e-2))
+    graphed = Generator(net, None, codec, device=opts.device, dtype=dtype)
+    if graphed.use_fast_decoder(b + 1):  # CUDA only: the decoder `dub generate` replicas replay
+        report(compare(f"VAE + vocoder waveforms, {graphed.fast_decoder.note} (called with {b}) vs eager Generator",
+                       graphed.decode(lat_ref, batch), wav_ref, 2e-2))
+    activation_check(opts.device, report)
     if cuda:
         reference32 = Generator(net, None, codec, device=opts.device, dtype=torch.float32)
         lat32 = reference32.latents(clip_f, sync_f, text_f, batch, sampler)
         report(compare(f"one step + CFG latents, bf16 {what} vs float32 eager (precision, informational)",
                        fast(noise, clip_f, sync_f, text_f), lat32, 1e-1))
     tangent_check(net, clip_f, sync_f, text_f, dtype, report)
+
+
+def activation_check(device: str, report) -> None:
+    """BigVGAN's anti-aliased activation at the 16 kHz vocoder's first and last stage sizes, in
+    float32 and bf16: the eager form this device uses (the Triton kernel on CUDA) against
+    BigVGAN's own order of operations in float32."""
+    import dataclasses
+
+    import torch
+
+    from model.bigvgan import AntiAliasedActivation, BigVGANConfig, activation_status
+    from workflows.bench.generate import compare
+
+    config = BigVGANConfig.mmaudio_16k()
+    for channels, length in ((768, 2000), (24, 128000)):
+        torch.manual_seed(channels)
+        act = AntiAliasedActivation(channels, dataclasses.replace(config)).to(device)
+        with torch.no_grad():
+            act.act.alpha.normal_(0.0, 0.5)
+            act.act.beta.normal_(0.0, 0.5)
+            x = 3 * torch.randn(2, channels, length, device=device)
+            for dtype, tol in ((torch.float32, 1e-4), (torch.bfloat16, 2e-2)):
+                x_in = x.to(dtype)  # the reference sees the same (rounded) input, in float32
+                report(compare(f"anti-aliased activation {channels} x {length} {str(dtype)[6:]}, "
+                               f"{activation_status(device)} vs BigVGAN's order in float32", act(x_in).float(),
+                               act.reference_forward(x_in.float()), tol))
 
 
 def tangent_check(net, clip_f, sync_f, text_f, dtype, report) -> None:

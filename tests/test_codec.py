@@ -14,8 +14,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from model.bigvgan import (AntiAliasedActivation, BigVGAN, BigVGANConfig, kaiser_sinc_filter, load_bigvgan,
-                           weight_norm_state_dict)
+from model.bigvgan import (AntiAliasedActivation, BigVGAN, BigVGANConfig, activation_form, activation_status,
+                           kaiser_sinc_filter, load_bigvgan, weight_norm_state_dict)
 from model.codec import Codec, MMAudioCodec, build_mmaudio_codec
 from model.mel import MelConfig, MelConverter
 from model.vae import VAE, VAEConfig, load_vae
@@ -214,6 +214,36 @@ def test_compiled_activation_uses_the_fused_form_and_matches() -> None:
         compiled = torch.compile(act, dynamic=False)(x)
         torch.testing.assert_close(compiled, act.reference_forward(x), rtol=0, atol=1e-5)
     assert calls, "torch.compile did not trace the shifted-sum form"
+
+
+def test_triton_activation_kernel_equals_bigvgans_order(tmp_path: Path) -> None:
+    """The fused Triton kernel that runs the activation on CUDA, executed by Triton's interpreter
+    on the CPU (same kernel source), against BigVGAN's upsample -> snake -> downsample."""
+    out = tmp_path / "triton.safetensors"
+    env = {**os.environ, "TRITON_INTERPRET": "1"}
+    subprocess.run([sys.executable, "-m", "tests.triton_helpers", str(out)], cwd=PROJECT_ROOT, env=env,
+                   check=True, timeout=300)
+    from tests.triton_helpers import CASES
+
+    got = load_file(str(out))
+    for n, (channels, length, kind, dtype) in enumerate(CASES):
+        kernel, reference = got[f"{n}.kernel"], got[f"{n}.reference"]
+        assert kernel.dtype == dtype and kernel.shape == (2, channels, length), (n, kernel.dtype, kernel.shape)
+        # float32: summation order only; bf16: the output's own rounding (2^-8 relative)
+        tol = 1e-5 if dtype == torch.float32 else 1e-2 * reference.abs().max().item()
+        torch.testing.assert_close(kernel.float(), reference, rtol=0, atol=tol, msg=f"case {n} ({kind}, {dtype})")
+
+
+def test_activation_forms_agree_and_auto_uses_convs_off_cuda() -> None:
+    act = _activation(5)
+    x = torch.randn(1, 5, 50, generator=torch.Generator().manual_seed(6))
+    with torch.no_grad():
+        auto = act(x)
+        for form in ("polyphase", "reference"):
+            with activation_form(act, form):
+                torch.testing.assert_close(act(x), auto, rtol=0, atol=1e-5)
+    assert act.form == "auto"
+    assert "Triton kernel is CUDA only" in activation_status("cpu")
 
 
 def _publisher_config(resblock: str, activation: str, final_tanh: bool, final_bias: bool) -> dict:

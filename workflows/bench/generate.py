@@ -421,7 +421,7 @@ def _decoder_stages(runner: StageRunner, stack: GenerateStack, latents, b: int, 
                     where: str) -> None:
     import torch
 
-    from model.bigvgan import BigVGAN, reference_activations
+    from model.bigvgan import BigVGAN, activation_form, activation_status
     from model.fast import CudaGraphCall
 
     vae, vocoder, device = stack.vae, stack.vocoder, runner.device
@@ -440,13 +440,14 @@ def _decoder_stages(runner: StageRunner, stack: GenerateStack, latents, b: int, 
 
     runner.measure("VAE decode", vae_only, batch=b, audio_s=audio_s, note=stack.description)
     runner.measure("vocoder (BigVGAN)", vocoder_only, batch=b, audio_s=audio_s, slow=True,
-                   note=f"{stack.description}; polyphase anti-aliased activations")
-    if isinstance(vocoder, BigVGAN):
-        polyphase = vocoder_only()
-        with reference_activations(vocoder):
-            runner.measure("vocoder (BigVGAN), BigVGAN's upsample -> snake -> downsample", vocoder_only, batch=b,
-                           audio_s=audio_s, slow=True, reference=polyphase,
-                           note=f"{stack.description}; the activation as published, for comparison")
+                   note=f"{stack.description}; anti-aliased activations: {activation_status(device)}")
+    if isinstance(vocoder, BigVGAN):  # what each form of the anti-aliased activation costs
+        fused = vocoder_only()
+        for form, stage in (("polyphase", "vocoder (BigVGAN), activations as grouped convs"),
+                            ("reference", "vocoder (BigVGAN), BigVGAN's upsample -> snake -> downsample")):
+            with activation_form(vocoder, form):
+                runner.measure(stage, vocoder_only, batch=b, audio_s=audio_s, slow=True, reference=fused,
+                               note=f"{stack.description}; for comparison")
     runner.measure("VAE + vocoder, eager", lambda: eager_decode(vae, vocoder, latents), batch=b, audio_s=audio_s,
                    slow=True, note=stack.description)
     runner.profile("VAE + vocoder, eager", lambda: eager_decode(vae, vocoder, latents), batch=b, audio_s=audio_s,
