@@ -114,6 +114,17 @@ class MMAudioEncoders:
         self.synchformer.vfeat_extractor = torch.compile(self.synchformer.vfeat_extractor, dynamic=False)
         return "CLIP vision tower + Synchformer torch.compile'd"
 
+    def use_fp8(self) -> str:
+        """Run the linear layers of CLIP's vision tower and Synchformer's MotionFormer in FP8
+        (`model.fp8`, an approximation: see there). Call before `compile_towers`."""
+        from model.fp8 import convert_linears_to_fp8, fp8_supported
+
+        ok, why = fp8_supported(self.device)
+        if not ok:
+            raise RuntimeError(f"FP8 is not available on {self.device}: {why}")
+        n = convert_linears_to_fp8(self.clip.model.visual) + convert_linears_to_fp8(self.synchformer.vfeat_extractor)
+        return f"{n} linear layers of CLIP's vision tower and Synchformer in FP8 (e4m3, row-wise scales)"
+
     def clip_features(self, frames: torch.Tensor) -> torch.Tensor:
         return self.clip.image_features(frames, batch_size=self.clip_batch_size)
 

@@ -19,6 +19,7 @@ def register(app: typer.Typer) -> None:
         repeats: int = typer.Option(5, help="Timed repetitions per stage (median reported)."),
         duration: float = typer.Option(8.0, help="Clip duration in seconds."),
         compile: bool = typer.Option(False, "--compile", help="Add the torch.compile variants where a sub-benchmark has them (train-step; slow to build)."),
+        fp8: bool = typer.Option(False, "--fp8", help="encoders: also time CLIP and Synchformer with FP8 linear layers, and their deviation from bf16."),
         as_json: bool = typer.Option(False, "--json", help="Print JSON rows instead of a table."),
     ) -> None:
         """Measure per-stage time, real-time factor, clips/s and peak memory."""
@@ -32,7 +33,7 @@ def register(app: typer.Typer) -> None:
         if unknown:
             raise typer.BadParameter(f"unknown sub-benchmark(s) {unknown}; choose from {list(SUB_BENCHMARKS)}")
         opts = BenchOptions(device=resolve_device(device), preset=preset, batch_size=batch_size,
-                            repeats=repeats, duration_s=duration, extra={"compile": compile})
+                            repeats=repeats, duration_s=duration, extra={"compile": compile, "fp8": fp8})
         rows = []
         skipped = []
         for name in selected:

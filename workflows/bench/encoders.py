@@ -10,7 +10,8 @@ encoders on tiny presets. Presets: a real one such as `small_16k` builds DFN5B V
 open_clip config, a one-block Synchformer and the demo encoders (CPU, 640 x 360 sources).
 CUDA runs bf16 autocast with PyTorch SDPA attention (flash kernels where eligible).
 
-opts.extra: compile (bool: also torch.compile CLIP's vision tower and Synchformer, timed at the
+opts.extra: fp8 (bool: last, CLIP and Synchformer with FP8 linear layers, after compiling when
+compile is set), compile (bool: also torch.compile CLIP's vision tower and Synchformer, timed at the
 largest batch), compiled_only (only those compiled stages), deadline, on_row (see
 workflows/bench/generate.py).
 """
@@ -137,7 +138,31 @@ def run(opts: BenchOptions) -> list[BenchRow]:
                 # warm-up calls compile: at least one before timing
                 _model_stages(runner, stack, b, n_clip, n_sync, clip_size, sync_size, opts.duration_s,
                               label=", compiled", warmup=max(1, opts.warmup))
+        if opts.extra.get("fp8") and stack.encoders is not None:
+            _fp8_stages(runner, stack, max(batches), n_clip, n_sync, clip_size, sync_size, opts.duration_s,
+                        compiled=bool(compile_now))
     return runner.rows
+
+
+def _fp8_stages(runner: StageRunner, stack: EncoderStack, b: int, n_clip: int, n_sync: int, clip_size: int,
+                sync_size: int, duration_s: float, compiled: bool) -> None:
+    """CLIP and Synchformer with their linear layers in FP8 (`MMAudioEncoders.use_fp8`, an
+    approximation): time, and the features' deviation from the bf16 ones on the same frames."""
+    enc = stack.encoders
+    clip_frames = random_frames(b, n_clip, clip_size, clip_size, runner.device, seed=1)
+    sync_frames = random_frames(b, n_sync, sync_size, sync_size, runner.device, seed=2)
+    label = ", FP8" + (" compiled" if compiled else "")
+    refs = runner.attempt(f"CLIP image features, {n_clip} frames{label}", b,
+                          lambda: (enc.clip_features(clip_frames), enc.sync_features(sync_frames)))
+    what = runner.attempt(f"CLIP image features, {n_clip} frames{label}", b, enc.use_fp8)
+    if refs is None or what is None:
+        return
+    note = f"{stack.description}; {what}; deviation is FP8's (e4m3) against bf16 features"
+    warmup = max(1, runner.opts.warmup) + (1 if compiled else 0)  # a conversion under compile recompiles
+    runner.measure(f"CLIP image features, {n_clip} frames{label}", lambda: enc.clip_features(clip_frames), batch=b,
+                   audio_s=b * duration_s, slow=True, warmup=warmup, reference=refs[0], tol=0.1, note=note)
+    runner.measure(f"Synchformer, {(n_sync - 16) // 8 + 1} segments{label}", lambda: enc.sync_features(sync_frames),
+                   batch=b, audio_s=b * duration_s, slow=True, warmup=warmup, reference=refs[1], tol=0.1, note=note)
 
 
 def _resize_stages(runner: StageRunner, b: int, n_clip: int, n_sync: int, width: int, height: int,

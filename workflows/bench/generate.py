@@ -78,7 +78,7 @@ class StageRunner:
     def measure(self, stage: str, fn: Callable[[], object], *, batch: int, audio_s: float | None = None,
                 slow: bool = False, note: str = "", need_s: float = 0.0, dtype: str | None = None,
                 device: str | None = None, repeats: int | None = None, warmup: int | None = None,
-                reference=None, describe: Callable[[float], str] | None = None) -> float | None:
+                reference=None, tol: float = 2e-2, describe: Callable[[float], str] | None = None) -> float | None:
         """Median ms of `fn` (fewer repeats when `slow`), or None when it failed or was not run.
         With `reference` (the eager output), the note also gives fn's deviation from it;
         `describe(median_ms)` appends derived figures (e.g. TFLOP/s) to the note."""
@@ -90,7 +90,7 @@ class StageRunner:
         warmup = self.opts.warmup if warmup is None else warmup
         try:
             if reference is not None:  # an optimised path: first its deviation from the eager output
-                note = f"{note}; {self.deviation(f'{stage}, batch {batch}', fn(), reference)}"
+                note = f"{note}; {self.deviation(f'{stage}, batch {batch}', fn(), reference, tol)}"
             median_ms, peak_mb = time_call(fn, repeats=max(1, repeats), warmup=max(0, warmup),
                                            device=device or self.device)
         except Exception as exc:  # noqa: BLE001 - a failing stage must not stop the others

@@ -43,6 +43,7 @@ class GenerateConfig:
     max_failures: int | None = None
     replicas: int | None = None  # model replicas; default one per GPU, or CPU actors
     compile: bool = False  # torch.compile the network step, decoder and encoder towers per replica
+    fp8: bool = False  # the visual encoders' linear layers in FP8 (changes the features: hashed)
     shard_size: int = 256  # samples per WebDataset shard
 
     def __post_init__(self) -> None:
@@ -76,6 +77,8 @@ class GenerateConfig:
 
     def identity(self, weights_hash: str) -> dict:
         d = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in self._NOT_HASHED}
+        if not self.fp8:  # added later: runs without it keep the hash they had, so they still resume
+            del d["fp8"]
         d["sampler"] = self.sampler.as_dict()
         d["weights_hash"] = weights_hash
         return d

@@ -68,7 +68,7 @@ ProgressFn = Callable[[Summary], None]
 
 
 def run_generate(cfg: GenerateConfig, progress: ProgressFn | None = None) -> Summary:
-    from model.bundles import bundle_info
+    from model.bundles import bundle_info, resolve_bundle
     from workflows.ray_cluster import connect
 
     started = time.perf_counter()
@@ -77,6 +77,8 @@ def run_generate(cfg: GenerateConfig, progress: ProgressFn | None = None) -> Sum
     if cfg.window_s is not None and abs(cfg.window_s - info.window_s) > 1e-6:
         raise GenerateError(f"--window {cfg.window_s} differs from the model's window of {info.window_s} s; "
                             "this model generates fixed-length windows")
+    if cfg.fp8 and resolve_bundle(cfg.model).encoders != "mmaudio":
+        raise GenerateError(f"--fp8 runs CLIP and Synchformer in FP8; the {cfg.model!r} bundle does not use them")
     config_hash = cfg.config_hash(info.weights_hash)
     paths = run_paths(cfg.out_dir)
     _prepare_out_dir(cfg, paths, config_hash, info)
@@ -274,7 +276,7 @@ def _execute(cfg, info, window_s, config_hash, pending, paths, journal, summary,
         num_gpus=1 if use_gpu else 0, num_cpus=1,
         fn_constructor_kwargs=dict(model=cfg.model, checkpoint=cfg.checkpoint, sampler=cfg.sampler.as_dict(),
                                    device="cuda" if use_gpu else "cpu", save_features=cfg.save_features,
-                                   batch_size=cfg.batch_size, compile=cfg.compile))
+                                   batch_size=cfg.batch_size, compile=cfg.compile, fp8=cfg.fp8))
 
     writer = _Writer(cfg, paths, info, config_hash, journal)
     collected: dict[str, dict[int, dict]] = {}

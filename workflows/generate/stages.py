@@ -77,7 +77,7 @@ class GenerateReplica:
     from any videos."""
 
     def __init__(self, model: str, checkpoint: str | None, sampler: dict, device: str,
-                 save_features: bool = False, batch_size: int = 1, compile: bool = False):
+                 save_features: bool = False, batch_size: int = 1, compile: bool = False, fp8: bool = False):
         import torch
 
         from model.bundles import load_generator
@@ -89,6 +89,9 @@ class GenerateReplica:
         self.generator = load_generator(model, checkpoint=checkpoint, device=device)
         self.sampler = SamplerConfig(**sampler)
         self.save_features = save_features
+        # FP8 changes the features, so it is not a fast path that may quietly fall back: it
+        # raises (e.g. a GPU without FP8 units) rather than make audio the run did not ask for
+        self.fp8 = self.generator.encoders.use_fp8() if fp8 else None
         self.fast_paths = self._use_fast_paths(batch_size, compile)
 
     def _use_fast_paths(self, batch_size: int, compile: bool) -> list[str]:

@@ -1,0 +1,83 @@
+"""FP8 linear layers for the visual encoders (`--fp8`): the arithmetic against float32 on the
+CPU's torch._scaled_mm, which conversions happen, the encoders' features on a real decoded
+clip, and `dub generate --fp8` refusing a bundle without those encoders."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn as nn
+from typer.testing import CliRunner
+
+from dub.cli import app
+from model.fp8 import Fp8Linear, convert_linears_to_fp8, fp8_supported
+from workflows.bench.encoders import build_encoders
+from workflows.media.decode import FrameTarget, decode_window
+
+SAMPLE = Path(__file__).resolve().parents[1] / "dub" / "samples" / "green_gem_bounce.mp4"
+
+
+def _relative(a: torch.Tensor, b: torch.Tensor) -> float:
+    return ((a.float() - b.float()).norm() / b.float().norm()).item()
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_fp8_linear_is_the_linear_to_e4m3_precision(bias: bool) -> None:
+    torch.manual_seed(0)
+    linear = nn.Linear(64, 96, bias=bias)
+    fp8 = Fp8Linear(linear)
+    x = torch.randn(3, 7, 64) * torch.logspace(-2, 2, 64)  # rows and columns of very different scale
+    with torch.no_grad():
+        want, got = linear(x), fp8(x)
+        assert got.shape == want.shape and got.dtype == torch.float32
+        # e4m3 keeps 3 mantissa bits: ~2-4 % relative error per product sum, never float32's 1e-7
+        assert 1e-3 < _relative(got, want) < 0.06
+        assert fp8.weight_fp8.dtype == torch.float8_e4m3fn and fp8.weight_scale.shape == (1, 96)
+        assert fp8(x.to(torch.bfloat16)).dtype == torch.bfloat16
+    assert fp8_supported("cpu") == (True, "")
+
+
+def test_conversion_skips_attention_internals_and_unaligned_layers() -> None:
+    model = nn.Sequential(nn.Linear(32, 64), nn.GELU(), nn.Linear(64, 10),  # 10 outputs: not a multiple of 16
+                          nn.MultiheadAttention(32, 4, batch_first=True))
+    assert convert_linears_to_fp8(model) == 1
+    assert isinstance(model[0], Fp8Linear) and isinstance(model[2], nn.Linear)
+    assert isinstance(model[3].out_proj, nn.Linear) and not isinstance(model[3].out_proj, Fp8Linear)
+    assert convert_linears_to_fp8(model) == 0  # idempotent
+
+
+def test_encoders_in_fp8_give_nearly_the_same_features_on_a_real_clip() -> None:
+    torch.manual_seed(0)
+    enc = build_encoders("tiny", "cpu").encoders
+    decoded = decode_window(SAMPLE, 0.0, 2.0, [FrameTarget(8, 384, "resize"), FrameTarget(25, 224, "crop")])
+    clip_frames, sync_frames = (torch.from_numpy(f).unsqueeze(0) for f in decoded.frames)
+    with torch.inference_mode():
+        clip_ref, sync_ref = enc.clip_features(clip_frames), enc.sync_features(sync_frames)
+        note = enc.use_fp8()
+        clip_fp8, sync_fp8 = enc.clip_features(clip_frames), enc.sync_features(sync_frames)
+    assert note.startswith("11 linear layers")  # 2 CLIP MLP layers + 9 in the one-block Synchformer
+    for name, got, want in (("clip", clip_fp8, clip_ref), ("sync", sync_fp8, sync_ref)):
+        assert got.shape == want.shape
+        cosine = torch.nn.functional.cosine_similarity(got.flatten(1), want.flatten(1)).min().item()
+        assert cosine > 0.99, (name, cosine)
+        assert _relative(got, want) > 1e-4, f"{name}: FP8 changed nothing, so it did not run"
+
+
+def test_generate_fp8_refuses_the_demo_bundle(tmp_path: Path) -> None:
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a bell rings\n")
+    result = CliRunner().invoke(app, ["generate", "--prompts", str(prompts), "-o", str(tmp_path / "out"), "--fp8"])
+    assert result.exit_code != 0
+    assert "--fp8 runs CLIP and Synchformer in FP8; the 'demo' bundle does not use them" in " ".join(
+        result.output.split())  # rich wraps long lines
+
+
+def test_fp8_changes_the_run_identity_and_compile_does_not() -> None:
+    from workflows.generate.config import GenerateConfig
+
+    plain = GenerateConfig(out_dir="out", manifest="m.parquet")
+    assert "fp8" not in plain.identity("w")  # runs made before the flag existed keep their hash
+    assert GenerateConfig(out_dir="out", manifest="m.parquet", compile=True).config_hash("w") == plain.config_hash("w")
+    assert GenerateConfig(out_dir="out", manifest="m.parquet", fp8=True).config_hash("w") != plain.config_hash("w")
