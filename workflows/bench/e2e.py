@@ -15,7 +15,8 @@
    whole run and the per-window stage times from its report.
 
 opts.extra: compile / compiled_only (torch.compile CLIP's vision tower and Synchformer in the
-model-side pipeline; compiled_only also skips the Ray run), deadline, on_row (see
+model-side pipeline; compiled_only also skips the Ray run), fp8 (their linear layers in FP8,
+real presets only), deadline, on_row (see
 workflows/bench/generate.py).
 """
 
@@ -75,7 +76,8 @@ class ModelSidePipeline:
     STAGES = ("resize on device (CLIP 384, Synchformer 224 crop)", "CLIP image features", "Synchformer features",
               "CLIP text features", "network 1 step + CFG", "audio decode", "audio to host")
 
-    def __init__(self, preset: str, device: str, batch: int, duration_s: float, compile: bool = False) -> None:
+    def __init__(self, preset: str, device: str, batch: int, duration_s: float, compile: bool = False,
+                 fp8: bool = False) -> None:
         import torch
 
         from model.fast import CudaGraphCall, OneStepGraph
@@ -95,6 +97,8 @@ class ModelSidePipeline:
                 raise RuntimeError(f"CLIP cannot be built: {encoders.missing}; carry open_clip_torch as a wheel")
             self.encoders = encoders.encoders
             self.what = f"{preset}: ViT-H/14 CLIP + Synchformer + MF-MJT + VAE + BigVGAN, random weights"
+            if fp8:
+                self.what += "; " + self.encoders.use_fp8()
             if compile:  # the warm-up batch compiles
                 self.encoders.compile_towers()
                 self.what += "; CLIP vision tower + Synchformer torch.compile'd"
@@ -206,10 +210,11 @@ def _model_side(runner: StageRunner, opts: BenchOptions, device: str) -> None:
     if cuda:
         torch.backends.cudnn.benchmark = True
     compiled = bool(opts.extra.get("compile") or opts.extra.get("compiled_only")) and opts.preset not in TINY_PRESETS
-    side = f"{MODEL_SIDE}, compiled encoders" if compiled else MODEL_SIDE
+    fp8 = bool(opts.extra.get("fp8")) and opts.preset not in TINY_PRESETS
+    side = MODEL_SIDE + (", FP8" if fp8 else "") + (", compiled encoders" if compiled else "")
     total_stage = f"{side}: total per batch (pre-decoded frames, no video decode)"
     pipe = runner.attempt(total_stage, b, lambda: ModelSidePipeline(opts.preset, device, b, opts.duration_s,
-                                                                    compile=compiled))
+                                                                    compile=compiled, fp8=fp8))
     if pipe is None:
         return
     audio_s = b * opts.duration_s
