@@ -22,7 +22,14 @@ class ChannelLastConv1d(nn.Conv1d):
     """1-D convolution over the sequence axis of a channel-last (B, L, C) tensor."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return super().forward(x.transpose(1, 2)).transpose(1, 2)
+        x = x.transpose(1, 2)
+        if self.bias is not None and torch.compiler.is_compiling():
+            # Inductor before torch 2.13 cannot lower a CPU convolution whose bias is a view, which
+            # the bias tangent of forward-mode AD is (pytorch#181351); on CUDA it adds the bias apart anyway
+            y = self._conv_forward(x, self.weight, None) + self.bias[:, None]
+        else:
+            y = super().forward(x)
+        return y.transpose(1, 2)
 
 
 def gated_hidden_dim(hidden_dim: int, multiple_of: int = 256) -> int:

@@ -151,6 +151,9 @@ def run_part(args: argparse.Namespace, part: Part, limit_s: float, work: Path, s
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
         status = f"killed at its {limit_s:.0f} s limit"
+        # a compile killed mid-write can leave a truncated .so in Inductor's cache that breaks
+        # every later import of it ("file too short"): later parts get a fresh cache
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp(prefix="inductor-after-kill-")
     seconds = time.time() - t0
     info = collect(rows_file, result)
     log(started, f"part {part.name}: {status} after {seconds:.0f} s, {info['rows']} rows")
