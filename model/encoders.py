@@ -109,10 +109,13 @@ class MMAudioEncoders:
 
     def compile_towers(self) -> str:
         """torch.compile CLIP's vision tower and Synchformer's MotionFormer in place; the first
-        calls compile (about a minute each at real sizes)."""
-        self.clip.model.visual = torch.compile(self.clip.model.visual, dynamic=False)
-        self.synchformer.vfeat_extractor = torch.compile(self.synchformer.vfeat_extractor, dynamic=False)
-        return "CLIP vision tower + Synchformer torch.compile'd"
+        calls compile (about a minute each at real sizes), and a tower that fails to compile
+        runs eagerly (`model.fast.CompiledOrEager`)."""
+        from model.fast import CompiledOrEager
+
+        self.clip.model.visual = CompiledOrEager(self.clip.model.visual, dynamic=False)
+        self.synchformer.vfeat_extractor = CompiledOrEager(self.synchformer.vfeat_extractor, dynamic=False)
+        return "CLIP vision tower + Synchformer torch.compile'd (eager if compiling fails)"
 
     def use_fp8(self) -> str:
         """Run the linear layers of CLIP's vision tower and Synchformer's MotionFormer in FP8

@@ -21,10 +21,12 @@ from __future__ import annotations
 
 import functools
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields
 
 import torch
+import torch.nn as nn
 
 from model.guidance import Guidance, needs_uncond
 from model.network import MFMJT, Conditions
@@ -156,6 +158,8 @@ class OneStepGraph:
         examples = [example(cfg.latent_seq_len, cfg.latent_dim), example(cfg.clip_seq_len, cfg.clip_dim),
                     example(cfg.sync_seq_len, cfg.sync_dim), example(cfg.text_seq_len, cfg.text_dim)]
         self._call = CudaGraphCall(self._step, examples, use_graph=use_graph, warmup=warmup)
+        if compile and not self._call.use_graph:
+            self._call(*examples)  # compile now: a compiler failure surfaces here, not mid-run
 
     @property
     def uses_graph(self) -> bool:
@@ -338,6 +342,36 @@ class DecoderGraph:
             chunk = latents[start:start + self.batch_size].to(self.device, torch.float32)
             outputs.append(self._call(_pad_rows(chunk, self.batch_size))[: chunk.shape[0]])
         return outputs[0] if len(outputs) == 1 else torch.cat(outputs)
+
+
+class CompiledOrEager(nn.Module):
+    """`torch.compile(module)` in place of `module`, switching back to `module` for good at the
+    first failure (an Inductor or Triton error at a first call with new shapes) and keeping
+    the reason in `failed`. Attributes not its own are the module's, so it can replace the
+    module where other code reads them (open_clip reads `visual.image_size`). A CUDA error
+    that poisons the context is not recoverable this way."""
+
+    def __init__(self, module: nn.Module, **compile_kwargs) -> None:
+        super().__init__()
+        self.module = module
+        self.__dict__["_compiled"] = torch.compile(module, **compile_kwargs)  # not a second submodule
+        self.failed: str | None = None
+
+    def forward(self, *args, **kwargs):
+        if self.failed is None:
+            try:
+                return self._compiled(*args, **kwargs)
+            except Exception as exc:  # noqa: BLE001 - any compiler failure: the module computes the same
+                self.failed = _short(exc)
+                warnings.warn(f"torch.compile of {type(self.module).__name__} failed, running it eagerly: "
+                              f"{self.failed}", RuntimeWarning, stacklevel=2)
+        return self.module(*args, **kwargs)
+
+    def __getattr__(self, name: str):
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            return getattr(self.module, name)
 
 
 class _FallbackOnError:

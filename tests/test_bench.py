@@ -208,3 +208,26 @@ def test_generate_replica_compile_flag_compiles_the_step_and_keeps_the_audio():
     torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
     out = compiled(dict(batch))
     assert list(out["error"]) == ["", ""] and np.abs(out["audio"]).max() > 1e-3
+
+
+def test_compiled_or_eager_falls_back_for_good_when_compiling_fails():
+    """What `--compile` wraps the encoder towers in: a compiler failure at the first call means
+    the eager module from then on, with the reason, not failed windows."""
+    from model.fast import CompiledOrEager
+
+    def broken_backend(graph_module, example_inputs):
+        raise RuntimeError("no compiler here")
+
+    linear = torch.nn.Linear(4, 3)
+    x = torch.randn(2, 4)
+    wrapped = CompiledOrEager(linear, backend=broken_backend)
+    with pytest.warns(RuntimeWarning, match="running it eagerly"):
+        got = wrapped(x)
+    torch.testing.assert_close(got, linear(x))
+    assert "no compiler here" in wrapped.failed
+    torch.testing.assert_close(wrapped(x), linear(x))  # stays eager, no second warning needed
+    assert wrapped.in_features == 4  # the module's attributes read through
+    assert [name for name, _ in wrapped.named_parameters()] == ["module.weight", "module.bias"]
+    working = CompiledOrEager(linear, backend="eager")
+    torch.testing.assert_close(working(x), linear(x))
+    assert working.failed is None
