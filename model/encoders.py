@@ -118,8 +118,9 @@ class MMAudioEncoders:
         return "CLIP vision tower + Synchformer torch.compile'd (eager if compiling fails)"
 
     def use_fp8(self) -> str:
-        """Run the linear layers of CLIP's vision tower and Synchformer's MotionFormer in FP8
-        (`model.fp8`, an approximation: see there). Call before `compile_towers`."""
+        """Run the linear layers of CLIP's vision tower (its attention projections included, via
+        `model.fp8.ProjectedAttention`) and of Synchformer's MotionFormer in FP8 (`model.fp8`,
+        an approximation: see there). Call before `compile_towers`."""
         from model.fp8 import convert_linears_to_fp8, fp8_supported
 
         ok, why = fp8_supported(self.device)

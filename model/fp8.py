@@ -71,13 +71,66 @@ class Fp8Linear(nn.Module):
         return f"in_features={self.in_features}, out_features={self.out_features}, e4m3 row-wise"
 
 
+class ProjectedAttention(nn.Module):
+    """`nn.MultiheadAttention` (batch first, plain projections) rewritten as its in-projection,
+    `scaled_dot_product_attention` and its out-projection, so the projections can be any
+    linear module (`Fp8Linear`). Same call and return as the module it replaces (open_clip's
+    blocks call `attn(q, k, v, need_weights=False, attn_mask=...)[0]`)."""
+
+    def __init__(self, mha: nn.MultiheadAttention, linear: type[nn.Module] | None = None) -> None:
+        super().__init__()
+        if not supports_projected_attention(mha):
+            raise ValueError("only batch-first nn.MultiheadAttention with one in-projection, no bias_k/bias_v, "
+                             "no zero attention and no dropout can be rewritten")
+        self.num_heads, self.embed_dim = mha.num_heads, mha.embed_dim
+        in_proj = nn.Linear(mha.embed_dim, 3 * mha.embed_dim, bias=mha.in_proj_bias is not None)
+        out_proj = nn.Linear(mha.embed_dim, mha.embed_dim, bias=mha.out_proj.bias is not None)
+        in_proj.to(mha.in_proj_weight)
+        out_proj.to(mha.out_proj.weight)
+        with torch.no_grad():
+            in_proj.weight.copy_(mha.in_proj_weight)
+            out_proj.weight.copy_(mha.out_proj.weight)
+            if mha.in_proj_bias is not None:
+                in_proj.bias.copy_(mha.in_proj_bias)
+            if mha.out_proj.bias is not None:
+                out_proj.bias.copy_(mha.out_proj.bias)
+        self.in_proj = in_proj if linear is None else linear(in_proj)
+        self.out_proj = out_proj if linear is None else linear(out_proj)
+
+    def forward(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, need_weights: bool = False,
+                attn_mask: torch.Tensor | None = None, **_unused) -> tuple[torch.Tensor, None]:
+        if need_weights:
+            raise ValueError("ProjectedAttention does not return attention weights")
+        b, n, d = query.shape
+        if key is query and value is query:  # self-attention: one projection matmul
+            q, k, v = self.in_proj(query).chunk(3, dim=-1)
+        else:
+            q = self.in_proj(query)[..., :d]
+            k = self.in_proj(key)[..., d:2 * d]
+            v = self.in_proj(value)[..., 2 * d:]
+        heads = [x.reshape(x.shape[0], x.shape[1], self.num_heads, -1).transpose(1, 2) for x in (q, k, v)]
+        if attn_mask is not None and attn_mask.dtype != torch.bool:
+            attn_mask = attn_mask.to(heads[0].dtype)
+        out = torch.nn.functional.scaled_dot_product_attention(*heads, attn_mask=attn_mask)
+        return self.out_proj(out.transpose(1, 2).reshape(b, n, d)), None
+
+
+def supports_projected_attention(mha: nn.MultiheadAttention) -> bool:
+    return (mha.batch_first and mha._qkv_same_embed_dim and mha.bias_k is None and mha.bias_v is None
+            and not mha.add_zero_attn and mha.dropout == 0.0)
+
+
 def convert_linears_to_fp8(module: nn.Module) -> int:
     """Replace every eligible `nn.Linear` under `module` by an `Fp8Linear`, in place; returns
-    how many. Skipped: layers whose dims are not multiples of 16, and the linears inside
-    `nn.MultiheadAttention`, whose forward reads their weights directly."""
+    how many. `nn.MultiheadAttention` (whose forward reads its weights directly) becomes a
+    `ProjectedAttention` with FP8 projections where it can (two layers). Skipped: layers whose
+    dims are not multiples of 16."""
     count = 0
     for name, child in list(module.named_children()):
         if isinstance(child, nn.MultiheadAttention):
+            if child.embed_dim % _ALIGN == 0 and supports_projected_attention(child):
+                setattr(module, name, ProjectedAttention(child, linear=Fp8Linear))
+                count += 2
             continue
         if isinstance(child, nn.Linear) and not isinstance(child, Fp8Linear):
             if child.in_features % _ALIGN == 0 and child.out_features % _ALIGN == 0:

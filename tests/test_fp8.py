@@ -12,7 +12,7 @@ import torch.nn as nn
 from typer.testing import CliRunner
 
 from dub.cli import app
-from model.fp8 import Fp8Linear, convert_linears_to_fp8, fp8_supported
+from model.fp8 import Fp8Linear, ProjectedAttention, convert_linears_to_fp8, fp8_supported
 from workflows.bench.encoders import build_encoders
 from workflows.media.decode import FrameTarget, decode_window
 
@@ -39,13 +39,33 @@ def test_fp8_linear_is_the_linear_to_e4m3_precision(bias: bool) -> None:
     assert fp8_supported("cpu") == (True, "")
 
 
-def test_conversion_skips_attention_internals_and_unaligned_layers() -> None:
+def test_conversion_rewrites_attention_and_skips_unaligned_layers() -> None:
     model = nn.Sequential(nn.Linear(32, 64), nn.GELU(), nn.Linear(64, 10),  # 10 outputs: not a multiple of 16
-                          nn.MultiheadAttention(32, 4, batch_first=True))
-    assert convert_linears_to_fp8(model) == 1
-    assert isinstance(model[0], Fp8Linear) and isinstance(model[2], nn.Linear)
-    assert isinstance(model[3].out_proj, nn.Linear) and not isinstance(model[3].out_proj, Fp8Linear)
+                          nn.MultiheadAttention(32, 4, batch_first=True),
+                          nn.MultiheadAttention(32, 4, batch_first=False))  # (L, B, D) layout: left alone
+    assert convert_linears_to_fp8(model) == 3
+    assert isinstance(model[0], Fp8Linear) and type(model[2]) is nn.Linear
+    assert isinstance(model[3], ProjectedAttention)
+    assert isinstance(model[3].in_proj, Fp8Linear) and isinstance(model[3].out_proj, Fp8Linear)
+    assert type(model[4]) is nn.MultiheadAttention
     assert convert_linears_to_fp8(model) == 0  # idempotent
+
+
+def test_projected_attention_is_multihead_attention() -> None:
+    """The rewrite that lets attention's projections be FP8 computes nn.MultiheadAttention
+    exactly when its projections stay float: self-attention, a mask, and cross-attention."""
+    torch.manual_seed(1)
+    mha = nn.MultiheadAttention(48, 4, batch_first=True).eval()
+    rewritten = ProjectedAttention(mha)
+    x, y = torch.randn(2, 9, 48), torch.randn(2, 9, 48)
+    mask = torch.zeros(9, 9)
+    mask[:, -3:] = float("-inf")
+    with torch.no_grad():
+        for q, kv, m in ((x, x, None), (x, x, mask), (x, y, None)):
+            want = mha(q, kv, kv, need_weights=False, attn_mask=m)[0]
+            got, weights = rewritten(q, kv, kv, need_weights=False, attn_mask=m)
+            assert weights is None
+            torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
 
 
 def test_encoders_in_fp8_give_nearly_the_same_features_on_a_real_clip() -> None:
@@ -57,7 +77,8 @@ def test_encoders_in_fp8_give_nearly_the_same_features_on_a_real_clip() -> None:
         clip_ref, sync_ref = enc.clip_features(clip_frames), enc.sync_features(sync_frames)
         note = enc.use_fp8()
         clip_fp8, sync_fp8 = enc.clip_features(clip_frames), enc.sync_features(sync_frames)
-    assert note.startswith("11 linear layers")  # 2 CLIP MLP layers + 9 in the one-block Synchformer
+    # CLIP: attention in/out projections + 2 MLP layers; the one-block Synchformer: 9 layers
+    assert note.startswith("13 linear layers")
     for name, got, want in (("clip", clip_fp8, clip_ref), ("sync", sync_fp8, sync_ref)):
         assert got.shape == want.shape
         cosine = torch.nn.functional.cosine_similarity(got.flatten(1), want.flatten(1)).min().item()
