@@ -187,16 +187,57 @@ class CompiledTangent:
         return dudt.clone() if self.mode == "reduce-overhead" else dudt
 
 
-TANGENT_KINDS = ("eager", "compiled")
+class GraphedTangent:
+    """`eager_tangent` captured as a CUDA graph, one per input shape, replayed every step: the
+    launch overhead of eager forward-mode AD goes away without a compiler (the fallback where
+    torch.compile fails). The graph reads the parameters in place, so optimizer updates are
+    seen; autocast's weight-cast cache is off inside (cached casts made during capture would
+    be freed at the end of the step). Use with `MeanFlowConfig(exact_ratio=True)`: each new
+    sub-batch size is another capture. On a CPU (or `use_graph=False`) it is `eager_tangent`.
+    """
+
+    def __init__(self, use_graph: bool | None = None) -> None:
+        self.use_graph = use_graph
+        self._calls: dict[tuple, Callable[..., torch.Tensor]] = {}
+
+    def __call__(self, inner, z, t, s, v, cond) -> torch.Tensor:
+        from model.fast import CudaGraphCall
+
+        names = sorted(cond)
+        inputs = [z, t, s, v, *(cond[k] for k in names)]
+        device_type = z.device.type
+        autocast = torch.is_autocast_enabled(device_type)
+        dtype = torch.get_autocast_dtype(device_type) if autocast else None
+        key = (id(inner), tuple(names), tuple((x.shape, x.dtype) for x in inputs), dtype)
+        call = self._calls.get(key)
+        if call is None:
+            def tangent(z_, t_, s_, v_, *conds):
+                with torch.autocast(device_type, dtype=dtype or torch.float32, enabled=autocast, cache_enabled=False):
+                    return eager_tangent(inner, z_, t_, s_, v_, dict(zip(names, conds)))
+
+            use_graph = device_type == "cuda" if self.use_graph is None else self.use_graph
+            call = self._calls[key] = CudaGraphCall(tangent, inputs, use_graph=use_graph)
+        return call(*inputs)
+
+    @property
+    def captures(self) -> int:
+        """How many graphs (input shapes) this tangent has built."""
+        return len(self._calls)
+
+
+TANGENT_KINDS = ("eager", "compiled", "graphed")
 
 
 def make_tangent(kind: str, device: torch.device | str = "cpu") -> TangentFn:
-    """'eager' or 'compiled' (reduce-overhead on CUDA, default mode on the CPU)."""
+    """'eager', 'compiled' (reduce-overhead on CUDA, default mode on the CPU) or 'graphed'
+    (CUDA graphs of the eager tangent, no compiler)."""
     if kind == "eager":
         return eager_tangent
     if kind == "compiled":
         return CompiledTangent(mode="reduce-overhead" if torch.device(device).type == "cuda" else None)
-    raise ValueError(f"unknown tangent {kind!r}: choose 'eager' or 'compiled'")
+    if kind == "graphed":
+        return GraphedTangent()
+    raise ValueError(f"unknown tangent {kind!r}: choose one of {TANGENT_KINDS}")
 
 
 def meanflow_target(

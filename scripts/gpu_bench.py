@@ -374,7 +374,15 @@ def tangent_check(net, clip_f, sync_f, text_f, dtype, report) -> None:
     cond = {"clip_f": clip_f, "sync_f": sync_f, "text_f": text_f}
     with torch.autocast(device.type, dtype=dtype, enabled=device.type == "cuda" and dtype != torch.float32):
         ref = eager_tangent(net, z, t, s, v, cond).float()
+        graphed = make_tangent("graphed", device)
+        graphed(net, z, t, s, v, cond)  # captures
+        with torch.no_grad():
+            z2, v2 = z.flip(0).contiguous(), v.flip(0).contiguous()  # new inputs through the captured graph
+        ref2 = eager_tangent(net, z2, t, s, v2, cond).float()
+        got2 = graphed(net, z2, t, s, v2, cond).float()
         got = make_tangent("compiled", device)(net, z, t, s, v, cond).float()
+    report(compare(f"MeanFlow JVP (training target), graphed (replayed on new inputs) vs eager (batch {b})",
+                   got2, ref2, 5e-2))
     report(compare(f"MeanFlow JVP (training target), compiled vs eager forward-mode AD (batch {b})", got, ref, 5e-2))
 
 

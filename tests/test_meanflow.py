@@ -11,6 +11,7 @@ import torch
 
 from model.meanflow import (
     CompiledTangent,
+    GraphedTangent,
     MeanFlowConfig,
     drop_conditions,
     empty_like_conditions,
@@ -323,6 +324,31 @@ def test_compiled_tangent_computes_the_eager_jvp():
     assert make_tangent("eager") is eager_tangent and isinstance(make_tangent("compiled"), CompiledTangent)
     with pytest.raises(ValueError, match="eager"):
         make_tangent("fd")
+
+
+def test_graphed_tangent_wraps_the_eager_jvp_once_per_shape():
+    """The CUDA-graph tangent (`--jvp graphed`) runs on the CPU through the same wrapper without
+    a graph: the eager JVP's numbers, one wrapper per input shape, under autocast too."""
+    net, x, cond, _ = _small_mfmjt(seed=12)
+    gen = torch.Generator().manual_seed(13)
+    z, v = torch.randn(2, 3, *x.shape[1:], generator=gen).unbind(0)
+    t = 0.8 * torch.rand(3, generator=gen)
+    s = t + (1 - t) * torch.rand(3, generator=gen)
+    cond = {k: c[:3] for k, c in cond.items()}
+    graphed = make_tangent("graphed")
+    assert isinstance(graphed, GraphedTangent)
+    expected = eager_tangent(net, z, t, s, v, cond)
+    torch.testing.assert_close(graphed(net, z, t, s, v, cond), expected, rtol=0, atol=0)
+    torch.testing.assert_close(graphed(net, z, t, s, v, cond), expected, rtol=0, atol=0)
+    assert graphed.captures == 1
+    two = {k: c[:2] for k, c in cond.items()}
+    torch.testing.assert_close(graphed(net, z[:2], t[:2], s[:2], v[:2], two),
+                               eager_tangent(net, z[:2], t[:2], s[:2], v[:2], two), rtol=0, atol=0)
+    assert graphed.captures == 2
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        low = graphed(net, z, t, s, v, cond)
+    assert graphed.captures == 3 and low.dtype == torch.bfloat16
+    assert ((low.float() - expected).norm() / expected.norm()).item() < 0.1
 
 
 def test_jvp_through_mfmjt_matches_finite_differences():

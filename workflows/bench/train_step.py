@@ -43,6 +43,11 @@ def run(opts: BenchOptions) -> list[BenchRow]:
             # one JVP sub-batch size every step: separates shape churn (new kernels / algorithm
             # searches per size) from the cost of the tangent itself
             ("meanflow (exact 25%)", meanflow_loss, exact, model, eager_tangent, "eager"),
+        ]
+        if cuda:  # the JVP as CUDA graphs without a compiler (on a CPU it is the row above)
+            cases.append(("meanflow (exact 25%, graphed JVP)", meanflow_loss, exact, model, make_tangent("graphed"),
+                          "eager"))
+        cases += [
             ("meanflow (all s != t)", meanflow_loss, replace(default, flow_matching_ratio=0.0), model, eager_tangent,
              "eager"),
         ]

@@ -32,7 +32,7 @@ class TrainConfig:
     # objective
     objective: str = "meanflow"
     meanflow: MeanFlowConfig = field(default_factory=MeanFlowConfig)
-    jvp: str = "eager"  # "compiled": torch.compile of the JVP (use with meanflow.exact_ratio)
+    jvp: str = "eager"  # "compiled" (torch.compile) / "graphed" (CUDA graphs): use with meanflow.exact_ratio
     # optimisation
     batch_size: int = 8  # per worker
     steps: int = 10_000
