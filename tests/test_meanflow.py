@@ -294,16 +294,21 @@ def test_exact_ratio_fixes_the_number_of_jvp_samples_per_batch():
         assert int((s == t).sum()) == expected
 
 
+def _jvp_inputs(x: torch.Tensor, cond: dict, n: int, seed: int):
+    """n samples' (z, t, s, v) with 0 <= t <= s <= 1 and their conditions: a JVP sub-batch."""
+    gen = torch.Generator().manual_seed(seed)
+    z, v = torch.randn(2, n, *x.shape[1:], generator=gen).unbind(0)
+    t = 0.8 * torch.rand(n, generator=gen)
+    s = t + (1 - t) * torch.rand(n, generator=gen)
+    return z, t, s, v, {k: c[:n] for k, c in cond.items()}
+
+
 def test_compiled_tangent_computes_the_eager_jvp():
     """The compiled tangent (the fast path for training on a GPU, see make_tangent) is the same
     derivative as the eager forward-mode AD, on the real network with every weight random."""
     net, x, cond, empty = _small_mfmjt(seed=9)
-    gen = torch.Generator().manual_seed(10)
     # 2 samples: the size of the JVP sub-batch in the loss below (8 x 25 %), so one compilation
-    z, v = torch.randn(2, 2, *x.shape[1:], generator=gen).unbind(0)
-    t = 0.8 * torch.rand(2, generator=gen)
-    s = t + (1 - t) * torch.rand(2, generator=gen)
-    cond2 = {k: c[:2] for k, c in cond.items()}
+    z, t, s, v, cond2 = _jvp_inputs(x, cond, 2, seed=10)
     compiled = CompiledTangent()
     expected = eager_tangent(net, z, t, s, v, cond2)
     got = compiled(net, z, t, s, v, cond2)
@@ -330,11 +335,7 @@ def test_graphed_tangent_wraps_the_eager_jvp_once_per_shape():
     """The CUDA-graph tangent (`--jvp graphed`) runs on the CPU through the same wrapper without
     a graph: the eager JVP's numbers, one wrapper per input shape, under autocast too."""
     net, x, cond, _ = _small_mfmjt(seed=12)
-    gen = torch.Generator().manual_seed(13)
-    z, v = torch.randn(2, 3, *x.shape[1:], generator=gen).unbind(0)
-    t = 0.8 * torch.rand(3, generator=gen)
-    s = t + (1 - t) * torch.rand(3, generator=gen)
-    cond = {k: c[:3] for k, c in cond.items()}
+    z, t, s, v, cond = _jvp_inputs(x, cond, 3, seed=13)
     graphed = make_tangent("graphed")
     assert isinstance(graphed, GraphedTangent)
     expected = eager_tangent(net, z, t, s, v, cond)
