@@ -82,6 +82,7 @@ class MMAudioEncoders:
         self.synchformer = synchformer.to(self.device).eval()
         self.clip_batch_size = clip_batch_size
         self.sync_batch_size = sync_batch_size
+        self.windows_per_call: int | None = None  # set by compile_towers
 
     @property
     def clip_size(self) -> int:
@@ -107,15 +108,21 @@ class MMAudioEncoders:
     def text_seq_len(self) -> int:
         return self.clip.text_seq_len
 
-    def compile_towers(self) -> str:
+    def compile_towers(self, windows: int | None = None, **compile_kwargs) -> str:
         """torch.compile CLIP's vision tower and Synchformer's MotionFormer in place; the first
         calls compile (about a minute each at real sizes), and a tower that fails to compile
-        runs eagerly (`model.fast.CompiledOrEager`)."""
+        runs eagerly (`model.fast.CompiledOrEager`). Compiled code is specialised to its input
+        shapes, so with `windows` every call runs in batches of exactly that many windows (the
+        last padded; windows never interact): a short last batch reuses the compiled code
+        instead of compiling again for minutes."""
         from model.fast import CompiledOrEager
 
-        self.clip.model.visual = CompiledOrEager(self.clip.model.visual, dynamic=False)
-        self.synchformer.vfeat_extractor = CompiledOrEager(self.synchformer.vfeat_extractor, dynamic=False)
-        return "CLIP vision tower + Synchformer torch.compile'd (eager if compiling fails)"
+        kwargs = {"dynamic": False, **compile_kwargs}
+        self.clip.model.visual = CompiledOrEager(self.clip.model.visual, **kwargs)
+        self.synchformer.vfeat_extractor = CompiledOrEager(self.synchformer.vfeat_extractor, **kwargs)
+        self.windows_per_call = windows
+        fixed = f", {windows} windows per call" if windows else ""
+        return f"CLIP vision tower + Synchformer torch.compile'd (eager if compiling fails){fixed}"
 
     def use_fp8(self) -> str:
         """Run the linear layers of CLIP's vision tower (its attention projections included, via
@@ -130,10 +137,14 @@ class MMAudioEncoders:
         return f"{n} linear layers of CLIP's vision tower and Synchformer in FP8 (e4m3, row-wise scales)"
 
     def clip_features(self, frames: torch.Tensor) -> torch.Tensor:
-        return self.clip.image_features(frames, batch_size=self.clip_batch_size)
+        return _in_fixed_batches(lambda f: self.clip.image_features(f, batch_size=self.clip_batch_size), frames,
+                                 self.windows_per_call)
+
+    def sync_features(self, frames: torch.Tensor) -> torch.Tensor:
+        return _in_fixed_batches(self._sync_features, frames, self.windows_per_call)
 
     @torch.no_grad()
-    def sync_features(self, frames: torch.Tensor) -> torch.Tensor:
+    def _sync_features(self, frames: torch.Tensor) -> torch.Tensor:
         pixels = sync_pixels(frames, self.sync_size, self.device)
         on_cuda = self.device.type == "cuda"
         if on_cuda:
@@ -144,3 +155,19 @@ class MMAudioEncoders:
 
     def text_features(self, prompts: list[str]) -> torch.Tensor:
         return self.clip.text_features(prompts)
+
+
+def _in_fixed_batches(fn, frames: torch.Tensor, rows: int | None) -> torch.Tensor:
+    """fn over `frames` (B, ...) in batches of exactly `rows` (the last one padded by repeating
+    its final window), or in one call when `rows` is None."""
+    n = frames.shape[0]
+    if rows is None or n in (0, rows):
+        return fn(frames)
+    outputs = []
+    for start in range(0, n, rows):
+        chunk = frames[start:start + rows]
+        pad = rows - chunk.shape[0]
+        if pad:
+            chunk = torch.cat([chunk, chunk[-1:].expand(pad, *chunk.shape[1:])])
+        outputs.append(fn(chunk)[: rows - pad])
+    return torch.cat(outputs)

@@ -1,6 +1,7 @@
-"""FP8 linear layers for the visual encoders (`--fp8`): the arithmetic against float32 on the
-CPU's torch._scaled_mm, which conversions happen, the encoders' features on a real decoded
-clip, and `dub generate --fp8` refusing a bundle without those encoders."""
+"""The visual encoders' throughput switches: FP8 linear layers (`--fp8`) against float32 on the
+CPU's torch._scaled_mm, which conversions happen, the features on a real decoded clip,
+`dub generate --fp8` refusing a bundle without those encoders; and the compiled towers
+(`--compile`) running at one batch shape."""
 
 from __future__ import annotations
 
@@ -102,3 +103,29 @@ def test_fp8_changes_the_run_identity_and_compile_does_not() -> None:
     assert "fp8" not in plain.identity("w")  # runs made before the flag existed keep their hash
     assert GenerateConfig(out_dir="out", manifest="m.parquet", compile=True).config_hash("w") == plain.config_hash("w")
     assert GenerateConfig(out_dir="out", manifest="m.parquet", fp8=True).config_hash("w") != plain.config_hash("w")
+
+
+def test_compiled_towers_see_one_batch_shape_and_keep_the_features() -> None:
+    """`dub generate --compile` runs the towers in batches of exactly --batch-size windows, so a
+    short batch reuses the compiled code: 3 windows at 2 per call (the last padded) give the
+    uncompiled features, and every tower call saw 2 windows."""
+    from model.encoders import _in_fixed_batches
+
+    seen = []
+    out = _in_fixed_batches(lambda f: seen.append(f.shape[0]) or f * 2, torch.arange(5.0).view(5, 1), 2)
+    assert seen == [2, 2, 2] and out.flatten().tolist() == [0.0, 2.0, 4.0, 6.0, 8.0]
+
+    torch.manual_seed(0)
+    enc = build_encoders("tiny", "cpu").encoders
+    decoded = decode_window(SAMPLE, 0.0, 2.0, [FrameTarget(8, 384, "resize"), FrameTarget(25, 224, "crop")])
+    clip_frames, sync_frames = (torch.from_numpy(f).unsqueeze(0).repeat(3, 1, 1, 1, 1) for f in decoded.frames)
+    clip_frames[1] = 255 - clip_frames[1]  # windows that differ
+    sync_frames[2] = sync_frames[2].flip(1)
+    with torch.inference_mode():
+        want = enc.clip_features(clip_frames), enc.sync_features(sync_frames)
+        assert "2 windows per call" in enc.compile_towers(windows=2, backend="eager")
+        got = enc.clip_features(clip_frames), enc.sync_features(sync_frames)
+    for g, w in zip(got, want):
+        assert g.shape == w.shape
+        torch.testing.assert_close(g, w, rtol=1e-5, atol=1e-5)
+    assert enc.clip.model.visual.failed is None and enc.synchformer.vfeat_extractor.failed is None

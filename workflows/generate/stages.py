@@ -101,7 +101,7 @@ class GenerateReplica:
         builders = {"one-step network": lambda: gen.use_fast_step(batch_size, self.sampler, compile=compile),
                     "decoder": lambda: gen.use_fast_decoder(batch_size, compile=compile)}
         if compile and hasattr(gen.encoders, "compile_towers"):
-            builders["encoder towers"] = gen.encoders.compile_towers
+            builders["encoder towers"] = lambda: gen.encoders.compile_towers(windows=batch_size)
         active = []
         for name, build in builders.items():
             try:
