@@ -13,6 +13,7 @@ Generic over a velocity model `model(z, t, s, **cond) -> u` whose samples do not
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import NamedTuple
@@ -169,14 +170,25 @@ class CompiledTangent:
     size. The first call compiles (seconds for tiny models, minutes for real ones).
     """
 
-    def __init__(self, mode: str | None = None, dynamic: bool | None = None) -> None:
+    def __init__(self, mode: str | None = None, dynamic: bool | None = None, **compile_kwargs) -> None:
         self.mode = mode
         self.dynamic = dynamic
+        self.compile_kwargs = compile_kwargs
         self._fn: TangentFn | None = None
+        self.failed: str | None = None  # why it runs eagerly: a compiler error ends a run's fast path, not the run
 
     def __call__(self, inner, z, t, s, v, cond) -> torch.Tensor:
+        if self.failed is not None:
+            return eager_tangent(inner, z, t, s, v, cond)
+        try:
+            return self._compiled(inner, z, t, s, v, cond)
+        except Exception as exc:  # noqa: BLE001 - Inductor/Triton failures: the eager JVP computes the same
+            self.failed = _fall_back_to_eager("torch.compile", exc)
+            return eager_tangent(inner, z, t, s, v, cond)
+
+    def _compiled(self, inner, z, t, s, v, cond) -> torch.Tensor:
         if self._fn is None:
-            self._fn = torch.compile(eager_tangent, mode=self.mode, dynamic=self.dynamic)
+            self._fn = torch.compile(eager_tangent, mode=self.mode, dynamic=self.dynamic, **self.compile_kwargs)
         # own dense copies (tiny next to the network): tracing forward-mode AD through inputs
         # that are views of one base trips an internal assert in torch 2.14 (tangent layout)
         z, t, s, v = (x.clone(memory_format=torch.contiguous_format) for x in (z, t, s, v))
@@ -199,8 +211,18 @@ class GraphedTangent:
     def __init__(self, use_graph: bool | None = None) -> None:
         self.use_graph = use_graph
         self._calls: dict[tuple, Callable[..., torch.Tensor]] = {}
+        self.failed: str | None = None  # why it runs eagerly: a capture error ends a run's fast path, not the run
 
     def __call__(self, inner, z, t, s, v, cond) -> torch.Tensor:
+        if self.failed is not None:
+            return eager_tangent(inner, z, t, s, v, cond)
+        try:
+            return self._replayed(inner, z, t, s, v, cond)
+        except Exception as exc:  # noqa: BLE001 - e.g. an op that syncs with the host during capture
+            self.failed = _fall_back_to_eager("CUDA graph capture", exc)
+            return eager_tangent(inner, z, t, s, v, cond)
+
+    def _replayed(self, inner, z, t, s, v, cond) -> torch.Tensor:
         from model.fast import CudaGraphCall
 
         names = sorted(cond)
@@ -223,6 +245,13 @@ class GraphedTangent:
     def captures(self) -> int:
         """How many graphs (input shapes) this tangent has built."""
         return len(self._calls)
+
+
+def _fall_back_to_eager(what: str, exc: BaseException) -> str:
+    reason = f"{type(exc).__name__}: {exc}".replace("\n", " ")[:300]
+    warnings.warn(f"MeanFlow JVP: {what} failed, using the eager JVP from now on: {reason}", RuntimeWarning,
+                  stacklevel=3)
+    return reason
 
 
 TANGENT_KINDS = ("eager", "compiled", "graphed")

@@ -352,6 +352,25 @@ def test_graphed_tangent_wraps_the_eager_jvp_once_per_shape():
     assert ((low.float() - expected).norm() / expected.norm()).item() < 0.1
 
 
+def test_fast_tangents_fall_back_to_the_eager_jvp_with_the_reason():
+    """A compiler or capture failure at the first step must cost the fast path, not the run."""
+    net, x, cond, _ = _small_mfmjt(seed=14)
+    z, t, s, v, cond = _jvp_inputs(x, cond, 2, seed=15)
+    expected = eager_tangent(net, z, t, s, v, cond)
+
+    def broken_backend(graph_module, example_inputs):
+        raise RuntimeError("no compiler here")
+
+    # a graph on CPU tensors cannot be captured: the same path as a capture error on a GPU
+    for tangent, reason in ((CompiledTangent(backend=broken_backend), "no compiler here"),
+                            (GraphedTangent(use_graph=True), "CUDA graphs need CUDA tensors")):
+        with pytest.warns(RuntimeWarning, match="using the eager JVP"):
+            got = tangent(net, z, t, s, v, cond)
+        torch.testing.assert_close(got, expected, rtol=0, atol=0)
+        assert reason in tangent.failed
+        torch.testing.assert_close(tangent(net, z, t, s, v, cond), expected, rtol=0, atol=0)
+
+
 def test_jvp_through_mfmjt_matches_finite_differences():
     net, x, cond, _ = _small_mfmjt(seed=6)
     net = net.double()
