@@ -98,9 +98,11 @@ class Generator:
             return None
         from model.fast import DecoderGraph
 
+        from model.bigvgan import activation_status
+
         self.fast_decoder = DecoderGraph(vae, vocoder, batch_size, self.network.config.latent_seq_len,
                                          dtype=self.dtype, compile=compile)
-        return "VAE + vocoder: " + self.fast_decoder.note
+        return f"VAE + vocoder: {self.fast_decoder.note}; vocoder activations: {activation_status(self.device)}"
 
     @property
     def sample_rate(self) -> int:

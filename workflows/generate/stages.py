@@ -93,6 +93,9 @@ class GenerateReplica:
         # raises (e.g. a GPU without FP8 units) rather than make audio the run did not ask for
         self.fp8 = self.generator.encoders.use_fp8() if fp8 else None
         self.fast_paths = self._use_fast_paths(batch_size, compile)
+        if self.fast_paths or self.fp8:  # one line per replica in the run's log: what this run really uses
+            print(f"dub: model replica on {device}: " + "; ".join(filter(None, [self.fp8, *self.fast_paths])),
+                  flush=True)
 
     def _use_fast_paths(self, batch_size: int, compile: bool) -> list[str]:
         """The latency paths (CUDA graphs; torch.compile with `compile`). Each falls back to the
