@@ -160,7 +160,32 @@ def eager_tangent(
     return dudt
 
 
-class CompiledTangent:
+class _FastTangent:
+    """A faster way to `eager_tangent` that falls back to it for good at its first failure,
+    keeping the reason in `failed`: a compiler or capture error ends a run's fast path, not
+    the run."""
+
+    what = "the fast path"
+
+    def __init__(self) -> None:
+        self.failed: str | None = None
+
+    def __call__(self, inner, z, t, s, v, cond) -> torch.Tensor:
+        if self.failed is None:
+            try:
+                return self._fast(inner, z, t, s, v, cond)
+            except Exception as exc:  # noqa: BLE001 - any compiler/capture failure: eager computes the same
+                reason = f"{type(exc).__name__}: {exc}".replace("\n", " ")[:300]
+                warnings.warn(f"MeanFlow JVP: {self.what} failed, using the eager JVP from now on: {reason}",
+                              RuntimeWarning, stacklevel=2)
+                self.failed = reason
+        return eager_tangent(inner, z, t, s, v, cond)
+
+    def _fast(self, inner, z, t, s, v, cond) -> torch.Tensor:
+        raise NotImplementedError
+
+
+class CompiledTangent(_FastTangent):
     """`eager_tangent` through `torch.compile`: the same arithmetic, fused, and with
     mode="reduce-overhead" replayed as CUDA graphs. Eager forward-mode AD launches a primal and
     a tangent kernel per op, so on a GPU the tangent pass is launch-bound; this removes that.
@@ -170,23 +195,16 @@ class CompiledTangent:
     size. The first call compiles (seconds for tiny models, minutes for real ones).
     """
 
+    what = "torch.compile"
+
     def __init__(self, mode: str | None = None, dynamic: bool | None = None, **compile_kwargs) -> None:
+        super().__init__()
         self.mode = mode
         self.dynamic = dynamic
         self.compile_kwargs = compile_kwargs
         self._fn: TangentFn | None = None
-        self.failed: str | None = None  # why it runs eagerly: a compiler error ends a run's fast path, not the run
 
-    def __call__(self, inner, z, t, s, v, cond) -> torch.Tensor:
-        if self.failed is not None:
-            return eager_tangent(inner, z, t, s, v, cond)
-        try:
-            return self._compiled(inner, z, t, s, v, cond)
-        except Exception as exc:  # noqa: BLE001 - Inductor/Triton failures: the eager JVP computes the same
-            self.failed = _fall_back_to_eager("torch.compile", exc)
-            return eager_tangent(inner, z, t, s, v, cond)
-
-    def _compiled(self, inner, z, t, s, v, cond) -> torch.Tensor:
+    def _fast(self, inner, z, t, s, v, cond) -> torch.Tensor:
         if self._fn is None:
             self._fn = torch.compile(eager_tangent, mode=self.mode, dynamic=self.dynamic, **self.compile_kwargs)
         # own dense copies (tiny next to the network): tracing forward-mode AD through inputs
@@ -199,7 +217,7 @@ class CompiledTangent:
         return dudt.clone() if self.mode == "reduce-overhead" else dudt
 
 
-class GraphedTangent:
+class GraphedTangent(_FastTangent):
     """`eager_tangent` captured as a CUDA graph, one per input shape, replayed every step: the
     launch overhead of eager forward-mode AD goes away without a compiler (the fallback where
     torch.compile fails). The graph reads the parameters in place, so optimizer updates are
@@ -208,21 +226,14 @@ class GraphedTangent:
     sub-batch size is another capture. On a CPU (or `use_graph=False`) it is `eager_tangent`.
     """
 
+    what = "CUDA graph capture"
+
     def __init__(self, use_graph: bool | None = None) -> None:
+        super().__init__()
         self.use_graph = use_graph
         self._calls: dict[tuple, Callable[..., torch.Tensor]] = {}
-        self.failed: str | None = None  # why it runs eagerly: a capture error ends a run's fast path, not the run
 
-    def __call__(self, inner, z, t, s, v, cond) -> torch.Tensor:
-        if self.failed is not None:
-            return eager_tangent(inner, z, t, s, v, cond)
-        try:
-            return self._replayed(inner, z, t, s, v, cond)
-        except Exception as exc:  # noqa: BLE001 - e.g. an op that syncs with the host during capture
-            self.failed = _fall_back_to_eager("CUDA graph capture", exc)
-            return eager_tangent(inner, z, t, s, v, cond)
-
-    def _replayed(self, inner, z, t, s, v, cond) -> torch.Tensor:
+    def _fast(self, inner, z, t, s, v, cond) -> torch.Tensor:
         from model.fast import CudaGraphCall
 
         names = sorted(cond)
@@ -245,13 +256,6 @@ class GraphedTangent:
     def captures(self) -> int:
         """How many graphs (input shapes) this tangent has built."""
         return len(self._calls)
-
-
-def _fall_back_to_eager(what: str, exc: BaseException) -> str:
-    reason = f"{type(exc).__name__}: {exc}".replace("\n", " ")[:300]
-    warnings.warn(f"MeanFlow JVP: {what} failed, using the eager JVP from now on: {reason}", RuntimeWarning,
-                  stacklevel=3)
-    return reason
 
 
 TANGENT_KINDS = ("eager", "compiled", "graphed")
