@@ -11,7 +11,7 @@ av-benchmark uses for FD-PANN) and the 527 AudioSet logits (softmax for KL and I
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -33,16 +33,6 @@ class Cnn14Config:
     fmax: float = 8000.0
     classes_num: int = 527
     channels: tuple[int, ...] = (64, 128, 256, 512, 1024, 2048)
-
-    def as_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict) -> "Cnn14Config":
-        data = dict(data)
-        if "channels" in data:
-            data["channels"] = tuple(data["channels"])
-        return cls(**data)
 
 
 CNN14_16K = Cnn14Config()

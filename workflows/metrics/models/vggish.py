@@ -22,7 +22,7 @@ torchvggish's own default (ReLU on the last layer, then PCA whitening and quanti
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -53,16 +53,6 @@ class VGGishConfig:
     hidden: int = 4096
     embedding_size: int = 128
     final_relu: bool = False  # av-benchmark drops it; torchvggish keeps it
-
-    def as_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict) -> "VGGishConfig":
-        data = dict(data)
-        if "channels" in data:
-            data["channels"] = tuple(data["channels"])
-        return cls(**data)
 
 
 VGGISH = VGGishConfig()
