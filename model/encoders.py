@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 import torch
 
+from model.fast import in_fixed_batches
 from model.synchformer import Synchformer, synchformer_features
 
 if TYPE_CHECKING:
@@ -137,11 +138,11 @@ class MMAudioEncoders:
         return f"{n} linear layers of CLIP's vision tower and Synchformer in FP8 (e4m3, row-wise scales)"
 
     def clip_features(self, frames: torch.Tensor) -> torch.Tensor:
-        return _in_fixed_batches(lambda f: self.clip.image_features(f, batch_size=self.clip_batch_size), frames,
+        return in_fixed_batches(lambda f: self.clip.image_features(f, batch_size=self.clip_batch_size), frames,
                                  self.windows_per_call)
 
     def sync_features(self, frames: torch.Tensor) -> torch.Tensor:
-        return _in_fixed_batches(self._sync_features, frames, self.windows_per_call)
+        return in_fixed_batches(self._sync_features, frames, self.windows_per_call)
 
     @torch.no_grad()
     def _sync_features(self, frames: torch.Tensor) -> torch.Tensor:
@@ -155,19 +156,3 @@ class MMAudioEncoders:
 
     def text_features(self, prompts: list[str]) -> torch.Tensor:
         return self.clip.text_features(prompts)
-
-
-def _in_fixed_batches(fn, frames: torch.Tensor, rows: int | None) -> torch.Tensor:
-    """fn over `frames` (B, ...) in batches of exactly `rows` (the last one padded by repeating
-    its final window), or in one call when `rows` is None."""
-    n = frames.shape[0]
-    if rows is None or n in (0, rows):
-        return fn(frames)
-    outputs = []
-    for start in range(0, n, rows):
-        chunk = frames[start:start + rows]
-        pad = rows - chunk.shape[0]
-        if pad:
-            chunk = torch.cat([chunk, chunk[-1:].expand(pad, *chunk.shape[1:])])
-        outputs.append(fn(chunk)[: rows - pad])
-    return torch.cat(outputs)

@@ -12,6 +12,7 @@ replayed graph computes the eager arithmetic; only launch overhead goes away.
                                              eager fallback that says why
     DecoderGraph(vae, vocoder, batch, ...)   latents -> waveforms at one batch size (padded,
                                              chunked), compiled or not, replayed as a CUDA graph
+    in_fixed_batches(fn, x, rows)            any row-wise fn at one batch size (padded, chunked)
 
 On the CPU (or with `use_graph=False`) everything runs eagerly through the same code, which is
 how the CPU tests check the wiring against the Generator.
@@ -243,6 +244,17 @@ def _pad_rows(x: torch.Tensor, rows: int) -> torch.Tensor:
     return torch.cat([x, x[-1:].expand(rows - x.shape[0], *x.shape[1:])])
 
 
+def in_fixed_batches(fn: TensorFn, x: torch.Tensor, rows: int | None) -> torch.Tensor:
+    """fn over `x` (B, ...) in batches of exactly `rows` (the last one padded by repeating its
+    final row; rows must not interact), or in one call when `rows` is None. For code that is
+    specialised to one input shape: CUDA graphs, compiled modules."""
+    n = x.shape[0]
+    if rows is None or n in (0, rows):
+        return fn(x)
+    return torch.cat([fn(_pad_rows(x[start:start + rows], rows))[: min(rows, n - start)]
+                      for start in range(0, n, rows)])
+
+
 def _same_steps(a: int | Sequence[float], b: int | Sequence[float]) -> bool:
     return torch.equal(time_grid(a), time_grid(b))
 
@@ -337,11 +349,8 @@ class DecoderGraph:
         return wav.float().clamp(-1, 1)
 
     def __call__(self, latents: torch.Tensor) -> torch.Tensor:
-        outputs = []
-        for start in range(0, latents.shape[0], self.batch_size):
-            chunk = latents[start:start + self.batch_size].to(self.device, torch.float32)
-            outputs.append(self._call(_pad_rows(chunk, self.batch_size))[: chunk.shape[0]])
-        return outputs[0] if len(outputs) == 1 else torch.cat(outputs)
+        return in_fixed_batches(lambda chunk: self._call(chunk.to(self.device, torch.float32)), latents,
+                                self.batch_size)
 
 
 class CompiledOrEager(nn.Module):

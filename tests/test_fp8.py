@@ -109,10 +109,10 @@ def test_compiled_towers_see_one_batch_shape_and_keep_the_features() -> None:
     """`dub generate --compile` runs the towers in batches of exactly --batch-size windows, so a
     short batch reuses the compiled code: 3 windows at 2 per call (the last padded) give the
     uncompiled features, and every tower call saw 2 windows."""
-    from model.encoders import _in_fixed_batches
+    from model.fast import in_fixed_batches
 
     seen = []
-    out = _in_fixed_batches(lambda f: seen.append(f.shape[0]) or f * 2, torch.arange(5.0).view(5, 1), 2)
+    out = in_fixed_batches(lambda f: seen.append(f.shape[0]) or f * 2, torch.arange(5.0).view(5, 1), 2)
     assert seen == [2, 2, 2] and out.flatten().tolist() == [0.0, 2.0, 4.0, 6.0, 8.0]
 
     torch.manual_seed(0)
