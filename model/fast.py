@@ -295,7 +295,7 @@ def compile_decoder(vae, vocoder, *, example_latents: torch.Tensor | None = None
     except Exception as exc:  # noqa: BLE001 - no compiler on this platform
         return DecoderPath(eager, "eager", f"torch.compile unavailable ({_short(exc)}); eager decoder")
     if example_latents is None:
-        return DecoderPath(_FallbackOnError(compiled, eager), "compiled", "torch.compile (checked at first call)")
+        return DecoderPath(FallbackOnError(compiled, eager), "compiled", "torch.compile (checked at first call)")
     device = example_latents.device
     try:
         with torch.no_grad(), _autocast(device, dtype):
@@ -363,18 +363,17 @@ class CompiledOrEager(nn.Module):
     def __init__(self, module: nn.Module, **compile_kwargs) -> None:
         super().__init__()
         self.module = module
-        self.__dict__["_compiled"] = torch.compile(module, **compile_kwargs)  # not a second submodule
-        self.failed: str | None = None
+        # a plain attribute, not a second submodule holding the same parameters
+        self.__dict__["_call"] = FallbackOnError(
+            torch.compile(module, **compile_kwargs), module,
+            warning=f"torch.compile of {type(module).__name__} failed, running it eagerly")
+
+    @property
+    def failed(self) -> str | None:
+        return self._call.failed
 
     def forward(self, *args, **kwargs):
-        if self.failed is None:
-            try:
-                return self._compiled(*args, **kwargs)
-            except Exception as exc:  # noqa: BLE001 - any compiler failure: the module computes the same
-                self.failed = _short(exc)
-                warnings.warn(f"torch.compile of {type(self.module).__name__} failed, running it eagerly: "
-                              f"{self.failed}", RuntimeWarning, stacklevel=2)
-        return self.module(*args, **kwargs)
+        return self._call(*args, **kwargs)
 
     def __getattr__(self, name: str):
         try:
@@ -383,19 +382,23 @@ class CompiledOrEager(nn.Module):
             return getattr(self.module, name)
 
 
-class _FallbackOnError:
-    """Calls `primary`; on its first failure switches to `fallback` for good and remembers why."""
+class FallbackOnError:
+    """Calls `primary`; at its first failure switches to `fallback` for good, keeps the reason in
+    `failed` and, given a `warning`, warns "<warning>: <reason>" (fast paths that may fail to
+    compile or capture, where the fallback computes the same thing)."""
 
-    def __init__(self, primary: TensorFn, fallback: TensorFn) -> None:
-        self.primary, self.fallback = primary, fallback
+    def __init__(self, primary: TensorFn, fallback: TensorFn, warning: str | None = None) -> None:
+        self.primary, self.fallback, self.warning = primary, fallback, warning
         self.failed: str | None = None
 
     def __call__(self, *args, **kwargs):
         if self.failed is None:
             try:
                 return self.primary(*args, **kwargs)
-            except Exception as exc:  # noqa: BLE001
+            except Exception as exc:  # noqa: BLE001 - compiler/capture failures of any kind
                 self.failed = _short(exc)
+                if self.warning:
+                    warnings.warn(f"{self.warning}: {self.failed}", RuntimeWarning, stacklevel=3)
         return self.fallback(*args, **kwargs)
 
 

@@ -13,7 +13,6 @@ Generic over a velocity model `model(z, t, s, **cond) -> u` whose samples do not
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import NamedTuple
@@ -162,24 +161,23 @@ def eager_tangent(
 
 class _FastTangent:
     """A faster way to `eager_tangent` that falls back to it for good at its first failure,
-    keeping the reason in `failed`: a compiler or capture error ends a run's fast path, not
-    the run."""
+    keeping the reason in `failed` (`model.fast.FallbackOnError`): a compiler or capture error
+    ends a run's fast path, not the run."""
 
     what = "the fast path"
 
     def __init__(self) -> None:
-        self.failed: str | None = None
+        from model.fast import FallbackOnError
+
+        self._call = FallbackOnError(self._fast, eager_tangent,
+                                     warning=f"MeanFlow JVP: {self.what} failed, using the eager JVP from now on")
+
+    @property
+    def failed(self) -> str | None:
+        return self._call.failed
 
     def __call__(self, inner, z, t, s, v, cond) -> torch.Tensor:
-        if self.failed is None:
-            try:
-                return self._fast(inner, z, t, s, v, cond)
-            except Exception as exc:  # noqa: BLE001 - any compiler/capture failure: eager computes the same
-                reason = f"{type(exc).__name__}: {exc}".replace("\n", " ")[:300]
-                warnings.warn(f"MeanFlow JVP: {self.what} failed, using the eager JVP from now on: {reason}",
-                              RuntimeWarning, stacklevel=2)
-                self.failed = reason
-        return eager_tangent(inner, z, t, s, v, cond)
+        return self._call(inner, z, t, s, v, cond)
 
     def _fast(self, inner, z, t, s, v, cond) -> torch.Tensor:
         raise NotImplementedError
