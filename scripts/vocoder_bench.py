@@ -22,20 +22,11 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from model.bigvgan import AntiAliasedActivation, BigVGAN, BigVGANConfig, activation_form, activation_status  # noqa: E402
+from workflows.bench import time_call  # noqa: E402
 
 
 def median_ms(fn, device: str, repeats: int) -> float:
-    fn()
-    times = []
-    for _ in range(repeats):
-        if device == "cuda":
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        fn()
-        if device == "cuda":
-            torch.cuda.synchronize()
-        times.append(1e3 * (time.perf_counter() - start))
-    return sorted(times)[len(times) // 2]
+    return time_call(fn, repeats=repeats, warmup=1, device=device)[0]
 
 
 def forms(module: torch.nn.Module, x: torch.Tensor, device: str, repeats: int, compile: bool) -> list[tuple]:
