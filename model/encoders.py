@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 import torch
 
-from model.fast import in_fixed_batches
+from model.fast import CompiledOrEager, in_fixed_batches
 from model.synchformer import Synchformer, synchformer_features
 
 if TYPE_CHECKING:
@@ -116,8 +116,6 @@ class MMAudioEncoders:
         shapes, so with `windows` every call runs in batches of exactly that many windows (the
         last padded; windows never interact): a short last batch reuses the compiled code
         instead of compiling again for minutes."""
-        from model.fast import CompiledOrEager
-
         kwargs = {"dynamic": False, **compile_kwargs}
         self.clip.model.visual = CompiledOrEager(self.clip.model.visual, **kwargs)
         self.synchformer.vfeat_extractor = CompiledOrEager(self.synchformer.vfeat_extractor, **kwargs)

@@ -96,9 +96,8 @@ class Generator:
         vae, vocoder = getattr(self.codec, "vae", None), getattr(self.codec, "vocoder", None)
         if vae is None or vocoder is None or (self.device.type != "cuda" and not compile):
             return None
-        from model.fast import DecoderGraph
-
         from model.bigvgan import activation_status
+        from model.fast import DecoderGraph
 
         self.fast_decoder = DecoderGraph(vae, vocoder, batch_size, self.network.config.latent_seq_len,
                                          dtype=self.dtype, compile=compile)
