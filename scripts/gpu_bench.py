@@ -107,9 +107,8 @@ def main(argv: list[str] | None = None) -> int:
     result = {"command": " ".join([Path(sys.executable).name, *sys.argv]), "device": None, "env": environment(),
               "budget_s": args.budget_s, "parts": {}, "checks": [], "rows": []}
     log(started, f"gpu_bench: {args.device} preset {args.preset} batch {args.batch_size}, budget {args.budget_s:.0f} s")
-    for part in PARTS:
-        if part.name not in wanted:
-            continue
+    by_name = {part.name: part for part in PARTS}
+    for part in (by_name[name] for name in dict.fromkeys(wanted)):  # the order --parts gives
         if args.no_compile and "compiled" in part.name:
             result["parts"][part.name] = {"status": "skipped", "reason": "--no-compile"}
             continue
