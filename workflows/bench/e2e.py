@@ -32,7 +32,7 @@ from workflows.bench import BenchOptions, BenchRow, resolve_device
 from workflows.bench.encoders import (CLIP_FPS, CLIP_SIZE, PROMPT, REAL_SOURCE, SYNC_FPS, SYNC_SIZE, TINY_SOURCE,
                                       build_encoders, clip_resize, random_frames, sync_resize)
 from workflows.bench.generate import (ONE_STEP_GUIDANCE, TINY_PRESETS, StageRunner, build_stack, dtype_name,
-                                      eager_decode, free_cuda_cache, short_error)
+                                      eager_decode, free_cuda_cache, short_error, top_kernels)
 
 MODEL_SIDE = "model-side"
 THROUGHPUT_TARGET = 6.0  # clips of 8 s per second per H200, end to end (the target)
@@ -297,8 +297,9 @@ def _profiled_busy_fraction(pipe: ModelSidePipeline) -> str:
             busy += cur_end - cur_start
         if not spans:
             return "profiler saw no device activity"
+        _total_ms, _count, listing = top_kernels(prof, top=15)  # where the next speed-up has to come from
         return (f"kernels busy {100 * busy / wall_us:.0f}% of a profiled batch "
-                f"(torch.profiler, {len(spans)} device events)")
+                f"(torch.profiler, {len(spans)} device events); top kernels: {listing}")
     except Exception as exc:  # noqa: BLE001 - the profiler is a bonus
         return f"profiler unavailable ({short_error(exc, 120)})"
 
