@@ -16,7 +16,10 @@ Sums run k = 0, 1, ... as acc = fma(value, weight, acc): nvcc contracts ATen's
 `output += t * wts` into FMAs, and a weight of 0 past a span's end leaves acc unchanged.
 Rounding is half to even, like torch.round. The weights follow ATen's CUDA code
 (`_compute_weights_span`, `_compute_weights`, `BicubicFilterFunctor` in
-`aten/src/ATen/native/cuda/UpSample.cuh`), computed once per (in, out) size with torch.
+`aten/src/ATen/native/cuda/UpSample.cuh`), computed once per (in, out) size with torch,
+including the FMAs nvcc forms there (`_axis_weights_cpu`). On an H200 (torch 2.11) the weights
+equal the ones F.interpolate uses and the output equals resize_uint8's on 1600 + 512 random
+720p frames (scripts/resize_bench.py); summing without FMAs flips ~1 value in 2e5 by 1.
 
 Layouts: the input is read as channels-last uint8 (what `frames_to_images` views), the output
 is uint8 (N, C, oh, ow) in channels-last memory, as F.interpolate returns for a channels-last
@@ -39,8 +42,9 @@ except ImportError:  # pragma: no cover - triton ships with torch's CUDA wheels
 
 BICUBIC_A = -0.5  # PIL's bicubic, ATen's antialiased BicubicFilterFunctor (not -0.75)
 BLOCK = 1024
-# Pass 1's float32 rows for a chunk of images; small enough to stay mostly in an H100/H200 L2.
-TEMP_BYTES = 64 * 2**20
+# Pass 1's float32 rows for one chunk of images. 1600 frames -> 224 x 398 on an H200:
+# 16 MiB 26 ms, 64 MiB 23 ms, 256 MiB 22 ms, 1 GiB 21.8 ms.
+TEMP_BYTES = 256 * 2**20
 
 
 def _fma32(a: torch.Tensor, b, c) -> torch.Tensor:
@@ -52,7 +56,7 @@ def _fma32(a: torch.Tensor, b, c) -> torch.Tensor:
 def _bicubic_filter(x: torch.Tensor, fused: bool = True) -> torch.Tensor:
     """ATen's BicubicFilterFunctor in float32: ((a+2)x - (a+3)) x x + 1 for |x| < 1,
     (((x - 5) x + 8) x - 4) a for |x| < 2, with the multiply-adds fused as nvcc (and this CPU
-    build of ATen) compile them; fused=False rounds every product (for comparison only)."""
+    build of ATen) compile them; fused=False rounds every product (comparisons only)."""
     fma = _fma32 if fused else (lambda a, b, c: a * b + c)
     x = x.abs()
     near = fma(fma(x, BICUBIC_A + 2, -(BICUBIC_A + 3)) * x, x, 1.0)
@@ -62,22 +66,31 @@ def _bicubic_filter(x: torch.Tensor, fused: bool = True) -> torch.Tensor:
 
 
 @functools.lru_cache(maxsize=16)
-def _axis_weights_cpu(in_size: int, out_size: int, fused: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
-    """ATen CUDA's float32 steps, vectorised over the output index."""
+def _axis_weights_cpu(in_size: int, out_size: int, fuse_center: bool = True,
+                      fuse_filter: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """ATen CUDA's float32 steps, vectorised over the output index.
+
+    nvcc contracts each use of center = scale * (i + 0.5) (center -/+ support, xmin - center)
+    into one fma (fuse_center); ATen's CPU code rounds center first (fuse_center=False, which
+    with fuse_filter reproduces this CPU build's weights: tests/test_resize_triton.py).
+    """
     f32 = torch.float32
     scale = torch.tensor(in_size, dtype=f32) / out_size  # area_pixel_compute_scale: float32 in / out
     support = 2.0 * scale if scale >= 1 else torch.tensor(2.0)  # interp_size 4 (bicubic) / 2
     invscale = 1.0 / scale if scale >= 1 else torch.tensor(1.0)
-    center = scale * (torch.arange(out_size, dtype=f32) + 0.5)
+    # float64 holds the product and the sums below exactly, so .float() is the fma's one rounding
+    center = scale.double() * (torch.arange(out_size, dtype=torch.float64) + 0.5)
+    if not fuse_center:
+        center = center.float().double()
     # int() truncates toward zero, as the C++ casts do
-    xmin = (center - support + 0.5).to(torch.int32).clamp_min(0)
-    xsize = (center + support + 0.5).to(torch.int32).clamp_max(in_size) - xmin
+    xmin = ((center - support).float() + 0.5).to(torch.int32).clamp_min(0)
+    xsize = ((center + support).float() + 0.5).to(torch.int32).clamp_max(in_size) - xmin
     taps = int(xsize.max())
-    xmin_m_center = xmin.to(f32) - center
+    xmin_m_center = (xmin.double() - center).float()
     weights = torch.zeros(out_size, taps, dtype=f32)
     total = torch.zeros(out_size, dtype=f32)
     for j in range(taps):  # sequential float32 sum, ATen's total_w order
-        w = _bicubic_filter((j + xmin_m_center + 0.5) * invscale, fused)
+        w = _bicubic_filter((j + xmin_m_center + 0.5) * invscale, fuse_filter)
         w = torch.where(j < xsize, w, torch.zeros_like(w))
         weights[:, j] = w
         total = total + w
@@ -86,9 +99,10 @@ def _axis_weights_cpu(in_size: int, out_size: int, fused: bool = True) -> tuple[
 
 
 @functools.lru_cache(maxsize=32)
-def axis_weights(in_size: int, out_size: int, device: str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
+def axis_weights(in_size: int, out_size: int, device: str = "cpu",
+                 fuse_center: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
     """(first tap (out,) int32, weights (out, taps) float32, zero past each span) for one axis."""
-    xmin, weights = _axis_weights_cpu(in_size, out_size)
+    xmin, weights = _axis_weights_cpu(in_size, out_size, fuse_center)
     return xmin.to(device), weights.to(device)
 
 
@@ -100,11 +114,12 @@ def _channels_last(images: torch.Tensor) -> torch.Tensor:
     return nhwc if nhwc.is_contiguous() else nhwc.contiguous()
 
 
-def resize_reference(images: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """The two passes in plain float32 torch (any device): float32 (N, C, oh, ow) before rounding."""
+def resize_reference(images: torch.Tensor, size: tuple[int, int], *, fuse_center: bool = True) -> torch.Tensor:
+    """The two passes in plain float32 torch (any device): float32 (N, C, oh, ow) before rounding.
+    fuse_center=False takes ATen CPU's weights instead of CUDA's (tests)."""
     x = _channels_last(images).float()
     for axis, out_size in ((2, size[1]), (1, size[0])):  # width first, then height (ATen's order)
-        start, weights = axis_weights(x.shape[axis], out_size, str(x.device))
+        start, weights = axis_weights(x.shape[axis], out_size, str(x.device), fuse_center)
         index = (start[:, None] + torch.arange(weights.shape[1], device=x.device)).clamp_max(x.shape[axis] - 1)
         shape = list(x.shape)
         shape[axis] = out_size

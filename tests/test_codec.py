@@ -6,7 +6,6 @@ import dataclasses
 import json
 import math
 import os
-import re
 import subprocess
 import sys
 from pathlib import Path
@@ -355,24 +354,13 @@ def test_build_mmaudio_codec_rejects_unknown_kind_and_foreign_weights(fixtures_r
 
 @pytest.mark.parametrize("dtype", ["*fp32", "*bf16"])
 def test_triton_activation_kernel_builds_for_hopper_without_spills(dtype: str, tmp_path: Path) -> None:
-    """The interpreter checks the kernel's arithmetic; this builds the same source the way the
-    GPU machine will (Triton -> PTX -> ptxas for sm_90, offline, no GPU needed), so a kernel
-    that cannot compile, or spills to local memory, fails here and not in a GPU session."""
-    import triton
-    from triton.backends.compiler import GPUTarget
-
+    """The interpreter checks the kernel's arithmetic; this builds the same source for sm_90."""
     from model import bigvgan_triton
+    from tests.triton_helpers import hopper_resource_usage
 
     signature = {"x_ptr": dtype, "out_ptr": dtype, "alpha_ptr": "*fp32", "inv_beta_ptr": "*fp32", "up_ptr": "*fp32",
                  "down_ptr": "*fp32", "T": "i32", "C": "i32", "BLOCK": "constexpr"}
-    source = triton.compiler.ASTSource(fn=bigvgan_triton._anti_aliased_snake_kernel, signature=signature,
-                                       constexprs={"BLOCK": bigvgan_triton.BLOCK})
-    compiled = triton.compile(source, target=GPUTarget("cuda", 90, 32))
-    cubin = tmp_path / "kernel.cubin"
-    cubin.write_bytes(compiled.asm["cubin"])
-    cuobjdump = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
-    usage = subprocess.run([str(cuobjdump), "--dump-resource-usage", str(cubin)], capture_output=True, text=True,
-                           check=True, timeout=60).stdout
-    registers, local = (int(re.search(rf"{field}:(\d+)", usage).group(1)) for field in ("REG", "LOCAL"))
+    registers, local = hopper_resource_usage(bigvgan_triton._anti_aliased_snake_kernel, signature,
+                                             {"BLOCK": bigvgan_triton.BLOCK}, tmp_path)
     # (libdevice's sin keeps a 32-byte stack array for huge arguments: STACK, not spills)
-    assert local == 0 and registers <= 128, usage
+    assert local == 0 and registers <= 128, (registers, local)

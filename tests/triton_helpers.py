@@ -1,6 +1,9 @@
-"""Run in a subprocess with TRITON_INTERPRET=1 (the interpreter must be chosen before triton is
-imported): BigVGAN's fused Triton activation on CPU tensors next to BigVGAN's own order of
-operations, saved for tests/test_codec.py to compare.
+"""Helpers for the Triton kernels' tests.
+
+`hopper_resource_usage` builds a kernel for sm_90 offline. Run as a module in a subprocess with
+TRITON_INTERPRET=1 (the interpreter must be chosen before triton is imported), this file saves
+BigVGAN's fused Triton activation on CPU tensors next to BigVGAN's own order of operations, for
+tests/test_codec.py to compare:
 
     TRITON_INTERPRET=1 python -m tests.triton_helpers OUT.safetensors
 """
@@ -8,7 +11,10 @@ operations, saved for tests/test_codec.py to compare.
 from __future__ import annotations
 
 import dataclasses
+import re
+import subprocess
 import sys
+from pathlib import Path
 
 import torch
 from safetensors.torch import save_file
@@ -20,6 +26,23 @@ from model.bigvgan import AntiAliasedActivation, BigVGANConfig
 CASES = [(3, 1, "snakebeta", torch.float32), (3, 2, "snake", torch.float32), (4, 7, "snakebeta", torch.float32),
          (5, 300, "snake", torch.float32), (2, 513, "snakebeta", torch.float32),
          (4, 260, "snakebeta", torch.bfloat16)]
+
+
+def hopper_resource_usage(fn, signature: dict, constexprs: dict, workdir: Path) -> tuple[int, int]:
+    """(registers, local memory bytes) of a Triton kernel built the way the GPU machine builds it
+    (Triton -> PTX -> ptxas for sm_90, offline, no GPU needed; cuobjdump from Triton's package), so
+    a kernel that cannot compile, or spills to local memory, fails in CI and not in a GPU session."""
+    import triton
+    from triton.backends.compiler import GPUTarget
+
+    source = triton.compiler.ASTSource(fn=fn, signature=signature, constexprs=constexprs)
+    compiled = triton.compile(source, target=GPUTarget("cuda", 90, 32))
+    cubin = workdir / f"{fn.__name__}.cubin"
+    cubin.write_bytes(compiled.asm["cubin"])
+    cuobjdump = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
+    usage = subprocess.run([str(cuobjdump), "--dump-resource-usage", str(cubin)], capture_output=True, text=True,
+                           check=True, timeout=60).stdout
+    return tuple(int(re.search(rf"{field}:(\d+)", usage).group(1)) for field in ("REG", "LOCAL"))
 
 
 def main(out: str) -> None:
