@@ -13,8 +13,10 @@ Generic over a velocity model `model(z, t, s, **cond) -> u` whose samples do not
 
 from __future__ import annotations
 
+import math
+import warnings
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import NamedTuple
 
 import torch
@@ -30,8 +32,10 @@ DEFAULT_GROUPS: tuple[tuple[str, ...], ...] = (("clip_f", "sync_f"), ("text_f",)
 class MeanFlowConfig:
     flow_matching_ratio: float = 0.75  # probability that s = t (plain flow matching on that sample)
     # exactly round(ratio * batch) samples with s = t (chosen at random) instead of a coin per
-    # sample: the JVP sub-batch then has one size, which a compiled tangent needs to stay compiled
-    exact_ratio: bool = False
+    # sample: the JVP sub-batch then has one size, which a compiled or graphed tangent needs to
+    # stay compiled / captured once. None: a coin per sample here; `dub train` turns it on
+    # exactly when its JVP is compiled or graphed (`exact_ratio_for`)
+    exact_ratio: bool | None = None
     time_mu: float = -0.4  # logit-normal location, MeanFlow convention (1 = noise)
     time_sigma: float = 1.0
     adaptive_p: float = 1.0  # loss weight 1 / (mse + eps)^p, detached; 0 = plain MSE
@@ -159,25 +163,52 @@ def eager_tangent(
     return dudt
 
 
+VERIFY_TOLERANCE = 5e-2  # max |fast - eager| / max |eager|: bf16 fusions, not a wrong derivative
+
+
 class _FastTangent:
     """A faster way to `eager_tangent` that falls back to it for good at its first failure,
     keeping the reason in `failed` (`model.fast.FallbackOnError`): a compiler or capture error
-    ends a run's fast path, not the run."""
+    ends a run's fast path, not the run.
+
+    With `verify` (default), the first call for each input shape also runs the eager JVP and
+    compares: a fast path that computes a different derivative (beyond VERIFY_TOLERANCE of its
+    peak) is dropped for the eager one, with a warning, instead of training on a wrong target.
+    `verified` keeps each shape's relative difference. Cost: one eager JVP per shape."""
 
     what = "the fast path"
 
-    def __init__(self) -> None:
+    def __init__(self, verify: bool = True) -> None:
         from model.fast import FallbackOnError
 
         self._call = FallbackOnError(self._fast, eager_tangent,
                                      warning=f"MeanFlow JVP: {self.what} failed, using the eager JVP from now on")
+        self.verify = verify
+        self.verified: dict[tuple, float] = {}
 
     @property
     def failed(self) -> str | None:
         return self._call.failed
 
     def __call__(self, inner, z, t, s, v, cond) -> torch.Tensor:
-        return self._call(inner, z, t, s, v, cond)
+        out = self._call(inner, z, t, s, v, cond)
+        if not self.verify or self._call.failed is not None:
+            return out
+        key = (id(inner), tuple(z.shape), tuple(sorted((k, tuple(x.shape)) for k, x in cond.items())))
+        if key in self.verified:
+            return out
+        expected = eager_tangent(inner, z, t, s, v, cond)
+        scale = float(expected.float().abs().max())
+        err = float((out.float() - expected.float()).abs().max())
+        rel = err / scale if scale > 0 else (0.0 if err == 0 else math.inf)
+        self.verified[key] = rel
+        if not rel <= VERIFY_TOLERANCE:  # also catches NaN
+            self._call.failed = (f"it differs from eager forward-mode AD by {rel:.2e} of its peak "
+                                 f"(tolerance {VERIFY_TOLERANCE:g})")
+            warnings.warn(f"MeanFlow JVP: {self.what} {self._call.failed}; using the eager JVP from now on",
+                          RuntimeWarning, stacklevel=2)
+            return expected
+        return out
 
     def _fast(self, inner, z, t, s, v, cond) -> torch.Tensor:
         raise NotImplementedError
@@ -195,8 +226,9 @@ class CompiledTangent(_FastTangent):
 
     what = "torch.compile"
 
-    def __init__(self, mode: str | None = None, dynamic: bool | None = None, **compile_kwargs) -> None:
-        super().__init__()
+    def __init__(self, mode: str | None = None, dynamic: bool | None = None, verify: bool = True,
+                 **compile_kwargs) -> None:
+        super().__init__(verify)
         self.mode = mode
         self.dynamic = dynamic
         self.compile_kwargs = compile_kwargs
@@ -226,8 +258,8 @@ class GraphedTangent(_FastTangent):
 
     what = "CUDA graph capture"
 
-    def __init__(self, use_graph: bool | None = None) -> None:
-        super().__init__()
+    def __init__(self, use_graph: bool | None = None, verify: bool = True) -> None:
+        super().__init__(verify)
         self.use_graph = use_graph
         self._calls: dict[tuple, Callable[..., torch.Tensor]] = {}
 
@@ -256,12 +288,30 @@ class GraphedTangent(_FastTangent):
         return len(self._calls)
 
 
-TANGENT_KINDS = ("eager", "compiled", "graphed")
+TANGENT_KINDS = ("auto", "eager", "compiled", "graphed")
+
+
+def resolve_tangent_kind(kind: str, device: torch.device | str = "cpu") -> str:
+    """'auto' is 'graphed' on CUDA (H200, small_16k, batch 32: a MeanFlow step at 1.06x a flow
+    matching step, against 3.4x with the eager JVP; docs/benchmarks.md), else 'eager' (on a CPU
+    the graphed tangent is the eager one anyway)."""
+    if kind == "auto":
+        return "graphed" if torch.device(device).type == "cuda" else "eager"
+    return kind
+
+
+def exact_ratio_for(cfg: MeanFlowConfig, tangent_kind: str) -> MeanFlowConfig:
+    """`cfg` with `exact_ratio` decided where it was left None: on for a compiled or graphed JVP
+    (one sub-batch size, one capture), off (a coin per sample) for the eager one."""
+    if cfg.exact_ratio is not None:
+        return cfg
+    return replace(cfg, exact_ratio=tangent_kind in ("compiled", "graphed"))
 
 
 def make_tangent(kind: str, device: torch.device | str = "cpu") -> TangentFn:
-    """'eager', 'compiled' (reduce-overhead on CUDA, default mode on the CPU) or 'graphed'
-    (CUDA graphs of the eager tangent, no compiler)."""
+    """'eager', 'compiled' (reduce-overhead on CUDA, default mode on the CPU), 'graphed' (CUDA
+    graphs of the eager tangent, no compiler) or 'auto' (`resolve_tangent_kind`)."""
+    kind = resolve_tangent_kind(kind, device)
     if kind == "eager":
         return eager_tangent
     if kind == "compiled":

@@ -18,7 +18,9 @@ from model.meanflow import (
     flow_matching_loss,
     meanflow_loss,
     eager_tangent,
+    exact_ratio_for,
     make_tangent,
+    resolve_tangent_kind,
     meanflow_target,
     sample_times,
 )
@@ -369,6 +371,44 @@ def test_fast_tangents_fall_back_to_the_eager_jvp_with_the_reason():
         torch.testing.assert_close(got, expected, rtol=0, atol=0)
         assert reason in tangent.failed
         torch.testing.assert_close(tangent(net, z, t, s, v, cond), expected, rtol=0, atol=0)
+
+
+def test_a_fast_tangent_that_computes_another_derivative_is_dropped_at_its_first_step():
+    """The first call per shape is checked against eager forward-mode AD: a fast path that is
+    wrong (here: off by 10 %) must not become the training target."""
+    net, x, cond, _ = _small_mfmjt(seed=16)
+    z, t, s, v, cond = _jvp_inputs(x, cond, 2, seed=17)
+    expected = eager_tangent(net, z, t, s, v, cond)
+
+    class OffByTenPercent(GraphedTangent):
+        def _fast(self, inner, z, t, s, v, cond):
+            return 1.1 * eager_tangent(inner, z, t, s, v, cond)
+
+    wrong = OffByTenPercent()
+    with pytest.warns(RuntimeWarning, match="differs from eager forward-mode AD"):
+        torch.testing.assert_close(wrong(net, z, t, s, v, cond), expected, rtol=0, atol=0)
+    assert "differs" in wrong.failed
+    torch.testing.assert_close(wrong(net, z, t, s, v, cond), expected, rtol=0, atol=0)
+    # a right one is checked once per shape and kept
+    right = GraphedTangent()
+    for _ in range(2):
+        torch.testing.assert_close(right(net, z, t, s, v, cond), expected, rtol=0, atol=0)
+    assert right.failed is None and list(right.verified.values()) == [0.0]
+    unchecked = OffByTenPercent(verify=False)
+    assert not torch.equal(unchecked(net, z, t, s, v, cond), expected) and unchecked.failed is None
+
+
+def test_auto_tangent_is_graphed_on_cuda_and_eager_on_cpu_with_the_exact_ratio_to_match():
+    assert resolve_tangent_kind("auto", "cuda") == "graphed"
+    assert resolve_tangent_kind("auto", "cpu") == "eager" and make_tangent("auto", "cpu") is eager_tangent
+    assert resolve_tangent_kind("compiled", "cpu") == "compiled"
+    default = MeanFlowConfig()
+    assert default.exact_ratio is None
+    assert exact_ratio_for(default, "graphed").exact_ratio is True
+    assert exact_ratio_for(default, "compiled").exact_ratio is True
+    assert exact_ratio_for(default, "eager").exact_ratio is False
+    chosen = MeanFlowConfig(exact_ratio=False)  # the user's explicit choice stands
+    assert exact_ratio_for(chosen, "graphed").exact_ratio is False
 
 
 def test_jvp_through_mfmjt_matches_finite_differences():

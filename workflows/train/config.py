@@ -32,7 +32,7 @@ class TrainConfig:
     # objective
     objective: str = "meanflow"
     meanflow: MeanFlowConfig = field(default_factory=MeanFlowConfig)
-    jvp: str = "eager"  # "compiled" (torch.compile) / "graphed" (CUDA graphs): use with meanflow.exact_ratio
+    jvp: str = "auto"  # "auto": "graphed" (CUDA graphs of the eager JVP) on GPU workers, "eager" on CPU ones
     # optimisation
     batch_size: int = 8  # per worker
     steps: int = 10_000

@@ -29,7 +29,7 @@ import torch
 
 from model.checkpoint import apply_state_dict, load_network, load_state_dict_file, save_checkpoint
 from model.config import NetworkConfig
-from model.meanflow import flow_matching_loss, make_tangent, meanflow_loss
+from model.meanflow import exact_ratio_for, flow_matching_loss, make_tangent, meanflow_loss, resolve_tangent_kind
 from model.network import MFMJT
 from workflows.train.config import TrainConfig
 from workflows.train.data import batches, sample_stream
@@ -79,9 +79,11 @@ def train_loop_per_worker(job: dict[str, Any]) -> None:
                            seed=f"{cfg.seed}:{step}")
     data = batches(stream, cfg.batch_size)
     if cfg.objective == "meanflow":
-        objective = functools.partial(meanflow_loss, tangent=make_tangent(cfg.jvp, device))
+        jvp = resolve_tangent_kind(cfg.jvp, device)
+        objective = functools.partial(meanflow_loss, tangent=make_tangent(jvp, device))
+        meanflow_cfg = exact_ratio_for(cfg.meanflow, jvp)
     else:
-        objective = flow_matching_loss
+        objective, meanflow_cfg = flow_matching_loss, cfg.meanflow
     use_bf16 = cfg.bf16 if cfg.bf16 is not None else device.type == "cuda"
 
     started = last_log = time.perf_counter()
@@ -91,7 +93,7 @@ def train_loop_per_worker(job: dict[str, Any]) -> None:
         x = net.normalize(batch["latent_mean"] + batch["latent_std"] * randn_like(batch["latent_mean"], generator))
         cond, empty = conditions(net, batch)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
-            loss, metrics = objective(model, x, cond=cond, empty=empty, cfg=cfg.meanflow, generator=generator)
+            loss, metrics = objective(model, x, cond=cond, empty=empty, cfg=meanflow_cfg, generator=generator)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(net.parameters(), cfg.grad_clip or math.inf)
