@@ -224,7 +224,7 @@ class AntiAliasedActivation(nn.Module):
     summed. Same numbers as BigVGAN's upsample -> snake -> downsample (edge replication
     included) without the transposed depthwise conv, the 2x-long padded copies and the gain
     pass that dominated the vocoder's GPU time (profile in docs/benchmarks.md). Three ways to
-    run it, same numbers: on CUDA without autograd, one Triton kernel (`model.bigvgan_triton`);
+    run it, same numbers: on CUDA without autograd, two Triton passes (`model.bigvgan_triton`);
     under torch.compile, shifted sums that Inductor fuses into one kernel; otherwise two
     grouped convs. `form` ("auto", "polyphase", "reference") pins one for benchmarks.
     """
@@ -289,7 +289,7 @@ class AntiAliasedActivation(nn.Module):
 def activation_form(module: nn.Module, form: ActivationForm) -> Iterator[None]:
     """Run every AntiAliasedActivation in `module` as `form` (to measure what each form saves,
     `dub bench generate`): "reference" = BigVGAN's upsample -> snake -> downsample, "polyphase" =
-    the grouped convs (no Triton kernel), "auto" = the Triton kernel on CUDA when it works."""
+    the grouped convs (no Triton kernel), "auto" = the Triton kernels on CUDA when they work."""
     acts = [m for m in module.modules() if isinstance(m, AntiAliasedActivation)]
     before = [act.form for act in acts]
     for act in acts:
@@ -317,7 +317,7 @@ def activation_status(device: str | torch.device) -> str:
     if torch.device(device).type != "cuda":
         return "polyphase grouped convs (the Triton kernel is CUDA only)"
     if _fused_kernel_usable():
-        return "one Triton kernel each"
+        return "Triton kernels (phases, low-pass)"
     return f"polyphase grouped convs (Triton kernel off: {_FUSED_KERNEL['error'] or 'DUB_BIGVGAN_TRITON=0 or no triton'})"
 
 

@@ -353,14 +353,19 @@ def test_build_mmaudio_codec_rejects_unknown_kind_and_foreign_weights(fixtures_r
 
 
 @pytest.mark.parametrize("dtype", ["*fp32", "*bf16"])
-def test_triton_activation_kernel_builds_for_hopper_without_spills(dtype: str, tmp_path: Path) -> None:
-    """The interpreter checks the kernel's arithmetic; this builds the same source for sm_90."""
+@pytest.mark.parametrize("kernel", ["phases", "lowpass"])
+def test_triton_activation_kernels_build_for_hopper_without_spills(kernel: str, dtype: str, tmp_path: Path) -> None:
+    """The interpreter checks the kernels' arithmetic; this builds the same source for sm_90."""
     from model import bigvgan_triton
     from tests.triton_helpers import hopper_resource_usage
 
-    signature = {"x_ptr": dtype, "out_ptr": dtype, "alpha_ptr": "*fp32", "inv_beta_ptr": "*fp32", "up_ptr": "*fp32",
-                 "down_ptr": "*fp32", "T": "i32", "C": "i32", "BLOCK": "constexpr"}
-    registers, local = hopper_resource_usage(bigvgan_triton._anti_aliased_snake_kernel, signature,
-                                             {"BLOCK": bigvgan_triton.BLOCK}, tmp_path)
+    if kernel == "phases":
+        fn = bigvgan_triton._snake_phases_kernel
+        signature = {"x_ptr": dtype, "phases_ptr": "*fp32", "alpha_ptr": "*fp32", "inv_beta_ptr": "*fp32",
+                     "up_ptr": "*fp32", "T": "i32", "C": "i32", "BLOCK": "constexpr"}
+    else:
+        fn = bigvgan_triton._lowpass_kernel
+        signature = {"phases_ptr": "*fp32", "out_ptr": dtype, "down_ptr": "*fp32", "T": "i32", "BLOCK": "constexpr"}
+    registers, local = hopper_resource_usage(fn, signature, {"BLOCK": bigvgan_triton.BLOCK}, tmp_path)
     # (libdevice's sin keeps a 32-byte stack array for huge arguments: STACK, not spills)
     assert local == 0 and registers <= 128, (registers, local)

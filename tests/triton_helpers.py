@@ -24,7 +24,7 @@ from model.bigvgan import AntiAliasedActivation, BigVGANConfig
 
 # (channels, length, snake kind, input dtype): down to one sample, both kinds, bf16 input
 CASES = [(3, 1, "snakebeta", torch.float32), (3, 2, "snake", torch.float32), (4, 7, "snakebeta", torch.float32),
-         (5, 300, "snake", torch.float32), (2, 513, "snakebeta", torch.float32),
+         (5, 300, "snake", torch.float32), (2, 513, "snakebeta", torch.float32), (3, 1100, "snake", torch.float32),
          (4, 260, "snakebeta", torch.bfloat16)]
 
 
