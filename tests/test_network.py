@@ -419,3 +419,28 @@ def test_jvp_under_math_sdpa_matches_finite_difference():
     assert torch.equal(value, plain)
     assert tangent.abs().max() > 1e-3
     torch.testing.assert_close(tangent, finite, rtol=1e-6, atol=1e-7 * finite.abs().max().item())
+
+
+@pytest.mark.parametrize("in_ch, out_ch, kernel, bias", [(6, 10, 3, False), (5, 4, 7, True), (3, 8, 1, True)])
+def test_channel_last_conv_as_one_matmul_equals_the_convolution(in_ch, out_ch, kernel, bias) -> None:
+    """ChannelLastConv1d runs as a GEMM over the unfolded sequence (no layout conversions on a
+    GPU): the convolution's numbers and its forward-mode derivative (the MeanFlow JVP)."""
+    from model.layers import ChannelLastConv1d
+
+    gen = torch.Generator().manual_seed(in_ch * kernel)
+    conv = ChannelLastConv1d(in_ch, out_ch, kernel, padding=kernel // 2, bias=bias).double()
+    x, dx = torch.randn(2, 2, 13, in_ch, generator=gen, dtype=torch.float64).unbind(0)
+    assert conv._as_matmul()
+
+    def as_conv(x_):
+        return torch.nn.functional.conv1d(x_.transpose(1, 2), conv.weight, conv.bias, padding=kernel // 2).transpose(1, 2)
+
+    with torch.no_grad():
+        torch.testing.assert_close(conv(x), as_conv(x), rtol=1e-12, atol=1e-12)
+        got = torch.func.jvp(conv, (x,), (dx,))
+        want = torch.func.jvp(as_conv, (x,), (dx,))
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+    strided = ChannelLastConv1d(in_ch, out_ch, kernel, stride=2, padding=kernel // 2).double()
+    assert not strided._as_matmul()  # other shapes keep nn.Conv1d's path
+    assert strided(x).shape == (2, 7, out_ch)
