@@ -231,3 +231,21 @@ def test_compiled_or_eager_falls_back_for_good_when_compiling_fails():
     working = CompiledOrEager(linear, backend="eager")
     torch.testing.assert_close(working(x), linear(x))
     assert working.failed is None
+
+
+def test_bf16_checks_measure_both_paths_from_float32():
+    """`compare` with the float32 result: a fast bf16 path passes when it is no further from
+    float32 than 1.5x the eager bf16 path, even where the two bf16 outputs differ by more than
+    the plain tolerance (deep stacks drift in bf16 whatever the form)."""
+    from workflows.bench.generate import BF16_SLACK, compare
+
+    exact = torch.linspace(-1, 1, 101)
+    eager = exact + 0.03  # the eager bf16 path's own drift: 3 % of peak
+    fast = exact - 0.03  # as far on the other side: 6 % from eager, beyond 2 %
+    assert not compare("plain", fast, eager, 2e-2)["pass"]
+    check = compare("vs float32", fast, eager, 2e-2, exact=exact)
+    assert check["pass"] and check["fast_vs_float32"] == pytest.approx(0.03, rel=1e-3)
+    assert check["eager_vs_float32"] == pytest.approx(0.03, rel=1e-3) and check["float32_slack"] == BF16_SLACK
+    worse = exact - 0.03 * BF16_SLACK * 1.1
+    assert not compare("too far", worse, eager, 2e-2, exact=exact)["pass"]
+    assert not compare("nan", fast + float("nan"), eager, 2e-2, exact=exact)["pass"]
