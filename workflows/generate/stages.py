@@ -86,6 +86,10 @@ class GenerateReplica:
         if device == "cpu":
             # Ray gives each CPU actor its CPUs; torch would otherwise spawn one thread per core.
             torch.set_num_threads(max(1, torch.get_num_threads()))
+        elif str(device).startswith("cuda"):
+            # a replica sees the same few shapes all run long (graphs at --batch-size): let cuDNN
+            # time its convolution algorithms once per shape, as `dub bench` measured them
+            torch.backends.cudnn.benchmark = True
         self.generator = load_generator(model, checkpoint=checkpoint, device=device)
         self.sampler = SamplerConfig(**sampler)
         self.save_features = save_features
