@@ -7,6 +7,7 @@ these tests exercise every stage without depending on the bundled trained weight
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import signal
 import threading
@@ -103,6 +104,15 @@ def test_end_to_end_outputs(first_run, corpus):
         assert abs(_stream_seconds(dst, "audio") - video_s) <= frame_s + 1e-3
         assert row["t_generate_s"] is not None and row["t_decode_s"] is not None
     assert (out / "run.json").exists()
+    # the run's stage breakdown is the sum of the rows' stage times (all windows of this run)
+    assert summary.replicas == 1 and set(summary.stage_seconds) == {"decode_cpu", "features", "generate",
+                                                                    "decode_audio"}
+    for stage, column in (("decode_cpu", "t_decode_s"), ("features", "t_features_s"), ("generate", "t_generate_s"),
+                          ("decode_audio", "t_decode_audio_s")):
+        assert summary.stage_seconds[stage] == pytest.approx(sum(r[column] for r in good), abs=5e-3)
+    assert summary.stage_seconds["features"] > 0 and summary.stage_seconds["decode_cpu"] > 0
+    assert summary.model_busy_fraction is not None and 0 < summary.model_busy_fraction <= 1.5
+    assert json.loads((out / "summary.json").read_text())["stage_seconds"] == summary.stage_seconds
 
 
 def test_shards_read_back_with_webdataset_and_ray(first_run, ray_session):

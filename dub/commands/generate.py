@@ -124,6 +124,13 @@ def _print_summary(summary, console) -> None:
     table.add_row("skipped", str(summary.skipped))
     table.add_row("audio generated", f"{summary.audio_seconds:.1f} s")
     table.add_row("wall time", f"{summary.wall_s:.1f} s ({summary.clips_per_s:.2f} videos/s)")
+    if summary.stage_seconds:
+        stages = summary.stage_seconds
+        table.add_row("CPU decoding (summed)", f"{stages.get('decode_cpu', 0.0):.1f} s")
+        table.add_row("model: features / generate / audio",
+                      " / ".join(f"{stages.get(k, 0.0):.1f}" for k in ("features", "generate", "decode_audio")) + " s")
+    if summary.model_busy_fraction is not None:
+        table.add_row(f"model replicas busy ({summary.replicas})", f"{100 * summary.model_busy_fraction:.0f} %")
     for reason, count in sorted(summary.errors.items()):
         table.add_row(f"  failed: {reason}", str(count))
     console.print(table)

@@ -42,6 +42,13 @@ class Summary:
     audio_seconds: float = 0.0
     wall_s: float = 0.0
     errors: dict[str, int] = field(default_factory=dict)
+    replicas: int = 0
+    # summed over this run's windows: CPU decoding (tasks) and the replicas' three model stages
+    stage_seconds: dict[str, float] = field(default_factory=dict)
+    # the replicas' model seconds / (replicas x the span in which results streamed back): near
+    # 1, the models were the bottleneck; well below, they waited (on decoding, or on start-up
+    # in a short run). An estimate from the replicas' own clocks (host time around each stage)
+    model_busy_fraction: float | None = None
 
     @property
     def clips_per_s(self) -> float:
@@ -51,6 +58,47 @@ class Summary:
         d = dict(self.__dict__)
         d["clips_per_s"] = self.clips_per_s
         return d
+
+
+MODEL_STAGES = ("features", "generate", "decode_audio")
+STAGE_COLUMNS = {"decode_cpu": "t_decode_s", **{name: f"t_{name}_s" for name in MODEL_STAGES}}
+
+
+class _BusyClock:
+    """Model seconds against the time results took to stream back, for Summary.model_busy_fraction."""
+
+    def __init__(self, replicas: int) -> None:
+        self.replicas = replicas
+        self.stage_seconds = dict.fromkeys(STAGE_COLUMNS, 0.0)
+        self.start: float | None = None
+        self.end: float | None = None
+        self.batches = 0
+
+    def add(self, batch: dict) -> None:
+        now = time.perf_counter()
+        # a replica gives each row of a call its share of the call's time, counting only the rows
+        # it ran (decoding failures have none): summing over those rows gives the call's time
+        ran = np.array([not e for e in batch.get("error", [])], dtype=bool)
+        model_s = 0.0
+        for name, column in STAGE_COLUMNS.items():
+            if column not in batch:
+                continue
+            values = np.asarray(batch[column], dtype=float)
+            seconds = float(values.sum() if name == "decode_cpu" or len(ran) != len(values) else values[ran].sum())
+            self.stage_seconds[name] += seconds
+            model_s += seconds if name in MODEL_STAGES else 0.0
+        if self.start is None:  # the first result: its replica started about its model time ago
+            self.start = now - model_s
+        self.end = now
+        self.batches += 1
+
+    def fill(self, summary: Summary) -> None:
+        summary.replicas = self.replicas
+        summary.stage_seconds = {k: round(v, 3) for k, v in self.stage_seconds.items()}
+        span = (self.end - self.start) if self.start is not None else 0.0
+        model_s = sum(self.stage_seconds[name] for name in MODEL_STAGES)
+        if self.batches >= 2 and span > 0 and self.replicas > 0:  # one batch is busy by construction
+            summary.model_busy_fraction = round(model_s / (self.replicas * span), 3)
 
 
 @dataclass
@@ -281,8 +329,10 @@ def _execute(cfg, info, window_s, config_hash, pending, paths, journal, summary,
     writer = _Writer(cfg, paths, info, config_hash, journal)
     collected: dict[str, dict[int, dict]] = {}
     failures = 0
+    clock = _BusyClock(replicas)
     try:
         for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
+            clock.add(batch)
             for i in range(len(batch["video_id"])):
                 vid = str(batch["video_id"][i])
                 if vid not in by_id:
@@ -311,6 +361,7 @@ def _execute(cfg, info, window_s, config_hash, pending, paths, journal, summary,
                         f"latest error: {row['error']}. Completed outputs are kept; rerun to resume.")
     finally:
         writer.close()
+        clock.fill(summary)
 
 
 def _no_frames(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
