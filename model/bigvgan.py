@@ -11,8 +11,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
-import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -23,6 +21,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from model.kernel_switch import KernelSwitch
 from model.state_dicts import read_state_dict, strict_load
 
 _SNAKE_EPS = 1e-9
@@ -255,11 +254,11 @@ class AntiAliasedActivation(nn.Module):
             return self.reference_forward(x)
         if torch.compiler.is_compiling():
             return self._shifted_sums_forward(x)
-        if self.form == "auto" and x.is_cuda and not torch.is_grad_enabled() and _fused_kernel_usable():
+        if self.form == "auto" and x.is_cuda and not torch.is_grad_enabled() and FUSED_ACTIVATION.usable():
             try:
                 return self._fused_kernel_forward(x)
             except Exception as exc:  # noqa: BLE001 - a Triton build problem: the convs compute the same
-                _disable_fused_kernel(exc)
+                FUSED_ACTIVATION.disable(exc)
         b, c, t = x.shape
         up = F.conv1d(F.pad(x, (_POLY_PAD, _POLY_PAD), mode="replicate"), self.up_weight.to(x.dtype), groups=c)
         s = _pad_phases(self.act(up.view(b, c, 2, t)))
@@ -301,30 +300,17 @@ def activation_form(module: nn.Module, form: ActivationForm) -> Iterator[None]:
             act.form = old
 
 
-_FUSED_KERNEL = {"usable": None, "error": None}
-
-
-def _fused_kernel_usable() -> bool:
-    if _FUSED_KERNEL["usable"] is None:
-        from model import bigvgan_triton
-
-        _FUSED_KERNEL["usable"] = bigvgan_triton.available() and os.environ.get("DUB_BIGVGAN_TRITON", "1") != "0"
-    return bool(_FUSED_KERNEL["usable"])
+FUSED_ACTIVATION = KernelSwitch("BigVGAN's fused Triton activation", "DUB_BIGVGAN_TRITON", "model.bigvgan_triton",
+                                "grouped convs")
 
 
 def activation_status(device: str | torch.device) -> str:
     """How AntiAliasedActivation runs eagerly on `device` (for benchmark notes and logs)."""
     if torch.device(device).type != "cuda":
         return "polyphase grouped convs (the Triton kernel is CUDA only)"
-    if _fused_kernel_usable():
+    if FUSED_ACTIVATION.usable():
         return "Triton kernels (phases, low-pass)"
-    return f"polyphase grouped convs (Triton kernel off: {_FUSED_KERNEL['error'] or 'DUB_BIGVGAN_TRITON=0 or no triton'})"
-
-
-def _disable_fused_kernel(exc: BaseException) -> None:
-    _FUSED_KERNEL.update(usable=False, error=f"{type(exc).__name__}: {exc}"[:300])
-    warnings.warn(f"BigVGAN's fused Triton activation failed, using grouped convs instead: {_FUSED_KERNEL['error']}",
-                  RuntimeWarning, stacklevel=3)
+    return f"polyphase grouped convs (Triton kernel off: {FUSED_ACTIVATION.why_off()})"
 
 
 def _pad_phases(s: torch.Tensor) -> torch.Tensor:

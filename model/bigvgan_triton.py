@@ -33,10 +33,6 @@ except ImportError:  # pragma: no cover - triton ships with torch's CUDA wheels
 BLOCK = 512
 
 
-def available() -> bool:
-    return triton is not None
-
-
 if triton is not None:
 
     @triton.jit

@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import copy
 import json
-import os
-import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -23,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from model.kernel_switch import KernelSwitch
 from model.state_dicts import read_state_dict, strict_load
 
 RELEASED_MODEL_NAME = "ViT-H-14-378-quickgelu"
@@ -48,29 +47,18 @@ def resize_uint8(images: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
         return images
     if images.device.type == "cpu":
         return F.interpolate(images, size=size, mode="bicubic", antialias=True, align_corners=False)
-    if images.device.type == "cuda" and _separable_resize_usable():
+    if images.device.type == "cuda" and SEPARABLE_RESIZE.usable():
         from model.resize_triton import resize_triton
 
         try:
             return resize_triton(images, (int(size[0]), int(size[1])))
         except Exception as exc:  # noqa: BLE001 - a kernel that fails to build must not fail a run
-            _SEPARABLE_RESIZE["error"] = f"{type(exc).__name__}: {exc}"
-            warnings.warn(f"the Triton resize failed ({_SEPARABLE_RESIZE['error'][:200]}); using F.interpolate",
-                          RuntimeWarning, stacklevel=2)
+            SEPARABLE_RESIZE.disable(exc)
     out = F.interpolate(images.float(), size=size, mode="bicubic", antialias=True, align_corners=False)
     return out.clamp_(0, 255).round_().to(torch.uint8)
 
 
-_SEPARABLE_RESIZE: dict[str, str | None] = {"error": None}
-
-
-def _separable_resize_usable() -> bool:
-    """The Triton resize, unless it failed once or DUB_TRITON_RESIZE=0."""
-    if _SEPARABLE_RESIZE["error"] is not None or os.environ.get("DUB_TRITON_RESIZE", "1") == "0":
-        return False
-    from model import resize_triton
-
-    return resize_triton.triton is not None
+SEPARABLE_RESIZE = KernelSwitch("the Triton resize", "DUB_TRITON_RESIZE", "model.resize_triton", "F.interpolate")
 
 
 def short_side_size(height: int, width: int, short: int) -> tuple[int, int]:

@@ -93,9 +93,9 @@ def test_resize_uint8_takes_the_triton_resize_on_cuda_unless_switched_off(monkey
     result: scripts/resize_bench.py on an H200); DUB_TRITON_RESIZE=0 keeps F.interpolate."""
     from model import clip_encoder
 
-    assert clip_encoder._separable_resize_usable() == (resize_triton.triton is not None)
+    assert clip_encoder.SEPARABLE_RESIZE.usable() == (resize_triton.triton is not None)
     monkeypatch.setenv("DUB_TRITON_RESIZE", "0")
-    assert not clip_encoder._separable_resize_usable()
+    assert not clip_encoder.SEPARABLE_RESIZE.usable()
 
 
 def main(out: str) -> None:

@@ -1,0 +1,35 @@
+"""The on/off switch of an optional fast kernel (Triton, on CUDA).
+
+A kernel runs unless its environment variable is "0", its module found no Triton, or it has
+failed once: at its first failure it is off for the rest of the process, with a warning, and
+its callers run their reference path, which computes the same numbers. (The per-instance
+analogue for compiled and graphed callables is `model.fast.FallbackOnError`.)
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import warnings
+
+
+class KernelSwitch:
+    def __init__(self, what: str, env_var: str, module: str, instead: str) -> None:
+        self.what, self.env_var, self.module, self.instead = what, env_var, module, instead
+        self.error: str | None = None
+        self._has_triton: bool | None = None  # the module is imported once, on first use
+
+    def usable(self) -> bool:
+        """Read at every call (cheap), so a benchmark can switch the kernel off for one call."""
+        if self.error is not None or os.environ.get(self.env_var, "1") == "0":
+            return False
+        if self._has_triton is None:
+            self._has_triton = importlib.import_module(self.module).triton is not None
+        return self._has_triton
+
+    def disable(self, exc: BaseException) -> None:
+        self.error = f"{type(exc).__name__}: {exc}"[:300]
+        warnings.warn(f"{self.what} failed, using {self.instead} instead: {self.error}", RuntimeWarning, stacklevel=3)
+
+    def why_off(self) -> str:
+        return self.error or f"{self.env_var}=0 or no triton"
