@@ -385,7 +385,7 @@ class _Writer:
 
         errors = [str(w["error"]) for w in windows if str(w["error"])]
         timings = {key: float(sum(float(w[key]) for w in windows))
-                   for key in ("t_decode_s", "t_features_s", "t_generate_s", "t_decode_audio_s") if key in windows[0]}
+                   for key in STAGE_COLUMNS.values() if key in windows[0]}
         if errors:
             row = _row(video.video_id, video.path, "failed", errors[0], num_windows=len(windows),
                        prompt=video.prompt, **timings)
