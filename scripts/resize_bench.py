@@ -10,8 +10,8 @@ i.e. as dub ran it before the Triton resize (float F.interpolate of the channels
 CUDA; ATen's native uint8 kernel on CPU);
 (b) "interpolate-nchw" = the same float F.interpolate on a contiguous NCHW float copy made
 beforehand (the layout cost of (a) removed); (c) "separable" = model.resize_triton
-(Triton on CUDA, its torch reference on CPU). Median of --repeats after --warmup, CUDA events
-on CUDA. Each row: median ms and, against (a), max |difference| and differing uint8 values;
+(Triton on CUDA, its torch reference on CPU). Median of --repeats after --warmup
+(`workflows.bench.time_call`: CUDA-synchronised wall time). Each row: median ms and, against (a), max |difference| and differing uint8 values;
 row (d), untimed: (c)'s algorithm in plain torch (no FMAs) on the first 16 frames.
 Also: each axis' weights against the ones the device's F.interpolate uses (read back from
 one-hot rows), fused (FMA) and unfused filter arithmetic.
@@ -22,9 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -34,27 +32,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from model import resize_triton  # noqa: E402
 from model.clip_encoder import center_crop, frames_to_images, short_side_size  # noqa: E402
+from workflows.bench import time_call  # noqa: E402
 from workflows.bench.encoders import (CLIP_SIZE, REAL_SOURCE, SYNC_SIZE, clip_resize, random_frames,  # noqa: E402
                                       sync_resize)
-
-
-def median_ms(fn, device: str, warmup: int, repeats: int) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        if device.startswith("cuda"):
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            fn()
-            end.record()
-            end.synchronize()
-            times.append(start.elapsed_time(end))
-        else:
-            begin = time.perf_counter()
-            fn()
-            times.append((time.perf_counter() - begin) * 1000.0)
-    return statistics.median(times)
 
 
 def without_triton(resize):
@@ -121,7 +101,7 @@ def bench_workload(workload: str, batch: int, count: int, device: str, warmup: i
     rows = []
 
     def record(method: str, fn) -> None:
-        ms = median_ms(fn, device, warmup, repeats)
+        ms, _peak = time_call(fn, repeats=repeats, warmup=warmup, device=device)
         out = fn()
         diff = (out.int() - reference.int()).abs()
         rows.append({"workload": workload, "method": method, "median_ms": ms, "max_abs_diff": int(diff.max()),
