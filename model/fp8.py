@@ -34,6 +34,25 @@ def fp8_supported(device: torch.device | str) -> tuple[bool, str]:
     return True, ""
 
 
+def quantize_rows(rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(M, K) -> its e4m3 values and float32 scales (M, 1): each row divided by its own
+    amax / 448, in float32. The amax of a bf16/fp16 row is taken in that dtype (abs and max are
+    exact there, so it equals the float32 one) and the division promotes each element to
+    float32 on the fly: the result is bit-identical to quantising a float32 copy of `rows`,
+    without making that copy."""
+    if rows.dtype not in (torch.bfloat16, torch.float16, torch.float32):
+        rows = rows.float()  # float64 & co: round to float32 first, as before
+    scale = rows.abs().amax(dim=1, keepdim=True).float().clamp(min=1e-12) / E4M3_MAX
+    return (rows / scale).to(E4M3), scale
+
+
+def bias_in_scaled_mm(device: torch.device) -> bool:
+    """Whether `torch._scaled_mm(..., bias=...)` is used on `device`: the CPU's emulation adds a
+    bias of any float dtype; CUDA's row-wise kernels (cuBLASLt, CUTLASS) take one of the output
+    dtype (bf16 here). Elsewhere (ROCm, other backends) the bias is added after the matmul."""
+    return device.type == "cpu" or (device.type == "cuda" and torch.version.hip is None)
+
+
 class Fp8Linear(nn.Module):
     """Inference stand-in for an `nn.Linear`: y = x W^T + b with W in e4m3 (per output channel
     scale) and x quantised per row; output in the autocast dtype when autocast is on, else in
@@ -56,14 +75,15 @@ class Fp8Linear(nn.Module):
             out_dtype = torch.get_autocast_dtype(device_type)
         else:
             out_dtype = x.dtype
-        rows = x.reshape(-1, self.in_features).float()
-        x_scale = rows.abs().amax(dim=1, keepdim=True).clamp(min=1e-12) / E4M3_MAX  # (M, 1)
-        x_fp8 = (rows / x_scale).to(E4M3)
+        x_fp8, x_scale = quantize_rows(x.reshape(-1, self.in_features))
         # CUDA's row-wise scaled matmul writes bf16 only; the CPU's also writes float32
         mm_dtype = torch.bfloat16 if x.is_cuda or out_dtype != torch.float32 else torch.float32
+        # the bias in the matmul's epilogue (added to the float32 accumulator, rounded once) where
+        # the platform takes it: it must have the output's dtype on CUDA (bf16)
+        fused_bias = self.bias is not None and bias_in_scaled_mm(x.device)
         y = torch._scaled_mm(x_fp8, self.weight_fp8.t(), scale_a=x_scale, scale_b=self.weight_scale,
-                             out_dtype=mm_dtype)
-        if self.bias is not None:
+                             bias=self.bias.to(mm_dtype) if fused_bias else None, out_dtype=mm_dtype)
+        if self.bias is not None and not fused_bias:
             y = y + self.bias.to(y.dtype)
         return y.to(out_dtype).reshape(*x.shape[:-1], self.out_features)
 
