@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from model.kernel_switch import KernelSwitch
 from model.layers import GeluMlp
 from model.state_dicts import read_state_dict, strict_load
 
@@ -107,11 +108,75 @@ def _attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tenso
     return out.reshape(*lead, *out.shape[-2:])
 
 
-class DividedAttention(nn.Module):
-    """Attention along time or along space; the CLS token is shared by every group.
+def _split_heads(qkv: torch.Tensor, heads: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(N, L, 3 * D) -> q, k, v views (N, heads, L, D // heads): q, k, v are three contiguous
+    blocks, heads split as (h, d) inside each."""
+    n, length, width = qkv.shape
+    return qkv.view(n, length, 3, heads, width // (3 * heads)).permute(2, 0, 3, 1, 4).unbind(0)
 
-    The CLS query sees all tokens; each group's queries see the CLS key/value plus the group.
-    """
+
+def divided_attention(qkv: torch.Tensor, heads: int, *, frames: int, patches: int, along_time: bool) -> torch.Tensor:
+    """Attention along time or along space from the qkv projection's output (N, L, 3 * D) ->
+    (N, L, D) before the output projection. The CLS query sees all tokens; each group's queries
+    see the CLS key/value plus the group. Tokens are CLS, then (frame, patch)."""
+    n, length, width = qkv.shape
+    q, k, v = _split_heads(qkv, heads)
+    cls_out = _attention(q[:, :, :1], k, v)  # (n, h, 1, dh)
+
+    def grouped(t: torch.Tensor) -> torch.Tensor:
+        t = t[:, :, 1:].unflatten(2, (frames, patches))  # tokens are (time, space)
+        return t.transpose(2, 3) if along_time else t  # (n, h, groups, seq, dh)
+
+    qg, kg, vg = grouped(q), grouped(k), grouped(v)
+    groups = qg.shape[2]
+    cls_k = k[:, :, None, :1].expand(-1, -1, groups, -1, -1)
+    cls_v = v[:, :, None, :1].expand(-1, -1, groups, -1, -1)
+    out = _attention(qg, torch.cat((cls_k, kg), dim=3), torch.cat((cls_v, vg), dim=3))
+    if along_time:
+        out = out.transpose(2, 3)
+    out = torch.cat((cls_out, out.flatten(2, 3)), dim=2)  # (n, h, L, dh)
+    return out.transpose(1, 2).reshape(n, length, width // 3)
+
+
+def divided_attention_triton(qkv: torch.Tensor, heads: int, *, frames: int, patches: int,
+                             along_time: bool) -> torch.Tensor:
+    """`divided_attention` with the groups in one Triton kernel (model/synchformer_triton.py) that
+    reads qkv and writes the output in place, without the copies; CLS's own query through SDPA."""
+    from model.synchformer_triton import grouped_attention
+
+    out = grouped_attention(qkv, heads, frames, patches, along_time)
+    q, k, v = _split_heads(qkv, heads)
+    cls_out = F.scaled_dot_product_attention(q[:, :, :1], k, v)  # (n, h, 1, dh)
+    out[:, 0] = cls_out.flatten(1)
+    return out
+
+
+GROUPED_ATTENTION = KernelSwitch("Synchformer's Triton divided attention", "DUB_SYNCHFORMER_TRITON",
+                                 "model.synchformer_triton", "SDPA with concatenated CLS keys")
+
+
+@torch.library.custom_op("dub::synchformer_divided_attention", mutates_args=())
+def _divided_attention_kernel_op(qkv: torch.Tensor, heads: int, frames: int, patches: int,
+                                 along_time: bool) -> torch.Tensor:
+    """The Triton form as one opaque op, so torch.compile neither traces into the kernel launch
+    nor breaks its graph there; falls back to the SDPA form if the kernel fails (once, warned)."""
+    shape = dict(frames=frames, patches=patches, along_time=along_time)
+    try:
+        return divided_attention_triton(qkv, heads, **shape)
+    except Exception as exc:  # noqa: BLE001 - a kernel that fails to build must not fail a run
+        GROUPED_ATTENTION.disable(exc)
+    return divided_attention(qkv, heads, **shape)
+
+
+@_divided_attention_kernel_op.register_fake
+def _(qkv: torch.Tensor, heads: int, frames: int, patches: int, along_time: bool) -> torch.Tensor:
+    return qkv.new_empty(*qkv.shape[:-1], qkv.shape[-1] // 3)
+
+
+class DividedAttention(nn.Module):
+    """Attention along time or along space with a shared CLS token (`divided_attention`); on
+    CUDA, without autograd, through the Triton kernel (same sums; `DUB_SYNCHFORMER_TRITON=0`
+    keeps the SDPA form)."""
 
     def __init__(self, dim: int, num_heads: int, qkv_bias: bool) -> None:
         super().__init__()
@@ -122,25 +187,12 @@ class DividedAttention(nn.Module):
         self.proj = nn.Linear(dim, dim)
 
     def forward(self, x: torch.Tensor, *, frames: int, patches: int, along_time: bool) -> torch.Tensor:
-        n, length, dim = x.shape
-        heads = self.num_heads
-        # q, k, v are three contiguous blocks, heads split as (h, d) inside each.
-        q, k, v = self.qkv(x).view(n, length, 3, heads, dim // heads).permute(2, 0, 3, 1, 4)
-        cls_out = _attention(q[:, :, :1], k, v)  # (n, h, 1, dh)
-
-        def grouped(t: torch.Tensor) -> torch.Tensor:
-            t = t[:, :, 1:].unflatten(2, (frames, patches))  # tokens are (time, space)
-            return t.transpose(2, 3) if along_time else t  # (n, h, groups, seq, dh)
-
-        qg, kg, vg = grouped(q), grouped(k), grouped(v)
-        groups = qg.shape[2]
-        cls_k = k[:, :, None, :1].expand(-1, -1, groups, -1, -1)
-        cls_v = v[:, :, None, :1].expand(-1, -1, groups, -1, -1)
-        out = _attention(qg, torch.cat((cls_k, kg), dim=3), torch.cat((cls_v, vg), dim=3))
-        if along_time:
-            out = out.transpose(2, 3)
-        out = torch.cat((cls_out, out.flatten(2, 3)), dim=2)  # (n, h, L, dh)
-        return self.proj(out.transpose(1, 2).reshape(n, length, dim))
+        qkv = self.qkv(x)
+        if qkv.is_cuda and not torch.is_grad_enabled() and GROUPED_ATTENTION.usable():
+            out = _divided_attention_kernel_op(qkv, self.num_heads, frames, patches, along_time)
+        else:
+            out = divided_attention(qkv, self.num_heads, frames=frames, patches=patches, along_time=along_time)
+        return self.proj(out)
 
 
 class DividedSpaceTimeBlock(nn.Module):

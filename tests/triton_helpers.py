@@ -28,7 +28,7 @@ CASES = [(3, 1, "snakebeta", torch.float32), (3, 2, "snake", torch.float32), (4,
          (4, 260, "snakebeta", torch.bfloat16)]
 
 
-def hopper_resource_usage(fn, signature: dict, constexprs: dict, workdir: Path) -> tuple[int, int]:
+def hopper_resource_usage(fn, signature: dict, constexprs: dict, workdir: Path, num_warps: int = 4) -> tuple[int, int]:
     """(registers, local memory bytes) of a Triton kernel built the way the GPU machine builds it
     (Triton -> PTX -> ptxas for sm_90, offline, no GPU needed; cuobjdump from Triton's package), so
     a kernel that cannot compile, or spills to local memory, fails in CI and not in a GPU session."""
@@ -36,7 +36,7 @@ def hopper_resource_usage(fn, signature: dict, constexprs: dict, workdir: Path) 
     from triton.backends.compiler import GPUTarget
 
     source = triton.compiler.ASTSource(fn=fn, signature=signature, constexprs=constexprs)
-    compiled = triton.compile(source, target=GPUTarget("cuda", 90, 32))
+    compiled = triton.compile(source, target=GPUTarget("cuda", 90, 32), options={"num_warps": num_warps})
     cubin = workdir / f"{fn.__name__}.cubin"
     cubin.write_bytes(compiled.asm["cubin"])
     cuobjdump = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"

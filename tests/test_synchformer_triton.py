@@ -1,0 +1,120 @@
+"""Synchformer's Triton divided attention (model/synchformer_triton.py) against the SDPA form.
+
+Run as a module with TRITON_INTERPRET=1 (chosen before triton is imported) it writes the
+kernel path's and the reference's results for CASES:
+
+    TRITON_INTERPRET=1 python -m tests.test_synchformer_triton OUT.safetensors
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from model import synchformer, synchformer_triton
+from tests.triton_helpers import hopper_resource_usage
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+
+# (segments, heads, head_dim, frames, patches): the released geometry's 8 x 196 tokens (space
+# groups longer than a tile, tiles that straddle two groups), a head_dim that is not a power of
+# two, groups that do not divide the tile, one patch, the released head_dim 64. float32 only:
+# Triton 3.8's interpreter multiplies bf16 `tl.dot` operands wrongly (a 16 x 16 product off by
+# ~1e10), so bf16 is checked where it runs, on the GPU (scripts/gpu_bench.py's correctness part).
+CASES = [(2, 2, 16, 8, 196), (1, 3, 24, 8, 9), (2, 1, 16, 3, 70), (1, 2, 16, 8, 1), (2, 2, 64, 8, 25)]
+TILES = [(64, 64), (32, 16)]  # (query tile, key tile) besides the default
+
+
+def case_qkv(i: int) -> torch.Tensor:
+    segments, heads, head_dim, frames, patches = CASES[i]
+    generator = torch.Generator().manual_seed(i)
+    qkv = torch.randn(segments, 1 + frames * patches, 3 * heads * head_dim, generator=generator)
+    return 2 * qkv  # scores of a few units: a softmax that is not flat
+
+
+def main(out: str) -> None:
+    from safetensors.torch import save_file
+
+    tensors = {}
+    for i, (_, heads, _, frames, patches) in enumerate(CASES):
+        qkv = case_qkv(i)
+        for along_time in (True, False):
+            shape = dict(frames=frames, patches=patches, along_time=along_time)
+            tag = f"{i}.{'time' if along_time else 'space'}"
+            tensors[f"{tag}.kernel"] = synchformer.divided_attention_triton(qkv, heads, **shape)
+            tensors[f"{tag}.reference"] = synchformer.divided_attention(qkv.double(), heads, **shape)
+            # the other launch configurations scripts/sync_attention_bench.py times
+            for block_m, block_n in TILES:
+                result = synchformer_triton.grouped_attention(qkv, heads, block_m=block_m, block_n=block_n, **shape)
+                tensors[f"{tag}.{block_m}x{block_n}"] = result[:, 1:].contiguous()
+    # the kernel as torch.compile (Inductor) sees it: one opaque op with a fake shape function
+    compiled = torch.compile(lambda qkv: synchformer._divided_attention_kernel_op(qkv, 3, 8, 9, True) * 2)
+    tensors["compiled"] = compiled(case_qkv(1))
+    tensors["compiled.kernel_ran"] = torch.tensor(synchformer.GROUPED_ATTENTION.error is None)
+    save_file(tensors, out)
+
+
+def test_triton_divided_attention_matches_sdpa_form_under_interpreter(tmp_path: Path) -> None:
+    """Same attention, other summation order: within 1e-5 of the float64 reference (relative
+    to its peak)."""
+    out = tmp_path / "attention.safetensors"
+    env = {**os.environ, "TRITON_INTERPRET": "1"}
+    subprocess.run([sys.executable, "-m", "tests.test_synchformer_triton", str(out)], cwd=PROJECT_ROOT, env=env,
+                   check=True, timeout=300)
+    from safetensors.torch import load_file
+
+    got = load_file(str(out))
+    for i, (segments, heads, head_dim, frames, patches) in enumerate(CASES):
+        for kind in ("time", "space"):
+            kernel, reference = got[f"{i}.{kind}.kernel"], got[f"{i}.{kind}.reference"]
+            assert kernel.shape == (segments, 1 + frames * patches, heads * head_dim)
+            assert kernel.dtype == torch.float32
+            error = ((kernel.double() - reference).abs().max() / reference.abs().max()).item()
+            assert error < 1e-5, (i, kind, error)
+            for block_m, block_n in TILES:
+                other = got[f"{i}.{kind}.{block_m}x{block_n}"].double()
+                error = ((other - reference[:, 1:]).abs().max() / reference.abs().max()).item()
+                assert error < 1e-5, (i, kind, block_m, block_n, error)
+    assert got["compiled.kernel_ran"].item()
+    torch.testing.assert_close(got["compiled"], 2 * got["1.time.kernel"], rtol=0, atol=0)
+
+
+def test_divided_attention_is_the_released_blocks_attention() -> None:
+    """The reference form is what DividedAttention runs off CUDA: its output through `proj`."""
+    torch.manual_seed(0)
+    attention = synchformer.DividedAttention(32, 4, qkv_bias=True).eval()
+    x = torch.randn(2, 1 + 8 * 5, 32)
+    with torch.no_grad():
+        for along_time in (True, False):
+            shape = dict(frames=8, patches=5, along_time=along_time)
+            expected = attention.proj(synchformer.divided_attention(attention.qkv(x), 4, **shape))
+            torch.testing.assert_close(attention(x, **shape), expected, rtol=0, atol=0)
+
+
+def test_synchformer_takes_the_triton_kernel_on_cuda_unless_switched_off(monkeypatch) -> None:
+    assert synchformer.GROUPED_ATTENTION.usable() == (synchformer_triton.triton is not None)
+    monkeypatch.setenv("DUB_SYNCHFORMER_TRITON", "0")
+    assert not synchformer.GROUPED_ATTENTION.usable()
+
+
+@pytest.mark.parametrize("dtype", ["bf16", "fp32"])
+def test_triton_divided_attention_builds_for_hopper_without_spills(dtype: str, tmp_path: Path) -> None:
+    pointer = "*bf16" if dtype == "bf16" else "*fp32"
+    signature = {"qkv_ptr": pointer, "out_ptr": pointer, "L": "i32", "H": "i32", "S": "i32", "GS": "i32",
+                 "GROUP_STRIDE": "i32", "ELEM_STRIDE": "i32", "scale": "fp32", "HEAD_DIM": "constexpr",
+                 "BLOCK_D": "constexpr", "BLOCK_M": "constexpr", "BLOCK_N": "constexpr", "IEEE": "constexpr"}
+    constexprs = {"HEAD_DIM": 64, "BLOCK_D": 64, "BLOCK_M": synchformer_triton.BLOCK_M,
+                  "BLOCK_N": synchformer_triton.BLOCK_N, "IEEE": dtype == "fp32"}
+    registers, local = hopper_resource_usage(synchformer_triton._grouped_attention_kernel, signature, constexprs,
+                                             tmp_path, num_warps=synchformer_triton.NUM_WARPS)
+    # bf16 (what runs on GPUs, under autocast): <= 128 registers x 256 threads, two blocks per SM
+    assert local == 0 and (registers <= 128 or dtype == "fp32"), (registers, local)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])
