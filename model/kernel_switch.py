@@ -8,9 +8,11 @@ analogue for compiled and graphed callables is `model.fast.FallbackOnError`.)
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import os
 import warnings
+from collections.abc import Iterator
 
 
 class KernelSwitch:
@@ -33,3 +35,17 @@ class KernelSwitch:
 
     def why_off(self) -> str:
         return self.error or f"{self.env_var}=0 or no triton"
+
+    @contextlib.contextmanager
+    def turned(self, on: bool) -> Iterator[None]:
+        """Within the block the kernel is asked for (on) or switched off through its environment
+        variable (benchmarks and checks time both forms in one process)."""
+        saved = os.environ.get(self.env_var)
+        os.environ[self.env_var] = "1" if on else "0"
+        try:
+            yield
+        finally:
+            if saved is None:
+                del os.environ[self.env_var]
+            else:
+                os.environ[self.env_var] = saved

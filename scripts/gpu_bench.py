@@ -339,6 +339,7 @@ def correctness(opts, report) -> None:
                        graphed.decode(lat_ref, batch), wav_ref, 2e-2, exact=wav_exact))
     del wav_exact
     activation_check(opts.device, report)
+    synchformer_check(opts.device, opts.preset, report)
     if cuda:
         report(compare(f"one step + CFG latents, bf16 {what} vs float32 eager (precision, informational)",
                        fast(noise, clip_f, sync_f, text_f), lat32, 1e-1))
@@ -369,6 +370,34 @@ def activation_check(device: str, report) -> None:
                 report(compare(f"anti-aliased activation {channels} x {length} {str(dtype)[6:]}, "
                                f"{activation_status(device)} vs BigVGAN's order in float32", act(x_in).float(),
                                act.reference_forward(x_in.float()), tol))
+
+
+def synchformer_check(device: str, preset: str, report) -> None:
+    """Synchformer features of one 8 s clip (24 segments, random weights; bf16 autocast on CUDA)
+    with the divided attention this device uses (the Triton kernel on CUDA) against the SDPA form,
+    with float32 (no TF32) as the yardstick."""
+    import torch
+
+    from model.synchformer import GROUPED_ATTENTION, Synchformer, SynchformerConfig, synchformer_features
+    from workflows.bench.encoders import tiny_synchformer_config
+    from workflows.bench.generate import TINY_PRESETS, compare, true_float32
+
+    config = tiny_synchformer_config() if preset in TINY_PRESETS else SynchformerConfig.released()
+    torch.manual_seed(5)
+    model = Synchformer(config).eval().to(device)
+    frames = torch.rand(1, 200, 3, config.crop_size, config.crop_size, device=device) * 2 - 1
+    cuda = device.startswith("cuda")
+
+    def features(kernel: bool) -> torch.Tensor:
+        with GROUPED_ATTENTION.turned(kernel), torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda):
+            return synchformer_features(model, frames.to(torch.bfloat16) if cuda else frames).float()
+
+    fast, sdpa = features(True), features(False)
+    with true_float32():
+        exact = synchformer_features(model, frames).float()
+    form = "Triton divided attention" if cuda and GROUPED_ATTENTION.usable() else (
+        f"SDPA form (kernel off: {GROUPED_ATTENTION.why_off()})" if cuda else "SDPA form (CPU)")
+    report(compare(f"Synchformer features, 24 segments, {form} vs SDPA form", fast, sdpa, 2e-2, exact=exact))
 
 
 def tangent_check(net, clip_f, sync_f, text_f, dtype, report) -> None:

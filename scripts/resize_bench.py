@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -31,7 +30,7 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from model import resize_triton  # noqa: E402
-from model.clip_encoder import center_crop, frames_to_images, short_side_size  # noqa: E402
+from model.clip_encoder import SEPARABLE_RESIZE, center_crop, frames_to_images, short_side_size  # noqa: E402
 from workflows.bench import time_call  # noqa: E402
 from workflows.bench.encoders import (CLIP_SIZE, REAL_SOURCE, SYNC_SIZE, clip_resize, random_frames,  # noqa: E402
                                       sync_resize)
@@ -40,15 +39,8 @@ from workflows.bench.encoders import (CLIP_SIZE, REAL_SOURCE, SYNC_SIZE, clip_re
 def without_triton(resize):
     """resize_uint8's F.interpolate path: the Triton resize switched off for the call."""
     def call(*args):
-        saved = os.environ.get("DUB_TRITON_RESIZE")
-        os.environ["DUB_TRITON_RESIZE"] = "0"
-        try:
+        with SEPARABLE_RESIZE.turned(False):
             return resize(*args)
-        finally:
-            if saved is None:
-                del os.environ["DUB_TRITON_RESIZE"]
-            else:
-                os.environ["DUB_TRITON_RESIZE"] = saved
     return call
 
 

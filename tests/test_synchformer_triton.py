@@ -118,3 +118,25 @@ def test_triton_divided_attention_builds_for_hopper_without_spills(dtype: str, t
 
 if __name__ == "__main__":
     main(sys.argv[1])
+
+
+def test_sync_attention_bench_runs_on_cpu(tmp_path: Path) -> None:
+    """scripts/sync_attention_bench.py (the GPU comparison of the two forms) at tiny sizes on CPU:
+    SDPA rows timed and exact against float32; kernel rows are rows (errors without a GPU)."""
+    import importlib.util
+    import json
+
+    spec = importlib.util.spec_from_file_location("sync_attention_bench", PROJECT_ROOT / "scripts" /
+                                                  "sync_attention_bench.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    bench.main(["--device", "cpu", "--out", str(tmp_path)])
+    rows = json.loads((tmp_path / "sync_attention.json").read_text())["rows"]
+    sdpa = [row for row in rows if row["form"] == "SDPA form"]
+    assert [row["attention"] for row in sdpa] == ["time", "space"]
+    assert all(row["median_ms"] > 0 and row["rel_err_vs_float32"] < 1e-6 for row in sdpa)
+    kernels = [row for row in rows if "attention" in row and row["form"].startswith("Triton")]
+    assert len(kernels) == 2 * (len(bench.CONFIGS) + 1)
+    assert all("error" in row or row["rel_err_vs_float32"] < 1e-5 for row in kernels)
+    model = [row for row in rows if "model" in row]
+    assert len(model) == 2 and all(row["median_ms"] > 0 and row["rel_err_vs_float32"] < 1e-5 for row in model)

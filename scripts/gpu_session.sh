@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# The next GPU session's one device call (carry [".whl"], timeout_s 600), results under $OUT:
+#   bash scripts/gpu_session.sh
+# 1. scripts/sync_attention_bench.py (<= 45 s): Synchformer's Triton divided attention against
+#    the SDPA form, per attention and over the whole model, with errors against float32;
+# 2. scripts/clip_kernels_bench.py (<= 70 s): where CLIP's FP8 time goes (SDPA backends, FP8
+#    matmul, quantisation, bias, fast accumulation);
+# 3. scripts/gpu_bench.sh with the rest (<= 470 s), parts in order of value.
+# Each step's timeout keeps the total under 600 s; a step that fails does not stop the next.
+set -uo pipefail
+cd "$(dirname "$0")/.." || exit 1
+OUT="${OUT:-out/gpu_session}"
+export OUT
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+timeout --kill-after=5 45 python3 scripts/sync_attention_bench.py --out "$OUT" 2>&1 | tee "$OUT/sync_attention.log"
+timeout --kill-after=5 70 python3 scripts/clip_kernels_bench.py --budget-s 55 --out "$OUT" 2>&1 \
+    | tee "$OUT/clip_kernels.log"
+GPU_BENCH_BUDGET_S="${GPU_BENCH_BUDGET_S:-455}" GPU_BENCH_TIMEOUT_S="${GPU_BENCH_TIMEOUT_S:-470}" \
+    bash scripts/gpu_bench.sh --parts "${GPU_BENCH_PARTS:-generate,train-step,e2e-fp8,correctness,e2e-compiled}" "$@"
