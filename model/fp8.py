@@ -46,11 +46,26 @@ def quantize_rows(rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return (rows / scale).to(E4M3), scale
 
 
-def bias_in_scaled_mm(device: torch.device) -> bool:
-    """Whether `torch._scaled_mm(..., bias=...)` is used on `device`: the CPU's emulation adds a
-    bias of any float dtype; CUDA's row-wise kernels (cuBLASLt, CUTLASS) take one of the output
-    dtype (bf16 here). Elsewhere (ROCm, other backends) the bias is added after the matmul."""
-    return device.type == "cpu" or (device.type == "cuda" and torch.version.hip is None)
+_BIAS_IN_SCALED_MM: dict[str, bool] = {}
+
+
+def bias_in_scaled_mm(device: torch.device | str) -> bool:
+    """Whether `torch._scaled_mm(..., bias=...)` works on `device`, tried once per device with a
+    16 x 16 row-wise product (the CPU's emulation takes a bias of any float dtype; CUDA's
+    row-wise kernels one of the output dtype, bf16 here). Where it does not, the bias is added
+    after the matmul."""
+    device = torch.device(device)
+    key = str(device)
+    if key not in _BIAS_IN_SCALED_MM:
+        dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+        ones = torch.ones(16, 16, device=device)
+        try:
+            torch._scaled_mm(ones.to(E4M3), ones.to(E4M3).t(), scale_a=torch.ones(16, 1, device=device),
+                             scale_b=torch.ones(1, 16, device=device), bias=ones[0].to(dtype), out_dtype=dtype)
+            _BIAS_IN_SCALED_MM[key] = True
+        except Exception:  # noqa: BLE001 - whatever the platform says, the bias is added afterwards
+            _BIAS_IN_SCALED_MM[key] = False
+    return _BIAS_IN_SCALED_MM[key]
 
 
 class Fp8Linear(nn.Module):
@@ -66,6 +81,8 @@ class Fp8Linear(nn.Module):
         self.register_buffer("weight_fp8", (w / scale).to(E4M3))  # (out, in), row-major
         self.register_buffer("weight_scale", scale.t().contiguous())  # (1, out)
         self.register_buffer("bias", None if linear.bias is None else linear.bias.detach().float().clone())
+        # decided here, on the device the layer is converted on, so compiled graphs see a constant
+        self.fused_bias = linear.bias is not None and bias_in_scaled_mm(linear.weight.device)
         # open_clip asks its MLP's first layer for the weight dtype (it knows int8 stand-ins by this name)
         self.int8_original_dtype = linear.weight.dtype
 
@@ -80,7 +97,7 @@ class Fp8Linear(nn.Module):
         mm_dtype = torch.bfloat16 if x.is_cuda or out_dtype != torch.float32 else torch.float32
         # the bias in the matmul's epilogue (added to the float32 accumulator, rounded once) where
         # the platform takes it: it must have the output's dtype on CUDA (bf16)
-        fused_bias = self.bias is not None and bias_in_scaled_mm(x.device)
+        fused_bias = self.fused_bias
         y = torch._scaled_mm(x_fp8, self.weight_fp8.t(), scale_a=x_scale, scale_b=self.weight_scale,
                              bias=self.bias.to(mm_dtype) if fused_bias else None, out_dtype=mm_dtype)
         if self.bias is not None and not fused_bias:

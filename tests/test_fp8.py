@@ -13,7 +13,7 @@ import torch.nn as nn
 from typer.testing import CliRunner
 
 from dub.cli import app
-from model.fp8 import Fp8Linear, ProjectedAttention, convert_linears_to_fp8, fp8_supported
+from model.fp8 import Fp8Linear, ProjectedAttention, bias_in_scaled_mm, convert_linears_to_fp8, fp8_supported
 from workflows.bench.encoders import build_encoders
 from workflows.media.decode import FrameTarget, decode_window
 
@@ -38,6 +38,20 @@ def test_fp8_linear_is_the_linear_to_e4m3_precision(bias: bool) -> None:
         assert fp8.weight_fp8.dtype == torch.float8_e4m3fn and fp8.weight_scale.shape == (1, 96)
         assert fp8(x.to(torch.bfloat16)).dtype == torch.bfloat16
     assert fp8_supported("cpu") == (True, "")
+
+
+def test_bias_in_the_matmul_epilogue_is_the_bias_added_after() -> None:
+    """Where `torch._scaled_mm` takes the bias (the CPU does; tried once per device) it is added
+    to the float32 accumulator: in float32 the same numbers as adding it after the product."""
+    torch.manual_seed(1)
+    fused = Fp8Linear(nn.Linear(32, 48))
+    assert fused.fused_bias and bias_in_scaled_mm("cpu")
+    added = Fp8Linear(nn.Linear(32, 48))
+    added.load_state_dict(fused.state_dict())
+    added.fused_bias = False
+    x = torch.randn(5, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(fused(x), added(x), rtol=0, atol=0)
 
 
 def test_conversion_rewrites_attention_and_skips_unaligned_layers() -> None:
