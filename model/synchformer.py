@@ -220,6 +220,22 @@ class PatchEmbed(nn.Module):
         self.proj = conv
 
 
+def tubelet_embed(x: torch.Tensor, conv: nn.Conv3d) -> tuple[torch.Tensor, tuple[int, int, int]]:
+    """`conv` (stride == kernel: non-overlapping tubelets) as one matrix product: x (N, C, T, H, W)
+    -> tokens (N, t * h * w, D) ordered (t, h, w), and (t, h, w). The same sums as the
+    convolution, and the tokens come out in the order the blocks read, without cuDNN's 3-D
+    convolution or the transpose after it (one copy of the input, to gather the tubelets)."""
+    n, c, length, height, width = x.shape
+    kt, kh, kw = conv.kernel_size
+    if tuple(conv.stride) != (kt, kh, kw) or conv.padding != (0, 0, 0) or conv.groups != 1:
+        raise ValueError("tubelet_embed needs a convolution with stride == kernel, no padding, one group")
+    t, h, w = length // kt, height // kh, width // kw
+    x = x[:, :, : t * kt, : h * kh, : w * kw]  # what the convolution leaves out
+    tubelets = x.reshape(n, c, t, kt, h, kh, w, kw).permute(0, 2, 4, 6, 1, 3, 5, 7).reshape(n * t * h * w, -1)
+    tokens = F.linear(tubelets, conv.weight.reshape(conv.out_channels, -1), conv.bias)
+    return tokens.view(n, t * h * w, conv.out_channels), (t, h, w)
+
+
 class InProjAttention(nn.Module):
     """Multi-head self-attention with nn.MultiheadAttention's parameter names ([Wq; Wk; Wv] stacked)."""
 
@@ -291,16 +307,16 @@ class MotionFormer(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x (N, C, T, H, W) -> (N, temporal_resolution, D)."""
         cfg = self.config
-        x = self.patch_embed_3d.proj(x)  # (N, D, t, h, w)
-        n, dim, frames, gh, gw = x.shape
+        shape = tuple(x.shape)
+        x, (frames, gh, gw) = tubelet_embed(x, self.patch_embed_3d.proj)  # (N, t*h*w, D), tokens (t, h, w)
+        n, _, dim = x.shape
         patches = gh * gw
         if frames != cfg.temporal_resolution or patches != cfg.num_spatial_patches:
             raise ValueError(
                 f"Synchformer expects {cfg.segment_frames} frames of {cfg.crop_size}x{cfg.crop_size} "
                 f"per segment ({cfg.temporal_resolution} x {cfg.num_spatial_patches} tokens); "
-                f"got {frames} x {patches} tokens from input {tuple(x.shape)}: resize/crop the frames first"
+                f"got {frames} x {patches} tokens from input {shape}: resize/crop the frames first"
             )
-        x = x.flatten(2).transpose(1, 2)  # (N, t*h*w, D), tokens ordered (t, h, w)
         pos = self.pos_embed[:, 1:, None] + self.temp_embed[:, None]  # (1, P, t, D)
         pos = pos.transpose(1, 2).reshape(1, frames * patches, dim)
         cls = (self.cls_token + self.pos_embed[:, :1]).expand(n, -1, -1)

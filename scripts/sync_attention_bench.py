@@ -11,7 +11,8 @@ configurations (query tile, key tile, warps); each with its median ms, the GB/s 
 traffic (qkv read once, output written once) and its max |error| relative to the peak of the
 same attention in float32 (no TF32). Model rows: the released Synchformer (random weights, bf16
 autocast as `dub` runs it) over 24 segments per clip, eager, kernel on and off
-(DUB_SYNCHFORMER_TRITON), with the feature error against float32.
+(DUB_SYNCHFORMER_TRITON), with the feature error against float32. Embedding rows: the tubelet
+embedding as cuDNN's 3-D convolution (as before) and as `tubelet_embed`'s one GEMM.
 
 On an H100/H200 this takes ~20 s (assumed: a few hundred ms per timed call at most).
 """
@@ -29,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from model import synchformer_triton  # noqa: E402
 from model.synchformer import (GROUPED_ATTENTION, Synchformer, SynchformerConfig,  # noqa: E402
-                               divided_attention, divided_attention_triton, synchformer_features)
+                               divided_attention, divided_attention_triton, synchformer_features, tubelet_embed)
 from workflows.bench import time_call  # noqa: E402
 from workflows.bench.generate import true_float32  # noqa: E402
 
@@ -74,6 +75,34 @@ def attention_rows(args, device: str, dtype: torch.dtype) -> list[dict]:
                 row["error"] = f"{type(exc).__name__}: {exc}"[:300]
             rows.append(row)
             print_row(f"{kind} attention", name, row)
+    return rows
+
+
+def embed_rows(args, device: str, dtype: torch.dtype) -> list[dict]:
+    """The tubelet (patch) embedding: cuDNN's 3-D convolution + transpose, as before, against
+    `tubelet_embed`'s one matrix product, on the segments' (N, C, T, H, W) view."""
+    config = SynchformerConfig.released() if not args.tiny else SynchformerConfig(embed_dim=args.heads * args.head_dim)
+    conv = torch.nn.Conv3d(3, config.embed_dim, kernel_size=(2, 16, 16), stride=(2, 16, 16)).to(device)
+    segments = torch.rand(args.segments, 16, 3, config.crop_size, config.crop_size, device=device).transpose(1, 2)
+    with true_float32():
+        exact = tubelet_embed(segments, conv)[0]
+    cuda = device.startswith("cuda")
+    forms = [("Conv3d + transpose", lambda: conv(segments).flatten(2).transpose(1, 2)),
+             ("tubelet_embed (one GEMM)", lambda: tubelet_embed(segments, conv)[0])]
+    rows = []
+    for name, fn in forms:
+        def run(fn=fn):
+            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda):
+                return fn()
+
+        row = {"embed": f"{tuple(segments.shape)} -> {config.embed_dim}", "form": name, "dtype": str(dtype)[6:]}
+        try:
+            ms, peak = time_call(run, repeats=args.repeats, warmup=args.warmup, device=device)
+            row.update(median_ms=ms, peak_mb=peak, rel_err_vs_float32=relative_error(run(), exact))
+        except Exception as exc:  # noqa: BLE001
+            row["error"] = f"{type(exc).__name__}: {exc}"[:300]
+        rows.append(row)
+        print_row("tubelet embedding", name, row)
     return rows
 
 
@@ -140,6 +169,7 @@ def main(argv: list[str] | None = None) -> dict:
               "rows": []}
     with torch.inference_mode():
         result["rows"] += attention_rows(args, args.device, dtype)
+        result["rows"] += embed_rows(args, args.device, dtype)
         result["rows"] += model_rows(args, args.device)
     if args.out:
         args.out.mkdir(parents=True, exist_ok=True)

@@ -20,6 +20,7 @@ from model.synchformer import (
     num_segments,
     segment_frames,
     synchformer_features,
+    tubelet_embed,
 )
 
 from model.clip_encoder import (
@@ -117,6 +118,21 @@ def test_released_config_size_and_geometry():
     assert vfe.pos_embed.shape == (1, 14 * 14 + 1, 768)
     segments = torch.empty(3, 1, 16, 3, 224, 224, device="meta")
     assert model(segments).shape == (3, 1, 8, 768)
+
+
+def test_tubelet_embed_is_the_3d_convolution():
+    """The patch embedding as one matrix product: the convolution's numbers (float64), tokens in
+    (t, h, w) order, remainders dropped as the convolution drops them, any input layout."""
+    torch.manual_seed(0)
+    conv = nn.Conv3d(3, 24, kernel_size=(2, 16, 16), stride=(2, 16, 16)).double()
+    for shape in [(2, 3, 16, 64, 48), (1, 3, 17, 70, 33)]:
+        x = torch.randn(*shape, dtype=torch.float64)
+        strided = torch.randn(shape[0], shape[2], shape[1], *shape[3:], dtype=torch.float64).transpose(1, 2)
+        for frames in (x, strided):
+            tokens, thw = tubelet_embed(frames, conv)
+            expected = conv(frames)
+            assert thw == tuple(expected.shape[2:])
+            torch.testing.assert_close(tokens, expected.flatten(2).transpose(1, 2), rtol=1e-12, atol=1e-12)
 
 
 def test_synchformer_rejects_frames_of_another_size(sync_fixture):

@@ -138,5 +138,7 @@ def test_sync_attention_bench_runs_on_cpu(tmp_path: Path) -> None:
     kernels = [row for row in rows if "attention" in row and row["form"].startswith("Triton")]
     assert len(kernels) == 2 * (len(bench.CONFIGS) + 1)
     assert all("error" in row or row["rel_err_vs_float32"] < 1e-5 for row in kernels)
+    embed = [row for row in rows if "embed" in row]
+    assert len(embed) == 2 and all(row["median_ms"] > 0 and row["rel_err_vs_float32"] < 1e-5 for row in embed)
     model = [row for row in rows if "model" in row]
     assert len(model) == 2 and all(row["median_ms"] > 0 and row["rel_err_vs_float32"] < 1e-5 for row in model)
