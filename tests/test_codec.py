@@ -219,13 +219,9 @@ def test_compiled_activation_uses_the_fused_form_and_matches() -> None:
 def test_triton_activation_kernel_equals_bigvgans_order(tmp_path: Path) -> None:
     """The fused Triton kernel that runs the activation on CUDA, executed by Triton's interpreter
     on the CPU (same kernel source), against BigVGAN's upsample -> snake -> downsample."""
-    out = tmp_path / "triton.safetensors"
-    env = {**os.environ, "TRITON_INTERPRET": "1"}
-    subprocess.run([sys.executable, "-m", "tests.triton_helpers", str(out)], cwd=PROJECT_ROOT, env=env,
-                   check=True, timeout=300)
-    from tests.triton_helpers import CASES
+    from tests.triton_helpers import CASES, run_under_interpreter
 
-    got = load_file(str(out))
+    got = run_under_interpreter("tests.triton_helpers", tmp_path)
     for n, (channels, length, kind, dtype) in enumerate(CASES):
         kernel, reference = got[f"{n}.kernel"], got[f"{n}.reference"]
         assert kernel.dtype == dtype and kernel.shape == (2, channels, length), (n, kernel.dtype, kernel.shape)

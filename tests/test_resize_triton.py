@@ -9,8 +9,6 @@ kernel's and the reference's results for INTERPRETER_CASES:
 
 from __future__ import annotations
 
-import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -20,7 +18,7 @@ import torch.nn.functional as F
 
 from model import resize_triton
 from model.resize_triton import resize_reference, resize_uint8_separable, round_uint8
-from tests.triton_helpers import hopper_resource_usage
+from tests.triton_helpers import hopper_resource_usage, run_under_interpreter
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
@@ -112,13 +110,7 @@ def main(out: str) -> None:
 def test_triton_kernel_equals_reference_under_interpreter(tmp_path: Path) -> None:
     """Same weights and summation order; Triton's interpreter runs tl.fma as a float32 multiply
     then add, which is the reference's arithmetic, so the results must be identical."""
-    out = tmp_path / "resize.safetensors"
-    env = {**os.environ, "TRITON_INTERPRET": "1"}
-    subprocess.run([sys.executable, "-m", "tests.test_resize_triton", str(out)], cwd=PROJECT_ROOT, env=env,
-                   check=True, timeout=300)
-    from safetensors.torch import load_file
-
-    got = load_file(str(out))
+    got = run_under_interpreter("tests.test_resize_triton", tmp_path)
     for i, (_, size, n, _, _) in enumerate(INTERPRETER_CASES):
         kernel, reference = got[f"{i}.kernel"], got[f"{i}.reference"]
         assert kernel.shape == (n, 3, *size) and kernel.dtype == torch.uint8

@@ -8,8 +8,6 @@ kernel path's and the reference's results for CASES:
 
 from __future__ import annotations
 
-import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -17,7 +15,7 @@ import pytest
 import torch
 
 from model import synchformer, synchformer_triton
-from tests.triton_helpers import hopper_resource_usage
+from tests.triton_helpers import hopper_resource_usage, run_under_interpreter
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
@@ -62,13 +60,7 @@ def main(out: str) -> None:
 def test_triton_divided_attention_matches_sdpa_form_under_interpreter(tmp_path: Path) -> None:
     """Same attention, other summation order: within 1e-5 of the float64 reference (relative
     to its peak)."""
-    out = tmp_path / "attention.safetensors"
-    env = {**os.environ, "TRITON_INTERPRET": "1"}
-    subprocess.run([sys.executable, "-m", "tests.test_synchformer_triton", str(out)], cwd=PROJECT_ROOT, env=env,
-                   check=True, timeout=300)
-    from safetensors.torch import load_file
-
-    got = load_file(str(out))
+    got = run_under_interpreter("tests.test_synchformer_triton", tmp_path)
     for i, (segments, heads, head_dim, frames, patches) in enumerate(CASES):
         for kind in ("time", "space"):
             kernel, reference = got[f"{i}.{kind}.kernel"], got[f"{i}.{kind}.reference"]

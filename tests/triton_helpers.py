@@ -28,6 +28,19 @@ CASES = [(3, 1, "snakebeta", torch.float32), (3, 2, "snake", torch.float32), (4,
          (4, 260, "snakebeta", torch.bfloat16)]
 
 
+def run_under_interpreter(module: str, workdir: Path) -> dict[str, torch.Tensor]:
+    """Run `python -m module OUT` with TRITON_INTERPRET=1 (the interpreter must be chosen before
+    triton is imported, hence a fresh process) and return the tensors it saved to OUT."""
+    import os
+
+    from safetensors.torch import load_file
+
+    out = workdir / f"{module.rsplit('.', 1)[-1]}.safetensors"
+    subprocess.run([sys.executable, "-m", module, str(out)], cwd=Path(__file__).resolve().parents[1],
+                   env={**os.environ, "TRITON_INTERPRET": "1"}, check=True, timeout=300)
+    return load_file(str(out))
+
+
 def hopper_resource_usage(fn, signature: dict, constexprs: dict, workdir: Path, num_warps: int = 4) -> tuple[int, int]:
     """(registers, local memory bytes) of a Triton kernel built the way the GPU machine builds it
     (Triton -> PTX -> ptxas for sm_90, offline, no GPU needed; cuobjdump from Triton's package), so
