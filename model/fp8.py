@@ -141,6 +141,9 @@ class ProjectedAttention(nn.Module):
         b, n, d = query.shape
         if key is query and value is query:  # self-attention: one projection matmul
             q, k, v = self.in_proj(query).chunk(3, dim=-1)
+        elif key is value:  # e.g. the class token's query over all tokens: one matmul for k and v
+            q = self.in_proj(query)[..., :d]
+            _, k, v = self.in_proj(key).chunk(3, dim=-1)
         else:
             q = self.in_proj(query)[..., :d]
             k = self.in_proj(key)[..., d:2 * d]

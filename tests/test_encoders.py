@@ -3,6 +3,7 @@ safe weight loading and the visual/text encoder protocol."""
 
 from __future__ import annotations
 
+import copy
 import json
 import pickle
 from pathlib import Path
@@ -26,6 +27,7 @@ from model.synchformer import (
 from model.clip_encoder import (
     OPENAI_MEAN,
     OPENAI_STD,
+    ClassTokenBlock,
     ClipEncoder,
     build_clip_model,
     default_input_size,
@@ -223,8 +225,14 @@ def test_released_clip_architecture_takes_384px_frames():
 
 
 @needs_open_clip
-def test_clip_image_features_are_unit_norm_and_match_open_clip():
-    encoder = tiny_clip()
+@pytest.mark.parametrize("layers", [1, 3])
+def test_clip_image_features_are_unit_norm_and_match_open_clip(layers):
+    torch.manual_seed(0)
+    model = build_clip_model(tiny_model_cfg(vision_layers=layers))
+    reference = copy.deepcopy(model)  # open_clip's own tower, every token through the last block
+    encoder = ClipEncoder(model)
+    assert encoder.class_token_block and isinstance(model.visual.transformer.resblocks[-1], ClassTokenBlock)
+    assert model.state_dict().keys() == reference.state_dict().keys()
     frames = random_frames(2, 3, 40, 50, 3)
     features = encoder.image_features(frames)
     assert features.shape == (2, 3, encoder.image_dim) and features.dtype == torch.float32
@@ -239,7 +247,7 @@ def test_clip_image_features_are_unit_norm_and_match_open_clip():
     images = tv.resize(frames.flatten(0, 1).permute(0, 3, 1, 2), [size, size], InterpolationMode.BICUBIC)
     pixels = tv.normalize(images.float() / 255, list(OPENAI_MEAN), list(OPENAI_STD))
     with torch.no_grad():
-        expected = encoder.model.encode_image(pixels, normalize=True).view(2, 3, -1)
+        expected = reference.encode_image(pixels, normalize=True).view(2, 3, -1)
     assert torch.allclose(features, expected, atol=1e-5)
     # Batching the frames does not change them.
     assert torch.allclose(encoder.image_features(frames, batch_size=4), features, atol=1e-6)

@@ -68,7 +68,8 @@ def test_conversion_rewrites_attention_and_skips_unaligned_layers() -> None:
 
 def test_projected_attention_is_multihead_attention() -> None:
     """The rewrite that lets attention's projections be FP8 computes nn.MultiheadAttention
-    exactly when its projections stay float: self-attention, a mask, and cross-attention."""
+    exactly when its projections stay float: self-attention, a mask, cross-attention, and one
+    query token over all tokens (the vision tower's class-token block)."""
     torch.manual_seed(1)
     mha = nn.MultiheadAttention(48, 4, batch_first=True).eval()
     rewritten = ProjectedAttention(mha)
@@ -76,7 +77,7 @@ def test_projected_attention_is_multihead_attention() -> None:
     mask = torch.zeros(9, 9)
     mask[:, -3:] = float("-inf")
     with torch.no_grad():
-        for q, kv, m in ((x, x, None), (x, x, mask), (x, y, None)):
+        for q, kv, m in ((x, x, None), (x, x, mask), (x, y, None), (x[:, :1], x, None)):
             want = mha(q, kv, kv, need_weights=False, attn_mask=m)[0]
             got, weights = rewritten(q, kv, kv, need_weights=False, attn_mask=m)
             assert weights is None
