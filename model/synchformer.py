@@ -161,10 +161,11 @@ def _divided_attention_kernel_op(qkv: torch.Tensor, heads: int, frames: int, pat
     """The Triton form as one opaque op, so torch.compile neither traces into the kernel launch
     nor breaks its graph there; falls back to the SDPA form if the kernel fails (once, warned)."""
     shape = dict(frames=frames, patches=patches, along_time=along_time)
-    try:
-        return divided_attention_triton(qkv, heads, **shape)
-    except Exception as exc:  # noqa: BLE001 - a kernel that fails to build must not fail a run
-        GROUPED_ATTENTION.disable(exc)
+    if GROUPED_ATTENTION.usable():  # a compiled graph keeps calling this op after a failure
+        try:
+            return divided_attention_triton(qkv, heads, **shape)
+        except Exception as exc:  # noqa: BLE001 - a kernel that fails to build must not fail a run
+            GROUPED_ATTENTION.disable(exc)
     return divided_attention(qkv, heads, **shape)
 
 
@@ -175,8 +176,8 @@ def _(qkv: torch.Tensor, heads: int, frames: int, patches: int, along_time: bool
 
 class DividedAttention(nn.Module):
     """Attention along time or along space with a shared CLS token (`divided_attention`); on
-    CUDA, without autograd, through the Triton kernel (same sums; `DUB_SYNCHFORMER_TRITON=0`
-    keeps the SDPA form)."""
+    CUDA, without autograd, through the Triton kernel (the same attention summed in another
+    order; `DUB_SYNCHFORMER_TRITON=0` keeps the SDPA form)."""
 
     def __init__(self, dim: int, num_heads: int, qkv_bias: bool) -> None:
         super().__init__()

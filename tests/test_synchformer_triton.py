@@ -88,6 +88,22 @@ def test_divided_attention_is_the_released_blocks_attention() -> None:
             torch.testing.assert_close(attention(x, **shape), expected, rtol=0, atol=0)
 
 
+def test_a_failing_kernel_falls_back_to_the_sdpa_form_once(monkeypatch) -> None:
+    """Here (no GPU, no interpreter) launching the kernel fails: the op warns once, switches the
+    kernel off and returns the SDPA form's result, also on the calls after."""
+    if synchformer_triton.triton is None:
+        pytest.skip("triton is not installed")
+    monkeypatch.setattr(synchformer.GROUPED_ATTENTION, "error", None)  # restored after the test
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    qkv = case_qkv(1)
+    expected = synchformer.divided_attention(qkv, 3, frames=8, patches=9, along_time=True)
+    with pytest.warns(RuntimeWarning, match="divided attention failed") as caught:
+        for _ in range(3):
+            got = synchformer._divided_attention_kernel_op(qkv, 3, 8, 9, True)
+            torch.testing.assert_close(got, expected, rtol=0, atol=0)
+    assert len(caught) == 1 and synchformer.GROUPED_ATTENTION.error is not None
+
+
 def test_synchformer_takes_the_triton_kernel_on_cuda_unless_switched_off(monkeypatch) -> None:
     assert synchformer.GROUPED_ATTENTION.usable() == (synchformer_triton.triton is not None)
     monkeypatch.setenv("DUB_SYNCHFORMER_TRITON", "0")
