@@ -155,6 +155,15 @@ GROUPED_ATTENTION = KernelSwitch("Synchformer's Triton divided attention", "DUB_
                                  "model.synchformer_triton", "SDPA with concatenated CLS keys")
 
 
+def attention_status(device: str | torch.device) -> str:
+    """How DividedAttention runs on `device` (for benchmark notes and logs)."""
+    if torch.device(device).type != "cuda":
+        return "Synchformer attention: SDPA form (the Triton kernel is CUDA only)"
+    if GROUPED_ATTENTION.usable():
+        return "Synchformer attention: Triton kernel"
+    return f"Synchformer attention: SDPA form (Triton kernel off: {GROUPED_ATTENTION.why_off()})"
+
+
 @torch.library.custom_op("dub::synchformer_divided_attention", mutates_args=())
 def _divided_attention_kernel_op(qkv: torch.Tensor, heads: int, frames: int, patches: int,
                                  along_time: bool) -> torch.Tensor:

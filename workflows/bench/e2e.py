@@ -82,6 +82,7 @@ class ModelSidePipeline:
 
         from model.fast import CudaGraphCall, OneStepGraph
         from model.guidance import Guidance
+        from model.synchformer import attention_status
 
         self.device, self.batch, self.cuda = device, batch, device.startswith("cuda")
         self.tiny = preset in TINY_PRESETS
@@ -97,6 +98,7 @@ class ModelSidePipeline:
                 raise RuntimeError(f"CLIP cannot be built: {encoders.missing}; carry open_clip_torch as a wheel")
             self.encoders = encoders.encoders
             self.what = f"{preset}: ViT-H/14 CLIP + Synchformer + MF-MJT + VAE + BigVGAN, random weights"
+            self.what += "; " + attention_status(device)
             if fp8:
                 self.what += "; " + self.encoders.use_fp8()
             if compile:  # the warm-up batch compiles

@@ -209,6 +209,8 @@ def _resize_stages(runner: StageRunner, b: int, n_clip: int, n_sync: int, width:
 
 def _model_stages(runner: StageRunner, stack: EncoderStack, b: int, n_clip: int, n_sync: int, clip_size: int,
                   sync_size: int, duration_s: float, label: str, warmup: int | None = None) -> None:
+    from model.synchformer import attention_status
+
     device = runner.device
     audio_s = b * duration_s
     clip_frames = random_frames(b, n_clip, clip_size, clip_size, device, seed=1)
@@ -235,7 +237,7 @@ def _model_stages(runner: StageRunner, stack: EncoderStack, b: int, n_clip: int,
                            audio_s=audio_s, note=stack.description)
         runner.measure(f"Synchformer, {(n_sync - 16) // 8 + 1} segments{label}",
                        lambda: enc.sync_features(sync_frames), batch=b, audio_s=audio_s, slow=True,
-                       warmup=warmup, note=stack.description)
+                       warmup=warmup, note=f"{stack.description}; {attention_status(device)}")
     else:
         runner.skip("CLIP image and text features", b, f"open_clip unavailable ({stack.missing})")
         if stack.synchformer_only is not None:
