@@ -36,10 +36,12 @@ def read_window_audio(path: str, start_s: float, window_s: float, sample_rate: i
 
 
 def decode_training_windows(batch: dict[str, np.ndarray], *, clip_fps: float, clip_size: int, sync_fps: float,
-                            sync_size: int, window_s: float, sample_rate: int) -> dict[str, np.ndarray]:
-    """Frames at both model rates (generate's decoder) plus the window's audio track."""
+                            sync_size: int, window_s: float, sample_rate: int,
+                            backend: str = "swscale") -> dict[str, np.ndarray]:
+    """Frames at both model rates (generate's decoder, `backend` its resizer) plus the window's
+    audio track."""
     out = decode_windows(batch, clip_fps=clip_fps, clip_size=clip_size, sync_fps=sync_fps, sync_size=sync_size,
-                         window_s=window_s)
+                         window_s=window_s, backend=backend)
     return _with_audio(batch, out, window_s, sample_rate)
 
 

@@ -21,20 +21,29 @@ def short_error(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {msg}"[:500]
 
 
-def decode_memory_bytes(clip_fps: float, clip_size: int, sync_fps: float, sync_size: int, window_s: float) -> int:
+def decode_memory_bytes(clip_fps: float, clip_size: int, sync_fps: float, sync_size: int, window_s: float,
+                        backend: str = "swscale") -> int:
     """Memory a window-decoding task needs: the frames at both rates, their copy into the
-    block, and headroom. Declaring it also keeps Ray Data from fusing decoding into the model
-    actors on a CPU-only cluster (operators with identical remote args fuse), so decoding
-    overlaps the model instead of running inside the actor."""
+    block, and headroom (more with `backend="torch"`). Declaring it also keeps Ray Data from
+    fusing decoding into the model actors on a CPU-only cluster (operators with identical remote
+    args fuse), so decoding overlaps the model instead of running inside the actor."""
     frames = window_s * (clip_fps * clip_size**2 + sync_fps * sync_size**2) * 3
     # + the worker's own footprint (PyAV decoder, swscale buffers): Ray Data measured 214 MiB for
     # an 8 s window where 3 x frames alone is 167 MiB, and asks for 1.25 x its peak
-    return int(3 * frames + 128 * 2**20)
+    need = 3 * frames + 128 * 2**20
+    if backend == "torch":
+        # torch itself (~0.5 GiB resident after import) and float32 copies of each source frame,
+        # which the allocator does not always give back: peaks of one 8 s window measured on the
+        # 2-core box were 750-835 MiB from 720p and 0.8-1.6 GiB from 1080p (swscale: ~0.2 GiB)
+        need += 1280 * 2**20
+    return int(need)
 
 
 def decode_windows(batch: dict[str, np.ndarray], *, clip_fps: float, clip_size: int, sync_fps: float,
-                   sync_size: int, window_s: float) -> dict[str, np.ndarray]:
-    """Decode each window's frames at both model rates in one pass over the file."""
+                   sync_size: int, window_s: float, backend: str = "swscale") -> dict[str, np.ndarray]:
+    """Decode each window's frames at both model rates in one pass over the file. `backend` is
+    `decode_window`'s resizer: "swscale" (fast) or "torch" (torchvision's antialiased bicubic,
+    as MMAudio; about 9x slower on CPU)."""
     from workflows.media.decode import FrameTarget, decode_window
 
     targets = [FrameTarget(fps=clip_fps, size=clip_size, mode="resize"),
@@ -48,7 +57,8 @@ def decode_windows(batch: dict[str, np.ndarray], *, clip_fps: float, clip_size: 
     for i in range(n):
         start = time.perf_counter()
         try:
-            frames, _covered = decode_window(str(batch["path"][i]), float(batch["start_s"][i]), window_s, targets)
+            frames, _covered = decode_window(str(batch["path"][i]), float(batch["start_s"][i]), window_s, targets,
+                                             backend=backend)
             clip[i] = _fit(frames[0], n_clip)
             sync[i] = _fit(frames[1], n_sync)
             errors.append("")
