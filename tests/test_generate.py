@@ -318,3 +318,116 @@ def test_text_to_audio_writes_one_audio_file_per_prompt(ray_session, checkpoint,
     assert [r["status"] for r in report.rows] == ["ok", "ok"]
     assert all(-1.0 <= r["clap_score"] <= 1.0 and r["error"] is None for r in report.rows)
     assert report.summary["metrics"]["clap_score_n"] == 2
+
+
+# -- --resize fast|exact: which resizer makes the frames ------------------------------------
+
+def _window_batch(path: Path, start_s: float, window_s: float) -> dict:
+    rows = {"video_id": ["v"], "window_index": [0], "num_windows": [1], "start_s": [start_s], "valid_s": [window_s],
+            "prompt": [""], "negative_prompt": [""], "seed": [0], "path": [str(path)]}
+    return {k: np.array(v, dtype=object if isinstance(v[0], str) else None) for k, v in rows.items()}
+
+
+def test_decode_windows_backend_is_decode_windows_resizer(tmp_path):
+    """`decode_windows(..., backend="torch")` gives exactly `decode_window(..., backend="torch")`'s
+    frames, and on a source both targets resize (320x180) they differ from swscale's."""
+    from workflows.generate.stages import decode_windows
+    from workflows.media.decode import FrameTarget, decode_window
+
+    path = tmp_path / "wide.mp4"
+    make_video(path, seconds=2.0, fps=25, size=(320, 180))
+    start, window = 0.5, 1.0
+    targets = [FrameTarget(8.0, 384, "resize"), FrameTarget(25.0, 224, "crop")]
+    kw = dict(clip_fps=8.0, clip_size=384, sync_fps=25.0, sync_size=224, window_s=window)
+    out = {b: decode_windows(_window_batch(path, start, window), backend=b, **kw) for b in ("swscale", "torch")}
+    default = decode_windows(_window_batch(path, start, window), **kw)
+    for backend, batch in out.items():
+        assert list(batch["error"]) == [""]
+        frames, covered = decode_window(path, start, window, targets, backend=backend)
+        assert covered == pytest.approx(window) and [len(f) for f in frames] == [8, 25]
+        np.testing.assert_array_equal(batch["clip_frames"][0], frames[0])
+        np.testing.assert_array_equal(batch["sync_frames"][0], frames[1])
+    for column in ("clip_frames", "sync_frames"):
+        np.testing.assert_array_equal(default[column], out["swscale"][column])  # the default is unchanged
+        diff = np.abs(out["torch"][column].astype(int) - out["swscale"][column].astype(int))
+        assert diff.mean() > 0.1, column
+
+
+def test_resize_enters_the_config_hash_only_when_exact():
+    fast = GenerateConfig(out_dir="o", manifest="m.parquet")
+    assert fast.resize == "fast" and fast.decode_backend == "swscale"
+    # runs made before --resize existed hashed no "resize" key: "fast" keeps their hash, so they resume
+    assert "resize" not in fast.identity("w")
+    assert fast.config_hash("w") == "1d33bf095dbb5629"  # this config's hash before --resize (fcd4a98)
+    exact = GenerateConfig(out_dir="o", manifest="m.parquet", resize="exact")
+    assert exact.decode_backend == "torch" and exact.identity("w")["resize"] == "exact"
+    assert exact.config_hash("w") != fast.config_hash("w")
+    assert {k: v for k, v in exact.identity("w").items() if k != "resize"} == fast.identity("w")
+    assert exact.as_dict()["resize"] == "exact" and fast.as_dict()["resize"] == "fast"  # what run.json records
+    with pytest.raises(ValueError, match=r"--resize must be one of \('fast', 'exact'\).*'bicubic'"):
+        GenerateConfig(out_dir="o", manifest="m.parquet", resize="bicubic")
+
+
+def test_cli_resize_bogus_is_a_clear_usage_error(tmp_path):
+    from typer.testing import CliRunner
+
+    from dub.cli import app
+
+    result = CliRunner().invoke(app, ["generate", "-m", str(tmp_path / "m.parquet"), "-o", str(tmp_path / "out"),
+                                      "--resize", "bogus"])
+    assert result.exit_code == 2
+    text = " ".join(result.output.replace("│", " ").split())
+    assert "--resize must be one of ('fast', 'exact')" in text and "'bogus'" in text
+    assert not (tmp_path / "out").exists()
+
+
+def test_cli_resize_exact_runs_end_to_end_with_torchvision_frames(ray_session, checkpoint, tmp_path):
+    """`dub generate --resize exact`: the run records it, and the features in its shard are the
+    encoders' features of torch-resized frames, not of swscale's (so the decoding tasks got it)."""
+    import io
+    import tarfile
+
+    from typer.testing import CliRunner
+
+    from dub.cli import app
+    from model.bundles import bundle_info, load_feature_stack
+    from workflows.generate.stages import decode_windows
+
+    import torch
+
+    path = tmp_path / "v" / "wide.mp4"
+    make_video(path, seconds=1.0, fps=25, size=(320, 180))
+    manifest = _ingest(tmp_path / "v", tmp_path / "m.parquet")
+    out = tmp_path / "out"
+    result = CliRunner().invoke(app, ["generate", "-m", str(manifest), "-o", str(out), "--checkpoint", str(checkpoint),
+                                      "--resize", "exact", "--format", "wds", "--save-features", "--json"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout[result.stdout.index("{"):])
+    assert summary["generated"] == 1 and summary["failed"] == 0
+    run = json.loads((out / "run.json").read_text())
+    assert run["config"]["resize"] == "exact"
+    fast_hash = GenerateConfig(**{**run["config"], "sampler": SamplerConfig(**run["config"]["sampler"]),
+                                  "resize": "fast"}).config_hash(run["model"]["weights_hash"])
+    assert run["config_hash"] == summary["config_hash"] != fast_hash
+
+    stored = {}
+    for shard in (out / "shards").glob("*.tar"):
+        with tarfile.open(shard) as tar:
+            for member in tar.getmembers():
+                for name in ("clip_f", "sync_f"):
+                    if member.name.endswith(f".{name}.npy"):
+                        stored[name] = np.load(io.BytesIO(tar.extractfile(member).read()))[0].astype(np.float32)
+    assert set(stored) == {"clip_f", "sync_f"}
+    info = bundle_info("demo", checkpoint=checkpoint)
+    encoders, _ = load_feature_stack("demo")
+    errors = {}
+    for backend in ("swscale", "torch"):
+        frames = decode_windows(_window_batch(path, 0.0, info.window_s), clip_fps=info.clip_fps,
+                                clip_size=info.clip_size, sync_fps=info.sync_fps, sync_size=info.sync_size,
+                                window_s=info.window_s, backend=backend)
+        with torch.no_grad():
+            want = {"clip_f": encoders.clip_features(torch.from_numpy(frames["clip_frames"]))[0].numpy(),
+                    "sync_f": encoders.sync_features(torch.from_numpy(frames["sync_frames"]))[0].numpy()}
+        errors[backend] = max(float(np.abs(stored[k] - want[k]).max()) for k in want)
+    # features are stored as float16 (~5e-4 here); the two resizers' features differ by ~1e-2
+    assert errors["torch"] < 2e-3 < errors["swscale"], errors

@@ -40,6 +40,7 @@ def register(app: typer.Typer) -> None:
         address: Optional[str] = typer.Option(None, "--address", help="Ray cluster address (else RAY_ADDRESS, else local Ray)."),
         replicas: Optional[int] = typer.Option(None, "--replicas", help="Model replicas (default: one per GPU, else 1 CPU actor)."),
         fp8: bool = typer.Option(False, "--fp8", help="Run CLIP's vision tower and Synchformer's linear layers in FP8 (GPUs with compute capability 8.9+; MMAudio bundles). Faster, slightly different features (see docs/benchmarks.md)."),
+        resize: str = typer.Option("fast", "--resize", help="fast | exact: how frames are resized for CLIP (384x384) and Synchformer (224 crop). fast: swscale's bicubic (default); exact: torchvision's antialiased bicubic, as MMAudio's features were made, about 9x slower CPU decoding (3.0 s vs 0.33 s per 8 s 720p clip on one core)."),
         compile_: bool = typer.Option(False, "--compile", help="torch.compile the one-step network, the VAE + vocoder and the CLIP/Synchformer towers in each replica (minutes to build; worth it for large runs). Falls back to eager with the reason."),
         overwrite: bool = typer.Option(False, "--overwrite", help="Regenerate everything, even under another config."),
         max_failures: Optional[int] = typer.Option(None, "--max-failures", help="Stop when more videos than this have failed."),
@@ -68,7 +69,8 @@ def register(app: typer.Typer) -> None:
                 seed=seed, prompt=prompt, negative_prompt=negative_prompt, format=fmt, audio_codec=audio_codec,
                 keep_original_audio=keep_original_audio, save_features=save_features, window_s=window,
                 overlap_s=overlap, t2a_duration_s=duration, batch_size=batch_size, limit=limit, address=address,
-                overwrite=overwrite, max_failures=max_failures, replicas=replicas, compile=compile_, fp8=fp8)
+                overwrite=overwrite, max_failures=max_failures, replicas=replicas, compile=compile_, fp8=fp8,
+                resize=resize)
         except ValueError as exc:
             raise typer.BadParameter(str(exc)) from exc
 

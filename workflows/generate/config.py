@@ -1,8 +1,8 @@
 """The resolved configuration of a generate run, and the hash that decides what "done" means.
 
 Only fields that change the produced audio or files enter the hash (model, weights, sampler,
-seed, prompts, windows, audio codec). Batch size, limits, addresses and progress flags do not:
-a rerun with another batch size still resumes.
+seed, prompts, windows, audio codec; FP8 and exact resizing when asked). Batch size, limits,
+addresses and progress flags do not: a rerun with another batch size still resumes.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from model.generator import SamplerConfig
+from workflows.media.decode import RESIZE_BACKENDS, RESIZE_MODES
 
 FORMATS = ("mp4", "wds", "both")
 AUDIO_CODECS = ("aac", "flac", "opus")
@@ -44,6 +45,7 @@ class GenerateConfig:
     replicas: int | None = None  # model replicas; default one per GPU, or CPU actors
     compile: bool = False  # torch.compile the network step, decoder and encoder towers per replica
     fp8: bool = False  # the visual encoders' linear layers in FP8 (changes the features: hashed)
+    resize: str = "fast"  # frame resizing: "fast" swscale, "exact" torchvision's (changes the frames: hashed)
     shard_size: int = 256  # samples per WebDataset shard
 
     def __post_init__(self) -> None:
@@ -51,6 +53,9 @@ class GenerateConfig:
             raise ValueError("give exactly one of a manifest (video-to-audio) or a prompts file (text-to-audio)")
         if self.format not in FORMATS:
             raise ValueError(f"--format must be one of {FORMATS}, got {self.format!r}")
+        if self.resize not in RESIZE_MODES:
+            raise ValueError(f"--resize must be one of {RESIZE_MODES} (fast: swscale's bicubic; exact: "
+                             f"torchvision's antialiased bicubic, as MMAudio), got {self.resize!r}")
         if self.audio_codec not in AUDIO_CODECS:
             raise ValueError(f"--audio-codec must be one of {AUDIO_CODECS}, got {self.audio_codec!r}")
         if self.batch_size < 1:
@@ -70,6 +75,11 @@ class GenerateConfig:
     def text_to_audio(self) -> bool:
         return self.prompts_file is not None
 
+    @property
+    def decode_backend(self) -> str:
+        """`decode_window`'s backend for `resize`."""
+        return RESIZE_BACKENDS[self.resize]
+
     # Fields that do not change what is generated (compile only changes bf16 rounding, like the
     # batch size does through other matrix shapes).
     _NOT_HASHED = ("out_dir", "manifest", "prompts_file", "batch_size", "limit", "address", "overwrite",
@@ -79,6 +89,8 @@ class GenerateConfig:
         d = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in self._NOT_HASHED}
         if not self.fp8:  # added later: runs without it keep the hash they had, so they still resume
             del d["fp8"]
+        if self.resize == "fast":  # added later, as fp8
+            del d["resize"]
         d["sampler"] = self.sampler.as_dict()
         d["weights_hash"] = weights_hash
         return d

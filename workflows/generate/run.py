@@ -314,9 +314,10 @@ def _execute(cfg, info, window_s, config_hash, pending, paths, journal, summary,
     else:
         ds = ds.map_batches(
             decode_windows, batch_size=1, num_cpus=1,
-            memory=decode_memory_bytes(info.clip_fps, info.clip_size, info.sync_fps, info.sync_size, window_s),
+            memory=decode_memory_bytes(info.clip_fps, info.clip_size, info.sync_fps, info.sync_size, window_s,
+                                       cfg.decode_backend),
             fn_kwargs=dict(clip_fps=info.clip_fps, clip_size=info.clip_size, sync_fps=info.sync_fps,
-                           sync_size=info.sync_size, window_s=window_s))
+                           sync_size=info.sync_size, window_s=window_s, backend=cfg.decode_backend))
     use_gpu = resources.gpus >= 1
     replicas = cfg.replicas or (int(resources.gpus) if use_gpu else 1)
     ds = ds.map_batches(
