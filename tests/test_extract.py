@@ -168,6 +168,85 @@ def test_training_evaluates_checkpoints_on_a_validation_manifest(ray_session, tm
         assert (Path(evaluation["dir"]) / "report" / "report.parquet").is_file()
 
 
+def _foley_clip(inputs) -> str:
+    import pyarrow.parquet as pq
+
+    return sorted(r["path"] for r in pq.read_table(inputs["manifest"]).to_pylist())[0]
+
+
+def test_decode_training_windows_passes_the_resizer_on(inputs):
+    """The frames of `decode_training_windows(..., backend=...)` are `decode_window`'s with that
+    backend (128x128 source: both targets resize), the audio is the same either way."""
+    from workflows.extract.stages import decode_training_windows
+
+    path = _foley_clip(inputs)
+    rows = {"video_id": ["v"], "window_index": [1], "num_windows": [2], "start_s": [2.0], "valid_s": [WINDOW_S],
+            "prompt": [""], "negative_prompt": [""], "seed": [0], "path": [path]}
+    batch = {k: np.array(v, dtype=object if isinstance(v[0], str) else None) for k, v in rows.items()}
+    targets = [FrameTarget(8.0, 384, "resize"), FrameTarget(25.0, 224, "crop")]
+    out = {}
+    for backend in ("swscale", "torch"):
+        out[backend] = decode_training_windows(dict(batch), clip_fps=8.0, clip_size=384, sync_fps=25.0, sync_size=224,
+                                               window_s=WINDOW_S, sample_rate=16000, backend=backend)
+        assert list(out[backend]["error"]) == [""]
+        frames, _ = decode_window(path, 2.0, WINDOW_S, targets, backend=backend)
+        np.testing.assert_array_equal(out[backend]["clip_frames"][0], frames[0])
+        np.testing.assert_array_equal(out[backend]["sync_frames"][0], frames[1])
+    np.testing.assert_array_equal(out["torch"]["audio"], out["swscale"]["audio"])
+    assert not np.array_equal(out["torch"]["clip_frames"], out["swscale"]["clip_frames"])
+
+
+def test_resize_enters_the_identity_only_when_exact():
+    fast = ExtractConfig(out_dir="o", manifest="m.parquet")
+    # the identity shards were made under before --resize existed: they still resume
+    assert fast.identity(8.0) == {"model": "demo", "window_s": 8.0, "overlap_s": 0.0, "min_fraction": 0.9,
+                                  "feature_dtype": "float32"}
+    assert fast.decode_backend == "swscale" and fast.as_dict()["resize"] == "fast"
+    exact = ExtractConfig(out_dir="o", manifest="m.parquet", resize="exact")
+    assert exact.identity(8.0) == {**fast.identity(8.0), "resize": "exact"} and exact.decode_backend == "torch"
+    with pytest.raises(ValueError, match=r"--resize must be one of \('fast', 'exact'\).*'bogus'"):
+        ExtractConfig(out_dir="o", manifest="m.parquet", resize="bogus")
+
+
+def test_cli_resize_bogus_is_a_clear_usage_error(tmp_path):
+    result = CliRunner().invoke(app, ["extract", "-m", str(tmp_path / "m.parquet"), "-o", str(tmp_path / "out"),
+                                      "--resize", "bogus"])
+    assert result.exit_code == 2
+    text = " ".join(result.output.replace("│", " ").split())
+    assert "--resize must be one of ('fast', 'exact')" in text and "'bogus'" in text
+
+
+def test_cli_resize_exact_features_come_from_torchvision_frames(ray_session, extracted, inputs, tmp_path):
+    """`dub extract --resize exact`: the stored CLIP/sync features are the encoders' features of
+    torch-resized frames (the decoding tasks got the option); extract.json records it, and the
+    fast run's directory refuses it."""
+    out = tmp_path / "exact"
+    result = CliRunner().invoke(app, ["extract", "-m", str(inputs["manifest"]), "-o", str(out), "--window",
+                                      str(WINDOW_S), "--limit", "1", "--resize", "exact", "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["windows_written"] == 2
+    info = json.loads((out / "extract.json").read_text())
+    assert info["identity"]["resize"] == "exact" and info["config"]["resize"] == "exact"
+    encoders = DemoEncoders(64, 64, 64, 8)
+    targets = [FrameTarget(8.0, 384, "resize"), FrameTarget(25.0, 224, "crop")]
+    for sample in _read_all(out):
+        meta = sample["json"]
+        errors = {}
+        for backend in ("swscale", "torch"):
+            frames, _ = decode_window(meta["source"], meta["start_s"], WINDOW_S, targets, backend=backend)
+            clip = encoders.clip_features(torch.from_numpy(frames[0][:16])[None])[0].numpy()
+            sync = encoders.sync_features(torch.from_numpy(frames[1][:50])[None])[0].numpy()
+            errors[backend] = max(float(np.abs(sample["clip_f.npy"] - clip).max()),
+                                  float(np.abs(sample["sync_f.npy"] - sync).max()))
+        assert errors["torch"] < 1e-5 and errors["swscale"] > 1e-3, errors
+    fast_dir = tmp_path / "fast"
+    fast_dir.mkdir()
+    shutil.copy(extracted["out"] / "extract.json", fast_dir / "extract.json")
+    with pytest.raises(ExtractError, match="other settings"):
+        run_extract(ExtractConfig(out_dir=str(fast_dir), manifest=str(inputs["manifest"]), window_s=WINDOW_S,
+                                  resize="exact"))
+
+
 def test_float16_features_halve_the_bytes_and_decode_to_float32():
     from workflows.extract.sample import decode_sample, encode_sample
 

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from workflows.extract.sample import FEATURE_DTYPES
+from workflows.media.decode import RESIZE_BACKENDS, RESIZE_MODES
 
 AUDIO_EXTENSIONS = (".wav", ".flac", ".mp3", ".ogg", ".opus", ".m4a", ".aac")
 
@@ -22,6 +23,7 @@ class ExtractConfig:
     min_fraction: float = 0.9  # clips shorter than this fraction of a window are skipped (others padded)
     prompt: str = ""  # prompt for clips without their own
     feature_dtype: str = "float32"
+    resize: str = "fast"  # frame resizing: "fast" swscale, "exact" torchvision's (changes the features)
     batch_size: int = 8  # windows per encoder call
     shard_size: int = 256  # samples per shard
     limit: int | None = None  # at most this many pending clips
@@ -41,6 +43,9 @@ class ExtractConfig:
             problems.append(f"--min-fraction must be in (0, 1], got {self.min_fraction}")
         if self.feature_dtype not in FEATURE_DTYPES:
             problems.append(f"--feature-dtype must be one of {FEATURE_DTYPES}, got {self.feature_dtype!r}")
+        if self.resize not in RESIZE_MODES:
+            problems.append(f"--resize must be one of {RESIZE_MODES} (fast: swscale's bicubic; exact: "
+                            f"torchvision's antialiased bicubic, as MMAudio), got {self.resize!r}")
         for name in ("batch_size", "shard_size"):
             if getattr(self, name) < 1:
                 problems.append(f"{name} must be >= 1")
@@ -55,7 +60,14 @@ class ExtractConfig:
     def identity(self, window_s: float) -> dict[str, Any]:
         d = {name: getattr(self, name) for name in self._IDENTITY}
         d["window_s"] = window_s
+        if self.resize != "fast":  # added later: shards made before it keep their identity and resume
+            d["resize"] = self.resize
         return d
+
+    @property
+    def decode_backend(self) -> str:
+        """`decode_window`'s backend for `resize`."""
+        return RESIZE_BACKENDS[self.resize]
 
     def as_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

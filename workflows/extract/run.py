@@ -229,10 +229,10 @@ def _execute(cfg: ExtractConfig, bundle, window_s: float, rows: list[dict], with
     ctx.verbose_progress = False
     ds = ray.data.from_items(rows, override_num_blocks=max(1, len(rows)))
     if with_video:
-        memory = decode_memory_bytes(CLIP_FPS, CLIP_SIZE, SYNC_FPS, SYNC_SIZE, window_s)
+        memory = decode_memory_bytes(CLIP_FPS, CLIP_SIZE, SYNC_FPS, SYNC_SIZE, window_s, cfg.decode_backend)
         ds = ds.map_batches(decode_training_windows, batch_size=1, num_cpus=1, memory=memory, fn_kwargs=dict(
             clip_fps=CLIP_FPS, clip_size=CLIP_SIZE, sync_fps=SYNC_FPS, sync_size=SYNC_SIZE, window_s=window_s,
-            sample_rate=bundle.sample_rate))
+            sample_rate=bundle.sample_rate, backend=cfg.decode_backend))
     else:
         ds = ds.map_batches(read_audio_windows, batch_size=1, num_cpus=1,
                             fn_kwargs=dict(window_s=window_s, sample_rate=bundle.sample_rate))
