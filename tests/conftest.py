@@ -43,7 +43,9 @@ def ray_session():
     if not ray.is_initialized():
         ray.init(
             num_cpus=2,
-            object_store_memory=256 * 1024 * 1024,
+            # dub's own local minimum (workflows/ray_cluster.py): with less, Ray Data's
+            # per-operator budgets hold each decoded window back for seconds
+            object_store_memory=1024 * 1024 * 1024,
             include_dashboard=False,
             log_to_driver=False,
             ignore_reinit_error=True,
