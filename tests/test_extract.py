@@ -155,8 +155,9 @@ def test_training_evaluates_checkpoints_on_a_validation_manifest(ray_session, tm
     make_foley_synth(tmp_path / "foley", seed=1, n_train=2, n_val=1, n_test=0, seconds=8.0, size=(128, 128))
     ingest([tmp_path / "foley" / "train" / "audio"], tmp_path / "train.parquet", IngestConfig(workers=0))
     ingest([tmp_path / "foley" / "val" / "audio"], tmp_path / "val.parquet", IngestConfig(workers=0))
+    # shards made with --resize exact: evaluation must generate from frames resized the same way
     run_extract(ExtractConfig(out_dir=str(tmp_path / "shards"), manifest=str(tmp_path / "train.parquet"),
-                              batch_size=2, shard_size=2))
+                              batch_size=2, shard_size=2, resize="exact"))
     result = run_train(TrainConfig(shards=str(tmp_path / "shards"), storage_path=str(tmp_path / "runs"), workers=1,
                                    architecture={"hidden_dim": 32}, batch_size=2, steps=2, checkpoint_every=1,
                                    log_every=1, warmup_steps=1, sample_every=1,
@@ -166,6 +167,8 @@ def test_training_evaluates_checkpoints_on_a_validation_manifest(ray_session, tm
         assert "error" not in evaluation, evaluation
         assert evaluation["generate"]["done"] == 1 and "onset_ap_mean" in evaluation["summary"]
         assert (Path(evaluation["dir"]) / "report" / "report.parquet").is_file()
+        run = json.loads((Path(evaluation["dir"]) / "generated" / "run.json").read_text())
+        assert run["config"]["resize"] == "exact"
 
 
 def _foley_clip(inputs) -> str:
@@ -261,3 +264,16 @@ def test_float16_features_halve_the_bytes_and_decode_to_float32():
     assert decoded["clip_f"].dtype == np.float32 and decoded["meta"]["feature_dtype"] == "float16"
     np.testing.assert_allclose(decoded["clip_f"], arrays["clip_f"], rtol=1e-3, atol=1e-3)
     np.testing.assert_array_equal(decoded["latent_mean"], arrays["latent_mean"])
+
+
+def test_shard_set_knows_how_its_frames_were_resized(tmp_path):
+    """Training's evaluation generates with the shards' --resize (read from extract.json)."""
+    from workflows.train.data import ShardSet
+
+    shards = ShardSet(paths=(), shapes={}, first_meta={}, directory=str(tmp_path), num_samples=0)
+    assert shards.resize == "fast"  # no extract.json: the default
+    (tmp_path / "extract.json").write_text(json.dumps({"identity": {"resize": "exact"}}))
+    assert shards.resize == "exact"
+    (tmp_path / "extract.json").write_text(json.dumps({"identity": {"window_s": 8.0}}))  # made before --resize
+    assert shards.resize == "fast"
+    assert ShardSet(paths=(), shapes={}, first_meta={}, directory=None, num_samples=0).resize == "fast"

@@ -8,6 +8,7 @@ instead of killing a worker hours in.
 from __future__ import annotations
 
 import glob
+import json
 import random
 import tarfile
 from collections.abc import Iterator
@@ -32,6 +33,18 @@ class ShardSet:
     first_meta: dict
     directory: str | None  # the extract output directory, when the shards came from one
     num_samples: int
+
+    @property
+    def resize(self) -> str:
+        """How `dub extract` resized these shards' frames ("fast" or "exact", from extract.json;
+        "fast" when unknown), so evaluation generates from frames made the same way."""
+        if self.directory is None:
+            return "fast"
+        info = Path(self.directory) / "extract.json"
+        try:
+            return json.loads(info.read_text()).get("identity", {}).get("resize", "fast")
+        except (OSError, ValueError):
+            return "fast"
 
     def empty_text_features(self) -> np.ndarray | None:
         """The text encoder's features of "" saved by `dub extract` (None when absent)."""

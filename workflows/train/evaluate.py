@@ -32,10 +32,11 @@ def evaluate_checkpoints(cfg: TrainConfig, shards: ShardSet, result) -> list[dic
         meta = Path(result.checkpoint.path) / META_FILE
         chosen[int(json.loads(meta.read_text())["step"])] = result.checkpoint.path
     bundle = shards.first_meta.get("bundle") or "demo"
-    return [evaluate_checkpoint(cfg, bundle, step, path) for step, path in sorted(chosen.items())]
+    return [evaluate_checkpoint(cfg, bundle, step, path, resize=shards.resize) for step, path in sorted(chosen.items())]
 
 
-def evaluate_checkpoint(cfg: TrainConfig, bundle: str, step: int, checkpoint_dir: str) -> dict[str, Any]:
+def evaluate_checkpoint(cfg: TrainConfig, bundle: str, step: int, checkpoint_dir: str, *,
+                        resize: str = "fast") -> dict[str, Any]:
     from workflows.generate.config import GenerateConfig
     from workflows.generate.run import run_generate
     from workflows.report import ReportConfig, run_report
@@ -44,7 +45,8 @@ def evaluate_checkpoint(cfg: TrainConfig, bundle: str, step: int, checkpoint_dir
     record: dict[str, Any] = {"step": step, "checkpoint": f"{checkpoint_dir}/{MODEL_FILE}", "dir": str(out)}
     try:
         generated = run_generate(GenerateConfig(out_dir=str(out / "generated"), manifest=cfg.val_manifest,
-                                                model=bundle, checkpoint=record["checkpoint"], seed=cfg.seed))
+                                                model=bundle, checkpoint=record["checkpoint"], seed=cfg.seed,
+                                                resize=resize))
         record["generate"] = generated.as_dict()
         report = run_report(ReportConfig(run_dir=str(out / "generated"), out_dir=str(out / "report"),
                                          reference=cfg.val_manifest))
