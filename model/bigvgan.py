@@ -306,11 +306,8 @@ FUSED_ACTIVATION = KernelSwitch("BigVGAN's fused Triton activation", "DUB_BIGVGA
 
 def activation_status(device: str | torch.device) -> str:
     """How AntiAliasedActivation runs eagerly on `device` (for benchmark notes and logs)."""
-    if torch.device(device).type != "cuda":
-        return "polyphase grouped convs (the Triton kernel is CUDA only)"
-    if FUSED_ACTIVATION.usable():
-        return "Triton kernels (phases, low-pass)"
-    return f"polyphase grouped convs (Triton kernel off: {FUSED_ACTIVATION.why_off()})"
+    return FUSED_ACTIVATION.describe(torch.device(device).type, "Triton kernels (phases, low-pass)",
+                                     "polyphase grouped convs")
 
 
 def _pad_phases(s: torch.Tensor) -> torch.Tensor:

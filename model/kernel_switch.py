@@ -36,6 +36,12 @@ class KernelSwitch:
     def why_off(self) -> str:
         return self.error or f"{self.env_var}=0 or no triton"
 
+    def describe(self, device: object, kernel: str, reference: str) -> str:
+        """What runs on `device` (for benchmark notes and logs): `kernel` or `reference`, and why."""
+        if not str(device).startswith("cuda"):
+            return f"{reference} (the Triton kernel is CUDA only)"
+        return kernel if self.usable() else f"{reference} (Triton kernel off: {self.why_off()})"
+
     @contextlib.contextmanager
     def turned(self, on: bool) -> Iterator[None]:
         """Within the block the kernel is asked for (on) or switched off through its environment

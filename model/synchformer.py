@@ -157,11 +157,8 @@ GROUPED_ATTENTION = KernelSwitch("Synchformer's Triton divided attention", "DUB_
 
 def attention_status(device: str | torch.device) -> str:
     """How DividedAttention runs on `device` (for benchmark notes and logs)."""
-    if torch.device(device).type != "cuda":
-        return "Synchformer attention: SDPA form (the Triton kernel is CUDA only)"
-    if GROUPED_ATTENTION.usable():
-        return "Synchformer attention: Triton kernel"
-    return f"Synchformer attention: SDPA form (Triton kernel off: {GROUPED_ATTENTION.why_off()})"
+    return "Synchformer attention: " + GROUPED_ATTENTION.describe(torch.device(device).type, "Triton kernel",
+                                                                  "SDPA form")
 
 
 @torch.library.custom_op("dub::synchformer_divided_attention", mutates_args=())

@@ -368,12 +368,13 @@ def test_resize_enters_the_config_hash_only_when_exact():
         GenerateConfig(out_dir="o", manifest="m.parquet", resize="bicubic")
 
 
-def test_cli_resize_bogus_is_a_clear_usage_error(tmp_path):
+@pytest.mark.parametrize("command", ["generate", "extract"])
+def test_cli_resize_bogus_is_a_clear_usage_error(command, tmp_path):
     from typer.testing import CliRunner
 
     from dub.cli import app
 
-    result = CliRunner().invoke(app, ["generate", "-m", str(tmp_path / "m.parquet"), "-o", str(tmp_path / "out"),
+    result = CliRunner().invoke(app, [command, "-m", str(tmp_path / "m.parquet"), "-o", str(tmp_path / "out"),
                                       "--resize", "bogus"])
     assert result.exit_code == 2
     text = " ".join(result.output.replace("│", " ").split())
