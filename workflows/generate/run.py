@@ -177,9 +177,13 @@ def _prepare_out_dir(cfg: GenerateConfig, paths: dict, config_hash: str, info) -
 
 
 def _version() -> str:
-    from dub import __version__
+    """The installed package's version (read from its metadata: workflows do not import dub)."""
+    from importlib.metadata import PackageNotFoundError, version
 
-    return __version__
+    try:
+        return version("dub")
+    except PackageNotFoundError:
+        return "unknown"
 
 
 def _load_inputs(cfg: GenerateConfig, window_s: float) -> tuple[list[_Video], list[dict]]:
