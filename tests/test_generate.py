@@ -364,6 +364,9 @@ def test_resize_enters_the_config_hash_only_when_exact():
     assert exact.config_hash("w") != fast.config_hash("w")
     assert {k: v for k, v in exact.identity("w").items() if k != "resize"} == fast.identity("w")
     assert exact.as_dict()["resize"] == "exact" and fast.as_dict()["resize"] == "fast"  # what run.json records
+    # text-to-audio decodes no frames: asking for exact resizing changes nothing, hash included
+    t2a = dict(out_dir="o", prompts_file="p.txt")
+    assert GenerateConfig(**t2a, resize="exact").config_hash("w") == GenerateConfig(**t2a).config_hash("w")
     with pytest.raises(ValueError, match=r"--resize must be one of \('fast', 'exact'\).*'bicubic'"):
         GenerateConfig(out_dir="o", manifest="m.parquet", resize="bicubic")
 

@@ -89,7 +89,7 @@ class GenerateConfig:
         d = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in self._NOT_HASHED}
         if not self.fp8:  # added later: runs without it keep the hash they had, so they still resume
             del d["fp8"]
-        if self.resize == "fast":  # added later, as fp8
+        if self.resize == "fast" or self.text_to_audio:  # added later, as fp8; no frames, no resizing
             del d["resize"]
         d["sampler"] = self.sampler.as_dict()
         d["weights_hash"] = weights_hash
