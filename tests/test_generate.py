@@ -435,3 +435,16 @@ def test_cli_resize_exact_runs_end_to_end_with_torchvision_frames(ray_session, c
         errors[backend] = max(float(np.abs(stored[k] - want[k]).max()) for k in want)
     # features are stored as float16 (~5e-4 here); the two resizers' features differ by ~1e-2
     assert errors["torch"] < 2e-3 < errors["swscale"], errors
+
+
+def test_window_datasets_are_cut_into_a_bounded_number_of_blocks():
+    """Small runs: one block (one decode task) per window; large runs: at least 8 blocks per CPU
+    and at most MAX_WINDOWS_PER_BLOCK windows per block (one block per window costs Ray Data
+    ~1 ms to build and ~10 ms to schedule each)."""
+    from workflows.ray_cluster import MAX_WINDOWS_PER_BLOCK, window_blocks
+
+    assert window_blocks(0, 2) == 1 and window_blocks(3, 2) == 3 and window_blocks(16, 2) == 16
+    assert window_blocks(17, 2) == 16 and window_blocks(100, 0) == 8  # a CPU-less head node still splits
+    for windows, cpus in ((50_000, 2), (1_000_000, 16), (10_000, 256)):
+        blocks = window_blocks(windows, cpus)
+        assert blocks >= min(windows, 8 * cpus) and -(-windows // blocks) <= MAX_WINDOWS_PER_BLOCK

@@ -6,8 +6,13 @@ hangs instead of failing (SPEC §5), so GPU requests are derived from `cluster_r
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
+
+# A decode task works through its input block one window at a time, streaming each window's
+# frames on as it goes; 128 windows of ~0.33 s CPU each keep a task under a minute.
+MAX_WINDOWS_PER_BLOCK = 128
 
 
 @dataclass(frozen=True)
@@ -59,6 +64,17 @@ def resources() -> ClusterResources:
 
     res = ray.cluster_resources()
     return ClusterResources(cpus=float(res.get("CPU", 0.0)), gpus=float(res.get("GPU", 0.0)))
+
+
+def window_blocks(windows: int, cpus: float) -> int:
+    """How many blocks a dataset of `windows` window rows is cut into: one per window while
+    that gives at most 8 per CPU (every window its own decode task), else at least 8 per CPU
+    and at most MAX_WINDOWS_PER_BLOCK windows each. One block per window does not scale: Ray
+    Data needs ~1 ms per block to build the dataset and ~10 ms per block to schedule it
+    (50 000 windows: 55 s before the first task starts; 2-core box, docs/benchmarks.md)."""
+    if windows <= 0:
+        return 1
+    return int(min(windows, max(8 * max(1, math.ceil(cpus)), math.ceil(windows / MAX_WINDOWS_PER_BLOCK))))
 
 
 def _local_object_store_bytes() -> int:

@@ -223,11 +223,12 @@ def _execute(cfg: ExtractConfig, bundle, window_s: float, rows: list[dict], with
 
     from model.bundles import CLIP_FPS, CLIP_SIZE, SYNC_FPS, SYNC_SIZE
     from workflows.extract.stages import ExtractReplica, decode_training_windows, read_audio_windows
+    from workflows.ray_cluster import window_blocks
 
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False
     ctx.verbose_progress = False
-    ds = ray.data.from_items(rows, override_num_blocks=max(1, len(rows)))
+    ds = ray.data.from_items(rows, override_num_blocks=window_blocks(len(rows), resources.cpus))
     if with_video:
         memory = decode_memory_bytes(CLIP_FPS, CLIP_SIZE, SYNC_FPS, SYNC_SIZE, window_s, cfg.decode_backend)
         ds = ds.map_batches(decode_training_windows, batch_size=1, num_cpus=1, memory=memory, fn_kwargs=dict(

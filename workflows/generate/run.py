@@ -298,6 +298,7 @@ def _execute(cfg, info, window_s, config_hash, pending, paths, journal, summary,
     from ray.data import ActorPoolStrategy
 
     from workflows.generate.stages import GenerateReplica, decode_memory_bytes, decode_windows
+    from workflows.ray_cluster import window_blocks
 
     by_id = {v.video_id: v for v in pending}
     window_rows = []
@@ -312,7 +313,7 @@ def _execute(cfg, info, window_s, config_hash, pending, paths, journal, summary,
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False
     ctx.verbose_progress = False
-    ds = ray.data.from_items(window_rows, override_num_blocks=max(1, len(window_rows)))
+    ds = ray.data.from_items(window_rows, override_num_blocks=window_blocks(len(window_rows), resources.cpus))
     if cfg.text_to_audio:
         ds = ds.map_batches(_no_frames, batch_size=None)
     else:
