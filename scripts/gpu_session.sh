@@ -5,7 +5,7 @@
 #    the SDPA form, per attention and over the whole model, with errors against float32;
 # 2. scripts/clip_kernels_bench.py (<= 70 s): where CLIP's FP8 time goes (SDPA backends, FP8
 #    matmul, quantisation, bias, fast accumulation);
-# 3. scripts/gpu_bench.sh with the rest (at least 470 s; what steps 1-2 leave unused is added),
+# 3. scripts/gpu_bench.sh with the rest (at least 460 s; what steps 1-2 leave unused is added),
 #    parts in order of value.
 # Each step's timeout keeps the total under 600 s (GPU_SESSION_S, default 585, is the whole
 # script's share); a step that fails does not stop the next.
