@@ -11,8 +11,10 @@ import os
 from dataclasses import dataclass
 
 # A decode task works through its input block one window at a time, streaming each window's
-# frames on as it goes; 128 windows of ~0.33 s CPU each keep a task under a minute.
+# frames on as it goes; 128 windows of ~0.33 s CPU each keep a task under a minute, and 8 blocks
+# per CPU keep every core busy to the end of the run.
 MAX_WINDOWS_PER_BLOCK = 128
+BLOCKS_PER_CPU = 8
 
 
 @dataclass(frozen=True)
@@ -68,13 +70,14 @@ def resources() -> ClusterResources:
 
 def window_blocks(windows: int, cpus: float) -> int:
     """How many blocks a dataset of `windows` window rows is cut into: one per window while
-    that gives at most 8 per CPU (every window its own decode task), else at least 8 per CPU
-    and at most MAX_WINDOWS_PER_BLOCK windows each. One block per window does not scale: Ray
+    that gives at most BLOCKS_PER_CPU per CPU (every window its own decode task), else at least
+    that many and at most MAX_WINDOWS_PER_BLOCK windows each. One block per window does not scale: Ray
     Data needs ~1 ms per block to build the dataset and ~10 ms per block to schedule it
     (50 000 windows: 55 s before the first task starts; 2-core box, docs/benchmarks.md)."""
     if windows <= 0:
         return 1
-    return int(min(windows, max(8 * max(1, math.ceil(cpus)), math.ceil(windows / MAX_WINDOWS_PER_BLOCK))))
+    per_cpu = BLOCKS_PER_CPU * max(1, math.ceil(cpus))
+    return int(min(windows, max(per_cpu, math.ceil(windows / MAX_WINDOWS_PER_BLOCK))))
 
 
 def _local_object_store_bytes() -> int:
