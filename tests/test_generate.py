@@ -221,12 +221,12 @@ def test_same_seed_same_audio_other_seed_differs(ray_session, checkpoint, tmp_pa
     assert all(runs["one"][k] != runs["three"][k] for k in runs["one"])
 
 
-def test_windows_cut_into_fewer_blocks_reach_the_model_unchanged(ray_session, checkpoint, tmp_path, monkeypatch):
+def test_windows_cut_into_fewer_blocks_reach_the_model_unchanged_and_batch_1_repeats_bytes(ray_session, checkpoint, tmp_path, monkeypatch):
     """Large runs put several windows in one decode task's block (`window_blocks`); forced here
     at small scale (one block per CPU: 2 blocks for 5 windows of 3 videos), every window reaches
-    the model with the same frames (hence features), seed and place as with one block per window.
-    (The audio is not compared byte for byte: other batch compositions change float rounding,
-    which the demo codec's Griffin-Lim amplifies; see the README.)"""
+    the model with the same frames (hence features), seed and place as with one block per window,
+    and with --batch-size 1 (each window computed alone: no other window's rounding) the audio is
+    the same bytes. The README's claim."""
     import tarfile
 
     from workflows import ray_cluster
@@ -240,14 +240,17 @@ def test_windows_cut_into_fewer_blocks_reach_the_model_unchanged(ray_session, ch
     runs = {}
     for name, per_cpu in (("per_window", 8), ("grouped", 1)):
         monkeypatch.setattr(ray_cluster, "BLOCKS_PER_CPU", per_cpu)
-        summary = run_generate(_config(manifest, tmp_path / name, checkpoint, format="wds", save_features=True))
+        summary = run_generate(_config(manifest, tmp_path / name, checkpoint, format="wds", save_features=True,
+                                       batch_size=1))
         assert summary.generated == 3 and summary.failed == 0
         members = {}
         for shard in (tmp_path / name / "shards").glob("*.tar"):
             with tarfile.open(shard) as tar:
                 for member in tar.getmembers():
                     data = tar.extractfile(member).read()
-                    if member.name.endswith(".npy"):
+                    if member.name.endswith(".flac"):
+                        members[member.name] = data
+                    elif member.name.endswith(".npy"):
                         members[member.name] = np.load(io.BytesIO(data))
                     elif member.name.endswith(".json"):
                         meta = json.loads(data)
@@ -255,7 +258,7 @@ def test_windows_cut_into_fewer_blocks_reach_the_model_unchanged(ray_session, ch
                         members[member.name] = meta
         runs[name] = members
     assert ray_cluster.window_blocks(5, 2) == 2  # the grouped run really grouped (5 windows, 2 CPUs)
-    assert sorted(runs["grouped"]) == sorted(runs["per_window"]) and len(runs["grouped"]) == 3 * 4
+    assert sorted(runs["grouped"]) == sorted(runs["per_window"]) and len(runs["grouped"]) == 3 * 5
     for key, value in runs["per_window"].items():
         if isinstance(value, np.ndarray):
             np.testing.assert_array_equal(runs["grouped"][key], value, err_msg=key)
