@@ -5,8 +5,9 @@ position) or along space (the 196 tokens of its frame), plus the shared CLS toke
 `F.scaled_dot_product_attention` that takes a strided gather of q, a concatenation of the CLS
 key/value onto every group's keys and values, transposes back and a concatenation of the
 output: several full copies of activations per attention, and the time attention becomes
-~450 k attention problems of 8 queries x 9 keys (192 segments x 12 heads x 196 patches), a
-batch past the 65 535 CUDA grid rows that the flash/efficient kernels index batches by.
+~450 k attention problems of 8 queries x 9 keys (192 segments x 12 heads x 196 patches), each
+padded to the flash/efficient kernels' query tiles, and more of them than one CUDA grid axis
+holds (65 535; which of torch's kernels then runs it was not profiled).
 
 `grouped_attention` reads q, k and v straight from the qkv projection's output and writes each
 query's result straight into the (tokens, heads * head_dim) layout the output projection
