@@ -494,3 +494,17 @@ def test_window_datasets_are_cut_into_a_bounded_number_of_blocks():
     for windows, cpus in ((50_000, 2), (1_000_000, 16), (10_000, 256)):
         blocks = window_blocks(windows, cpus)
         assert blocks >= min(windows, 8 * cpus) and -(-windows // blocks) <= MAX_WINDOWS_PER_BLOCK
+
+
+def test_a_small_object_store_is_named_before_it_stalls_the_run(ray_session):
+    """The test session's store (1 GiB) holds 16 decoded 8 s windows (~56 MiB): no warning; for
+    windows 4x that size it warns with the numbers and the remedy."""
+    from workflows.generate.stages import window_frame_bytes
+    from workflows.ray_cluster import STORE_WINDOWS, warn_if_store_small
+
+    window = window_frame_bytes(8.0, 384, 25.0, 224, 8.0)
+    assert 50 * 2**20 < window < 60 * 2**20 and STORE_WINDOWS * window <= 2**30
+    assert warn_if_store_small(window) is None
+    with pytest.warns(RuntimeWarning, match=r"object store \(1024 MiB\) holds fewer than 16 decoded windows"):
+        text = warn_if_store_small(4 * window)
+    assert "DUB_OBJECT_STORE_MB" in text and "--object-store-memory" in text

@@ -68,6 +68,29 @@ def resources() -> ClusterResources:
     return ClusterResources(cpus=float(res.get("CPU", 0.0)), gpus=float(res.get("GPU", 0.0)))
 
 
+# Ray Data's per-operator budgets need the store to hold this many decoded windows, or they hold
+# windows back (measured: 512 MiB stalls 56 MiB windows, 1 GiB does not; docs/benchmarks.md).
+STORE_WINDOWS = 16
+
+
+def warn_if_store_small(window_bytes: float) -> str | None:
+    """Warn (and return the text) when the cluster's object store holds fewer than STORE_WINDOWS
+    decoded windows of `window_bytes`."""
+    import warnings
+
+    import ray
+
+    store = float(ray.cluster_resources().get("object_store_memory", 0.0))
+    if store <= 0 or store >= STORE_WINDOWS * window_bytes:
+        return None
+    text = (f"Ray's object store ({store / 2**20:.0f} MiB) holds fewer than {STORE_WINDOWS} decoded windows "
+            f"({window_bytes / 2**20:.0f} MiB each): Ray Data will hold windows back and the run will crawl; "
+            f"give it at least {STORE_WINDOWS * window_bytes / 2**30:.1f} GiB (DUB_OBJECT_STORE_MB for the "
+            "embedded Ray, `ray start --object-store-memory` on a cluster)")
+    warnings.warn(text, RuntimeWarning, stacklevel=2)
+    return text
+
+
 def window_blocks(windows: int, cpus: float) -> int:
     """How many blocks a dataset of `windows` window rows is cut into: one per window while
     that gives at most BLOCKS_PER_CPU per CPU (every window its own decode task), else at least

@@ -27,7 +27,7 @@ import numpy as np
 from workflows.extract.config import AUDIO_EXTENSIONS, ExtractConfig
 from workflows.extract.sample import EMPTY_TEXT_FILE, EXTRACT_INFO_FILE, encode_sample, npy_bytes, window_key
 from workflows.generate.sinks import ShardWriter, completed_shard_keys, remove_stale_temporaries, write_json_atomic
-from workflows.generate.stages import decode_memory_bytes
+from workflows.generate.stages import decode_memory_bytes, window_frame_bytes
 
 
 class ExtractError(RuntimeError):
@@ -223,13 +223,14 @@ def _execute(cfg: ExtractConfig, bundle, window_s: float, rows: list[dict], with
 
     from model.bundles import CLIP_FPS, CLIP_SIZE, SYNC_FPS, SYNC_SIZE
     from workflows.extract.stages import ExtractReplica, decode_training_windows, read_audio_windows
-    from workflows.ray_cluster import window_blocks
+    from workflows.ray_cluster import warn_if_store_small, window_blocks
 
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False
     ctx.verbose_progress = False
     ds = ray.data.from_items(rows, override_num_blocks=window_blocks(len(rows), resources.cpus))
     if with_video:
+        warn_if_store_small(window_frame_bytes(CLIP_FPS, CLIP_SIZE, SYNC_FPS, SYNC_SIZE, window_s))
         memory = decode_memory_bytes(CLIP_FPS, CLIP_SIZE, SYNC_FPS, SYNC_SIZE, window_s, cfg.decode_backend)
         ds = ds.map_batches(decode_training_windows, batch_size=1, num_cpus=1, memory=memory, fn_kwargs=dict(
             clip_fps=CLIP_FPS, clip_size=CLIP_SIZE, sync_fps=SYNC_FPS, sync_size=SYNC_SIZE, window_s=window_s,

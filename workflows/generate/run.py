@@ -297,8 +297,8 @@ def _execute(cfg, info, window_s, config_hash, pending, paths, journal, summary,
     import ray.data
     from ray.data import ActorPoolStrategy
 
-    from workflows.generate.stages import GenerateReplica, decode_memory_bytes, decode_windows
-    from workflows.ray_cluster import window_blocks
+    from workflows.generate.stages import GenerateReplica, decode_memory_bytes, decode_windows, window_frame_bytes
+    from workflows.ray_cluster import warn_if_store_small, window_blocks
 
     by_id = {v.video_id: v for v in pending}
     window_rows = []
@@ -317,6 +317,7 @@ def _execute(cfg, info, window_s, config_hash, pending, paths, journal, summary,
     if cfg.text_to_audio:
         ds = ds.map_batches(_no_frames, batch_size=None)
     else:
+        warn_if_store_small(window_frame_bytes(info.clip_fps, info.clip_size, info.sync_fps, info.sync_size, window_s))
         ds = ds.map_batches(
             decode_windows, batch_size=1, num_cpus=1,
             memory=decode_memory_bytes(info.clip_fps, info.clip_size, info.sync_fps, info.sync_size, window_s,

@@ -21,13 +21,19 @@ def short_error(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {msg}"[:500]
 
 
+def window_frame_bytes(clip_fps: float, clip_size: int, sync_fps: float, sync_size: int, window_s: float) -> float:
+    """Bytes of one decoded window's uint8 frames at both rates (what each window puts in Ray's
+    object store)."""
+    return window_s * (clip_fps * clip_size**2 + sync_fps * sync_size**2) * 3
+
+
 def decode_memory_bytes(clip_fps: float, clip_size: int, sync_fps: float, sync_size: int, window_s: float,
                         backend: str = "swscale") -> int:
     """Memory a window-decoding task needs: the frames at both rates, their copy into the
     block, and headroom (more with `backend="torch"`). Declaring it also keeps Ray Data from
     fusing decoding into the model actors on a CPU-only cluster (operators with identical remote
     args fuse), so decoding overlaps the model instead of running inside the actor."""
-    frames = window_s * (clip_fps * clip_size**2 + sync_fps * sync_size**2) * 3
+    frames = window_frame_bytes(clip_fps, clip_size, sync_fps, sync_size, window_s)
     # + the worker's own footprint (PyAV decoder, swscale buffers): Ray Data measured 214 MiB for
     # an 8 s window where 3 x frames alone is 167 MiB, and asks for 1.25 x its peak
     need = 3 * frames + 128 * 2**20
