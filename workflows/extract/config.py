@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from workflows.extract.sample import FEATURE_DTYPES
-from workflows.media.decode import RESIZE_BACKENDS, RESIZE_MODES
+from workflows.media.decode import RESIZE_BACKENDS, resize_problem
 
 AUDIO_EXTENSIONS = (".wav", ".flac", ".mp3", ".ogg", ".opus", ".m4a", ".aac")
 
@@ -43,9 +43,8 @@ class ExtractConfig:
             problems.append(f"--min-fraction must be in (0, 1], got {self.min_fraction}")
         if self.feature_dtype not in FEATURE_DTYPES:
             problems.append(f"--feature-dtype must be one of {FEATURE_DTYPES}, got {self.feature_dtype!r}")
-        if self.resize not in RESIZE_MODES:
-            problems.append(f"--resize must be one of {RESIZE_MODES} (fast: swscale's bicubic; exact: "
-                            f"torchvision's antialiased bicubic, as MMAudio), got {self.resize!r}")
+        if resize_problem(self.resize):
+            problems.append(resize_problem(self.resize))
         for name in ("batch_size", "shard_size"):
             if getattr(self, name) < 1:
                 problems.append(f"{name} must be >= 1")

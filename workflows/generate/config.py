@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from model.generator import SamplerConfig
-from workflows.media.decode import RESIZE_BACKENDS, RESIZE_MODES
+from workflows.media.decode import RESIZE_BACKENDS, resize_problem
 
 FORMATS = ("mp4", "wds", "both")
 AUDIO_CODECS = ("aac", "flac", "opus")
@@ -53,9 +53,8 @@ class GenerateConfig:
             raise ValueError("give exactly one of a manifest (video-to-audio) or a prompts file (text-to-audio)")
         if self.format not in FORMATS:
             raise ValueError(f"--format must be one of {FORMATS}, got {self.format!r}")
-        if self.resize not in RESIZE_MODES:
-            raise ValueError(f"--resize must be one of {RESIZE_MODES} (fast: swscale's bicubic; exact: "
-                             f"torchvision's antialiased bicubic, as MMAudio), got {self.resize!r}")
+        if resize_problem(self.resize):
+            raise ValueError(resize_problem(self.resize))
         if self.audio_codec not in AUDIO_CODECS:
             raise ValueError(f"--audio-codec must be one of {AUDIO_CODECS}, got {self.audio_codec!r}")
         if self.batch_size < 1:

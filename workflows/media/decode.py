@@ -40,6 +40,14 @@ RESIZE_BACKENDS = {"fast": "swscale", "exact": "torch"}
 RESIZE_MODES = tuple(RESIZE_BACKENDS)
 
 
+def resize_problem(mode: str) -> str | None:
+    """What is wrong with a `--resize` value, or None (one message for generate and extract)."""
+    if mode in RESIZE_BACKENDS:
+        return None
+    return (f"--resize must be one of {RESIZE_MODES} (fast: swscale's bicubic; exact: torchvision's antialiased "
+            f"bicubic, as MMAudio), got {mode!r}")
+
+
 @dataclass(frozen=True)
 class FrameTarget:
     """One output stream: `fps` frames per second of `size` x `size` RGB.
