@@ -378,7 +378,8 @@ def synchformer_check(device: str, preset: str, report) -> None:
     with float32 (no TF32) as the yardstick."""
     import torch
 
-    from model.synchformer import GROUPED_ATTENTION, Synchformer, SynchformerConfig, synchformer_features
+    from model.synchformer import (GROUPED_ATTENTION, Synchformer, SynchformerConfig, attention_status,
+                                   synchformer_features)
     from workflows.bench.encoders import tiny_synchformer_config
     from workflows.bench.generate import TINY_PRESETS, compare, true_float32
 
@@ -395,9 +396,8 @@ def synchformer_check(device: str, preset: str, report) -> None:
     fast, sdpa = features(True), features(False)
     with true_float32():
         exact = synchformer_features(model, frames).float()
-    form = "Triton divided attention" if cuda and GROUPED_ATTENTION.usable() else (
-        f"SDPA form (kernel off: {GROUPED_ATTENTION.why_off()})" if cuda else "SDPA form (CPU)")
-    report(compare(f"Synchformer features, 24 segments, {form} vs SDPA form", fast, sdpa, 2e-2, exact=exact))
+    report(compare(f"Synchformer features, 24 segments, {attention_status(device)} vs the SDPA form", fast, sdpa,
+                   2e-2, exact=exact))
 
 
 def tangent_check(net, clip_f, sync_f, text_f, dtype, report) -> None:
