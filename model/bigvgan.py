@@ -21,7 +21,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from model.kernel_switch import KernelSwitch
+from model.kernel_switch import KernelSwitch, peak_relative_error, self_check_tolerance
 from model.state_dicts import read_state_dict, strict_load
 
 _SNAKE_EPS = 1e-9
@@ -254,11 +254,14 @@ class AntiAliasedActivation(nn.Module):
             return self.reference_forward(x)
         if torch.compiler.is_compiling():
             return self._shifted_sums_forward(x)
-        if self.form == "auto" and x.is_cuda and not torch.is_grad_enabled() and FUSED_ACTIVATION.usable():
+        if self.form == "auto" and x.is_cuda and not torch.is_grad_enabled() and FUSED_ACTIVATION.usable_for(x):
             try:
                 return self._fused_kernel_forward(x)
             except Exception as exc:  # noqa: BLE001 - a Triton build problem: the convs compute the same
                 FUSED_ACTIVATION.disable(exc)
+        return self._grouped_conv_forward(x)
+
+    def _grouped_conv_forward(self, x: torch.Tensor) -> torch.Tensor:
         b, c, t = x.shape
         up = F.conv1d(F.pad(x, (_POLY_PAD, _POLY_PAD), mode="replicate"), self.up_weight.to(x.dtype), groups=c)
         s = _pad_phases(self.act(up.view(b, c, 2, t)))
@@ -300,8 +303,22 @@ def activation_form(module: nn.Module, form: ActivationForm) -> Iterator[None]:
             act.form = old
 
 
+@torch.no_grad()
+def _check_fused_activation(device: torch.device, dtype: torch.dtype) -> str | None:
+    """The kernels against the grouped convs (in float32) on a random Snake-beta activation."""
+    generator = torch.Generator().manual_seed(0)
+    act = AntiAliasedActivation(8, BigVGANConfig.mmaudio_16k())
+    act.act.alpha.copy_(0.5 * torch.randn(act.act.alpha.shape, generator=generator))
+    if act.act.beta is not None:
+        act.act.beta.copy_(0.5 * torch.randn(act.act.beta.shape, generator=generator))
+    act = act.to(device)
+    x = (3 * torch.randn(2, 8, 1000, generator=generator)).to(device=device, dtype=dtype)
+    return peak_relative_error(act._fused_kernel_forward(x), act._grouped_conv_forward(x.float()),
+                               self_check_tolerance(dtype))
+
+
 FUSED_ACTIVATION = KernelSwitch("BigVGAN's fused Triton activation", "DUB_BIGVGAN_TRITON", "model.bigvgan_triton",
-                                "grouped convs")
+                                "grouped convs", self_check=_check_fused_activation)
 
 
 def activation_status(device: str | torch.device) -> str:

@@ -47,18 +47,39 @@ def resize_uint8(images: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
         return images
     if images.device.type == "cpu":
         return F.interpolate(images, size=size, mode="bicubic", antialias=True, align_corners=False)
-    if images.device.type == "cuda" and SEPARABLE_RESIZE.usable():
+    if images.device.type == "cuda" and SEPARABLE_RESIZE.usable_for(images):
         from model.resize_triton import resize_triton
 
         try:
             return resize_triton(images, (int(size[0]), int(size[1])))
         except Exception as exc:  # noqa: BLE001 - a kernel that fails to build must not fail a run
             SEPARABLE_RESIZE.disable(exc)
+    return _interpolate_uint8(images, size)
+
+
+def _interpolate_uint8(images: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     out = F.interpolate(images.float(), size=size, mode="bicubic", antialias=True, align_corners=False)
     return out.clamp_(0, 255).round_().to(torch.uint8)
 
 
-SEPARABLE_RESIZE = KernelSwitch("the Triton resize", "DUB_TRITON_RESIZE", "model.resize_triton", "F.interpolate")
+def _check_separable_resize(device: torch.device, dtype: torch.dtype) -> str | None:
+    """The kernels against F.interpolate on random frames, down (antialiased) and up. The two
+    sum in other orders, so a value may round the other way (tests/test_resize_triton.py saw up
+    to 0.015 % of values off by 1); more is wrong."""
+    from model.resize_triton import resize_triton
+
+    generator = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (2, 3, 72, 128), generator=generator, dtype=torch.uint8).to(device)
+    for size in ((40, 40), (96, 171)):
+        got, reference = resize_triton(images, size).int(), _interpolate_uint8(images, size).int()
+        worst, differ = (got - reference).abs().max().item(), (got != reference).float().mean().item()
+        if worst > 1 or differ > 1e-3:
+            return f"to {size}: values off by up to {worst}, {differ:.3%} of them differ"
+    return None
+
+
+SEPARABLE_RESIZE = KernelSwitch("the Triton resize", "DUB_TRITON_RESIZE", "model.resize_triton", "F.interpolate",
+                                self_check=_check_separable_resize)
 
 
 def short_side_size(height: int, width: int, short: int) -> tuple[int, int]:

@@ -4,6 +4,12 @@ A kernel runs unless its environment variable is "0", its module found no Triton
 failed once: at its first failure it is off for the rest of the process, with a warning, and
 its callers run their reference path, which computes the same numbers. (The per-instance
 analogue for compiled and graphed callables is `model.fast.FallbackOnError`.)
+
+A switch may also carry a self-check: before a kernel's first use on a device and dtype it runs
+on a small problem next to its reference path, and a disagreement switches it off like a
+failure. A kernel that builds but computes wrong numbers on some GPU, Triton or dtype (the CPU
+tests cannot run bf16 `tl.dot`, see tests/test_synchformer_triton.py) would otherwise
+corrupt every output silently; the check costs one small launch per process.
 """
 
 from __future__ import annotations
@@ -12,14 +18,21 @@ import contextlib
 import importlib
 import os
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+
+import torch
+
+# (device, dtype) -> None when the kernel agrees with its reference, else what differs
+SelfCheck = Callable[[torch.device, torch.dtype], "str | None"]
 
 
 class KernelSwitch:
-    def __init__(self, what: str, env_var: str, module: str, instead: str) -> None:
+    def __init__(self, what: str, env_var: str, module: str, instead: str, self_check: SelfCheck | None = None) -> None:
         self.what, self.env_var, self.module, self.instead = what, env_var, module, instead
+        self.self_check = self_check
         self.error: str | None = None
         self._has_triton: bool | None = None  # the module is imported once, on first use
+        self._checked: set[tuple[str, torch.dtype]] = set()
 
     def usable(self) -> bool:
         """Read at every call (cheap), so a benchmark can switch the kernel off for one call."""
@@ -28,6 +41,30 @@ class KernelSwitch:
         if self._has_triton is None:
             self._has_triton = importlib.import_module(self.module).triton is not None
         return self._has_triton
+
+    def usable_for(self, x: torch.Tensor) -> bool:
+        """`usable()`, and the self-check passed for x's device and dtype (run here the first time;
+        not while a CUDA graph is being captured or torch.compile traces, which cannot run it:
+        the next eager call does)."""
+        if not self.usable():
+            return False
+        key = (str(x.device), x.dtype)
+        if self.self_check is None or key in self._checked:
+            return True
+        if torch.compiler.is_compiling() or (x.is_cuda and torch.cuda.is_current_stream_capturing()):
+            return True
+        self._checked.add(key)
+        try:
+            with torch.no_grad():
+                wrong = self.self_check(x.device, x.dtype)
+        except Exception as exc:  # noqa: BLE001 - a kernel that fails to build must not fail a run
+            self.disable(exc)
+            return False
+        if wrong is not None:
+            self.error = f"its self-check on {key[0]} ({str(x.dtype).removeprefix('torch.')}) disagreed: {wrong}"[:300]
+            warnings.warn(f"{self.what}: {self.error}; using {self.instead} instead", RuntimeWarning, stacklevel=2)
+            return False
+        return True
 
     def disable(self, exc: BaseException) -> None:
         self.error = f"{type(exc).__name__}: {exc}"[:300]
@@ -55,3 +92,17 @@ class KernelSwitch:
                 del os.environ[self.env_var]
             else:
                 os.environ[self.env_var] = saved
+
+
+def peak_relative_error(got: torch.Tensor, reference: torch.Tensor, tolerance: float) -> str | None:
+    """Self-check verdict for a float kernel: None when max |got - reference| <= tolerance x
+    max |reference| (computed in float64), else the error."""
+    error = ((got.double() - reference.double()).abs().max() / reference.double().abs().max().clamp_min(1e-30)).item()
+    return None if error <= tolerance else f"max error {error:.2e} of the reference's peak (tolerance {tolerance:.0e})"
+
+
+def self_check_tolerance(dtype: torch.dtype) -> float:
+    """Peak-relative tolerance of a float kernel against its reference: bf16/fp16 keep 8/11
+    significant bits and a kernel sums in another order than its reference; float32 kernels
+    here compute in float32 with IEEE dots."""
+    return 1e-4 if dtype == torch.float32 else 3e-2

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from model.kernel_switch import KernelSwitch
+from model.kernel_switch import KernelSwitch, peak_relative_error, self_check_tolerance
 from model.layers import GeluMlp
 from model.state_dicts import read_state_dict, strict_load
 
@@ -151,8 +151,25 @@ def divided_attention_triton(qkv: torch.Tensor, heads: int, *, frames: int, patc
     return out
 
 
+def _check_divided_attention(device: torch.device, dtype: torch.dtype) -> str | None:
+    """The kernel against the SDPA form in float32 on random q/k/v of the released head size,
+    both directions; space groups of 70 tokens straddle the 64-query tiles."""
+    heads, frames, patches = 2, 4, 70
+    generator = torch.Generator().manual_seed(0)
+    qkv = 2 * torch.randn(1, 1 + frames * patches, 3 * heads * 64, generator=generator)
+    qkv = qkv.to(device=device, dtype=dtype)
+    for along_time in (True, False):
+        shape = dict(frames=frames, patches=patches, along_time=along_time)
+        wrong = peak_relative_error(divided_attention_triton(qkv, heads, **shape),
+                                    divided_attention(qkv.float(), heads, **shape), self_check_tolerance(dtype))
+        if wrong:
+            return f"{'time' if along_time else 'space'} attention: {wrong}"
+    return None
+
+
 GROUPED_ATTENTION = KernelSwitch("Synchformer's Triton divided attention", "DUB_SYNCHFORMER_TRITON",
-                                 "model.synchformer_triton", "SDPA with concatenated CLS keys")
+                                 "model.synchformer_triton", "SDPA with concatenated CLS keys",
+                                 self_check=_check_divided_attention)
 
 
 def attention_status(device: str | torch.device) -> str:
@@ -165,9 +182,10 @@ def attention_status(device: str | torch.device) -> str:
 def _divided_attention_kernel_op(qkv: torch.Tensor, heads: int, frames: int, patches: int,
                                  along_time: bool) -> torch.Tensor:
     """The Triton form as one opaque op, so torch.compile neither traces into the kernel launch
-    nor breaks its graph there; falls back to the SDPA form if the kernel fails (once, warned)."""
+    nor breaks its graph there; falls back to the SDPA form if the kernel fails or its
+    self-check disagrees (once, warned)."""
     shape = dict(frames=frames, patches=patches, along_time=along_time)
-    if GROUPED_ATTENTION.usable():  # a compiled graph keeps calling this op after a failure
+    if GROUPED_ATTENTION.usable_for(qkv):  # a compiled graph keeps calling this op after a failure
         try:
             return divided_attention_triton(qkv, heads, **shape)
         except Exception as exc:  # noqa: BLE001 - a kernel that fails to build must not fail a run
