@@ -29,8 +29,7 @@ class SamplerConfig:
             raise ValueError(f"unknown sampler {self.sampler!r}: use 'meanflow' or 'euler'")
         if self.steps < 1:
             raise ValueError(f"steps must be >= 1, got {self.steps}")
-        if self.rescale not in ("std", "proj", "none"):
-            raise ValueError(f"unknown rescale mode {self.rescale!r}: use 'std', 'proj' or 'none'")
+        _ = self.guidance  # validates rescale and phi now, not at the first batch of a run
 
     @property
     def guidance(self) -> Guidance:

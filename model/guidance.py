@@ -30,7 +30,7 @@ class Guidance:
         if self.rescale not in RESCALE_MODES:
             raise ValueError(f"unknown rescale {self.rescale!r}: use one of {', '.join(RESCALE_MODES)}")
         if not 0.0 <= self.phi <= 1.0:
-            raise ValueError(f"phi must be in [0, 1], got {self.phi}")
+            raise ValueError(f"the cfg rescale strength phi must be in [0, 1], got {self.phi}")
 
     def as_dict(self) -> dict:
         return asdict(self)

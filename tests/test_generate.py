@@ -431,6 +431,22 @@ def test_cli_resize_bogus_is_a_clear_usage_error(command, tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.parametrize("flags, message", [(["--cfg-rescale", "2"], "phi must be in [0, 1], got 2.0"),
+                                            (["--rescale-mode", "bogus"], "unknown rescale 'bogus'"),
+                                            (["--steps", "0"], "steps must be >= 1, got 0")])
+def test_cli_bad_sampler_flags_are_usage_errors_before_any_video_runs(flags, message, tmp_path):
+    """Not one failed report row per video: the run does not start."""
+    from typer.testing import CliRunner
+
+    from dub.cli import app
+
+    result = CliRunner().invoke(app, ["generate", "-m", str(tmp_path / "m.parquet"), "-o", str(tmp_path / "out"),
+                                      *flags])
+    assert result.exit_code == 2
+    assert message in " ".join(result.output.replace("│", " ").split())
+    assert not (tmp_path / "out").exists()
+
+
 def test_cli_resize_exact_runs_end_to_end_with_torchvision_frames(ray_session, checkpoint, tmp_path):
     """`dub generate --resize exact`: the run records it, and the features in its shard are the
     encoders' features of torch-resized frames, not of swscale's (so the decoding tasks got it)."""
