@@ -261,6 +261,66 @@ def test_desync_and_passt_scores_with_tiny_models(run_dir, tmp_path):
         dataclasses.replace(config, audio_length_s=0.0)
 
 
+def test_cli_resize_bogus_is_the_usage_error_generate_gives(tmp_path):
+    from typer.testing import CliRunner
+
+    from dub.cli import app
+
+    result = CliRunner().invoke(app, ["report", str(tmp_path / "run"), "-o", str(tmp_path / "out"),
+                                      "--resize", "bogus"])
+    assert result.exit_code == 2
+    text = " ".join(result.output.replace("│", " ").split())
+    assert "--resize must be one of ('fast', 'exact')" in text and "'bogus'" in text
+    assert not (tmp_path / "out").exists()
+
+
+def test_resize_reaches_the_desync_decoding(tmp_path, monkeypatch):
+    """`resize` picks the resizer of the frames DeSync scores: the predictor the report loads
+    decodes exactly what `decode_window` gives with RESIZE_BACKENDS[resize] (exact: torchvision's,
+    not swscale's, on a 160x120 clip cut to a 32 crop), and summary.json records it."""
+    import functools
+
+    import torch
+
+    import workflows.report as report_module
+    from tests.video_factory import make_video
+    from workflows.media.decode import RESIZE_BACKENDS, FrameTarget, decode_window
+    from workflows.metrics.desync import build_offset_predictor
+    from workflows.metrics.models.synchformer_sync import VIDEO_FPS, FullSynchformer, FullSynchformerConfig
+    from workflows.report import load_models
+
+    tiny = FullSynchformerConfig.tiny()
+    torch.manual_seed(0)
+    (tmp_path / "w" / "mmaudio-ext").mkdir(parents=True)
+    torch.save(FullSynchformer(tiny).state_dict(), tmp_path / "w" / "mmaudio-ext" / "synchformer_state_dict.pth")
+    # the report's own builder and arguments, with the tiny architecture instead of the released one
+    monkeypatch.setattr(report_module, "build_offset_predictor", functools.partial(build_offset_predictor, config=tiny))
+    video = tmp_path / "run" / "mp4" / "r0.mp4"
+    video.parent.mkdir(parents=True)
+    make_video(video, seconds=DURATION, fps=25.0, size=(160, 120), with_audio=True, audio="events",
+               events=(1.0, 2.5, 4.0))
+    run = write_generate_run(tmp_path / "run", [{"video_id": "r0", "path": video, "output_mp4": video}])
+
+    def decoded(backend):
+        target = FrameTarget(fps=VIDEO_FPS, size=tiny.visual.crop_size, mode="crop")
+        return decode_window(str(video), 0.0, 8.0, [target], backend=backend).frames[0]
+
+    exact, fast = decoded(RESIZE_BACKENDS["exact"]), decoded(RESIZE_BACKENDS["fast"])
+    assert exact.shape == (150, 32, 32, 3) and not np.array_equal(exact, fast)
+    config = ReportConfig(run_dir=str(run), out_dir=str(tmp_path / "out"), backends=(), skip=("clap",),
+                          weights_dir=str(tmp_path / "w"), write_html=False, resize="exact")
+    rows = load_run(run)[1]
+    for resize, expected in (("exact", exact), ("fast", fast)):
+        offsets = load_models(dataclasses.replace(config, resize=resize), {}, rows).offsets
+        assert offsets.decode_backend == RESIZE_BACKENDS[resize]
+        np.testing.assert_array_equal(offsets.frames(str(video)), expected)
+    result = run_report(config)
+    assert result.rows[0]["desync_s"] is not None and "desync_s" not in result.summary["unavailable"]
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["config"]["resize"] == "exact"
+    assert ReportConfig.from_dict(summary["config"]).decode_backend == "torch"
+
+
 def test_clap_score_for_clips_with_prompts(tmp_path):
     """A run whose rows carry prompts gets a CLAP score per prompted clip (tiny LAION-CLAP in the
     publisher's layout), equal to the cosine of the model's own text and 48 kHz audio embeddings."""

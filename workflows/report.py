@@ -25,6 +25,7 @@ from typing import Callable
 
 import numpy as np
 
+from workflows.media.decode import RESIZE_BACKENDS, resize_problem
 from workflows.metrics.av_align import av_align_score, motion_peaks
 from workflows.metrics.classifiers import inception_score, kl_softmax
 from workflows.metrics.clap import ClapPreprocess, build_clap, clap_score
@@ -68,15 +69,25 @@ class ReportConfig:
     # device is cuda); 1: in this process
     workers: int = 1
     address: str | None = None  # Ray cluster for workers > 1 (else RAY_ADDRESS, else local Ray)
+    # how DeSync's frames are resized to Synchformer's 224 crop: "fast" swscale, "exact" torchvision's
+    # antialiased bicubic as av-benchmark's Synchformer preprocessing (5-10x slower decoding)
+    resize: str = "fast"
 
     def __post_init__(self) -> None:
         if self.workers < 1:
             raise ValueError(f"workers must be >= 1, got {self.workers}")
+        if resize_problem(self.resize):
+            raise ValueError(resize_problem(self.resize))
         if self.audio_length_s is not None and self.audio_length_s <= 0:
             raise ValueError(f"audio_length_s must be positive or None (whole clips), got {self.audio_length_s}")
         unknown = sorted(set(self.skip) - set(SKIPPABLE))
         if unknown:
             raise ValueError(f"cannot skip {unknown}; skippable: {list(SKIPPABLE)}")
+
+    @property
+    def decode_backend(self) -> str:
+        """`decode_window`'s backend for `resize`."""
+        return RESIZE_BACKENDS[self.resize]
 
     def as_dict(self) -> dict:
         d = asdict(self)
@@ -473,7 +484,8 @@ def load_models(config: ReportConfig, run_config: dict, rows: list[GeneratedRow]
         unavailable["desync_s"] = "left out (--skip desync)"
     elif offsets is None:
         try:
-            offsets = build_offset_predictor(locator, config.device, max_duration_s=config.audio_length_s)
+            offsets = build_offset_predictor(locator, config.device, max_duration_s=config.audio_length_s,
+                                             decode_backend=config.decode_backend)
         except BackendUnavailable as exc:
             unavailable["desync_s"] = str(exc)
     clap_scorer = None

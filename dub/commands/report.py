@@ -34,6 +34,12 @@ def register(app: typer.Typer) -> None:
         skip: List[str] = typer.Option(
             None, "--skip",
             help="Leave out a model-based metric: desync (full Synchformer: ~30-40 s per clip on a 2-core CPU), clap."),
+        resize: str = typer.Option(
+            "fast", "--resize",
+            help="fast | exact: how DeSync's frames are resized to Synchformer's 224 crop. fast: swscale's bicubic "
+                 "(default); exact: torchvision's antialiased bicubic, as av-benchmark's Synchformer preprocessing "
+                 "(MMAudio's evaluation), 5-10x slower decoding (8 s 720p clip on 2 cores: 2-4 s vs 0.4 s; "
+                 "small next to the full Synchformer on a CPU)."),
         max_plots: int = typer.Option(50, "--max-plots", help="Clips with pictures and audio players in the page."),
         tolerance: float = typer.Option(0.3, "--onset-tolerance",
                                         help="Onset accuracy/AP matching window in seconds (MMAudio eval_onsets: 0.3)."),
@@ -64,8 +70,8 @@ def register(app: typer.Typer) -> None:
                                   device=device, onsets=OnsetConfig(tolerance_s=tolerance),
                                   max_plots=max_plots, write_html=not no_html, skip=tuple(skip or ()),
                                   audio_length_s=audio_length if audio_length > 0 else None,
-                                  workers=workers, address=address)
-        except ValueError as exc:  # e.g. --workers 0, --skip fad
+                                  workers=workers, address=address, resize=resize)
+        except ValueError as exc:  # e.g. --workers 0, --skip fad, --resize bogus
             raise typer.BadParameter(str(exc)) from exc
         console = Console(stderr=as_json)
         try:

@@ -13,8 +13,8 @@ Semantics (MMAudio's frame reader):
 
 Returned arrays are uint8 (T, H, W, 3) RGB. Resizing runs in swscale (`backend="swscale"`,
 the default: measured faster than torch on CPU, see `dub bench media`) or in torch
-(`backend="torch"`, antialiased bicubic as torchvision's Resize). `dub generate` / `dub extract`
-name them by what they mean (`--resize fast|exact`, RESIZE_BACKENDS).
+(`backend="torch"`, antialiased bicubic as torchvision's Resize). `dub generate` / `dub extract` /
+`dub report` name them by what they mean (`--resize fast|exact`, RESIZE_BACKENDS).
 """
 
 from __future__ import annotations
@@ -34,14 +34,14 @@ _EPS = 1e-6  # seconds; frame times and target instants are compared with this t
 _SEEK_MARGIN_S = 0.5  # seek a little early: some demuxers land after the asked time
 MODES = ("resize", "crop")
 BACKENDS = ("swscale", "torch")
-# `--resize` of generate/extract -> backend: "fast" is swscale's bicubic, "exact" torchvision's
+# `--resize` of generate/extract/report -> backend: "fast" is swscale's bicubic, "exact" torchvision's
 # antialiased bicubic, what MMAudio's features were made with (~9x slower decoding on CPU)
 RESIZE_BACKENDS = {"fast": "swscale", "exact": "torch"}
 RESIZE_MODES = tuple(RESIZE_BACKENDS)
 
 
 def resize_problem(mode: str) -> str | None:
-    """What is wrong with a `--resize` value, or None (one message for generate and extract)."""
+    """What is wrong with a `--resize` value, or None (one message for generate, extract and report)."""
     if mode in RESIZE_BACKENDS:
         return None
     return (f"--resize must be one of {RESIZE_MODES} (fast: swscale's bicubic; exact: torchvision's antialiased "

@@ -93,15 +93,21 @@ class SynchformerOffsetPredictor:
         """Decode the video at 25 fps (short side to the crop size, centre crop), encode the
         segments the head needs, return [offset of the first 14, offset of the last 14] in seconds
         (signed; `desync_score` takes the absolute values), or [] for a clip under 14 segments."""
-        from workflows.media.decode import FrameTarget, decode_window
-        from workflows.metrics.models.synchformer_sync import SAMPLE_RATE, VIDEO_FPS
+        from workflows.metrics.models.synchformer_sync import SAMPLE_RATE
 
         wav = _mono(wav_16k)
         if self.max_duration_s is not None:
             wav = wav[: int(SAMPLE_RATE * self.max_duration_s)]
+        return self.segment_offsets(self.frames(video_path), wav)
+
+    def frames(self, video_path: str) -> np.ndarray:
+        """The uint8 (T, crop, crop, 3) frames at 25 fps that `clip_offsets` scores, resized by
+        `decode_backend`."""
+        from workflows.media.decode import FrameTarget, decode_window
+        from workflows.metrics.models.synchformer_sync import VIDEO_FPS
+
         target = FrameTarget(fps=VIDEO_FPS, size=self.model.config.visual.crop_size, mode="crop")
-        decoded = decode_window(str(video_path), 0.0, self.max_duration_s, [target], backend=self.decode_backend)
-        return self.segment_offsets(decoded.frames[0], wav)
+        return decode_window(str(video_path), 0.0, self.max_duration_s, [target], backend=self.decode_backend).frames[0]
 
     def segment_offsets(self, frames_25fps: np.ndarray, wav_16k: np.ndarray) -> list[float]:
         """`clip_offsets` on already decoded uint8 (T, H, W, 3) frames at 25 fps."""
@@ -140,9 +146,10 @@ def _mono(wav: np.ndarray) -> np.ndarray:
 
 def build_offset_predictor(locator: WeightsLocator, device: str = "cpu", *,
                            config: FullSynchformerConfig | None = None, max_duration_s: float | None = None,
-                           batch_size: int = 8) -> SynchformerOffsetPredictor:
+                           batch_size: int = 8, decode_backend: str = "swscale") -> SynchformerOffsetPredictor:
     """Load the full Synchformer from the weights registry; BackendUnavailable (with the reason)
-    when the file is missing, unreadable or not the whole model."""
+    when the file is missing, unreadable or not the whole model. `decode_backend`: `decode_window`'s
+    resizer for the 224 crop (workflows.media.decode.RESIZE_BACKENDS)."""
     try:
         path = locator.path("synchformer")
     except MissingWeights as exc:
@@ -153,4 +160,5 @@ def build_offset_predictor(locator: WeightsLocator, device: str = "cpu", *,
         model = load_full_synchformer(path, device, config)
     except (ValueError, KeyError, OSError) as exc:  # WeightsError subclasses are ValueError / OSError
         raise BackendUnavailable(f"{path.name} found, but it cannot be used for DeSync: {exc}") from exc
-    return SynchformerOffsetPredictor(model, max_duration_s=max_duration_s, batch_size=batch_size)
+    return SynchformerOffsetPredictor(model, max_duration_s=max_duration_s, batch_size=batch_size,
+                                      decode_backend=decode_backend)
