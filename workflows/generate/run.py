@@ -45,9 +45,9 @@ class Summary:
     replicas: int = 0
     # summed over this run's windows: CPU decoding (tasks) and the replicas' three model stages
     stage_seconds: dict[str, float] = field(default_factory=dict)
-    # the replicas' model seconds / (replicas x the span in which results streamed back): near
-    # 1, the models were the bottleneck; well below, they waited (on decoding, or on start-up
-    # in a short run). An estimate from the replicas' own clocks (host time around each stage)
+    # the replicas' model seconds / the time from each replica's first call to its last: near 1,
+    # the models were the bottleneck; well below, they waited between calls (on decoding, or on
+    # the driver). Host time around each stage, so on a GPU it counts launches, not kernels.
     model_busy_fraction: float | None = None
 
     @property
@@ -65,40 +65,40 @@ STAGE_COLUMNS = {"decode_cpu": "t_decode_s", **{name: f"t_{name}_s" for name in 
 
 
 class _BusyClock:
-    """Model seconds against the time results took to stream back, for Summary.model_busy_fraction."""
+    """The run's stage seconds, and Summary.model_busy_fraction: model seconds over the time each
+    replica spent between the start of its first call and the end of its last (the replicas'
+    own clocks, so results that reach the driver in bursts do not shorten it); what is left of
+    that time the replica waited for decoded windows or for the driver to take its output."""
 
     def __init__(self, replicas: int) -> None:
         self.replicas = replicas
         self.stage_seconds = dict.fromkeys(STAGE_COLUMNS, 0.0)
-        self.start: float | None = None
-        self.end: float | None = None
+        self.spans: dict[str, list[float]] = {}  # replica -> [first call start, last call end]
         self.batches = 0
 
     def add(self, batch: dict) -> None:
-        now = time.perf_counter()
         # a replica gives each row of a call its share of the call's time, counting only the rows
         # it ran (decoding failures have none): summing over those rows gives the call's time
         ran = np.array([not e for e in batch.get("error", [])], dtype=bool)
-        model_s = 0.0
         for name, column in STAGE_COLUMNS.items():
             if column not in batch:
                 continue
             values = np.asarray(batch[column], dtype=float)
-            seconds = float(values.sum() if name == "decode_cpu" or len(ran) != len(values) else values[ran].sum())
-            self.stage_seconds[name] += seconds
-            model_s += seconds if name in MODEL_STAGES else 0.0
-        if self.start is None:  # the first result: its replica started about its model time ago
-            self.start = now - model_s
-        self.end = now
+            self.stage_seconds[name] += float(values.sum() if name == "decode_cpu" or len(ran) != len(values)
+                                              else values[ran].sum())
+        for replica, start, end in zip(batch.get("replica", ()), batch.get("t_call_start", ()),
+                                       batch.get("t_call_end", ())):
+            span = self.spans.setdefault(str(replica), [float(start), float(end)])
+            span[0], span[1] = min(span[0], float(start)), max(span[1], float(end))
         self.batches += 1
 
     def fill(self, summary: Summary) -> None:
         summary.replicas = self.replicas
         summary.stage_seconds = {k: round(v, 3) for k, v in self.stage_seconds.items()}
-        span = (self.end - self.start) if self.start is not None else 0.0
+        span = sum(end - start for start, end in self.spans.values())
         model_s = sum(self.stage_seconds[name] for name in MODEL_STAGES)
-        if self.batches >= 2 and span > 0 and self.replicas > 0:  # one batch is busy by construction
-            summary.model_busy_fraction = round(model_s / (self.replicas * span), 3)
+        if self.batches >= 2 and span > 0:  # one batch is busy by construction
+            summary.model_busy_fraction = round(model_s / span, 3)  # <= 1: stages run inside calls
 
 
 @dataclass

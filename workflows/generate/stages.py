@@ -7,6 +7,8 @@ Errors are data: a window that cannot be decoded or generated comes out as a row
 
 from __future__ import annotations
 
+import os
+import socket
 import time
 
 import numpy as np
@@ -106,6 +108,7 @@ class GenerateReplica:
             # a replica sees the same few shapes all run long (graphs at --batch-size): let cuDNN
             # time its convolution algorithms once per shape, as `dub bench` measured them
             torch.backends.cudnn.benchmark = True
+        self.replica_id = f"{socket.gethostname()}:{os.getpid()}"
         self.generator = load_generator(model, checkpoint=checkpoint, device=device)
         self.sampler = SamplerConfig(**sampler)
         self.save_features = save_features
@@ -137,6 +140,7 @@ class GenerateReplica:
         return active
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        call_start = time.time()  # wall clock: the driver compares calls of one replica
         n = len(batch["video_id"])
         errors = list(batch["error"])
         ok = [i for i in range(n) if not errors[i]]
@@ -162,6 +166,9 @@ class GenerateReplica:
         share = max(1, len(ok))
         for key, value in timings.items():
             out["t_" + key] = np.full(n, value / share)
+        # for the run's busy fraction: the gaps between one replica's calls are its waits for input
+        out.update(replica=np.full(n, self.replica_id, dtype=object), t_call_start=np.full(n, call_start),
+                   t_call_end=np.full(n, time.time()))
         if self.save_features:
             for name in ("clip_f", "sync_f", "text_f"):
                 shape = next((f[name].shape for f in feats.values()), (0,))
