@@ -249,3 +249,23 @@ def test_bf16_checks_measure_both_paths_from_float32():
     worse = exact - 0.03 * BF16_SLACK * 1.1
     assert not compare("too far", worse, eager, 2e-2, exact=exact)["pass"]
     assert not compare("nan", fast + float("nan"), eager, 2e-2, exact=exact)["pass"]
+
+
+def test_gpu_bench_script_runs_its_parts_in_children_and_writes_json(tmp_path):
+    """scripts/gpu_bench.py as a GPU session runs it (child process per part, rows streamed back,
+    JSON rewritten after each part), here on the CPU with the tiny preset: a GPU session has one
+    call, and a harness that breaks there loses all of it."""
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    command = [sys.executable, "scripts/gpu_bench.py", "--device", "cpu", "--preset", "tiny", "--batch-size", "2",
+               "--repeats", "1", "--out", str(tmp_path), "--parts"]
+    typo = subprocess.run([*command, "generate,e2e-fp9"], cwd=root, timeout=120, capture_output=True, text=True)
+    assert typo.returncode == 2 and "e2e-fp9" in typo.stderr  # refused before any part runs
+    subprocess.run([*command, "generate"], cwd=root, check=True, timeout=300, capture_output=True)
+    result = json.loads((tmp_path / "gpu_bench.json").read_text())
+    assert result["parts"]["generate"]["status"] == "ok" and result["parts"]["generate"]["rows"] > 0
+    stages = {row["stage"] for row in result["rows"] if row["bench"] == "generate"}
+    assert any("network 1 step + CFG" in stage for stage in stages)
+    assert all(row["median_ms"] > 0 and row["device"] == "cpu" for row in result["rows"])
