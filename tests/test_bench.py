@@ -269,3 +269,38 @@ def test_gpu_bench_script_runs_its_parts_in_children_and_writes_json(tmp_path):
     stages = {row["stage"] for row in result["rows"] if row["bench"] == "generate"}
     assert any("network 1 step + CFG" in stage for stage in stages)
     assert all(row["median_ms"] > 0 and row["device"] == "cpu" for row in result["rows"])
+
+
+def test_a_replica_out_of_device_memory_halves_its_windows_per_call_and_keeps_every_window(capsys):
+    """--batch-size too large for the GPU: the replica splits the call instead of failing it or
+    retrying window by window, and later batches start at the size that fit. The memory limit
+    is simulated (no GPU here): features for more than 2 windows raise torch.OutOfMemoryError,
+    as a CUDA allocation does; the demo model does everything else."""
+    from workflows.generate.stages import GenerateReplica, decode_windows
+
+    replica = GenerateReplica("demo", None, SamplerConfig(cfg=2.0).as_dict(), "cpu", batch_size=5)
+    real_features, sizes = replica.generator.features, []
+
+    def features_within_memory(wb):
+        sizes.append(len(wb.seeds))
+        if len(wb.seeds) > 2:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+        return real_features(wb)
+
+    replica.generator.features = features_within_memory
+    info = bundle_info("demo")
+    n = 5
+    rows = {"video_id": [f"v{i}" for i in range(n)], "window_index": [0] * n, "num_windows": [1] * n,
+            "start_s": [0.0] * n, "valid_s": [info.window_s] * n, "prompt": [""] * n, "negative_prompt": [""] * n,
+            "seed": list(range(n)), "path": [str(SAMPLE)] * n}
+    batch = decode_windows({k: np.array(v, dtype=object if isinstance(v[0], str) else None) for k, v in rows.items()},
+                           clip_fps=info.clip_fps, clip_size=info.clip_size, sync_fps=info.sync_fps,
+                           sync_size=info.sync_size, window_s=info.window_s)
+    out = replica(dict(batch))
+    assert list(out["error"]) == [""] * n and (np.abs(out["audio"]).max(axis=1) > 1e-3).all()
+    assert sizes == [5, 3, 2, 1, 2] and replica.max_windows == 2  # 5 -> (3 -> 2 + 1) + 2
+    log = capsys.readouterr().out
+    assert "out of memory with 5 windows per call" in log and "it now runs at most 2 (lower --batch-size)" in log
+    sizes.clear()
+    out = replica(dict(batch))
+    assert list(out["error"]) == [""] * n and sizes == [2, 2, 1]  # straight at the size that fit
