@@ -298,7 +298,7 @@ def test_a_replica_out_of_device_memory_halves_its_windows_per_call_and_keeps_ev
                            sync_size=info.sync_size, window_s=info.window_s)
     out = replica(dict(batch))
     assert list(out["error"]) == [""] * n and (np.abs(out["audio"]).max(axis=1) > 1e-3).all()
-    assert sizes == [5, 3, 2, 1, 2] and replica.max_windows == 2  # 5 -> (3 -> 2 + 1) + 2
+    assert sizes == [5, 3, 2, 1, 2] and replica.memory.max_windows == 2  # 5 -> (3 -> 2 + 1) + 2
     log = capsys.readouterr().out
     assert "out of memory with 5 windows per call" in log and "it now runs at most 2 (lower --batch-size)" in log
     sizes.clear()

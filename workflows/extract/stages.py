@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from workflows.generate.stages import WINDOW_COLUMNS, short_error, decode_windows
+from workflows.generate.stages import WINDOW_COLUMNS, FittingCalls, decode_windows, short_error
 
 # The one weights role extraction does not need (features and latents come from the rest).
 
@@ -109,6 +109,7 @@ class ExtractReplica:
         if device == "cpu":
             torch.set_num_threads(max(1, torch.get_num_threads()))
         self.device = device
+        self.memory = FittingCalls(device)
         self.encoders, self.codec = load_feature_stack(model, device)
         self.window_s = window_s
         self.description = {"encoders": describe(self.encoders), "codec": describe(self.codec)}
@@ -131,7 +132,7 @@ class ExtractReplica:
         if ok:
             start = time.perf_counter()
             try:
-                self._encode(batch, ok, arrays)
+                self.memory.run(lambda rows: self._encode(batch, rows, arrays), ok)
             except Exception:  # noqa: BLE001 - find the culprit: one window at a time
                 for i in ok:
                     try:

@@ -90,6 +90,39 @@ def _fit(frames: np.ndarray, count: int) -> np.ndarray:
     return np.concatenate([frames, pad], axis=0)
 
 
+class FittingCalls:
+    """A replica's model calls over a batch's windows: all at once until the device runs out of
+    memory (a --batch-size too large for this GPU), then halved until they fit; the smaller size
+    holds for the replica's later batches, and the replica says so once."""
+
+    def __init__(self, device: str) -> None:
+        self.device = device
+        self.max_windows: int | None = None
+
+    def run(self, call, rows: list[int]) -> None:
+        size = self.max_windows or len(rows)
+        for start in range(0, len(rows), size):
+            self._fitting(call, rows[start : start + size])
+
+    def _fitting(self, call, rows: list[int]) -> None:
+        import torch
+
+        try:
+            call(rows)
+        except torch.OutOfMemoryError as exc:
+            if len(rows) == 1:
+                raise
+            if self.device.startswith("cuda"):
+                torch.cuda.empty_cache()
+            half = (len(rows) + 1) // 2
+            if self.max_windows is None or half < self.max_windows:
+                self.max_windows = half
+                print(f"dub: model replica on {self.device} ran out of memory with {len(rows)} windows per call "
+                      f"({short_error(exc)[:120]}); it now runs at most {half} (lower --batch-size)", flush=True)
+            self._fitting(call, rows[:half])
+            self._fitting(call, rows[half:])
+
+
 class GenerateReplica:
     """One model replica. Ray Data builds one per actor and calls it with batches of windows
     from any videos."""
@@ -109,8 +142,7 @@ class GenerateReplica:
             # time its convolution algorithms once per shape, as `dub bench` measured them
             torch.backends.cudnn.benchmark = True
         self.replica_id = f"{socket.gethostname()}:{os.getpid()}"
-        self.device = device
-        self.max_windows: int | None = None  # windows per model call, once memory has run out
+        self.memory = FittingCalls(device)
         self.generator = load_generator(model, checkpoint=checkpoint, device=device)
         self.sampler = SamplerConfig(**sampler)
         self.save_features = save_features
@@ -151,8 +183,7 @@ class GenerateReplica:
         feats: dict[int, dict[str, np.ndarray]] = {}
         if ok:
             try:
-                for start in range(0, len(ok), self.max_windows or len(ok)):
-                    self._run_fitting(batch, ok[start : start + (self.max_windows or len(ok))], audio, timings, feats)
+                self.memory.run(lambda rows: self._run(batch, rows, audio, timings, feats), ok)
             except Exception:  # noqa: BLE001 - isolate the culprit: retry one window at a time
                 for i in ok:
                     if i in audio:
@@ -182,26 +213,6 @@ class GenerateReplica:
                     col[i] = f[name]
                 out[name] = col
         return out
-
-    def _run_fitting(self, batch, rows, audio, timings, feats) -> None:
-        """`_run`, halving the windows per call while the device runs out of memory (a --batch-size
-        too large for this GPU); the smaller size holds for the replica's later batches."""
-        import torch
-
-        try:
-            self._run(batch, rows, audio, timings, feats)
-        except torch.OutOfMemoryError as exc:
-            if len(rows) == 1:
-                raise
-            if self.device.startswith("cuda"):
-                torch.cuda.empty_cache()
-            half = (len(rows) + 1) // 2
-            if self.max_windows is None or half < self.max_windows:
-                self.max_windows = half
-                print(f"dub: model replica on {self.device} ran out of memory with {len(rows)} windows per call "
-                      f"({short_error(exc)[:120]}); it now runs at most {half} (lower --batch-size)", flush=True)
-            self._run_fitting(batch, rows[:half], audio, timings, feats)
-            self._run_fitting(batch, rows[half:], audio, timings, feats)
 
     def _run(self, batch, rows, audio, timings, feats) -> None:
         import torch
