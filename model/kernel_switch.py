@@ -55,7 +55,8 @@ class KernelSwitch:
             return True
         self._checked.add(key)
         try:
-            with torch.no_grad():
+            # autocast off: the caller's bf16 autocast would otherwise lower the float32 reference
+            with torch.no_grad(), torch.autocast(x.device.type, enabled=False):
                 wrong = self.self_check(x.device, x.dtype)
         except Exception as exc:  # noqa: BLE001 - a kernel that fails to build must not fail a run
             self.disable(exc)

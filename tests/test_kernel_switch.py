@@ -102,6 +102,22 @@ def test_the_switch_checks_once_per_device_and_dtype_and_turns_off_when_a_check_
     assert not fresh.usable_for(x) and len(calls) == 2  # switched off: not even checked
 
 
+def test_the_check_runs_without_the_callers_autocast() -> None:
+    """A caller's bf16 autocast (Synchformer runs under one) must not lower the float32
+    reference the check compares against."""
+    seen = []
+
+    def check(device: torch.device, dtype: torch.dtype) -> str | None:
+        seen.append((torch.ones(2, 2) @ torch.ones(2, 2)).dtype)
+        return None
+
+    switch = KernelSwitch("a kernel", "DUB_TEST_KERNEL", "model.synchformer_triton", "the reference", self_check=check)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == torch.bfloat16
+        assert switch.usable_for(torch.zeros(1))
+    assert seen == [torch.float32]
+
+
 def test_a_check_that_raises_switches_the_kernel_off() -> None:
     def check(device: torch.device, dtype: torch.dtype) -> str | None:
         raise RuntimeError("no kernel image for this GPU")
