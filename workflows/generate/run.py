@@ -47,7 +47,7 @@ class Summary:
     stage_seconds: dict[str, float] = field(default_factory=dict)
     # the replicas' model seconds / the time from each replica's first call to its last: near 1,
     # the models were the bottleneck; well below, they waited between calls (on decoding, or on
-    # the driver). Host time around each stage, so on a GPU it counts launches, not kernels.
+    # the driver). Host time around each stage; on a GPU it waits for the stage's kernels.
     model_busy_fraction: float | None = None
 
     @property
