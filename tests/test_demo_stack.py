@@ -283,3 +283,32 @@ def test_demo_bundle_generates_with_a_checkpoint(tmp_path):
                         prompts=["a door slams"], negative_prompts=[""], seeds=[7])
     wav = generator.generate(batch, SamplerConfig(**info.sampler))
     assert wav.shape == (1, 8 * 16_000) and torch.isfinite(wav).all() and wav.abs().max() > 0
+
+
+def test_generator_encodes_each_recent_prompt_once():
+    """A run's --prompt and --negative-prompt repeat in every batch: the text tower sees each
+    distinct prompt once, the features are the ones it gave, and the cache stays bounded."""
+    from model import generator as generator_module
+    from model.bundles import load_generator
+
+    gen = load_generator("demo")
+    encoded: list[list[str]] = []
+    text_features = gen.encoders.text_features
+
+    def counting(prompts):
+        encoded.append(list(prompts))
+        return text_features(prompts)
+
+    gen.encoders.text_features = counting
+    first = gen._text(["a dog barks", "", "rain", "a dog barks"])
+    again = gen._text(["rain", "a dog barks", "thunder"])
+    assert encoded == [["a dog barks", "rain"], ["thunder"]]
+    torch.testing.assert_close(first[0], text_features(["a dog barks"])[0], rtol=0, atol=0)
+    torch.testing.assert_close(first[3], first[0], rtol=0, atol=0)
+    torch.testing.assert_close(again[0], first[2], rtol=0, atol=0)
+    torch.testing.assert_close(first[1], gen.network.empty_string_feat.float(), rtol=0, atol=0)
+
+    many = [f"prompt {i}" for i in range(generator_module.TEXT_CACHE_PROMPTS + 10)]
+    gen._text(many)
+    assert len(gen._text_cache) == generator_module.TEXT_CACHE_PROMPTS
+    assert "a dog barks" not in gen._text_cache and many[-1] in gen._text_cache  # least recent out first
