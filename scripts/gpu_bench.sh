@@ -3,7 +3,7 @@
 #   bash scripts/gpu_bench.sh                      # cuda, small_16k, batch 8: the GPU set
 #   bash scripts/gpu_bench.sh --device cpu --preset tiny --batch-size 2 --repeats 1   # CPU smoke test
 # Extra arguments go to scripts/gpu_bench.py (--parts, --budget-s, --no-compile, ...).
-# It (a) installs the wheels carried in .whl/ (open_clip_torch, ftfy, wcwidth) when open_clip is
+# It (a) installs the wheels carried in .whl/ (open_clip_torch, ftfy, wcwidth, av) when open_clip is
 # missing, (b) runs every sub-benchmark and (c) the fast-vs-eager checks, each part in its own
 # process under one time budget, and (d) writes $OUT/gpu_bench.json and $OUT/gpu_bench.log.
 # The device tool's call: command "bash scripts/gpu_bench.sh", carry [".whl"], timeout_s 540.

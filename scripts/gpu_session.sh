@@ -6,7 +6,7 @@
 # 2. scripts/clip_kernels_bench.py (<= 70 s): where CLIP's FP8 time goes (SDPA backends, FP8
 #    matmul, quantisation, bias, fast accumulation);
 # 3. scripts/gpu_bench.sh with the rest (at least 460 s; what steps 1-2 leave unused is added),
-#    parts in order of value.
+#    parts in order of value; media (the host's decoding capacity) needs PyAV in .whl/.
 # Each step's timeout keeps the total under 600 s (GPU_SESSION_S, default 585, is the whole
 # script's share); a step that fails does not stop the next.
 set -uo pipefail
@@ -21,4 +21,4 @@ timeout --kill-after=5 70 python3 scripts/clip_kernels_bench.py --budget-s 55 --
 left=$(( ${GPU_SESSION_S:-585} - SECONDS ))
 echo "gpu_session: ${SECONDS} s used by steps 1-2, ${left} s left for gpu_bench"
 GPU_BENCH_BUDGET_S="${GPU_BENCH_BUDGET_S:-$(( left - 15 ))}" GPU_BENCH_TIMEOUT_S="${GPU_BENCH_TIMEOUT_S:-$left}" \
-    bash scripts/gpu_bench.sh --parts "${GPU_BENCH_PARTS:-generate,train-step,e2e-fp8,correctness,e2e-compiled}" "$@"
+    bash scripts/gpu_bench.sh --parts "${GPU_BENCH_PARTS:-generate,train-step,e2e-fp8,media,correctness,e2e-compiled}" "$@"

@@ -304,3 +304,36 @@ def test_a_replica_out_of_device_memory_halves_its_windows_per_call_and_keeps_ev
     sizes.clear()
     out = replica(dict(batch))
     assert list(out["error"]) == [""] * n and sizes == [2, 2, 1]  # straight at the size that fit
+
+
+def test_media_bench_measures_the_machines_decoding_capacity_in_parallel_processes():
+    """What end-to-end throughput needs from the CPUs: real H.264 decoded at both rates in
+    several processes at once; clips/s is every clip decoded over the wall time."""
+    from workflows.bench import BenchOptions
+    from workflows.bench.media import decode_workers, run
+
+    assert decode_workers(16) == 15 and decode_workers(1) == 1  # one CPU stays with the GPU replica
+    rows = {r.stage: r for r in run(BenchOptions(device="cpu", repeats=2, warmup=0, duration_s=2.0,
+                                                 extra={"decode_workers": 2}))}
+    parallel = rows["decode both rates, one pass, 2 processes in parallel"]
+    assert parallel.batch_size == 4 and parallel.audio_s == pytest.approx(8.0)
+    assert parallel.median_ms > 0 and parallel.clips_per_s == pytest.approx(4000.0 / parallel.median_ms)
+    assert "decoding capacity: 4 clips" in parallel.note
+
+
+def test_e2e_upload_row_times_dub_generates_pageable_copy_of_target_size_frames():
+    """CUDA-only in `dub bench e2e` (on the CPU the copy is no copy); here the code path and
+    the row it makes, with the tiny pipeline: 2 windows of 2 s at CLIP's 384 and Synchformer's
+    224 sizes."""
+    from workflows.bench import BenchOptions
+    from workflows.bench.e2e import ModelSidePipeline, _replica_upload_row
+    from workflows.bench.generate import StageRunner
+
+    opts = BenchOptions(device="cpu", repeats=1, duration_s=2.0)
+    runner = StageRunner("e2e", opts, "cpu", "float32")
+    _replica_upload_row(runner, ModelSidePipeline("tiny", "cpu", 2, 2.0), opts)
+    (row,) = runner.rows
+    assert row.stage == "model-side: upload decoded windows at target sizes, pageable (as dub generate's replica)"
+    assert row.median_ms > 0 and row.batch_size == 2 and row.dtype == "uint8"
+    megabytes = 2 * (16 * 384 * 384 * 3 + 50 * 224 * 224 * 3) / 2**20
+    assert row.note.startswith(f"{megabytes:.0f} MB, ")

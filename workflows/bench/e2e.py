@@ -28,7 +28,7 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
-from workflows.bench import BenchOptions, BenchRow, resolve_device
+from workflows.bench import BenchOptions, BenchRow, resolve_device, time_call
 from workflows.bench.encoders import (CLIP_FPS, CLIP_SIZE, PROMPT, REAL_SOURCE, SYNC_FPS, SYNC_SIZE, TINY_SOURCE,
                                       build_encoders, clip_resize, random_frames, sync_resize)
 from workflows.bench.generate import (ONE_STEP_GUIDANCE, TINY_PRESETS, StageRunner, build_stack, dtype_name,
@@ -270,6 +270,35 @@ def _model_side(runner: StageRunner, opts: BenchOptions, device: str) -> None:
         peak = torch.cuda.max_memory_allocated() / 2**20 if cuda else None
         runner.add(BenchRow(bench="e2e", stage=total_stage, median_ms=wall, batch_size=b, dtype=runner.dtype,
                             device=device, audio_s=audio_s, peak_mem_mb=peak, note=note))
+    if cuda:
+        _replica_upload_row(runner, pipe, opts)
+
+
+def _replica_upload_row(runner: StageRunner, pipe: ModelSidePipeline, opts: BenchOptions) -> None:
+    """What `dub generate`'s replica adds to the model-side time: its frames arrive decoded at the
+    target sizes in pageable numpy arrays (Ray's object store) and go to the device in its own
+    stream of work, not overlapped like the pipeline's pinned copy stream."""
+    import numpy as np
+    import torch
+
+    stage = "upload decoded windows at target sizes, pageable (as dub generate's replica)"
+    b = pipe.batch
+    clip = np.zeros((b, pipe.n_clip, CLIP_SIZE, CLIP_SIZE, 3), np.uint8)
+    sync = np.zeros((b, pipe.n_sync, SYNC_SIZE, SYNC_SIZE, 3), np.uint8)
+
+    def upload():
+        return torch.from_numpy(clip).to(pipe.device), torch.from_numpy(sync).to(pipe.device)
+
+    try:
+        median_ms, _ = time_call(upload, repeats=max(1, opts.repeats), warmup=1, device=pipe.device)
+    except Exception as exc:  # noqa: BLE001
+        runner.fail(stage, b, exc)
+        return
+    megabytes = (clip.nbytes + sync.nbytes) / 2**20
+    runner.add(BenchRow(bench="e2e", stage=f"{MODEL_SIDE}: {stage}", median_ms=median_ms, batch_size=b, dtype="uint8",
+                        device=pipe.device, audio_s=b * opts.duration_s,
+                        note=f"{megabytes:.0f} MB, {megabytes / 1024 / (median_ms / 1000):.1f} GB/s; add to the "
+                             f"total per batch for dub generate's model time"))
 
 
 def _profiled_busy_fraction(pipe: ModelSidePipeline) -> str:
