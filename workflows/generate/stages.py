@@ -93,7 +93,9 @@ def _fit(frames: np.ndarray, count: int) -> np.ndarray:
 class FittingCalls:
     """A replica's model calls over a batch's windows: all at once until the device runs out of
     memory (a --batch-size too large for this GPU), then halved until they fit; the smaller size
-    holds for the replica's later batches, and the replica says so once."""
+    holds for the replica's later batches, and the replica says so once. (With --compile the
+    encoder towers pad every call to --batch-size windows, so halving does not shrink them:
+    their out-of-memory windows fail one by one, and the message says to lower --batch-size.)"""
 
     def __init__(self, device: str) -> None:
         self.device = device
