@@ -382,3 +382,173 @@ def test_workers_on_ray_give_the_in_process_results(ray_session, run_dir, tmp_pa
     assert (tmp_path / "out2" / "index.html").stat().st_size > 10_000
     with pytest.raises(ValueError, match="workers"):
         ReportConfig(run_dir=str(run_dir), out_dir=str(tmp_path), workers=0)
+
+
+# -- the journal: a stopped report resumes ---------------------------------------------------------
+
+class _Counting:
+    """A real backend that counts its `features` calls (one per clip and side: generated, reference)."""
+
+    def __init__(self, backend) -> None:
+        self.backend, self.info, self.calls = backend, backend.info, 0
+
+    def features(self, wavs):
+        self.calls += 1
+        return self.backend.features(wavs)
+
+
+@pytest.fixture(scope="module")
+def tiny_panns(tmp_path_factory):
+    """A tiny CNN14 file: embeddings and logits, so FAD, IS and KL go through the journal."""
+    import torch
+
+    from workflows.metrics.models.panns import Cnn14, Cnn14Config
+
+    tiny = Cnn14Config(mel_bins=32, classes_num=5, channels=(4, 4, 8, 8, 8, 16))
+    torch.manual_seed(2)
+    path = tmp_path_factory.mktemp("tiny_panns") / "tiny_cnn14.pth"
+    torch.save({"model": Cnn14(tiny).state_dict()}, path)
+    return path, tiny
+
+
+def _backends(tiny_panns, counting: bool = True) -> dict:
+    from workflows.metrics.embeddings import PannsBackend, build_backend
+
+    panns = PannsBackend(tiny_panns[0], config=tiny_panns[1])
+    return {"panns": _Counting(panns) if counting else panns, "logmel": build_backend("logmel")}
+
+
+def _journal_config(run_dir: Path, out: Path, **changes) -> ReportConfig:
+    fields = {"reference": str(run_dir.parent / "refs"), "weights_dir": str(out.parent / "no_weights"),
+              "max_plots": 2, **changes}
+    return ReportConfig(run_dir=str(run_dir), out_dir=str(out), **fields)
+
+
+def _untimed(rows: list[dict]) -> list[dict]:
+    return [{k: v for k, v in r.items() if not k.startswith("t_")} for r in rows]
+
+
+def _journaled_ids(out: Path) -> list[str]:
+    return [v for part in sorted((out / "journal").glob("part-*.parquet"))
+            for v in pq.read_table(part).column("video_id").to_pylist()]
+
+
+def _stop_after(k: int):
+    def progress(i: int, n: int, video_id: str) -> None:
+        if i >= k:
+            raise KeyboardInterrupt  # what Ctrl-C raises in the driver
+    return progress
+
+
+def test_interrupted_report_resumes_and_equals_the_uninterrupted_one(run_dir, tmp_path, tiny_panns, monkeypatch):
+    import workflows.report as report_module
+
+    whole_backends = _backends(tiny_panns)
+    whole = run_report(_journal_config(run_dir, tmp_path / "whole"), backends=whole_backends)
+    assert whole_backends["panns"].calls == 8  # v0-v3 have audio and a reference; v4 failed in generate
+    assert whole.summary["metrics"]["fad_panns"] > 0 and whole.summary["metrics"]["kl_panns_n"] == 4
+
+    out = tmp_path / "resumed"
+    made = []  # Ogg/Opus bytes differ run to run (a random stream serial): keep the ones journaled
+    encode = report_module.encode_opus
+    monkeypatch.setattr(report_module, "encode_opus", lambda *a: made.append(encode(*a)) or made[-1])
+    with pytest.raises(KeyboardInterrupt):
+        run_report(_journal_config(run_dir, out), progress=_stop_after(2), backends=_backends(tiny_panns))
+    monkeypatch.undo()
+    assert not (out / "report.parquet").exists()
+    assert _journaled_ids(out) == ["v0", "v1"]  # flushed on the way out, not lost
+
+    backends, seen, notices = _backends(tiny_panns), [], []
+    resumed = run_report(_journal_config(run_dir, out), backends=backends, notice=notices.append,
+                         progress=lambda i, n, vid: seen.append((i, vid)))
+    assert backends["panns"].calls == 4 and seen == [(3, "v2"), (4, "v3"), (5, "v4")]
+    assert resumed.summary["journal"] == {"reused": 2, "scored": 3} and "resuming: 2 of 5" in notices[0]
+    assert _untimed(resumed.rows) == _untimed(whole.rows)
+    assert resumed.summary["metrics"] == whole.summary["metrics"]  # FAD, IS, KL means: bit for bit
+    assert resumed.summary["unavailable"] == whole.summary["unavailable"]
+    assert set(resumed.media) == {"v0", "v1"}  # from the journal, byte for byte
+    assert [a for m in resumed.media.values() for a in (m.audio_generated, m.audio_reference)] == made
+    pictures = [{vid: (m.wave_generated, m.spec_generated, m.wave_reference, m.spec_reference)
+                 for vid, m in report.media.items()} for report in (resumed, whole)]
+    assert pictures[0] == pictures[1]
+    tables = [pq.read_table(d / "report.parquet") for d in (out, tmp_path / "whole")]
+    untimed = [t.drop([c for c in t.column_names if c.startswith("t_")]) for t in tables]
+    assert untimed[0].equals(untimed[1])
+
+
+def test_another_configuration_or_a_changed_clip_is_rescored(run_dir, tmp_path, tiny_panns):
+    import os
+
+    from workflows.metrics.onsets import OnsetConfig
+    from workflows.metrics.weights import WeightsLocator
+    from workflows.report import Injected
+    from workflows.report_journal import report_identity
+
+    run = shutil.copytree(run_dir, tmp_path / "run")  # its mp4s get touched below
+    out, refs = tmp_path / "out", str(run_dir.parent / "refs")
+    first = run_report(_journal_config(run, out, reference=refs), backends=_backends(tiny_panns))
+    backends, notices = _backends(tiny_panns), []
+    wider = _journal_config(run, out, reference=refs, onsets=OnsetConfig(tolerance_s=0.6))
+    widened = run_report(wider, backends=backends, notice=notices.append)
+    assert backends["panns"].calls == 8 and widened.summary["journal"] == {"reused": 0, "scored": 5}
+    assert len(notices) == 1 and "discarded the journal (made with another configuration" in notices[0]
+    assert widened.summary["metrics"]["onset_acc_mean"] > first.summary["metrics"]["onset_acc_mean"]  # v3 is 0.5 s late
+
+    # one more clip with page media: only that clip is rescored; a regenerated output: that clip
+    os.utime(run / "mp4" / "v1_clip1.mp4", ns=(time_ns := (run / "mp4" / "v1_clip1.mp4").stat().st_mtime_ns,
+                                                time_ns + 10**9))
+    backends = _backends(tiny_panns)
+    more = run_report(dataclasses.replace(wider, max_plots=3), backends=backends)
+    assert backends["panns"].calls == 4 and more.summary["journal"] == {"reused": 3, "scored": 2}
+    assert set(more.media) == {"v0", "v1", "v2"}
+    assert _untimed(more.rows) == _untimed(widened.rows)
+
+    # weights imported between runs change the hash; where the report goes and how many workers do not
+    config = _journal_config(run, out, reference=refs, backends=("panns", "logmel"))
+    before = report_identity(config, Injected(), wants_clap=False)
+    assert report_identity(dataclasses.replace(config, workers=3, max_plots=0, out_dir="elsewhere"),
+                           Injected(), wants_clap=False) == before
+    weights = WeightsLocator(config.weights_dir).registry.expected_path("panns", "Cnn14_16k_mAP=0.438.pth")
+    weights.parent.mkdir(parents=True)
+    weights.write_bytes(b"weights")
+    assert report_identity(config, Injected(), wants_clap=False) != before
+
+
+def test_workers_on_ray_journal_and_resume(ray_session, run_dir, tmp_path, tiny_panns, monkeypatch):
+    import workflows.report as report_module
+
+    out = tmp_path / "out"
+    stopped = []
+    with pytest.raises(KeyboardInterrupt):
+        run_report(_journal_config(run_dir, out, workers=2), backends=_backends(tiny_panns, counting=False),
+                   progress=lambda i, n, vid: stopped.append(i) or _stop_after(1)(i, n, vid))
+    assert len(_journaled_ids(out)) == stopped[0] >= 1  # the first chunk back from an actor (4 clips or v4)
+    parallel = run_report(_journal_config(run_dir, out, workers=2), backends=_backends(tiny_panns, counting=False))
+    assert parallel.summary["journal"] == {"reused": stopped[0], "scored": 5 - stopped[0]}
+    assert sorted(_journaled_ids(out)) == ["v0", "v1", "v2", "v3", "v4"]
+
+    # everything is journaled: a rerun (in this process; workers do not change scores) loads no model
+    monkeypatch.setattr(report_module, "load_models", lambda *a, **k: pytest.fail("loaded the models"))
+    backends = _backends(tiny_panns)
+    again = run_report(_journal_config(run_dir, out), backends=backends)
+    assert backends["panns"].calls == 0 and again.summary["journal"] == {"reused": 5, "scored": 0}
+    assert again.summary["timings_s_total"]["model_load"] == 0.0
+    assert _untimed(again.rows) == _untimed(parallel.rows)
+    assert again.summary["metrics"] == parallel.summary["metrics"] and "fad_panns" in again.summary["metrics"]
+    assert again.summary["unavailable"] == parallel.summary["unavailable"] and again.media == parallel.media
+
+
+def test_stray_temporaries_and_half_parts_are_ignored(run_dir, tmp_path, tiny_panns):
+    out = tmp_path / "out"
+    whole = run_report(_journal_config(run_dir, out), backends=_backends(tiny_panns))
+    journal = out / "journal"
+    (part,) = journal.glob("part-*.parquet")
+    temporary = journal / f".{part.name}.k3j9x.tmp"  # a write killed before its rename
+    temporary.write_bytes(part.read_bytes()[:1000])
+    half = journal / "part-9999999999999999999-half.parquet"  # sorts last: it would win if read
+    half.write_bytes(part.read_bytes()[: part.stat().st_size // 2])
+    backends = _backends(tiny_panns)
+    again = run_report(_journal_config(run_dir, out), backends=backends)
+    assert backends["panns"].calls == 0 and again.summary["journal"] == {"reused": 5, "scored": 0}
+    assert not temporary.exists() and not half.exists()
+    assert _untimed(again.rows) == _untimed(whole.rows) and again.summary["metrics"] == whole.summary["metrics"]

@@ -5,6 +5,8 @@ Outputs in REPORT_DIR:
     summary.json     set-level metrics (FAD per backend, IS, means of per-clip metrics), which
                      metrics could not run and why, mean time per clip of each metric
     index.html       one self-contained page (see workflows/report_page.py)
+    journal/         every clip scored so far, written as clips come back (workflows/report_journal.py):
+                     a rerun after a crash or Ctrl-C scores only the clips it lacks
 
 Clips are scored one after the other in this process (the models loaded once), or with
 `workers > 1` on that many Ray actors, each with its own models (`report_parallel.py`); the set-level
@@ -72,6 +74,8 @@ class ReportConfig:
     # how DeSync's frames are resized to Synchformer's 224 crop: "fast" swscale, "exact" torchvision's
     # antialiased bicubic as av-benchmark's Synchformer preprocessing (5-10x slower decoding)
     resize: str = "fast"
+    # rescore every clip instead of resuming from the journal in out_dir (workflows/report_journal.py)
+    fresh: bool = False
 
     def __post_init__(self) -> None:
         if self.workers < 1:
@@ -185,6 +189,10 @@ class _ClapScorer:
 def _is_text_to_audio(run_config: dict, rows: list[GeneratedRow]) -> bool:
     mode = str(run_config.get("mode", run_config.get("task", ""))).lower()
     return "text" in mode or (bool(rows) and all(r.source_path is None for r in rows))
+
+
+def _wants_clap(config: ReportConfig, run_config: dict, rows: list[GeneratedRow]) -> bool:
+    return "clap" not in config.skip and (any(r.prompt for r in rows) or _is_text_to_audio(run_config, rows))
 
 
 def _nan_to_none(value):
@@ -491,7 +499,7 @@ def load_models(config: ReportConfig, run_config: dict, rows: list[GeneratedRow]
     clap_scorer = None
     if "clap" in config.skip:
         unavailable["clap_score"] = "left out (--skip clap)"
-    elif any(r.prompt for r in rows) or _is_text_to_audio(run_config, rows):
+    elif _wants_clap(config, run_config, rows):
         try:
             clap_scorer = _ClapScorer(injected.clap if injected.clap is not None else build_clap(
                 locator, config.device, preprocess=ClapPreprocess(max_seconds=config.audio_length_s)))
@@ -512,15 +520,33 @@ def _media_wanted(config: ReportConfig, rows: list[GeneratedRow]) -> list[bool]:
     return wanted
 
 
+def _score_here(config: ReportConfig, run_config: dict, rows: list[GeneratedRow],
+                items: list[tuple[int, GeneratedRow, bool]], injected: Injected,
+                on_loaded: Callable[[dict[str, BackendInfo], float, dict[str, str]], None],
+                on_scored: Callable[[list[ScoredClip]], None]) -> None:
+    """Score `items` (index, row, want media) in this process, the models loaded once."""
+    models = load_models(config, run_config, rows, injected)
+    on_loaded(models.infos(), models.load_s, models.unavailable)
+    scorer = models.scorer(config)
+    for index, row, want_media in items:
+        on_scored([scorer.score(index, row, want_media)])
+
+
 def run_report(config: ReportConfig, progress: Callable[[int, int, str], None] | None = None,
                backends: dict[str, EmbeddingBackend] | None = None, offsets: OffsetPredictor | None = None,
-               clap=None) -> ReportResult:
+               clap=None, notice: Callable[[str], None] | None = None) -> ReportResult:
     """Score every row of the run, write report.parquet, summary.json and index.html.
 
     `backends` replaces the ones `config.backends` names, `offsets` the DeSync predictor and
     `clap` the CLAP model (`text_embeddings` / `audio_embeddings` at 48 kHz) that would be
     loaded from the weights folder: already-built models, e.g. tiny ones in tests or ones
-    shared across reports."""
+    shared across reports.
+
+    Clips are journaled in out_dir/journal as they come back; a rerun with the same configuration
+    and weights scores only the clips the journal lacks (workflows/report_journal.py). `notice`
+    gets one line when the journal is resumed or discarded."""
+    from workflows.report_journal import ReportJournal, clip_key, report_identity
+
     run_config, rows = load_run(config.run_dir)
     out_dir = Path(config.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -528,21 +554,40 @@ def run_report(config: ReportConfig, progress: Callable[[int, int, str], None] |
     notes: dict[str, str] = {}
     metrics: dict[str, float] = {}
 
+    injected = Injected(backends, offsets, clap)
     want_media = _media_wanted(config, rows)
-    if config.workers > 1:
-        from workflows.report_parallel import score_on_ray
+    identity = report_identity(config, injected, _wants_clap(config, run_config, rows))
+    journal = ReportJournal(out_dir / "journal", identity, fresh=config.fresh, notice=notice)
+    keys = [clip_key(row, want) for row, want in zip(rows, want_media)]
+    scored = journal.reusable(keys)
+    reused = len(scored)
+    if reused and notice is not None:
+        notice(f"resuming: {reused} of {len(rows)} clips already scored in {journal.dir}")
+    done = {c.index for c in scored}
+    todo = [(i, row, want_media[i]) for i, row in enumerate(rows) if i not in done]
+    model_load_s = 0.0  # stays 0 when the journal holds every clip: no model is loaded
 
-        scored, infos, model_load_s, loaded_unavailable = score_on_ray(
-            config, run_config, rows, want_media, Injected(backends, offsets, clap), progress)
-    else:
-        models = load_models(config, run_config, rows, Injected(backends, offsets, clap))
-        infos, model_load_s, loaded_unavailable = models.infos(), models.load_s, models.unavailable
-        scorer = models.scorer(config)
-        scored = []
-        for i, row in enumerate(rows):
-            scored.append(scorer.score(i, row, want_media[i]))
-            if progress is not None:
-                progress(i + 1, len(rows), row.video_id)
+    def on_loaded(infos: dict[str, BackendInfo], load_s: float, loaded: dict[str, str]) -> None:
+        nonlocal model_load_s
+        model_load_s = load_s
+        journal.set_loaded(infos, load_s, loaded)
+
+    def on_scored(clips: list[ScoredClip]) -> None:
+        scored.extend(clips)
+        journal.add([(keys[c.index], c) for c in clips])
+        if progress is not None:
+            progress(len(scored), len(rows), rows[clips[-1].index].video_id)
+
+    try:
+        if todo or journal.loaded is None:
+            if config.workers > 1:
+                from workflows.report_parallel import score_on_ray as score
+            else:
+                score = _score_here
+            score(config, run_config, rows, todo, injected, on_loaded, on_scored)
+    finally:  # what was scored survives an error, a kill of the workers or Ctrl-C
+        journal.flush()
+    infos, loaded_unavailable = journal.loaded_models()
     unavailable.update(loaded_unavailable)
     scored.sort(key=lambda c: c.index)
     records = [c.record for c in scored]
@@ -568,6 +613,7 @@ def run_report(config: ReportConfig, progress: Callable[[int, int, str], None] |
         "unavailable": dict(sorted(unavailable.items())),
         "lower_is_better": sorted(k for k in LOWER_IS_BETTER),
         "timings_ms_per_clip": _timings_ms(records),
+        "journal": {"reused": reused, "scored": len(todo)},  # clips taken from the journal, scored now
         "timings_s_total": {"model_load": model_load_s,
                             **{k[2:-2]: v for k, v in metrics.items() if k.startswith("t_")}},
         "onset_definition": {"tolerance_s": config.onsets.tolerance_s, "prf_window_s": config.onsets.prf_window_s,

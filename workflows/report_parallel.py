@@ -2,7 +2,8 @@
 
 Each actor loads the metric models once (one GPU each when the report runs on cuda) and scores
 chunks of clips with the same `_ClipScorer` the in-process path uses; the driver gathers the
-rows, page media and embedding features and computes the set-level metrics (FAD, IS) as before.
+rows, page media and embedding features as they come back (journaling them, so a stopped report
+resumes), and computes the set-level metrics (FAD, IS) as before.
 Scores do not depend on which actor computed them: the in-process and Ray results are equal.
 """
 
@@ -38,10 +39,13 @@ class ScoringActor:
         return [self.scorer.score(index, row, want_media) for index, row, want_media in items]
 
 
-def score_on_ray(config: ReportConfig, run_config: dict, rows: list[GeneratedRow], want_media: list[bool],
-                 injected: Injected, progress: Callable[[int, int, str], None] | None = None,
-                 ) -> tuple[list[ScoredClip], dict[str, BackendInfo], float, dict[str, str]]:
-    """(scored clips in any order, backend infos, model load seconds of one actor, unavailable)."""
+def score_on_ray(config: ReportConfig, run_config: dict, rows: list[GeneratedRow],
+                 items: list[tuple[int, GeneratedRow, bool]], injected: Injected,
+                 on_loaded: Callable[[dict[str, BackendInfo], float, dict[str, str]], None],
+                 on_scored: Callable[[list[ScoredClip]], None]) -> None:
+    """Score `items` (index, row, want media) on `config.workers` actors: `on_loaded` gets one
+    actor's (backend infos, model load seconds, unavailable), `on_scored` each chunk of clips as
+    it comes back, in any order (the driver journals them)."""
     import ray
     from ray.util import ActorPool
 
@@ -59,17 +63,11 @@ def score_on_ray(config: ReportConfig, run_config: dict, rows: list[GeneratedRow
     actor_class = ray.remote(num_cpus=1, num_gpus=gpus)(ScoringActor)
     setup = ray.put((config, run_config, rows, injected))  # one copy for all actors
     actors = [actor_class.remote(setup) for _ in range(config.workers)]
-    infos, load_s, unavailable = ray.get(actors[0].info.remote())
-
-    items = [(i, row, want_media[i]) for i, row in enumerate(rows)]
     chunks = [items[start:start + CHUNK] for start in range(0, len(items), CHUNK)]
-    scored: list[ScoredClip] = []
     try:
+        on_loaded(*ray.get(actors[0].info.remote()))
         for clips in ActorPool(actors).map_unordered(lambda actor, chunk: actor.score.remote(chunk), chunks):
-            scored.extend(clips)
-            if progress is not None:
-                progress(len(scored), len(rows), rows[clips[-1].index].video_id)
+            on_scored(clips)
     finally:
         for actor in actors:
             ray.kill(actor)
-    return scored, infos, load_s, unavailable
