@@ -196,6 +196,13 @@ def test_cli_prints_summary_and_timings(run_dir, tmp_path):
     assert "Cnn14_16k_mAP=0.438.pth" in result.output
     assert (out / "report.parquet").exists() and (out / "summary.json").exists()
     assert not (out / "index.html").exists()
+    args = ["report", str(run_dir), "-o", str(out), "--reference", str(run_dir.parent / "refs"), "--backend", "logmel",
+            "--backend", "panns", "--weights-dir", str(tmp_path), "--no-html"]
+    again = CliRunner().invoke(app, args)  # the same command: everything comes from the journal
+    assert again.exit_code == 0 and "resuming: 5 of 5 clips" in again.output, again.output
+    fresh = CliRunner().invoke(app, args + ["--fresh"])
+    assert fresh.exit_code == 0 and "discarded the journal (--fresh)" in fresh.output and "resuming" not in fresh.output
+    assert json.loads((out / "summary.json").read_text())["journal"] == {"reused": 0, "scored": 5}
     bad = CliRunner().invoke(app, ["report", str(tmp_path / "missing"), "-o", str(out)])
     assert bad.exit_code == 2 and "report.parquet" in bad.output
     skipped = CliRunner().invoke(app, ["report", str(run_dir), "-o", str(tmp_path / "skip_out"), "--backend", "logmel",

@@ -44,10 +44,17 @@ def register(app: typer.Typer) -> None:
         tolerance: float = typer.Option(0.3, "--onset-tolerance",
                                         help="Onset accuracy/AP matching window in seconds (MMAudio eval_onsets: 0.3)."),
         no_html: bool = typer.Option(False, "--no-html", help="Skip index.html."),
+        fresh: bool = typer.Option(False, "--fresh", help="Rescore every clip instead of resuming from REPORT_DIR/journal."),
         timings: bool = typer.Option(False, "--timings", help="Also print the time per clip of each metric."),
         as_json: bool = typer.Option(False, "--json", help="Print summary.json instead of tables."),
     ) -> None:
-        """Score a generate run against reference audio and visual events."""
+        """Score a generate run against reference audio and visual events.
+
+        Resumable: clips are journaled in REPORT_DIR/journal as they are scored.
+        Rerun the same command after a crash or Ctrl-C to score only the rest (the report is the same).
+        Another configuration or other weight files discard the journal; a changed generate row rescores its clip.
+        --fresh rescores every clip.
+        """
         import json
 
         from rich.console import Console
@@ -70,13 +77,14 @@ def register(app: typer.Typer) -> None:
                                   device=device, onsets=OnsetConfig(tolerance_s=tolerance),
                                   max_plots=max_plots, write_html=not no_html, skip=tuple(skip or ()),
                                   audio_length_s=audio_length if audio_length > 0 else None,
-                                  workers=workers, address=address, resize=resize)
+                                  workers=workers, address=address, resize=resize, fresh=fresh)
         except ValueError as exc:  # e.g. --workers 0, --skip fad, --resize bogus
             raise typer.BadParameter(str(exc)) from exc
         console = Console(stderr=as_json)
         try:
             with console.status("scoring clips") as status:
-                result = run_report(config, progress=lambda i, n, vid: status.update(f"scored {i}/{n} ({vid})"))
+                result = run_report(config, progress=lambda i, n, vid: status.update(f"scored {i}/{n} ({vid})"),
+                                    notice=lambda line: console.print(line, markup=False))
         except (FileNotFoundError, ValueError) as exc:
             console.print(f"[red]error:[/red] {exc}")
             raise typer.Exit(2) from exc
