@@ -32,7 +32,7 @@ from workflows.media.streams import open_media, pick_video_stream, time_origin
 
 _EPS = 1e-6  # seconds; frame times and target instants are compared with this tolerance
 _SEEK_MARGIN_S = 0.5  # seek a little early: some demuxers land after the asked time
-MODES = ("resize", "crop")
+MODES = ("resize", "crop", "short")
 BACKENDS = ("swscale", "torch")
 # `--resize` of generate/extract/report -> backend: "fast" is swscale's bicubic, "exact" torchvision's
 # antialiased bicubic, what MMAudio's features were made with (~9x slower decoding on CPU)
@@ -51,7 +51,9 @@ def resize_problem(mode: str) -> str | None:
 @dataclass(frozen=True)
 class FrameTarget:
     """One output stream: `fps` frames per second of `size` x `size` RGB.
-    mode "resize": squash to size x size (CLIP); "crop": short side to size, centre crop (Synchformer)."""
+    mode "resize": squash to size x size (CLIP); "crop": short side to size, centre crop (Synchformer);
+    "short": short side to size, no crop, so frames keep their aspect ratio (ImageBind, which
+    takes three crops itself)."""
 
     fps: float
     size: int
@@ -237,7 +239,8 @@ class _Converter:
         if self.rotation:
             rgb = np.rot90(rgb, k=self.rotation // 90)
         size = self.target.size
-        rgb = rgb[self.crop_top:self.crop_top + size, self.crop_left:self.crop_left + size]
+        if self.target.mode != "short":
+            rgb = rgb[self.crop_top:self.crop_top + size, self.crop_left:self.crop_left + size]
         return np.ascontiguousarray(rgb)
 
 
