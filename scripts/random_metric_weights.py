@@ -8,7 +8,8 @@ in the layouts the loaders read (the registry's .safetensors names), so that
 times each metric at its real size on this machine without downloading anything. The scores
 it prints are meaningless (random networks); only the timings and the wiring are real.
 Models: PANNs CNN14 16k, VGGish, PaSST-S, full Synchformer (DeSync), LAION-CLAP HTSAT-base with
-RoBERTa-base (its tokenizer files are the tiny test vocabulary: token ids only, for timing).
+RoBERTa-base (its tokenizer files are the tiny test vocabulary: token ids only, for timing), ImageBind
+huge's vision and audio towers (IB-score; the other modalities are not written, the loader ignores them).
 """
 
 from __future__ import annotations
@@ -24,6 +25,16 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 
+def _random_init(module):
+    """Fill parameters created empty (ImageBind's towers leave initialisation to the checkpoint)."""
+    import torch
+
+    with torch.no_grad():
+        for p in module.parameters():
+            p.normal_(0.0, 0.02)
+    return module
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("out", type=Path, help="weights folder to write (pass it to --weights-dir)")
@@ -34,6 +45,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from model.registry import WeightsRegistry
     from workflows.metrics.clap import ClapModel, clap_htsat_base
+    from workflows.metrics.models.imagebind import IMAGEBIND_HUGE, ImageBindVisionAudio
     from workflows.metrics.models.panns import CNN14_16K, Cnn14
     from workflows.metrics.models.passt import PASST_S_SWA, PaSST
     from workflows.metrics.models.synchformer_sync import FullSynchformer, FullSynchformerConfig
@@ -48,6 +60,7 @@ def main(argv: list[str] | None = None) -> int:
         "passt": lambda: PaSST(PASST_S_SWA),
         "synchformer": lambda: FullSynchformer(FullSynchformerConfig.released()),
         "laion_clap": lambda: ClapModel(clap_htsat_base()),
+        "imagebind": lambda: _random_init(ImageBindVisionAudio(IMAGEBIND_HUGE)),  # the keys IB-score loads
     }
     for key, build in builders.items():
         spec = METRIC_WEIGHTS[key]

@@ -35,6 +35,7 @@ from workflows.metrics.desync import OffsetPredictor, build_offset_predictor, de
 from workflows.metrics.embeddings import (BackendInfo, BackendUnavailable, ClipFeatures, EmbeddingBackend,
                                           build_backend)
 from workflows.metrics.fad import frechet_distance
+from workflows.metrics.ib_score import ImageBindScorer, build_imagebind
 from workflows.metrics.media_io import encode_opus, read_audio, read_grey_frames
 from workflows.metrics.onsets import OnsetConfig, detect_onsets, onset_acc_ap, onset_prf
 from workflows.metrics.plots import spectrogram_png, waveform_png
@@ -46,8 +47,8 @@ __all__ = ["ClipMedia", "ReportConfig", "ReportResult", "grouped_unavailable", "
 ALL_BACKENDS = ("panns", "vggish", "passt", "logmel")
 CLASSIFIER_BACKENDS = ("panns", "passt")  # backends whose logits give KL and IS
 PER_CLIP_METRICS = ("onset_acc", "onset_ap", "onset_precision", "onset_recall", "onset_f1",
-                    "av_align", "av_align_reference", "kl_panns", "kl_passt", "desync_s", "clap_score")
-SKIPPABLE = ("desync", "clap")  # model-based metrics a user may leave out (`--skip`)
+                    "av_align", "av_align_reference", "kl_panns", "kl_passt", "desync_s", "clap_score", "ib_score")
+SKIPPABLE = ("desync", "clap", "ib")  # model-based metrics a user may leave out (`--skip`)
 LOWER_IS_BETTER = {"kl_panns", "kl_passt", "desync_s"} | {f"fad_{b}" for b in ALL_BACKENDS}
 
 
@@ -195,6 +196,10 @@ def _wants_clap(config: ReportConfig, run_config: dict, rows: list[GeneratedRow]
     return "clap" not in config.skip and (any(r.prompt for r in rows) or _is_text_to_audio(run_config, rows))
 
 
+def _wants_imagebind(rows: list[GeneratedRow]) -> bool:
+    return any(r.source_path is not None for r in rows)
+
+
 def _nan_to_none(value):
     if isinstance(value, float) and not math.isfinite(value):
         return None
@@ -211,6 +216,7 @@ def _empty_record(row: GeneratedRow) -> dict:
         "n_reference_onsets": None, "n_generated_onsets": None,
     }
     record.update({m: None for m in PER_CLIP_METRICS})
+    record["ib_reason"] = None  # why a clip has no ib_score (no video, video too short, ...)
     return record
 
 
@@ -218,12 +224,14 @@ class _ClipScorer:
     """Per-clip metrics; keeps the embedding features for the set-level metrics."""
 
     def __init__(self, config: ReportConfig, backends: dict[str, EmbeddingBackend], refs: ReferenceIndex,
-                 offsets: OffsetPredictor | None = None, clap: _ClapScorer | None = None) -> None:
+                 offsets: OffsetPredictor | None = None, clap: _ClapScorer | None = None,
+                 imagebind: ImageBindScorer | None = None) -> None:
         self.config = config
         self.backends = backends
         self.refs = refs
         self.offsets = offsets  # DeSync (full Synchformer), None when its weights are missing
         self.clap = clap  # CLAP score, None when its weights are missing or no clip has a prompt
+        self.imagebind = imagebind  # IB-score, None when its weights are missing or no clip has a video
 
     def _note(self, record: dict, what: str, exc: Exception) -> None:
         msg = f"{what}: {type(exc).__name__}: {exc}"
@@ -307,6 +315,17 @@ class _ClipScorer:
                     record["desync_s"] = desync_score(offsets) if offsets else None
             except Exception as exc:
                 self._note(record, "desync", exc)
+
+        if row.source_path is None and "ib" not in cfg.skip:
+            record["ib_reason"] = "no source video (text-to-audio): IB-score compares video and audio"
+        elif self.imagebind is not None:
+            try:
+                with _Timer(record, "ib"):
+                    # av-benchmark embeds the whole generated file (its video side is cut to 8 s)
+                    record["ib_score"] = self.imagebind.clip_score(str(row.source_path), gen_audio.at(16000))
+            except Exception as exc:
+                record["ib_reason"] = f"{type(exc).__name__}: {exc}"
+                self._note(record, "ib_score", exc)
 
         if self.clap is not None and row.prompt:
             try:
@@ -407,6 +426,10 @@ def _per_clip_means(records: list[dict], metrics: dict, unavailable: dict) -> No
         elif m == "desync_s" and m not in unavailable:
             unavailable[m] = ("no clip is 4.8 s or longer with a readable source video "
                               "(Synchformer's sync head scores 14 segments)")
+        elif m == "ib_score" and m not in unavailable:
+            reasons = sorted({r["ib_reason"] for r in records if r.get("ib_reason")})
+            unavailable[m] = ("no clip has a source video and 8 s of frames at 0.5 fps" if not reasons
+                              else "no clip could be scored: " + "; ".join(reasons[:3]))
         elif m.startswith("av_align") and m not in unavailable:
             unavailable[m] = ("no clip has a readable source video" if m == "av_align"
                               else "no clip has both a source video and reference audio")
@@ -436,7 +459,7 @@ def _write_parquet(records: list[dict], path: Path) -> None:
     import pyarrow.parquet as pq
 
     string_cols = {"video_id", "source_path", "status", "error", "generated_path", "reference_path",
-                   "reference_kind", "onset_reference"}
+                   "reference_kind", "onset_reference", "ib_reason"}
     int_cols = {"n_reference_onsets", "n_generated_onsets"}
     columns = list(dict.fromkeys(k for r in records for k in r)) or ["video_id"]
     fields = [pa.field(c, pa.string() if c in string_cols else pa.int64() if c in int_cols else pa.float64())
@@ -459,6 +482,7 @@ class Injected:
     backends: dict[str, EmbeddingBackend] | None = None
     offsets: OffsetPredictor | None = None
     clap: object | None = None  # text_embeddings / audio_embeddings at 48 kHz
+    imagebind: ImageBindScorer | None = None  # IB-score: clip_score(video path, 16 kHz audio)
 
 
 @dataclass
@@ -466,6 +490,7 @@ class LoadedModels:
     backends: dict[str, EmbeddingBackend]
     offsets: OffsetPredictor | None
     clap: _ClapScorer | None
+    imagebind: ImageBindScorer | None
     unavailable: dict[str, str]
     load_s: float
 
@@ -473,7 +498,8 @@ class LoadedModels:
         return {name: backend.info for name, backend in self.backends.items()}
 
     def scorer(self, config: ReportConfig) -> _ClipScorer:
-        return _ClipScorer(config, self.backends, ReferenceIndex(config.reference), self.offsets, self.clap)
+        return _ClipScorer(config, self.backends, ReferenceIndex(config.reference), self.offsets, self.clap,
+                           self.imagebind)
 
 
 def load_models(config: ReportConfig, run_config: dict, rows: list[GeneratedRow],
@@ -507,8 +533,19 @@ def load_models(config: ReportConfig, run_config: dict, rows: list[GeneratedRow]
             unavailable["clap_score"] = str(exc)
     else:
         unavailable["clap_score"] = "no clip has a text prompt (CLAP scores text-audio agreement)"
+    imagebind = None
+    if "ib" in config.skip:
+        unavailable["ib_score"] = "left out (--skip ib)"
+    elif not _wants_imagebind(rows):
+        unavailable["ib_score"] = "no clip has a source video (text-to-audio): IB-score compares video and audio"
+    else:
+        try:
+            imagebind = injected.imagebind if injected.imagebind is not None else build_imagebind(
+                locator, config.device, duration_s=config.audio_length_s, decode_backend=config.decode_backend)
+        except (BackendUnavailable, ValueError) as exc:  # ValueError: --audio-length under 4 s
+            unavailable["ib_score"] = str(exc)
     unavailable.setdefault("kl_passt", unavailable.get("fad_passt", "passt backend not requested"))
-    return LoadedModels(backends, offsets, clap_scorer, unavailable, time.perf_counter() - start)
+    return LoadedModels(backends, offsets, clap_scorer, imagebind, unavailable, time.perf_counter() - start)
 
 
 def _media_wanted(config: ReportConfig, rows: list[GeneratedRow]) -> list[bool]:
@@ -534,12 +571,13 @@ def _score_here(config: ReportConfig, run_config: dict, rows: list[GeneratedRow]
 
 def run_report(config: ReportConfig, progress: Callable[[int, int, str], None] | None = None,
                backends: dict[str, EmbeddingBackend] | None = None, offsets: OffsetPredictor | None = None,
-               clap=None, notice: Callable[[str], None] | None = None) -> ReportResult:
+               clap=None, notice: Callable[[str], None] | None = None,
+               imagebind: ImageBindScorer | None = None) -> ReportResult:
     """Score every row of the run, write report.parquet, summary.json and index.html.
 
     `backends` replaces the ones `config.backends` names, `offsets` the DeSync predictor and
-    `clap` the CLAP model (`text_embeddings` / `audio_embeddings` at 48 kHz) that would be
-    loaded from the weights folder: already-built models, e.g. tiny ones in tests or ones
+    `clap` the CLAP model (`text_embeddings` / `audio_embeddings` at 48 kHz) and `imagebind` the
+    IB-score scorer that would be loaded from the weights folder: already-built models, e.g. tiny ones in tests or ones
     shared across reports.
 
     Clips are journaled in out_dir/journal as they come back; a rerun with the same configuration
@@ -554,9 +592,9 @@ def run_report(config: ReportConfig, progress: Callable[[int, int, str], None] |
     notes: dict[str, str] = {}
     metrics: dict[str, float] = {}
 
-    injected = Injected(backends, offsets, clap)
+    injected = Injected(backends, offsets, clap, imagebind)
     want_media = _media_wanted(config, rows)
-    identity = report_identity(config, injected, _wants_clap(config, run_config, rows))
+    identity = report_identity(config, injected, _wants_clap(config, run_config, rows), _wants_imagebind(rows))
     journal = ReportJournal(out_dir / "journal", identity, fresh=config.fresh, notice=notice)
     keys = [clip_key(row, want) for row, want in zip(rows, want_media)]
     scored = journal.reusable(keys)

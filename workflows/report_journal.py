@@ -35,7 +35,7 @@ from workflows.report import ClipMedia, Injected, ReportConfig, ScoredClip
 
 __all__ = ["ReportJournal", "clip_key", "report_identity"]
 
-VERSION = 1  # bump when the part layout or what a record holds changes
+VERSION = 2  # 2: records carry ib_score / ib_reason. Bump when the part layout or what a record holds changes
 # fields that do not change any clip's scores: where things go, how many workers score them;
 # max_plots / write_html only pick the clips that get page media, and each clip's key says
 # whether it has media, so changing them rescores only the clips that gain or lose it
@@ -55,7 +55,7 @@ def _weights_file(locator: WeightsLocator, key: str) -> list | None:
     return [str(path), stat.st_size, stat.st_mtime_ns]
 
 
-def report_identity(config: ReportConfig, injected: Injected, wants_clap: bool) -> dict:
+def report_identity(config: ReportConfig, injected: Injected, wants_clap: bool, wants_ib: bool = True) -> dict:
     """Everything besides a clip's own row that its scores depend on: the scoring configuration and
     the weight files of the models it uses (present or not: weights imported between runs would
     otherwise give FAD over a subset). Models passed in already built are only marked "injected"."""
@@ -68,8 +68,11 @@ def report_identity(config: ReportConfig, injected: Injected, wants_clap: bool) 
     desync = None if "desync" in config.skip else (
         "injected" if injected.offsets is not None else _weights_file(locator, "synchformer"))
     clap = None if not wants_clap else "injected" if injected.clap is not None else _weights_file(locator, "laion_clap")
+    ib = None if "ib" in config.skip or not wants_ib else (
+        "injected" if injected.imagebind is not None else _weights_file(locator, "imagebind"))
     scoring = {k: v for k, v in config.as_dict().items() if k not in NOT_SCORING}
-    return {"version": VERSION, "config": scoring, "models": {"backends": backends, "desync": desync, "clap": clap}}
+    return {"version": VERSION, "config": scoring,
+            "models": {"backends": backends, "desync": desync, "clap": clap, "ib": ib}}
 
 
 def _stat(path: Path | None) -> list | None:

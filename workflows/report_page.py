@@ -23,7 +23,7 @@ __all__ = ["render_page"]
 
 _FIXED_COLUMNS = ("video_id", "status", "reference_kind", "onset_reference", "duration_s")
 _METRIC_COLUMNS = ("onset_acc", "onset_ap", "onset_precision", "onset_recall", "onset_f1", "av_align",
-                   "av_align_reference", "kl_panns", "kl_passt", "desync_s", "clap_score")
+                   "av_align_reference", "kl_panns", "kl_passt", "desync_s", "clap_score", "ib_score")
 
 _CSS = """
 body{font-family:system-ui,sans-serif;margin:1.5em;color:#222}

@@ -25,15 +25,17 @@ def register(app: typer.Typer) -> None:
         device: str = typer.Option("cpu", help="cpu | cuda (embedding, Synchformer and CLAP models)."),
         audio_length: float = typer.Option(
             8.0, "--audio-length",
-            help="Seconds of each clip the model-based metrics see (FD/KL/IS, DeSync, CLAP), as av-benchmark's "
-                 "--audio_length (MMAudio: 8); 0 = whole clips."),
+            help="Seconds of each clip the model-based metrics see (FD/KL/IS, DeSync, CLAP; IB-score: of the video, "
+                 "its audio side is the whole clip as in av-benchmark), as av-benchmark's --audio_length (MMAudio: 8); "
+                 "0 = whole clips."),
         workers: int = typer.Option(
             1, "--workers", "-w",
             help="Score clips on this many Ray actors (each loads the models; one GPU each with --device cuda). 1: in this process."),
         address: Optional[str] = typer.Option(None, "--address", help="Ray cluster for --workers > 1 (else RAY_ADDRESS, else local Ray)."),
         skip: List[str] = typer.Option(
             None, "--skip",
-            help="Leave out a model-based metric: desync (full Synchformer: ~30-40 s per clip on a 2-core CPU), clap."),
+            help="Leave out a model-based metric: desync (full Synchformer: ~30-40 s per clip on a 2-core CPU), clap, "
+                 "ib (IB-score: ImageBind huge's vision and audio towers)."),
         resize: str = typer.Option(
             "fast", "--resize",
             help="fast | exact: how DeSync's frames are resized to Synchformer's 224 crop. fast: swscale's bicubic "

@@ -29,6 +29,8 @@ METRIC_WEIGHTS: dict[str, MetricWeights] = {
     # visual branch the generator uses
     "synchformer": MetricWeights("mmaudio-ext", "synchformer_state_dict.pth"),
     "laion_clap": MetricWeights("laion-clap", "music_speech_audioset_epoch_15_esc_89.98.pt"),
+    # IB-score uses the vision and audio towers; the file holds all six modalities
+    "imagebind": MetricWeights("imagebind", "imagebind_huge.pth"),
 }
 
 

@@ -6,6 +6,7 @@ preprocessing), loaded from local files through `model.state_dicts`:
     passt.py             PaSST-S 32 kHz             FD / KL / IS-PaSST
     synchformer_sync.py  Synchformer audio branch + sync head (visual branch: model.synchformer)   DeSync
     htsat.py, roberta.py LAION-CLAP's audio and text towers (assembled in ../clap.py)             CLAP score
+    imagebind.py         ImageBind huge's vision and audio towers                                 IB-score
 
-The metric definitions that use them live one level up (embeddings.py, desync.py, clap.py).
+The metric definitions that use them live one level up (embeddings.py, desync.py, clap.py, ib_score.py).
 """
