@@ -89,6 +89,7 @@ def test_summary_names_missing_weights_and_keeps_other_metrics(report):
         assert "Cnn14_16k_mAP=0.438.pth" in unavailable[key] and key not in metrics
     assert "vggish-10086976.pth" in unavailable["fad_vggish"]
     assert "synchformer_state_dict.pth" in unavailable["desync_s"]
+    assert "imagebind_huge.pth" in unavailable["ib_score"] and "ib_score_mean" not in metrics
     assert metrics["fad_logmel"] > 0
     assert "not comparable" in summary["notes"]["fad_logmel"]
     assert metrics["onset_acc_n"] == 4 and metrics["av_align_n"] == 4
