@@ -66,7 +66,8 @@ class ReportConfig:
     write_html: bool = True
     skip: tuple[str, ...] = ()  # SKIPPABLE metrics left out
     # model-based metrics (FD/KL/IS, DeSync, CLAP) see the first audio_length_s of every clip, mean
-    # removed, as av-benchmark's --audio_length 8 (MMAudio's setting); None: whole clips
+    # removed, as av-benchmark's --audio_length 8 (MMAudio's setting); None: whole clips. IB-score:
+    # the first audio_length_s of the VIDEO (0.5 fps frames) and the whole generated audio, as av-benchmark
     audio_length_s: float | None = 8.0
     # > 1: score clips on that many Ray actors (each loads the models once; one GPU each when
     # device is cuda); 1: in this process
