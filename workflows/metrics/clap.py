@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 
-from workflows.metrics.embeddings import BackendUnavailable
+from workflows.metrics.embeddings import BackendUnavailable, paired_cosine
 from workflows.metrics.weights import MissingWeights, WeightsLocator
 
 if TYPE_CHECKING:
@@ -56,11 +56,7 @@ _DROPPED_BUFFERS = ("text_branch.embeddings.position_ids", "text_branch.embeddin
 
 def clap_score(text_embeddings: np.ndarray, audio_embeddings: np.ndarray) -> np.ndarray:
     """Per-pair cosine similarity of (N, D) text and audio embeddings."""
-    t = np.atleast_2d(np.asarray(text_embeddings, dtype=np.float64))
-    a = np.atleast_2d(np.asarray(audio_embeddings, dtype=np.float64))
-    t = t / np.maximum(np.linalg.norm(t, axis=-1, keepdims=True), 1e-12)
-    a = a / np.maximum(np.linalg.norm(a, axis=-1, keepdims=True), 1e-12)
-    return np.sum(t * a, axis=-1)
+    return paired_cosine(text_embeddings, audio_embeddings)
 
 
 # ------------------------------------------------------------------------------ config

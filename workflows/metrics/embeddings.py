@@ -48,6 +48,16 @@ class ClipFeatures:
     logits: np.ndarray | None  # (N, C) classifier logits, None when the model has no classifier
 
 
+def paired_cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Cosine similarity of each row of (N, D) `a` with the same row of `b` (float64): the
+    CLAP score (text, audio) and IB-score (video, audio) per clip."""
+    a = np.atleast_2d(np.asarray(a, dtype=np.float64))
+    b = np.atleast_2d(np.asarray(b, dtype=np.float64))
+    a = a / np.maximum(np.linalg.norm(a, axis=-1, keepdims=True), 1e-12)
+    b = b / np.maximum(np.linalg.norm(b, axis=-1, keepdims=True), 1e-12)
+    return np.sum(a * b, axis=-1)
+
+
 class EmbeddingBackend(Protocol):
     info: BackendInfo
 

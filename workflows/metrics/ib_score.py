@@ -46,7 +46,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from workflows.metrics.embeddings import BackendUnavailable
+from workflows.metrics.embeddings import BackendUnavailable, paired_cosine
 from workflows.metrics.weights import MissingWeights, WeightsLocator
 
 if TYPE_CHECKING:
@@ -74,11 +74,7 @@ MEL_STD = 9.138
 
 def ib_score(video_embeddings: np.ndarray, audio_embeddings: np.ndarray) -> np.ndarray:
     """Per-pair cosine similarity of (N, D) video and audio embeddings."""
-    v = np.atleast_2d(np.asarray(video_embeddings, dtype=np.float64))
-    a = np.atleast_2d(np.asarray(audio_embeddings, dtype=np.float64))
-    v = v / np.maximum(np.linalg.norm(v, axis=-1, keepdims=True), 1e-8)
-    a = a / np.maximum(np.linalg.norm(a, axis=-1, keepdims=True), 1e-8)
-    return np.sum(v * a, axis=-1)
+    return paired_cosine(video_embeddings, audio_embeddings)
 
 
 # ------------------------------------------------------------------------------ video

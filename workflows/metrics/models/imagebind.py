@@ -42,6 +42,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from model.layers import GeluMlp
 from model.state_dicts import read_state_dict, strict_load
 
 __all__ = ["IGNORED_MODALITIES", "IMAGEBIND_HUGE", "IMAGEBIND_TINY", "MODALITIES", "ImageBindConfig",
@@ -134,22 +135,12 @@ class _Attention(nn.Module):
         return self.out_proj(out.transpose(1, 2).reshape(b, n, d))
 
 
-class _Mlp(nn.Module):
-    def __init__(self, dim: int, hidden: int) -> None:
-        super().__init__()
-        self.fc1 = nn.Linear(dim, hidden)
-        self.fc2 = nn.Linear(hidden, dim)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(F.gelu(self.fc1(x)))
-
-
 class _Block(nn.Module):
     def __init__(self, dim: int, heads: int, add_bias_kv: bool) -> None:
         super().__init__()
         self.attn = _Attention(dim, heads, add_bias_kv)
         self.norm_1 = nn.LayerNorm(dim, eps=1e-6)
-        self.mlp = _Mlp(dim, 4 * dim)
+        self.mlp = GeluMlp(dim, 4 * dim)
         self.norm_2 = nn.LayerNorm(dim, eps=1e-6)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
