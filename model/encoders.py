@@ -7,6 +7,7 @@ Encoders move them to their device, convert and normalise.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 import torch
@@ -17,6 +18,7 @@ from model.synchformer import Synchformer, synchformer_features
 if TYPE_CHECKING:
     from model.clip_encoder import ClipEncoder
 
+FP8_TOWERS = ("clip", "synchformer")  # what MMAudioEncoders.use_fp8 can convert
 CLIP_FPS = 8
 CLIP_SIZE = 384
 SYNC_FPS = 25
@@ -123,17 +125,24 @@ class MMAudioEncoders:
         fixed = f", {windows} windows per call" if windows else ""
         return f"CLIP vision tower + Synchformer torch.compile'd (eager if compiling fails){fixed}"
 
-    def use_fp8(self) -> str:
+    def use_fp8(self, towers: Sequence[str] = FP8_TOWERS) -> str:
         """Run the linear layers of CLIP's vision tower (its attention projections included, via
-        `model.fp8.ProjectedAttention`) and of Synchformer's MotionFormer in FP8 (`model.fp8`,
-        an approximation: see there). Call before `compile_towers`."""
+        `model.fp8.ProjectedAttention`) and/or of Synchformer's MotionFormer in FP8 (`model.fp8`,
+        an approximation: see there). Call before `compile_towers`. `towers` picks them
+        (benchmarks: at Synchformer's K = 768 FP8 may not pay for its quantisation)."""
         from model.fp8 import convert_linears_to_fp8, fp8_supported
 
+        unknown = sorted(set(towers) - set(FP8_TOWERS))
+        if unknown or not towers:
+            raise ValueError(f"FP8 towers must be a non-empty subset of {FP8_TOWERS}, got {tuple(towers)}")
         ok, why = fp8_supported(self.device)
         if not ok:
             raise RuntimeError(f"FP8 is not available on {self.device}: {why}")
-        n = convert_linears_to_fp8(self.clip.model.visual) + convert_linears_to_fp8(self.synchformer.vfeat_extractor)
-        return f"{n} linear layers of CLIP's vision tower and Synchformer in FP8 (e4m3, row-wise scales)"
+        modules = {"clip": (self.clip.model, "visual", "CLIP's vision tower"),
+                   "synchformer": (self.synchformer, "vfeat_extractor", "Synchformer")}
+        n = sum(convert_linears_to_fp8(getattr(owner, name)) for owner, name, _ in (modules[t] for t in towers))
+        names = " and ".join(modules[t][2] for t in FP8_TOWERS if t in towers)
+        return f"{n} linear layers of {names} in FP8 (e4m3, row-wise scales)"
 
     def clip_features(self, frames: torch.Tensor) -> torch.Tensor:
         return in_fixed_batches(lambda f: self.clip.image_features(f, batch_size=self.clip_batch_size), frames,

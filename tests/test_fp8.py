@@ -144,3 +144,21 @@ def test_compiled_towers_see_one_batch_shape_and_keep_the_features() -> None:
         assert g.shape == w.shape
         torch.testing.assert_close(g, w, rtol=1e-5, atol=1e-5)
     assert enc.clip.model.visual.failed is None and enc.synchformer.vfeat_extractor.failed is None
+
+
+def test_fp8_for_clip_only_leaves_synchformer_in_its_own_precision() -> None:
+    """`use_fp8(("clip",))`, what `dub bench e2e` measures as "FP8 CLIP only": CLIP's features
+    change (FP8 ran), Synchformer's are bit for bit the same."""
+    torch.manual_seed(0)
+    enc = build_encoders("tiny", "cpu").encoders
+    decoded = decode_window(SAMPLE, 0.0, 2.0, [FrameTarget(8, 384, "resize"), FrameTarget(25, 224, "crop")])
+    clip_frames, sync_frames = (torch.from_numpy(f).unsqueeze(0) for f in decoded.frames)
+    with torch.inference_mode():
+        clip_ref, sync_ref = enc.clip_features(clip_frames), enc.sync_features(sync_frames)
+        note = enc.use_fp8(("clip",))
+        clip_fp8, sync_same = enc.clip_features(clip_frames), enc.sync_features(sync_frames)
+    assert note == "4 linear layers of CLIP's vision tower in FP8 (e4m3, row-wise scales)"
+    assert _relative(clip_fp8, clip_ref) > 1e-4
+    torch.testing.assert_close(sync_same, sync_ref, rtol=0, atol=0)
+    with pytest.raises(ValueError, match="non-empty subset"):
+        enc.use_fp8(("clip", "vae"))

@@ -16,7 +16,7 @@
 
 opts.extra: compile / compiled_only (torch.compile CLIP's vision tower and Synchformer in the
 model-side pipeline; compiled_only also skips the Ray run), fp8 (their linear layers in FP8,
-real presets only), deadline, on_row (see
+real presets only; "clip": CLIP's only, Synchformer stays bf16), deadline, on_row (see
 workflows/bench/generate.py).
 """
 
@@ -77,7 +77,7 @@ class ModelSidePipeline:
               "CLIP text features", "network 1 step + CFG", "audio decode", "audio to host")
 
     def __init__(self, preset: str, device: str, batch: int, duration_s: float, compile: bool = False,
-                 fp8: bool = False) -> None:
+                 fp8: bool | str = False) -> None:
         import torch
 
         from model.fast import CudaGraphCall, OneStepGraph
@@ -100,7 +100,9 @@ class ModelSidePipeline:
             self.what = f"{preset}: ViT-H/14 CLIP + Synchformer + MF-MJT + VAE + BigVGAN, random weights"
             self.what += "; " + attention_status(device)
             if fp8:
-                self.what += "; " + self.encoders.use_fp8()
+                from model.encoders import FP8_TOWERS
+
+                self.what += "; " + self.encoders.use_fp8(("clip",) if fp8 == "clip" else FP8_TOWERS)
             if compile:  # the warm-up batch compiles
                 self.encoders.compile_towers()
                 self.what += "; CLIP vision tower + Synchformer torch.compile'd"
@@ -212,8 +214,9 @@ def _model_side(runner: StageRunner, opts: BenchOptions, device: str) -> None:
     if cuda:
         torch.backends.cudnn.benchmark = True
     compiled = bool(opts.extra.get("compile") or opts.extra.get("compiled_only")) and opts.preset not in TINY_PRESETS
-    fp8 = bool(opts.extra.get("fp8")) and opts.preset not in TINY_PRESETS
-    side = MODEL_SIDE + (", FP8" if fp8 else "") + (", compiled encoders" if compiled else "")
+    fp8 = (opts.extra.get("fp8") or False) if opts.preset not in TINY_PRESETS else False
+    side = MODEL_SIDE + (", FP8 CLIP only" if fp8 == "clip" else ", FP8" if fp8 else "") + (
+        ", compiled encoders" if compiled else "")
     total_stage = f"{side}: total per batch (pre-decoded frames, no video decode)"
     pipe = runner.attempt(total_stage, b, lambda: ModelSidePipeline(opts.preset, device, b, opts.duration_s,
                                                                     compile=compiled, fp8=fp8))
