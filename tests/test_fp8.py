@@ -84,11 +84,17 @@ def test_projected_attention_is_multihead_attention() -> None:
             torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
 
 
-def test_encoders_in_fp8_give_nearly_the_same_features_on_a_real_clip() -> None:
+def _tiny_encoders_and_sample_frames():
+    """Tiny random CLIP + Synchformer (seed 0) and 2 s of a real clip at both of their rates."""
     torch.manual_seed(0)
     enc = build_encoders("tiny", "cpu").encoders
     decoded = decode_window(SAMPLE, 0.0, 2.0, [FrameTarget(8, 384, "resize"), FrameTarget(25, 224, "crop")])
     clip_frames, sync_frames = (torch.from_numpy(f).unsqueeze(0) for f in decoded.frames)
+    return enc, clip_frames, sync_frames
+
+
+def test_encoders_in_fp8_give_nearly_the_same_features_on_a_real_clip() -> None:
+    enc, clip_frames, sync_frames = _tiny_encoders_and_sample_frames()
     with torch.inference_mode():
         clip_ref, sync_ref = enc.clip_features(clip_frames), enc.sync_features(sync_frames)
         note = enc.use_fp8()
@@ -149,10 +155,7 @@ def test_compiled_towers_see_one_batch_shape_and_keep_the_features() -> None:
 def test_fp8_for_clip_only_leaves_synchformer_in_its_own_precision() -> None:
     """`use_fp8(("clip",))`, what `dub bench e2e` measures as "FP8 CLIP only": CLIP's features
     change (FP8 ran), Synchformer's are bit for bit the same."""
-    torch.manual_seed(0)
-    enc = build_encoders("tiny", "cpu").encoders
-    decoded = decode_window(SAMPLE, 0.0, 2.0, [FrameTarget(8, 384, "resize"), FrameTarget(25, 224, "crop")])
-    clip_frames, sync_frames = (torch.from_numpy(f).unsqueeze(0) for f in decoded.frames)
+    enc, clip_frames, sync_frames = _tiny_encoders_and_sample_frames()
     with torch.inference_mode():
         clip_ref, sync_ref = enc.clip_features(clip_frames), enc.sync_features(sync_frames)
         note = enc.use_fp8(("clip",))
