@@ -103,48 +103,18 @@ IMAGEBIND_TINY = ImageBindConfig(vision_width=16, vision_depth=2, vision_heads=2
 # ------------------------------------------------------------------------------ blocks
 
 
-class _Attention(nn.Module):
-    """Multi-head self-attention with nn.MultiheadAttention's parameter names (fused
-    in_proj_weight / in_proj_bias, out_proj; bias_k / bias_v with add_bias_kv)."""
-
-    def __init__(self, dim: int, heads: int, add_bias_kv: bool) -> None:
-        super().__init__()
-        if dim % heads:
-            raise ValueError(f"width {dim} is not divisible by {heads} heads")
-        self.heads = heads
-        self.in_proj_weight = nn.Parameter(torch.empty(3 * dim, dim))
-        self.in_proj_bias = nn.Parameter(torch.empty(3 * dim))
-        if add_bias_kv:
-            self.bias_k = nn.Parameter(torch.empty(1, 1, dim))
-            self.bias_v = nn.Parameter(torch.empty(1, 1, dim))
-        else:
-            self.bias_k = self.bias_v = None
-        self.out_proj = nn.Linear(dim, dim)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        b, n, d = x.shape
-        q, k, v = F.linear(x, self.in_proj_weight, self.in_proj_bias).chunk(3, dim=-1)
-        if self.bias_k is not None:  # one extra key/value, seen by every query (order is irrelevant)
-            k = torch.cat([k, self.bias_k.expand(b, 1, d)], dim=1)
-            v = torch.cat([v, self.bias_v.expand(b, 1, d)], dim=1)
-
-        def split(t: torch.Tensor) -> torch.Tensor:
-            return t.reshape(b, t.shape[1], self.heads, d // self.heads).transpose(1, 2)
-
-        out = F.scaled_dot_product_attention(split(q), split(k), split(v))
-        return self.out_proj(out.transpose(1, 2).reshape(b, n, d))
-
-
 class _Block(nn.Module):
     def __init__(self, dim: int, heads: int, add_bias_kv: bool) -> None:
         super().__init__()
-        self.attn = _Attention(dim, heads, add_bias_kv)
+        # the reference's own module: fused in_proj, out_proj, bias_k / bias_v appended to the keys
+        self.attn = nn.MultiheadAttention(dim, heads, add_bias_kv=add_bias_kv, batch_first=True)
         self.norm_1 = nn.LayerNorm(dim, eps=1e-6)
         self.mlp = GeluMlp(dim, 4 * dim)
         self.norm_2 = nn.LayerNorm(dim, eps=1e-6)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.attn(self.norm_1(x))
+        y = self.norm_1(x)
+        x = x + self.attn(y, y, y, need_weights=False)[0]
         return x + self.mlp(self.norm_2(x))
 
 
