@@ -39,8 +39,8 @@ from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 
-from workflows.metrics.embeddings import BackendUnavailable, paired_cosine
-from workflows.metrics.weights import MissingWeights, WeightsLocator
+from workflows.metrics.embeddings import BackendUnavailable, available_weights, paired_cosine
+from workflows.metrics.weights import WeightsLocator
 
 if TYPE_CHECKING:
     from workflows.metrics.models.htsat import HTSATConfig
@@ -294,10 +294,7 @@ def _tokenizer_file(locator: WeightsLocator, name: str) -> Path:
 def build_clap(locator: WeightsLocator, device: str = "cpu", config: ClapConfig | None = None,
                preprocess: ClapPreprocess = ClapPreprocess()) -> ClapScorer:
     """The CLAP scorer from the weights registry; BackendUnavailable names any missing file."""
-    try:
-        path = locator.path("laion_clap")
-    except MissingWeights as exc:
-        raise BackendUnavailable(str(exc)) from exc
+    path = available_weights(locator, "laion_clap")
     vocab = _tokenizer_file(locator, "vocab.json")
     merges = _tokenizer_file(locator, "merges.txt")
     return load_clap(path, device, config, vocab, merges, preprocess)

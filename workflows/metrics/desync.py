@@ -28,8 +28,8 @@ from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
-from workflows.metrics.embeddings import BackendUnavailable
-from workflows.metrics.weights import MissingWeights, WeightsLocator
+from workflows.metrics.embeddings import BackendUnavailable, available_weights
+from workflows.metrics.weights import WeightsLocator
 
 if TYPE_CHECKING:
     from workflows.metrics.models.synchformer_sync import FullSynchformer, FullSynchformerConfig
@@ -150,10 +150,7 @@ def build_offset_predictor(locator: WeightsLocator, device: str = "cpu", *,
     """Load the full Synchformer from the weights registry; BackendUnavailable (with the reason)
     when the file is missing, unreadable or not the whole model. `decode_backend`: `decode_window`'s
     resizer for the 224 crop (workflows.media.decode.RESIZE_BACKENDS)."""
-    try:
-        path = locator.path("synchformer")
-    except MissingWeights as exc:
-        raise BackendUnavailable(str(exc)) from exc
+    path = available_weights(locator, "synchformer")
     from workflows.metrics.models.synchformer_sync import load_full_synchformer
 
     try:

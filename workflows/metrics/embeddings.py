@@ -200,7 +200,8 @@ class PasstBackend:
         return ClipFeatures(torch.cat(embs).numpy(), torch.cat(logits).numpy())
 
 
-def _weights_path(locator: WeightsLocator, key: str):
+def available_weights(locator: WeightsLocator, key: str) -> Path:
+    """The metric weights file `key` (METRIC_WEIGHTS); BackendUnavailable naming it when missing."""
     try:
         return locator.path(key)
     except MissingWeights as exc:
@@ -208,9 +209,9 @@ def _weights_path(locator: WeightsLocator, key: str):
 
 
 BACKENDS: dict[str, Callable[[WeightsLocator, str], EmbeddingBackend]] = {
-    "panns": lambda locator, device: PannsBackend(_weights_path(locator, "panns_cnn14_16k"), device),
-    "vggish": lambda locator, device: VGGishBackend(_weights_path(locator, "vggish"), device),
-    "passt": lambda locator, device: PasstBackend(_weights_path(locator, "passt"), device),
+    "panns": lambda locator, device: PannsBackend(available_weights(locator, "panns_cnn14_16k"), device),
+    "vggish": lambda locator, device: VGGishBackend(available_weights(locator, "vggish"), device),
+    "passt": lambda locator, device: PasstBackend(available_weights(locator, "passt"), device),
     "logmel": lambda locator, device: LogMelStatsBackend(device),
 }
 

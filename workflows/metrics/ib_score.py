@@ -46,8 +46,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from workflows.metrics.embeddings import BackendUnavailable, paired_cosine
-from workflows.metrics.weights import MissingWeights, WeightsLocator
+from workflows.metrics.embeddings import BackendUnavailable, available_weights, paired_cosine
+from workflows.metrics.weights import WeightsLocator
 
 if TYPE_CHECKING:
     import torch
@@ -228,10 +228,7 @@ def build_imagebind(locator: WeightsLocator, device: str = "cpu", config: ImageB
                     duration_s: float | None = 8.0, decode_backend: str = "swscale") -> ImageBindScorer:
     """The IB-score model from the weights registry; BackendUnavailable (with the reason) when
     `imagebind_huge.pth` is missing or cannot be used."""
-    try:
-        path = locator.path("imagebind")
-    except MissingWeights as exc:
-        raise BackendUnavailable(str(exc)) from exc
+    path = available_weights(locator, "imagebind")
     from workflows.metrics.models.imagebind import IMAGEBIND_HUGE, load_imagebind
 
     try:
