@@ -13,7 +13,9 @@ import torch.nn as nn
 from typer.testing import CliRunner
 
 from dub.cli import app
-from model.fp8 import Fp8Linear, ProjectedAttention, bias_in_scaled_mm, convert_linears_to_fp8, fp8_supported
+from model.encoders import FP8_TOWERS
+from model.fp8 import (FP8_RECIPE, Fp8Linear, ProjectedAttention, bias_in_scaled_mm, convert_linears_to_fp8,
+                       fp8_supported)
 from workflows.bench.encoders import build_encoders
 from workflows.media.decode import FrameTarget, decode_window
 
@@ -97,7 +99,7 @@ def test_encoders_in_fp8_give_nearly_the_same_features_on_a_real_clip() -> None:
     enc, clip_frames, sync_frames = _tiny_encoders_and_sample_frames()
     with torch.inference_mode():
         clip_ref, sync_ref = enc.clip_features(clip_frames), enc.sync_features(sync_frames)
-        note = enc.use_fp8()
+        note = enc.use_fp8(FP8_TOWERS)
         clip_fp8, sync_fp8 = enc.clip_features(clip_frames), enc.sync_features(sync_frames)
     # CLIP: attention in/out projections + 2 MLP layers; the one-block Synchformer: 9 layers
     assert note.startswith("13 linear layers")
@@ -113,7 +115,7 @@ def test_generate_fp8_refuses_the_demo_bundle(tmp_path: Path) -> None:
     prompts.write_text("a bell rings\n")
     result = CliRunner().invoke(app, ["generate", "--prompts", str(prompts), "-o", str(tmp_path / "out"), "--fp8"])
     assert result.exit_code != 0
-    assert "--fp8 runs CLIP and Synchformer in FP8; the 'demo' bundle does not use them" in " ".join(
+    assert "--fp8 runs CLIP's vision tower in FP8; the 'demo' bundle does not use it" in " ".join(
         result.output.split())  # rich wraps long lines
 
 
@@ -123,7 +125,9 @@ def test_fp8_changes_the_run_identity_and_compile_does_not() -> None:
     plain = GenerateConfig(out_dir="out", manifest="m.parquet")
     assert "fp8" not in plain.identity("w")  # runs made before the flag existed keep their hash
     assert GenerateConfig(out_dir="out", manifest="m.parquet", compile=True).config_hash("w") == plain.config_hash("w")
-    assert GenerateConfig(out_dir="out", manifest="m.parquet", fp8=True).config_hash("w") != plain.config_hash("w")
+    fp8 = GenerateConfig(out_dir="out", manifest="m.parquet", fp8=True)
+    assert fp8.config_hash("w") != plain.config_hash("w")
+    assert fp8.identity("w")["fp8"] == FP8_RECIPE  # a new recipe (e.g. towers, accumulation) is a new run
 
 
 def test_compiled_towers_see_one_batch_shape_and_keep_the_features() -> None:
@@ -153,12 +157,12 @@ def test_compiled_towers_see_one_batch_shape_and_keep_the_features() -> None:
 
 
 def test_fp8_for_clip_only_leaves_synchformer_in_its_own_precision() -> None:
-    """`use_fp8(("clip",))`, what `dub bench e2e` measures as "FP8 CLIP only": CLIP's features
-    change (FP8 ran), Synchformer's are bit for bit the same."""
+    """`use_fp8()`, what `dub generate --fp8` runs (CLIP only): CLIP's features change (FP8
+    ran), Synchformer's are bit for bit the same."""
     enc, clip_frames, sync_frames = _tiny_encoders_and_sample_frames()
     with torch.inference_mode():
         clip_ref, sync_ref = enc.clip_features(clip_frames), enc.sync_features(sync_frames)
-        note = enc.use_fp8(("clip",))
+        note = enc.use_fp8()
         clip_fp8, sync_same = enc.clip_features(clip_frames), enc.sync_features(sync_frames)
     assert note == "4 linear layers of CLIP's vision tower in FP8 (e4m3, row-wise scales)"
     assert _relative(clip_fp8, clip_ref) > 1e-4

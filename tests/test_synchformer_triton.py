@@ -120,8 +120,10 @@ def test_triton_divided_attention_builds_for_hopper_without_spills(dtype: str, t
                   "BLOCK_N": synchformer_triton.BLOCK_N, "IEEE": dtype == "fp32"}
     registers, local = hopper_resource_usage(synchformer_triton._grouped_attention_kernel, signature, constexprs,
                                              tmp_path, num_warps=synchformer_triton.NUM_WARPS)
-    # bf16 (what runs on GPUs, under autocast): <= 128 registers x 256 threads, two blocks per SM
-    assert local == 0 and (registers <= 128 or dtype == "fp32"), (registers, local)
+    # bf16 (what runs on GPUs, under autocast): no spills and at least two blocks per SM (64 K
+    # registers each), as in the configuration measured fastest on an H200
+    threads = 32 * synchformer_triton.NUM_WARPS
+    assert local == 0 and (registers * threads <= 32768 or dtype == "fp32"), (registers, threads, local)
 
 
 if __name__ == "__main__":

@@ -15,8 +15,8 @@
    whole run and the per-window stage times from its report.
 
 opts.extra: compile / compiled_only (torch.compile CLIP's vision tower and Synchformer in the
-model-side pipeline; compiled_only also skips the Ray run), fp8 (their linear layers in FP8,
-real presets only; "clip": CLIP's only, Synchformer stays bf16), deadline, on_row (see
+model-side pipeline; compiled_only also skips the Ray run), fp8 (linear layers in FP8, real
+presets only: True as `dub generate --fp8`, CLIP's only; "all": Synchformer's too), deadline, on_row (see
 workflows/bench/generate.py).
 """
 
@@ -99,10 +99,10 @@ class ModelSidePipeline:
             self.encoders = encoders.encoders
             self.what = f"{preset}: ViT-H/14 CLIP + Synchformer + MF-MJT + VAE + BigVGAN, random weights"
             self.what += "; " + attention_status(device)
-            if fp8:
+            if fp8:  # True: as `dub generate --fp8` (CLIP only); "all": Synchformer too, for comparison
                 from model.encoders import FP8_TOWERS
 
-                self.what += "; " + self.encoders.use_fp8(("clip",) if fp8 == "clip" else FP8_TOWERS)
+                self.what += "; " + (self.encoders.use_fp8(FP8_TOWERS) if fp8 == "all" else self.encoders.use_fp8())
             if compile:  # the warm-up batch compiles
                 self.encoders.compile_towers()
                 self.what += "; CLIP vision tower + Synchformer torch.compile'd"
@@ -215,7 +215,7 @@ def _model_side(runner: StageRunner, opts: BenchOptions, device: str) -> None:
         torch.backends.cudnn.benchmark = True
     compiled = bool(opts.extra.get("compile") or opts.extra.get("compiled_only")) and opts.preset not in TINY_PRESETS
     fp8 = (opts.extra.get("fp8") or False) if opts.preset not in TINY_PRESETS else False
-    side = MODEL_SIDE + (", FP8 CLIP only" if fp8 == "clip" else ", FP8" if fp8 else "") + (
+    side = MODEL_SIDE + (", FP8 CLIP + Synchformer" if fp8 == "all" else ", FP8" if fp8 else "") + (
         ", compiled encoders" if compiled else "")
     total_stage = f"{side}: total per batch (pre-decoded frames, no video decode)"
     pipe = runner.attempt(total_stage, b, lambda: ModelSidePipeline(opts.preset, device, b, opts.duration_s,

@@ -154,7 +154,10 @@ def _fp8_stages(runner: StageRunner, stack: EncoderStack, b: int, n_clip: int, n
     label = ", FP8" + (" compiled" if compiled else "")
     refs = runner.attempt(f"CLIP image features, {n_clip} frames{label}", b,
                           lambda: (enc.clip_features(clip_frames), enc.sync_features(sync_frames)))
-    what = runner.attempt(f"CLIP image features, {n_clip} frames{label}", b, enc.use_fp8)
+    from model.encoders import FP8_TOWERS
+
+    # both towers, to keep timing Synchformer's FP8 form too (`dub generate --fp8` converts CLIP's only)
+    what = runner.attempt(f"CLIP image features, {n_clip} frames{label}", b, lambda: enc.use_fp8(FP8_TOWERS))
     if refs is None or what is None:
         return
     note = f"{stack.description}; {what}; deviation is FP8's (e4m3) against bf16 features"

@@ -12,6 +12,7 @@ import json
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
+from model.fp8 import FP8_RECIPE
 from model.generator import SamplerConfig
 from workflows.media.decode import RESIZE_BACKENDS, resize_problem
 
@@ -88,6 +89,8 @@ class GenerateConfig:
         d = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in self._NOT_HASHED}
         if not self.fp8:  # added later: runs without it keep the hash they had, so they still resume
             del d["fp8"]
+        else:  # what FP8 computes: runs under an earlier recipe start afresh rather than mix features
+            d["fp8"] = FP8_RECIPE
         if self.resize == "fast" or self.text_to_audio:  # added later, as fp8; no frames, no resizing
             del d["resize"]
         d["sampler"] = self.sampler.as_dict()

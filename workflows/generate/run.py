@@ -126,7 +126,7 @@ def run_generate(cfg: GenerateConfig, progress: ProgressFn | None = None) -> Sum
         raise GenerateError(f"--window {cfg.window_s} differs from the model's window of {info.window_s} s; "
                             "this model generates fixed-length windows")
     if cfg.fp8 and resolve_bundle(cfg.model).encoders != "mmaudio":
-        raise GenerateError(f"--fp8 runs CLIP and Synchformer in FP8; the {cfg.model!r} bundle does not use them")
+        raise GenerateError(f"--fp8 runs CLIP's vision tower in FP8; the {cfg.model!r} bundle does not use it")
     config_hash = cfg.config_hash(info.weights_hash)
     paths = run_paths(cfg.out_dir)
     _prepare_out_dir(cfg, paths, config_hash, info)
