@@ -72,7 +72,7 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from model import fp8  # noqa: E402
-from workflows.bench import time_call  # noqa: E402
+from workflows.bench import peak_relative_error, time_call  # noqa: E402
 
 # open_clip ViT-H/14 @ 378 px: (378 / 14)^2 + 1 tokens
 TOKENS, WIDTH, HEADS, MLP, LAYERS = 730, 1280, 16, 5120, 32
@@ -94,11 +94,6 @@ def short(exc: BaseException, caught: list | None = None, limit: int = 400) -> s
     if reasons:
         text += " | " + " | ".join(dict.fromkeys(reasons))
     return text[:limit]
-
-
-def relative_error(out: torch.Tensor, ref: torch.Tensor) -> float:
-    peak = ref.abs().max().item()
-    return (out.float() - ref).abs().max().item() / (peak or 1.0)
 
 
 def repeated(fn, inner: int):
@@ -201,7 +196,7 @@ def bench_attention(runner: Runner, frames: int, tokens: int, width: int, heads:
                     return F.scaled_dot_product_attention(q, k, v)
 
             runner.run({"part": "attention", "shape": shape, "variant": f"{name.lower()} ({layout})",
-                        "backend": name, "layout": layout}, call, check=lambda out: relative_error(out, ref),
+                        "backend": name, "layout": layout}, call, check=lambda out: peak_relative_error(out, ref),
                        flops=flops)
 
 
@@ -232,11 +227,11 @@ def bench_linear(runner: Runner, name: str, m: int, k: int, n: int, dtype: torch
     base = {"part": "linear", "shape": shape, "layer": name, "m": m, "k": k, "n": n}
 
     def vs(target):
-        return lambda out: relative_error(out, target)
+        return lambda out: peak_relative_error(out, target)
 
     def dequantised(out):
         x_fp8, scale = out
-        return relative_error(x_fp8.float() * scale, x.float())
+        return peak_relative_error(x_fp8.float() * scale, x.float())
 
     linear = torch.nn.Linear(k, n, device=device, dtype=dtype)
     with torch.no_grad():

@@ -31,16 +31,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from model import synchformer_triton  # noqa: E402
 from model.synchformer import (GROUPED_ATTENTION, Synchformer, SynchformerConfig,  # noqa: E402
                                divided_attention, divided_attention_triton, synchformer_features, tubelet_embed)
-from workflows.bench import time_call  # noqa: E402
+from workflows.bench import peak_relative_error, time_call  # noqa: E402
 from workflows.bench.generate import true_float32  # noqa: E402
 
 # (query tile, key tile, warps); the first is the default (synchformer_triton's constants)
 CONFIGS = [(synchformer_triton.BLOCK_M, synchformer_triton.BLOCK_N, synchformer_triton.NUM_WARPS),
            (64, 64, 4), (64, 32, 8), (32, 32, 4), (128, 32, 8)]
-
-
-def relative_error(got: torch.Tensor, exact: torch.Tensor) -> float:
-    return float((got.float() - exact).abs().max() / exact.abs().max())
 
 
 def attention_rows(args, device: str, dtype: torch.dtype) -> list[dict]:
@@ -70,7 +66,7 @@ def attention_rows(args, device: str, dtype: torch.dtype) -> list[dict]:
                 out = fn()
                 part = (slice(None), slice(1, None)) if "groups only" in name else (slice(None),)
                 row.update(median_ms=ms, gb_per_s=moved / ms / 1e6, peak_mb=peak,
-                           rel_err_vs_float32=relative_error(out[part], exact[part]))
+                           rel_err_vs_float32=peak_relative_error(out[part], exact[part]))
             except Exception as exc:  # noqa: BLE001 - a configuration that cannot run is a row, not the end
                 row["error"] = f"{type(exc).__name__}: {exc}"[:300]
             rows.append(row)
@@ -98,7 +94,7 @@ def embed_rows(args, device: str, dtype: torch.dtype) -> list[dict]:
         row = {"embed": f"{tuple(segments.shape)} -> {config.embed_dim}", "form": name, "dtype": str(dtype)[6:]}
         try:
             ms, peak = time_call(run, repeats=args.repeats, warmup=args.warmup, device=device)
-            row.update(median_ms=ms, peak_mb=peak, rel_err_vs_float32=relative_error(run(), exact))
+            row.update(median_ms=ms, peak_mb=peak, rel_err_vs_float32=peak_relative_error(run(), exact))
         except Exception as exc:  # noqa: BLE001
             row["error"] = f"{type(exc).__name__}: {exc}"[:300]
         rows.append(row)
@@ -128,7 +124,7 @@ def model_rows(args, device: str) -> list[dict]:
                "form": name}
         try:
             ms, peak = time_call(run, repeats=args.repeats, warmup=args.warmup, device=device)
-            row.update(median_ms=ms, peak_mb=peak, rel_err_vs_float32=relative_error(run(), exact),
+            row.update(median_ms=ms, peak_mb=peak, rel_err_vs_float32=peak_relative_error(run(), exact),
                        kernel_error=GROUPED_ATTENTION.error)
         except Exception as exc:  # noqa: BLE001
             row["error"] = f"{type(exc).__name__}: {exc}"[:300]

@@ -39,6 +39,7 @@ from workflows.metrics.ib_score import ImageBindScorer, build_imagebind
 from workflows.metrics.media_io import encode_opus, read_audio, read_grey_frames
 from workflows.metrics.onsets import OnsetConfig, detect_onsets, onset_acc_ap, onset_prf
 from workflows.metrics.plots import spectrogram_png, waveform_png
+from workflows.output_lock import exclusive_output
 from workflows.metrics.run_inputs import GeneratedRow, ReferenceIndex, load_events, load_run, read_generated_audio
 from workflows.metrics.weights import WeightsLocator
 
@@ -583,17 +584,23 @@ def run_report(config: ReportConfig, progress: Callable[[int, int, str], None] |
 
     Clips are journaled in out_dir/journal as they come back; a rerun with the same configuration
     and weights scores only the clips the journal lacks (workflows/report_journal.py). `notice`
-    gets one line when the journal is resumed or discarded."""
-    from workflows.report_journal import ReportJournal, clip_key, report_identity
-
+    gets one line when the journal is resumed or discarded. One report at a time writes out_dir
+    (workflows/output_lock.py)."""
     run_config, rows = load_run(config.run_dir)
     out_dir = Path(config.out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    with exclusive_output(out_dir, "report"):
+        return _run_locked(config, progress, Injected(backends, offsets, clap, imagebind), notice, run_config, rows,
+                           out_dir)
+
+
+def _run_locked(config: ReportConfig, progress: Callable[[int, int, str], None] | None, injected: Injected,
+                notice: Callable[[str], None] | None, run_config: dict, rows: list, out_dir: Path) -> ReportResult:
+    from workflows.report_journal import ReportJournal, clip_key, report_identity
+
     unavailable: dict[str, str] = {}
     notes: dict[str, str] = {}
     metrics: dict[str, float] = {}
 
-    injected = Injected(backends, offsets, clap, imagebind)
     want_media = _media_wanted(config, rows)
     identity = report_identity(config, injected, _wants_clap(config, run_config, rows), _wants_imagebind(rows))
     journal = ReportJournal(out_dir / "journal", identity, fresh=config.fresh, notice=notice)

@@ -35,6 +35,7 @@ def register(app: typer.Typer) -> None:
 
         from workflows.extract.config import ExtractConfig
         from workflows.extract.run import ExtractError, run_extract
+        from workflows.output_lock import OutputInUse
 
         console = Console(stderr=True)
         try:
@@ -48,7 +49,7 @@ def register(app: typer.Typer) -> None:
             raise typer.BadParameter(str(exc)) from exc
         try:
             summary = run_extract(config)
-        except (ExtractError, FileNotFoundError, ValueError) as exc:
+        except (ExtractError, OutputInUse, FileNotFoundError, ValueError) as exc:
             console.print(f"[red]error:[/red] {exc}")
             raise typer.Exit(2) from exc
         if as_json:

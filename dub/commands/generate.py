@@ -53,6 +53,7 @@ def register(app: typer.Typer) -> None:
         from model.generator import SamplerConfig
         from workflows.generate.config import GenerateConfig
         from workflows.generate.run import GenerateError, run_generate
+        from workflows.output_lock import OutputInUse
 
         console = Console(stderr=True)
         if prompts is None and manifest is None:
@@ -80,7 +81,7 @@ def register(app: typer.Typer) -> None:
                 summary = _run_with_progress(config, console)
             else:
                 summary = run_generate(config)
-        except (GenerateError, FileNotFoundError) as exc:
+        except (GenerateError, OutputInUse, FileNotFoundError) as exc:
             console.print(f"[red]error:[/red] {exc}")
             raise typer.Exit(2) from exc
         if as_json:

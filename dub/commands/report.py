@@ -64,6 +64,7 @@ def register(app: typer.Typer) -> None:
 
         from workflows.metrics.embeddings import BACKENDS
         from workflows.metrics.onsets import OnsetConfig
+        from workflows.output_lock import OutputInUse
         from workflows.report import ALL_BACKENDS, ReportConfig, grouped_unavailable, run_report
 
         backends = tuple(backend) if backend else ALL_BACKENDS
@@ -87,7 +88,7 @@ def register(app: typer.Typer) -> None:
             with console.status("scoring clips") as status:
                 result = run_report(config, progress=lambda i, n, vid: status.update(f"scored {i}/{n} ({vid})"),
                                     notice=lambda line: console.print(line, markup=False))
-        except (FileNotFoundError, ValueError) as exc:
+        except (FileNotFoundError, OutputInUse, ValueError) as exc:
             console.print(f"[red]error:[/red] {exc}")
             raise typer.Exit(2) from exc
         summary = result.summary

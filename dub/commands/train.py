@@ -55,6 +55,7 @@ def register(app: typer.Typer) -> None:
         from rich.console import Console
 
         from model.meanflow import MeanFlowConfig
+        from workflows.output_lock import OutputInUse
         from workflows.train.config import TrainConfig
         from workflows.train.data import ShardError
         from workflows.train.run import TrainError, run_train
@@ -84,7 +85,7 @@ def register(app: typer.Typer) -> None:
 
         try:
             result = run_train(config, on_metrics=None if quiet or as_json else show)
-        except (ShardError, TrainError, FileNotFoundError, ValueError) as exc:
+        except (ShardError, TrainError, OutputInUse, FileNotFoundError, ValueError) as exc:
             console.print(f"[red]error:[/red] {exc}")
             raise typer.Exit(2) from exc
         except Exception as exc:  # Ray wraps worker failures (TrainingFailedError): show the cause

@@ -28,6 +28,7 @@ from workflows.extract.config import AUDIO_EXTENSIONS, ExtractConfig
 from workflows.extract.sample import EMPTY_TEXT_FILE, EXTRACT_INFO_FILE, encode_sample, npy_bytes, window_key
 from workflows.generate.sinks import ShardWriter, completed_shard_keys, remove_stale_temporaries, write_json_atomic
 from workflows.generate.stages import decode_memory_bytes, window_frame_bytes
+from workflows.output_lock import exclusive_output
 
 
 class ExtractError(RuntimeError):
@@ -80,6 +81,12 @@ def run_extract(cfg: ExtractConfig, progress: ProgressFn | None = None) -> Extra
     feature_weight_paths(cfg.model)  # missing or damaged weights fail here, not inside an actor
     window_s = cfg.window_s or bundle.window_s
     out = Path(cfg.out_dir)
+    with exclusive_output(out, "extract"):
+        return _run_locked(cfg, progress, bundle, window_s, out, started)
+
+
+def _run_locked(cfg: ExtractConfig, progress: ProgressFn | None, bundle, window_s: float, out: Path,
+                started: float) -> ExtractSummary:
     _prepare_out_dir(cfg, out, window_s)
 
     clips, skipped = _load_clips(cfg, window_s)

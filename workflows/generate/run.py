@@ -21,6 +21,7 @@ from typing import Callable
 import numpy as np
 
 from workflows.generate.config import GenerateConfig, run_paths, window_seed
+from workflows.output_lock import exclusive_output
 from workflows.generate.sinks import (Journal, ShardWriter, completed_shard_keys, mp4_name, read_journal,
                                       remove_stale_temporaries, write_flac_bytes, write_json_atomic)
 
@@ -117,7 +118,6 @@ ProgressFn = Callable[[Summary], None]
 
 def run_generate(cfg: GenerateConfig, progress: ProgressFn | None = None) -> Summary:
     from model.bundles import bundle_info, resolve_bundle
-    from workflows.ray_cluster import connect
 
     started = time.perf_counter()
     info = bundle_info(cfg.model, checkpoint=cfg.checkpoint)
@@ -129,6 +129,14 @@ def run_generate(cfg: GenerateConfig, progress: ProgressFn | None = None) -> Sum
         raise GenerateError(f"--fp8 runs CLIP's vision tower in FP8; the {cfg.model!r} bundle does not use it")
     config_hash = cfg.config_hash(info.weights_hash)
     paths = run_paths(cfg.out_dir)
+    with exclusive_output(paths["out"], "generate"):
+        return _run_locked(cfg, progress, info, window_s, config_hash, paths, started)
+
+
+def _run_locked(cfg: GenerateConfig, progress: ProgressFn | None, info, window_s: float, config_hash: str,
+                paths: dict, started: float) -> Summary:
+    from workflows.ray_cluster import connect
+
     _prepare_out_dir(cfg, paths, config_hash, info)
 
     videos, skipped_rows = _load_inputs(cfg, window_s)

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from model.config import NetworkConfig, get_preset
+from workflows.output_lock import exclusive_output
 from workflows.train.config import DEFAULT_PRESET, TrainConfig
 from workflows.train.data import ShardSet, check_shards, latent_statistics
 from workflows.train.loop import META_FILE, MODEL_FILE, train_loop_per_worker
@@ -48,14 +49,20 @@ class TrainResult:
 
 
 def run_train(cfg: TrainConfig, on_metrics: MetricsCallback | None = None) -> TrainResult:
+    started = time.perf_counter()
+    shards = check_shards(cfg.shards)  # before any worker starts: a bad shard fails here
+    network = resolve_network(cfg, shards)
+    with exclusive_output(cfg.resolved_log_dir, "train"):  # one run per name: checkpoints, metrics
+        return _run_locked(cfg, on_metrics, shards, network, started)
+
+
+def _run_locked(cfg: TrainConfig, on_metrics: MetricsCallback | None, shards: ShardSet, network: NetworkConfig,
+                started: float) -> TrainResult:
     import ray.train
     from ray.train.torch import TorchTrainer
 
     from workflows.ray_cluster import connect
 
-    started = time.perf_counter()
-    shards = check_shards(cfg.shards)  # before any worker starts: a bad shard fails here
-    network = resolve_network(cfg, shards)
     _check_earlier_run(cfg, network)
 
     resources = connect(cfg.address)
