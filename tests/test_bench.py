@@ -64,7 +64,12 @@ def test_bench_cli_json_rows(ray_session):
     ray_run = stages[("e2e", "ray: run_generate end to end (decode tasks + model actor + mp4 remux)")]
     assert ray_run["batch_size"] == 2 and "2 done, 0 failed" in ray_run["note"]
     assert ("e2e", "ray: decode window at both rates (CPU task, PyAV)") in stages
-    assert ("e2e", "model-side: total per batch (pre-decoded frames, no video decode)") in stages
+    total = stages[("e2e", "model-side: total per batch (pre-decoded frames, no video decode)")]
+    resize = stages[("e2e", "model-side: resize on device (CLIP 384, Synchformer 224 crop)")]
+    # dub generate's replica: the total without the resize its decode tasks already did (no upload on the CPU)
+    replica = stages[("e2e", "model-side: as dub generate's replica (total - resize on device + pageable upload)")]
+    assert replica["median_ms"] == pytest.approx(total["median_ms"] - resize["median_ms"])
+    assert replica["note"].startswith(f"{total['median_ms']:.1f} - {resize['median_ms']:.1f} + 0.0 ms")
 
 
 def _sample_batch(seconds: float, prompts: list[str], negatives: list[str]) -> WindowBatch:
