@@ -62,4 +62,5 @@ def _holder(path: Path) -> str:
         return "holder unknown"
     if not info:
         return "holder unknown"
-    return f"dub {info.get('command', '?')}, pid {info.get('pid', '?')} on {info.get('host', '?')} since {info.get('since', '?')}"
+    return (f"dub {info.get('command', '?')}, pid {info.get('pid', '?')} on {info.get('host', '?')} "
+            f"since {info.get('since', '?')}")

@@ -39,9 +39,9 @@ from workflows.metrics.ib_score import ImageBindScorer, build_imagebind
 from workflows.metrics.media_io import encode_opus, read_audio, read_grey_frames
 from workflows.metrics.onsets import OnsetConfig, detect_onsets, onset_acc_ap, onset_prf
 from workflows.metrics.plots import spectrogram_png, waveform_png
-from workflows.output_lock import exclusive_output
 from workflows.metrics.run_inputs import GeneratedRow, ReferenceIndex, load_events, load_run, read_generated_audio
 from workflows.metrics.weights import WeightsLocator
+from workflows.output_lock import exclusive_output
 
 __all__ = ["ClipMedia", "ReportConfig", "ReportResult", "grouped_unavailable", "run_report"]
 

@@ -39,7 +39,7 @@ def register(app: typer.Typer) -> None:
         limit: Optional[int] = typer.Option(None, "--limit", help="Process at most this many pending videos."),
         address: Optional[str] = typer.Option(None, "--address", help="Ray cluster address (else RAY_ADDRESS, else local Ray)."),
         replicas: Optional[int] = typer.Option(None, "--replicas", help="Model replicas (default: one per GPU, else 1 CPU actor)."),
-        fp8: bool = typer.Option(False, "--fp8", help="Run the linear layers of CLIP's vision tower in FP8 (GPUs with compute capability 8.9+; MMAudio bundles): CLIP ~19 % faster on an H200, slightly different features (see docs/benchmarks.md)."),
+        fp8: bool = typer.Option(False, "--fp8", help="Run the linear layers of CLIP's vision tower in FP8 (GPUs with compute capability 8.9+; MMAudio bundles): CLIP 1041 -> 756 ms per 8 clips on an H200, slightly different features (see docs/benchmarks.md)."),
         resize: str = typer.Option("fast", "--resize", help="fast | exact: how frames are resized for CLIP (384x384) and Synchformer (224 crop). fast: swscale's bicubic (default); exact: torchvision's antialiased bicubic, as MMAudio's features were made, about 9x slower CPU decoding (3.0 s vs 0.33 s per 8 s 720p clip on one core)."),
         compile_: bool = typer.Option(False, "--compile", help="torch.compile the one-step network, the VAE + vocoder and the CLIP/Synchformer towers in each replica (minutes to build; worth it for large runs). Falls back to eager with the reason."),
         overwrite: bool = typer.Option(False, "--overwrite", help="Regenerate everything, even under another config."),

@@ -18,8 +18,8 @@
 
 opts.extra: compile / compiled_only (torch.compile CLIP's vision tower and Synchformer in the
 model-side pipeline; compiled_only also skips the Ray run), fp8 (linear layers in FP8, real
-presets only: True as `dub generate --fp8`, CLIP's only; "all": Synchformer's too), deadline, on_row (see
-workflows/bench/generate.py).
+presets only: True as `dub generate --fp8`, CLIP's only; "all": Synchformer's too), deadline,
+on_row (see workflows/bench/generate.py).
 """
 
 from __future__ import annotations
