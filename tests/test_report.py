@@ -4,6 +4,7 @@ opened in headless Chromium, the CLI."""
 from __future__ import annotations
 
 import dataclasses
+import html
 import json
 import re
 import shutil
@@ -560,3 +561,44 @@ def test_stray_temporaries_and_half_parts_are_ignored(run_dir, tmp_path, tiny_pa
     assert backends["panns"].calls == 0 and again.summary["journal"] == {"reused": 5, "scored": 0}
     assert not temporary.exists() and not half.exists()
     assert _untimed(again.rows) == _untimed(whole.rows) and again.summary["metrics"] == whole.summary["metrics"]
+
+
+def test_sample_scores_a_seeded_subset_and_a_larger_sample_keeps_it(run_dir, tmp_path, tiny_panns):
+    """--sample 2 of the run's 4 generated clips (v4 failed in generate: listed anyway); --sample 3
+    keeps those 2, scores only the new one and reuses the journal for the rest."""
+    out = tmp_path / "out"
+    # max_plots above the clips: which clips get page media must not move (a clip's key includes it)
+    two = run_report(_journal_config(run_dir, out, sample=2, max_plots=10), backends=_backends(tiny_panns))
+    ids = [r["video_id"] for r in two.rows]
+    assert len(ids) == 3 and ids[-1] == "v4" and two.summary["n_scored"] == 2
+    assert two.summary["sample"] == {"clips": 2, "seed": 0, "of_generated": 4}
+    assert "fad_panns" in two.summary["metrics"]  # FAD over the 2 sampled clips and their references
+    page = html.unescape((out / "index.html").read_text())
+    assert "a sample of 2 of the run's 4 generated clips (--sample-seed 0)" in page
+
+    backends = _backends(tiny_panns)
+    three = run_report(_journal_config(run_dir, out, sample=3, max_plots=10), backends=backends)
+    assert set(ids) < {r["video_id"] for r in three.rows}
+    assert backends["panns"].calls == 2  # one new clip: its generated audio and its reference
+    whole = run_report(_journal_config(run_dir, tmp_path / "whole", max_plots=10), backends=_backends(tiny_panns))
+    assert whole.summary["sample"] is None and len(whole.rows) == 5
+    by_id = {r["video_id"]: r for r in _untimed(whole.rows)}
+    assert all(r == by_id[r["video_id"]] for r in _untimed(three.rows))  # a clip scores the same sampled or not
+
+
+def test_sample_rows_is_a_function_of_seed_and_video_ids_only() -> None:
+    from workflows.report import sample_rows
+
+    rows = [GeneratedRow(f"clip{i:04d}", None, "failed" if i % 10 == 0 else "done", None, None, None, None)
+            for i in range(1000)]
+    small, large = sample_rows(rows, 100, seed=7), sample_rows(rows, 300, seed=7)
+    generated = [r.video_id for r in small if r.status == "done"]
+    assert len(generated) == 100 and sum(r.status == "failed" for r in small) == 100  # failed rows all kept
+    assert [r.video_id for r in small] == sorted(r.video_id for r in small)  # the run's order
+    assert set(generated) < {r.video_id for r in large}
+    shuffled = list(reversed(rows)) + [GeneratedRow("extra", None, "failed", None, None, None, None)]
+    assert {r.video_id for r in sample_rows(shuffled, 100, seed=7) if r.status == "done"} == set(generated)
+    assert {r.video_id for r in sample_rows(rows, 100, seed=8) if r.status == "done"} != set(generated)
+    assert sample_rows(rows, 900, seed=7) == rows  # asking for all of them (or more) keeps the run
+    with pytest.raises(ValueError, match="sample must be >= 1"):
+        ReportConfig(run_dir="run", out_dir="out", sample=0)

@@ -79,10 +79,17 @@ class ReportConfig:
     resize: str = "fast"
     # rescore every clip instead of resuming from the journal in out_dir (workflows/report_journal.py)
     fresh: bool = False
+    # score this many of the run's generated clips, picked by seed (None: all); rows that are not
+    # generated clips (failed, skipped) are all kept. For runs too large to score whole: the
+    # set-level metrics hold every scored clip's features in memory (sample_rows)
+    sample: int | None = None
+    sample_seed: int = 0
 
     def __post_init__(self) -> None:
         if self.workers < 1:
             raise ValueError(f"workers must be >= 1, got {self.workers}")
+        if self.sample is not None and self.sample < 1:
+            raise ValueError(f"sample must be >= 1 clip, got {self.sample}")
         if resize_problem(self.resize):
             raise ValueError(resize_problem(self.resize))
         if self.audio_length_s is not None and self.audio_length_s <= 0:
@@ -550,6 +557,27 @@ def load_models(config: ReportConfig, run_config: dict, rows: list[GeneratedRow]
     return LoadedModels(backends, offsets, clap_scorer, imagebind, unavailable, time.perf_counter() - start)
 
 
+def sample_rows(rows: list[GeneratedRow], n: int | None, seed: int = 0) -> list[GeneratedRow]:
+    """The `n` generated clips ("done" rows) whose hash of (seed, video id) is smallest, with
+    every other row, in the run's order. Hash-picked rather than drawn: the same clips whatever
+    order or extra rows the run has, and a larger n keeps a smaller n's clips, so their journal
+    entries are reused. Why sample: the set-level metrics keep each scored clip's features in
+    memory, ~80 KB per clip with all four FAD backends and reference audio (float64: 2048 + 527,
+    8 x 128, 768 + 527 and 128 values, twice; 81 KiB of ScoredClip features by tracemalloc),
+    ~8 GB per 100 000 clips."""
+    import hashlib
+
+    done = [r.video_id for r in rows if r.status == "done"]
+    if n is None or len(done) <= n:
+        return rows
+
+    def rank(video_id: str) -> bytes:
+        return hashlib.blake2b(f"{seed}:{video_id}".encode(), digest_size=8).digest()
+
+    keep = set(sorted(done, key=rank)[:n])
+    return [r for r in rows if r.status != "done" or r.video_id in keep]
+
+
 def _media_wanted(config: ReportConfig, rows: list[GeneratedRow]) -> list[bool]:
     """Pictures and players for the first `max_plots` generated clips (the table lists all)."""
     wanted, left = [], config.max_plots if config.write_html else 0
@@ -586,15 +614,19 @@ def run_report(config: ReportConfig, progress: Callable[[int, int, str], None] |
     and weights scores only the clips the journal lacks (workflows/report_journal.py). `notice`
     gets one line when the journal is resumed or discarded. One report at a time writes out_dir
     (workflows/output_lock.py)."""
-    run_config, rows = load_run(config.run_dir)
+    run_config, all_rows = load_run(config.run_dir)
+    rows = sample_rows(all_rows, config.sample, config.sample_seed)
+    # how many generated clips the sample was drawn from (None: every row is scored)
+    sampled_from = sum(r.status == "done" for r in all_rows) if len(rows) < len(all_rows) else None
     out_dir = Path(config.out_dir)
     with exclusive_output(out_dir, "report"):
         return _run_locked(config, progress, Injected(backends, offsets, clap, imagebind), notice, run_config, rows,
-                           out_dir)
+                           sampled_from, out_dir)
 
 
 def _run_locked(config: ReportConfig, progress: Callable[[int, int, str], None] | None, injected: Injected,
-                notice: Callable[[str], None] | None, run_config: dict, rows: list, out_dir: Path) -> ReportResult:
+                notice: Callable[[str], None] | None, run_config: dict, rows: list, sampled_from: int | None,
+                out_dir: Path) -> ReportResult:
     from workflows.report_journal import ReportJournal, clip_key, report_identity
 
     unavailable: dict[str, str] = {}
@@ -660,6 +692,8 @@ def _run_locked(config: ReportConfig, progress: Callable[[int, int, str], None] 
         "lower_is_better": sorted(k for k in LOWER_IS_BETTER),
         "timings_ms_per_clip": _timings_ms(records),
         "journal": {"reused": reused, "scored": len(todo)},  # clips taken from the journal, scored now
+        "sample": None if sampled_from is None else {"clips": config.sample, "seed": config.sample_seed,
+                                                     "of_generated": sampled_from},
         "timings_s_total": {"model_load": model_load_s,
                             **{k[2:-2]: v for k, v in metrics.items() if k.startswith("t_")}},
         "onset_definition": {"tolerance_s": config.onsets.tolerance_s, "prf_window_s": config.onsets.prf_window_s,

@@ -38,8 +38,9 @@ __all__ = ["ReportJournal", "clip_key", "report_identity"]
 VERSION = 2  # 2: records carry ib_score / ib_reason. Bump when the part layout or what a record holds changes
 # fields that do not change any clip's scores: where things go, how many workers score them;
 # max_plots / write_html only pick the clips that get page media, and each clip's key says
-# whether it has media, so changing them rescores only the clips that gain or lose it
-NOT_SCORING = ("out_dir", "workers", "address", "write_html", "max_plots", "fresh")
+# whether it has media, so changing them rescores only the clips that gain or lose it; sample and
+# sample_seed pick which clips are scored, not how
+NOT_SCORING = ("out_dir", "workers", "address", "write_html", "max_plots", "fresh", "sample", "sample_seed")
 BACKEND_WEIGHTS = {"panns": "panns_cnn14_16k", "vggish": "vggish", "passt": "passt"}  # logmel has none
 MEDIA_FIELDS = tuple(f.name for f in dataclasses.fields(ClipMedia))
 

@@ -192,6 +192,10 @@ def render_page(summary: dict, records: list[dict], media: dict[str, "ClipMedia"
               f'{summary.get("n_skipped", 0)} skipped, {summary.get("n_failed", 0)} failed; '
               f'{summary.get("n_with_reference", 0)} with reference audio, '
               f'{summary.get("n_with_events", 0)} with visual events')
+    if summary.get("sample"):
+        sample = summary["sample"]
+        counts += (f'; a sample of {sample["clips"]} of the run\'s {sample["of_generated"]} generated clips '
+                   f'(--sample-seed {sample["seed"]})')
     legend = ('<p class="legend">Pictures: waveform, then mel spectrogram (0-8 kHz, 80 dB range), '
               'on one time axis per clip.<span style="background:#dc2828"></span>visual events '
               '(or reference onsets)<span style="background:#1ea03c"></span>onsets detected in that audio</p>')

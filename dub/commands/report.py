@@ -47,6 +47,8 @@ def register(app: typer.Typer) -> None:
                                         help="Onset accuracy/AP matching window in seconds (MMAudio eval_onsets: 0.3)."),
         no_html: bool = typer.Option(False, "--no-html", help="Skip index.html."),
         fresh: bool = typer.Option(False, "--fresh", help="Rescore every clip instead of resuming from REPORT_DIR/journal."),
+        sample: Optional[int] = typer.Option(None, "--sample", help="Score N of the run's generated clips, picked by --sample-seed (failed rows are all listed): for runs too large to score whole, since FAD/IS keep ~80 KB of features per clip in memory. A larger N keeps a smaller N's clips."),
+        sample_seed: int = typer.Option(0, "--sample-seed", help="Which clips --sample picks."),
         timings: bool = typer.Option(False, "--timings", help="Also print the time per clip of each metric."),
         as_json: bool = typer.Option(False, "--json", help="Print summary.json instead of tables."),
     ) -> None:
@@ -80,7 +82,8 @@ def register(app: typer.Typer) -> None:
                                   device=device, onsets=OnsetConfig(tolerance_s=tolerance),
                                   max_plots=max_plots, write_html=not no_html, skip=tuple(skip or ()),
                                   audio_length_s=audio_length if audio_length > 0 else None,
-                                  workers=workers, address=address, resize=resize, fresh=fresh)
+                                  workers=workers, address=address, resize=resize, fresh=fresh,
+                                  sample=sample, sample_seed=sample_seed)
         except ValueError as exc:  # e.g. --workers 0, --skip fad, --resize bogus
             raise typer.BadParameter(str(exc)) from exc
         console = Console(stderr=as_json)
@@ -95,7 +98,9 @@ def register(app: typer.Typer) -> None:
         if as_json:
             print(json.dumps(summary, indent=2, default=str))
             return
-        table = Table(title=f"dub report: {summary['n_scored']}/{summary['n_rows']} clips scored")
+        sampled = summary.get("sample")
+        of = f" (a sample of the run's {sampled['of_generated']} generated clips)" if sampled else ""
+        table = Table(title=f"dub report: {summary['n_scored']}/{summary['n_rows']} clips scored{of}")
         table.add_column("metric")
         table.add_column("value", justify="right")
         table.add_column("clips", justify="right")
