@@ -262,3 +262,38 @@ def test_report_schema_has_the_run_layout_columns():
                  "num_windows", "config_hash", "t_decode_s", "t_features_s", "t_generate_s", "t_decode_audio_s",
                  "t_write_s", "finished_at"):
         assert name in REPORT_SCHEMA.names
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_interrupted_ingest_keeps_what_it_probed(tmp_path, workers):
+    """Ctrl-C after 3 of 6 files: no manifest yet, the 3 probed rows are journaled beside it; the
+    rerun probes only the other 3, writes the manifest an uninterrupted run writes and removes
+    the journal."""
+    videos = tmp_path / "videos"
+    for k in range(6):
+        make_video(videos / f"v{k}.mp4", seconds=0.3, fps=25, size=(48 + 16 * k, 48))
+    (videos / "note.mp4").write_text("not a video\n")  # an error row: probed again, never reused
+    config = IngestConfig(workers=workers)
+    manifest = tmp_path / "m.parquet"
+
+    def stop_after_3(done: int, total: int) -> None:
+        if done >= 3:
+            raise KeyboardInterrupt  # what Ctrl-C raises in the driver
+
+    with pytest.raises(KeyboardInterrupt):
+        ingest([videos], manifest, config, on_progress=stop_after_3)
+    assert not manifest.exists()
+    journal = tmp_path / ".m.parquet.probed"
+    journaled = [r for part in sorted(journal.glob("part-*.parquet")) for r in pq.read_table(part).to_pylist()]
+    assert len(journaled) == 3
+
+    resumed = ingest([videos], manifest, config)
+    ok_journaled = sum(r["status"] == "ok" for r in journaled)
+    assert (resumed.probed, resumed.reused, resumed.resumed) == (7 - ok_journaled, ok_journaled, ok_journaled)
+    assert (resumed.ok, resumed.errors) == (6, 1) and not journal.exists()
+    whole = ingest([videos], tmp_path / "whole.parquet", config)
+    assert whole.probed == 7
+    def untimed(path):
+        return [{k: v for k, v in r.items() if k != "probe_s"} for r in read_manifest(path).to_pylist()]
+
+    assert untimed(manifest) == untimed(tmp_path / "whole.parquet")

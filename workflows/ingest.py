@@ -7,6 +7,9 @@
 One bad file never stops a run: every failure becomes a row whose `error` says what is wrong.
 Re-ingesting reuses rows of unchanged files (same path, size and mtime), probes new or
 changed ones, drops rows whose file is gone, and keeps ids (they come from the bytes).
+Nothing probed is lost to a crash or Ctrl-C: probed rows are journaled beside the manifest
+(`.NAME.probed/`, Parquet parts) as they come back, the next run reuses them like rows of the
+manifest, and a finished run removes the journal.
 Probing uses a small pool of local processes: it is I/O and header parsing, one file at a
 time, so a process pool is enough and a hung or crashing probe can be killed alone.
 """
@@ -14,6 +17,7 @@ time, so a process pool is enough and a hung or crashing probe can be killed alo
 from __future__ import annotations
 
 import os
+import shutil
 import time
 from collections import Counter, deque
 from dataclasses import dataclass, field
@@ -56,6 +60,7 @@ class IngestSummary:
     scanned: int = 0
     probed: int = 0  # new or changed files probed in this run
     reused: int = 0  # unchanged files whose rows were kept
+    resumed: int = 0  # of those, rows an interrupted run had probed (its journal)
     removed: int = 0  # rows dropped because their file is gone
     ok: int = 0
     errors: int = 0
@@ -354,6 +359,8 @@ def ingest(roots: Iterable[str | Path], output: str | Path, config: IngestConfig
            on_progress: Callable[[int, int], None] | None = None) -> IngestSummary:
     """Scan `roots`, probe what is new or changed, and write the manifest to `output`."""
     from manifests.io import manifest_from_rows, read_manifest, write_parquet_atomic
+    from manifests.schema import MANIFEST_SCHEMA
+    from workflows.generate.sinks import Journal
 
     started = time.perf_counter()
     output = Path(output)
@@ -364,14 +371,17 @@ def ingest(roots: Iterable[str | Path], output: str | Path, config: IngestConfig
 
     previous = read_manifest(output).to_pylist() if output.exists() else []
     previous_by_path = {row["path"]: row for row in previous}
+    journal_dir = probe_journal_dir(output)
+    interrupted = _read_probe_journal(journal_dir)  # newer than the manifest: it wins
     rows_by_path: dict[str, dict] = {}
     to_probe: list[str] = []
     for path in found.files:
         key = display_path(str(path))
-        old = previous_by_path.get(key)
+        old = interrupted.get(key) or previous_by_path.get(key)
         if old is not None and old["status"] in ("ok", "duplicate") and _unchanged(path, old):
             rows_by_path[key] = dict(old)
             summary.reused += 1
+            summary.resumed += key in interrupted
         else:
             to_probe.append(str(path))
     for directory in found.directories:
@@ -379,14 +389,20 @@ def ingest(roots: Iterable[str | Path], output: str | Path, config: IngestConfig
 
     total = len(to_probe)
     progress = {"done": 0}
+    journal = Journal(journal_dir, flush_every_s=10.0, flush_rows=1000, schema=MANIFEST_SCHEMA) if to_probe else None
 
-    def on_row(_row: dict) -> None:
+    def on_row(row: dict) -> None:
+        journal.add([row])
         progress["done"] += 1
         if on_progress is not None:
             on_progress(progress["done"], total)
 
-    for row in probe_all(to_probe, config, on_row):
-        rows_by_path[row["path"]] = row
+    try:
+        for row in probe_all(to_probe, config, on_row):
+            rows_by_path[row["path"]] = row
+    finally:  # a crash, a kill of the pool or Ctrl-C keeps what was probed
+        if journal is not None:
+            journal.flush()
     summary.probed = total
 
     for path in found.files:  # sidecar prompts may change without the video changing
@@ -408,9 +424,31 @@ def ingest(roots: Iterable[str | Path], output: str | Path, config: IngestConfig
             row["prompt"] = ""
     _flag_duplicates(rows, {row["path"] for row in previous if row["status"] == "ok"})
     write_parquet_atomic(manifest_from_rows(rows), output)
+    shutil.rmtree(journal_dir, ignore_errors=True)  # every probed row is in the manifest now
     _summarize(rows, summary)
     summary.elapsed_s = time.perf_counter() - started
     return summary
+
+
+def probe_journal_dir(output: Path) -> Path:
+    """Where rows probed for `output` wait until the manifest is written: `.NAME.probed/` beside it."""
+    return output.with_name(f".{output.name}.probed")
+
+
+def _read_probe_journal(directory: Path) -> dict[str, dict]:
+    """Rows an interrupted run probed, by path (a later part wins); a part not written whole is skipped."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rows: dict[str, dict] = {}
+    for part in sorted(directory.glob("part-*.parquet")) if directory.is_dir() else ():
+        try:
+            table = pq.read_table(part)
+        except (pa.ArrowException, OSError):
+            continue
+        for row in table.to_pylist():
+            rows[row["path"]] = row
+    return rows
 
 
 def _unchanged(path: Path, old: dict) -> bool:

@@ -83,8 +83,9 @@ def _print_summary(summary, console) -> None:
     for kind, count in summary.errors_by_kind.items():
         table.add_row(f"[red]error: {kind}[/red]", str(count), summary.error_examples.get(kind, ""))
     table.add_row("total rows", str(summary.rows),
-                  f"scanned {summary.scanned}, probed {summary.probed}, unchanged {summary.reused}, "
-                  f"removed {summary.removed}, {summary.elapsed_s:.1f} s")
+                  f"scanned {summary.scanned}, probed {summary.probed}, unchanged {summary.reused}"
+                  + (f" ({summary.resumed} probed by an interrupted run)" if summary.resumed else "")
+                  + f", removed {summary.removed}, {summary.elapsed_s:.1f} s")
     console.print(table)
     for warning in summary.warnings:
         console.print(f"[yellow]warning: {warning}[/yellow]")

@@ -112,13 +112,17 @@ def remove_stale_temporaries(*dirs: Path) -> None:
 
 
 class Journal:
-    """Report rows as small Parquet parts, each written atomically."""
+    """Rows as small Parquet parts, each written atomically: generate's report rows, or another
+    schema's (ingest's probed manifest rows)."""
 
-    def __init__(self, journal_dir: Path, flush_every_s: float = 5.0, flush_rows: int = 64):
+    def __init__(self, journal_dir: Path, flush_every_s: float = 5.0, flush_rows: int = 64, schema=None):
+        from manifests.schema import REPORT_SCHEMA
+
         self.dir = Path(journal_dir)
         self.dir.mkdir(parents=True, exist_ok=True)
         self.flush_every_s = flush_every_s
         self.flush_rows = flush_rows
+        self.schema = schema if schema is not None else REPORT_SCHEMA
         self._rows: list[dict] = []
         self._last = time.monotonic()
 
@@ -133,21 +137,14 @@ class Journal:
         import pyarrow as pa
         import pyarrow.parquet as pq
 
-        from manifests.schema import REPORT_SCHEMA
-
-        table = pa.Table.from_pylist([_conform(r) for r in self._rows], schema=REPORT_SCHEMA)
+        names = self.schema.names
+        table = pa.Table.from_pylist([{name: r.get(name) for name in names} for r in self._rows], schema=self.schema)
         final = self.dir / f"part-{time.time_ns()}-{uuid.uuid4().hex[:6]}.parquet"
         tmp = _tmp_name(final)
         pq.write_table(table, tmp)
         os.replace(tmp, final)
         self._rows = []
         self._last = time.monotonic()
-
-
-def _conform(row: dict) -> dict:
-    from manifests.schema import REPORT_SCHEMA
-
-    return {name: row.get(name) for name in REPORT_SCHEMA.names}
 
 
 def read_journal(journal_dir: Path) -> dict[str, dict]:
