@@ -76,3 +76,29 @@ def test_dub_commands_refuse_an_output_folder_in_use(tmp_path: Path) -> None:
             assert result.exit_code == 2, (name, result.output)
             assert f"is being written by another dub run (dub generate, pid {holder.pid}" in said, (name, said)
         assert sorted(p.name for p in out.iterdir()) == [LOCK_FILE]  # nothing else was written
+
+
+def test_readers_of_a_folder_being_written_are_told(tmp_path: Path) -> None:
+    """train refuses shards an extract is still writing (it would train on part of the set
+    without a word); report scores a run generate is writing but says its report.parquet is
+    older than the clips made since."""
+    shards = tmp_path / "shards"
+    write_synthetic_shards(shards, samples=2, shard_size=2)
+    with held_by_another_process(shards, "extract") as holder:
+        result = CliRunner().invoke(app, ["train", "--shards", str(shards), "--storage", str(tmp_path / "runs"),
+                                          "--steps", "1"])
+        said = " ".join(result.output.split())
+        assert result.exit_code == 2 and f"are still being written (dub extract, pid {holder.pid}" in said, said
+    assert not (tmp_path / "runs").exists()
+
+    run = write_generate_run(tmp_path / "run", [{"video_id": "v0", "path": tmp_path / "v0.mp4", "status": "failed",
+                                                 "error": "unreadable"}])
+    with held_by_another_process(run, "generate") as holder:
+        result = CliRunner().invoke(app, ["report", str(run), "-o", str(tmp_path / "report"), "--no-html",
+                                          "--weights-dir", str(tmp_path / "no_weights")])
+        said = " ".join(result.output.split())
+        assert result.exit_code == 0, said
+        assert f"is being written (dub generate, pid {holder.pid}" in said and "not those generated since" in said
+    result = CliRunner().invoke(app, ["report", str(run), "-o", str(tmp_path / "report"), "--no-html",
+                                      "--weights-dir", str(tmp_path / "no_weights")])
+    assert result.exit_code == 0 and "is being written" not in result.output  # the writer is gone

@@ -55,6 +55,28 @@ def exclusive_output(directory: str | Path, command: str) -> Iterator[Path]:
         os.close(fd)  # releases the lock
 
 
+def writer_of(directory: str | Path) -> str | None:
+    """Who is writing `directory` now ("dub extract, pid N on HOST since T"), or None: for readers
+    of another command's output (train of extract's shards, report of generate's run), which
+    would otherwise read a half-made set without a word."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not POSIX
+        return None
+    path = Path(directory) / LOCK_FILE
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:  # no lock file: no dub run ever wrote here
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except (BlockingIOError, PermissionError):
+        return _holder(path)
+    finally:
+        os.close(fd)  # drops the shared lock if it was taken
+    return None
+
+
 def _holder(path: Path) -> str:
     try:
         info = json.loads(path.read_text() or "{}")

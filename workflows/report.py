@@ -41,7 +41,7 @@ from workflows.metrics.onsets import OnsetConfig, detect_onsets, onset_acc_ap, o
 from workflows.metrics.plots import spectrogram_png, waveform_png
 from workflows.metrics.run_inputs import GeneratedRow, ReferenceIndex, load_events, load_run, read_generated_audio
 from workflows.metrics.weights import WeightsLocator
-from workflows.output_lock import exclusive_output
+from workflows.output_lock import exclusive_output, writer_of
 
 __all__ = ["ClipMedia", "ReportConfig", "ReportResult", "grouped_unavailable", "run_report"]
 
@@ -615,6 +615,10 @@ def run_report(config: ReportConfig, progress: Callable[[int, int, str], None] |
     gets one line when the journal is resumed or discarded. One report at a time writes out_dir
     (workflows/output_lock.py)."""
     run_config, all_rows = load_run(config.run_dir)
+    writer = writer_of(config.run_dir)
+    if writer is not None and notice is not None:  # generate rewrites report.parquet only when it ends
+        notice(f"note: {config.run_dir} is being written ({writer}); this report covers the clips its "
+               "report.parquet lists, not those generated since")
     rows = sample_rows(all_rows, config.sample, config.sample_seed)
     # how many generated clips the sample was drawn from (None: every row is scored)
     sampled_from = sum(r.status == "done" for r in all_rows) if len(rows) < len(all_rows) else None

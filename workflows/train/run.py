@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from model.config import NetworkConfig, get_preset
-from workflows.output_lock import exclusive_output
+from workflows.output_lock import exclusive_output, writer_of
 from workflows.train.config import DEFAULT_PRESET, TrainConfig
 from workflows.train.data import ShardSet, check_shards, latent_statistics
 from workflows.train.loop import META_FILE, MODEL_FILE, train_loop_per_worker
@@ -51,6 +51,10 @@ class TrainResult:
 def run_train(cfg: TrainConfig, on_metrics: MetricsCallback | None = None) -> TrainResult:
     started = time.perf_counter()
     shards = check_shards(cfg.shards)  # before any worker starts: a bad shard fails here
+    writer = writer_of(shards.directory) if shards.directory else None
+    if writer is not None:  # its finished shards are whole, but the set is not: training would miss the rest
+        raise TrainError(f"the shards in {shards.directory} are still being written ({writer}); wait for it to "
+                         "finish, or pass the shards to train on as a glob or a list")
     network = resolve_network(cfg, shards)
     with exclusive_output(cfg.resolved_log_dir, "train"):  # one run per name: checkpoints, metrics
         return _run_locked(cfg, on_metrics, shards, network, started)
