@@ -64,7 +64,8 @@ def bias_in_scaled_mm(device: torch.device | str) -> bool:
         ones = torch.ones(16, 16, device=device)
         try:
             torch._scaled_mm(ones.to(E4M3), ones.to(E4M3).t(), scale_a=torch.ones(16, 1, device=device),
-                             scale_b=torch.ones(1, 16, device=device), bias=ones[0].to(dtype), out_dtype=dtype)
+                             scale_b=torch.ones(1, 16, device=device), bias=ones[0].to(dtype), out_dtype=dtype,
+                             use_fast_accum=True)  # as Fp8Linear calls it
             _BIAS_IN_SCALED_MM[key] = True
         except Exception:  # noqa: BLE001 - whatever the platform says, the bias is added afterwards
             _BIAS_IN_SCALED_MM[key] = False
