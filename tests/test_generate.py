@@ -469,6 +469,43 @@ def test_cli_bad_sampler_flags_are_usage_errors_before_any_video_runs(flags, mes
     assert not (tmp_path / "out").exists()
 
 
+def test_replica_counts_the_cluster_cannot_hold_are_refused_not_waited_for():
+    """Ray waits forever for an actor it has no GPU or CPU for (seen: --replicas 2 and 3 hung on
+    the 2-CPU dev box until killed), so the count is checked against the cluster first."""
+    from workflows.ray_cluster import ClusterResources, model_replicas
+
+    assert model_replicas(None, ClusterResources(cpus=2, gpus=0)) == 1
+    assert model_replicas(None, ClusterResources(cpus=16, gpus=4)) == 4
+    assert model_replicas(3, ClusterResources(cpus=8, gpus=0)) == 3
+    with pytest.raises(ValueError, match=r"--replicas 2 needs 2 GPUs .* has 1; use --replicas 1"):
+        model_replicas(2, ClusterResources(cpus=16, gpus=1))
+    with pytest.raises(ValueError, match=r"2 model replica\(s\) take 2 CPUs .* has 2; use --replicas 1"):
+        model_replicas(2, ClusterResources(cpus=2, gpus=0))
+    with pytest.raises(ValueError, match="give Ray at least 2 CPUs"):
+        model_replicas(None, ClusterResources(cpus=1, gpus=0))
+
+
+@pytest.mark.parametrize("command", ["generate", "extract"])
+def test_cli_too_many_replicas_fail_at_once_on_the_real_cluster(ray_session, command, tmp_path):
+    """On the session's 2-CPU Ray: exit 2 with the remedy, before any window is decoded."""
+    from typer.testing import CliRunner
+
+    from dub.cli import app
+
+    videos = tmp_path / "videos"
+    make_video(videos / "a.mp4", seconds=1.0, fps=25, size=(64, 48), with_audio=command == "extract", audio="tone")
+    manifest = _ingest(videos, tmp_path / "m.parquet")
+    started = time.perf_counter()
+    window = ["--window", "1"] if command == "extract" else []  # the 1 s clip must hold a whole window
+    result = CliRunner().invoke(app, [command, "-m", str(manifest), "-o", str(tmp_path / "out"), "--replicas", "2",
+                                      *window])
+    said = " ".join(result.output.split())
+    assert result.exit_code == 2 and "use --replicas 1 (Ray would wait forever)" in said, said
+    assert time.perf_counter() - started < 60
+    zero = CliRunner().invoke(app, [command, "-m", str(manifest), "-o", str(tmp_path / "out0"), "--replicas", "0"])
+    assert zero.exit_code == 2 and "--replicas must be >= 1" in " ".join(zero.output.replace("│", " ").split())
+
+
 def test_cli_resize_exact_runs_end_to_end_with_torchvision_frames(ray_session, checkpoint, tmp_path):
     """`dub generate --resize exact`: the run records it, and the features in its shard are the
     encoders' features of torch-resized frames, not of swscale's (so the decoding tasks got it)."""
@@ -546,3 +583,16 @@ def test_a_small_object_store_is_named_before_it_stalls_the_run(ray_session):
     with pytest.warns(RuntimeWarning, match=r"object store \(1024 MiB\) holds fewer than 16 decoded windows"):
         text = warn_if_store_small(4 * window)
     assert "DUB_OBJECT_STORE_MB" in text and "--object-store-memory" in text
+
+
+def test_embedded_ray_counts_at_least_two_cpus(monkeypatch):
+    """A 1-core machine gets a replica beside a decode task (sharing the core) instead of a run
+    that waits forever for a second CPU; otherwise Ray's own count stands."""
+    import ray._private.utils
+
+    from workflows.ray_cluster import ClusterResources, _local_cpus, model_replicas
+
+    monkeypatch.setattr(ray._private.utils, "get_num_cpus", lambda: 1)
+    assert _local_cpus() == 2 and model_replicas(None, ClusterResources(cpus=2, gpus=0)) == 1
+    monkeypatch.setattr(ray._private.utils, "get_num_cpus", lambda: 6)
+    assert _local_cpus() is None

@@ -40,11 +40,32 @@ def connect(address: str | None = None, *, quiet: bool = True) -> ClusterResourc
         if address:
             ray.init(address=address, **kwargs)
         else:
-            # Local embedded Ray: keep the object store modest so laptops are not starved.
-            ray.init(object_store_memory=_local_object_store_bytes(), **kwargs)
+            # Local embedded Ray: keep the object store modest so laptops are not starved, and
+            # count at least 2 CPUs, so a 1-core machine still runs a replica beside a decode task
+            # (they share the core) rather than waiting forever for a second CPU.
+            ray.init(object_store_memory=_local_object_store_bytes(), num_cpus=_local_cpus(), **kwargs)
     if quiet:
         _quiet_ray_data_console()
     return resources()
+
+
+def model_replicas(requested: int | None, cluster: ClusterResources) -> int:
+    """How many model replicas an actor pool beside CPU decode tasks gets: `requested`, else one
+    per GPU, else one CPU actor. A count the cluster cannot hold is refused here, because Ray
+    waits forever for it instead of failing: each replica takes a GPU (when there are GPUs) and
+    a CPU, and at least one CPU must stay free for the decode tasks (seen: --replicas 2 and 3 on
+    a 2-CPU machine hung until killed)."""
+    use_gpu = cluster.gpus >= 1
+    replicas = requested or (int(cluster.gpus) if use_gpu else 1)
+    if use_gpu and replicas > cluster.gpus:
+        raise ValueError(f"--replicas {replicas} needs {replicas} GPUs (one per replica), but the Ray cluster has "
+                         f"{cluster.gpus:g}; use --replicas {int(cluster.gpus)} or a bigger cluster (--address)")
+    if replicas + 1 > cluster.cpus:
+        fits = int(cluster.cpus) - 1
+        hint = f"use --replicas {fits}" if fits >= 1 else "give Ray at least 2 CPUs"
+        raise ValueError(f"{replicas} model replica(s) take {replicas} CPUs and the decode tasks need at least one "
+                         f"more, but the Ray cluster has {cluster.cpus:g}; {hint} (Ray would wait forever)")
+    return replicas
 
 
 def _quiet_ray_data_console() -> None:
@@ -101,6 +122,18 @@ def window_blocks(windows: int, cpus: float) -> int:
         return 1
     per_cpu = BLOCKS_PER_CPU * max(1, math.ceil(cpus))
     return int(min(windows, max(per_cpu, math.ceil(windows / MAX_WINDOWS_PER_BLOCK))))
+
+
+def _local_cpus() -> int | None:
+    """CPUs for the embedded Ray: None (Ray's own count, which honours container limits) unless
+    that is below 2, then 2."""
+    try:
+        from ray._private.utils import get_num_cpus  # what Ray would count (cgroup quotas included)
+
+        count = get_num_cpus()
+    except Exception:  # noqa: BLE001 - a private helper: fall back to the affinity mask
+        count = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return None if count >= 2 else 2
 
 
 def _local_object_store_bytes() -> int:

@@ -50,6 +50,8 @@ class ExtractConfig:
                 problems.append(f"{name} must be >= 1")
         if self.limit is not None and self.limit < 1:
             problems.append("--limit must be >= 1")
+        if self.replicas is not None and self.replicas < 1:
+            problems.append("--replicas must be >= 1 (leave it out for one per GPU)")
         if problems:
             raise ValueError("invalid extract config: " + "; ".join(problems))
 

@@ -230,7 +230,7 @@ def _execute(cfg: ExtractConfig, bundle, window_s: float, rows: list[dict], with
 
     from model.bundles import CLIP_FPS, CLIP_SIZE, SYNC_FPS, SYNC_SIZE
     from workflows.extract.stages import ExtractReplica, decode_training_windows, read_audio_windows
-    from workflows.ray_cluster import warn_if_store_small, window_blocks
+    from workflows.ray_cluster import model_replicas, warn_if_store_small, window_blocks
 
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False
@@ -246,7 +246,10 @@ def _execute(cfg: ExtractConfig, bundle, window_s: float, rows: list[dict], with
         ds = ds.map_batches(read_audio_windows, batch_size=1, num_cpus=1,
                             fn_kwargs=dict(window_s=window_s, sample_rate=bundle.sample_rate))
     use_gpu = resources.gpus >= 1
-    replicas = cfg.replicas or (int(resources.gpus) if use_gpu else 1)
+    try:
+        replicas = model_replicas(cfg.replicas, resources)
+    except ValueError as exc:
+        raise ExtractError(str(exc)) from exc
     ds = ds.map_batches(ExtractReplica, batch_size=cfg.batch_size, compute=ActorPoolStrategy(size=replicas),
                         num_gpus=1 if use_gpu else 0, num_cpus=1,
                         fn_constructor_kwargs=dict(model=cfg.model, device="cuda" if use_gpu else "cpu",

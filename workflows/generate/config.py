@@ -66,6 +66,8 @@ class GenerateConfig:
             raise ValueError("--overlap must be >= 0 and less than half the window")
         if self.limit is not None and self.limit < 1:
             raise ValueError("--limit must be >= 1")
+        if self.replicas is not None and self.replicas < 1:
+            raise ValueError("--replicas must be >= 1 (leave it out for one per GPU)")
 
     @property
     def formats(self) -> tuple[str, ...]:

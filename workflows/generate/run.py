@@ -306,7 +306,7 @@ def _execute(cfg, info, window_s, config_hash, pending, paths, journal, summary,
     from ray.data import ActorPoolStrategy
 
     from workflows.generate.stages import GenerateReplica, decode_memory_bytes, decode_windows, window_frame_bytes
-    from workflows.ray_cluster import warn_if_store_small, window_blocks
+    from workflows.ray_cluster import model_replicas, warn_if_store_small, window_blocks
 
     by_id = {v.video_id: v for v in pending}
     window_rows = []
@@ -333,7 +333,10 @@ def _execute(cfg, info, window_s, config_hash, pending, paths, journal, summary,
             fn_kwargs=dict(clip_fps=info.clip_fps, clip_size=info.clip_size, sync_fps=info.sync_fps,
                            sync_size=info.sync_size, window_s=window_s, backend=cfg.decode_backend))
     use_gpu = resources.gpus >= 1
-    replicas = cfg.replicas or (int(resources.gpus) if use_gpu else 1)
+    try:
+        replicas = model_replicas(cfg.replicas, resources)
+    except ValueError as exc:
+        raise GenerateError(str(exc)) from exc
     ds = ds.map_batches(
         GenerateReplica, batch_size=cfg.batch_size, compute=ActorPoolStrategy(size=replicas),
         num_gpus=1 if use_gpu else 0, num_cpus=1,
