@@ -95,12 +95,13 @@ def register(app: typer.Typer) -> None:
 def _run_with_progress(config, console):
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-    from workflows.generate.run import run_generate
+    from workflows.generate.run import GenerateError, run_generate
+    from workflows.output_lock import OutputInUse
 
     with Progress(TextColumn("[bold]dub generate"), BarColumn(), MofNCompleteColumn(),
                   TextColumn("{task.fields[detail]}"), TimeElapsedColumn(), TimeRemainingColumn(),
                   console=console, transient=False) as bar:
-        task = bar.add_task("generate", total=None, detail="starting Ray")
+        task = bar.add_task("generate", total=None, detail="reading inputs, starting Ray")
         started = time.perf_counter()
 
         def update(summary):
@@ -111,7 +112,11 @@ def _run_with_progress(config, console):
                        detail=f"done {summary.done} · failed {summary.failed} · skipped {summary.skipped} "
                               f"· {rate:.2f} clips/s")
 
-        return run_generate(config, progress=update)
+        try:
+            return run_generate(config, progress=update)
+        except (GenerateError, OutputInUse, FileNotFoundError):
+            bar.remove_task(task)  # refused before it ran: the error line says everything
+            raise
 
 
 def _print_summary(summary, console) -> None:
