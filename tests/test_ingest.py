@@ -297,3 +297,13 @@ def test_interrupted_ingest_keeps_what_it_probed(tmp_path, workers):
         return [{k: v for k, v in r.items() if k != "probe_s"} for r in read_manifest(path).to_pylist()]
 
     assert untimed(manifest) == untimed(tmp_path / "whole.parquet")
+
+
+def test_an_output_that_cannot_be_written_is_a_clear_error_before_probing(tmp_path):
+    videos = tmp_path / "videos"
+    make_video(videos / "a.mp4", seconds=0.3, fps=25, size=(48, 48))
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a folder\n")
+    result = CliRunner().invoke(app, ["ingest", str(videos), "-o", str(blocker / "m.parquet"), "--workers", "0"])
+    said = " ".join(result.output.split())
+    assert result.exit_code == 2 and f"cannot write beside {blocker / 'm.parquet'}" in said, said

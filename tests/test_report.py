@@ -602,3 +602,16 @@ def test_sample_rows_is_a_function_of_seed_and_video_ids_only() -> None:
     assert sample_rows(rows, 900, seed=7) == rows  # asking for all of them (or more) keeps the run
     with pytest.raises(ValueError, match="sample must be >= 1"):
         ReportConfig(run_dir="run", out_dir="out", sample=0)
+
+
+def test_device_cuda_without_a_gpu_is_a_clear_error(run_dir, tmp_path, monkeypatch):
+    import torch
+    from typer.testing import CliRunner
+
+    from dub.cli import app
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # as on a machine without a GPU
+    result = CliRunner().invoke(app, ["report", str(run_dir), "-o", str(tmp_path / "out"), "--device", "cuda"])
+    said = " ".join(result.output.split())
+    assert result.exit_code == 2 and "--device cuda, but torch sees no CUDA GPU here" in said, said
+    assert not (tmp_path / "out").exists()

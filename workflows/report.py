@@ -614,6 +614,12 @@ def run_report(config: ReportConfig, progress: Callable[[int, int, str], None] |
     and weights scores only the clips the journal lacks (workflows/report_journal.py). `notice`
     gets one line when the journal is resumed or discarded. One report at a time writes out_dir
     (workflows/output_lock.py)."""
+    if config.workers == 1 and config.device.startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():  # else the first model load fails with torch's driver message
+            raise ValueError(f"--device {config.device}, but torch sees no CUDA GPU here; use --device cpu, or "
+                             "--workers N on a Ray cluster with GPUs")
     run_config, all_rows = load_run(config.run_dir)
     writer = writer_of(config.run_dir)
     if writer is not None and notice is not None:  # generate rewrites report.parquet only when it ends

@@ -50,6 +50,9 @@ def register(app: typer.Typer) -> None:
         except ValueError as exc:  # an unreadable existing manifest: say so, do not overwrite it
             console.print(f"[red]{exc}[/red]")
             raise typer.Exit(2) from exc
+        except OSError as exc:  # the output's folder cannot be made or written (checked before probing)
+            console.print(f"[red]cannot write beside {output}: {exc.strerror or exc} ({exc.filename})[/red]")
+            raise typer.Exit(2) from exc
         _print_summary(summary, Console())
         if strict and summary.errors:
             raise typer.Exit(1)
