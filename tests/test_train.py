@@ -216,6 +216,8 @@ def test_config_rejects_bad_values():
         TrainConfig(shards="x", architecture={"width": 3})
     with pytest.raises(ValueError, match="--init takes the architecture"):
         TrainConfig(shards="x", init="a.pth", preset="tiny")
+    with pytest.raises(ValueError, match="keep must be >= 1 checkpoint"):  # a usage error, not Ray's after set-up
+        TrainConfig(shards="x", keep_checkpoints=0)
     cfg = TrainConfig(shards="x", meanflow=MeanFlowConfig(cond_dropout=0.2))
     assert TrainConfig.from_dict(json.loads(json.dumps(cfg.as_dict()))) == cfg
 

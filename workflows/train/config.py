@@ -67,6 +67,8 @@ class TrainConfig:
                 problems.append(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.workers is not None and self.workers < 1:
             problems.append(f"workers must be >= 1, got {self.workers}")
+        if self.keep_checkpoints is not None and self.keep_checkpoints < 1:
+            problems.append(f"keep must be >= 1 checkpoint (leave it out to keep all), got {self.keep_checkpoints}")
         if self.lr <= 0 or self.weight_decay < 0 or self.warmup_steps < 0:
             problems.append("need lr > 0, weight_decay >= 0 and warmup_steps >= 0")
         if not 0.0 <= self.min_lr_ratio <= 1.0:
