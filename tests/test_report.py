@@ -615,3 +615,18 @@ def test_device_cuda_without_a_gpu_is_a_clear_error(run_dir, tmp_path, monkeypat
     said = " ".join(result.output.split())
     assert result.exit_code == 2 and "--device cuda, but torch sees no CUDA GPU here" in said, said
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("flags, message", [(["--onset-tolerance", "-1"], "onset windows must be positive seconds, "
+                                                                         "got onset tolerance -1.0"),
+                                            (["--max-plots", "-1"], "--max-plots must be >= 0"),
+                                            (["--audio-length", "-2"], "--audio-length (0 = whole clips)")])
+def test_cli_nonsense_windows_are_usage_errors(run_dir, tmp_path, flags, message):
+    """A negative matching window scored every onset 0 without a word; now the run does not start."""
+    from typer.testing import CliRunner
+
+    from dub.cli import app
+
+    result = CliRunner().invoke(app, ["report", str(run_dir), "-o", str(tmp_path / "out"), *flags])
+    assert result.exit_code == 2 and message in " ".join(result.output.replace("│", " ").split()), result.output
+    assert not (tmp_path / "out").exists()

@@ -75,6 +75,9 @@ def register(app: typer.Typer) -> None:
             raise typer.BadParameter(f"unknown backend(s) {unknown}; choose from {sorted(BACKENDS)}")
         if reference is not None and not reference.exists():
             raise typer.BadParameter(f"--reference {reference} does not exist")
+        if audio_length < 0 or max_plots < 0:
+            raise typer.BadParameter(f"--audio-length (0 = whole clips) and --max-plots must be >= 0, got "
+                                     f"{audio_length:g} and {max_plots}")
         try:
             config = ReportConfig(run_dir=str(run), out_dir=str(out),
                                   reference=None if reference is None else str(reference),

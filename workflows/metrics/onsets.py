@@ -58,6 +58,15 @@ class OnsetConfig:
     max_duration_s: float | None = 8.0  # eval_onsets.py scores the first 8 s
     prf_window_s: float = 0.05
 
+    def __post_init__(self) -> None:
+        # a matching window of 0 or less matches nothing: every score would be 0, silently
+        windows = {"onset tolerance": self.tolerance_s, "P/R/F1 window": self.prf_window_s}
+        bad = [f"{name} {value}" for name, value in windows.items() if not value > 0]
+        bad += [f"{name} {value}" for name, value in (("NMS window", self.nms_window_s),
+                                                      ("confidence window", self.confidence_window_s)) if value < 0]
+        if bad:
+            raise ValueError(f"onset windows must be positive seconds, got {', '.join(bad)}")
+
     def as_dict(self) -> dict:
         return asdict(self)
 
