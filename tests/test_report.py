@@ -12,6 +12,7 @@ import subprocess
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
@@ -630,3 +631,38 @@ def test_cli_nonsense_windows_are_usage_errors(run_dir, tmp_path, flags, message
     result = CliRunner().invoke(app, ["report", str(run_dir), "-o", str(tmp_path / "out"), *flags])
     assert result.exit_code == 2 and message in " ".join(result.output.replace("│", " ").split()), result.output
     assert not (tmp_path / "out").exists()
+
+
+def test_inputs_edited_in_place_are_rescored(run_dir, tmp_path, tiny_panns):
+    """A reference file rewritten and an events sidecar corrected in place: the rerun rescores
+    those two clips (their keys hold the inputs' size and mtime) and reuses the rest."""
+    import os
+
+    root = tmp_path / "copy"
+    shutil.copytree(run_dir.parent, root)  # run, videos, refs: edited below
+    run, refs, out = root / "run", root / "refs", tmp_path / "out"
+    table = pq.read_table(run / "report.parquet").to_pylist()  # point the copy's rows at the copies
+    for row in table:
+        for column in ("path", "output_mp4"):
+            if row[column]:
+                row[column] = row[column].replace(str(run_dir.parent), str(root))
+    pq.write_table(pa.Table.from_pylist(table, schema=pq.read_schema(run / "report.parquet")), run / "report.parquet")
+    config = _journal_config(run, out, reference=str(refs), max_plots=0)
+    first = run_report(config, backends=_backends(tiny_panns))
+
+    write_wav(refs / "v0.flac", burst_audio(_events(0) + 0.3, DURATION, seed=77))  # a new reference for v0
+    sidecar = root / "videos" / "clip1.events.json"
+    sidecar.write_text(json.dumps({"events": [float(t) for t in _events(1) + 0.2]}))  # v1's events corrected
+    for path in (refs / "v0.flac", sidecar):  # an mtime that differs even on coarse-clock filesystems
+        stat = path.stat()
+        os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
+
+    backends = _backends(tiny_panns)
+    again = run_report(config, backends=backends)
+    assert again.summary["journal"] == {"reused": 3, "scored": 2}
+    assert backends["panns"].calls == 4  # v0 and v1: generated audio and reference each
+    before = {r["video_id"]: r for r in first.rows}
+    after = {r["video_id"]: r for r in again.rows}
+    assert after["v0"]["kl_panns"] != before["v0"]["kl_panns"]  # scored against the new reference
+    assert after["v1"]["onset_f1"] != before["v1"]["onset_f1"]  # scored against the corrected events
+    assert _untimed([after["v2"]]) == _untimed([before["v2"]])

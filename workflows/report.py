@@ -646,7 +646,8 @@ def _run_locked(config: ReportConfig, progress: Callable[[int, int, str], None] 
     want_media = _media_wanted(config, rows)
     identity = report_identity(config, injected, _wants_clap(config, run_config, rows), _wants_imagebind(rows))
     journal = ReportJournal(out_dir / "journal", identity, fresh=config.fresh, notice=notice)
-    keys = [clip_key(row, want) for row, want in zip(rows, want_media)]
+    references = ReferenceIndex(config.reference)  # a bad --reference fails here, before any scoring
+    keys = [clip_key(row, want, references) for row, want in zip(rows, want_media)]
     scored = journal.reusable(keys)
     reused = len(scored)
     if reused and notice is not None:

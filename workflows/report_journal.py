@@ -29,13 +29,15 @@ import numpy as np
 
 from workflows.generate.sinks import remove_stale_temporaries, write_json_atomic
 from workflows.metrics.embeddings import BackendInfo, ClipFeatures
-from workflows.metrics.run_inputs import GeneratedRow
+from workflows.metrics.run_inputs import GeneratedRow, ReferenceIndex
 from workflows.metrics.weights import METRIC_WEIGHTS, WeightsLocator
 from workflows.report import ClipMedia, Injected, ReportConfig, ScoredClip
 
 __all__ = ["ReportJournal", "clip_key", "report_identity"]
 
-VERSION = 2  # 2: records carry ib_score / ib_reason. Bump when the part layout or what a record holds changes
+# 2: records carry ib_score / ib_reason; 3: clip keys include the stats of the source, its events
+# sidecar and its reference file. Bump when the part layout, a record or a key changes
+VERSION = 3
 # fields that do not change any clip's scores: where things go, how many workers score them;
 # max_plots / write_html only pick the clips that get page media, and each clip's key says
 # whether it has media, so changing them rescores only the clips that gain or lose it; sample and
@@ -84,12 +86,20 @@ def _stat(path: Path | None) -> list | None:
     return None if stat is None else [stat.st_size, stat.st_mtime_ns]
 
 
-def clip_key(row: GeneratedRow, want_media: bool) -> str:
+def clip_key(row: GeneratedRow, want_media: bool, references: ReferenceIndex | None = None) -> str:
     """A clip's journal entry is reused only while this is unchanged: every field of its generate
-    row, the size and mtime of its generated outputs (regenerated in place), whether it gets media."""
+    row, the size and mtime of its generated outputs (regenerated in place) and of what it is
+    scored against (the source video, whose audio track can be the reference and whose frames
+    the sync metrics read; its events sidecar; its --reference file), whether it gets media.
+    Stats, not reads: a rerun over a large run stays cheap."""
     fields = [None if v is None else str(v) for v in dataclasses.astuple(row)]
     outputs = [_stat(p) for p in (row.output_mp4, row.output_audio, row.output_shard)]
-    text = json.dumps([fields, outputs, want_media])
+    source = row.source_path
+    sidecar = None if source is None else source.with_name(source.stem + ".events.json")
+    candidates = [] if references is None else [references.by_key.get(k) for k in
+                                                 (row.video_id, source.stem if source else None) if k is not None]
+    inputs = [_stat(source), _stat(sidecar), *[[str(p), _stat(p)] for p in candidates if p is not None]]
+    text = json.dumps([fields, outputs, inputs, want_media])
     return hashlib.blake2b(text.encode(), digest_size=16).hexdigest()
 
 

@@ -56,7 +56,8 @@ def register(app: typer.Typer) -> None:
 
         Resumable: clips are journaled in REPORT_DIR/journal as they are scored.
         Rerun the same command after a crash or Ctrl-C to score only the rest (the report is the same).
-        Another configuration or other weight files discard the journal; a changed generate row rescores its clip.
+        Another configuration or other weight files discard the journal; a clip whose generate row, output,
+        source video, events sidecar or reference file changed is rescored.
         --fresh rescores every clip.
         """
         import json
