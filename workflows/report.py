@@ -506,9 +506,10 @@ class LoadedModels:
     def infos(self) -> dict[str, BackendInfo]:
         return {name: backend.info for name, backend in self.backends.items()}
 
-    def scorer(self, config: ReportConfig) -> _ClipScorer:
-        return _ClipScorer(config, self.backends, ReferenceIndex(config.reference), self.offsets, self.clap,
-                           self.imagebind)
+    def scorer(self, config: ReportConfig, references: ReferenceIndex | None = None) -> _ClipScorer:
+        """`references`: the index already built from config.reference, if any (a folder listing)."""
+        references = references if references is not None else ReferenceIndex(config.reference)
+        return _ClipScorer(config, self.backends, references, self.offsets, self.clap, self.imagebind)
 
 
 def load_models(config: ReportConfig, run_config: dict, rows: list[GeneratedRow],
@@ -590,11 +591,11 @@ def _media_wanted(config: ReportConfig, rows: list[GeneratedRow]) -> list[bool]:
 def _score_here(config: ReportConfig, run_config: dict, rows: list[GeneratedRow],
                 items: list[tuple[int, GeneratedRow, bool]], injected: Injected,
                 on_loaded: Callable[[dict[str, BackendInfo], float, dict[str, str]], None],
-                on_scored: Callable[[list[ScoredClip]], None]) -> None:
+                on_scored: Callable[[list[ScoredClip]], None], references: ReferenceIndex | None = None) -> None:
     """Score `items` (index, row, want media) in this process, the models loaded once."""
     models = load_models(config, run_config, rows, injected)
     on_loaded(models.infos(), models.load_s, models.unavailable)
-    scorer = models.scorer(config)
+    scorer = models.scorer(config, references)
     for index, row, want_media in items:
         on_scored([scorer.score(index, row, want_media)])
 
@@ -669,11 +670,12 @@ def _run_locked(config: ReportConfig, progress: Callable[[int, int, str], None] 
 
     try:
         if todo or journal.loaded is None:
-            if config.workers > 1:
-                from workflows.report_parallel import score_on_ray as score
-            else:
-                score = _score_here
-            score(config, run_config, rows, todo, injected, on_loaded, on_scored)
+            if config.workers > 1:  # each actor lists the references in its own process
+                from workflows.report_parallel import score_on_ray
+
+                score_on_ray(config, run_config, rows, todo, injected, on_loaded, on_scored)
+            else:  # the index the clip keys were made with: the reference folder is listed once
+                _score_here(config, run_config, rows, todo, injected, on_loaded, on_scored, references)
     finally:  # what was scored survives an error, a kill of the workers or Ctrl-C
         journal.flush()
     infos, loaded_unavailable = journal.loaded_models()
