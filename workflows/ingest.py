@@ -360,7 +360,7 @@ def ingest(roots: Iterable[str | Path], output: str | Path, config: IngestConfig
     """Scan `roots`, probe what is new or changed, and write the manifest to `output`."""
     from manifests.io import manifest_from_rows, read_manifest, write_parquet_atomic
     from manifests.schema import MANIFEST_SCHEMA
-    from workflows.generate.sinks import Journal
+    from workflows.generate.sinks import Journal, read_journal
 
     started = time.perf_counter()
     output = Path(output)
@@ -372,7 +372,7 @@ def ingest(roots: Iterable[str | Path], output: str | Path, config: IngestConfig
     previous = read_manifest(output).to_pylist() if output.exists() else []
     previous_by_path = {row["path"]: row for row in previous}
     journal_dir = probe_journal_dir(output)
-    interrupted = _read_probe_journal(journal_dir)  # newer than the manifest: it wins
+    interrupted = read_journal(journal_dir, key="path")  # newer than the manifest: it wins
     rows_by_path: dict[str, dict] = {}
     to_probe: list[str] = []
     for path in found.files:
@@ -433,22 +433,6 @@ def ingest(roots: Iterable[str | Path], output: str | Path, config: IngestConfig
 def probe_journal_dir(output: Path) -> Path:
     """Where rows probed for `output` wait until the manifest is written: `.NAME.probed/` beside it."""
     return output.with_name(f".{output.name}.probed")
-
-
-def _read_probe_journal(directory: Path) -> dict[str, dict]:
-    """Rows an interrupted run probed, by path (a later part wins); a part not written whole is skipped."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    rows: dict[str, dict] = {}
-    for part in sorted(directory.glob("part-*.parquet")) if directory.is_dir() else ():
-        try:
-            table = pq.read_table(part)
-        except (pa.ArrowException, OSError):
-            continue
-        for row in table.to_pylist():
-            rows[row["path"]] = row
-    return rows
 
 
 def _unchanged(path: Path, old: dict) -> bool:

@@ -147,8 +147,8 @@ class Journal:
         self._last = time.monotonic()
 
 
-def read_journal(journal_dir: Path) -> dict[str, dict]:
-    """Latest journal row per video id."""
+def read_journal(journal_dir: Path, key: str = "video_id") -> dict[str, dict]:
+    """Latest journal row per `key` (parts are written whole, in time order)."""
     import pyarrow.parquet as pq
 
     latest: dict[str, dict] = {}
@@ -156,7 +156,7 @@ def read_journal(journal_dir: Path) -> dict[str, dict]:
         return latest
     for part in sorted(Path(journal_dir).glob("part-*.parquet")):
         for row in pq.read_table(part).to_pylist():
-            latest[row["video_id"]] = row
+            latest[row[key]] = row
     return latest
 
 
