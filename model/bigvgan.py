@@ -49,15 +49,14 @@ class BigVGANConfig:
             raise ValueError(f"BigVGAN resblock must be '1' or '2', got {self.resblock!r}")
         if self.activation not in ("snake", "snakebeta"):
             raise ValueError(f"BigVGAN activation must be 'snake' or 'snakebeta', got {self.activation!r}")
-        if len(self.upsample_rates) != len(self.upsample_kernel_sizes):
-            raise ValueError("upsample_rates and upsample_kernel_sizes must have the same length")
-        if len(self.resblock_kernel_sizes) != len(self.resblock_dilation_sizes):
-            raise ValueError("resblock_kernel_sizes and resblock_dilation_sizes must have the same length")
-        if self.upsample_initial_channel % 2 ** len(self.upsample_rates):
-            raise ValueError(
-                f"upsample_initial_channel {self.upsample_initial_channel} must be divisible by "
-                f"2**{len(self.upsample_rates)} (channels halve at every upsampling stage)"
-            )
+        # BigVGAN zips these pairs, so surplus entries of the second list are ignored there (and
+        # here); a shorter second list leaves the reference indexing past its module lists.
+        if len(self.upsample_kernel_sizes) < len(self.upsample_rates):
+            raise ValueError("upsample_kernel_sizes needs an entry for every upsample rate")
+        if len(self.resblock_dilation_sizes) < len(self.resblock_kernel_sizes):
+            raise ValueError("resblock_dilation_sizes needs an entry for every resblock kernel size")
+        # No divisibility condition on upsample_initial_channel: stage i has
+        # upsample_initial_channel // 2**(i + 1) channels, floor division, as in BigVGAN.
 
     @property
     def hop_size(self) -> int:
@@ -91,7 +90,8 @@ class BigVGANConfig:
             upsample_initial_channel=int(d["upsample_initial_channel"]),
             resblock_kernel_sizes=tuple(int(x) for x in d["resblock_kernel_sizes"]),
             resblock_dilation_sizes=tuple(tuple(int(x) for x in ds) for ds in d["resblock_dilation_sizes"]),
-            resblock=str(d.get("resblock", "1")),
+            # BigVGAN builds AMPBlock1 for "1" and AMPBlock2 for any other value
+            resblock="1" if str(d.get("resblock", "1")) == "1" else "2",
             activation=d.get("activation", "snakebeta"),
             snake_logscale=bool(d.get("snake_logscale", True)),
             use_tanh_at_final=bool(d.get("use_tanh_at_final", True)),

@@ -293,6 +293,35 @@ def test_bigvgan_publisher_layout_roundtrip(tmp_path: Path, resblock: str, activ
         assert saturated > 0.05, "use_tanh_at_final=False must hard-clamp to [-1, 1]"
 
 
+def test_bigvgan_accepts_every_config_the_publisher_builds(tmp_path: Path) -> None:
+    """BigVGAN sizes stage i with upsample_initial_channel // 2**(i + 1) (floor division) and has
+    no divisibility condition: 20 channels over three stages give 10, 5 and 2 channels. It zips
+    (rate, kernel) and (kernel, dilations), so a surplus entry is ignored; a resblock other than
+    "1" is AMPBlock2."""
+    d = {**_publisher_config("2", "snakebeta", True, True), "upsample_initial_channel": 20,
+         "upsample_kernel_sizes": [8, 4, 4, 4], "resblock_dilation_sizes": [[1, 3, 5], [1, 3, 5], [1, 2]]}
+    (tmp_path / "config.json").write_text(json.dumps(d))
+    config = BigVGANConfig.from_json(tmp_path / "config.json")
+    torch.manual_seed(0)
+    model = BigVGAN(config).eval()
+    assert [up[0].out_channels for up in model.ups] == [10, 5, 2]
+    assert [block.convs[0].in_channels for block in model.resblocks] == [10, 10, 5, 5, 2, 2]
+    assert model.conv_post.in_channels == 2 and len(model.resblocks) == 3 * 2
+    torch.save({"generator": weight_norm_state_dict(model, "legacy")}, tmp_path / "bigvgan_generator.pt")
+    loaded = load_bigvgan(tmp_path / "bigvgan_generator.pt", tmp_path / "config.json")
+    mel = torch.randn(1, 12, 5, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        wav = loaded(mel)
+        expected = model(mel)
+    assert wav.shape == (1, 1, 5 * 16)
+    # the loaded weights are g * v / ||v|| refolded, a few float32 ulps from the module's: as the
+    # layout round trip above, agreement to float32 rounding carried through the vocoder
+    torch.testing.assert_close(wav, expected, rtol=1e-5, atol=1e-5)
+    assert BigVGANConfig.from_dict({**d, "resblock": "3"}).resblock == "2"
+    with pytest.raises(ValueError, match="upsample_kernel_sizes"):
+        BigVGANConfig.from_dict({**d, "upsample_kernel_sizes": [8, 4]})
+
+
 def test_bigvgan_rejects_mismatched_config(fixtures_root: Path) -> None:
     folder = fixtures_root / "bigvgan16k"
     d = read_json(folder / "config.json")
