@@ -98,14 +98,16 @@ def infer_network_config(
     _, sync_dim, _ = _shape(sd, "sync_input_proj.0.weight")
     _, text_dim = _shape(sd, "text_input_proj.0.weight")
     text_seq_len, _ = _shape(sd, "empty_string_feat")
-    (head_dim,) = _shape(sd, "joint_blocks.0.latent_block.attn.q_norm.weight")
     joint = _count_blocks(sd, "joint_blocks")
     fused = _count_blocks(sd, "fused_blocks")
+    # MMAudio builds no joint block when fused_depth == depth: read the widths off a fused block then
+    first_block = "joint_blocks.0.latent_block" if joint or not fused else "fused_blocks.0"
+    (head_dim,) = _shape(sd, f"{first_block}.attn.q_norm.weight")
     if num_heads is None:
         if hidden % head_dim:
             raise ValueError(f"hidden dim {hidden} is not a multiple of the q_norm width {head_dim}")
         num_heads = hidden // head_dim
-    ffn_key = "joint_blocks.0.latent_block.ffn.w1.weight"
+    ffn_key = f"{first_block}.ffn.w1.weight"
     ffn_width = _shape(sd, ffn_key)[0]
     if gated_hidden_dim(int(hidden * mlp_ratio)) != ffn_width:
         raise ValueError(

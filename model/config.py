@@ -102,11 +102,11 @@ class NetworkConfig:
             problems.append(f"hidden_dim {self.hidden_dim} is not divisible by num_heads {self.num_heads}")
         elif (self.hidden_dim // self.num_heads) % 2:
             problems.append(f"head dim {self.hidden_dim // self.num_heads} must be even (rotary pairs)")
-        if not 0 <= self.fused_depth < self.depth:
-            problems.append(
-                f"fused_depth {self.fused_depth} must be in [0, depth={self.depth}) "
-                "(at least one joint block is needed)"
-            )
+        # MMAudio builds depth - fused_depth joint blocks, none when fused_depth == depth (the
+        # clip and text streams then enter only through their pooled global condition). Outside
+        # [0, depth] its block counts would no longer add up to `depth`.
+        if not 0 <= self.fused_depth <= self.depth:
+            problems.append(f"fused_depth {self.fused_depth} must be in [0, depth={self.depth}]")
         if self.sync_seq_len % SYNC_TOKENS_PER_SEGMENT:
             problems.append(f"sync_seq_len {self.sync_seq_len} must be a multiple of {SYNC_TOKENS_PER_SEGMENT}")
         for name in ("latent_seq_len", "clip_seq_len", "sync_seq_len", "text_seq_len"):

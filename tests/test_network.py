@@ -344,6 +344,24 @@ def test_config_dict_round_trip_and_validation():
         dataclasses.replace(NETWORK_PRESETS["tiny"], num_heads=3)
 
 
+def test_all_fused_network_as_mmaudio_builds_it(tmp_path):
+    """MMAudio accepts fused_depth == depth and builds no joint block (range(depth - fused_depth));
+    the clip and text features then act only through the pooled global condition. Such a network
+    runs, saves, and its config is inferred back from the state dict."""
+    config = dataclasses.replace(TINY_2S, fused_depth=TINY_2S.depth)
+    model = random_tiny_network(config, seed=61)
+    assert len(model.joint_blocks) == 0 and len(model.fused_blocks) == config.depth
+    feats = random_features(config, 2, seed=62)
+    latent = torch.randn(2, config.latent_seq_len, config.latent_dim, generator=torch.Generator().manual_seed(63))
+    with torch.no_grad():
+        u = model(latent, torch.tensor([0.2, 0.7]), 1.0, **feats)
+    assert u.shape == latent.shape and torch.isfinite(u).all()
+    path = save_checkpoint(model, tmp_path / "all_fused.safetensors")
+    assert infer_network_config(load_state_dict_file(path), duration_s=2.0) == config
+    with pytest.raises(ValueError, match=r"fused_depth 3 must be in \[0, depth=2\]"):
+        dataclasses.replace(TINY_2S, fused_depth=3)
+
+
 def test_ten_second_tiny_network_runs():
     config = NETWORK_PRESETS["tiny"].with_duration(10.0)
     assert (config.latent_seq_len, config.clip_seq_len, config.sync_seq_len) == (313, 80, 240)
