@@ -1,4 +1,5 @@
-"""Shared test fixtures: the MMAudio conformance fixture root and one local Ray per session."""
+"""Shared test fixtures: the MMAudio conformance fixture root, one local Ray per session, and the
+`requires` marks of tests/requirements.py."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ from pathlib import Path
 import pytest
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
+
+pytest_plugins = ["pytester"]  # tests/test_requirements.py runs small pytest sessions
 
 
 def mmaudio_fixture_root() -> Path:
@@ -28,6 +31,17 @@ def mmaudio_fixture_root() -> Path:
     if not root.is_dir():
         raise FileNotFoundError(f"MMAudio fixtures not found at {root} (set DUB_FIXTURES_MMAUDIO)")
     return root
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """`requires` marks (tests/requirements.py's `require`): skip, or fail under CI=true, before
+    any fixture of the test is set up."""
+    from tests.requirements import missing
+
+    for mark in item.iter_markers("requires"):
+        if not mark.args[0]:
+            missing(mark.kwargs["reason"])
 
 
 @pytest.fixture(scope="session")

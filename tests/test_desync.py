@@ -15,6 +15,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from tests.report_helpers import write_clip
+from tests.requirements import require_module
 from workflows.metrics.desync import (
     OFFSET_GRID_S,
     SynchformerOffsetPredictor,
@@ -94,7 +95,7 @@ def test_audio_front_end_matches_torchaudio_melspectrogram(fixture_io):
 
 
 def test_mel_filterbank_is_torchaudios():
-    torchaudio = pytest.importorskip("torchaudio")
+    torchaudio = require_module("torchaudio")
     ref = torchaudio.functional.melscale_fbanks(513, 0.0, 8000.0, 128, 16000, norm=None, mel_scale="htk")
     # torchaudio builds the triangles in float32 (corner frequencies up to 8 kHz), ours in float64
     assert np.abs(mel_filterbank() - ref.numpy()).max() < 5e-5

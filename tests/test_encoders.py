@@ -37,6 +37,7 @@ from model.clip_encoder import (
     resize_uint8,
     tiny_model_cfg,
 )
+from tests.requirements import require, require_module
 
 try:  # optional dependency (the `clip` extra); Synchformer tests must run without it
     import open_clip  # noqa: F401
@@ -44,7 +45,7 @@ try:  # optional dependency (the `clip` extra); Synchformer tests must run witho
     HAVE_OPEN_CLIP = True
 except ImportError:
     HAVE_OPEN_CLIP = False
-needs_open_clip = pytest.mark.skipif(not HAVE_OPEN_CLIP, reason="open_clip_torch is not installed")
+needs_open_clip = require(HAVE_OPEN_CLIP, reason="open_clip_torch is not installed (the test and clip extras)")
 
 
 def assert_conforms(out: torch.Tensor, ref: torch.Tensor, name: str) -> None:
@@ -197,7 +198,7 @@ def test_loading_refuses_a_pickle_that_runs_code(tmp_path):
 
 
 def test_resize_matches_torchvision():
-    tv = pytest.importorskip("torchvision.transforms.v2.functional")
+    tv = require_module("torchvision.transforms.v2.functional")
     from torchvision.transforms import InterpolationMode
 
     images = random_frames(3, 3, 30, 45)
@@ -240,7 +241,7 @@ def test_clip_image_features_are_unit_norm_and_match_open_clip(layers):
     assert not torch.allclose(features[0, 0], features[0, 1])
 
     # MMAudio's path: torchvision bicubic resize (no crop), [0, 1], OpenAI normalisation, encode_image.
-    tv = pytest.importorskip("torchvision.transforms.v2.functional")
+    tv = require_module("torchvision.transforms.v2.functional")
     from torchvision.transforms import InterpolationMode
 
     size = encoder.input_size

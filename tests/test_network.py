@@ -25,6 +25,7 @@ from model.config import NETWORK_PRESETS, NetworkConfig, sequence_lengths
 from model.network import MFMJT
 from model.rotary import rope_rotations
 from tests.network_helpers import euler_cfg, random_features, random_tiny_network, randomize_parameters_
+from tests.requirements import PYTEST_HAS_SUBTESTS, require
 
 INPUT_NAMES = {"latent", "clip_f", "sync_f", "text_f", "t"}
 # The tiny preset at 2 s (63 latents): the same layout as 8 s, a quarter of the CPU time.
@@ -92,6 +93,7 @@ def compute_fixture_outputs(model: MFMJT, io: dict[str, torch.Tensor], sampler: 
 # --------------------------------------------------------------------------- conformance
 
 
+@require(PYTEST_HAS_SUBTESTS, reason="the subtests fixture needs pytest >= 9 (the test extra pins it)")
 def test_conformance_network(network_fixture, fixture_model, subtests):
     _, _, sampler, io = network_fixture
     assert sampler["method"] == "euler" and sampler.get("min_sigma", 0.0) == 0.0

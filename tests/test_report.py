@@ -18,6 +18,7 @@ import pytest
 
 from tests.report_helpers import (burst_audio, decode_png, event_frames, write_clip, write_events,
                                   write_generate_run, write_wav)
+from tests.requirements import require
 from workflows.metrics.run_inputs import GeneratedRow, ReferenceIndex, load_run
 from workflows.report import ReportConfig, run_report
 
@@ -108,7 +109,7 @@ def _chromium(args: list[str], tmp_path: Path) -> subprocess.CompletedProcess:
     return result
 
 
-@pytest.mark.skipif(not CHROMIUM.exists(), reason="Debian's chromium is not installed (apt-get install -y chromium)")
+@require(CHROMIUM.exists(), reason="Debian's chromium is not installed (apt-get install -y chromium)")
 def test_html_page_renders_in_headless_chromium(report, tmp_path):
     page = report.out_dir / "index.html"
     assert "http://" not in page.read_text() and "https://" not in page.read_text().split("<h2>Clips")[1]
