@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from model.demo import DemoCodec, DemoEncoders
-from model.demo.features import num_sync_segments, sync_token_frames
+from model.demo.features import SYNC_FPS, _event_descriptors, _pooled_frames, num_sync_segments, sync_token_times
 
 SR = 16_000
 
@@ -28,10 +28,10 @@ def textured_still(frames: int, size: int, seed: int) -> torch.Tensor:
     return still.expand(1, frames, size, size, 3).clone()
 
 
-def tokens_covering(frames: set[int], num_frames: int) -> set[int]:
-    """Flat token indices s * 8 + j whose two frames (the documented mapping) touch `frames`."""
-    return {s * 8 + j for s in range(num_sync_segments(num_frames)) for j in range(8)
-            if set(sync_token_frames(s, j)) & frames}
+def tokens_near(frames: set[int], num_frames: int, reach: float) -> set[int]:
+    """Token indices whose moment (`sync_token_times`) is within `reach` frames of `frames`."""
+    times = sync_token_times(num_frames) * SYNC_FPS
+    return {i for i, t in enumerate(times.tolist()) if any(abs(t - k) <= reach for k in frames)}
 
 
 def changed_tokens(a: torch.Tensor, b: torch.Tensor) -> set[int]:
@@ -89,26 +89,42 @@ def test_clip_features_tell_scenes_apart():
     assert across_cut < 0.9
 
 
-@pytest.mark.parametrize("k", [17, 20])
-def test_a_flash_moves_exactly_the_tokens_covering_it(k):
+def test_sync_tokens_are_in_time_order_and_land_near_every_latent_frame():
+    """Token i describes (i + 0.5) / 24 s of an 8 s window; the network resamples 192 tokens to
+    250 latents nearest-exact, so latent n (centred at (n + 0.5) / 31.25 s) gets token
+    floor((n + 0.5) * 192 / 250), whose moment is at most half a token (1/48 s) away."""
+    times = sync_token_times(200)
+    assert times.shape == (192,)
+    torch.testing.assert_close(times, (torch.arange(192, dtype=torch.float64) + 0.5) / 24)
+    latent_t = (torch.arange(250, dtype=torch.float64) + 0.5) / 31.25
+    token = torch.nn.functional.interpolate(torch.arange(192.0)[None, None], size=250, mode="nearest-exact")[0, 0].long()
+    assert (times[token] - latent_t).abs().max() <= 1 / 48 + 1e-9
+
+
+@pytest.mark.parametrize("k", [17, 20, 33])
+def test_a_flash_moves_only_the_tokens_at_its_moment(k):
     enc = DemoEncoders()
     base = textured_still(48, 64, seed=12)
     flashed = base.clone()
     flashed[:, k] = 255
-    expected = tokens_covering({k, k + 1}, 48)  # the change into k and back out of it into k + 1
-    assert changed_tokens(enc.sync_features(flashed), enc.sync_features(base)) == expected
-    assert expected  # the mapping puts frame k in two overlapping segments
-    assert len(expected) in (2, 4)
+    diff = (enc.sync_features(flashed) - enc.sync_features(base)).abs().amax(dim=-1)[0]
+    changed = set(diff.nonzero().flatten().tolist())
+    # the change into frame k and back out of it (k + 1), the centroid's velocity and
+    # acceleration use one frame either side: nothing further than two frames away moves
+    assert changed and changed <= tokens_near({k}, 48, reach=2.0)
+    peak_time = sync_token_times(48)[int(diff.argmax())] * SYNC_FPS
+    assert abs(peak_time - k) <= 1.0  # the strongest change is at the flash, not a neighbour
 
 
-def test_a_one_frame_shake_moves_the_matching_tokens():
+def test_a_one_frame_shake_moves_the_tokens_at_its_moment():
     enc = DemoEncoders()
     base = textured_still(40, 64, seed=13)
     base[:, :, 20:36, 20:36] = 230  # a bright square
     shaken = base.clone()
     k = 25
     shaken[:, k] = torch.roll(base[:, k], shifts=(6, 6), dims=(1, 2))  # the square jumps for one frame
-    assert changed_tokens(enc.sync_features(shaken), enc.sync_features(base)) == tokens_covering({k, k + 1}, 40)
+    changed = changed_tokens(enc.sync_features(shaken), enc.sync_features(base))
+    assert changed and changed <= tokens_near({k}, 40, reach=2.0)
 
 
 def test_motion_energy_grows_with_motion():
@@ -118,11 +134,29 @@ def test_motion_energy_grows_with_motion():
     small[:, 10, 0:8, 0:8] = 255
     large[:, 10] = 255
     ref = enc.sync_features(base)
-    token = 4  # segment 0, token 4 covers frames 8 and 9: unaffected; token 5 covers 10, 11
-    d_small = (enc.sync_features(small) - ref)[0, 5].norm()
-    d_large = (enc.sync_features(large) - ref)[0, 5].norm()
-    assert torch.equal(enc.sync_features(small)[0, token], ref[0, token])
+    token = int((sync_token_times(24) * SYNC_FPS - 10).abs().argmin())  # the token at frame 10
+    far = int((sync_token_times(24) * SYNC_FPS - 2).abs().argmin())  # 8 frames before it
+    d_small = (enc.sync_features(small) - ref)[0, token].norm()
+    d_large = (enc.sync_features(large) - ref)[0, token].norm()
+    assert torch.equal(enc.sync_features(small)[0, far], ref[0, far])
     assert 0 < d_small < d_large
+
+
+def test_a_bounce_is_a_peak_of_acceleration_at_its_frame():
+    """A square falls at constant speed, reverses at frame 20 (a bounce) and rises: |acceleration|
+    of the foreground centroid (event descriptor 8) peaks at frame 20, and a square that keeps
+    falling at the same speed has no such peak while it is in the picture (until frame 26)."""
+    def clip(bounce: bool) -> torch.Tensor:
+        frames = torch.full((1, 40, 64, 64, 3), 200, dtype=torch.uint8)
+        for f in range(40):
+            y = 2 + 2 * f if (not bounce or f <= 20) else 2 + 2 * (40 - f)
+            frames[0, f, y:y + 10, 27:37] = torch.tensor([220, 40, 40], dtype=torch.uint8)
+        return frames
+
+    acc = _event_descriptors(_pooled_frames(clip(True), 32))[0, :, 8]
+    steady = _event_descriptors(_pooled_frames(clip(False), 32))[0, :, 8]
+    assert int(acc[5:35].argmax()) + 5 == 20
+    assert acc[20] > 10 * steady[5:25].max()
 
 
 def test_text_features_hashed_bag_of_words():

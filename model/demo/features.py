@@ -10,15 +10,24 @@ first area-pooled to a 32 x 32 analysis grid), one per frame:
     (gradient energy on a 4 x 4 grid, an 8-bin orientation histogram) + brightness mean/std,
     projected to `clip_dim` by a fixed seeded random orthogonal matrix and L2-normalised.
 
-Sync features (25 fps, frames meant to be 224 x 224; pooled to 16 x 16), laid out exactly like
-Synchformer's: S = (T - 16) // 8 + 1 segments of 16 frames with stride 8, 8 tokens each,
-output (B, S * 8, sync_dim) with token j of segment s at index s * 8 + j. That token covers
-frames 8s + 2j and 8s + 2j + 1 (`sync_token_frames`) and describes, for each of the two, the
-change INTO it from the frame before (absolute luma difference on a 4 x 4 grid, signed
-brightness and colour change, the strongest cell; frame 0 has no predecessor and counts as
-unchanged) plus their mean coarse appearance. So a flash at frame k moves exactly the tokens
-covering frames k and k + 1. Projected by a fixed orthogonal matrix, not normalised: the
-magnitude carries the amount of motion.
+Sync features (25 fps, frames meant to be 224 x 224; pooled to 32 x 32): as many tokens as
+Synchformer gives for the window (S = (T - 16) // 8 + 1 segments of 8, so the network's shapes
+are MMAudio's), but laid out in TIME ORDER: token i describes the moment (i + 0.5) * D / (S * 8)
+of a window of D seconds (`sync_token_times`), 24 tokens per second, so the network's
+nearest-exact resampling to the latent length lands every latent frame within half a token
+(+-21 ms) of the moment its token describes. (Synchformer's segment-major layout would put it
+up to +-296 ms away: MMAudio's contextual tokens can learn to undo that, frame-local hand-made
+features through a tiny network cannot.) Each token is a per-frame descriptor interpolated
+linearly at its moment (frame k shows time k / 25):
+    the change into the frame (absolute luma difference on a 4 x 4 grid, signed brightness and
+    colour change, the strongest cell), its coarse appearance, and what a listener cares
+    about: the foreground (what differs from the window's per-pixel median, i.e. the static
+    background) -- its amount and the onset of new foreground (a flash, an appearance), its
+    centroid, the centroid's velocity and acceleration (a bounce or a wall hit reverses the
+    velocity: a peak of |acceleration| at the contact frame), and the colour of what changed
+    (foreground pixels weighted by their change: the look of the object making the event).
+Projected by a fixed orthogonal matrix, not normalised: the magnitude carries the amount of
+motion.
 
 Text features: a hashed bag of words. Word i of the prompt (lower-cased, split on non-word
 characters) sits at position i as a unit vector drawn from a generator seeded by a hash of the
@@ -47,10 +56,11 @@ SYNC_SIZE = 224
 SEGMENT_FRAMES = 16
 SEGMENT_STRIDE = 8
 TOKENS_PER_SEGMENT = 8
-FRAMES_PER_TOKEN = SEGMENT_FRAMES // TOKENS_PER_SEGMENT
 
 _CLIP_GRID = 32  # analysis resolution of a clip frame
-_SYNC_GRID = 16  # analysis resolution of a sync frame
+_SYNC_GRID = 32  # analysis resolution of a sync frame (foreground centroids)
+_CHANGE_GRID = 16  # resolution of the change and appearance descriptors
+_FG_FLOOR = 0.06  # summed |RGB - background| below this is compression noise, not foreground
 _HIST_BINS = 8
 _ORIENT_BINS = 8
 _LUMA = (0.299, 0.587, 0.114)
@@ -60,7 +70,8 @@ _WORD = re.compile(r"[\w']+")
 CLIP_RAW_DIM = 3 * _HIST_BINS + 3 * 16 + 16 + _ORIENT_BINS + 2
 _TRANSITION_DIM = 16 + 1 + 3 + 1
 _APPEARANCE_DIM = 3 * 4 + 1
-SYNC_RAW_DIM = 2 * _TRANSITION_DIM + _APPEARANCE_DIM
+_EVENT_DIM = 2 + 2 + 2 + 2 + 1 + 3
+SYNC_RAW_DIM = _TRANSITION_DIM + _APPEARANCE_DIM + _EVENT_DIM
 
 
 def num_sync_segments(num_frames: int) -> int:
@@ -68,12 +79,11 @@ def num_sync_segments(num_frames: int) -> int:
     return 0 if num_frames < SEGMENT_FRAMES else (num_frames - SEGMENT_FRAMES) // SEGMENT_STRIDE + 1
 
 
-def sync_token_frames(segment: int, token: int) -> tuple[int, int]:
-    """The two frames (indices into the 25 fps input) described by token `token` of `segment`."""
-    if not 0 <= token < TOKENS_PER_SEGMENT:
-        raise ValueError(f"token must be in [0, {TOKENS_PER_SEGMENT}), got {token}")
-    first = segment * SEGMENT_STRIDE + token * FRAMES_PER_TOKEN
-    return first, first + 1
+def sync_token_times(num_frames: int, fps: float = SYNC_FPS) -> torch.Tensor:
+    """Seconds (from the window start) of the moment each sync token describes: as many tokens
+    as Synchformer gives for `num_frames` frames, evenly spaced in time order."""
+    tokens = num_sync_segments(num_frames) * TOKENS_PER_SEGMENT
+    return (torch.arange(tokens, dtype=torch.float64) + 0.5) * (num_frames / fps) / max(tokens, 1)
 
 
 def orthogonal_projection(in_dim: int, out_dim: int, seed: int) -> torch.Tensor:
@@ -145,7 +155,7 @@ class DemoEncoders(nn.Module):
     @torch.no_grad()
     def sync_features(self, frames: torch.Tensor) -> torch.Tensor:
         """uint8 frames (B, T, H, W, 3) at 25 fps, T >= 16 -> (B, S * 8, sync_dim),
-        S = (T - 16) // 8 + 1; token s * 8 + j covers frames `sync_token_frames(s, j)`."""
+        S = (T - 16) // 8 + 1; token i describes the moment `sync_token_times(T)[i]`."""
         _check_frames(frames, "sync")
         b, t = frames.shape[:2]
         segments = num_sync_segments(t)
@@ -155,16 +165,15 @@ class DemoEncoders(nn.Module):
                 f"{SYNC_FPS} fps), got {t}: decode a longer window"
             )
         pooled = _pooled_frames(frames.to(self.device), _SYNC_GRID)  # (B, T, 3, g, g)
-        transition, appearance = _sync_frame_descriptors(pooled)
-        first = torch.tensor(
-            [sync_token_frames(s, j)[0] for s in range(segments) for j in range(TOKENS_PER_SEGMENT)],
-            device=self.device,
-        )
-        tokens = torch.cat(
-            [transition[:, first], transition[:, first + 1],
-             0.5 * (appearance[:, first] + appearance[:, first + 1])],
-            dim=-1,
-        )  # (B, S*8, SYNC_RAW_DIM)
+        coarse = F.adaptive_avg_pool2d(pooled.flatten(0, 1), _CHANGE_GRID).reshape(b, t, 3, _CHANGE_GRID, _CHANGE_GRID)
+        transition, appearance = _sync_frame_descriptors(coarse)
+        per_frame = torch.cat([transition, appearance, _event_descriptors(pooled)], dim=-1)  # (B, T, SYNC_RAW_DIM)
+        position = (sync_token_times(t) * SYNC_FPS).clamp(0, t - 1)  # fractional frame index per token
+        below = position.floor().long().clamp(max=t - 2) if t > 1 else position.floor().long()
+        frac = (position - below).to(per_frame.dtype).to(self.device).view(1, -1, 1)
+        below = below.to(self.device)
+        above = (below + 1).clamp(max=t - 1)
+        tokens = per_frame[:, below] * (1 - frac) + per_frame[:, above] * frac
         return tokens @ self.sync_projection
 
     # -- text ------------------------------------------------------------------------------
@@ -281,6 +290,54 @@ def _sync_frame_descriptors(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor
     layout = F.adaptive_avg_pool2d(x.flatten(0, 1), 2).reshape(b, t, 12)
     appearance = torch.cat([(layout - 0.5) * 2, (_luma(x).mean(dim=(2, 3)).unsqueeze(-1) - 0.5) * 2], dim=-1)
     return transition, appearance
+
+
+def _event_descriptors(x: torch.Tensor) -> torch.Tensor:
+    """(B, T, 3, g, g) in [0, 1] -> (B, T, _EVENT_DIM): what the foreground does in each frame.
+
+    Foreground: summed |RGB - the window's per-pixel median| above a noise floor (a static
+    camera's background is the median of a window in which things move or flash). Per frame:
+    its amount and the new foreground since the last frame (an object lighting up or coming
+    into view), its centroid (x, y), the centroid's velocity (into the frame) and acceleration
+    (centred on the frame: a bounce or a hit reverses the velocity), |acceleration|, and the
+    colour of what changed (foreground weighted by its change from the last frame). Motion
+    terms count only while the foreground is there in every frame they use."""
+    b, t, _, g, _ = x.shape
+    background = x.median(dim=1, keepdim=True).values
+    fg = ((x - background).abs().sum(dim=2) - _FG_FLOOR).clamp_min(0)  # (B, T, g, g)
+    mass = fg.mean(dim=(2, 3))  # (B, T)
+    present = (mass / (mass + 2e-3)).clamp(0, 1)
+    coords = (torch.arange(g, device=x.device, dtype=x.dtype) + 0.5) / g - 0.5
+    weight = fg / fg.sum(dim=(2, 3), keepdim=True).clamp_min(1e-8)
+    cx = (weight.sum(dim=2) * coords).sum(dim=-1)
+    cy = (weight.sum(dim=3) * coords).sum(dim=-1)
+    centre = torch.stack([cx, cy], dim=-1)  # (B, T, 2), frame units, 0 = middle
+
+    def shifted(v: torch.Tensor, by: int) -> torch.Tensor:  # v[k - by], edge frames repeated
+        idx = (torch.arange(t, device=v.device) - by).clamp(0, t - 1)
+        return v[:, idx]
+
+    both = torch.minimum(present, shifted(present, 1))
+    velocity = (centre - shifted(centre, 1)) * both.unsqueeze(-1)
+    all3 = torch.minimum(both, shifted(present, -1))
+    acceleration = (shifted(centre, -1) - 2 * centre + shifted(centre, 1)) * all3.unsqueeze(-1)
+    change = (x - shifted(x, 1)).abs().sum(dim=2)  # (B, T, g, g)
+    w = fg * change
+    colour = (x * w.unsqueeze(2)).sum(dim=(3, 4)) / w.sum(dim=(2, 3)).unsqueeze(-1).clamp_min(1e-6)
+    colour_weight = (w.mean(dim=(2, 3)) / (w.mean(dim=(2, 3)) + 1e-3)).unsqueeze(-1)
+    onset = (mass - shifted(mass, 1)).clamp_min(0)
+    return torch.cat(
+        [
+            mass.sqrt().unsqueeze(-1) * 4,
+            onset.sqrt().unsqueeze(-1) * 8,
+            centre * present.unsqueeze(-1) * 2,
+            _signed_sqrt(velocity) * 4,
+            _signed_sqrt(acceleration) * 4,
+            acceleration.norm(dim=-1, keepdim=True).sqrt() * 6,
+            (colour - 0.5) * 2 * colour_weight,
+        ],
+        dim=-1,
+    )
 
 
 @functools.lru_cache(maxsize=65536)
