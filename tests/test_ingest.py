@@ -181,12 +181,33 @@ def test_reingest_of_another_folder_keeps_the_first(tmp_path):
     assert summary.ok == 2 and summary.rows == 2
 
 
-def test_hung_probe_is_stopped_and_reported(tmp_path):
-    clip = make_video(tmp_path / "a.mp4", seconds=0.3)
-    # a worker needs far more than 10 ms to start and import PyAV: the deadline always passes
-    rows = probe_all([str(clip.path)], IngestConfig(workers=1, timeout_s=0.01))
-    assert rows[0]["status"] == "error" and rows[0]["error_kind"] == "timeout"
-    assert "longer than" in rows[0]["error"]
+def test_hung_probe_is_killed_and_reported_and_the_next_file_is_probed(tmp_path, monkeypatch):
+    """The worker probing hang.mp4 really blocks (the DUB_TEST_PROBE_HANGS_ON seam of
+    workflows/ingest.py: it never answers, as a probe stuck on a stalled mount): at its deadline
+    that process is SIGKILLed and gone, the file gets a timeout row, and a fresh worker probes
+    the next file."""
+    import signal
+    import time
+
+    import workflows.ingest as ingest_module
+
+    ok, hang, after = (make_video(tmp_path / name, seconds=0.3).path for name in ("a.mp4", "hang.mp4", "z.mp4"))
+    monkeypatch.setenv(ingest_module.HANG_ENV, "hang.mp4")
+    workers = []
+    start_worker = ingest_module._Worker.__init__
+    monkeypatch.setattr(ingest_module._Worker, "__init__",
+                        lambda self: (start_worker(self), workers.append(self.proc))[0])
+    # the first file warms the worker up (interpreter + PyAV start), so only hang.mp4 meets the deadline
+    started = time.monotonic()
+    rows = probe_all([str(ok), str(hang), str(after)], IngestConfig(workers=1, timeout_s=3.0))
+    assert [r["status"] for r in rows] == ["ok", "error", "ok"]
+    assert rows[1]["error_kind"] == "timeout" and "longer than 3 s" in rows[1]["error"]
+    assert time.monotonic() - started >= 3.0
+    hung = workers[0]  # probed a.mp4, then blocked on hang.mp4
+    assert hung.returncode == -signal.SIGKILL, "the hung worker was not killed"
+    with pytest.raises(ProcessLookupError):
+        os.kill(hung.pid, 0)  # killed and reaped: no such process any more
+    assert len(workers) == 2 and workers[1].returncode == 0  # its replacement probed z.mp4 and was stopped
 
 
 def test_scan_filters_hidden_and_extensions_and_survives_loops(tmp_path):

@@ -188,13 +188,22 @@ def _directory_row(path: Path) -> dict:
 _PROJECT_ROOT = str(Path(__file__).resolve().parents[1])
 
 
+# Test seam: a probe worker given a file of this name never answers, as a probe stuck on a stalled
+# disk or network mount does (a real hang cannot be made on demand). Unset in normal use.
+HANG_ENV = "DUB_TEST_PROBE_HANGS_ON"
+
+
 def _worker_stdio() -> None:
     """Child side: read {"key", "path", ...} lines, answer {"key", "row"} lines."""
     import json
     import sys
 
+    hang_on = os.environ.get(HANG_ENV)
     for line in sys.stdin:
         task = json.loads(line)
+        if hang_on and os.path.basename(task["path"]) == hang_on:
+            while True:
+                time.sleep(3600)
         row = probe_file(task["path"], task["threshold_db"], task["scan_s"])
         sys.stdout.write(json.dumps({"key": task["key"], "row": row}) + "\n")
         sys.stdout.flush()
