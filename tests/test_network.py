@@ -33,6 +33,8 @@ TINY_2S = NETWORK_PRESETS["tiny"].with_duration(2.0)
 
 
 def assert_close_to_reference(name: str, out: torch.Tensor, ref: torch.Tensor) -> None:
+    """The acceptance bound published with the fixtures (their README): our float32 forward
+    against MMAudio's own float32 CPU run, 1e-4 relative to the output's scale (at least 1)."""
     assert out.shape == ref.shape, f"{name}: shape {tuple(out.shape)} != reference {tuple(ref.shape)}"
     err = (out.detach().float() - ref).abs().max().item()
     tol = 1e-4 * max(1.0, ref.abs().max().item())
@@ -94,6 +96,7 @@ def compute_fixture_outputs(model: MFMJT, io: dict[str, torch.Tensor], sampler: 
 
 
 @require(PYTEST_HAS_SUBTESTS, reason="the subtests fixture needs pytest >= 9 (the test extra pins it)")
+@pytest.mark.conformance
 def test_conformance_network(network_fixture, fixture_model, subtests):
     _, _, sampler, io = network_fixture
     assert sampler["method"] == "euler" and sampler.get("min_sigma", 0.0) == 0.0
@@ -108,6 +111,7 @@ def test_conformance_network(network_fixture, fixture_model, subtests):
             assert_close_to_reference(name, outputs[name], io[name])
 
 
+@pytest.mark.conformance
 def test_mmaudio_key_set_without_mean_flow(network_fixture):
     """With mean_flow=False the state dict is exactly MMAudio's (names and shapes)."""
     root, config, _, _ = network_fixture
@@ -128,6 +132,7 @@ def test_mmaudio_key_set_without_mean_flow(network_fixture):
 # --------------------------------------------------------------------- interval embedding
 
 
+@pytest.mark.conformance
 def test_interval_embedding_starts_as_mmaudio_velocity(network_fixture):
     root, config, _, io = network_fixture
     model = load_network(root / "weights.safetensors", config=config)
@@ -137,6 +142,8 @@ def test_interval_embedding_starts_as_mmaudio_velocity(network_fixture):
         base = model.predict_flow(latent, t, cond)
         assert_close_to_reference("flow_cond", base, io["flow_cond"])
         for s in (t, t + 0.25 * (1 - t), torch.ones_like(t), 1.0):
+            # the interval embedding's output layer starts at zero: it adds exact zeros (x + 0 is
+            # x) and everything else runs the same kernels in the same order: bit-identical
             assert torch.equal(model.predict_flow(latent, t, cond, s=s), base)
 
         torch.nn.init.normal_(model.interval_embed.mlp[2].weight, std=0.5, generator=torch.Generator().manual_seed(0))
@@ -153,6 +160,7 @@ def test_plain_flow_network_ignores_s():
     latent = torch.randn(2, config.latent_seq_len, config.latent_dim, generator=torch.Generator().manual_seed(3))
     with torch.no_grad():
         cond = model.preprocess_conditions(**feats)
+        # without the interval embedding s is never read: the same computation, bit for bit
         assert torch.equal(model.predict_flow(latent, 0.3, cond, s=0.9), model.predict_flow(latent, 0.3, cond))
 
 
@@ -206,10 +214,12 @@ def test_derived_buffers_in_checkpoint_are_ignored(network_fixture, fixture_weig
     fixture_weights["clip_rot"] = torch.zeros(3)
     fixture_weights["t_embed.freqs"] = torch.zeros(3)
     model = load_network(fixture_weights, config=config)
+    # recomputed by the same functions from the same config: bit-identical
     assert torch.equal(model.latent_rot, fixture_model.latent_rot)
     assert torch.equal(model.t_embed.freqs, fixture_model.t_embed.freqs)
 
 
+@pytest.mark.conformance
 def test_pth_state_dict_loads_weights_only(tmp_path, network_fixture, fixture_weights):
     _, config, _, io = network_fixture
     path = tmp_path / "mmaudio_like.pth"
@@ -267,6 +277,7 @@ def test_safetensors_round_trip_is_bit_identical(tmp_path, fixture_model, networ
                 for net in (model, loaded):
                     cond = net.preprocess_conditions(io["clip_f"], io["sync_f"], io["text_f"])
                     outs.append(net.predict_flow(io["latent"], io["t"], cond, s=net_s))
+                # the same bits in every weight, the same kernels: bit-identical outputs
                 assert torch.equal(outs[0], outs[1])
     finally:
         model.interval_embed.load_state_dict(saved)
@@ -291,9 +302,11 @@ def test_v2_tiny_round_trips_through_save_infer_load(tmp_path):
         ref = model(latent, t, s, **feats)
         for loaded in (load_network(state_dict, duration_s=2.0), load_network(path), load_checkpoint(path)[0]):
             assert loaded.config == config
+            # safetensors keeps every bit of every weight; same code and inputs: bit-identical
             assert torch.equal(loaded(latent, t, s, **feats), ref)
 
 
+@pytest.mark.conformance
 def test_infer_config_from_mmaudio_layout(fixture_weights, network_fixture):
     config = network_fixture[1]
     inferred = infer_network_config(fixture_weights)
@@ -321,6 +334,7 @@ def test_preset_parameter_counts(preset, reference):
         with torch.device("meta"):
             model = MFMJT(dataclasses.replace(config, mean_flow=mean_flow))
         count = sum(p.numel() for p in model.parameters())
+        # the published counts have 3-4 significant digits; the interval MLP adds ~0.5%
         assert abs(count - reference) / reference < 0.01, f"{preset}: {count / 1e6:.2f} M parameters"
 
 
@@ -369,7 +383,7 @@ def test_ten_second_tiny_network_runs():
     assert (config.latent_seq_len, config.clip_seq_len, config.sync_seq_len) == (313, 80, 240)
     model = random_tiny_network(config, seed=21)
     assert model.latent_rot.shape == (1, 313, config.head_dim // 2, 2, 2)
-    assert torch.equal(
+    assert torch.equal(  # the network's buffer is this call's result: bit-identical
         model.clip_rot, rope_rotations(80, config.head_dim, freq_scaling=313 / 80)
     )
     feats = random_features(config, 2, seed=22)
@@ -391,7 +405,9 @@ def test_negative_prompt_replaces_empty_text():
         plain = model.empty_conditions(3)
         neg = model.empty_conditions(3, text_f=negative)
         direct = model.preprocess_conditions(*model.empty_feature_sequences(3)[:2], negative)
-    assert torch.equal(plain.clip_f, neg.clip_f)
+    assert torch.equal(plain.clip_f, neg.clip_f)  # the negative prompt touches text only: same computation
+    # a batch of 1 broadcast against a batch of 3: GEMM blocking may differ, float32 rounding of
+    # order-1 values (torch's float32 defaults: rtol 1.3e-6 ~ 22u, atol 1e-5)
     torch.testing.assert_close(neg.text_f_c, direct.text_f_c)
     assert (neg.text_f_c[0] - neg.text_f_c[1]).abs().max() > 1e-4
     assert (neg.text_f_c - plain.text_f_c).abs().max() > 1e-4
@@ -401,6 +417,7 @@ def test_half_precision_cast_keeps_float32_tables():
     config = TINY_2S
     model = random_tiny_network(config, seed=41).to(torch.bfloat16)
     assert model.latent_rot.dtype == torch.float32 and model.t_embed.freqs.dtype == torch.float32
+    # the tables stay float32 under .to(bfloat16) and are this call's result: bit-identical
     assert torch.equal(model.latent_rot, rope_rotations(config.latent_seq_len, config.head_dim))
     feats = random_features(config, 1, seed=42, dtype=torch.bfloat16)
     latent = torch.randn(1, config.latent_seq_len, config.latent_dim).to(torch.bfloat16)
@@ -436,8 +453,18 @@ def test_jvp_under_math_sdpa_matches_finite_difference():
         h = 1e-5
         finite = (u(z + h * dz, t + h * dt, s + h * ds) - u(z - h * dz, t - h * dt, s - h * ds)) / (2 * h)
         plain = u(z, t, s)
-    assert torch.equal(value, plain)
+    # value is the JVP's primal: the same float64 forward as `plain`, but forward-mode AD may run
+    # other kernels or decompositions in another order, so bit equality is not promised. Each is
+    # within ~L sqrt(n) u64 max|u| of exact arithmetic (independent roundings of an n-term dot
+    # product grow like sqrt(n)): L ~ 20 sequential layers (input projections, 2 blocks of ~7,
+    # the final layer), n <= 1792 (the k=7 ConvMLP's 256 x 7 terms), u64 = 2^-53. (A float32 run
+    # of this network lands 17 u32 max|u| from the float64 one: amplification 17, far below 840.)
+    torch.testing.assert_close(value, plain, rtol=0, atol=2 * 20 * 1792**0.5 * 2**-53 * plain.abs().max().item())
     assert tangent.abs().max() > 1e-3
+    # Central differences, h = 1e-5: truncation h^2 |u'''| / 6 and rounding u64 |u| / h ~ 5e-11;
+    # measured 5.5e-9 against a tangent of scale 8, the 1e-7 x scale leaves 100-fold room. h is
+    # this small because SELU (input projections) has a kink at 0: with h = 1e-4 some of the
+    # 8064 pre-activations cross it and the quotient is off by 0.05; at 1e-5 none does (seeded).
     torch.testing.assert_close(tangent, finite, rtol=1e-6, atol=1e-7 * finite.abs().max().item())
 
 
@@ -455,6 +482,8 @@ def test_channel_last_conv_as_one_matmul_equals_the_convolution(in_ch, out_ch, k
     def as_conv(x_):
         return torch.nn.functional.conv1d(x_.transpose(1, 2), conv.weight, conv.bias, padding=kernel // 2).transpose(1, 2)
 
+    # float64 sums of at most in_ch x kernel = 35 products, in two orders: each within
+    # 35 u64 sum|w x| (< 10 here) of exact, ~8e-14 apart at worst
     with torch.no_grad():
         torch.testing.assert_close(conv(x), as_conv(x), rtol=1e-12, atol=1e-12)
         got = torch.func.jvp(conv, (x,), (dx,))
