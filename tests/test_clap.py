@@ -49,6 +49,9 @@ def fixture_signal(length: int, index: int) -> np.ndarray:
 
 def waves() -> list[np.ndarray]:
     out = [fixture_signal(n, i) for i, n in enumerate(REF["audio"]["lengths"])]
+    # The same float32 samples as the fixture's: float64 sums in another order differ by
+    # ~log2(n) u64 sum|w| (1e-9 relative is plenty; abs 1e-6 for the near-zero signed sum), and
+    # the float64 sines of two libms differ by an ulp that float32 rounding almost never sees
     for w, s, a, first in zip(out, REF["audio"]["sums"], REF["audio"]["abs_sums"], REF["audio"]["first"]):
         assert np.sum(w, dtype=np.float64) == pytest.approx(s, rel=1e-9, abs=1e-6)
         assert np.sum(np.abs(w), dtype=np.float64) == pytest.approx(a, rel=1e-9)
@@ -57,6 +60,11 @@ def waves() -> list[np.ndarray]:
 
 
 def close(ours, ref) -> None:
+    """max|ours - ref| <= 1e-4 max(1, max|ref|): the acceptance bound the MMAudio fixtures publish,
+    kept for every publisher fixture. Our float32 forwards (other code, other summation orders)
+    use under 1% of it: 6e-7 on the order-1 embeddings, 8e-5 dB on log mels whose scale is
+    100 dB (the floor, amin 1e-10; the STFT's rounding, largest relative to quiet bins, is
+    4.34 dB x that relative error). A wrong layout, window or formula moves them by > 1e-2."""
     ours, ref = np.asarray(ours, dtype=np.float64), np.asarray(ref, dtype=np.float64)
     assert ours.shape == ref.shape
     np.testing.assert_allclose(ours, ref, rtol=0, atol=1e-4 * max(1.0, float(np.abs(ref).max())))
@@ -99,6 +107,7 @@ def test_byte_table_is_a_bijection_onto_printable_characters():
     assert table[ord("A")] == "A" and table[ord(" ")] == "\u0120"  # 'Ġ', as in RoBERTa's vocab
 
 
+@pytest.mark.conformance
 def test_tokenizer_matches_roberta_tokenizer():
     tok = ByteLevelBPETokenizer(VOCAB, MERGES, max_length=77)
     for text, pieces in zip(REF["texts"], REF["tokens"]):
@@ -119,6 +128,7 @@ def test_tokenizer_rejects_a_vocabulary_without_roberta_specials(tmp_path):
 # ----------------------------------------------------------------------------- layout
 
 
+@pytest.mark.conformance
 def test_full_size_model_has_the_publisher_keys_and_shapes():
     listing = json.loads((FIXTURE / "htsat_base_keys.json").read_text(encoding="utf-8"))
     with torch.device("meta"):
@@ -141,6 +151,7 @@ def test_preset_sizes():
 # ----------------------------------------------------------------------------- conformance
 
 
+@pytest.mark.conformance
 def test_front_end_and_branches_match_the_reference(scorer):
     model = scorer.model
     clip0 = torch.from_numpy(prepare_clap_audio(waves()[0], preprocess=RAW))[None]
@@ -152,32 +163,42 @@ def test_front_end_and_branches_match_the_reference(scorer):
         close(model.text_branch(ids, mask)[1], REF["pooled_first_two"])
 
 
+@pytest.mark.conformance
 def test_text_embeddings_match_the_reference(scorer):
     emb = scorer.text_embeddings(REF["texts"])
     assert emb.shape == (len(REF["texts"]), REF["config"]["joint_dim"]) and emb.dtype == np.float32
     close(emb, REF["text_embedding"])
+    # normalised in float32: the norm of joint_dim terms rounds by ~joint_dim u (measured 6e-8)
     np.testing.assert_allclose(np.linalg.norm(emb, axis=1), 1.0, atol=1e-5)
 
 
+@pytest.mark.conformance
 def test_audio_embeddings_match_the_reference(scorer):
     close(scorer.audio_embeddings(waves()), REF["audio_embedding"])
 
 
+@pytest.mark.conformance
 def test_quantized_audio_embeddings_match_the_numpy_path_of_the_hook(scorer):
     quantizing = type(scorer)(scorer.model, scorer.tokenizer, "cpu", ClapPreprocess(False, None, True))
     wavs = waves()[:2]
     ours = quantizing.audio_embeddings(wavs)
     close(ours, REF["audio_embedding_quantized"][:2])
-    assert not np.allclose(ours, scorer.audio_embeddings(wavs), atol=1e-7)  # the round trip is not a no-op
+    # the int16 round trip is not a no-op: it moves samples by up to 2^-16, embeddings far beyond
+    # float32 rounding (1e-7)
+    assert not np.allclose(ours, scorer.audio_embeddings(wavs), atol=1e-7)
 
 
+@pytest.mark.conformance
 def test_clap_score_equals_independent_cosine(scorer):
     texts, wavs = REF["texts"][:5], waves()
     got = scorer.scores(texts, wavs)
     t = torch.tensor(REF["text_embedding"][:5], dtype=torch.float64)
     a = torch.tensor(REF["audio_embedding"], dtype=torch.float64)
     expected = torch.cosine_similarity(t, a, dim=-1).numpy()  # av-benchmark's formula on the reference's embeddings
+    # our unit embeddings are each within close()'s 1e-4 of the reference's: a cosine of two
+    # moves by at most the sum, 2e-4
     np.testing.assert_allclose(got, expected, atol=2e-4)
+    # the same float64 inputs, another order of a 16-term dot product and norms: ~1e-15 apart
     np.testing.assert_allclose(clap_score(REF["text_embedding"][:5], REF["audio_embedding"]), expected, atol=1e-12)
     with pytest.raises(ValueError, match="texts for"):
         scorer.scores(texts[:2], wavs)
@@ -187,6 +208,7 @@ def test_clap_score_equals_independent_cosine(scorer):
 
 
 @pytest.mark.parametrize("suffix", [".pth", ".safetensors"])
+@pytest.mark.conformance
 def test_publisher_layout_loads_strictly_from_file(tmp_path, suffix):
     config = tiny_config()
     ckpt = publisher_checkpoint(config)
@@ -230,6 +252,7 @@ def test_mismatched_checkpoint_is_refused_with_the_keys_named():
 
 def test_repeat_pad_crop_and_av_benchmark_cuts():
     x = np.arange(1, 4, dtype=np.float32)  # 3 samples into 10
+    # tiling, cutting and padding copy samples: exact; the mean of 1, 2, 3 is exact in float32 too
     np.testing.assert_array_equal(prepare_clap_audio(x, 10, preprocess=RAW), [1, 2, 3, 1, 2, 3, 1, 2, 3, 0])
     np.testing.assert_array_equal(prepare_clap_audio(np.arange(12.0), 10, preprocess=RAW), np.arange(10.0))
     centred = prepare_clap_audio(x, 10, preprocess=ClapPreprocess(remove_mean=True, max_seconds=None))
@@ -239,6 +262,7 @@ def test_repeat_pad_crop_and_av_benchmark_cuts():
     np.testing.assert_array_equal(cut, [1, 1, 1, 1, 1, 1, 1, 1, 0, 0])  # 4 samples, tiled twice, padded
     q = prepare_clap_audio(np.array([0.5, -2.0, 1e-5], np.float32), 3,
                            preprocess=ClapPreprocess(remove_mean=False, max_seconds=None, quantize=True))
+    # float32 results against float64 fractions: numpy's default rtol 1e-7 (~1.7 u32)
     np.testing.assert_allclose(q, [16383 / 32767, -1.0, 0.0])
     assert prepare_clap_audio(x, 10).dtype == np.float32
     with pytest.raises(ValueError, match="empty"):
