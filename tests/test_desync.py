@@ -42,6 +42,9 @@ PREFIXES = {"vfeat_extractor", "afeat_extractor", "vproj", "aproj", "transformer
 
 
 def assert_conforms(out: torch.Tensor, ref: torch.Tensor, name: str) -> None:
+    """max|out - ref| <= 1e-4 max(1, max|ref|): the acceptance bound of every publisher fixture
+    here (the MMAudio fixtures publish it). Our float32 forwards (other code, other orders) use
+    0.2-0.5% of it; the AST log mel 5%, the STFT's rounding being large relative to quiet bins."""
     assert out.shape == ref.shape, f"{name}: shape {tuple(out.shape)} != {tuple(ref.shape)}"
     err = (out.float() - ref.float()).abs().max().item()
     bound = 1e-4 * max(1.0, ref.abs().max().item())
@@ -71,6 +74,7 @@ def random_tiny(seed: int = 0) -> FullSynchformer:
 # ----------------------------------------------------------------------------- conformance
 
 
+@pytest.mark.conformance
 def test_fixture_config_is_the_tiny_config():
     meta = json.loads((FIXTURE / "config.json").read_text())
     v, a, h = TINY.visual, TINY.audio, TINY.head
@@ -86,6 +90,7 @@ def test_fixture_config_is_the_tiny_config():
     assert {k.split(".")[0] for k in meta["keys"]} == PREFIXES
 
 
+@pytest.mark.conformance
 def test_audio_front_end_matches_torchaudio_melspectrogram(fixture_io):
     """wav -> the AST input exactly as av-benchmark's encode_audio_with_sync makes it."""
     wav = fixture_io["wav"]  # (1, 21480): 3 segments, the last 1000 samples unused
@@ -97,10 +102,13 @@ def test_audio_front_end_matches_torchaudio_melspectrogram(fixture_io):
 def test_mel_filterbank_is_torchaudios():
     torchaudio = require_module("torchaudio")
     ref = torchaudio.functional.melscale_fbanks(513, 0.0, 8000.0, 128, 16000, norm=None, mel_scale="htk")
-    # torchaudio builds the triangles in float32 (corner frequencies up to 8 kHz), ours in float64
+    # torchaudio builds the triangles in float32 (corner frequencies up to 8 kHz), ours in float64:
+    # mel values up to 2840 round by ~1.2e-4 (half an ulp), over a band spacing of ~22 mel that
+    # is ~1e-5 of a weight (at most 1); measured 1.3e-5
     assert np.abs(mel_filterbank() - ref.numpy()).max() < 5e-5
 
 
+@pytest.mark.conformance
 def test_conformance_audio_video_features(fixture_model, fixture_io):
     model = fixture_model
     assert_conforms(model.audio_segments_features(fixture_io["wav"]), fixture_io["afeat"], "afeat")
@@ -115,6 +123,7 @@ def test_conformance_audio_video_features(fixture_model, fixture_io):
                     "vfeat subset")
 
 
+@pytest.mark.conformance
 def test_conformance_offset_head_and_desync(fixture_model, fixture_io):
     """The 24-segment (8 s) features cut as av_bench/evaluate.py does: [:, :14] and [:, -14:]."""
     vis, aud = fixture_io["vis24"], fixture_io["aud24"]
@@ -122,12 +131,14 @@ def test_conformance_offset_head_and_desync(fixture_model, fixture_io):
     last = fixture_model.offset_logits(vis[:, -14:], aud[:, -14:])
     assert_conforms(first, fixture_io["logits_first"], "logits first 14")
     assert_conforms(last, fixture_io["logits_last"], "logits last 14")
+    # argmax of logits whose top two are >= 0.55 apart (far beyond the tolerance): the same grid
+    # points, ours float64, the fixture's float32 (|offset| <= 2: 1.2e-7 apart)
     offsets_first = OFFSET_GRID_S[first.argmax(-1).numpy()]
     offsets_last = OFFSET_GRID_S[last.argmax(-1).numpy()]
     np.testing.assert_allclose(offsets_first, fixture_io["offsets_first"].numpy(), atol=1e-6)
     np.testing.assert_allclose(offsets_last, fixture_io["offsets_last"].numpy(), atol=1e-6)
     assert not np.array_equal(offsets_first, offsets_last)  # the fixture tells the two windows apart
-    ours = desync_score(list(offsets_first) + list(offsets_last))
+    ours = desync_score(list(offsets_first) + list(offsets_last))  # float64 against the fixture's float32
     assert ours == pytest.approx(fixture_io["desync"].item(), abs=1e-6)
 
 
@@ -164,6 +175,7 @@ def test_strict_load_from_pth_and_safetensors(tmp_path, fixture_io):
     expected = model.offset_logits(vis, aud)
     for name in ("synchformer_state_dict.pth", "synchformer.safetensors"):
         loaded = load_full_synchformer(tmp_path / name, config=TINY)
+        # both files keep every bit; same weights, same code, same inputs: bit-identical
         assert torch.equal(loaded.offset_logits(vis, aud), expected), name
         wav = fixture_io["wav"]
         assert torch.equal(loaded.audio_segments_features(wav), model.audio_segments_features(wav)), name
@@ -201,6 +213,7 @@ def test_segment_windows_follow_av_benchmark():
     # the last window ends on the 0.32 s segment grid, not at the clip's end
     assert desync_windows(8.1) == [(0.0, 4.8), (3.2, 8.0)]
     assert num_video_segments(15) == 0 and num_audio_segments(10239) == 0
+    # decimal fractions in binary floating point: approx absorbs 0.3's representation error
     assert desync_score([-0.4, 0.2]) == pytest.approx(0.3) and np.isnan(desync_score([]))
 
 
@@ -251,6 +264,7 @@ def test_clip_offsets_end_to_end_from_a_video_file(tmp_path):
     clip = write_clip(tmp_path / "clip.mp4", frames)
 
     offsets = predictor.clip_offsets(str(clip), wav)
+    # grid points (isclose: the offsets may come back as float32), and their mean in another order
     assert len(offsets) == 2 and all(np.isclose(OFFSET_GRID_S, o).any() for o in offsets)
     assert desync_score(offsets) == pytest.approx(np.mean(np.abs(offsets)))
     # the same file, cut to 4.8 s as av-benchmark's --audio_length does: 14 segments, one window twice
