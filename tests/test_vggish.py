@@ -61,6 +61,7 @@ def test_random_torchvggish_state_dict_loads_strictly(tmp_path):
     outputs = []
     for name in ("tiny.pth", "tiny.safetensors"):
         model = load_vggish(tmp_path / name, TINY)
+        # both files keep every bit: same weights, same code, bit-identical outputs below
         assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
         with torch.no_grad():
             outputs.append(model(examples))
@@ -68,9 +69,11 @@ def test_random_torchvggish_state_dict_loads_strictly(tmp_path):
     assert (outputs[0] < 0).any()  # raw embeddings: no ReLU on the last layer (av-benchmark)
     with torch.no_grad():  # torchvggish flattens (N, C, H, W) via transpose(1, 3), transpose(1, 2)
         conv = model.features(examples[:, None]).transpose(1, 3).transpose(1, 2).reshape(3, -1)
+        # the same numbers in another memory layout: the GEMMs may block otherwise, float32
+        # rounding of 192- and 32-term dot products of order-1 values (~sqrt(n) u): 1e-6 + 1e-5|x|
         assert torch.allclose(model.embeddings(conv), outputs[0], atol=1e-6)
     relu = VGGishConfig(channels=TINY.channels, hidden=TINY.hidden, final_relu=True)
-    with torch.no_grad():
+    with torch.no_grad():  # the same pre-activations, then max(x, 0) either way: bit-identical
         assert torch.equal(load_vggish(tmp_path / "tiny.pth", relu)(examples), outputs[0].clamp(min=0))
 
 
@@ -128,6 +131,8 @@ def test_log_mel_frames_are_uncentred_periodic_hann_magnitudes():
     k = 37
     window = np.hanning(401)[:-1]  # the periodic Hann of length 400
     magnitude = np.abs(np.fft.rfft(wav[k * 160: k * 160 + 400] * window, 512))
+    # float64 both ways: two FFTs' rounding (~60 u64 ||X||, ||X|| ~ 45 here) moves a band by
+    # ~3e-13, which the + 0.01 floor turns into at most ~3e-11 of its log
     np.testing.assert_allclose(log_mel[k], np.log(magnitude @ htk_mel_matrix() + 0.01), rtol=1e-9, atol=1e-9)
 
 
@@ -155,7 +160,8 @@ def test_backend_embeds_every_example_of_every_clip(tmp_path):
     assert feats.embeddings.shape == (6, 128) and feats.embeddings.dtype == np.float64
     assert feats.logits is None and backend.info.comparable and backend.info.sample_rate == SAMPLE_RATE
     alone = backend.features([noise(0.3, seed=8)]).embeddings
-    np.testing.assert_allclose(feats.embeddings[5:], alone, rtol=1e-5, atol=1e-6)  # batching changes nothing
+    # batching changes nothing but the float32 GEMMs' blocking: ~sqrt(n) u per layer, order-1 values
+    np.testing.assert_allclose(feats.embeddings[5:], alone, rtol=1e-5, atol=1e-6)
     assert not np.allclose(feats.embeddings[0], feats.embeddings[1])
 
 
@@ -179,7 +185,7 @@ def test_build_backend_loads_the_registry_file_as_downloaded_or_imported(tmp_pat
         del backend
     assert results[0].shape == (3, 128) and np.all(np.isfinite(results[0]))
     assert results[0].std(axis=0).max() > 0
-    np.testing.assert_array_equal(results[0], results[1])
+    np.testing.assert_array_equal(results[0], results[1])  # the same bits loaded, the same code
 
 
 def test_build_backend_without_weights_names_the_file(tmp_path):
