@@ -49,6 +49,7 @@ needs_open_clip = require(HAVE_OPEN_CLIP, reason="open_clip_torch is not install
 
 
 def assert_conforms(out: torch.Tensor, ref: torch.Tensor, name: str) -> None:
+    """The MMAudio fixture README's acceptance bound: max|out - ref| <= 1e-4 max(1, max|ref|)."""
     assert out.shape == ref.shape, f"{name}: shape {tuple(out.shape)} != {tuple(ref.shape)}"
     err = (out - ref).abs().max().item()
     bound = 1e-4 * max(1.0, ref.abs().max().item())
@@ -83,6 +84,7 @@ def random_frames(*shape: int, seed: int = 0) -> torch.Tensor:
 # --- Synchformer -------------------------------------------------------------------------------
 
 
+@pytest.mark.conformance
 def test_conformance_synchformer(sync_fixture):
     config, weights, io = sync_fixture
     fixture_input = json.loads((weights.parent / "config.json").read_text())["input"]
@@ -135,6 +137,8 @@ def test_tubelet_embed_is_the_3d_convolution():
             tokens, thw = tubelet_embed(frames, conv)
             expected = conv(frames)
             assert thw == tuple(expected.shape[2:])
+            # float64 dot products of 3 x 2 x 16 x 16 = 1536 terms in two orders: independent
+            # roundings ~sqrt(1536) u64 sum|w x| (sum|w x| ~ 20) ~ 1e-13 apart
             torch.testing.assert_close(tokens, expected.flatten(2).transpose(1, 2), rtol=1e-12, atol=1e-12)
 
 
@@ -148,6 +152,7 @@ def test_synchformer_rejects_frames_of_another_size(sync_fixture):
         segment_frames(torch.zeros(1, 15, 3, 8, 8))
 
 
+@pytest.mark.conformance
 def test_load_synchformer_reports_bad_checkpoints(sync_fixture, tmp_path):
     config, weights, io = sync_fixture
     state = load_file(str(weights))
@@ -204,6 +209,7 @@ def test_resize_matches_torchvision():
     images = random_frames(3, 3, 30, 45)
     for size in ((16, 16), (64, 40)):
         expected = tv.resize(images, list(size), interpolation=InterpolationMode.BICUBIC, antialias=True)
+        # on the CPU both run ATen's native uint8 bicubic kernel (integer arithmetic): bit-identical
         assert torch.equal(resize_uint8(images, size), expected)
 
     frames = random_frames(1, 2, 30, 45, 3)
@@ -211,6 +217,7 @@ def test_resize_matches_torchvision():
         tv.resize(frames[0].permute(0, 3, 1, 2), [24], interpolation=InterpolationMode.BICUBIC), [24]
     )
     got = sync_pixels(frames, 24, torch.device("cpu"))[0]
+    # the same uint8 pixels through the same formula: equal, within allclose's defaults a fortiori
     assert torch.allclose(got, (expected.float() / 255 - 0.5) / 0.5)
 
 
@@ -227,6 +234,7 @@ def test_released_clip_architecture_takes_384px_frames():
 
 @needs_open_clip
 @pytest.mark.parametrize("layers", [1, 3])
+@pytest.mark.conformance
 def test_clip_image_features_are_unit_norm_and_match_open_clip(layers):
     torch.manual_seed(0)
     model = build_clip_model(tiny_model_cfg(vision_layers=layers))
@@ -237,6 +245,7 @@ def test_clip_image_features_are_unit_norm_and_match_open_clip(layers):
     frames = random_frames(2, 3, 40, 50, 3)
     features = encoder.image_features(frames)
     assert features.shape == (2, 3, encoder.image_dim) and features.dtype == torch.float32
+    # L2-normalised in float32: the norm rounds by ~sqrt(dim) u
     assert torch.allclose(features.norm(dim=-1), torch.ones(2, 3), atol=1e-5)
     assert not torch.allclose(features[0, 0], features[0, 1])
 
@@ -249,20 +258,25 @@ def test_clip_image_features_are_unit_norm_and_match_open_clip(layers):
     pixels = tv.normalize(images.float() / 255, list(OPENAI_MEAN), list(OPENAI_STD))
     with torch.no_grad():
         expected = reference.encode_image(pixels, normalize=True).view(2, 3, -1)
+    # unit vectors, float32: our last block runs the class token alone, open_clip's all tokens,
+    # so the GEMMs differ in shape and blocking (~sqrt(n) u per layer, a few layers): 1e-5 + 1e-5|x|
     assert torch.allclose(features, expected, atol=1e-5)
-    # Batching the frames does not change them.
+    # Batching the frames does not change them beyond float32 rounding of another GEMM blocking
     assert torch.allclose(encoder.image_features(frames, batch_size=4), features, atol=1e-6)
 
 
 @needs_open_clip
+@pytest.mark.conformance
 def test_clip_text_features_are_per_token_hidden_states():
     encoder = tiny_clip()
     prompts = ["a dog barking in the rain", "glass breaking on a tiled floor"]
     features = encoder.text_features(prompts)
     assert features.shape == (2, 77, encoder.text_dim)
-    assert torch.allclose(features.norm(dim=-1), torch.ones(2, 77), atol=1e-5)
+    assert torch.allclose(features.norm(dim=-1), torch.ones(2, 77), atol=1e-5)  # float32 L2 norm
     assert (features[0] - features[1]).abs().max() > 1e-2
-    assert torch.equal(encoder.text_features(prompts[:1]), features[:1])
+    # a batch of one against a batch of two: the GEMMs may block otherwise (no bit equality
+    # promised), float32 rounding of unit vectors, as for the image batching above
+    assert torch.allclose(encoder.text_features(prompts[:1]), features[:1], atol=1e-6)
 
     # open_clip's pooled text embedding is the end-of-text token's hidden state, projected: the same
     # hidden states (before our L2 norm) must reproduce it.
@@ -273,8 +287,11 @@ def test_clip_text_features_are_per_token_hidden_states():
             model.transformer(model.token_embedding(tokens) + model.positional_embedding, attn_mask=model.attn_mask)
         )
         pooled = model.encode_text(tokens, normalize=True)
+    # the same modules in the same order (ours under the encoder's autocast context, a no-op for
+    # float32 on the CPU): float32 rounding at most, unit vectors
     assert torch.allclose(torch.nn.functional.normalize(hidden, dim=-1), features, atol=1e-6)
     eot = hidden[torch.arange(2), tokens.argmax(dim=-1)]
+    # open_clip projects inside encode_text with its own GEMM shapes: float32, unit vectors
     assert torch.allclose(torch.nn.functional.normalize(eot @ model.text_projection, dim=-1), pooled, atol=1e-5)
     with pytest.raises(TypeError):
         encoder.text_features("one string")
@@ -295,6 +312,7 @@ def test_clip_weights_load_back_from_local_safetensors(tmp_path):
         load_clip_encoder(folder),
         load_clip_encoder(folder / "open_clip_model.safetensors", model_cfg=cfg),
     ):
+        # the file keeps every bit: same weights, same code, same inputs, bit-identical
         assert torch.equal(loaded.image_features(frames), original.image_features(frames))
         assert torch.equal(loaded.text_features(prompts), original.text_features(prompts))
 
@@ -342,6 +360,7 @@ def test_sync_features_resize_frames_of_another_size():
     # Same as resizing first: short side to `size`, centre crop, then [-1, 1].
     expected = synchformer_features(encoders.synchformer, sync_pixels(frames, size, torch.device("cpu")))
     assert features.shape == (1, 16, encoders.sync_dim)
+    # sync_features runs exactly this (same pixels, same batches, same kernels): bit-identical
     assert torch.equal(features, expected)
     with pytest.raises(TypeError, match="uint8"):
         encoders.sync_features(frames.float())
