@@ -17,7 +17,7 @@ from model.checkpoint import load_checkpoint, load_state_dict_file, save_checkpo
 from model.config import get_preset
 from model.meanflow import MeanFlowConfig
 from model.network import MFMJT
-from tests.train_helpers import SHAPES, TINY_ARCHITECTURE, write_synthetic_shards
+from tests.train_helpers import SHAPES, SHAPES_8S, TINY_ARCHITECTURE, write_synthetic_shards
 from workflows.train.config import TrainConfig
 from workflows.train.data import ShardError, check_shards, collate, iter_samples, sample_stream, worker_share
 from workflows.train.loop import build_network, conditions, lr_factor
@@ -255,3 +255,30 @@ def test_relative_shard_paths_become_absolute_for_the_workers(shard_dir, monkeyp
     paths, directory = list_shards(shard_dir.name)
     assert paths and all(Path(p).is_absolute() and Path(p).exists() for p in paths)
     assert directory == str(shard_dir.resolve())
+
+
+def test_validation_manifest_evaluates_each_chosen_checkpoint(ray_session, tmp_path):
+    """--val-manifest/--sample-every, the quick form of test_extract.py's slow end-to-end test:
+    synthetic shards in the layout of the demo bundle's 8 s windows stand in for `dub extract`'s
+    (extract.json says they were resized "exact"), one 8 s foley-synth clip is the validation
+    set. Each chosen checkpoint generates it (`dub generate --checkpoint`, with the shards'
+    resize) and `dub report` scores it against the clip's own audio."""
+    from workflows.datasets.foley_synth import make_foley_synth
+    from workflows.ingest import IngestConfig, ingest
+
+    shards = tmp_path / "shards"
+    write_synthetic_shards(shards, samples=4, shard_size=2, shapes=SHAPES_8S, window_s=8.0, bundle="demo")
+    (shards / "extract.json").write_text(json.dumps({"identity": {"resize": "exact"}, "bundle": "demo"}))
+    make_foley_synth(tmp_path / "foley", seed=1, n_train=0, n_val=1, n_test=0, seconds=8.0, size=(64, 64))
+    ingest([tmp_path / "foley" / "val" / "audio"], tmp_path / "val.parquet", IngestConfig(workers=0))
+    result = run_train(TrainConfig(shards=str(shards), storage_path=str(tmp_path / "runs"), workers=1,
+                                   architecture={"hidden_dim": 32}, batch_size=2, steps=2, checkpoint_every=1,
+                                   log_every=1, warmup_steps=1, shuffle_buffer=2, stats_samples=4, sample_every=1,
+                                   val_manifest=str(tmp_path / "val.parquet")))
+    assert [e["step"] for e in result.evaluations] == [1, 2]
+    for evaluation in result.evaluations:
+        assert "error" not in evaluation, evaluation
+        assert evaluation["generate"]["done"] == 1 and "onset_ap_mean" in evaluation["summary"]
+        assert (Path(evaluation["dir"]) / "report" / "report.parquet").is_file()
+        run = json.loads((Path(evaluation["dir"]) / "generated" / "run.json").read_text())
+        assert run["config"]["resize"] == "exact" and run["config"]["checkpoint"] == evaluation["checkpoint"]
