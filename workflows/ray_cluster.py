@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import math
 import os
+from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Mapping
 
 # A decode task works through its input block one window at a time, streaming each window's
 # frames on as it goes; 128 windows of ~0.33 s CPU each keep a task under a minute, and 8 blocks
@@ -27,14 +30,32 @@ class ClusterResources:
         return "cuda" if self.gpus >= 1 else "cpu"
 
 
+class RayAuthError(ValueError):
+    """The cluster at --address wants an authentication token this machine does not have (or has
+    another one): a setting to fix, said in one line."""
+
+
 def connect(address: str | None = None, *, quiet: bool = True) -> ClusterResources:
-    """Join `address` (else RAY_ADDRESS) or start a local Ray; return what the cluster offers."""
+    """Join `address` (else RAY_ADDRESS) or start a local Ray; return what the cluster offers.
+
+    Token authentication (Ray 2.60+): a new local Ray turns it on and keeps its token in
+    ~/.ray/auth_token, and so does `ray start --head` once that file exists; but a client given an
+    address sends no token unless RAY_AUTH_MODE=token is set, and then retries for ~20 s before a
+    traceback. So joining an address with a token at hand (RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH or
+    ~/.ray/auth_token, where Ray looks) turns token mode on for this process, and a cluster that
+    still refuses us is a RayAuthError naming what to set. The embedded Ray keeps Ray's default
+    (token mode on), set explicitly so Ray does not warn that it chose it. RAY_AUTH_MODE set by the
+    user always wins."""
     import logging
 
-    import ray
-
-    if not ray.is_initialized():
+    if not _ray_initialized():
         address = address or os.environ.get("RAY_ADDRESS") or None
+        if address:
+            _prepare_token_auth(address, os.environ)
+        elif AUTH_MODE_VAR not in os.environ:
+            _set_auth_mode(os.environ, "token")
+        import ray
+
         kwargs = dict(include_dashboard=False, log_to_driver=not quiet, ignore_reinit_error=True,
                       logging_level=logging.WARNING if quiet else logging.INFO)
         if address:
@@ -47,6 +68,198 @@ def connect(address: str | None = None, *, quiet: bool = True) -> ClusterResourc
     if quiet:
         _quiet_ray_data_console()
     return resources()
+
+
+def _ray_initialized() -> bool:
+    import ray
+
+    return ray.is_initialized()
+
+
+AUTH_MODE_VAR = "RAY_AUTH_MODE"
+
+
+@dataclass(frozen=True)
+class AuthToken:
+    value: str
+    source: str  # where it was found, for messages
+
+
+def find_auth_token(environ: Mapping[str, str] | None = None, home: str | Path | None = None) -> AuthToken | None:
+    """The token a Ray client would send, looked up where Ray looks, in Ray's order: the
+    RAY_AUTH_TOKEN variable, the file RAY_AUTH_TOKEN_PATH names, ~/.ray/auth_token (whitespace
+    stripped; empty counts as none). A RAY_AUTH_TOKEN_PATH that cannot be read is a RayAuthError,
+    as it is for Ray."""
+    environ = os.environ if environ is None else environ
+    value = environ.get("RAY_AUTH_TOKEN", "").strip()
+    if value:
+        return AuthToken(value, "RAY_AUTH_TOKEN")
+    named = environ.get("RAY_AUTH_TOKEN_PATH")
+    if named:
+        value = _read_token(Path(named))
+        if not value:
+            raise RayAuthError(f"RAY_AUTH_TOKEN_PATH is {named}, but that file cannot be read or is empty: "
+                               "point it at a copy of the cluster's token (`ray get-auth-token` on the head node "
+                               "prints it), or unset it")
+        return AuthToken(value, f"RAY_AUTH_TOKEN_PATH ({named})")
+    default = Path(home if home is not None else Path.home()) / ".ray" / "auth_token"
+    value = _read_token(default)
+    return AuthToken(value, str(default)) if value else None
+
+
+def _read_token(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError):
+        return ""
+
+
+def _prepare_token_auth(address: str, environ) -> None:
+    """Before joining `address`: turn token mode on when a token is at hand and the user left
+    RAY_AUTH_MODE unset, then ask the cluster once whether it takes what Ray will send."""
+    token = find_auth_token(environ)
+    if AUTH_MODE_VAR not in environ and token is not None:
+        _set_auth_mode(environ, "token")
+    sends = token if environ.get(AUTH_MODE_VAR, "").lower() == "token" else None
+    if _gcs_refuses(address):
+        raise RayAuthError(_auth_advice(address, sends, environ.get(AUTH_MODE_VAR)))
+
+
+def _auth_advice(address: str, sent: AuthToken | None, mode: str | None) -> str:
+    remedy = ("set RAY_AUTH_TOKEN to the cluster's token (`ray get-auth-token` on its head node prints it) "
+              "or copy the head node's ~/.ray/auth_token to this machine")
+    if sent is not None:
+        return f"the Ray cluster at {address} refused the authentication token from {sent.source}; {remedy}"
+    if mode is not None and mode.lower() != "token":
+        return (f"the Ray cluster at {address} requires token authentication, but RAY_AUTH_MODE is {mode!r}; "
+                f"unset it or set RAY_AUTH_MODE=token, and {remedy}")
+    return f"the Ray cluster at {address} requires token authentication and no token was found here; {remedy}"
+
+
+def _set_auth_mode(environ, mode: str) -> None:
+    """Set RAY_AUTH_MODE for this process and the Ray processes it starts, and make an already
+    imported Ray read it again (Ray caches its config at import; Ray does the same when it turns
+    token mode on itself)."""
+    import sys
+
+    environ[AUTH_MODE_VAR] = mode
+    if environ is os.environ and "ray._raylet" in sys.modules:
+        sys.modules["ray._raylet"].Config.initialize("")
+
+
+def _gcs_refuses(address: str, connect_timeout_s: float = 5.0) -> bool:
+    """Whether the cluster's GCS at host:port turns this process away as unauthenticated: one
+    request with the token Ray will send (the one ray.init retries for ~20 s, printing a warning a
+    second, before its traceback). Anything else (an address that is not host:port, a cluster that
+    does not answer, a Ray without this client) is left for ray.init to report as it does."""
+    import socket
+
+    host, _, port = address.rpartition(":")
+    if "://" in address or not host or not port.isdigit():
+        return False
+    try:  # the GCS client waits 40 s for an address that does not answer; a TCP connect says at once
+        socket.create_connection((host.strip("[]"), int(port)), timeout=connect_timeout_s).close()
+    except OSError:
+        return False
+    try:
+        from ray._raylet import GcsClient
+        from ray.exceptions import AuthenticationError
+    except ImportError:  # pragma: no cover - another Ray layout: no pre-check
+        return False
+    with quiet_known_ray_lines(("InvalidAuthToken",)):  # Ray's warning before the exception: ours is the message
+        try:
+            GcsClient(address=address)
+        except AuthenticationError:
+            return True
+        except Exception:  # noqa: BLE001 - not an authentication problem: ray.init reports it
+            return False
+    return False
+
+
+# Lines Ray prints during every successful run that say nothing about the run, dropped from stderr
+# while a run executes (quiet_known_ray_lines). Ray Data always passes its actor wrapper the map
+# function as an object-store reference and asks for actor restarts, and Ray core logs that
+# combination at ERROR level for each actor pool (ray-project/ray#57733: Ray's own wrapper; our
+# replicas take only small keyword arguments).
+KNOWN_RAY_NOISE = ("has constructor arguments in the object store and max_restarts > 0",)
+
+# The filter process: copies its stdin to its stdout, dropping whole lines that contain any of its
+# arguments; a partial line still partial after 0.2 s is passed on as it is (a prompt, a bar).
+_FILTER = r"""
+import os, select, signal, sys
+signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is for the run; the filter ends at EOF
+drop = [a.encode() for a in sys.argv[1:]]
+pending = b""
+def out(data):
+    while data:
+        try:
+            data = data[os.write(1, data):]
+        except OSError:
+            return
+while True:
+    if pending and not select.select([0], [], [], 0.2)[0]:
+        out(pending)
+        pending = b""
+        continue
+    chunk = os.read(0, 65536)
+    if not chunk:
+        break
+    *lines, pending = (pending + chunk).split(b"\n")
+    out(b"".join(line + b"\n" for line in lines if not any(d in line for d in drop)))
+out(pending)
+"""
+
+
+@contextmanager
+def quiet_known_ray_lines(patterns: tuple[str, ...] = KNOWN_RAY_NOISE) -> Iterator[None]:
+    """Drop the lines of this process's stderr that contain one of `patterns` while the block runs.
+
+    Ray's C++ core worker logs straight to file descriptor 2, so the filter sits there: fd 2
+    becomes a pipe into a small filter process that writes every other line to the real stderr.
+    A process, not a thread, so whatever is written just before a crash still gets out. Python's
+    sys.stderr points at the real stderr meanwhile, so a terminal stays a terminal (progress bars)
+    and Python's own messages skip the filter. Only for the run itself: processes started while
+    fd 2 is the pipe would keep it (Ray's own are started before, by connect)."""
+    import subprocess
+    import sys
+
+    if os.name != "posix":
+        yield
+        return
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError, AttributeError):
+        yield
+        return
+    read_end, write_end = os.pipe()
+    try:
+        filter_proc = subprocess.Popen([sys.executable, "-I", "-S", "-c", _FILTER, *patterns], stdin=read_end,
+                                       stdout=saved, stderr=subprocess.DEVNULL)
+    except OSError:
+        for fd in (read_end, write_end, saved):
+            os.close(fd)
+        yield
+        return
+    os.close(read_end)
+    python_stderr = sys.stderr
+    sys.stderr = open(os.dup(saved), "w", buffering=1, encoding=getattr(python_stderr, "encoding", None) or "utf-8",
+                      errors="backslashreplace")
+    os.dup2(write_end, 2)
+    os.close(write_end)
+    try:
+        yield
+    finally:
+        try:
+            sys.stderr.close()
+        finally:
+            sys.stderr = python_stderr
+            os.dup2(saved, 2)  # the filter sees EOF: it passes on the rest and ends
+            os.close(saved)
+            try:
+                filter_proc.wait(timeout=2)
+            except subprocess.TimeoutExpired:  # a process started meanwhile still holds the pipe: the
+                pass  # filter goes on passing its lines and ends with it
 
 
 def model_replicas(requested: int | None, cluster: ClusterResources) -> int:

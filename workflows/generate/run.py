@@ -135,7 +135,7 @@ def run_generate(cfg: GenerateConfig, progress: ProgressFn | None = None) -> Sum
 
 def _run_locked(cfg: GenerateConfig, progress: ProgressFn | None, info, window_s: float, config_hash: str,
                 paths: dict, started: float) -> Summary:
-    from workflows.ray_cluster import connect
+    from workflows.ray_cluster import RayAuthError, connect, quiet_known_ray_lines
 
     _prepare_out_dir(cfg, paths, config_hash, info)
 
@@ -152,8 +152,12 @@ def _run_locked(cfg: GenerateConfig, progress: ProgressFn | None, info, window_s
     journal.add([r for r in done_rows if r.pop("reconstructed", False)])
     try:
         if pending:
-            resources = connect(cfg.address)
-            _execute(cfg, info, window_s, config_hash, pending, paths, journal, summary, resources, progress)
+            try:
+                resources = connect(cfg.address)
+            except RayAuthError as exc:
+                raise GenerateError(str(exc)) from None
+            with quiet_known_ray_lines():  # Ray's per-run ERROR line about its own actor wrapper
+                _execute(cfg, info, window_s, config_hash, pending, paths, journal, summary, resources, progress)
     finally:  # a run stopped by --max-failures still leaves a report of what it did
         journal.flush()
         _write_report(paths, [v.video_id for v in videos], skipped_rows)
