@@ -398,7 +398,8 @@ def ingest(roots: Iterable[str | Path], output: str | Path, config: IngestConfig
 
     total = len(to_probe)
     progress = {"done": 0}
-    journal = Journal(journal_dir, flush_every_s=10.0, flush_rows=1000, schema=MANIFEST_SCHEMA) if to_probe else None
+    journal = (Journal(journal_dir, flush_every_s=JOURNAL_FLUSH_S, flush_rows=1000, schema=MANIFEST_SCHEMA)
+               if to_probe else None)
 
     def on_row(row: dict) -> None:
         journal.add([row])
@@ -437,6 +438,11 @@ def ingest(roots: Iterable[str | Path], output: str | Path, config: IngestConfig
     _summarize(rows, summary)
     summary.elapsed_s = time.perf_counter() - started
     return summary
+
+
+# Probed rows go to the journal when one comes back this long after the last write (each write is
+# one small Parquet part): a SIGKILL, which runs no cleanup, loses about the last second of probes.
+JOURNAL_FLUSH_S = 1.0
 
 
 def probe_journal_dir(output: Path) -> Path:
