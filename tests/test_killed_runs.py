@@ -10,12 +10,16 @@ interruption tests (KeyboardInterrupt, killed actors) live beside each command's
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
+import numpy as np
 import pyarrow.parquet as pq
+import pytest
 
 from tests.process_helpers import kill_driver, kill_session, run_cli, session, start_cli, temporaries, wait_until
+from tests.report_helpers import burst_audio, event_frames, write_clip, write_events, write_generate_run, write_wav
 from tests.video_factory import make_video
 
 
@@ -63,3 +67,75 @@ def test_ingest_killed_mid_probe_resumes_probing_only_the_rest(tmp_path):
     assert len({r["video_id"] for r in rows}) == FILES
     assert all(r["status"] == "ok" for r in rows) and not journal.exists()
     assert temporaries(tmp_path) == []
+
+
+# -- dub report ---------------------------------------------------------------------------------
+
+CLIPS = 16
+DURATION = 3.0
+
+
+@pytest.fixture(scope="module")
+def report_run(tmp_path_factory) -> Path:
+    """A generate run of CLIPS done clips: silent sources with event sidecars, generated mp4s with
+    audio, a reference folder."""
+    root = tmp_path_factory.mktemp("report_run")
+    rows = []
+    for k in range(CLIPS):
+        rng = np.random.default_rng(k)
+        times = np.sort(rng.choice(np.arange(0.3, DURATION - 0.3, 0.35), size=3, replace=False)).round(2)
+        source = write_clip(root / "videos" / f"clip{k}.mp4", event_frames(times, DURATION, seed=k))
+        write_events(source, times)
+        generated = write_clip(root / "run" / "mp4" / f"v{k}_clip{k}.mp4", event_frames(times, DURATION, seed=k),
+                               burst_audio(times + 0.05 * (k % 3), DURATION, seed=k))
+        write_wav(root / "refs" / f"v{k}.flac", burst_audio(times, DURATION, seed=100 + k))
+        rows.append({"video_id": f"v{k}", "path": source, "output_mp4": Path("mp4") / generated.name})
+    return write_generate_run(root / "run", rows)
+
+
+def _report_args(run: Path, out: Path, weights: Path) -> list[str]:
+    return ["report", str(run), "-o", str(out), "--reference", str(run.parent / "refs"), "--backend", "logmel",
+            "--weights-dir", str(weights), "--no-html", "--json"]
+
+
+def test_report_killed_mid_scoring_resumes_and_equals_an_uninterrupted_run(report_run, tmp_path):
+    """The driver is SIGKILLed once DIR/journal/ holds its first part; the rerun scores only the
+    clips the journal lacks, and its report.parquet and set-level metrics (FAD on log-mel
+    features, onset and A/V-alignment means) equal a clean run's into another folder."""
+    weights, logs = tmp_path / "no_weights", tmp_path / "logs"
+    weights.mkdir()
+    out = tmp_path / "out"
+    proc = start_cli(_report_args(report_run, out, weights), logs, "report")
+    try:
+        parts = wait_until(lambda: list((out / "journal").glob("part-*.parquet")), proc, logs, "report")
+        kill_driver(proc)
+    finally:
+        kill_session(proc)
+    assert parts and not (out / "report.parquet").exists()
+    journaled = {v for part in (out / "journal").glob("part-*.parquet")
+                 for v in pq.read_table(part).column("video_id").to_pylist()}
+    assert 0 < len(journaled) < CLIPS, f"{len(journaled)} of {CLIPS} clips scored before the kill"
+
+    stdout, _ = run_cli(_report_args(report_run, out, weights), logs, "rerun")
+    resumed = json.loads(stdout[stdout.index("{"):])
+    assert resumed["journal"] == {"reused": len(journaled), "scored": CLIPS - len(journaled)}
+    clean_out, _ = run_cli(_report_args(report_run, tmp_path / "clean", weights), logs, "clean")
+    clean = json.loads(clean_out[clean_out.index("{"):])
+    assert clean["journal"] == {"reused": 0, "scored": CLIPS}
+
+    tables = [pq.read_table(d / "report.parquet") for d in (out, tmp_path / "clean")]
+    assert sorted(tables[0].column("video_id").to_pylist()) == sorted(f"v{k}" for k in range(CLIPS))
+    assert tables[0].num_rows == CLIPS
+    rows = [{r["video_id"]: r for r in t.drop([c for c in t.column_names if c.startswith("t_")]).to_pylist()}
+            for t in tables]
+    for vid, row in rows[1].items():
+        for key, value in row.items():
+            if isinstance(value, float):
+                assert rows[0][vid][key] == pytest.approx(value, rel=1e-6, abs=1e-9, nan_ok=True), (vid, key)
+            else:
+                assert rows[0][vid][key] == value, (vid, key)
+    assert resumed["metrics"].keys() == clean["metrics"].keys() and "fad_logmel" in clean["metrics"]
+    for key, value in clean["metrics"].items():
+        assert resumed["metrics"][key] == pytest.approx(value, rel=1e-6, abs=1e-9), key
+    assert resumed["unavailable"] == clean["unavailable"]
+    assert temporaries(out) == []
