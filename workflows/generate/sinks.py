@@ -103,12 +103,19 @@ def completed_shard_keys(shard_dir: Path) -> dict[str, str]:
     return found
 
 
+# Names of files being written (renamed when complete): ours (.NAME.XXXXXXXX.tmp), Parquet's
+# (.NAME.XXXXXXXX.tmp, manifests/io.py) and the media writers' (.STEM.partial-PID.EXT,
+# workflows/media/remux.py and audio.py).
+TEMPORARY_PATTERNS = (".*.tmp", ".*.partial-*")
+
+
 def remove_stale_temporaries(*dirs: Path) -> None:
     """Temporary files of a killed run are garbage: nothing refers to them."""
     for d in dirs:
         if d.is_dir():
-            for tmp in d.glob(".*.tmp"):
-                tmp.unlink(missing_ok=True)
+            for pattern in TEMPORARY_PATTERNS:
+                for tmp in d.glob(pattern):
+                    tmp.unlink(missing_ok=True)
 
 
 class Journal:
