@@ -50,6 +50,7 @@ def test_bench_cli_json_rows(ray_session):
     for r in rows:
         assert set(r) == ROW_FIELDS, r
         assert r["median_ms"] > 0 and r["batch_size"] >= 1 and r["device"] == "cpu", r
+        # rates derived from the row's own median in float64: approx only absorbs the last bits
         assert r["clips_per_s"] == pytest.approx(r["batch_size"] * 1000.0 / r["median_ms"])
         assert r["audio_s"] == pytest.approx(r["batch_size"] * 2.0)
         assert r["rtf"] == pytest.approx(r["median_ms"] / 1000.0 / r["audio_s"])
@@ -99,11 +100,15 @@ def test_fast_path_matches_eager_generator(negatives):
     fast_wav = fast(noise, clip_f, sync_f, text_f, negative_text_f=negative)
     assert fast_wav.shape == eager_wav.shape == (2, net.config.latent_seq_len * generator.codec.hop_length)
     assert eager_wav.abs().max() > 1e-3  # real audio, not silence
-    # same calls, same shapes: the same numbers
+    # same calls, same shapes: the same numbers (measured: bit-identical). The float32 tolerance
+    # (rtol ~170u) is for a kernel choice that could still differ; Griffin-Lim would amplify any
+    # real difference in the latents far beyond it
     torch.testing.assert_close(fast_wav, eager_wav, rtol=1e-5, atol=1e-6)
 
     # captured for 3 windows and given 2 (a partly filled last batch): rows are padded. Other
-    # matrix shapes round differently, so compare latents (Griffin-Lim amplifies 1e-6 changes).
+    # matrix shapes round differently, so compare latents (Griffin-Lim amplifies 1e-6 changes):
+    # float32 rounding of other GEMM shapes through the tiny network (~20 layers, ~sqrt(n) u
+    # each) and the CFG combination (x4.5) on latents up to ~6: measured 7e-6
     padded = OneStepGraph(net, sampler.guidance, 3, dtype=torch.float32)
     padded_latents = padded(noise, clip_f, sync_f, text_f, negative_text_f=negative)
     torch.testing.assert_close(padded_latents, eager_latents, rtol=1e-4, atol=1e-4)
@@ -142,6 +147,7 @@ def test_generator_replays_the_fast_step_when_it_matches_the_sampler():
     generator.fast_step = lambda *a, **k: calls.append(1) or graph(*a, **k)
     generator.fast_step.accepts = graph.accepts
     hooked = generator.latents(clip_f, sync_f, text_f, batch, sampler)
+    # the same step eagerly, same shapes (measured: bit-identical); float32 tolerance as above
     torch.testing.assert_close(hooked, eager, rtol=1e-5, atol=1e-6)
     assert calls == [1]
     generator.latents(clip_f, sync_f, text_f, batch, SamplerConfig(sampler="euler", steps=2, cfg=2.0))
@@ -177,6 +183,8 @@ def test_fast_decoder_pads_chunks_and_compiles_to_the_eager_waveforms():
     note = generator.use_fast_decoder(2, compile=True)
     assert note is not None and "torch.compile ok" in note and "batch 2" in note, note
     fast = generator.decode(latents, batch)
+    # Inductor fuses the float32 vocoder in another order, on waveforms of |x| <= 1 (here ~0.1):
+    # rounding of the BigVGAN kind (tests/test_codec.py's ACT_TOL); measured 8e-8
     torch.testing.assert_close(fast, eager, rtol=0, atol=1e-5)
     assert batch.timings["decode_audio_s"] > 0
 
@@ -228,7 +236,7 @@ def test_compiled_or_eager_falls_back_for_good_when_compiling_fails():
     wrapped = CompiledOrEager(linear, backend=broken_backend)
     with pytest.warns(RuntimeWarning, match="running it eagerly"):
         got = wrapped(x)
-    torch.testing.assert_close(got, linear(x))
+    torch.testing.assert_close(got, linear(x))  # the eager module itself (torch's float32 defaults)
     assert "no compiler here" in wrapped.failed
     torch.testing.assert_close(wrapped(x), linear(x))  # stays eager, no second warning needed
     assert wrapped.in_features == 4  # the module's attributes read through
@@ -249,6 +257,7 @@ def test_bf16_checks_measure_both_paths_from_float32():
     fast = exact - 0.03  # as far on the other side: 6 % from eager, beyond 2 %
     assert not compare("plain", fast, eager, 2e-2)["pass"]
     check = compare("vs float32", fast, eager, 2e-2, exact=exact)
+    # exact +- 0.03 in float32: the measured drift is 0.03 up to ~u (1e-7 absolute, 2e-6 relative)
     assert check["pass"] and check["fast_vs_float32"] == pytest.approx(0.03, rel=1e-3)
     assert check["eager_vs_float32"] == pytest.approx(0.03, rel=1e-3) and check["float32_slack"] == BF16_SLACK
     worse = exact - 0.03 * BF16_SLACK * 1.1
@@ -321,6 +330,7 @@ def test_media_bench_measures_the_machines_decoding_capacity_in_parallel_process
     rows = {r.stage: r for r in run(BenchOptions(device="cpu", repeats=2, warmup=0, duration_s=2.0,
                                                  extra={"decode_workers": 2}))}
     parallel = rows["decode both rates, one pass, 2 processes in parallel"]
+    # derived from the row's own numbers in float64: approx only absorbs the last bits
     assert parallel.batch_size == 4 and parallel.audio_s == pytest.approx(8.0)
     assert parallel.median_ms > 0 and parallel.clips_per_s == pytest.approx(4000.0 / parallel.median_ms)
     assert "decoding capacity: 4 clips" in parallel.note
