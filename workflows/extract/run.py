@@ -100,15 +100,16 @@ def _run_locked(cfg: ExtractConfig, progress: ProgressFn | None, bundle, window_
         keep = set(list(dict.fromkeys(r["video_id"] for r in pending))[: cfg.limit])
         pending = [r for r in pending if r["video_id"] in keep]
     if pending or not (out / EMPTY_TEXT_FILE).exists():
-        from workflows.ray_cluster import connect
+        from workflows.ray_cluster import connect, quiet_known_ray_lines
 
         resources = connect(cfg.address)
         writer = ShardWriter(out, cfg.shard_size)
         try:
-            for with_video in (True, False):
-                part = [r for r in pending if r["has_video"] == with_video]
-                if part:
-                    _execute(cfg, bundle, window_s, part, with_video, writer, summary, resources, progress)
+            with quiet_known_ray_lines():  # Ray's per-run ERROR line about its own actor wrapper
+                for with_video in (True, False):
+                    part = [r for r in pending if r["has_video"] == with_video]
+                    if part:
+                        _execute(cfg, bundle, window_s, part, with_video, writer, summary, resources, progress)
         finally:
             writer.close()
         _write_empty_text(cfg, out, resources)
