@@ -34,7 +34,9 @@ def test_tiny_cpu_run_writes_every_row(tmp_path: Path) -> None:
         for backend in ("flash_attention", "math"):  # the CPU has these two
             row = attention[f"{backend} ({layout})"]
             assert row["error"] is None and row["median_ms"] > 0 and row["tflops"] > 0
-            assert row["rel_err"] < 1e-4  # float32 against float32
+            # float32 against float32: another attention kernel's summation order over the tiny
+            # sizes' dot products and softmax (~sqrt(n) u, of the peak), far below 1e-4
+            assert row["rel_err"] < 1e-4
         for backend in ("efficient_attention", "cudnn_attention"):  # and not these: a row, not a crash
             row = attention[f"{backend} ({layout})"]
             assert row["median_ms"] is None and row["error"]
@@ -47,7 +49,7 @@ def test_tiny_cpu_run_writes_every_row(tmp_path: Path) -> None:
         assert row["error"] is None, row
         assert math.isfinite(row["median_ms"]) and row["median_ms"] > 0
         assert math.isfinite(row["rel_err"])
-        if row["variant"] == "float32 F.linear":
+        if row["variant"] == "float32 F.linear":  # float32 against float32: rounding only
             assert row["rel_err"] < 1e-5
         else:  # e4m3: a few % of the peak, never exact (so FP8 really ran)
             assert 1e-3 < row["rel_err"] < 0.1, row

@@ -52,6 +52,7 @@ def test_bias_in_the_matmul_epilogue_is_the_bias_added_after() -> None:
     added.load_state_dict(fused.state_dict())
     added.fused_bias = False
     x = torch.randn(5, 32)
+    # the same float32 accumulator, scaled, plus the bias: one rounding either way, bit-identical
     with torch.no_grad():
         torch.testing.assert_close(fused(x), added(x), rtol=0, atol=0)
 
@@ -83,6 +84,8 @@ def test_projected_attention_is_multihead_attention() -> None:
             want = mha(q, kv, kv, need_weights=False, attn_mask=m)[0]
             got, weights = rewritten(q, kv, kv, need_weights=False, attn_mask=m)
             assert weights is None
+            # F.linear + SDPA against MHA's fused path: other kernels, float32 rounding of 48-term
+            # dot products and a 9-key softmax on values of order 1 (rtol ~170u)
             torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
 
 
@@ -106,6 +109,9 @@ def test_encoders_in_fp8_give_nearly_the_same_features_on_a_real_clip() -> None:
     for name, got, want in (("clip", clip_fp8, clip_ref), ("sync", sync_fp8, sync_ref)):
         assert got.shape == want.shape
         cosine = torch.nn.functional.cosine_similarity(got.flatten(1), want.flatten(1)).min().item()
+        # e4m3 rounds each operand by up to 2^-4; with row-wise scales the errors average out in
+        # the dot products (a few % per layer, test_fp8_linear_is_the_linear_to_e4m3_precision),
+        # and 13 such layers keep the features' direction: cosine > 0.99
         assert cosine > 0.99, (name, cosine)
         assert _relative(got, want) > 1e-4, f"{name}: FP8 changed nothing, so it did not run"
 
@@ -152,6 +158,8 @@ def test_compiled_towers_see_one_batch_shape_and_keep_the_features() -> None:
         got = enc.clip_features(clip_frames), enc.sync_features(sync_frames)
     for g, w in zip(got, want):
         assert g.shape == w.shape
+        # the same modules (backend "eager") on batches of 2 instead of 3: other GEMM shapes,
+        # float32 rounding (~sqrt(n) u per layer) on features of order 1
         torch.testing.assert_close(g, w, rtol=1e-5, atol=1e-5)
     assert enc.clip.model.visual.failed is None and enc.synchformer.vfeat_extractor.failed is None
 
@@ -166,6 +174,7 @@ def test_fp8_for_clip_only_leaves_synchformer_in_its_own_precision() -> None:
         clip_fp8, sync_same = enc.clip_features(clip_frames), enc.sync_features(sync_frames)
     assert note == "4 linear layers of CLIP's vision tower in FP8 (e4m3, row-wise scales)"
     assert _relative(clip_fp8, clip_ref) > 1e-4
+    # Synchformer untouched, the same input, the same kernels: bit-identical
     torch.testing.assert_close(sync_same, sync_ref, rtol=0, atol=0)
     with pytest.raises(ValueError, match="non-empty subset"):
         enc.use_fp8(("clip", "vae"))
