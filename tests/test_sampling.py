@@ -12,6 +12,7 @@ from tests.meanflow_helpers import VelocityMLP
 def test_time_grids():
     assert time_grid(1).tolist() == [0.0, 1.0]
     assert time_grid(4).tolist() == [0.0, 0.25, 0.5, 0.75, 1.0]
+    # float32 grid points against Python floats: approx's rel 1e-6 covers float32's 6e-8
     assert time_grid([0.0, 0.3, 1.0]).tolist() == pytest.approx([0.0, 0.3, 1.0])
     assert time_grid(torch.tensor([0.2, 0.6])).tolist() == pytest.approx([0.2, 0.6])
     for bad in (0, -2, [0.0], [0.0, 0.5, 0.5, 1.0], [0.0, 0.7, 0.3, 1.0], [-0.1, 1.0], [0.0, 1.2], [[0.0, 1.0]]):
@@ -44,6 +45,8 @@ def test_one_step_is_noise_plus_average_velocity():
         out = sample_meanflow(field, noise)
         expected = noise + mlp(noise, torch.zeros(5), torch.ones(5))
     assert field.intervals == [(0.0, 1.0)]
+    # assert_close's float32 defaults here and below (rtol 1.3e-6 ~ 22u, atol 1e-5): the same
+    # float32 operations, at most in another grouping
     torch.testing.assert_close(out, expected)
 
 
@@ -76,6 +79,8 @@ def test_euler_matches_hand_rolled_loop():
             z = z + (ts[i + 1] - ts[i]) * mlp(z, t, t)
     assert [a for a, _ in field.intervals] == pytest.approx(ts[:-1].tolist())
     assert all(a == b for a, b in field.intervals)  # instantaneous flow: s = t
+    # the sampler's grid and linspace may differ in the last bit of a step: a few float32
+    # roundings per step, compounded over 7 steps
     torch.testing.assert_close(out, z, atol=1e-6, rtol=1e-5)
 
 
@@ -92,7 +97,7 @@ def linear_average_velocity(z, t, s):
 def test_linear_field_is_integrated_exactly():
     noise = make_noise((6, 3), torch.Generator().manual_seed(2))
     exact = (noise.double() * torch.exp(RATES.double())).float()
-    for steps in (1, 3, [0.0, 0.1, 0.65, 1.0]):
+    for steps in (1, 3, [0.0, 0.1, 0.65, 1.0]):  # float32 against float64: a few u per step (defaults)
         torch.testing.assert_close(sample_meanflow(linear_average_velocity, noise, steps), exact)
     # Euler on the instantaneous field is first order: halving the step halves the error.
     errors = [float((sample_euler(linear_average_velocity, noise, k) - exact).abs().max()) for k in (25, 50)]
@@ -110,17 +115,19 @@ def test_same_generator_seed_same_samples():
         with torch.no_grad():
             return sample_meanflow(mlp, noise, steps=2)
 
-    torch.testing.assert_close(draw(11), draw(11), rtol=0, atol=0)
+    torch.testing.assert_close(draw(11), draw(11), rtol=0, atol=0)  # same seed, same code: bit-identical
     assert not torch.equal(draw(11), draw(12))
 
 
 def test_make_noise_is_standard_normal_and_dtype_independent():
     gen = torch.Generator().manual_seed(3)
     noise = make_noise((200_000,), gen)
+    # sampling error: the mean's is 1/sqrt(n) = 0.0022, the std's 1/sqrt(2n) = 0.0016; 0.01 is 4.5 and 6 of them
     assert abs(float(noise.mean())) < 0.01 and abs(float(noise.std()) - 1.0) < 0.01
     a = make_noise((4, 5), torch.Generator().manual_seed(4), dtype=torch.float64)
     b = make_noise((4, 5), torch.Generator().manual_seed(4), dtype=torch.bfloat16)
     assert a.dtype == torch.float64 and b.dtype == torch.bfloat16
+    # the same draws rounded to bf16 (8 bits: 2^-9 relative, 2^-8 = 0.004 at worst); values up to ~3
     torch.testing.assert_close(b.double(), a, atol=0.02, rtol=0.01)
     with pytest.raises(TypeError, match="Generator"):
         make_noise((2,), 0)  # type: ignore[arg-type]
@@ -131,6 +138,7 @@ def test_field_shape_mismatch_is_reported():
         sample_meanflow(lambda z, t, s: z[:, :1], torch.zeros(2, 3))
 
 
+@pytest.mark.conformance
 def test_guided_euler_reproduces_mmaudio_fixture(fixtures_root):
     """The MMAudio reference: 4 Euler steps with CFG 4.5 (random weights), as produced by
     MMAudio itself. Cond and uncond run as one batch through Conditions.cat."""
@@ -158,4 +166,5 @@ def test_guided_euler_reproduces_mmaudio_fixture(fixtures_root):
     ref = io["euler_cfg"]
     err = float((out - ref).abs().max())
     print(f"guided Euler vs MMAudio fixture: max error {err:.2e}")
+    # the fixture README's acceptance bound (tests/test_network.py's assert_close_to_reference)
     assert err <= 1e-4 * max(1.0, float(ref.abs().max()))
