@@ -62,12 +62,17 @@ def test_jvp_target_equals_exact_average_velocity_on_gaussian_data():
         k4 = exact(z_s + h * k3, end, end)
         z_s = z_s + h / 6 * (k1 + 2 * k2 + 2 * k3 + k4)
     moving = s > t
+    # RK4's global error is O(h^4) with h <= 1/200 (~6e-10 times the field's 5th-derivative
+    # scale); measured 3e-11
     torch.testing.assert_close((z_s - z)[moving] / (s - t)[moving, None], exact(z, t, s)[moving], atol=1e-8, rtol=0)
 
     target = meanflow_target(exact, z, t, s, v)
     err = float((target - exact(z, t, s)).abs().max())
     print(f"exact Gaussian model: max |u_tgt - u| = {err:.2e}")
-    assert err < 1e-5
+    # float64 throughout: the closed form and its forward-mode derivative round ~10 operations on
+    # values up to 8, ~1e-14 (measured 4e-15); 1e-12 leaves room and still sees a relative slip
+    # of the derivative far below the 5e-2 of the wrong models below
+    assert err < 1e-12 * max(1.0, float(exact(z, t, s).abs().max()))
     # Wrong models: one that ignores s (instantaneous velocity), one of another Gaussian.
     instantaneous = lambda z_, t_, s_: exact(z_, t_, t_)  # noqa: E731
     wrong_sigma = GaussianAverageVelocity(MU, sigma=1.0)
@@ -87,6 +92,8 @@ def test_meanflow_loss_vanishes_for_the_exact_model():
     _, bad = meanflow_loss(GaussianAverageVelocity(MU, 0.5), x, cfg=cfg, noise=noise, generator=torch.Generator().manual_seed(3))
     print(f"point-mass data: mse exact {good['mse']:.2e}, wrong sigma {bad['mse']:.3f}")
     assert good["frac_s_eq_t"] == 0.0
+    # zero up to rounding: the times are float32 draws, so the model and the target agree to
+    # ~u32 (mse ~2e-15 measured); the wrong model sits at > 1e-2
     assert good["mse"] < 1e-10
     assert bad["mse"] > 1e-2
 
@@ -115,6 +122,7 @@ def test_sample_times_follow_the_meanflow_recipe():
     assert t.shape == s.shape == (n,) and t.dtype == torch.float32
     assert bool((t >= 0).all() and (s <= 1).all() and (t <= s).all())
     frac_equal = float((s == t).float().mean())
+    # binomial sampling error sqrt(p (1 - p) / n) = 0.0022 for these fractions: 0.01 is 4.6 of it
     assert abs(frac_equal - 0.75) < 0.01
     # In MeanFlow's convention (1 = noise) 1 - t is the larger of two logit-normal draws and
     # 1 - s (when distinct) the smaller: at the one-draw median m, P(1 - t <= m) = 1/4.
@@ -132,9 +140,10 @@ def test_dropout_replaces_exactly_the_dropped_groups():
     cond["other"] = torch.randn(400, 2)
     out, (keep_visual, keep_text) = drop_conditions(cond, net.empty(), p=0.3, generator=torch.Generator().manual_seed(6))
     for keep, keys in ((keep_visual, ("clip_f", "sync_f")), (keep_text, ("text_f",))):
-        assert 0.6 < float(keep.float().mean()) < 0.8
+        assert 0.6 < float(keep.float().mean()) < 0.8  # p = 0.7 over 400 draws: std 0.023, 4.4 of it
         for key in keys:
             empty = net.empty()[key].detach().expand_as(cond[key])
+            # rows are selected, never computed: bit-identical
             torch.testing.assert_close(out[key][keep], cond[key][keep], rtol=0, atol=0)
             torch.testing.assert_close(out[key][~keep], empty[~keep], rtol=0, atol=0)
     assert not torch.equal(keep_visual, keep_text)  # groups drop independently
@@ -185,6 +194,8 @@ def test_training_time_guidance_mixes_the_models_own_velocities():
     _, metrics = meanflow_loss(net, x, cond=cond, empty=net.empty(), cfg=cfg, noise=noise, generator=torch.Generator().manual_seed(8))
     expected, apply = _expected_guided_mse(net, x, cond, noise, cfg, seed=8)
     assert 0 < int(apply.sum()) < 64  # some samples guided, some not (dropped or t too large)
+    # the same float32 computation replayed with other batchings (cond and uncond apart): a mean
+    # of squares, rel 1e-5 (~170u)
     assert metrics["mse"] == pytest.approx(expected, rel=1e-5)
     unguided = MeanFlowConfig(cond_dropout=0.3, adaptive_p=0.0)
     _, plain = meanflow_loss(net, x, cond=cond, empty=net.empty(), cfg=unguided, noise=noise, generator=torch.Generator().manual_seed(8))
@@ -205,7 +216,7 @@ def test_flow_matching_loss_regresses_the_instantaneous_velocity():
     z = (1 - t)[:, None, None] * noise + t[:, None, None] * x
     expected = (net(z, t, t, **dropped) - (x - noise)).square().mean()
     assert metrics["frac_s_eq_t"] == 1.0
-    torch.testing.assert_close(loss, expected)
+    torch.testing.assert_close(loss, expected)  # the same float32 ops replayed: torch's defaults
 
 
 def test_bf16_autocast_runs_with_attention_guidance_and_dropout():
@@ -242,6 +253,8 @@ def test_ddp_wrapped_model_matches_unwrapped_gradients(tmp_path):
             loss, metrics = meanflow_loss(model, x, cond=cond, empty=empty, cfg=cfg, noise=noise, generator=torch.Generator().manual_seed(13))
             loss.backward()
             results.append(metrics)
+        # one rank: DDP averages over 1 (exact), the same computation otherwise (measured:
+        # bit-identical); float32 tolerances in case its buckets reorder a sum
         assert results[0] == pytest.approx(results[1], rel=1e-6)
         for (name, p), q in zip(plain.named_parameters(), wrapped.module.parameters()):
             if not p.requires_grad:
@@ -289,7 +302,8 @@ def test_exact_ratio_fixes_the_number_of_jvp_samples_per_batch():
     for seed in range(400):
         t, s = sample_times(32, cfg, generator=torch.Generator().manual_seed(seed))
         counts += (s != t).float()
-    assert float(counts.min()) > 60 and float(counts.max()) < 140  # expected 100 each
+    # expected 100 each, binomial std 8.7: +-40 is 4.6 of it
+    assert float(counts.min()) > 60 and float(counts.max()) < 140
     for ratio, batch, expected in ((0.0, 5, 0), (1.0, 5, 5), (0.5, 7, 4)):
         t, s = sample_times(batch, MeanFlowConfig(flow_matching_ratio=ratio, exact_ratio=True),
                             generator=torch.Generator().manual_seed(0))
@@ -315,6 +329,8 @@ def test_compiled_tangent_computes_the_eager_jvp():
     expected = eager_tangent(net, z, t, s, v, cond2)
     got = compiled(net, z, t, s, v, cond2)
     assert float(expected.abs().max()) > 0.1
+    # Inductor fuses and reorders the float32 forward-mode graph: ~10u relative on tangents up
+    # to ~17 (measured 1e-5 absolute, a third of the tolerance)
     torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
     # through the loss: same target, same loss and gradient as the eager path
     cfg = MeanFlowConfig(exact_ratio=True, cond_dropout=0.0)
@@ -326,6 +342,8 @@ def test_compiled_tangent_computes_the_eager_jvp():
         loss.backward()
         losses.append(loss.detach())
         grads.append(torch.cat([p.grad.flatten() for p in net.parameters() if p.grad is not None]))
+    # the targets' float32 differences carried into the loss (a mean: smaller) and back through
+    # the network (gradients of small parameters: atol); measured 0 and 7e-8
     torch.testing.assert_close(losses[1], losses[0], rtol=1e-4, atol=1e-6)
     torch.testing.assert_close(grads[1], grads[0], rtol=1e-3, atol=1e-5)
     assert make_tangent("eager") is eager_tangent and isinstance(make_tangent("compiled"), CompiledTangent)
@@ -341,6 +359,7 @@ def test_graphed_tangent_wraps_the_eager_jvp_once_per_shape():
     graphed = make_tangent("graphed")
     assert isinstance(graphed, GraphedTangent)
     expected = eager_tangent(net, z, t, s, v, cond)
+    # without a graph the wrapper runs eager_tangent itself: bit-identical, here and below
     torch.testing.assert_close(graphed(net, z, t, s, v, cond), expected, rtol=0, atol=0)
     torch.testing.assert_close(graphed(net, z, t, s, v, cond), expected, rtol=0, atol=0)
     assert graphed.captures == 1
@@ -351,6 +370,7 @@ def test_graphed_tangent_wraps_the_eager_jvp_once_per_shape():
     with torch.autocast("cpu", dtype=torch.bfloat16):
         low = graphed(net, z, t, s, v, cond)
     assert graphed.captures == 3 and low.dtype == torch.bfloat16
+    # bf16 (2^-9 relative per rounding) through the network's layers: a few %, under 10 %
     assert ((low.float() - expected).norm() / expected.norm()).item() < 0.1
 
 
@@ -368,7 +388,7 @@ def test_fast_tangents_fall_back_to_the_eager_jvp_with_the_reason():
                             (GraphedTangent(use_graph=True), "CUDA graphs need CUDA tensors")):
         with pytest.warns(RuntimeWarning, match="using the eager JVP"):
             got = tangent(net, z, t, s, v, cond)
-        torch.testing.assert_close(got, expected, rtol=0, atol=0)
+        torch.testing.assert_close(got, expected, rtol=0, atol=0)  # the fallback is eager_tangent itself
         assert reason in tangent.failed
         torch.testing.assert_close(tangent(net, z, t, s, v, cond), expected, rtol=0, atol=0)
 
@@ -426,6 +446,8 @@ def test_jvp_through_mfmjt_matches_finite_differences():
     expected = v + (s - t)[:, None, None] * dudt
     err = float((target - expected).abs().max())
     print(f"MF-MJT JVP vs central differences: max error {err:.2e} (|dudt| max {float(dudt.abs().max()):.2f})")
+    # float64, h = 1e-5: truncation h^2 |u3| / 6 ~ 1e-10 |u3| (u3 the third derivative) and rounding u64 |u| / h ~ 1e-11
+    # (tests/test_network.py's JVP test: why h is not larger)
     assert err < 1e-6 * max(1.0, float(expected.abs().max()))
 
 
