@@ -32,6 +32,8 @@ def red_fraction(region: np.ndarray) -> float:
 
 
 # -- decode ---------------------------------------------------------------------------------
+# Durations (pytest.approx, rel 1e-6) are sums and differences of float timestamps: exact up to
+# the last bits of their binary representation.
 
 def test_low_fps_source_repeats_frames_at_8fps(tmp_path):
     clip = make_video(tmp_path / "four_fps.mp4", seconds=3.0, fps=4, size=(64, 48), pattern="frame_index")
@@ -132,6 +134,7 @@ def test_plan_windows_covers_the_duration(duration):
         return
     assert all(w.duration_s == pytest.approx(8.0) for w in windows)
     overlaps = [a.end_s - b.start_s for a, b in zip(windows, windows[1:])]
+    # float64 window bounds: 1e-6 s is far above their rounding (~1e-14 s), far below a sample
     assert min(overlaps) >= 1.0 - 1e-6
     assert max(overlaps) - min(overlaps) < 1e-6  # evenly spread
     fewer = len(windows) - 1  # one window less could not cover it with the overlap
@@ -152,13 +155,14 @@ def test_stitch_crossfade_is_equal_power():
     fade_out = stitch([ones, zeros], windows, sr)
     fade_in = stitch([zeros, ones], windows, sr)
     assert fade_out.shape == (15000,)
-    np.testing.assert_allclose(fade_out ** 2 + fade_in ** 2, 1.0, atol=1e-6)  # gains: cos^2 + sin^2 = 1
+    # gains: cos^2 + sin^2 = 1, computed and stored in float32 (a few u32 ~ 2e-7)
+    np.testing.assert_allclose(fade_out ** 2 + fade_in ** 2, 1.0, atol=1e-6)
     assert np.all(fade_out[:7000] == 1) and np.all(fade_in[8000:] == 1)
     crossfade = slice(7000, 8000)
     assert np.all(np.diff(fade_out[crossfade]) < 0) and np.all(np.diff(fade_in[crossfade]) > 0)
 
     # identical constant signals: untouched outside the overlap, c * (cos + sin) inside
-    constant = stitch([0.5 * ones, 0.5 * ones], windows, sr)
+    constant = stitch([0.5 * ones, 0.5 * ones], windows, sr)  # float32: numpy's rtol 1e-7 and atol 1e-6
     np.testing.assert_allclose(constant[:7000], 0.5)
     np.testing.assert_allclose(constant[8000:], 0.5)
     np.testing.assert_allclose(constant[crossfade], 0.5 * (fade_out[crossfade] + fade_in[crossfade]), atol=1e-6)
@@ -167,6 +171,7 @@ def test_stitch_crossfade_is_equal_power():
     rng = np.random.default_rng(0)
     a, b = rng.standard_normal(8000).astype(np.float32), rng.standard_normal(8000).astype(np.float32)
     mixed = stitch([a, b], windows, sr)
+    # a mean of 1000 squared normals: sampling std sqrt(2 / 1000) = 0.045; 0.1 is 2.2 of it (seeded)
     assert np.mean(mixed[crossfade] ** 2) == pytest.approx(1.0, abs=0.1)
 
 
@@ -207,6 +212,7 @@ def test_read_audio_stereo_and_resample(tmp_path):
     path = encode_audio_file(stereo, sr, tmp_path / "stereo.flac", codec="flac")
     both = read_audio(path, None, mono=False)
     assert both.shape == (2, sr)
+    # FLAC is lossless on 16-bit samples: the silent channel stays silent (no crosstalk), 1e-3 = 33 steps
     assert np.abs(both[1]).max() < 1e-3 and np.abs(both[0]).max() > 0.45
     mono16 = read_audio(path, 16000)
     assert mono16.shape == (16000,)
@@ -228,6 +234,7 @@ def test_seeking_window_matches_a_full_decode(tmp_path):
     full = decode_window(clip.path, 0.0, 4.0, targets)
     part = decode_window(clip.path, 2.0, 2.0, targets)
     assert part.duration_s == pytest.approx(2.0)
+    # the same decoder and resizer on the same decoded pictures: bit-identical
     np.testing.assert_array_equal(part.frames[0], full.frames[0][16:32])
     np.testing.assert_array_equal(part.frames[1], full.frames[1][50:100])
     assert not np.array_equal(part.frames[1][0], part.frames[1][-1])  # the picture moves
