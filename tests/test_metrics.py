@@ -50,6 +50,8 @@ def test_frechet_matches_closed_form_for_commuting_gaussians(method):
     a, b = exact_samples(rng, 200, mu_a, cov_a), exact_samples(rng, 150, mu_b, cov_b)
     # shared eigenbasis: Tr sqrt(S_a S_b) = sum sqrt(eig_a * eig_b)
     expected = np.sum((mu_a - mu_b) ** 2) + np.sum((np.sqrt(eig_a) - np.sqrt(eig_b)) ** 2)
+    # exact_samples reproduce mu and cov exactly, so only float64 rounding remains: an 8 x 8
+    # eigenproblem with condition ~15, ~d kappa u64 ~ 1e-14 relative; 1e-9 leaves room
     assert frechet_distance(a, b, method=method) == pytest.approx(expected, rel=1e-9)
 
 
@@ -62,6 +64,8 @@ def test_frechet_matches_independent_sqrtm_for_general_gaussians():
     root_b = scipy.linalg.sqrtm(cov_b)
     cross = scipy.linalg.sqrtm(root_b @ cov_a @ root_b).real  # symmetric form, well conditioned here
     expected = np.sum((mu_a - mu_b) ** 2) + np.trace(cov_a) + np.trace(cov_b) - 2 * np.trace(cross)
+    # scipy's Schur sqrtm against our eigen/SVD routes, float64: kappa(sqrtm) u64 with kappa of
+    # random SPD 6 x 6 matrices in the hundreds, and the trace's cancellation: rel 1e-8
     assert frechet_distance(a, b, method="eig") == pytest.approx(expected, rel=1e-8)
     assert frechet_distance(a, b, method="svd") == pytest.approx(expected, rel=1e-8)
     assert frechet_distance_from_stats(mu_a, cov_a, mu_b, cov_b) == pytest.approx(expected, rel=1e-8)
@@ -71,7 +75,7 @@ def test_frechet_one_dimensional_closed_form():
     rng = np.random.default_rng(2)
     a = exact_samples(rng, 50, np.array([1.0]), np.array([[4.0]]))
     b = exact_samples(rng, 70, np.array([-2.0]), np.array([[0.25]]))
-    assert frechet_distance(a, b) == pytest.approx(9.0 + (2.0 - 0.5) ** 2, rel=1e-10)
+    assert frechet_distance(a, b) == pytest.approx(9.0 + (2.0 - 0.5) ** 2, rel=1e-10)  # float64 scalars
 
 
 @pytest.mark.parametrize("n,d", [(100, 16), (12, 300)])
@@ -79,6 +83,8 @@ def test_frechet_identical_sets_are_zero_and_distance_is_symmetric(n, d):
     rng = np.random.default_rng(3)
     a = rng.standard_normal((n, d)) * rng.uniform(0.1, 5.0, d)
     b = rng.standard_normal((n + 5, d)) + 0.3
+    # Tr S - 2 Tr sqrt(S S) + Tr S cancels to 0; with n < d, eigenvalues at rounding level
+    # (u64 lambda_max) have square roots of sqrt(u64) ~ 1e-8 of lambda: 1e-8 of the trace
     assert frechet_distance(a, a) == pytest.approx(0.0, abs=1e-8 * np.trace(np.cov(a, rowvar=False)))
     assert frechet_distance(a, b) == pytest.approx(frechet_distance(b, a), rel=1e-10)
     assert frechet_distance(a, b) > 0.0
@@ -92,6 +98,8 @@ def test_frechet_stable_with_fewer_samples_than_dimensions():
     by_svd = frechet_distance(a, b, method="svd")
     by_eig = frechet_distance(a, b, method="eig")  # rank-deficient D x D covariances
     assert np.isfinite(by_svd) and by_svd > 0
+    # the D x D eigen route carries ~D rounding-level eigenvalues whose square roots (sqrt(u64)
+    # of the scale each) the n x n SVD route never forms: measured 2.5e-8 relative
     assert by_eig == pytest.approx(by_svd, rel=1e-6)
     # the mean and trace terms are known exactly; the cross term lies between 0 and their bound
     mu_term = np.sum((a.mean(0, dtype=np.float64) - b.mean(0, dtype=np.float64)) ** 2)
@@ -142,6 +150,7 @@ def test_onset_scores_for_exact_and_shifted_references(burst_clip, shift, acc_03
     assert strict.acc == acc_01
     if acc_01 == 0.0:  # all references missed (score 0), all detections unmatched
         n = len(EVENTS)
+        # scores are ratios of counts: pytest.approx (rel 1e-6) only absorbs float64 division, here and below
         assert strict.ap == pytest.approx(n / (2 * n))
 
 
@@ -212,7 +221,7 @@ def test_motion_peaks_find_the_visual_events(two_clips):
     video = read_grey_frames(path_a)
     assert video.fps == FPS and video.frames.shape[1:] == (64, 64)
     peaks = motion_peaks(video.frames, video.times_s, video.fps)
-    assert np.allclose(peaks.times_s, np.round(times_a * FPS) / FPS)
+    assert np.allclose(peaks.times_s, np.round(times_a * FPS) / FPS)  # frame times, float64 arithmetic
 
 
 def test_av_align_high_with_own_audio_low_with_another_clips(two_clips):
@@ -239,15 +248,16 @@ def test_av_align_iou_definition():
 def test_kl_softmax_and_inception_score():
     rng = np.random.default_rng(6)
     logits = rng.standard_normal((5, 7))
-    assert np.allclose(kl_softmax(logits, logits), 0.0, atol=1e-9)
+    assert np.allclose(kl_softmax(logits, logits), 0.0, atol=1e-9)  # p (log p - log p): 0 in float64
     other = rng.standard_normal((5, 7))
     p, q = softmax(other), softmax(logits)
     expected = np.sum(p * (np.log(p) - np.log(q)), axis=1)
-    assert np.allclose(kl_softmax(logits, other), expected, rtol=1e-10)
+    assert np.allclose(kl_softmax(logits, other), expected, rtol=1e-10)  # float64, another grouping of 7 terms
     assert np.all(kl_softmax(logits, other) > 0)
     confident = np.full((40, 4), -20.0)
     confident[np.arange(40), np.arange(40) % 4] = 20.0  # each class equally often, certain
     mean, std = inception_score(confident, splits=1)
+    # exactly 4 but for the 1e-6 the implementation adds inside its logs (3e-6 relative here)
     assert mean == pytest.approx(4.0, rel=1e-3) and std == 0.0
     mean, std = inception_score(confident, splits=4)  # shuffled splits are not exactly balanced
     assert 1.0 < mean <= 4.0 + 1e-6 and std > 0
@@ -299,7 +309,7 @@ def test_cnn14_tiny_forward_and_checkpoint_round_trip(tmp_path):
         loaded = load_cnn14(tmp_path / name, TINY)
         with torch.no_grad():
             emb2, logits2 = loaded(wav)
-        assert torch.equal(emb, emb2) and torch.equal(logits, logits2)
+        assert torch.equal(emb, emb2) and torch.equal(logits, logits2)  # same bits loaded, same code
     with pytest.raises(ValueError, match="does not match the CNN14"):
         load_cnn14(tmp_path / "tiny.pth")  # the full-size config
 
@@ -311,7 +321,9 @@ def test_cnn14_conv_front_end_equals_stft_front_end():
         conv = model.logmel_extractor(model.spectrogram_extractor(wav))[:, 0]
         fast = LogMelFrontEnd(TINY)(wav)
     assert conv.shape == fast.shape == (1, 1 + 12000 // 160, 32)
-    assert torch.allclose(conv, fast, atol=1e-2)  # dB; float32 conv vs FFT round-off at quiet bins
+    # dB; float32 conv vs FFT round-off at quiet bins: the DFT's normwise rounding is large
+    # relative to a quiet bin, and 10 log10 turns a relative error e into 4.34 e dB
+    assert torch.allclose(conv, fast, atol=1e-2)
 
 
 def test_panns_backend_gives_embeddings_and_logits(tmp_path, burst_clip):
@@ -366,7 +378,7 @@ def test_missing_weights_name_the_file(tmp_path):
 def test_png_encoder_round_trips_through_ffmpeg():
     rng = np.random.default_rng(7)
     rgb = rng.integers(0, 256, (17, 23, 3), dtype=np.uint8)
-    assert np.array_equal(decode_png(encode_png(rgb)), rgb)
+    assert np.array_equal(decode_png(encode_png(rgb)), rgb)  # PNG is lossless: bit-identical
     palette = rng.integers(0, 256, (10, 3), dtype=np.uint8)
     idx = rng.integers(0, 10, (9, 31), dtype=np.uint8)
     assert np.array_equal(decode_png(encode_png(idx, palette)), palette[idx])
