@@ -324,6 +324,7 @@ def test_resize_reaches_the_desync_decoding(tmp_path, monkeypatch):
     for resize, expected in (("exact", exact), ("fast", fast)):
         offsets = load_models(dataclasses.replace(config, resize=resize), {}, rows).offsets
         assert offsets.decode_backend == RESIZE_BACKENDS[resize]
+        # the same decoder and resizer as `decoded` above: bit-identical frames
         np.testing.assert_array_equal(offsets.frames(str(video)), expected)
     result = run_report(config)
     assert result.rows[0]["desync_s"] is not None and "desync_s" not in result.summary["unavailable"]
@@ -353,6 +354,8 @@ def test_clap_score_for_clips_with_prompts(tmp_path):
     result = run_report(report_cfg, clap=clap)
     scored, unprompted = result.rows
     expected = clap.scores(["a dog barks twice"], [read_audio(rows[0]["output_mp4"], 48000)])[0]
+    # the same float32 model and audio, batched the report's way: a cosine of order 1 (~u per
+    # layer of another GEMM blocking, tests/test_clap.py)
     assert scored["clap_score"] == pytest.approx(float(expected), abs=1e-6)
     assert -1.0 <= scored["clap_score"] <= 1.0 and unprompted["clap_score"] is None
     assert result.summary["metrics"]["clap_score_n"] == 1 and "clap_score" not in result.summary["unavailable"]
