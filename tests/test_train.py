@@ -19,7 +19,8 @@ from model.meanflow import MeanFlowConfig
 from model.network import MFMJT
 from tests.train_helpers import SHAPES, SHAPES_8S, TINY_ARCHITECTURE, write_synthetic_shards
 from workflows.train.config import TrainConfig
-from workflows.train.data import ShardError, check_shards, collate, iter_samples, sample_stream, worker_share
+from workflows.train.data import (ShardError, check_shards, collate, iter_samples, memory_batches, sample_stream,
+                                  worker_share)
 from workflows.train.loop import build_network, conditions, lr_factor
 from workflows.train.run import TrainError, resolve_network, run_train
 
@@ -169,6 +170,27 @@ def test_data_split_over_workers_is_disjoint(shard_dir):
         stream = sample_stream(few, rank, 3, shuffle_buffer=2, seed=0)
         shares.append({next(stream)["__key__"] for _ in range(size)})
     assert set().union(*shares) == every and sum(map(len, shares)) == len(every) == 8  # disjoint, complete
+
+
+def test_in_memory_batches_see_every_sample_once_per_epoch_and_split_workers(shard_dir):
+    """memory_batches holds a worker's share as arrays: an epoch of batches is a permutation of
+    the share (batches run across the epoch boundary), the next epoch another order, the same
+    seed the same order; two workers' shares are disjoint and together the whole set."""
+    shards = tuple(str(p) for p in sorted(shard_dir.glob("shard-*.tar")))
+    every = [s["latent_mean"] for s in iter_samples(list(shards))]
+    key = lambda a: a.tobytes()  # noqa: E731 - samples differ, so their bytes name them
+    batches_ = memory_batches(shards, 0, 1, 5, seed="s")  # 12 samples: the third batch spans two epochs
+    rows = np.concatenate([next(batches_)["latent_mean"] for _ in range(5)])
+    first, second = rows[:len(every)], rows[len(every):2 * len(every)]
+    assert sorted(map(key, first)) == sorted(map(key, every)) == sorted(map(key, second))
+    assert [key(r) for r in first] != [key(r) for r in second]
+    again = np.concatenate([next(memory_batches(shards, 0, 1, len(every), seed="s"))["latent_mean"]])
+    assert [key(r) for r in again] == [key(r) for r in first]
+    # 3 shards of 4 over 2 workers: shards[rank::2], so 8 and 4 samples
+    shares = [{key(r) for r in next(memory_batches(shards, rank, 2, size, seed=0))["latent_mean"]}
+              for rank, size in ((0, 8), (1, 4))]
+    assert list(map(len, shares)) == [8, 4]
+    assert not shares[0] & shares[1] and shares[0] | shares[1] == {key(r) for r in every}
 
 
 def test_audio_only_samples_get_the_networks_empty_video_features(shard_dir):

@@ -49,7 +49,10 @@ class TrainConfig:
     keep_checkpoints: int | None = None  # None: keep all
     log_every: int = 50
     seed: int = 0
-    shuffle_buffer: int = 1_000
+    shuffle_buffer: int = 1_000  # streaming only: samples in each worker's shuffle buffer
+    # a worker whose share of the samples fits in this many MB (as float32) reads it once and
+    # keeps it in memory; larger shares stream from the shards. 0: always stream
+    in_memory_mb: int = 4096
     stats_samples: int = 512  # samples read for the latent statistics of a from-scratch network
     log_dir: str | None = None  # where metrics.csv/parquet go; None: <storage>/<name> (local storage)
     # optional evaluation of checkpoints on a validation manifest (generate + report)
@@ -65,6 +68,8 @@ class TrainConfig:
         for name in ("batch_size", "steps", "checkpoint_every", "log_every", "stats_samples", "shuffle_buffer"):
             if getattr(self, name) < 1:
                 problems.append(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.in_memory_mb < 0:
+            problems.append(f"in_memory_mb must be >= 0, got {self.in_memory_mb}")
         if self.workers is not None and self.workers < 1:
             problems.append(f"workers must be >= 1, got {self.workers}")
         if self.keep_checkpoints is not None and self.keep_checkpoints < 1:

@@ -211,6 +211,51 @@ def sample_stream(paths: tuple[str, ...], rank: int, world: int, *, shuffle_buff
         epoch += 1
 
 
+def share_bytes(shards: ShardSet, world: int) -> int:
+    """Bytes of one worker's share of the samples as float32 arrays (what holding them in
+    memory costs)."""
+    per_sample = sum(4 * int(np.prod(shape)) for shape in shards.shapes.values())
+    return per_sample * -(-shards.num_samples // max(world, 1))
+
+
+def memory_batches(paths: tuple[str, ...], rank: int, world: int, batch_size: int, *,
+                   seed: object) -> Iterator[dict[str, np.ndarray]]:
+    """Endless shuffled batches from this worker's share, read from the shards ONCE and held as
+    stacked float32 arrays: an epoch is a permutation and a batch one fancy-indexing gather per
+    field, so a small network is not waiting on tar reading and per-sample decoding. Each epoch
+    is reshuffled with a generator seeded from (seed, rank, epoch); batches run across epoch
+    boundaries, so every sample is seen once per epoch."""
+    mine, stride = worker_share(paths, rank, world)
+    samples = [s for i, s in enumerate(iter_samples(mine)) if stride == 1 or i % stride == rank]
+    if not samples:
+        raise ShardError(f"worker {rank} of {world} got no samples from {mine}")
+    arrays = collate(samples)
+    arrays = {k: (v.astype(np.float32) if v.dtype == np.float16 else v) for k, v in arrays.items()}
+    del samples
+    count = len(arrays["has_video"])
+    epoch, order, pos = 0, np.empty(0, dtype=np.int64), 0
+    while True:
+        take = []
+        need = batch_size
+        while need:
+            if pos == len(order):
+                order = np.random.default_rng(_seed_ints(seed, rank, epoch)).permutation(count)
+                epoch, pos = epoch + 1, 0
+            chunk = order[pos:pos + need]
+            take.append(chunk)
+            pos += len(chunk)
+            need -= len(chunk)
+        index = np.concatenate(take)
+        yield {k: v[index] for k, v in arrays.items()}
+
+
+def _seed_ints(*parts: object) -> list[int]:
+    import hashlib
+
+    digest = hashlib.blake2b(":".join(map(str, parts)).encode(), digest_size=16).digest()
+    return [int.from_bytes(digest[i:i + 4], "little") for i in range(0, 16, 4)]
+
+
 def collate(samples: list[dict]) -> dict[str, np.ndarray]:
     """Stack a list of decoded samples into arrays, plus the has_video flags."""
     batch = {name: np.stack([s[name] for s in samples]) for name in ARRAY_FIELDS}

@@ -32,7 +32,7 @@ from model.config import NetworkConfig
 from model.meanflow import exact_ratio_for, flow_matching_loss, make_tangent, meanflow_loss, resolve_tangent_kind
 from model.network import MFMJT
 from workflows.train.config import TrainConfig
-from workflows.train.data import batches, sample_stream
+from workflows.train.data import batches, memory_batches, sample_stream
 
 METRIC_COLUMNS = ("step", "loss", "mse", "grad_norm", "lr", "samples_per_s", "elapsed_s")
 MODEL_FILE = "model.safetensors"
@@ -53,6 +53,10 @@ def train_loop_per_worker(job: dict[str, Any]) -> None:
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()
     device = ray.train.torch.get_device()
+    if device.type == "cpu" and job.get("cpu_threads"):
+        # Ray starts workers with one intra-op thread (OMP_NUM_THREADS=1); a CPU worker owns
+        # the CPUs it reserved, so its matrix products may use all of them
+        torch.set_num_threads(int(job["cpu_threads"]))
     torch.manual_seed(cfg.seed)  # same from-scratch init everywhere (DDP also broadcasts rank 0's)
 
     # ---- model, optimizer, schedule, EMA
@@ -75,9 +79,12 @@ def train_loop_per_worker(job: dict[str, Any]) -> None:
         trim_metrics(Path(job["metrics_csv"]), step)
 
     # ---- data: this worker's share of the shards, reshuffled differently after a resume
-    stream = sample_stream(tuple(job["shards"]), rank, world, shuffle_buffer=cfg.shuffle_buffer,
-                           seed=f"{cfg.seed}:{step}")
-    data = batches(stream, cfg.batch_size)
+    if job.get("in_memory"):
+        data = memory_batches(tuple(job["shards"]), rank, world, cfg.batch_size, seed=f"{cfg.seed}:{step}")
+    else:
+        stream = sample_stream(tuple(job["shards"]), rank, world, shuffle_buffer=cfg.shuffle_buffer,
+                               seed=f"{cfg.seed}:{step}")
+        data = batches(stream, cfg.batch_size)
     if cfg.objective == "meanflow":
         jvp = resolve_tangent_kind(cfg.jvp, device)
         objective = functools.partial(meanflow_loss, tangent=make_tangent(jvp, device))

@@ -21,7 +21,7 @@ from typing import Any
 from model.config import NetworkConfig, get_preset
 from workflows.output_lock import exclusive_output, writer_of
 from workflows.train.config import DEFAULT_PRESET, TrainConfig
-from workflows.train.data import ShardSet, check_shards, latent_statistics
+from workflows.train.data import ShardSet, check_shards, latent_statistics, share_bytes
 from workflows.train.loop import META_FILE, MODEL_FILE, train_loop_per_worker
 
 MetricsCallback = Callable[[dict[str, float]], None]
@@ -84,11 +84,16 @@ def _run_locked(cfg: TrainConfig, on_metrics: MetricsCallback | None, shards: Sh
     log_dir.mkdir(parents=True, exist_ok=True)
     metrics_csv = log_dir / "metrics.csv"
     job = _job(cfg, shards, network, metrics_csv)
+    job["in_memory"] = share_bytes(shards, workers) <= cfg.in_memory_mb * 2**20
+    # CPU workers split the cluster's CPUs (at least one each) and use them as torch threads
+    cpus_per_worker = 1 if use_gpu else max(1, int(resources.cpus // workers))
+    job["cpu_threads"] = None if use_gpu else cpus_per_worker
 
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config=job,
-        scaling_config=ray.train.ScalingConfig(num_workers=workers, use_gpu=use_gpu),
+        scaling_config=ray.train.ScalingConfig(num_workers=workers, use_gpu=use_gpu,
+                                               resources_per_worker={"CPU": cpus_per_worker}),
         run_config=ray.train.RunConfig(
             name=cfg.name,
             storage_path=cfg.resolved_storage_path,
