@@ -39,6 +39,7 @@ from workflows.metrics.ib_score import ImageBindScorer, build_imagebind
 from workflows.metrics.media_io import encode_opus, read_audio, read_grey_frames
 from workflows.metrics.onsets import OnsetConfig, detect_onsets, onset_acc_ap, onset_prf
 from workflows.metrics.plots import spectrogram_png, waveform_png
+from workflows.metrics.sound_class import load_event_classes_beside, score_sound_classes
 from workflows.metrics.run_inputs import GeneratedRow, ReferenceIndex, load_events, load_run, read_generated_audio
 from workflows.metrics.weights import WeightsLocator
 from workflows.output_lock import exclusive_output, writer_of
@@ -47,7 +48,7 @@ __all__ = ["ClipMedia", "ReportConfig", "ReportResult", "grouped_unavailable", "
 
 ALL_BACKENDS = ("panns", "vggish", "passt", "logmel")
 CLASSIFIER_BACKENDS = ("panns", "passt")  # backends whose logits give KL and IS
-PER_CLIP_METRICS = ("onset_acc", "onset_ap", "onset_precision", "onset_recall", "onset_f1",
+PER_CLIP_METRICS = ("onset_acc", "onset_ap", "onset_precision", "onset_recall", "onset_f1", "sound_class_acc",
                     "av_align", "av_align_reference", "kl_panns", "kl_passt", "desync_s", "clap_score", "ib_score")
 SKIPPABLE = ("desync", "clap", "ib")  # model-based metrics a user may leave out (`--skip`)
 LOWER_IS_BETTER = {"kl_panns", "kl_passt", "desync_s"} | {f"fad_{b}" for b in ALL_BACKENDS}
@@ -222,7 +223,7 @@ def _empty_record(row: GeneratedRow) -> dict:
         "video_id": row.video_id, "source_path": None if row.source_path is None else str(row.source_path),
         "status": "ok", "error": None, "generated_path": None, "reference_path": None,
         "reference_kind": "none", "onset_reference": "none", "duration_s": None,
-        "n_reference_onsets": None, "n_generated_onsets": None,
+        "n_reference_onsets": None, "n_generated_onsets": None, "n_class_events": None, "n_class_correct": None,
     }
     record.update({m: None for m in PER_CLIP_METRICS})
     record["ib_reason"] = None  # why a clip has no ib_score (no video, video too short, ...)
@@ -303,6 +304,15 @@ class _ClipScorer:
                     record["onset_precision"], record["onset_recall"], record["onset_f1"] = p, r, f
         except Exception as exc:
             self._note(record, "onsets", exc)
+        try:
+            with _Timer(record, "sound_class"):
+                classes = load_event_classes_beside(row.source_path)
+                if classes is not None:
+                    scores = score_sound_classes(gen, cfg.sample_rate, classes)
+                    record["sound_class_acc"] = scores.accuracy
+                    record["n_class_events"], record["n_class_correct"] = scores.events, scores.correct
+        except Exception as exc:
+            self._note(record, "sound class", exc)
 
         if row.source_path is not None:
             try:
@@ -425,6 +435,10 @@ def _set_metrics(infos: dict[str, BackendInfo], scored: list[ScoredClip], record
 
 
 def _per_clip_means(records: list[dict], metrics: dict, unavailable: dict) -> None:
+    events = sum(r.get("n_class_events") or 0 for r in records)
+    if events:  # pooled over events, beside the mean of the per-clip accuracies
+        metrics["sound_class_acc_pooled"] = sum(r.get("n_class_correct") or 0 for r in records) / events
+        metrics["sound_class_events"] = events
     for m in PER_CLIP_METRICS:
         values = [r[m] for r in records if r.get(m) is not None and math.isfinite(r[m])]
         if values:
@@ -432,6 +446,8 @@ def _per_clip_means(records: list[dict], metrics: dict, unavailable: dict) -> No
             metrics[f"{m}_n"] = len(values)
         elif m.startswith("onset_") and m not in unavailable:
             unavailable[m] = "no clip has visual events (<stem>.events.json) or reference audio"
+        elif m == "sound_class_acc" and m not in unavailable:
+            unavailable[m] = "no clip's events sidecar names the class of each object's events (foley-synth's do)"
         elif m == "desync_s" and m not in unavailable:
             unavailable[m] = ("no clip is 4.8 s or longer with a readable source video "
                               "(Synchformer's sync head scores 14 segments)")

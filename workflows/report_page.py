@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 __all__ = ["render_page"]
 
 _FIXED_COLUMNS = ("video_id", "status", "reference_kind", "onset_reference", "duration_s")
-_METRIC_COLUMNS = ("onset_acc", "onset_ap", "onset_precision", "onset_recall", "onset_f1", "av_align",
+_METRIC_COLUMNS = ("onset_acc", "onset_ap", "onset_precision", "onset_recall", "onset_f1", "sound_class_acc", "av_align",
                    "av_align_reference", "kl_panns", "kl_passt", "desync_s", "clap_score", "ib_score")
 
 _CSS = """

@@ -1,0 +1,77 @@
+"""Sound-class accuracy (workflows/metrics/sound_class.py) on foley-synth soundtracks rendered by
+the dataset's own code: the recording an object's look names is found at every event, a
+soundtrack made with the wrong recordings is caught, and silence is not a class."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import numpy as np
+import pytest
+
+from workflows.datasets.foley_config import FoleySynthConfig
+from workflows.datasets.foley_scene import render_audio, sample_clip
+from workflows.datasets.sound_bank import SOUND_CLASSES, load_sound_bank
+from workflows.metrics.sound_class import load_event_classes, score_sound_classes
+
+CFG = FoleySynthConfig(seed=3, n_test=12, two_object_prob=0.5)
+
+
+def events_of(clip) -> list[tuple[float, str]]:
+    return sorted((t, obj.sound_class) for obj in clip.objects for t in obj.events)
+
+
+def test_every_event_of_the_recordings_gets_its_class():
+    bank = load_sound_bank(CFG.sample_rate)
+    correct = total = 0
+    for index in range(CFG.n_test):
+        clip = sample_clip(CFG, "test", index)
+        scores = score_sound_classes(render_audio(clip, bank), CFG.sample_rate, events_of(clip))
+        correct, total = correct + scores.correct, total + scores.events
+    assert total >= 24
+    assert correct == total
+
+
+def test_the_wrong_recording_is_caught():
+    """Each object sounds like the NEXT class in the list: (almost) every event is wrong."""
+    bank = load_sound_bank(CFG.sample_rate)
+    correct = total = 0
+    for index in range(CFG.n_test):
+        clip = sample_clip(CFG, "test", index)
+        swapped = dataclasses.replace(clip, objects=tuple(
+            dataclasses.replace(o, sound_class=SOUND_CLASSES[(SOUND_CLASSES.index(o.sound_class) + 1) % 6])
+            for o in clip.objects))
+        scores = score_sound_classes(render_audio(swapped, bank), CFG.sample_rate, events_of(clip))
+        correct, total = correct + scores.correct, total + scores.events
+        assert all(p != e for p, e in zip(scores.predicted, scores.expected))
+    assert total >= 24 and correct == 0
+
+
+def test_silence_gets_one_class_for_every_event():
+    """A flat profile is no sound at all: every event gets the same class, so silence cannot
+    score above the share of the commonest class."""
+    clip = sample_clip(CFG, "test", 0)
+    wav = np.zeros(clip.n_samples, dtype=np.float32)
+    scores = score_sound_classes(wav, CFG.sample_rate, events_of(clip))
+    assert scores.events == len(clip.events) and len(set(scores.predicted)) == 1
+
+
+def test_sidecar_classes_are_read_and_a_sidecar_without_them_gives_none(tmp_path):
+    sidecar = tmp_path / "a.events.json"
+    sidecar.write_text(json.dumps({"events": [1.0, 2.5], "objects": [
+        {"class": "tom", "events": [2.5]}, {"class": "snap", "events": [1.0]}]}))
+    assert load_event_classes(sidecar) == [(1.0, "snap"), (2.5, "tom")]
+    sidecar.write_text(json.dumps({"events": [1.0]}))
+    assert load_event_classes(sidecar) is None
+
+
+@pytest.mark.parametrize("rate", [22050, 44100])
+def test_other_sample_rates_are_resampled(rate):
+    from workflows.metrics.onsets import resample
+
+    bank = load_sound_bank(CFG.sample_rate)
+    clip = sample_clip(CFG, "test", 1)
+    wav = resample(render_audio(clip, bank), CFG.sample_rate, rate)
+    scores = score_sound_classes(wav, rate, events_of(clip))
+    assert scores.correct == scores.events
