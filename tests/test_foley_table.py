@@ -1,0 +1,43 @@
+"""The foley-synth table's bootstrap intervals (workflows/bench/foley_table.py)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from workflows.bench.foley_table import bootstrap, markdown, run_row
+
+
+def test_interval_holds_the_mean_and_narrows_with_more_clips():
+    rng = np.random.default_rng(0)
+    small, large = rng.uniform(0, 1, 40), rng.uniform(0, 1, 400)
+    est_s, lo_s, hi_s = bootstrap(small)
+    est_l, lo_l, hi_l = bootstrap(large)
+    assert lo_s < est_s < hi_s and lo_l < est_l < hi_l
+    assert est_s == np.mean(small)
+    # the width of a mean's interval shrinks like 1 / sqrt(n): 10x the clips, ~0.32x the width
+    assert 0.2 < (hi_l - lo_l) / (hi_s - lo_s) < 0.45
+
+
+def test_weights_pool_events_and_nans_are_left_out():
+    acc = np.array([1.0, 0.0, np.nan])
+    events = np.array([3.0, 1.0, 0.0])
+    est, lo, hi = bootstrap(acc, events)
+    assert est == 0.75  # 3 of 4 events
+    assert 0.0 <= lo <= est <= hi <= 1.0
+    assert all(math.isnan(v) for v in bootstrap(np.array([np.nan])))
+
+
+def test_a_report_folder_becomes_a_row(tmp_path):
+    pq.write_table(pa.table({
+        "status": ["ok", "ok", "failed"], "onset_f1": [1.0, 0.5, None], "onset_precision": [1.0, 0.5, None],
+        "n_class_events": [2, 2, None], "n_class_correct": [2, 1, None]}), tmp_path / "report.parquet")
+    row = run_row(tmp_path)
+    assert row["clips"][0] == 2
+    assert row["onset_f1"][0] == 0.75 and row["sound_class"][0] == 0.75
+    assert math.isnan(row["av_align"][0])
+    table = markdown({"x": row})
+    assert "| x | 2 | 0.750 [" in table and "n/a" in table
