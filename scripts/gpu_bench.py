@@ -78,6 +78,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--duration", type=float, default=8.0)
     p.add_argument("--budget-s", type=float, default=float(os.environ.get("GPU_BENCH_BUDGET_S", 440)),
                    help="total time for all parts (default 440 s: the run must fit 8 minutes)")
+    p.add_argument("--part-limit-scale", type=float, default=1.0,
+                   help="multiply each part's own time limit (sized for a GPU) by this, e.g. on a slow or busy CPU")
     p.add_argument("--parts", default=",".join(part.name for part in PARTS),
                    help="comma-separated parts to run, in the listed order")
     p.add_argument("--no-compile", action="store_true", help="skip the torch.compile parts")
@@ -120,7 +122,8 @@ def main(argv: list[str] | None = None) -> int:
             result["parts"][part.name] = {"status": "skipped", "reason": f"only {left:.0f} s of the budget left"}
             log(started, f"part {part.name}: skipped ({left:.0f} s left)")
             continue
-        result["parts"][part.name] = run_part(args, part, min(part.max_s, left), work, started, result)
+        result["parts"][part.name] = run_part(args, part, min(part.max_s * args.part_limit_scale, left), work, started,
+                                                result)
         write_result(out, result, started)
     write_result(out, result, started)
     shutil.rmtree(work, ignore_errors=True)
