@@ -22,9 +22,9 @@ def register(app: typer.Typer) -> None:
         checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", help="An MF-MJT checkpoint (.safetensors) from `dub train`."),
         sampler: str = typer.Option("meanflow", help="meanflow (1..k steps) or euler (flow-matching baseline)."),
         steps: int = typer.Option(1, help="Sampler steps: 1 for one-step MeanFlow; 25 for the Euler baseline."),
-        cfg: float = typer.Option(1.0, "--cfg", help="Classifier-free guidance weight (<= 1: no unconditional pass)."),
-        cfg_rescale: float = typer.Option(0.7, "--cfg-rescale", help="Scalar rescale strength phi for --rescale-mode std."),
-        rescale_mode: str = typer.Option("std", "--rescale-mode", help="std | proj | none"),
+        cfg: Optional[float] = typer.Option(None, "--cfg", help="Classifier-free guidance weight (<= 1: no unconditional pass). Default: the model bundle's, the one its published figures were measured with."),
+        cfg_rescale: Optional[float] = typer.Option(None, "--cfg-rescale", help="Scalar rescale strength phi for --rescale-mode std (default: the bundle's)."),
+        rescale_mode: Optional[str] = typer.Option(None, "--rescale-mode", help="std | proj | none (default: the bundle's)."),
         seed: int = typer.Option(0, help="Global seed; each window's noise comes from (seed, video id, window)."),
         prompt: str = typer.Option("", help="Default text prompt (a manifest row's own prompt wins)."),
         negative_prompt: str = typer.Option("", "--negative-prompt", help="Text for the unconditional branch."),
@@ -62,6 +62,10 @@ def register(app: typer.Typer) -> None:
                 raise typer.BadParameter(f"no --manifest given and ./{DEFAULT_MANIFEST} does not exist; "
                                          "run `dub ingest VIDEOS -o manifest.parquet` first", param_hint="--manifest")
         try:
+            defaults = _bundle_sampler(model)
+            cfg = defaults.cfg if cfg is None else cfg
+            rescale_mode = defaults.rescale if rescale_mode is None else rescale_mode
+            cfg_rescale = defaults.phi if cfg_rescale is None else cfg_rescale
             config = GenerateConfig(
                 out_dir=str(out), manifest=str(manifest) if prompts is None else None,
                 prompts_file=str(prompts) if prompts else None, model=model,
@@ -142,3 +146,14 @@ def _print_summary(summary, console) -> None:
     for reason, count in sorted(summary.errors.items()):
         table.add_row(f"  failed: {reason}", str(count))
     console.print(table)
+
+
+def _bundle_sampler(model: str):
+    """The bundle's default sampler settings (what its published figures used); an unknown
+    bundle name falls through to GenerateConfig, which says what the known ones are."""
+    from model.bundles import MF_MJT_SAMPLER, resolve_bundle
+
+    try:
+        return resolve_bundle(model).sampler
+    except ValueError:
+        return MF_MJT_SAMPLER

@@ -37,6 +37,8 @@ def evaluate_checkpoints(cfg: TrainConfig, shards: ShardSet, result) -> list[dic
 
 def evaluate_checkpoint(cfg: TrainConfig, bundle: str, step: int, checkpoint_dir: str, *,
                         resize: str = "fast") -> dict[str, Any]:
+    from model.bundles import resolve_bundle
+    from model.generator import SamplerConfig
     from workflows.generate.config import GenerateConfig
     from workflows.generate.run import run_generate
     from workflows.report import ReportConfig, run_report
@@ -46,7 +48,8 @@ def evaluate_checkpoint(cfg: TrainConfig, bundle: str, step: int, checkpoint_dir
     try:
         generated = run_generate(GenerateConfig(out_dir=str(out / "generated"), manifest=cfg.val_manifest,
                                                 model=bundle, checkpoint=record["checkpoint"], seed=cfg.seed,
-                                                resize=resize))
+                                                resize=resize,  # the bundle's sampler: what `dub generate` runs
+                                                sampler=SamplerConfig(**resolve_bundle(bundle).sampler.as_dict())))
         record["generate"] = generated.as_dict()
         report = run_report(ReportConfig(run_dir=str(out / "generated"), out_dir=str(out / "report"),
                                          reference=cfg.val_manifest))
