@@ -65,6 +65,11 @@ def test_two_workers_checkpoint_then_resume(ray_session, shard_dir, tmp_path):
     # from scratch: latent normalisation set from the shards (mean around 0.5, not the identity)
     assert model.latent_mean.abs().mean().item() > 0.1 and not torch.allclose(model.latent_std, torch.ones(1))
     assert _state(ckpt2)["step"] == 2 and _adam_step(_state(ckpt2)) == 2.0
+    # DDP kept the two replicas identical: both ranks apply the same all-reduced gradients with the
+    # same optimizer arithmetic, so their weights agree bit for bit
+    fingerprints = [torch.load(ckpt2 / f"rng_rank{r}.pt", weights_only=True)["weights"] for r in (0, 1)]
+    assert len(fingerprints[0]) == len(list(model.parameters())) and torch.isfinite(fingerprints[0]).all()
+    assert torch.equal(fingerprints[0], fingerprints[1])
 
     resumed = run_train(dataclasses.replace(cfg, steps=3, checkpoint_every=3))
     ckpt3 = Path(resumed.checkpoint_dir)

@@ -204,7 +204,11 @@ def mean_over_workers(values: dict[str, float], device: torch.device) -> dict[st
 def save(folder: Path, step: int, elapsed_s: float, net: MFMJT, ema: MFMJT, optimizer, scheduler,
          generator: torch.Generator, rank: int, job: dict[str, Any]) -> None:
     """Rank 0 writes the weights and state; every rank its generator (Ray merges the folders)."""
-    torch.save({"generator": generator.get_state(), "torch": torch.get_rng_state()}, folder / f"rng_rank{rank}.pt")
+    # each rank's weight fingerprint (per-parameter float64 sums): DDP must keep the replicas
+    # identical, and a checkpoint that shows it can be checked after the fact
+    fingerprint = torch.stack([p.detach().double().sum().cpu() for p in net.parameters()])
+    torch.save({"generator": generator.get_state(), "torch": torch.get_rng_state(), "weights": fingerprint},
+               folder / f"rng_rank{rank}.pt")
     if rank != 0:
         return
     cfg = TrainConfig.from_dict(job["train"])
