@@ -15,7 +15,7 @@ set -euo pipefail
 W=$(realpath -m "${1:-runs/foley-benchmark}")
 SEED=${FOLEY_SEED:-0}
 N_TEST=${FOLEY_TEST:-200}
-STEPS=${TRAIN_STEPS:-1200}
+STEPS=${TRAIN_STEPS:-1600}
 mkdir -p "$W"
 TRAIN_FLAGS=(--workers 1 --steps "$STEPS" --batch-size 32 --lr 1e-3 --warmup 100 --ema 0.995
              --checkpoint-every $((STEPS / 4)) --log-every 50 --bf16
