@@ -13,6 +13,7 @@ import torch
 from typer.testing import CliRunner
 
 from dub.cli import app
+from tests.train_helpers import assert_evaluated_every_step
 from model.demo import DemoCodec, DemoEncoders
 from workflows.datasets.foley_synth import make_foley_synth
 from workflows.extract.config import ExtractConfig
@@ -167,13 +168,7 @@ def test_training_evaluates_checkpoints_on_a_validation_manifest(ray_session, tm
                                    architecture={"hidden_dim": 32}, batch_size=2, steps=2, checkpoint_every=1,
                                    log_every=1, warmup_steps=1, sample_every=1,
                                    val_manifest=str(tmp_path / "val.parquet")))
-    assert [e["step"] for e in result.evaluations] == [1, 2]
-    for evaluation in result.evaluations:
-        assert "error" not in evaluation, evaluation
-        assert evaluation["generate"]["done"] == 1 and "onset_ap_mean" in evaluation["summary"]
-        assert (Path(evaluation["dir"]) / "report" / "report.parquet").is_file()
-        run = json.loads((Path(evaluation["dir"]) / "generated" / "run.json").read_text())
-        assert run["config"]["resize"] == "exact"
+    assert_evaluated_every_step(result, [1, 2], resize="exact")
 
 
 def _foley_clip(inputs) -> str:

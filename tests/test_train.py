@@ -17,7 +17,7 @@ from model.checkpoint import load_checkpoint, load_state_dict_file, save_checkpo
 from model.config import get_preset
 from model.meanflow import MeanFlowConfig
 from model.network import MFMJT
-from tests.train_helpers import SHAPES, SHAPES_8S, TINY_ARCHITECTURE, write_synthetic_shards
+from tests.train_helpers import SHAPES, SHAPES_8S, TINY_ARCHITECTURE, assert_evaluated_every_step, write_synthetic_shards
 from workflows.train.config import TrainConfig
 from workflows.train.data import (ShardError, check_shards, collate, iter_samples, memory_batches, sample_stream,
                                   worker_share)
@@ -302,10 +302,4 @@ def test_validation_manifest_evaluates_each_chosen_checkpoint(ray_session, tmp_p
                                    architecture={"hidden_dim": 32}, batch_size=2, steps=2, checkpoint_every=1,
                                    log_every=1, warmup_steps=1, shuffle_buffer=2, stats_samples=4, sample_every=1,
                                    val_manifest=str(tmp_path / "val.parquet")))
-    assert [e["step"] for e in result.evaluations] == [1, 2]
-    for evaluation in result.evaluations:
-        assert "error" not in evaluation, evaluation
-        assert evaluation["generate"]["done"] == 1 and "onset_ap_mean" in evaluation["summary"]
-        assert (Path(evaluation["dir"]) / "report" / "report.parquet").is_file()
-        run = json.loads((Path(evaluation["dir"]) / "generated" / "run.json").read_text())
-        assert run["config"]["resize"] == "exact" and run["config"]["checkpoint"] == evaluation["checkpoint"]
+    assert_evaluated_every_step(result, [1, 2], resize="exact")

@@ -47,3 +47,18 @@ def write_synthetic_shards(out_dir: Path, *, samples: int = 12, shard_size: int 
         writer.add(window_key(meta["video_id"], 0), encode_sample(arrays, meta))
     writer.close()
     return sorted(Path(out_dir).glob("shard-*.tar"))
+
+
+def assert_evaluated_every_step(result, steps: list[int], resize: str) -> None:
+    """Training's checkpoint evaluations (--val-manifest/--sample-every): one per step in `steps`,
+    each a finished generate run of the validation clip, made from frames resized as the shards
+    were (`resize`), and a report with onset scores."""
+    import json
+
+    assert [e["step"] for e in result.evaluations] == steps
+    for evaluation in result.evaluations:
+        assert "error" not in evaluation, evaluation
+        assert evaluation["generate"]["done"] == 1 and "onset_ap_mean" in evaluation["summary"]
+        assert (Path(evaluation["dir"]) / "report" / "report.parquet").is_file()
+        run = json.loads((Path(evaluation["dir"]) / "generated" / "run.json").read_text())
+        assert run["config"]["resize"] == resize and run["config"]["checkpoint"] == evaluation["checkpoint"]
