@@ -1,5 +1,7 @@
-"""`dub report` end to end on a real (tiny) generate run: per-video Parquet, summary, HTML page
-opened in headless Chromium, the CLI."""
+"""`dub report` end to end on a generate run's layout built by the tests (real H.264 files with
+event sidecars and synthetic burst soundtracks, a report.parquet as `dub generate` writes it; not
+made by running `dub generate`): per-video Parquet, summary, HTML page opened in headless
+Chromium, the CLI."""
 
 from __future__ import annotations
 
