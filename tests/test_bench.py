@@ -273,10 +273,11 @@ def test_gpu_bench_script_runs_its_parts_in_children_and_writes_json(tmp_path):
     import sys
 
     root = Path(__file__).resolve().parents[1]
-    # budgets no stage can outrun: the parts' limits are sized for a GPU, so on a busy 2-core CPU
-    # the later stages were skipped, and this test checks the harness, not the timings
+    # 2 s clips and budgets no stage can outrun: the parts' limits are sized for a GPU, so on a
+    # busy 2-core CPU the later stages were skipped; this test checks the harness, not the timings
     command = [sys.executable, "scripts/gpu_bench.py", "--device", "cpu", "--preset", "tiny", "--batch-size", "2",
-               "--repeats", "1", "--budget-s", "3600", "--part-limit-scale", "10", "--out", str(tmp_path), "--parts"]
+               "--repeats", "1", "--duration", "2", "--budget-s", "3600", "--part-limit-scale", "10", "--out", str(tmp_path),
+               "--parts"]
     typo = subprocess.run([*command, "generate,e2e-fp9"], cwd=root, timeout=120, capture_output=True, text=True)
     assert typo.returncode == 2 and "e2e-fp9" in typo.stderr  # refused before any part runs
     subprocess.run([*command, "generate"], cwd=root, check=True, timeout=300, capture_output=True)
