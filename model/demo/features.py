@@ -169,11 +169,10 @@ class DemoEncoders(nn.Module):
         transition, appearance = _sync_frame_descriptors(coarse)
         per_frame = torch.cat([transition, appearance, _event_descriptors(pooled)], dim=-1)  # (B, T, SYNC_RAW_DIM)
         position = (sync_token_times(t) * SYNC_FPS).clamp(0, t - 1)  # fractional frame index per token
-        below = position.floor().long().clamp(max=t - 2) if t > 1 else position.floor().long()
+        below = position.floor().long().clamp(max=t - 2)  # t >= 16: below + 1 is always a frame
         frac = (position - below).to(per_frame.dtype).to(self.device).view(1, -1, 1)
         below = below.to(self.device)
-        above = (below + 1).clamp(max=t - 1)
-        tokens = per_frame[:, below] * (1 - frac) + per_frame[:, above] * frac
+        tokens = per_frame[:, below] * (1 - frac) + per_frame[:, below + 1] * frac
         return tokens @ self.sync_projection
 
     # -- text ------------------------------------------------------------------------------
@@ -269,13 +268,18 @@ def _signed_sqrt(x: torch.Tensor) -> torch.Tensor:
     return torch.sign(x) * x.abs().sqrt()
 
 
+def _shifted(v: torch.Tensor, by: int) -> torch.Tensor:
+    """v[:, k - by] for every frame k of (B, T, ...) `v`, the edge frame repeated past either end."""
+    t = v.shape[1]
+    return v[:, (torch.arange(t, device=v.device) - by).clamp(0, t - 1)]
+
+
 def _sync_frame_descriptors(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(B, T, 3, g, g) -> transition (B, T, _TRANSITION_DIM): the change into each frame from
     the one before (zero for frame 0); appearance (B, T, _APPEARANCE_DIM). Square roots
     compress the range so a small motion is visible next to a full-frame flash."""
     b, t = x.shape[:2]
-    previous = torch.cat([x[:, :1], x[:, :-1]], dim=1)
-    diff = x - previous
+    diff = x - _shifted(x, 1)
     luma_diff = _luma(diff)  # (B, T, g, g)
     motion = F.adaptive_avg_pool2d(luma_diff.abs().flatten(0, 1).unsqueeze(1), 4).reshape(b, t, 16)
     transition = torch.cat(
@@ -313,19 +317,15 @@ def _event_descriptors(x: torch.Tensor) -> torch.Tensor:
     cy = (weight.sum(dim=3) * coords).sum(dim=-1)
     centre = torch.stack([cx, cy], dim=-1)  # (B, T, 2), frame units, 0 = middle
 
-    def shifted(v: torch.Tensor, by: int) -> torch.Tensor:  # v[k - by], edge frames repeated
-        idx = (torch.arange(t, device=v.device) - by).clamp(0, t - 1)
-        return v[:, idx]
-
-    both = torch.minimum(present, shifted(present, 1))
-    velocity = (centre - shifted(centre, 1)) * both.unsqueeze(-1)
-    all3 = torch.minimum(both, shifted(present, -1))
-    acceleration = (shifted(centre, -1) - 2 * centre + shifted(centre, 1)) * all3.unsqueeze(-1)
-    change = (x - shifted(x, 1)).abs().sum(dim=2)  # (B, T, g, g)
+    both = torch.minimum(present, _shifted(present, 1))
+    velocity = (centre - _shifted(centre, 1)) * both.unsqueeze(-1)
+    all3 = torch.minimum(both, _shifted(present, -1))
+    acceleration = (_shifted(centre, -1) - 2 * centre + _shifted(centre, 1)) * all3.unsqueeze(-1)
+    change = (x - _shifted(x, 1)).abs().sum(dim=2)  # (B, T, g, g)
     w = fg * change
     colour = (x * w.unsqueeze(2)).sum(dim=(3, 4)) / w.sum(dim=(2, 3)).unsqueeze(-1).clamp_min(1e-6)
     colour_weight = (w.mean(dim=(2, 3)) / (w.mean(dim=(2, 3)) + 1e-3)).unsqueeze(-1)
-    onset = (mass - shifted(mass, 1)).clamp_min(0)
+    onset = (mass - _shifted(mass, 1)).clamp_min(0)
     return torch.cat(
         [
             mass.sqrt().unsqueeze(-1) * 4,
