@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -75,3 +76,35 @@ def test_other_sample_rates_are_resampled(rate):
     wav = resample(render_audio(clip, bank), CFG.sample_rate, rate)
     scores = score_sound_classes(wav, rate, events_of(clip))
     assert scores.correct == scores.events
+
+
+def test_dub_report_scores_each_event_against_the_recording_its_object_names(tmp_path):
+    """Through `run_report`: foley-synth clips whose 'generated' audio is their own recording
+    (two objects in at least one) get sound_class_acc 1 per clip, the pooled accuracy and event
+    count in the summary, and the column in report.parquet."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from manifests.io import write_parquet_atomic
+    from manifests.schema import REPORT_SCHEMA
+    from workflows.datasets.foley_synth import make_foley_synth
+    from workflows.report import ReportConfig, run_report
+
+    index = make_foley_synth(tmp_path / "foley", seed=5, n_train=0, n_val=0, n_test=3, seconds=4.0, size=(64, 64),
+                             two_object_prob=0.5)
+    assert index["n_objects"].max() == 2  # one sidecar with two objects of different classes
+    rows, events = [], 0
+    for clip in index.itertuples():
+        silent = Path(clip.path_silent)
+        rows.append({"video_id": clip.clip_id.replace("-", ""), "path": str(silent), "status": "done",
+                     "output_mp4": clip.path_with_audio})
+        events += len(load_event_classes(silent.with_name(silent.stem + ".events.json")))
+    (tmp_path / "run").mkdir()
+    write_parquet_atomic(pa.Table.from_pylist(rows, schema=REPORT_SCHEMA), tmp_path / "run" / "report.parquet")
+    result = run_report(ReportConfig(run_dir=str(tmp_path / "run"), out_dir=str(tmp_path / "out"),
+                                     backends=("logmel",), write_html=False, skip=("desync", "clap", "ib")))
+    metrics = result.summary["metrics"]
+    assert metrics["sound_class_events"] == events >= 6
+    assert metrics["sound_class_acc_pooled"] == 1.0 and metrics["sound_class_acc_mean"] == 1.0
+    table = pq.read_table(tmp_path / "out" / "report.parquet").to_pydict()
+    assert table["sound_class_acc"] == [1.0] * 3 and sum(table["n_class_events"]) == events

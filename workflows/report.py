@@ -39,8 +39,9 @@ from workflows.metrics.ib_score import ImageBindScorer, build_imagebind
 from workflows.metrics.media_io import encode_opus, read_audio, read_grey_frames
 from workflows.metrics.onsets import OnsetConfig, detect_onsets, onset_acc_ap, onset_prf
 from workflows.metrics.plots import spectrogram_png, waveform_png
-from workflows.metrics.sound_class import load_event_classes_beside, score_sound_classes
-from workflows.metrics.run_inputs import GeneratedRow, ReferenceIndex, load_events, load_run, read_generated_audio
+from workflows.metrics.run_inputs import (GeneratedRow, ReferenceIndex, events_sidecar, load_events, load_run,
+                                         read_generated_audio)
+from workflows.metrics.sound_class import load_event_classes, score_sound_classes
 from workflows.metrics.weights import WeightsLocator
 from workflows.output_lock import exclusive_output, writer_of
 
@@ -306,7 +307,8 @@ class _ClipScorer:
             self._note(record, "onsets", exc)
         try:
             with _Timer(record, "sound_class"):
-                classes = load_event_classes_beside(row.source_path)
+                sidecar = events_sidecar(row.source_path)
+                classes = load_event_classes(sidecar) if sidecar is not None and sidecar.is_file() else None
                 if classes is not None:
                     scores = score_sound_classes(gen, cfg.sample_rate, classes)
                     record["sound_class_acc"] = scores.accuracy

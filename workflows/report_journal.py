@@ -29,7 +29,7 @@ import numpy as np
 
 from workflows.generate.sinks import remove_stale_temporaries, write_json_atomic
 from workflows.metrics.embeddings import BackendInfo, ClipFeatures
-from workflows.metrics.run_inputs import GeneratedRow, ReferenceIndex
+from workflows.metrics.run_inputs import GeneratedRow, ReferenceIndex, events_sidecar
 from workflows.metrics.weights import METRIC_WEIGHTS, WeightsLocator
 from workflows.report import ClipMedia, Injected, ReportConfig, ScoredClip
 
@@ -95,7 +95,7 @@ def clip_key(row: GeneratedRow, want_media: bool, references: ReferenceIndex | N
     fields = [None if v is None else str(v) for v in dataclasses.astuple(row)]
     outputs = [_stat(p) for p in (row.output_mp4, row.output_audio, row.output_shard)]
     source = row.source_path
-    sidecar = None if source is None else source.with_name(source.stem + ".events.json")
+    sidecar = events_sidecar(source)
     candidates = [] if references is None else [references.by_key.get(k) for k in
                                                  (row.video_id, source.stem if source else None) if k is not None]
     inputs = [_stat(source), _stat(sidecar), *[[str(p), _stat(p)] for p in candidates if p is not None]]

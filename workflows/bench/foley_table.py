@@ -90,8 +90,8 @@ def main(argv: list[str] | None = None) -> None:
         rows[label] = run_row(Path(folder))
     print(markdown(rows))
     if args.json:
-        args.json.write_text(json.dumps({"resamples": RESAMPLES, "seed": SEED, "interval": "95 % percentile bootstrap over clips",
-                                         "rows": rows}, indent=2))
+        args.json.write_text(json.dumps({"resamples": RESAMPLES, "seed": SEED,
+                                         "interval": "95 % percentile bootstrap over clips", "rows": rows}, indent=2))
 
 
 if __name__ == "__main__":

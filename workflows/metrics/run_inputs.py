@@ -134,12 +134,16 @@ class ReferenceIndex:
         return None, "none"
 
 
+def events_sidecar(source_path: Path | None) -> Path | None:
+    """Where a source video's visual events are kept: `<stem>.events.json` beside it (which may
+    not exist); None without a source."""
+    return None if source_path is None else source_path.with_name(source_path.stem + ".events.json")
+
+
 def load_events(source_path: Path | None) -> np.ndarray | None:
     """Visual event times from `<stem>.events.json` beside the source video, or None."""
-    if source_path is None:
-        return None
-    sidecar = source_path.with_name(source_path.stem + ".events.json")
-    if not sidecar.is_file():
+    sidecar = events_sidecar(source_path)
+    if sidecar is None or not sidecar.is_file():
         return None
     data = json.loads(sidecar.read_text())
     events = data.get("events") if isinstance(data, dict) else None

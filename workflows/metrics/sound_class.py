@@ -57,18 +57,10 @@ def load_event_classes(sidecar: Path) -> list[tuple[float, str]] | None:
         return None
     out = []
     for obj in objects:
-        if not isinstance(obj, dict) or not isinstance(obj.get("class"), str) or not isinstance(obj.get("events"), list):
+        if not (isinstance(obj, dict) and isinstance(obj.get("class"), str) and isinstance(obj.get("events"), list)):
             return None
         out += [(float(t), obj["class"]) for t in obj["events"]]
     return sorted(out)
-
-
-def load_event_classes_beside(source_path: Path | None) -> list[tuple[float, str]] | None:
-    """`load_event_classes` of the `<stem>.events.json` beside a source video (None without one)."""
-    if source_path is None:
-        return None
-    sidecar = Path(source_path).with_name(Path(source_path).stem + ".events.json")
-    return load_event_classes(sidecar) if sidecar.is_file() else None
 
 
 def score_sound_classes(wav: np.ndarray, sample_rate: int, events: list[tuple[float, str]]) -> ClassScores:
