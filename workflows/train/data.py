@@ -229,8 +229,7 @@ def memory_batches(paths: tuple[str, ...], rank: int, world: int, batch_size: in
     samples = [s for i, s in enumerate(iter_samples(mine)) if stride == 1 or i % stride == rank]
     if not samples:
         raise ShardError(f"worker {rank} of {world} got no samples from {mine}")
-    arrays = collate(samples)
-    arrays = {k: (v.astype(np.float32) if v.dtype == np.float16 else v) for k, v in arrays.items()}
+    arrays = collate(samples)  # decode_sample already gave float32 arrays
     del samples
     count = len(arrays["has_video"])
     epoch, order, pos = 0, np.empty(0, dtype=np.int64), 0
