@@ -19,9 +19,9 @@ if TYPE_CHECKING:
     from model.clip_encoder import ClipEncoder
 
 FP8_TOWERS = ("clip", "synchformer")  # what MMAudioEncoders.use_fp8 can convert
-# What it converts unless told: CLIP only. On an H200 (session 7, `dub bench e2e`, batch of 8,
-# compiled) FP8 Synchformer took 237 ms against 231 in bf16 (K = 768 is too small for FP8 to pay
-# for its quantisation), so converting it only added error.
+# What it converts unless told: CLIP only. Synchformer's matrices (K = 768) are too small for FP8
+# to pay for its quantisation: measured on an H200 (docs/benchmarks.md) it was no faster than
+# bf16, so converting it only added error.
 FP8_DEFAULT_TOWERS = ("clip",)
 CLIP_FPS = 8
 CLIP_SIZE = 384

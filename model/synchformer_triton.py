@@ -32,10 +32,9 @@ try:
 except ImportError:  # pragma: no cover - triton ships with torch's CUDA wheels
     triton = None
 
-# Launch configuration (query tile, key tile, warps). Measured on an H200 (session 7,
-# scripts/sync_attention_bench.py, batch of 8 clips, bf16): 64 / 32 / 4 warps was the fastest of
-# five for both attentions, time 0.73 ms (8 warps: 1.05; 64 / 64 / 4: 0.91) and space 1.87 ms
-# (8 warps: 3.18; 64 / 64 / 4: 2.17), against the SDPA form's 12.41 and 5.37 ms.
+# Launch configuration (query tile, key tile, warps): the fastest of the five tried for both
+# attentions by scripts/sync_attention_bench.py on an H200 (batch of 8 clips, bf16); the figures
+# are in docs/benchmarks.md.
 BLOCK_M = 64
 BLOCK_N = 32
 NUM_WARPS = 4

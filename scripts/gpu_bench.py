@@ -60,7 +60,7 @@ PARTS = (
     Part("encoders-fp8", "encoders", 120, {"compiled_only": True, "fp8": True}),
     Part("e2e-fp8", "e2e", 150, {"compiled_only": True, "fp8": True}),
     Part("media", "media", 45),  # the host's decoding capacity (carried PyAV wheel)
-    # FP8 for Synchformer too (session 7, H200: 237 ms vs 231 in bf16 per batch of 8), for comparison
+    # FP8 for Synchformer too, for comparison (not the default: see FP8_TOWERS in model/encoders.py)
     Part("e2e-fp8-all", "e2e", 150, {"compiled_only": True, "fp8": "all"}),
 )
 MIN_PART_S = 25.0  # do not start a part with less time than this left

@@ -6,7 +6,6 @@
 # It (a) installs the wheels carried in .whl/ (open_clip_torch, ftfy, wcwidth, av) when open_clip is
 # missing, (b) runs every sub-benchmark and (c) the fast-vs-eager checks, each part in its own
 # process under one time budget, and (d) writes $OUT/gpu_bench.json and $OUT/gpu_bench.log.
-# The device tool's call: command "bash scripts/gpu_bench.sh", carry [".whl"], timeout_s 540.
 set -uo pipefail
 cd "$(dirname "$0")/.." || exit 1
 OUT_DIR="${OUT:-out/gpu_bench}"

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The next GPU session's one device call (carry [".whl"], timeout_s 600), results under $OUT:
+# Every GPU check in one run (about 10 minutes; the wheels it needs in .whl/), results under $OUT:
 #   bash scripts/gpu_session.sh
 # 1. scripts/sync_attention_bench.py (<= 75 s): Synchformer's Triton divided attention against
 #    the SDPA form, per attention and over the whole model, with errors against float32;
