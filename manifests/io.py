@@ -14,7 +14,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from manifests.schema import (MANIFEST_REQUIRED, MANIFEST_SCHEMA, MANIFEST_STATUSES, REPORT_REQUIRED, REPORT_SCHEMA,
+from dub.manifests.schema import (MANIFEST_REQUIRED, MANIFEST_SCHEMA, MANIFEST_STATUSES, REPORT_REQUIRED, REPORT_SCHEMA,
                               REPORT_STATUSES, schema_name)
 
 

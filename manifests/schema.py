@@ -17,7 +17,7 @@ SCHEMA_VERSION_KEY = b"dub.schema_version"
 MANIFEST_STATUSES = ("ok", "error", "duplicate")
 
 MANIFEST_FIELDS = [
-    pa.field("video_id", pa.string(), nullable=False),  # content-derived (manifests.ids)
+    pa.field("video_id", pa.string(), nullable=False),  # content-derived (dub.manifests.ids)
     pa.field("path", pa.string(), nullable=False),  # as scanned (absolute)
     pa.field("size_bytes", pa.int64()),
     pa.field("mtime_ns", pa.int64()),  # with size: decides whether a re-ingest reprobes

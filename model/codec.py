@@ -13,9 +13,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from model.bigvgan import BigVGAN, BigVGANConfig, load_bigvgan
-from model.mel import MelConfig, MelConverter
-from model.vae import VAE, VAEConfig, load_vae
+from dub.model.bigvgan import BigVGAN, BigVGANConfig, load_bigvgan
+from dub.model.mel import MelConfig, MelConverter
+from dub.model.vae import VAE, VAEConfig, load_vae
 
 
 @runtime_checkable

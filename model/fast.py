@@ -1,6 +1,6 @@
 """Optimised inference paths: one MeanFlow step with CFG as a CUDA graph, and a compiled decoder.
 
-The eager path (`model.generator.Generator`) stays the reference. These wrappers call the very
+The eager path (`dub.model.generator.Generator`) stays the reference. These wrappers call the very
 same functions (`preprocess_conditions`, `guided_field` with cond and uncond as ONE batch of 2B,
 `sample_meanflow`, `unnormalize`, the codec's decode) under the same bf16 autocast, so a
 replayed graph computes the eager arithmetic; only launch overhead goes away.
@@ -29,9 +29,9 @@ from dataclasses import dataclass, fields
 import torch
 import torch.nn as nn
 
-from model.guidance import Guidance, needs_uncond
-from model.network import MFMJT, Conditions
-from model.sampling import guided_field, sample_meanflow, time_grid
+from dub.model.guidance import Guidance, needs_uncond
+from dub.model.network import MFMJT, Conditions
+from dub.model.sampling import guided_field, sample_meanflow, time_grid
 
 TensorFn = Callable[..., torch.Tensor]
 

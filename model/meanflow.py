@@ -168,7 +168,7 @@ VERIFY_TOLERANCE = 5e-2  # max |fast - eager| / max |eager|: bf16 fusions, not a
 
 class _FastTangent:
     """A faster way to `eager_tangent` that falls back to it for good at its first failure,
-    keeping the reason in `failed` (`model.fast.FallbackOnError`): a compiler or capture error
+    keeping the reason in `failed` (`dub.model.fast.FallbackOnError`): a compiler or capture error
     ends a run's fast path, not the run.
 
     With `verify` (default), the first call for each input shape also runs the eager JVP and
@@ -179,7 +179,7 @@ class _FastTangent:
     what = "the fast path"
 
     def __init__(self, verify: bool = True) -> None:
-        from model.fast import FallbackOnError
+        from dub.model.fast import FallbackOnError
 
         self._call = FallbackOnError(self._fast, eager_tangent,
                                      warning=f"MeanFlow JVP: {self.what} failed, using the eager JVP from now on")
@@ -264,7 +264,7 @@ class GraphedTangent(_FastTangent):
         self._calls: dict[tuple, Callable[..., torch.Tensor]] = {}
 
     def _fast(self, inner, z, t, s, v, cond) -> torch.Tensor:
-        from model.fast import CudaGraphCall
+        from dub.model.fast import CudaGraphCall
 
         names = sorted(cond)
         inputs = [z, t, s, v, *(cond[k] for k in names)]

@@ -28,7 +28,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from model.state_dicts import (  # noqa: F401 - errors and readers re-exported for callers
+from dub.model.state_dicts import (  # noqa: F401 - errors and readers re-exported for callers
     CheckpointLayout,
     MissingWeightsError,
     UnsafeCheckpointError,

@@ -36,7 +36,7 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from manifests.io import read_manifest, write_parquet_atomic
+from dub.manifests.io import read_manifest, write_parquet_atomic
 
 w = Path(sys.argv[1])
 table = read_manifest(w / "test.parquet")
@@ -74,8 +74,8 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from manifests.io import read_manifest, write_parquet_atomic
-from manifests.schema import REPORT_SCHEMA
+from dub.manifests.io import read_manifest, write_parquet_atomic
+from dub.manifests.schema import REPORT_SCHEMA
 
 w = Path(sys.argv[1])
 rows = []
@@ -89,11 +89,11 @@ EOF
 [ -f "$W/report-ground-truth/summary.json" ] || dub report "$W/gen-ground-truth" -o "$W/report-ground-truth" \
     --skip desync --no-html --json > /dev/null
 
-python3 -m workflows.bench.foley_table --json "$W/table.json" \
+python3 -m dub.workflows.bench.foley_table --json "$W/table.json" \
     "ground-truth recording=$W/report-ground-truth" \
     "MF-MJT (MeanFlow), 1 step, no prompt (bundled model)=$W/report-meanflow-1" \
     "MF-MJT 1 step, with the prompt=$W/report-meanflow-1-prompt" \
     "flow matching, 1 step=$W/report-flowmatch-1" \
     "flow matching, 25 Euler steps=$W/report-flowmatch-25" | tee "$W/table.md"
-python3 -m workflows.bench.learning_curve "$W/runs/demo-meanflow" "$W/runs/demo-flow-matching" | tee "$W/learning_curve.md"
+python3 -m dub.workflows.bench.learning_curve "$W/runs/demo-meanflow" "$W/runs/demo-flow-matching" | tee "$W/learning_curve.md"
 stamp done

@@ -34,14 +34,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
 
 
 @dataclass(frozen=True)
 class Part:
     name: str
-    module: str | None  # workflows.bench.<module>; None: the correctness checks
+    module: str | None  # dub.workflows.bench.<module>; None: the correctness checks
     max_s: float  # time limit on an H200 (the whole run must fit 8 minutes)
     extra: dict = field(default_factory=dict)
     train_batch: bool = False  # uses --train-batch-size instead of --batch-size
@@ -262,7 +260,7 @@ def child_main(args: argparse.Namespace) -> int:
     try:
         import torch
 
-        from workflows.bench import BenchOptions, device_name, resolve_device
+        from dub.workflows.bench import BenchOptions, device_name, resolve_device
 
         if args.threads > 0:
             torch.set_num_threads(args.threads)
@@ -278,7 +276,7 @@ def child_main(args: argparse.Namespace) -> int:
             return 0
         import importlib
 
-        module = importlib.import_module(f"workflows.bench.{part.module}")
+        module = importlib.import_module(f"dub.workflows.bench.{part.module}")
         for row in module.run(opts):
             if id(row) not in emitted:  # modules without on_row support report at the end
                 on_row(row)
@@ -295,12 +293,12 @@ def correctness(opts, report) -> None:
     one step + CFG latents, the whole path to waveforms, a padded batch, and bf16 vs float32."""
     import torch
 
-    from model.bigvgan import activation_form, activation_status
-    from model.codec import MMAudioCodec
-    from model.fast import OneStepGraph
-    from model.generator import Generator, SamplerConfig, WindowBatch, noise_for_seeds
-    from model.mel import MelConverter
-    from workflows.bench.generate import (ONE_STEP_GUIDANCE, build_stack, codec_configs, compare, random_inputs,
+    from dub.model.bigvgan import activation_form, activation_status
+    from dub.model.codec import MMAudioCodec
+    from dub.model.fast import OneStepGraph
+    from dub.model.generator import Generator, SamplerConfig, WindowBatch, noise_for_seeds
+    from dub.model.mel import MelConverter
+    from dub.workflows.bench.generate import (ONE_STEP_GUIDANCE, build_stack, codec_configs, compare, random_inputs,
                                           true_float32)
 
     cuda = opts.device.startswith("cuda")
@@ -360,8 +358,8 @@ def activation_check(device: str, report) -> None:
 
     import torch
 
-    from model.bigvgan import AntiAliasedActivation, BigVGANConfig, activation_status
-    from workflows.bench.generate import compare
+    from dub.model.bigvgan import AntiAliasedActivation, BigVGANConfig, activation_status
+    from dub.workflows.bench.generate import compare
 
     config = BigVGANConfig.mmaudio_16k()
     for channels, length in ((768, 2000), (24, 128000)):
@@ -384,10 +382,10 @@ def synchformer_check(device: str, preset: str, report) -> None:
     with float32 (no TF32) as the yardstick."""
     import torch
 
-    from model.synchformer import (GROUPED_ATTENTION, Synchformer, SynchformerConfig, attention_status,
+    from dub.model.synchformer import (GROUPED_ATTENTION, Synchformer, SynchformerConfig, attention_status,
                                    synchformer_features)
-    from workflows.bench.encoders import tiny_synchformer_config
-    from workflows.bench.generate import TINY_PRESETS, compare, true_float32
+    from dub.workflows.bench.encoders import tiny_synchformer_config
+    from dub.workflows.bench.generate import TINY_PRESETS, compare, true_float32
 
     config = tiny_synchformer_config() if preset in TINY_PRESETS else SynchformerConfig.released()
     torch.manual_seed(5)
@@ -410,8 +408,8 @@ def tangent_check(net, clip_f, sync_f, text_f, dtype, report) -> None:
     """MeanFlow training: the compiled JVP (CUDA graphs on a GPU) against eager forward-mode AD."""
     import torch
 
-    from model.meanflow import eager_tangent, make_tangent
-    from workflows.bench.generate import compare
+    from dub.model.meanflow import eager_tangent, make_tangent
+    from dub.workflows.bench.generate import compare
 
     device = clip_f.device
     gen = torch.Generator(device="cpu").manual_seed(3)

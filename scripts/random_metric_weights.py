@@ -21,8 +21,6 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
 
 
 def _random_init(module):
@@ -43,14 +41,14 @@ def main(argv: list[str] | None = None) -> int:
     import torch
     from safetensors.torch import save_file
 
-    from model.registry import WeightsRegistry
-    from workflows.metrics.clap import ClapModel, clap_htsat_base
-    from workflows.metrics.models.imagebind import IMAGEBIND_HUGE, ImageBindVisionAudio
-    from workflows.metrics.models.panns import CNN14_16K, Cnn14
-    from workflows.metrics.models.passt import PASST_S_SWA, PaSST
-    from workflows.metrics.models.synchformer_sync import FullSynchformer, FullSynchformerConfig
-    from workflows.metrics.models.vggish import VGGISH, VGGish
-    from workflows.metrics.weights import METRIC_WEIGHTS
+    from dub.model.registry import WeightsRegistry
+    from dub.workflows.metrics.clap import ClapModel, clap_htsat_base
+    from dub.workflows.metrics.models.imagebind import IMAGEBIND_HUGE, ImageBindVisionAudio
+    from dub.workflows.metrics.models.panns import CNN14_16K, Cnn14
+    from dub.workflows.metrics.models.passt import PASST_S_SWA, PaSST
+    from dub.workflows.metrics.models.synchformer_sync import FullSynchformer, FullSynchformerConfig
+    from dub.workflows.metrics.models.vggish import VGGISH, VGGish
+    from dub.workflows.metrics.weights import METRIC_WEIGHTS
 
     registry = WeightsRegistry(args.out)
     torch.manual_seed(0)

@@ -13,16 +13,14 @@ torch.compile (Inductor fuses the shifted-sum form). Each row: median ms and max
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from model.bigvgan import AntiAliasedActivation, BigVGAN, BigVGANConfig, activation_form, activation_status  # noqa: E402
-from workflows.bench import time_call  # noqa: E402
+from dub.model.bigvgan import AntiAliasedActivation, BigVGAN, BigVGANConfig, activation_form, activation_status  # noqa: E402
+from dub.workflows.bench import time_call  # noqa: E402
 
 
 def median_ms(fn, device: str, repeats: int) -> float:

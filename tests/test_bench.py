@@ -12,16 +12,16 @@ import torch
 from typer.testing import CliRunner
 
 from dub.cli import app
-from model.bigvgan import BigVGAN, BigVGANConfig
-from model.bundles import bundle_info
-from model.codec import MMAudioCodec
-from model.demo import DemoCodec, DemoEncoders
-from model.fast import CudaGraphCall, OneStepGraph
-from model.generator import Generator, SamplerConfig, WindowBatch, noise_for_seeds
-from model.mel import MelConfig, MelConverter
-from model.vae import VAE, VAEConfig
-from workflows.bench.generate import build_network
-from workflows.media.decode import FrameTarget, decode_window
+from dub.model.bigvgan import BigVGAN, BigVGANConfig
+from dub.model.bundles import bundle_info
+from dub.model.codec import MMAudioCodec
+from dub.model.demo import DemoCodec, DemoEncoders
+from dub.model.fast import CudaGraphCall, OneStepGraph
+from dub.model.generator import Generator, SamplerConfig, WindowBatch, noise_for_seeds
+from dub.model.mel import MelConfig, MelConverter
+from dub.model.vae import VAE, VAEConfig
+from dub.workflows.bench.generate import build_network
+from dub.workflows.media.decode import FrameTarget, decode_window
 
 SAMPLE = Path(__file__).resolve().parents[1] / "dub" / "samples" / "green_gem_bounce.mp4"
 ROW_FIELDS = {"bench", "stage", "median_ms", "batch_size", "dtype", "device", "audio_s", "peak_mem_mb", "note",
@@ -167,7 +167,7 @@ def _tiny_mmaudio_codec(latent_dim: int) -> MMAudioCodec:
 
 
 def test_fast_decoder_pads_chunks_and_compiles_to_the_eager_waveforms():
-    """`dub generate --compile` decodes through model.fast.DecoderGraph: at a fixed batch size
+    """`dub generate --compile` decodes through dub.model.fast.DecoderGraph: at a fixed batch size
     (5 windows -> chunks of 2, the last padded) and compiled by Inductor, the waveforms are the
     eager decoder's."""
     net = build_network("tiny", "cpu", duration_s=2.0, seed=1)
@@ -193,7 +193,7 @@ def test_generate_replica_compile_flag_compiles_the_step_and_keeps_the_audio():
     """The replica `dub generate --compile` builds: the one-step network goes through
     torch.compile (the demo bundle has no VAE/vocoder to compile), its latents for a real
     decoded window equal the eager replica's, and the replica makes audio from them."""
-    from workflows.generate.stages import GenerateReplica, decode_windows
+    from dub.workflows.generate.stages import GenerateReplica, decode_windows
 
     sampler = SamplerConfig(cfg=2.0)
     eager = GenerateReplica("demo", None, sampler.as_dict(), "cpu", batch_size=2)
@@ -226,7 +226,7 @@ def test_generate_replica_compile_flag_compiles_the_step_and_keeps_the_audio():
 def test_compiled_or_eager_falls_back_for_good_when_compiling_fails():
     """What `--compile` wraps the encoder towers in: a compiler failure at the first call means
     the eager module from then on, with the reason, not failed windows."""
-    from model.fast import CompiledOrEager
+    from dub.model.fast import CompiledOrEager
 
     def broken_backend(graph_module, example_inputs):
         raise RuntimeError("no compiler here")
@@ -250,7 +250,7 @@ def test_bf16_checks_measure_both_paths_from_float32():
     """`compare` with the float32 result: a fast bf16 path passes when it is no further from
     float32 than 1.5x the eager bf16 path, even where the two bf16 outputs differ by more than
     the plain tolerance (deep stacks drift in bf16 whatever the form)."""
-    from workflows.bench.generate import BF16_SLACK, compare
+    from dub.workflows.bench.generate import BF16_SLACK, compare
 
     exact = torch.linspace(-1, 1, 101)
     eager = exact + 0.03  # the eager bf16 path's own drift: 3 % of peak
@@ -293,7 +293,7 @@ def test_a_replica_out_of_device_memory_halves_its_windows_per_call_and_keeps_ev
     retrying window by window, and later batches start at the size that fit. The memory limit
     is simulated (no GPU here): features for more than 2 windows raise torch.OutOfMemoryError,
     as a CUDA allocation does; the demo model does everything else."""
-    from workflows.generate.stages import GenerateReplica, decode_windows
+    from dub.workflows.generate.stages import GenerateReplica, decode_windows
 
     replica = GenerateReplica("demo", None, SamplerConfig(cfg=2.0).as_dict(), "cpu", batch_size=5)
     real_features, sizes = replica.generator.features, []
@@ -326,8 +326,8 @@ def test_a_replica_out_of_device_memory_halves_its_windows_per_call_and_keeps_ev
 def test_media_bench_measures_the_machines_decoding_capacity_in_parallel_processes():
     """What end-to-end throughput needs from the CPUs: real H.264 decoded at both rates in
     several processes at once; clips/s is every clip decoded over the wall time."""
-    from workflows.bench import BenchOptions
-    from workflows.bench.media import decode_workers, run
+    from dub.workflows.bench import BenchOptions
+    from dub.workflows.bench.media import decode_workers, run
 
     assert decode_workers(16) == 15 and decode_workers(1) == 1  # one CPU stays with the GPU replica
     rows = {r.stage: r for r in run(BenchOptions(device="cpu", repeats=2, warmup=0, duration_s=2.0,
@@ -343,9 +343,9 @@ def test_e2e_upload_row_times_dub_generates_pageable_copy_of_target_size_frames(
     """CUDA-only in `dub bench e2e` (on the CPU the copy is no copy); here the code path and
     the row it makes, with the tiny pipeline: 2 windows of 2 s at CLIP's 384 and Synchformer's
     224 sizes."""
-    from workflows.bench import BenchOptions
-    from workflows.bench.e2e import ModelSidePipeline, _replica_upload_row
-    from workflows.bench.generate import StageRunner
+    from dub.workflows.bench import BenchOptions
+    from dub.workflows.bench.e2e import ModelSidePipeline, _replica_upload_row
+    from dub.workflows.bench.generate import StageRunner
 
     opts = BenchOptions(device="cpu", repeats=1, duration_s=2.0)
     runner = StageRunner("e2e", opts, "cpu", "float32")

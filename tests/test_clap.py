@@ -13,12 +13,12 @@ import numpy as np
 import pytest
 import torch
 
-from workflows.metrics.clap import (ClapConfig, ClapModel, ClapPreprocess, build_clap, clap_htsat_base, clap_score,
+from dub.workflows.metrics.clap import (ClapConfig, ClapModel, ClapPreprocess, build_clap, clap_htsat_base, clap_score,
                                     clap_state_dict, load_clap, prepare_clap_audio)
-from workflows.metrics.embeddings import BackendUnavailable
-from workflows.metrics.models.htsat import HTSAT_TINY, HTSATConfig
-from workflows.metrics.models.roberta import ByteLevelBPETokenizer, RobertaConfig, bytes_to_unicode
-from workflows.metrics.weights import METRIC_WEIGHTS, WeightsLocator
+from dub.workflows.metrics.embeddings import BackendUnavailable
+from dub.workflows.metrics.models.htsat import HTSAT_TINY, HTSATConfig
+from dub.workflows.metrics.models.roberta import ByteLevelBPETokenizer, RobertaConfig, bytes_to_unicode
+from dub.workflows.metrics.weights import METRIC_WEIGHTS, WeightsLocator
 
 FIXTURE = Path(__file__).parent / "data" / "clap_fixture"
 REF = json.loads((FIXTURE / "reference.json").read_text(encoding="utf-8"))

@@ -16,7 +16,7 @@ from safetensors.torch import load_file, save_file
 
 from tests.report_helpers import write_clip
 from tests.requirements import require_module
-from workflows.metrics.desync import (
+from dub.workflows.metrics.desync import (
     OFFSET_GRID_S,
     SynchformerOffsetPredictor,
     build_offset_predictor,
@@ -24,8 +24,8 @@ from workflows.metrics.desync import (
     desync_segment_windows,
     desync_windows,
 )
-from workflows.metrics.embeddings import BackendUnavailable
-from workflows.metrics.models.synchformer_sync import (
+from dub.workflows.metrics.embeddings import BackendUnavailable
+from dub.workflows.metrics.models.synchformer_sync import (
     FullSynchformer,
     FullSynchformerConfig,
     SyncMelFrontEnd,
@@ -34,7 +34,7 @@ from workflows.metrics.models.synchformer_sync import (
     num_audio_segments,
     num_video_segments,
 )
-from workflows.metrics.weights import WeightsLocator
+from dub.workflows.metrics.weights import WeightsLocator
 
 FIXTURE = Path(__file__).parent / "data" / "synchformer_sync_fixture"
 TINY = FullSynchformerConfig.tiny()
@@ -290,7 +290,7 @@ def test_build_offset_predictor_says_why_it_cannot(tmp_path):
 
 
 def test_importing_desync_does_not_import_torch():
-    code = "import sys, workflows.metrics.desync as d; print('torch' in sys.modules, len(d.OFFSET_GRID_S))"
+    code = "import sys, dub.workflows.metrics.desync as d; print('torch' in sys.modules, len(d.OFFSET_GRID_S))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          cwd=Path(__file__).resolve().parents[1])
     assert out.stdout.split() == ["False", "21"]

@@ -13,8 +13,8 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from model.encoders import MMAudioEncoders, VisualTextEncoder, sync_pixels
-from model.synchformer import (
+from dub.model.encoders import MMAudioEncoders, VisualTextEncoder, sync_pixels
+from dub.model.synchformer import (
     Synchformer,
     SynchformerConfig,
     load_synchformer,
@@ -24,7 +24,7 @@ from model.synchformer import (
     tubelet_embed,
 )
 
-from model.clip_encoder import (
+from dub.model.clip_encoder import (
     OPENAI_MEAN,
     OPENAI_STD,
     ClassTokenBlock,

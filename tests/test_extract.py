@@ -14,15 +14,15 @@ from typer.testing import CliRunner
 
 from dub.cli import app
 from tests.train_helpers import assert_evaluated_every_step
-from model.demo import DemoCodec, DemoEncoders
-from workflows.datasets.foley_synth import make_foley_synth
-from workflows.extract.config import ExtractConfig
-from workflows.extract.run import ExtractError, run_extract
-from workflows.extract.sample import ARRAY_FIELDS, EMPTY_TEXT_FILE
-from workflows.ingest import IngestConfig, ingest
-from workflows.media.audio import encode_audio_file, read_audio
-from workflows.media.decode import FrameTarget, decode_window
-from workflows.media.synth import synth_audio
+from dub.model.demo import DemoCodec, DemoEncoders
+from dub.workflows.datasets.foley_synth import make_foley_synth
+from dub.workflows.extract.config import ExtractConfig
+from dub.workflows.extract.run import ExtractError, run_extract
+from dub.workflows.extract.sample import ARRAY_FIELDS, EMPTY_TEXT_FILE
+from dub.workflows.ingest import IngestConfig, ingest
+from dub.workflows.media.audio import encode_audio_file, read_audio
+from dub.workflows.media.decode import FrameTarget, decode_window
+from dub.workflows.media.synth import synth_audio
 
 WINDOW_S = 2.0
 # demo bundle sizes (model/bundles.py DEMO_NETWORK_OVERRIDES) for a 2 s window
@@ -136,7 +136,7 @@ def test_rerun_with_other_settings_is_refused(extracted, inputs, tmp_path):
 
 def test_extract_then_train_end_to_end(extracted, tmp_path):
     """`dub train` (CLI, flow-matching objective, bf16 autocast, one CPU worker) on the extracted shards."""
-    from model.checkpoint import load_checkpoint
+    from dub.model.checkpoint import load_checkpoint
 
     result = CliRunner().invoke(app, ["train", "--shards", str(extracted["out"]), "--name", "e2e", "--storage",
                                       str(tmp_path / "runs"), "--workers", "1", "--objective", "flow-matching",
@@ -155,8 +155,8 @@ def test_extract_then_train_end_to_end(extracted, tmp_path):
 def test_training_evaluates_checkpoints_on_a_validation_manifest(ray_session, tmp_path):
     """--val-manifest/--sample-every: each chosen checkpoint generates the validation clips
     (`dub generate --checkpoint`) and is scored by `dub report`. Needs the bundle's 8 s windows."""
-    from workflows.train.config import TrainConfig
-    from workflows.train.run import run_train
+    from dub.workflows.train.config import TrainConfig
+    from dub.workflows.train.run import run_train
 
     make_foley_synth(tmp_path / "foley", seed=1, n_train=2, n_val=1, n_test=0, seconds=8.0, size=(128, 128))
     ingest([tmp_path / "foley" / "train" / "audio"], tmp_path / "train.parquet", IngestConfig(workers=0))
@@ -180,7 +180,7 @@ def _foley_clip(inputs) -> str:
 def test_decode_training_windows_passes_the_resizer_on(inputs):
     """The frames of `decode_training_windows(..., backend=...)` are `decode_window`'s with that
     backend (128x128 source: both targets resize), the audio is the same either way."""
-    from workflows.extract.stages import decode_training_windows
+    from dub.workflows.extract.stages import decode_training_windows
 
     path = _foley_clip(inputs)
     rows = {"video_id": ["v"], "window_index": [1], "num_windows": [2], "start_s": [2.0], "valid_s": [WINDOW_S],
@@ -246,7 +246,7 @@ def test_cli_resize_exact_features_come_from_torchvision_frames(ray_session, ext
 
 
 def test_float16_features_halve_the_bytes_and_decode_to_float32():
-    from workflows.extract.sample import decode_sample, encode_sample
+    from dub.workflows.extract.sample import decode_sample, encode_sample
 
     rng = np.random.default_rng(0)
     arrays = {name: rng.standard_normal(shape).astype(np.float32) for name, shape in SHAPES.items()}
@@ -264,7 +264,7 @@ def test_float16_features_halve_the_bytes_and_decode_to_float32():
 
 def test_shard_set_knows_how_its_frames_were_resized(tmp_path):
     """Training's evaluation generates with the shards' --resize (read from extract.json)."""
-    from workflows.train.data import ShardSet
+    from dub.workflows.train.data import ShardSet
 
     shards = ShardSet(paths=(), shapes={}, first_meta={}, directory=str(tmp_path), num_samples=0)
     assert shards.resize == "fast"  # no extract.json: the default

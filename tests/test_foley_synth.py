@@ -11,10 +11,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from workflows.datasets.foley_config import FoleySynthConfig
-from workflows.datasets.foley_scene import CLASS_LOOKS, SceneLayout, sample_clip
-from workflows.datasets.foley_synth import make_foley_synth, make_sample_clips, read_index
-from workflows.datasets.sound_bank import MAX_SOUND_SECONDS, SOUND_SOURCES, SOUNDS_DIR
+from dub.workflows.datasets.foley_config import FoleySynthConfig
+from dub.workflows.datasets.foley_scene import CLASS_LOOKS, SceneLayout, sample_clip
+from dub.workflows.datasets.foley_synth import make_foley_synth, make_sample_clips, read_index
+from dub.workflows.datasets.sound_bank import MAX_SOUND_SECONDS, SOUND_SOURCES, SOUNDS_DIR
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 SAMPLES_DIR = PROJECT_ROOT / "dub" / "samples"

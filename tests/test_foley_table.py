@@ -8,7 +8,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from workflows.bench.foley_table import bootstrap, markdown, run_row
+from dub.workflows.bench.foley_table import bootstrap, markdown, run_row
 
 
 def test_interval_holds_the_mean_and_narrows_with_more_clips():

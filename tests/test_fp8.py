@@ -13,11 +13,11 @@ import torch.nn as nn
 from typer.testing import CliRunner
 
 from dub.cli import app
-from model.encoders import FP8_TOWERS
-from model.fp8 import (FP8_RECIPE, Fp8Linear, ProjectedAttention, bias_in_scaled_mm, convert_linears_to_fp8,
+from dub.model.encoders import FP8_TOWERS
+from dub.model.fp8 import (FP8_RECIPE, Fp8Linear, ProjectedAttention, bias_in_scaled_mm, convert_linears_to_fp8,
                        fp8_supported)
-from workflows.bench.encoders import build_encoders
-from workflows.media.decode import FrameTarget, decode_window
+from dub.workflows.bench.encoders import build_encoders
+from dub.workflows.media.decode import FrameTarget, decode_window
 
 SAMPLE = Path(__file__).resolve().parents[1] / "dub" / "samples" / "green_gem_bounce.mp4"
 
@@ -126,7 +126,7 @@ def test_generate_fp8_refuses_the_demo_bundle(tmp_path: Path) -> None:
 
 
 def test_fp8_changes_the_run_identity_and_compile_does_not() -> None:
-    from workflows.generate.config import GenerateConfig
+    from dub.workflows.generate.config import GenerateConfig
 
     plain = GenerateConfig(out_dir="out", manifest="m.parquet")
     assert "fp8" not in plain.identity("w")  # runs made before the flag existed keep their hash
@@ -140,7 +140,7 @@ def test_compiled_towers_see_one_batch_shape_and_keep_the_features() -> None:
     """`dub generate --compile` runs the towers in batches of exactly --batch-size windows, so a
     short batch reuses the compiled code: 3 windows at 2 per call (the last padded) give the
     uncompiled features, and every tower call saw 2 windows."""
-    from model.fast import in_fixed_batches
+    from dub.model.fast import in_fixed_batches
 
     seen = []
     out = in_fixed_batches(lambda f: seen.append(f.shape[0]) or f * 2, torch.arange(5.0).view(5, 1), 2)

@@ -20,13 +20,13 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from model.generator import SamplerConfig
+from dub.model.generator import SamplerConfig
 from tests.generate_helpers import random_demo_checkpoint
 from tests.video_factory import bigbuckbunny_path, make_video
-from workflows.generate.config import GenerateConfig
-from workflows.generate.run import GenerateError, run_generate
-from workflows.ingest import IngestConfig, ingest
-from workflows.media.remux import strip_audio
+from dub.workflows.generate.config import GenerateConfig
+from dub.workflows.generate.run import GenerateError, run_generate
+from dub.workflows.ingest import IngestConfig, ingest
+from dub.workflows.media.remux import strip_audio
 
 
 def _ingest(folder: Path, manifest: Path) -> Path:
@@ -120,7 +120,7 @@ def test_busy_fraction_comes_from_the_replicas_clocks_not_from_when_results_arri
     """Two replicas' calls, as their output columns give them; the driver may receive them all at
     once, and still: replica a computed 1 + 1 s in its 4 s from first call to last (it waited
     2 s for input between them), b 1.5 s in 1.5 s."""
-    from workflows.generate.run import STAGE_COLUMNS, Summary, _BusyClock
+    from dub.workflows.generate.run import STAGE_COLUMNS, Summary, _BusyClock
 
     def call(replica: str, start: float, end: float, model_s: float, rows: int = 2) -> dict:
         batch = {column: np.full(rows, 0.0) for column in STAGE_COLUMNS.values()}
@@ -166,7 +166,7 @@ def test_shards_read_back_with_webdataset_and_ray(first_run, ray_session):
     # bytes, resampled like any file
     from dataclasses import replace
 
-    from workflows.metrics.run_inputs import load_run, read_generated_audio
+    from dub.workflows.metrics.run_inputs import load_run, read_generated_audio
 
     _, generated = load_run(out)
     for row in (r for r in generated if r.status == "done"):
@@ -251,7 +251,7 @@ def test_windows_cut_into_fewer_blocks_reach_the_model_unchanged_and_batch_1_rep
     the same bytes. The README's claim."""
     import tarfile
 
-    from workflows import ray_cluster
+    from dub.workflows import ray_cluster
 
     folder = tmp_path / "v"
     folder.mkdir()
@@ -376,8 +376,8 @@ def test_text_to_audio_writes_one_audio_file_per_prompt(ray_session, checkpoint,
 
     # dub report on the text-to-audio run: the audio files are read, CLAP scores each prompt
     from tests.test_clap import MERGES, VOCAB, fixture_state, tiny_config
-    from workflows.metrics.clap import load_clap
-    from workflows.report import ReportConfig, run_report
+    from dub.workflows.metrics.clap import load_clap
+    from dub.workflows.report import ReportConfig, run_report
 
     clap_config = tiny_config()
     clap = load_clap(fixture_state(clap_config), "cpu", clap_config, VOCAB, MERGES)
@@ -399,8 +399,8 @@ def _window_batch(path: Path, start_s: float, window_s: float) -> dict:
 def test_decode_windows_backend_is_decode_windows_resizer(tmp_path):
     """`decode_windows(..., backend="torch")` gives exactly `decode_window(..., backend="torch")`'s
     frames, and on a source both targets resize (320x180) they differ from swscale's."""
-    from workflows.generate.stages import decode_windows
-    from workflows.media.decode import FrameTarget, decode_window
+    from dub.workflows.generate.stages import decode_windows
+    from dub.workflows.media.decode import FrameTarget, decode_window
 
     path = tmp_path / "wide.mp4"
     make_video(path, seconds=2.0, fps=25, size=(320, 180))
@@ -472,7 +472,7 @@ def test_cli_bad_sampler_flags_are_usage_errors_before_any_video_runs(flags, mes
 def test_replica_counts_the_cluster_cannot_hold_are_refused_not_waited_for():
     """Ray waits forever for an actor it has no GPU or CPU for (seen: --replicas 2 and 3 hung on
     the 2-CPU dev box until killed), so the count is checked against the cluster first."""
-    from workflows.ray_cluster import ClusterResources, model_replicas
+    from dub.workflows.ray_cluster import ClusterResources, model_replicas
 
     assert model_replicas(None, ClusterResources(cpus=2, gpus=0)) == 1
     assert model_replicas(None, ClusterResources(cpus=16, gpus=4)) == 4
@@ -517,8 +517,8 @@ def test_cli_resize_exact_runs_end_to_end_with_torchvision_frames(ray_session, c
     from typer.testing import CliRunner
 
     from dub.cli import app
-    from model.bundles import bundle_info, load_feature_stack
-    from workflows.generate.stages import decode_windows
+    from dub.model.bundles import bundle_info, load_feature_stack
+    from dub.workflows.generate.stages import decode_windows
 
     import torch
 
@@ -564,7 +564,7 @@ def test_window_datasets_are_cut_into_a_bounded_number_of_blocks():
     """Small runs: one block (one decode task) per window; large runs: at least 8 blocks per CPU
     and at most MAX_WINDOWS_PER_BLOCK windows per block (one block per window costs Ray Data
     ~1 ms to build and ~10 ms to schedule each)."""
-    from workflows.ray_cluster import MAX_WINDOWS_PER_BLOCK, window_blocks
+    from dub.workflows.ray_cluster import MAX_WINDOWS_PER_BLOCK, window_blocks
 
     assert window_blocks(0, 2) == 1 and window_blocks(3, 2) == 3 and window_blocks(16, 2) == 16
     assert window_blocks(17, 2) == 16 and window_blocks(100, 0) == 8  # a CPU-less head node still splits
@@ -576,8 +576,8 @@ def test_window_datasets_are_cut_into_a_bounded_number_of_blocks():
 def test_a_small_object_store_is_named_before_it_stalls_the_run(ray_session):
     """The test session's store (1 GiB) holds 16 decoded 8 s windows (~56 MiB): no warning; for
     windows 4x that size it warns with the numbers and the remedy."""
-    from workflows.generate.stages import window_frame_bytes
-    from workflows.ray_cluster import STORE_WINDOWS, warn_if_store_small
+    from dub.workflows.generate.stages import window_frame_bytes
+    from dub.workflows.ray_cluster import STORE_WINDOWS, warn_if_store_small
 
     window = window_frame_bytes(8.0, 384, 25.0, 224, 8.0)
     assert 50 * 2**20 < window < 60 * 2**20 and STORE_WINDOWS * window <= 2**30
@@ -592,7 +592,7 @@ def test_embedded_ray_counts_at_least_two_cpus(monkeypatch):
     that waits forever for a second CPU; otherwise Ray's own count stands."""
     import ray._private.utils
 
-    from workflows.ray_cluster import ClusterResources, _local_cpus, model_replicas
+    from dub.workflows.ray_cluster import ClusterResources, _local_cpus, model_replicas
 
     monkeypatch.setattr(ray._private.utils, "get_num_cpus", lambda: 1)
     assert _local_cpus() == 2 and model_replicas(None, ClusterResources(cpus=2, gpus=0)) == 1

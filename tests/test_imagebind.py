@@ -17,12 +17,12 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from workflows.metrics.embeddings import BackendUnavailable
-from workflows.metrics.ib_score import (ImageBindScorer, audio_clip_bounds, audio_mel_clips, build_imagebind,
+from dub.workflows.metrics.embeddings import BackendUnavailable
+from dub.workflows.metrics.ib_score import (ImageBindScorer, audio_clip_bounds, audio_mel_clips, build_imagebind,
                                         frame_pairs, ib_frames, ib_score, video_input)
-from workflows.metrics.models.imagebind import (IGNORED_MODALITIES, IMAGEBIND_HUGE, IMAGEBIND_TINY, ImageBindConfig,
+from dub.workflows.metrics.models.imagebind import (IGNORED_MODALITIES, IMAGEBIND_HUGE, IMAGEBIND_TINY, ImageBindConfig,
                                                 checkpoint_shapes, imagebind_state_dict, load_imagebind)
-from workflows.metrics.weights import METRIC_WEIGHTS, WeightsLocator
+from dub.workflows.metrics.weights import METRIC_WEIGHTS, WeightsLocator
 
 FIXTURE = Path(__file__).parent / "data" / "imagebind_fixture"
 U32 = 2.0**-24  # float32 unit roundoff
@@ -106,7 +106,7 @@ def fbank_tolerance(wav: np.ndarray, reference_sub: torch.Tensor) -> torch.Tenso
     """
     import torchaudio
 
-    from workflows.metrics import ib_score as ib
+    from dub.workflows.metrics import ib_score as ib
 
     x = torch.as_tensor(np.asarray(wav, dtype=np.float64)).reshape(1, -1).clone()
     powers = []
@@ -142,7 +142,7 @@ def test_audio_preprocessing_matches_imagebind(meta, io):
         ratio = (mel[..., ::2, ::2].double() - ref.double()).abs() / fbank_tolerance(wav, ref)
         assert ratio.max() <= 1, f"wav_{name}: |ours - reference| reaches {float(ratio.max()):.3g} x its bound"
     # wav_a's clips overlap: removing each clip's mean from a copy (not in place) gives other numbers
-    from workflows.metrics import ib_score as ib
+    from dub.workflows.metrics import ib_score as ib
 
     wav = io["wav_a"].numpy()
     (a0, b0), (a1, b1) = audio_clip_bounds(len(wav))[:2]
@@ -169,7 +169,7 @@ def test_video_preprocessing_matches_av_benchmark(meta, io):
     assert float(video.double().abs().sum()) == pytest.approx(meta["video_input_stats"]["abs_sum"], rel=1e-6)
     # dub's "exact" resize backend (float antialiased bicubic, rounded) is within one grey level of
     # torchvision's native uint8 kernel (fixed-point weights: rounding ties may fall either way)
-    from workflows.media.decode import _torch_resize
+    from dub.workflows.media.decode import _torch_resize
 
     frames = io["frames_u8"].numpy()
     ours = np.stack([_torch_resize(f, (resized.shape[2], resized.shape[1])) for f in frames])
@@ -248,7 +248,7 @@ def test_released_layout_is_what_the_loader_expects(meta):
 def test_registry_entry_and_missing_file(tmp_path):
     spec = METRIC_WEIGHTS["imagebind"]
     assert spec.file_name == "imagebind_huge.pth"
-    from model.registry import KNOWN_FILES
+    from dub.model.registry import KNOWN_FILES
 
     known = {(k.model, k.file): k for k in KNOWN_FILES}[(spec.model_name, spec.file_name)]
     assert known.url == "https://dl.fbaipublicfiles.com/imagebind/imagebind_huge.pth"
@@ -316,8 +316,8 @@ def test_ib_score_in_run_report(tiny, tmp_path):
     the reason; --skip ib and missing weights are named in the summary."""
     from tests.report_helpers import burst_audio, event_frames, write_clip, write_generate_run
     from tests.video_factory import make_video
-    from workflows.metrics.media_io import read_audio
-    from workflows.report import ReportConfig, run_report
+    from dub.workflows.metrics.media_io import read_audio
+    from dub.workflows.report import ReportConfig, run_report
 
     long_src = tmp_path / "videos" / "long.mp4"
     make_video(long_src, seconds=8.0, fps=25.0, size=(96, 64), pattern="moving_box")

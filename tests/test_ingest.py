@@ -13,11 +13,11 @@ import pytest
 from typer.testing import CliRunner
 
 from dub.cli import app
-from manifests.ids import bytes_id, content_id, is_content_id
-from manifests.io import ManifestError, read_manifest, read_report, write_parquet_atomic
-from manifests.schema import MANIFEST_SCHEMA, REPORT_SCHEMA
+from dub.manifests.ids import bytes_id, content_id, is_content_id
+from dub.manifests.io import ManifestError, read_manifest, read_report, write_parquet_atomic
+from dub.manifests.schema import MANIFEST_SCHEMA, REPORT_SCHEMA
 from tests.video_factory import build_corpus, make_video
-from workflows.ingest import IngestConfig, ingest, probe_all, scan
+from dub.workflows.ingest import IngestConfig, ingest, probe_all, scan
 
 PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -107,7 +107,7 @@ def _probe_without_dac_override(path) -> dict:
     setpriv = shutil.which("setpriv")
     if setpriv is None:
         pytest.skip("running as root without setpriv: cannot make a file unreadable")
-    code = ("import json, sys; from workflows.ingest import probe_all, IngestConfig; "
+    code = ("import json, sys; from dub.workflows.ingest import probe_all, IngestConfig; "
             "print(json.dumps(probe_all([sys.argv[1]], IngestConfig(workers=0))[0]))")
     proc = subprocess.run([setpriv, "--inh-caps=-all", "--bounding-set=-dac_override,-dac_read_search",
                            sys.executable, "-c", code, str(path)], capture_output=True, text=True,
@@ -189,7 +189,7 @@ def test_hung_probe_is_killed_and_reported_and_the_next_file_is_probed(tmp_path,
     import signal
     import time
 
-    import workflows.ingest as ingest_module
+    import dub.workflows.ingest as ingest_module
 
     ok, hang, after = (make_video(tmp_path / name, seconds=0.3).path for name in ("a.mp4", "hang.mp4", "z.mp4"))
     monkeypatch.setenv(ingest_module.HANG_ENV, "hang.mp4")

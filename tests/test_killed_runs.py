@@ -23,7 +23,7 @@ from tests.process_helpers import (ERROR_LOOKING, kill_driver, kill_session, run
                                    wait_until)
 from tests.report_helpers import burst_audio, event_frames, write_clip, write_events, write_generate_run, write_wav
 from tests.video_factory import make_video
-from workflows.ingest import IngestConfig, ingest
+from dub.workflows.ingest import IngestConfig, ingest
 
 
 # -- dub generate -------------------------------------------------------------------------------
@@ -80,7 +80,7 @@ def test_generate_killed_mid_run_resumes_each_clip_once_and_prints_no_error_line
 def test_a_killed_runs_temporaries_are_removed_and_nothing_else(tmp_path):
     """What a SIGKILL can leave half-written: our .NAME.X.tmp (journal parts, shards, JSON) and the
     media writers' .STEM.partial-PID.EXT (remux, audio files). The rerun deletes them, and only them."""
-    from workflows.generate.sinks import remove_stale_temporaries
+    from dub.workflows.generate.sinks import remove_stale_temporaries
 
     names = [".part-1-abc.parquet.1a2b3c4d.tmp", ".clip0.partial-4242.mp4", ".v1.partial-77.m4a",
              "a_clip0.mp4", "shard-x-00000.tar", ".dub.lock", "notes.tmp.txt"]

@@ -16,11 +16,11 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from workflows.metrics.classifiers import inception_score, kl_softmax
-from workflows.metrics.embeddings import BackendUnavailable, PasstBackend, build_backend
-from workflows.metrics.models.passt import (CLIP_SAMPLES, PASST_S_SWA, PASST_TINY, SAMPLE_RATE, Passt, PasstConfig,
+from dub.workflows.metrics.classifiers import inception_score, kl_softmax
+from dub.workflows.metrics.embeddings import BackendUnavailable, PasstBackend, build_backend
+from dub.workflows.metrics.models.passt import (CLIP_SAMPLES, PASST_S_SWA, PASST_TINY, SAMPLE_RATE, Passt, PasstConfig,
                                      PasstMelFrontEnd, checkpoint_shapes, fit_clip, kaldi_mel_banks, load_passt)
-from workflows.metrics.weights import METRIC_WEIGHTS, WeightsLocator
+from dub.workflows.metrics.weights import METRIC_WEIGHTS, WeightsLocator
 
 FIXTURE = Path(__file__).parent / "data" / "passt_fixture"
 SOUNDS = Path(__file__).resolve().parents[1] / "workflows" / "datasets" / "sounds"
@@ -57,7 +57,7 @@ def assert_matches(ours: torch.Tensor, ref: torch.Tensor) -> None:
 
 def recordings() -> list[np.ndarray]:
     """The CC0 recordings foley-synth uses, at 32 kHz: real audio, 0.3 to 0.5 s each."""
-    from workflows.metrics.media_io import read_audio
+    from dub.workflows.metrics.media_io import read_audio
 
     return [read_audio(p, SAMPLE_RATE) for p in sorted(SOUNDS.glob("*.wav"))]
 

@@ -23,8 +23,8 @@ import pytest
 
 from tests.process_helpers import ERROR_LOOKING, PROJECT_ROOT, kill_session
 from tests.video_factory import make_video
-from workflows.ingest import IngestConfig, ingest
-from workflows.ray_cluster import (KNOWN_RAY_NOISE, RayAuthError, _prepare_token_auth, find_auth_token,
+from dub.workflows.ingest import IngestConfig, ingest
+from dub.workflows.ray_cluster import (KNOWN_RAY_NOISE, RayAuthError, _prepare_token_auth, find_auth_token,
                                    quiet_known_ray_lines)
 
 AUTH_VARS = ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH", "RAY_ADDRESS")
@@ -83,7 +83,7 @@ def test_find_auth_token_agrees_with_rays_own_token_loader(tmp_path):
 # -- what connect() does before ray.init ------------------------------------------------------
 
 def test_joining_an_address_turns_token_mode_on_only_with_a_token_and_never_over_the_user(tmp_path, monkeypatch):
-    import workflows.ray_cluster as ray_cluster
+    import dub.workflows.ray_cluster as ray_cluster
 
     asked = []
     monkeypatch.setattr(ray_cluster, "_gcs_refuses", lambda address: asked.append(address) or False)
@@ -106,7 +106,7 @@ def test_joining_an_address_turns_token_mode_on_only_with_a_token_and_never_over
     ({"RAY_AUTH_MODE": "disabled"}, "but RAY_AUTH_MODE is 'disabled'; unset it or set RAY_AUTH_MODE=token"),
 ])
 def test_a_cluster_that_refuses_us_is_one_line_naming_what_to_set(tmp_path, monkeypatch, environ, says):
-    import workflows.ray_cluster as ray_cluster
+    import dub.workflows.ray_cluster as ray_cluster
 
     monkeypatch.setattr(ray_cluster, "_gcs_refuses", lambda address: True)
     monkeypatch.setattr(Path, "home", classmethod(lambda cls: tmp_path))

@@ -14,7 +14,7 @@ import typer
 from safetensors.torch import load_file
 from typer.testing import CliRunner
 
-from model.registry import (
+from dub.model.registry import (
     KNOWN_FILES,
     MISMATCH,
     MISSING,

@@ -21,8 +21,8 @@ import pytest
 from tests.report_helpers import (burst_audio, decode_png, event_frames, write_clip, write_events,
                                   write_generate_run, write_wav)
 from tests.requirements import require
-from workflows.metrics.run_inputs import GeneratedRow, ReferenceIndex, load_run
-from workflows.report import ReportConfig, run_report
+from dub.workflows.metrics.run_inputs import GeneratedRow, ReferenceIndex, load_run
+from dub.workflows.report import ReportConfig, run_report
 
 CHROMIUM = Path("/usr/bin/chromium")
 DURATION = 6.0
@@ -144,8 +144,8 @@ def test_html_page_renders_in_headless_chromium(report, tmp_path):
 def test_classifier_metrics_with_a_panns_model(run_dir, tmp_path):
     import torch
 
-    from workflows.metrics.embeddings import PannsBackend
-    from workflows.metrics.models.panns import Cnn14, Cnn14Config
+    from dub.workflows.metrics.embeddings import PannsBackend
+    from dub.workflows.metrics.models.panns import Cnn14, Cnn14Config
 
     tiny = Cnn14Config(mel_bins=32, classes_num=5, channels=(4, 4, 8, 8, 8, 16))
     torch.manual_seed(0)
@@ -225,11 +225,11 @@ def test_desync_and_passt_scores_with_tiny_models(run_dir, tmp_path):
     in the publishers' layouts; PaSST is handed 32 kHz audio, DeSync 16 kHz, per clip."""
     import torch
 
-    from workflows.metrics.desync import OFFSET_GRID_S, build_offset_predictor
-    from workflows.metrics.embeddings import PasstBackend
-    from workflows.metrics.models.passt import PASST_TINY, PaSST
-    from workflows.metrics.models.synchformer_sync import FullSynchformer, FullSynchformerConfig
-    from workflows.metrics.weights import WeightsLocator
+    from dub.workflows.metrics.desync import OFFSET_GRID_S, build_offset_predictor
+    from dub.workflows.metrics.embeddings import PasstBackend
+    from dub.workflows.metrics.models.passt import PASST_TINY, PaSST
+    from dub.workflows.metrics.models.synchformer_sync import FullSynchformer, FullSynchformerConfig
+    from dub.workflows.metrics.weights import WeightsLocator
 
     torch.manual_seed(0)
     passt_file = tmp_path / "tiny_passt.pt"
@@ -295,12 +295,12 @@ def test_resize_reaches_the_desync_decoding(tmp_path, monkeypatch):
 
     import torch
 
-    import workflows.report as report_module
+    import dub.workflows.report as report_module
     from tests.video_factory import make_video
-    from workflows.media.decode import RESIZE_BACKENDS, FrameTarget, decode_window
-    from workflows.metrics.desync import build_offset_predictor
-    from workflows.metrics.models.synchformer_sync import VIDEO_FPS, FullSynchformer, FullSynchformerConfig
-    from workflows.report import load_models
+    from dub.workflows.media.decode import RESIZE_BACKENDS, FrameTarget, decode_window
+    from dub.workflows.metrics.desync import build_offset_predictor
+    from dub.workflows.metrics.models.synchformer_sync import VIDEO_FPS, FullSynchformer, FullSynchformerConfig
+    from dub.workflows.report import load_models
 
     tiny = FullSynchformerConfig.tiny()
     torch.manual_seed(0)
@@ -339,8 +339,8 @@ def test_clap_score_for_clips_with_prompts(tmp_path):
     """A run whose rows carry prompts gets a CLAP score per prompted clip (tiny LAION-CLAP in the
     publisher's layout), equal to the cosine of the model's own text and 48 kHz audio embeddings."""
     from tests.test_clap import MERGES, VOCAB, fixture_state, tiny_config
-    from workflows.metrics.clap import load_clap
-    from workflows.metrics.media_io import read_audio
+    from dub.workflows.metrics.clap import load_clap
+    from dub.workflows.metrics.media_io import read_audio
 
     times = _events(7)
     rows = []
@@ -373,8 +373,8 @@ def test_workers_on_ray_give_the_in_process_results(ray_session, run_dir, tmp_pa
     set-level metric equals the in-process report's (timings aside)."""
     import torch
 
-    from workflows.metrics.embeddings import PannsBackend, build_backend
-    from workflows.metrics.models.panns import Cnn14, Cnn14Config
+    from dub.workflows.metrics.embeddings import PannsBackend, build_backend
+    from dub.workflows.metrics.models.panns import Cnn14, Cnn14Config
 
     tiny = Cnn14Config(mel_bins=32, classes_num=5, channels=(4, 4, 8, 8, 8, 16))
     torch.manual_seed(1)
@@ -418,7 +418,7 @@ def tiny_panns(tmp_path_factory):
     """A tiny CNN14 file: embeddings and logits, so FAD, IS and KL go through the journal."""
     import torch
 
-    from workflows.metrics.models.panns import Cnn14, Cnn14Config
+    from dub.workflows.metrics.models.panns import Cnn14, Cnn14Config
 
     tiny = Cnn14Config(mel_bins=32, classes_num=5, channels=(4, 4, 8, 8, 8, 16))
     torch.manual_seed(2)
@@ -428,7 +428,7 @@ def tiny_panns(tmp_path_factory):
 
 
 def _backends(tiny_panns, counting: bool = True) -> dict:
-    from workflows.metrics.embeddings import PannsBackend, build_backend
+    from dub.workflows.metrics.embeddings import PannsBackend, build_backend
 
     panns = PannsBackend(tiny_panns[0], config=tiny_panns[1])
     return {"panns": _Counting(panns) if counting else panns, "logmel": build_backend("logmel")}
@@ -457,7 +457,7 @@ def _stop_after(k: int):
 
 
 def test_interrupted_report_resumes_and_equals_the_uninterrupted_one(run_dir, tmp_path, tiny_panns, monkeypatch):
-    import workflows.report as report_module
+    import dub.workflows.report as report_module
 
     whole_backends = _backends(tiny_panns)
     whole = run_report(_journal_config(run_dir, tmp_path / "whole"), backends=whole_backends)
@@ -495,10 +495,10 @@ def test_interrupted_report_resumes_and_equals_the_uninterrupted_one(run_dir, tm
 def test_another_configuration_or_a_changed_clip_is_rescored(run_dir, tmp_path, tiny_panns):
     import os
 
-    from workflows.metrics.onsets import OnsetConfig
-    from workflows.metrics.weights import WeightsLocator
-    from workflows.report import Injected
-    from workflows.report_journal import report_identity
+    from dub.workflows.metrics.onsets import OnsetConfig
+    from dub.workflows.metrics.weights import WeightsLocator
+    from dub.workflows.report import Injected
+    from dub.workflows.report_journal import report_identity
 
     run = shutil.copytree(run_dir, tmp_path / "run")  # its mp4s get touched below
     out, refs = tmp_path / "out", str(run_dir.parent / "refs")
@@ -531,7 +531,7 @@ def test_another_configuration_or_a_changed_clip_is_rescored(run_dir, tmp_path, 
 
 
 def test_workers_on_ray_journal_and_resume(ray_session, run_dir, tmp_path, tiny_panns, monkeypatch):
-    import workflows.report as report_module
+    import dub.workflows.report as report_module
 
     out = tmp_path / "out"
     stopped = []
@@ -594,7 +594,7 @@ def test_sample_scores_a_seeded_subset_and_a_larger_sample_keeps_it(run_dir, tmp
 
 
 def test_sample_rows_is_a_function_of_seed_and_video_ids_only() -> None:
-    from workflows.report import sample_rows
+    from dub.workflows.report import sample_rows
 
     rows = [GeneratedRow(f"clip{i:04d}", None, "failed" if i % 10 == 0 else "done", None, None, None, None)
             for i in range(1000)]

@@ -11,10 +11,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from workflows.datasets.foley_config import FoleySynthConfig
-from workflows.datasets.foley_scene import render_audio, sample_clip
-from workflows.datasets.sound_bank import SOUND_CLASSES, load_sound_bank
-from workflows.metrics.sound_class import load_event_classes, score_sound_classes
+from dub.workflows.datasets.foley_config import FoleySynthConfig
+from dub.workflows.datasets.foley_scene import render_audio, sample_clip
+from dub.workflows.datasets.sound_bank import SOUND_CLASSES, load_sound_bank
+from dub.workflows.metrics.sound_class import load_event_classes, score_sound_classes
 
 CFG = FoleySynthConfig(seed=3, n_test=12, two_object_prob=0.5)
 
@@ -69,7 +69,7 @@ def test_sidecar_classes_are_read_and_a_sidecar_without_them_gives_none(tmp_path
 
 @pytest.mark.parametrize("rate", [22050, 44100])
 def test_other_sample_rates_are_resampled(rate):
-    from workflows.metrics.onsets import resample
+    from dub.workflows.metrics.onsets import resample
 
     bank = load_sound_bank(CFG.sample_rate)
     clip = sample_clip(CFG, "test", 1)
@@ -85,10 +85,10 @@ def test_dub_report_scores_each_event_against_the_recording_its_object_names(tmp
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from manifests.io import write_parquet_atomic
-    from manifests.schema import REPORT_SCHEMA
-    from workflows.datasets.foley_synth import make_foley_synth
-    from workflows.report import ReportConfig, run_report
+    from dub.manifests.io import write_parquet_atomic
+    from dub.manifests.schema import REPORT_SCHEMA
+    from dub.workflows.datasets.foley_synth import make_foley_synth
+    from dub.workflows.report import ReportConfig, run_report
 
     index = make_foley_synth(tmp_path / "foley", seed=5, n_train=0, n_val=0, n_test=3, seconds=4.0, size=(64, 64),
                              two_object_prob=0.5)

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from model import synchformer, synchformer_triton
+from dub.model import synchformer, synchformer_triton
 from tests.triton_helpers import hopper_resource_usage, run_under_interpreter
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]

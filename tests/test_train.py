@@ -13,16 +13,16 @@ import pandas as pd
 import pytest
 import torch
 
-from model.checkpoint import load_checkpoint, load_state_dict_file, save_checkpoint
-from model.config import get_preset
-from model.meanflow import MeanFlowConfig
-from model.network import MFMJT
+from dub.model.checkpoint import load_checkpoint, load_state_dict_file, save_checkpoint
+from dub.model.config import get_preset
+from dub.model.meanflow import MeanFlowConfig
+from dub.model.network import MFMJT
 from tests.train_helpers import SHAPES, SHAPES_8S, TINY_ARCHITECTURE, assert_evaluated_every_step, write_synthetic_shards
-from workflows.train.config import TrainConfig
-from workflows.train.data import (ShardError, check_shards, collate, iter_samples, memory_batches, sample_stream,
+from dub.workflows.train.config import TrainConfig
+from dub.workflows.train.data import (ShardError, check_shards, collate, iter_samples, memory_batches, sample_stream,
                                   worker_share)
-from workflows.train.loop import build_network, conditions, lr_factor
-from workflows.train.run import TrainError, resolve_network, run_train
+from dub.workflows.train.loop import build_network, conditions, lr_factor
+from dub.workflows.train.run import TrainError, resolve_network, run_train
 
 
 @pytest.fixture(scope="module")
@@ -148,8 +148,8 @@ def test_shards_with_other_shapes_are_refused(shard_dir, tmp_path):
     write_synthetic_shards(other, samples=2, shard_size=2)
     shard = next(other.glob("shard-*.tar"))
     # rewrite one sample with a shorter text sequence
-    from workflows.extract.sample import encode_sample
-    from workflows.generate.sinks import ShardWriter
+    from dub.workflows.extract.sample import encode_sample
+    from dub.workflows.generate.sinks import ShardWriter
 
     sample = next(iter_samples([str(shard)]))
     arrays = {k: sample[k] for k in SHAPES}
@@ -276,7 +276,7 @@ def test_init_from_mmaudio_weights_fine_tunes_that_network(fixtures_root, tmp_pa
 
 def test_relative_shard_paths_become_absolute_for_the_workers(shard_dir, monkeypatch):
     # Ray workers run in their own working directories: a relative path would not open there.
-    from workflows.train.data import list_shards
+    from dub.workflows.train.data import list_shards
 
     monkeypatch.chdir(shard_dir.parent)
     paths, directory = list_shards(shard_dir.name)
@@ -290,8 +290,8 @@ def test_validation_manifest_evaluates_each_chosen_checkpoint(ray_session, tmp_p
     (extract.json says they were resized "exact"), one 8 s foley-synth clip is the validation
     set. Each chosen checkpoint generates it (`dub generate --checkpoint`, with the shards'
     resize) and `dub report` scores it against the clip's own audio."""
-    from workflows.datasets.foley_synth import make_foley_synth
-    from workflows.ingest import IngestConfig, ingest
+    from dub.workflows.datasets.foley_synth import make_foley_synth
+    from dub.workflows.ingest import IngestConfig, ingest
 
     shards = tmp_path / "shards"
     write_synthetic_shards(shards, samples=4, shard_size=2, shapes=SHAPES_8S, window_s=8.0, bundle="demo")

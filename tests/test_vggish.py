@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from workflows.metrics.embeddings import BackendUnavailable, VGGishBackend, build_backend
-from workflows.metrics.models.vggish import (EXAMPLE_FRAMES, MEL_BANDS, MIN_SAMPLES, SAMPLE_RATE, VGGish, VGGishConfig,
+from dub.workflows.metrics.embeddings import BackendUnavailable, VGGishBackend, build_backend
+from dub.workflows.metrics.models.vggish import (EXAMPLE_FRAMES, MEL_BANDS, MIN_SAMPLES, SAMPLE_RATE, VGGish, VGGishConfig,
                                       VGGishFrontEnd, htk_mel_matrix, load_vggish, load_vggish_pca)
-from workflows.metrics.weights import METRIC_WEIGHTS, WeightsLocator
+from dub.workflows.metrics.weights import METRIC_WEIGHTS, WeightsLocator
 
 TINY = VGGishConfig(channels=(4, 4, 8, 8, 8, 8), hidden=32)  # keeps the 128-d embedding
 CONV_KEYS = ("features.0", "features.3", "features.6", "features.8", "features.11", "features.13")

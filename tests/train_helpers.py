@@ -7,8 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
-from workflows.extract.sample import encode_sample, window_key
-from workflows.generate.sinks import ShardWriter
+from dub.workflows.extract.sample import encode_sample, window_key
+from dub.workflows.generate.sinks import ShardWriter
 
 # 2 s windows at the demo rates: 63 latents (31.25/s), 16 clip frames (8 fps), 5 sync segments.
 SHAPES = {"latent_mean": (63, 20), "latent_std": (63, 20), "clip_f": (16, 16), "sync_f": (40, 16), "text_f": (8, 16)}

@@ -17,8 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-from workflows.media.streams import mp4_top_level_boxes
-from workflows.media.synth import (SynthVideo, frame_index_value, read_frame_index, synth_audio,
+from dub.workflows.media.streams import mp4_top_level_boxes
+from dub.workflows.media.synth import (SynthVideo, frame_index_value, read_frame_index, synth_audio,
                                    write_synthetic_video)
 
 __all__ = ["SynthVideo", "CorpusEntry", "make_video", "make_audio_only", "make_truncated", "make_header_only",
@@ -46,7 +46,7 @@ def make_video(path: str | Path, seconds: float = 1.0, fps: float = 25.0, size: 
 
 def make_audio_only(path: str | Path, seconds: float = 1.0, rate: int = 48000) -> Path:
     """An AAC file with no video stream (any extension; .mp4 makes it look like a video)."""
-    from workflows.media.audio import encode_audio_file
+    from dub.workflows.media.audio import encode_audio_file
 
     path = Path(path)
     tmp = path.with_name(path.stem + ".tmp.m4a")

@@ -130,10 +130,10 @@ def _has_ext(name: str, exts: set[str]) -> bool:
 
 def probe_file(path: str, silence_threshold_db: float = -60.0, silence_scan_s: float = 600.0) -> dict:
     """A manifest row (without prompt) for one file; never raises."""
-    from manifests.ids import content_id, name_id
-    from workflows.media.errors import MediaError
-    from workflows.media.probe import probe_video
-    from workflows.media.streams import check_regular_file
+    from dub.manifests.ids import content_id, name_id
+    from dub.workflows.media.errors import MediaError
+    from dub.workflows.media.probe import probe_video
+    from dub.workflows.media.streams import check_regular_file
 
     start = time.perf_counter()
     p = Path(path)
@@ -172,7 +172,7 @@ def display_path(path: str) -> str:
 
 
 def _directory_row(path: Path) -> dict:
-    from manifests.ids import name_id
+    from dub.manifests.ids import name_id
 
     return {"path": display_path(str(path)), "video_id": name_id(str(path)), "status": "error",
             "error_kind": "directory",
@@ -219,7 +219,7 @@ class _Worker:
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join([_PROJECT_ROOT] + [p for p in [env.get("PYTHONPATH")] if p])
         self.stderr = tempfile.TemporaryFile()  # kept to explain a crash
-        self.proc = subprocess.Popen([sys.executable, "-c", "import workflows.ingest as m; m._worker_stdio()"],
+        self.proc = subprocess.Popen([sys.executable, "-c", "import dub.workflows.ingest as m; m._worker_stdio()"],
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.stderr,
                                      env=env, text=True, encoding="utf-8", bufsize=1)
         self.task: tuple[int, str] | None = None
@@ -341,7 +341,7 @@ def _size_of(path: str) -> int:
 
 
 def _failure_row(path: str, kind: str, message: str) -> dict:
-    from manifests.ids import name_id
+    from dub.manifests.ids import name_id
 
     row = {"path": display_path(path), "video_id": name_id(path), "status": "error", "error_kind": kind,
            "error": message}
@@ -367,9 +367,9 @@ def read_prompt(video: Path) -> str:
 def ingest(roots: Iterable[str | Path], output: str | Path, config: IngestConfig = IngestConfig(),
            on_progress: Callable[[int, int], None] | None = None) -> IngestSummary:
     """Scan `roots`, probe what is new or changed, and write the manifest to `output`."""
-    from manifests.io import manifest_from_rows, read_manifest, write_parquet_atomic
-    from manifests.schema import MANIFEST_SCHEMA
-    from workflows.generate.sinks import Journal, read_journal
+    from dub.manifests.io import manifest_from_rows, read_manifest, write_parquet_atomic
+    from dub.manifests.schema import MANIFEST_SCHEMA
+    from dub.workflows.generate.sinks import Journal, read_journal
 
     started = time.perf_counter()
     output = Path(output)

@@ -27,23 +27,23 @@ from typing import Callable
 
 import numpy as np
 
-from workflows.media.decode import RESIZE_BACKENDS, resize_problem
-from workflows.metrics.av_align import av_align_score, motion_peaks
-from workflows.metrics.classifiers import inception_score, kl_softmax
-from workflows.metrics.clap import ClapPreprocess, build_clap, clap_score
-from workflows.metrics.desync import OffsetPredictor, build_offset_predictor, desync_score
-from workflows.metrics.embeddings import (BackendInfo, BackendUnavailable, ClipFeatures, EmbeddingBackend,
+from dub.workflows.media.decode import RESIZE_BACKENDS, resize_problem
+from dub.workflows.metrics.av_align import av_align_score, motion_peaks
+from dub.workflows.metrics.classifiers import inception_score, kl_softmax
+from dub.workflows.metrics.clap import ClapPreprocess, build_clap, clap_score
+from dub.workflows.metrics.desync import OffsetPredictor, build_offset_predictor, desync_score
+from dub.workflows.metrics.embeddings import (BackendInfo, BackendUnavailable, ClipFeatures, EmbeddingBackend,
                                           build_backend)
-from workflows.metrics.fad import frechet_distance
-from workflows.metrics.ib_score import ImageBindScorer, build_imagebind
-from workflows.metrics.media_io import encode_opus, read_audio, read_grey_frames
-from workflows.metrics.onsets import OnsetConfig, detect_onsets, onset_acc_ap, onset_prf
-from workflows.metrics.plots import spectrogram_png, waveform_png
-from workflows.metrics.run_inputs import (GeneratedRow, ReferenceIndex, events_sidecar, load_events, load_run,
+from dub.workflows.metrics.fad import frechet_distance
+from dub.workflows.metrics.ib_score import ImageBindScorer, build_imagebind
+from dub.workflows.metrics.media_io import encode_opus, read_audio, read_grey_frames
+from dub.workflows.metrics.onsets import OnsetConfig, detect_onsets, onset_acc_ap, onset_prf
+from dub.workflows.metrics.plots import spectrogram_png, waveform_png
+from dub.workflows.metrics.run_inputs import (GeneratedRow, ReferenceIndex, events_sidecar, load_events, load_run,
                                          read_generated_audio)
-from workflows.metrics.sound_class import load_event_classes, score_sound_classes
-from workflows.metrics.weights import WeightsLocator
-from workflows.output_lock import exclusive_output, writer_of
+from dub.workflows.metrics.sound_class import load_event_classes, score_sound_classes
+from dub.workflows.metrics.weights import WeightsLocator
+from dub.workflows.output_lock import exclusive_output, writer_of
 
 __all__ = ["ClipMedia", "ReportConfig", "ReportResult", "grouped_unavailable", "run_report"]
 
@@ -656,7 +656,7 @@ def run_report(config: ReportConfig, progress: Callable[[int, int, str], None] |
 def _run_locked(config: ReportConfig, progress: Callable[[int, int, str], None] | None, injected: Injected,
                 notice: Callable[[str], None] | None, run_config: dict, rows: list, sampled_from: int | None,
                 out_dir: Path) -> ReportResult:
-    from workflows.report_journal import ReportJournal, clip_key, report_identity
+    from dub.workflows.report_journal import ReportJournal, clip_key, report_identity
 
     unavailable: dict[str, str] = {}
     notes: dict[str, str] = {}
@@ -689,7 +689,7 @@ def _run_locked(config: ReportConfig, progress: Callable[[int, int, str], None] 
     try:
         if todo or journal.loaded is None:
             if config.workers > 1:  # each actor lists the references in its own process
-                from workflows.report_parallel import score_on_ray
+                from dub.workflows.report_parallel import score_on_ray
 
                 score_on_ray(config, run_config, rows, todo, injected, on_loaded, on_scored)
             else:  # the index the clip keys were made with: the reference folder is listed once
@@ -736,7 +736,7 @@ def _run_locked(config: ReportConfig, progress: Callable[[int, int, str], None] 
     _write_text(json.dumps(summary, indent=2, default=str), out_dir / "summary.json")
     result = ReportResult(records, summary, out_dir, media)
     if config.write_html:
-        from workflows.report_page import render_page
+        from dub.workflows.report_page import render_page
 
         _write_text(render_page(summary, records, media), out_dir / "index.html")
     return result

@@ -27,11 +27,11 @@ from typing import Callable
 
 import numpy as np
 
-from workflows.generate.sinks import remove_stale_temporaries, write_json_atomic
-from workflows.metrics.embeddings import BackendInfo, ClipFeatures
-from workflows.metrics.run_inputs import GeneratedRow, ReferenceIndex, events_sidecar
-from workflows.metrics.weights import METRIC_WEIGHTS, WeightsLocator
-from workflows.report import ClipMedia, Injected, ReportConfig, ScoredClip
+from dub.workflows.generate.sinks import remove_stale_temporaries, write_json_atomic
+from dub.workflows.metrics.embeddings import BackendInfo, ClipFeatures
+from dub.workflows.metrics.run_inputs import GeneratedRow, ReferenceIndex, events_sidecar
+from dub.workflows.metrics.weights import METRIC_WEIGHTS, WeightsLocator
+from dub.workflows.report import ClipMedia, Injected, ReportConfig, ScoredClip
 
 __all__ = ["ReportJournal", "clip_key", "report_identity"]
 
@@ -239,7 +239,7 @@ class ReportJournal:
             return
         import pyarrow as pa
 
-        from manifests.io import write_parquet_atomic
+        from dub.manifests.io import write_parquet_atomic
 
         table = pa.Table.from_pylist(self._rows, schema=_part_schema())
         write_parquet_atomic(table, self.dir / f"part-{time.time_ns()}-{uuid.uuid4().hex[:6]}.parquet")

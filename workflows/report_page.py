@@ -17,7 +17,7 @@ import math
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from workflows.report import ClipMedia
+    from dub.workflows.report import ClipMedia
 
 __all__ = ["render_page"]
 
@@ -128,7 +128,7 @@ def _summary_tables(summary: dict) -> str:
     unavailable = summary.get("unavailable", {})
     if unavailable:
         parts.append('<h3>Not computed</h3><table id="unavailable"><tbody>')
-        from workflows.report import grouped_unavailable
+        from dub.workflows.report import grouped_unavailable
 
         for keys, reason in grouped_unavailable(unavailable):
             parts.append(f'<tr><td class="text">{html.escape(", ".join(keys))}</td>'

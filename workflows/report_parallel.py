@@ -11,9 +11,9 @@ from __future__ import annotations
 
 from typing import Callable
 
-from workflows.metrics.embeddings import BackendInfo
-from workflows.metrics.run_inputs import GeneratedRow
-from workflows.report import Injected, ReportConfig, ScoredClip, load_models
+from dub.workflows.metrics.embeddings import BackendInfo
+from dub.workflows.metrics.run_inputs import GeneratedRow
+from dub.workflows.report import Injected, ReportConfig, ScoredClip, load_models
 
 __all__ = ["score_on_ray"]
 
@@ -49,7 +49,7 @@ def score_on_ray(config: ReportConfig, run_config: dict, rows: list[GeneratedRow
     import ray
     from ray.util import ActorPool
 
-    from workflows.ray_cluster import connect
+    from dub.workflows.ray_cluster import connect
 
     resources = connect(config.address)
     gpus = 0.0

@@ -26,7 +26,7 @@ def register(app: typer.Typer) -> None:
         from rich.console import Console
         from rich.table import Table
 
-        from workflows.bench import SUB_BENCHMARKS, BenchOptions, device_name, resolve_device
+        from dub.workflows.bench import SUB_BENCHMARKS, BenchOptions, device_name, resolve_device
 
         selected = names or list(SUB_BENCHMARKS)
         unknown = [n for n in selected if n not in SUB_BENCHMARKS]
@@ -38,9 +38,9 @@ def register(app: typer.Typer) -> None:
         skipped = []
         for name in selected:
             try:
-                module = importlib.import_module(f"workflows.bench.{name.replace('-', '_')}")
+                module = importlib.import_module(f"dub.workflows.bench.{name.replace('-', '_')}")
             except ModuleNotFoundError as exc:
-                if exc.name != f"workflows.bench.{name.replace('-', '_')}":
+                if exc.name != f"dub.workflows.bench.{name.replace('-', '_')}":
                     raise
                 skipped.append(name)
                 continue

@@ -30,8 +30,8 @@ def register(app: typer.Typer) -> None:
         Writes <split>/audio/*.mp4 (H.264 + AAC), <split>/silent/*.mp4, .txt prompts, .events.json,
         index.parquet, splits.json and dataset.json under OUT.
         """
-        from workflows.datasets.foley_config import FoleySynthConfig
-        from workflows.datasets.foley_synth import timed_build
+        from dub.workflows.datasets.foley_config import FoleySynthConfig
+        from dub.workflows.datasets.foley_synth import timed_build
 
         try:
             cfg = FoleySynthConfig(seed=seed, n_train=train, n_val=val, n_test=test, seconds=seconds, fps=fps,
@@ -54,7 +54,7 @@ def register(app: typer.Typer) -> None:
         seconds: float = typer.Option(6.0, help="Clip duration in seconds."),
     ) -> None:
         """Silent foley-synth clips with prompts and event times: the bundled samples (dub/samples)."""
-        from workflows.datasets.foley_synth import make_sample_clips
+        from dub.workflows.datasets.foley_synth import make_sample_clips
 
         try:
             paths = make_sample_clips(out, seed=seed, count=count, seconds=seconds)

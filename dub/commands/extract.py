@@ -33,9 +33,9 @@ def register(app: typer.Typer) -> None:
         """Write WebDataset training shards; resumable (a rerun only does the missing windows)."""
         from rich.console import Console
 
-        from workflows.extract.config import ExtractConfig
-        from workflows.extract.run import ExtractError, run_extract
-        from workflows.output_lock import OutputInUse
+        from dub.workflows.extract.config import ExtractConfig
+        from dub.workflows.extract.run import ExtractError, run_extract
+        from dub.workflows.output_lock import OutputInUse
 
         console = Console(stderr=True)
         try:

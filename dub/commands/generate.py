@@ -50,10 +50,10 @@ def register(app: typer.Typer) -> None:
         """Generate a synchronized soundtrack for every pending clip; resumable and idempotent."""
         from rich.console import Console
 
-        from model.generator import SamplerConfig
-        from workflows.generate.config import GenerateConfig
-        from workflows.generate.run import GenerateError, run_generate
-        from workflows.output_lock import OutputInUse
+        from dub.model.generator import SamplerConfig
+        from dub.workflows.generate.config import GenerateConfig
+        from dub.workflows.generate.run import GenerateError, run_generate
+        from dub.workflows.output_lock import OutputInUse
 
         console = Console(stderr=True)
         if prompts is None and manifest is None:
@@ -99,8 +99,8 @@ def register(app: typer.Typer) -> None:
 def _run_with_progress(config, console):
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-    from workflows.generate.run import GenerateError, run_generate
-    from workflows.output_lock import OutputInUse
+    from dub.workflows.generate.run import GenerateError, run_generate
+    from dub.workflows.output_lock import OutputInUse
 
     with Progress(TextColumn("[bold]dub generate"), BarColumn(), MofNCompleteColumn(),
                   TextColumn("{task.fields[detail]}"), TimeElapsedColumn(), TimeRemainingColumn(),
@@ -151,7 +151,7 @@ def _print_summary(summary, console) -> None:
 def _bundle_sampler(model: str):
     """The bundle's default sampler settings (what its published figures used); an unknown
     bundle name falls through to GenerateConfig, which says what the known ones are."""
-    from model.bundles import MF_MJT_SAMPLER, resolve_bundle
+    from dub.model.bundles import MF_MJT_SAMPLER, resolve_bundle
 
     try:
         return resolve_bundle(model).sampler

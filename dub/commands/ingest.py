@@ -29,8 +29,8 @@ def register(app: typer.Typer) -> None:
         """
         from rich.console import Console
 
-        from workflows.ingest import DEFAULT_EXTENSIONS, IngestConfig
-        from workflows.ingest import ingest as run_ingest
+        from dub.workflows.ingest import DEFAULT_EXTENSIONS, IngestConfig
+        from dub.workflows.ingest import ingest as run_ingest
 
         console = Console(stderr=True)
         extensions = tuple(e.strip().lower().lstrip(".") for e in ext.split(",") if e.strip()) if ext else DEFAULT_EXTENSIONS

@@ -65,10 +65,10 @@ def register(app: typer.Typer) -> None:
         from rich.console import Console
         from rich.table import Table
 
-        from workflows.metrics.embeddings import BACKENDS
-        from workflows.metrics.onsets import OnsetConfig
-        from workflows.output_lock import OutputInUse
-        from workflows.report import ALL_BACKENDS, ReportConfig, grouped_unavailable, run_report
+        from dub.workflows.metrics.embeddings import BACKENDS
+        from dub.workflows.metrics.onsets import OnsetConfig
+        from dub.workflows.output_lock import OutputInUse
+        from dub.workflows.report import ALL_BACKENDS, ReportConfig, grouped_unavailable, run_report
 
         backends = tuple(backend) if backend else ALL_BACKENDS
         unknown = [b for b in backends if b not in BACKENDS]

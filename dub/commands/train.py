@@ -54,11 +54,11 @@ def register(app: typer.Typer) -> None:
         """Train MF-MJT; prints the final checkpoint's model.safetensors (for `dub generate --checkpoint`)."""
         from rich.console import Console
 
-        from model.meanflow import MeanFlowConfig
-        from workflows.output_lock import OutputInUse
-        from workflows.train.config import TrainConfig
-        from workflows.train.data import ShardError
-        from workflows.train.run import TrainError, run_train
+        from dub.model.meanflow import MeanFlowConfig
+        from dub.workflows.output_lock import OutputInUse
+        from dub.workflows.train.config import TrainConfig
+        from dub.workflows.train.data import ShardError
+        from dub.workflows.train.run import TrainError, run_train
 
         console = Console(stderr=True)
         architecture = {k: v for k, v in (("hidden_dim", hidden_dim), ("depth", depth), ("fused_depth", fused_depth),

@@ -6,7 +6,7 @@ features is a working toy, not MMAudio quality.
 
 from __future__ import annotations
 
-from model.demo.codec import DemoCodec
-from model.demo.features import DemoEncoders
+from dub.model.demo.codec import DemoCodec
+from dub.model.demo.features import DemoEncoders
 
 __all__ = ["DemoCodec", "DemoEncoders"]

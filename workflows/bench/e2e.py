@@ -12,7 +12,7 @@
    pageable upload of windows decoded at the target sizes (CUDA), and the total without the
    on-device resize plus that upload, composed from the measured rows.
 2. "ray" (where Ray and PyAV import, e.g. the CPU dev machine): a true end-to-end
-   `workflows.generate.run.run_generate` over synthetic H.264 clips with the demo stack and a
+   `dub.workflows.generate.run.run_generate` over synthetic H.264 clips with the demo stack and a
    random tiny checkpoint: decode tasks, model actor, remux to mp4. Reports clips/s of the
    whole run and the per-window stage times from its report.
 
@@ -30,10 +30,10 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
-from workflows.bench import BenchOptions, BenchRow, resolve_device, time_call
-from workflows.bench.encoders import (CLIP_FPS, CLIP_SIZE, PROMPT, REAL_SOURCE, SYNC_FPS, SYNC_SIZE, TINY_SOURCE,
+from dub.workflows.bench import BenchOptions, BenchRow, resolve_device, time_call
+from dub.workflows.bench.encoders import (CLIP_FPS, CLIP_SIZE, PROMPT, REAL_SOURCE, SYNC_FPS, SYNC_SIZE, TINY_SOURCE,
                                       build_encoders, clip_resize, random_frames, sync_resize)
-from workflows.bench.generate import (ONE_STEP_GUIDANCE, TINY_PRESETS, StageRunner, build_stack, dtype_name,
+from dub.workflows.bench.generate import (ONE_STEP_GUIDANCE, TINY_PRESETS, StageRunner, build_stack, dtype_name,
                                       eager_decode, free_cuda_cache, short_error, top_kernels)
 
 MODEL_SIDE = "model-side"
@@ -82,15 +82,15 @@ class ModelSidePipeline:
                  fp8: bool | str = False) -> None:
         import torch
 
-        from model.fast import CudaGraphCall, OneStepGraph
-        from model.guidance import Guidance
-        from model.synchformer import attention_status
+        from dub.model.fast import CudaGraphCall, OneStepGraph
+        from dub.model.guidance import Guidance
+        from dub.model.synchformer import attention_status
 
         self.device, self.batch, self.cuda = device, batch, device.startswith("cuda")
         self.tiny = preset in TINY_PRESETS
         self.stack = build_stack(preset, device, duration_s)
         if self.tiny:
-            from model.demo import DemoEncoders
+            from dub.model.demo import DemoEncoders
 
             self.encoders = DemoEncoders().to(device)  # the demo bundle: hand-made features, Griffin-Lim
             self.what = "demo bundle stack (demo encoders, tiny network, Griffin-Lim codec)"
@@ -102,7 +102,7 @@ class ModelSidePipeline:
             self.what = f"{preset}: ViT-H/14 CLIP + Synchformer + MF-MJT + VAE + BigVGAN, random weights"
             self.what += "; " + attention_status(device)
             if fp8:  # True: as `dub generate --fp8` (CLIP only); "all": Synchformer too, for comparison
-                from model.encoders import FP8_TOWERS
+                from dub.model.encoders import FP8_TOWERS
 
                 self.what += "; " + (self.encoders.use_fp8(FP8_TOWERS) if fp8 == "all" else self.encoders.use_fp8())
             if compile:  # the warm-up batch compiles
@@ -386,14 +386,14 @@ def _ray_run(runner: StageRunner, opts: BenchOptions) -> None:
 def _ray_rows(runner: StageRunner, opts: BenchOptions, tmp: Path, stage: str) -> None:
     import pyarrow.parquet as pq
 
-    from model.checkpoint import save_checkpoint
-    from model.generator import SamplerConfig
-    from workflows.bench.generate import build_network
-    from workflows.generate.config import GenerateConfig
-    from workflows.generate.run import run_generate
-    from workflows.ingest import IngestConfig, ingest
-    from workflows.media.synth import write_synthetic_video
-    from workflows.ray_cluster import connect
+    from dub.model.checkpoint import save_checkpoint
+    from dub.model.generator import SamplerConfig
+    from dub.workflows.bench.generate import build_network
+    from dub.workflows.generate.config import GenerateConfig
+    from dub.workflows.generate.run import run_generate
+    from dub.workflows.ingest import IngestConfig, ingest
+    from dub.workflows.media.synth import write_synthetic_video
+    from dub.workflows.ray_cluster import connect
 
     n = max(2, opts.batch_size)
     duration = opts.duration_s

@@ -2,7 +2,7 @@
 and sound-class accuracy (95 % bootstrap intervals over clips, as the foley-synth table) against
 the training samples seen, for each run, from its `eval/step_*/report` folders.
 
-    python -m workflows.bench.learning_curve RUN_DIR ... [--json OUT.json]
+    python -m dub.workflows.bench.learning_curve RUN_DIR ... [--json OUT.json]
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import json
 import math
 from pathlib import Path
 
-from workflows.bench.foley_table import run_row
+from dub.workflows.bench.foley_table import run_row
 
 METRICS = (("onset_f1", "onset F1"), ("sound_class", "sound class acc"), ("onset_acc", "onset acc"))
 

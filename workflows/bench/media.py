@@ -20,15 +20,15 @@ import tempfile
 import time
 from pathlib import Path
 
-from workflows.bench import BenchOptions, BenchRow, time_call
+from dub.workflows.bench import BenchOptions, BenchRow, time_call
 
 _SIZE = (1280, 720)
 _FPS = 25.0
 
 
 def run(opts: BenchOptions) -> list[BenchRow]:
-    from workflows.media.decode import CLIP_TARGET, SYNC_TARGET, decode_window, frame_count
-    from workflows.media.synth import write_synthetic_video
+    from dub.workflows.media.decode import CLIP_TARGET, SYNC_TARGET, decode_window, frame_count
+    from dub.workflows.media.synth import write_synthetic_video
 
     duration = float(opts.duration_s)
     cases = [
@@ -68,7 +68,7 @@ def decode_workers(cpus: int | None = None) -> int:
 
 
 def _decode_clip_times(path: str, duration: float, times: int) -> int:
-    from workflows.media.decode import CLIP_TARGET, SYNC_TARGET, decode_window
+    from dub.workflows.media.decode import CLIP_TARGET, SYNC_TARGET, decode_window
 
     for _ in range(times):
         decode_window(path, 0.0, duration, [CLIP_TARGET, SYNC_TARGET], backend="swscale")

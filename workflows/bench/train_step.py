@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from workflows.bench import BenchOptions, BenchRow, device_name, resolve_device, time_call
+from dub.workflows.bench import BenchOptions, BenchRow, device_name, resolve_device, time_call
 
 _FALLBACK_PRESET = "tiny"
 
@@ -25,7 +25,7 @@ _FALLBACK_PRESET = "tiny"
 def run(opts: BenchOptions) -> list[BenchRow]:
     import torch
 
-    from model.meanflow import MeanFlowConfig, eager_tangent, flow_matching_loss, make_tangent, meanflow_loss
+    from dub.model.meanflow import MeanFlowConfig, eager_tangent, flow_matching_loss, make_tangent, meanflow_loss
 
     device = resolve_device(opts.device)
     cuda = device.startswith("cuda")
@@ -93,8 +93,8 @@ def _setup(opts: BenchOptions, device: str):
     import torch
 
     try:
-        from model.config import NETWORK_PRESETS
-        from model.network import MFMJT
+        from dub.model.config import NETWORK_PRESETS
+        from dub.model.network import MFMJT
     except ImportError as exc:
         return _mlp_setup(opts, device, f"MLP fallback (MF-MJT unavailable: {exc})")
 

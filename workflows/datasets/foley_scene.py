@@ -13,8 +13,8 @@ from typing import Callable, Iterator
 
 import numpy as np
 
-from workflows.datasets.foley_config import SPLITS, FoleySynthConfig
-from workflows.datasets.sound_bank import ONSET_PREROLL_SECONDS, SOUND_CLASSES, SOURCES_BY_CLASS
+from dub.workflows.datasets.foley_config import SPLITS, FoleySynthConfig
+from dub.workflows.datasets.sound_bank import ONSET_PREROLL_SECONDS, SOUND_CLASSES, SOURCES_BY_CLASS
 
 MOTIONS: tuple[str, ...] = ("bounce", "hit", "flash")
 _MOTION_PHRASES = {"bounce": "bouncing on the floor", "hit": "sliding into the walls", "flash": "flashing"}

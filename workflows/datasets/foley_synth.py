@@ -26,10 +26,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from workflows.datasets.foley_config import SPLITS, FoleySynthConfig
-from workflows.datasets.foley_encode import add_aac_track, write_silent_mp4
-from workflows.datasets.foley_scene import CLASS_LOOKS, ClipSpec, render_audio, render_frames, sample_clip
-from workflows.datasets.sound_bank import SOURCES_BY_CLASS, load_sound_bank
+from dub.workflows.datasets.foley_config import SPLITS, FoleySynthConfig
+from dub.workflows.datasets.foley_encode import add_aac_track, write_silent_mp4
+from dub.workflows.datasets.foley_scene import CLASS_LOOKS, ClipSpec, render_audio, render_frames, sample_clip
+from dub.workflows.datasets.sound_bank import SOURCES_BY_CLASS, load_sound_bank
 
 INDEX_COLUMNS = ("clip_id", "split", "index", "path_with_audio", "path_silent", "class", "classes", "motions",
                  "events", "prompt", "n_objects", "seconds", "fps", "sample_rate")

@@ -5,7 +5,7 @@ here is CC0, see `sounds/ATTRIBUTION.md`) by `extract_sounds`, which is how they
 remade:
 
     apt-get download sonic-pi-samples && dpkg-deb -x sonic-pi-samples_*.deb pkg
-    python -m workflows.datasets.sound_bank pkg/usr/share/sonic-pi/samples workflows/datasets/sounds
+    python -m dub.workflows.datasets.sound_bank pkg/usr/share/sonic-pi/samples workflows/datasets/sounds
 """
 
 from __future__ import annotations
@@ -107,7 +107,7 @@ def _load_bank(sample_rate: int, sounds_dir: str) -> dict[str, np.ndarray]:
         if not path.is_file():
             raise FileNotFoundError(
                 f"sound bank file {path} is missing; remake it with "
-                "`python -m workflows.datasets.sound_bank <sonic-pi samples dir> <sounds dir>`")
+                "`python -m dub.workflows.datasets.sound_bank <sonic-pi samples dir> <sounds dir>`")
         samples, rate = read_wav(path)
         bank[source.name] = resample(samples, rate, sample_rate)
         bank[source.name].setflags(write=False)  # shared between calls through the cache

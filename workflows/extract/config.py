@@ -6,8 +6,8 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
-from workflows.extract.sample import FEATURE_DTYPES
-from workflows.media.decode import RESIZE_BACKENDS, resize_problem
+from dub.workflows.extract.sample import FEATURE_DTYPES
+from dub.workflows.media.decode import RESIZE_BACKENDS, resize_problem
 
 AUDIO_EXTENSIONS = (".wav", ".flac", ".mp3", ".ogg", ".opus", ".m4a", ".aac")
 

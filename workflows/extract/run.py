@@ -24,11 +24,11 @@ from typing import Callable
 
 import numpy as np
 
-from workflows.extract.config import AUDIO_EXTENSIONS, ExtractConfig
-from workflows.extract.sample import EMPTY_TEXT_FILE, EXTRACT_INFO_FILE, encode_sample, npy_bytes, window_key
-from workflows.generate.sinks import ShardWriter, completed_shard_keys, remove_stale_temporaries, write_json_atomic
-from workflows.generate.stages import decode_memory_bytes, window_frame_bytes
-from workflows.output_lock import exclusive_output
+from dub.workflows.extract.config import AUDIO_EXTENSIONS, ExtractConfig
+from dub.workflows.extract.sample import EMPTY_TEXT_FILE, EXTRACT_INFO_FILE, encode_sample, npy_bytes, window_key
+from dub.workflows.generate.sinks import ShardWriter, completed_shard_keys, remove_stale_temporaries, write_json_atomic
+from dub.workflows.generate.stages import decode_memory_bytes, window_frame_bytes
+from dub.workflows.output_lock import exclusive_output
 
 
 class ExtractError(RuntimeError):
@@ -72,10 +72,10 @@ ProgressFn = Callable[[ExtractSummary], None]
 
 
 def run_extract(cfg: ExtractConfig, progress: ProgressFn | None = None) -> ExtractSummary:
-    from model.bundles import resolve_bundle
+    from dub.model.bundles import resolve_bundle
 
     started = time.perf_counter()
-    from workflows.extract.stages import feature_weight_paths
+    from dub.workflows.extract.stages import feature_weight_paths
 
     bundle = resolve_bundle(cfg.model)
     feature_weight_paths(cfg.model)  # missing or damaged weights fail here, not inside an actor
@@ -100,7 +100,7 @@ def _run_locked(cfg: ExtractConfig, progress: ProgressFn | None, bundle, window_
         keep = set(list(dict.fromkeys(r["video_id"] for r in pending))[: cfg.limit])
         pending = [r for r in pending if r["video_id"] in keep]
     if pending or not (out / EMPTY_TEXT_FILE).exists():
-        from workflows.ray_cluster import connect, quiet_known_ray_lines
+        from dub.workflows.ray_cluster import connect, quiet_known_ray_lines
 
         resources = connect(cfg.address)
         writer = ShardWriter(out, cfg.shard_size)
@@ -122,7 +122,7 @@ def _run_locked(cfg: ExtractConfig, progress: ProgressFn | None, bundle, window_
 # -- inputs and resume ---------------------------------------------------------------------
 
 def _prepare_out_dir(cfg: ExtractConfig, out: Path, window_s: float) -> None:
-    from model.bundles import resolve_bundle
+    from dub.model.bundles import resolve_bundle
 
     out.mkdir(parents=True, exist_ok=True)
     info_path = out / EXTRACT_INFO_FILE
@@ -161,7 +161,7 @@ def _load_clips(cfg: ExtractConfig, window_s: float) -> tuple[list[_Clip], dict[
             clips.append(clip)
 
     if cfg.manifest is not None:
-        from manifests.io import read_manifest
+        from dub.manifests.io import read_manifest
 
         for row in read_manifest(cfg.manifest).to_pylist():
             if row.get("status") != "ok" or row.get("duplicate_of"):
@@ -185,7 +185,7 @@ def _load_clips(cfg: ExtractConfig, window_s: float) -> tuple[list[_Clip], dict[
 
 def _audio_clips(root: Path) -> list[_Clip]:
     """Audio files under `root` with their NAME.txt captions."""
-    from manifests.ids import content_id
+    from dub.manifests.ids import content_id
 
     if not root.is_dir():
         raise ExtractError(f"--audio-dir {root} is not a directory")
@@ -210,7 +210,7 @@ def _audio_duration(path: Path) -> float:
 
 
 def _window_rows(clips: list[_Clip], window_s: float, overlap_s: float) -> list[dict]:
-    from workflows.media.windows import plan_windows
+    from dub.workflows.media.windows import plan_windows
 
     rows = []
     for clip in clips:
@@ -229,9 +229,9 @@ def _execute(cfg: ExtractConfig, bundle, window_s: float, rows: list[dict], with
     import ray.data
     from ray.data import ActorPoolStrategy
 
-    from model.bundles import CLIP_FPS, CLIP_SIZE, SYNC_FPS, SYNC_SIZE
-    from workflows.extract.stages import ExtractReplica, decode_training_windows, read_audio_windows
-    from workflows.ray_cluster import model_replicas, warn_if_store_small, window_blocks
+    from dub.model.bundles import CLIP_FPS, CLIP_SIZE, SYNC_FPS, SYNC_SIZE
+    from dub.workflows.extract.stages import ExtractReplica, decode_training_windows, read_audio_windows
+    from dub.workflows.ray_cluster import model_replicas, warn_if_store_small, window_blocks
 
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False
@@ -288,7 +288,7 @@ def _write_empty_text(cfg: ExtractConfig, out: Path, resources) -> None:
     """Once per shard directory, on a worker (the text encoder may be large)."""
     import ray
 
-    from workflows.extract.stages import empty_text_features
+    from dub.workflows.extract.stages import empty_text_features
 
     path = out / EMPTY_TEXT_FILE
     if path.exists():

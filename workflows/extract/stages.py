@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from workflows.generate.stages import WINDOW_COLUMNS, FittingCalls, decode_windows, short_error
+from dub.workflows.generate.stages import WINDOW_COLUMNS, FittingCalls, decode_windows, short_error
 
 # The one weights role extraction does not need (features and latents come from the rest).
 
@@ -26,7 +26,7 @@ def window_samples(window_s: float, sample_rate: int) -> int:
 def read_window_audio(path: str, start_s: float, window_s: float, sample_rate: int) -> np.ndarray:
     """Mono float32 audio of [start_s, start_s + window_s) at `sample_rate`, zero-padded to the
     exact window length (a clip shorter than the window ends in silence)."""
-    from workflows.media.audio import read_audio
+    from dub.workflows.media.audio import read_audio
 
     audio = read_audio(path, sample_rate=sample_rate, start_s=start_s, duration_s=window_s)
     length = window_samples(window_s, sample_rate)
@@ -74,15 +74,15 @@ def _with_audio(batch: dict[str, np.ndarray], out: dict[str, np.ndarray], window
 def feature_weight_paths(model: str) -> dict[str, Path]:
     """role -> local file of every weights file the bundle's encoders and codec need (checked
     against their checksums, cached); not the network's."""
-    from model.bundles import resolve_bundle, weight_paths
-    from model.registry import WeightsRegistry
+    from dub.model.bundles import resolve_bundle, weight_paths
+    from dub.model.registry import WeightsRegistry
 
     return weight_paths(resolve_bundle(model), WeightsRegistry(), verify=True, network=False)
 
 
 def load_feature_stack(model: str, device: str):
     """(encoders, codec) of a bundle, without its network."""
-    from model.bundles import load_feature_stack as load
+    from dub.model.bundles import load_feature_stack as load
 
     return load(model, device=device)
 

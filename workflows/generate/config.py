@@ -12,9 +12,9 @@ import json
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
-from model.fp8 import FP8_RECIPE
-from model.generator import SamplerConfig
-from workflows.media.decode import RESIZE_BACKENDS, resize_problem
+from dub.model.fp8 import FP8_RECIPE
+from dub.model.generator import SamplerConfig
+from dub.workflows.media.decode import RESIZE_BACKENDS, resize_problem
 
 FORMATS = ("mp4", "wds", "both")
 AUDIO_CODECS = ("aac", "flac", "opus")

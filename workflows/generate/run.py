@@ -20,9 +20,9 @@ from typing import Callable
 
 import numpy as np
 
-from workflows.generate.config import GenerateConfig, run_paths, window_seed
-from workflows.output_lock import exclusive_output
-from workflows.generate.sinks import (Journal, ShardWriter, completed_shard_keys, mp4_name, read_journal,
+from dub.workflows.generate.config import GenerateConfig, run_paths, window_seed
+from dub.workflows.output_lock import exclusive_output
+from dub.workflows.generate.sinks import (Journal, ShardWriter, completed_shard_keys, mp4_name, read_journal,
                                       remove_stale_temporaries, write_flac_bytes, write_json_atomic)
 
 
@@ -117,7 +117,7 @@ ProgressFn = Callable[[Summary], None]
 
 
 def run_generate(cfg: GenerateConfig, progress: ProgressFn | None = None) -> Summary:
-    from model.bundles import bundle_info, resolve_bundle
+    from dub.model.bundles import bundle_info, resolve_bundle
 
     started = time.perf_counter()
     info = bundle_info(cfg.model, checkpoint=cfg.checkpoint)
@@ -135,7 +135,7 @@ def run_generate(cfg: GenerateConfig, progress: ProgressFn | None = None) -> Sum
 
 def _run_locked(cfg: GenerateConfig, progress: ProgressFn | None, info, window_s: float, config_hash: str,
                 paths: dict, started: float) -> Summary:
-    from workflows.ray_cluster import RayAuthError, connect, quiet_known_ray_lines
+    from dub.workflows.ray_cluster import RayAuthError, connect, quiet_known_ray_lines
 
     _prepare_out_dir(cfg, paths, config_hash, info)
 
@@ -199,11 +199,11 @@ def _version() -> str:
 
 
 def _load_inputs(cfg: GenerateConfig, window_s: float) -> tuple[list[_Video], list[dict]]:
-    from workflows.media.windows import plan_windows
+    from dub.workflows.media.windows import plan_windows
 
     if cfg.text_to_audio:
         return _load_prompts(cfg, window_s), []
-    from manifests.io import read_manifest
+    from dub.manifests.io import read_manifest
 
     table = read_manifest(cfg.manifest)
     videos, skipped = [], []
@@ -309,8 +309,8 @@ def _execute(cfg, info, window_s, config_hash, pending, paths, journal, summary,
     import ray.data
     from ray.data import ActorPoolStrategy
 
-    from workflows.generate.stages import GenerateReplica, decode_memory_bytes, decode_windows, window_frame_bytes
-    from workflows.ray_cluster import model_replicas, warn_if_store_small, window_blocks
+    from dub.workflows.generate.stages import GenerateReplica, decode_memory_bytes, decode_windows, window_frame_bytes
+    from dub.workflows.ray_cluster import model_replicas, warn_if_store_small, window_blocks
 
     by_id = {v.video_id: v for v in pending}
     window_rows = []
@@ -403,7 +403,7 @@ class _Writer:
         self._awaiting_shard: dict[str, dict] = {}
 
     def write(self, video: _Video, windows: list[dict]) -> dict:
-        from workflows.media.windows import Window, stitch
+        from dub.workflows.media.windows import Window, stitch
 
         errors = [str(w["error"]) for w in windows if str(w["error"])]
         timings = {key: float(sum(float(w[key]) for w in windows))
@@ -436,7 +436,7 @@ class _Writer:
     def _write_outputs(self, video: _Video, audio: np.ndarray, sr: int, windows: list[dict], row: dict) -> None:
         cfg = self.cfg
         if cfg.text_to_audio:
-            from workflows.media.audio import encode_audio_file
+            from dub.workflows.media.audio import encode_audio_file
 
             dst = _expected_audio(self.paths, video, cfg.audio_codec)
             dst.parent.mkdir(parents=True, exist_ok=True)
@@ -445,7 +445,7 @@ class _Writer:
             return
         row.update(video.existing)
         if "mp4" in video.missing:
-            from workflows.media.remux import remux_with_audio
+            from dub.workflows.media.remux import remux_with_audio
 
             dst = _expected_mp4(self.paths, video)
             dst.parent.mkdir(parents=True, exist_ok=True)
@@ -494,8 +494,8 @@ def _write_report(paths: dict, order: list[str], skipped_rows: list[dict]) -> No
     the rows ingest flagged; written atomically."""
     import pyarrow as pa
 
-    from manifests.io import write_parquet_atomic
-    from manifests.schema import REPORT_SCHEMA
+    from dub.manifests.io import write_parquet_atomic
+    from dub.manifests.schema import REPORT_SCHEMA
 
     journal = read_journal(paths["journal"])
     rows = []

@@ -36,7 +36,7 @@ def _tmp_name(path: Path) -> Path:
 
 def write_flac_bytes(audio: np.ndarray, sample_rate: int) -> bytes:
     """FLAC-encode a mono float waveform in memory (WebDataset stores audio as bytes)."""
-    from workflows.media.audio import encode_audio_bytes
+    from dub.workflows.media.audio import encode_audio_bytes
 
     return encode_audio_bytes(audio, sample_rate, "flac", "flac")
 
@@ -123,7 +123,7 @@ class Journal:
     schema's (ingest's probed manifest rows)."""
 
     def __init__(self, journal_dir: Path, flush_every_s: float = 5.0, flush_rows: int = 64, schema=None):
-        from manifests.schema import REPORT_SCHEMA
+        from dub.manifests.schema import REPORT_SCHEMA
 
         self.dir = Path(journal_dir)
         self.dir.mkdir(parents=True, exist_ok=True)

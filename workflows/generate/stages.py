@@ -52,7 +52,7 @@ def decode_windows(batch: dict[str, np.ndarray], *, clip_fps: float, clip_size: 
     """Decode each window's frames at both model rates in one pass over the file. `backend` is
     `decode_window`'s resizer: "swscale" (fast) or "torch" (torchvision's antialiased bicubic,
     as MMAudio; about 9x slower on CPU)."""
-    from workflows.media.decode import FrameTarget, decode_window
+    from dub.workflows.media.decode import FrameTarget, decode_window
 
     targets = [FrameTarget(fps=clip_fps, size=clip_size, mode="resize"),
                FrameTarget(fps=sync_fps, size=sync_size, mode="crop")]
@@ -133,8 +133,8 @@ class GenerateReplica:
                  save_features: bool = False, batch_size: int = 1, compile: bool = False, fp8: bool = False):
         import torch
 
-        from model.bundles import load_generator
-        from model.generator import SamplerConfig
+        from dub.model.bundles import load_generator
+        from dub.model.generator import SamplerConfig
 
         if device == "cpu":
             # Ray gives each CPU actor its CPUs; torch would otherwise spawn one thread per core.
@@ -219,7 +219,7 @@ class GenerateReplica:
     def _run(self, batch, rows, audio, timings, feats) -> None:
         import torch
 
-        from model.generator import WindowBatch
+        from dub.model.generator import WindowBatch
 
         wb = WindowBatch(
             clip_frames=None if batch.get("clip_frames") is None else torch.from_numpy(np.ascontiguousarray(batch["clip_frames"][rows])),

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from workflows.media.errors import MediaError
+from dub.workflows.media.errors import MediaError
 
 
 @dataclass(frozen=True)
@@ -170,7 +170,7 @@ def read_audio_native(path: str | Path | bytes, *, start_s: float = 0.0,
 
     import av
 
-    from workflows.media.streams import open_media
+    from dub.workflows.media.streams import open_media
 
     if isinstance(path, (bytes, bytearray)):
         opened, name = av.open(io.BytesIO(path)), "the audio bytes"

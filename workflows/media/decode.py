@@ -26,9 +26,9 @@ from typing import NamedTuple, Sequence
 
 import numpy as np
 
-from workflows.media.errors import MediaError
-from workflows.media.probe import normalize_rotation
-from workflows.media.streams import open_media, pick_video_stream, time_origin
+from dub.workflows.media.errors import MediaError
+from dub.workflows.media.probe import normalize_rotation
+from dub.workflows.media.streams import open_media, pick_video_stream, time_origin
 
 _EPS = 1e-6  # seconds; frame times and target instants are compared with this tolerance
 _SEEK_MARGIN_S = 0.5  # seek a little early: some demuxers land after the asked time

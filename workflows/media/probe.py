@@ -15,8 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
-from workflows.media.errors import MediaError
-from workflows.media.streams import container_name, open_media, pick_video_stream
+from dub.workflows.media.errors import MediaError
+from dub.workflows.media.streams import container_name, open_media, pick_video_stream
 
 # A file whose packets fall short of the header's frame count by more than this is truncated
 # (edit lists may legitimately hide a frame or two).

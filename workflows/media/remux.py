@@ -13,9 +13,9 @@ from pathlib import Path
 
 import numpy as np
 
-from workflows.media.audio import add_audio_stream, as_channels_first, encode_frames, resample
-from workflows.media.errors import MediaError
-from workflows.media.streams import open_media, pick_video_stream
+from dub.workflows.media.audio import add_audio_stream, as_channels_first, encode_frames, resample
+from dub.workflows.media.errors import MediaError
+from dub.workflows.media.streams import open_media, pick_video_stream
 
 DEFAULT_CONTAINER_RATE = 48000  # the usual rate of audio in video files; every player handles it
 _CONTAINERS = {".mp4": "mp4", ".m4v": "mp4", ".mov": "mov", ".mkv": "matroska", ".webm": "webm"}

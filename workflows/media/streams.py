@@ -10,7 +10,7 @@ import os
 import struct
 from pathlib import Path
 
-from workflows.media.errors import MediaError
+from dub.workflows.media.errors import MediaError
 
 _TEXT_SNIFF_BYTES = 512
 

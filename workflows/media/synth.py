@@ -129,7 +129,7 @@ def write_synthetic_video(path: str | Path, seconds: float = 2.0, fps: float = 2
         for packet in stream.encode(None):
             container.mux(packet)
         if audio_stream is not None:
-            from workflows.media.audio import encode_frames
+            from dub.workflows.media.audio import encode_frames
 
             samples = synth_audio(kind, duration, audio_rate, events)
             for packet in encode_frames(audio_stream, samples[None], audio_rate):

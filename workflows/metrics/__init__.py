@@ -12,6 +12,6 @@ Public entry points:
     clap.build_clap(locator)                   LAION-CLAP text/audio embeddings; clap.clap_score
 """
 
-from workflows.metrics.fad import frechet_distance
+from dub.workflows.metrics.fad import frechet_distance
 
 __all__ = ["frechet_distance"]

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from workflows.metrics.onsets import OnsetConfig, detect_onsets
+from dub.workflows.metrics.onsets import OnsetConfig, detect_onsets
 
 __all__ = ["AV_ALIGN_ONSETS", "MotionPeaks", "av_align_iou", "av_align_score", "motion_peaks"]
 

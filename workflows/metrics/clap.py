@@ -39,12 +39,12 @@ from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 
-from workflows.metrics.embeddings import BackendUnavailable, available_weights, paired_cosine
-from workflows.metrics.weights import WeightsLocator
+from dub.workflows.metrics.embeddings import BackendUnavailable, available_weights, paired_cosine
+from dub.workflows.metrics.weights import WeightsLocator
 
 if TYPE_CHECKING:
-    from workflows.metrics.models.htsat import HTSATConfig
-    from workflows.metrics.models.roberta import RobertaConfig
+    from dub.workflows.metrics.models.htsat import HTSATConfig
+    from dub.workflows.metrics.models.roberta import RobertaConfig
 
 __all__ = ["ROBERTA_MODEL", "ClapConfig", "ClapPreprocess", "ClapScorer",
            "build_clap", "clap_htsat_base", "clap_score", "clap_state_dict", "load_clap", "prepare_clap_audio"]
@@ -75,8 +75,8 @@ class ClapConfig:
 
     @classmethod
     def from_dict(cls, data: dict) -> "ClapConfig":
-        from workflows.metrics.models.htsat import HTSATConfig
-        from workflows.metrics.models.roberta import RobertaConfig
+        from dub.workflows.metrics.models.htsat import HTSATConfig
+        from dub.workflows.metrics.models.roberta import RobertaConfig
 
         data = dict(data)
         return cls(audio=HTSATConfig.from_dict(data.pop("audio")), text=RobertaConfig.from_dict(data.pop("text")),
@@ -86,8 +86,8 @@ class ClapConfig:
 def clap_htsat_base() -> ClapConfig:
     """The released model: HTSAT-base + RoBERTa-base, 512-d joint space (a function, so that
     importing this module does not import torch)."""
-    from workflows.metrics.models.htsat import HTSAT_BASE
-    from workflows.metrics.models.roberta import ROBERTA_BASE
+    from dub.workflows.metrics.models.htsat import HTSAT_BASE
+    from dub.workflows.metrics.models.roberta import ROBERTA_BASE
 
     return ClapConfig(HTSAT_BASE, ROBERTA_BASE)
 
@@ -150,8 +150,8 @@ def _model_class():
     import torch.nn.functional as F
     from torch import nn
 
-    from workflows.metrics.models.htsat import HTSATEncoder
-    from workflows.metrics.models.roberta import RobertaModel
+    from dub.workflows.metrics.models.htsat import HTSATEncoder
+    from dub.workflows.metrics.models.roberta import RobertaModel
 
     class ClapModel(nn.Module):
         """LAION-CLAP (non-fusion) with the checkpoint's key names; outputs unit-norm embeddings."""
@@ -193,7 +193,7 @@ def clap_state_dict(source) -> dict:
     prepares it: unwrapped from `state_dict`, `module.` removed, `position_ids` dropped."""
     import torch
 
-    from model.state_dicts import read_state_dict
+    from dub.model.state_dicts import read_state_dict
 
     state = read_state_dict(source, wrappers=("state_dict",), strip=("module.",),
                             suffixes=(".pt", ".pth", ".bin", ".ckpt"), what="LAION-CLAP checkpoint")
@@ -216,8 +216,8 @@ def load_clap(path, device: str = "cpu", config: ClapConfig | None = None,
     `.safetensors`) and RoBERTa's tokenizer files; the checkpoint must fit `config` exactly."""
     import torch
 
-    from model.state_dicts import strict_load
-    from workflows.metrics.models.roberta import ByteLevelBPETokenizer
+    from dub.model.state_dicts import strict_load
+    from dub.workflows.metrics.models.roberta import ByteLevelBPETokenizer
 
     config = config or clap_htsat_base()
     for name, file in (("vocab.json", vocab_path), ("merges.txt", merges_path)):
@@ -283,7 +283,7 @@ class ClapScorer:
 
 def _tokenizer_file(locator: WeightsLocator, name: str) -> Path:
     """RoBERTa's tokenizer file `name` from the registry (model "roberta-base")."""
-    from model.registry import MissingWeightsError
+    from dub.model.registry import MissingWeightsError
 
     try:
         return Path(locator.registry.path(ROBERTA_MODEL, name))

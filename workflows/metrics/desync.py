@@ -28,11 +28,11 @@ from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
-from workflows.metrics.embeddings import BackendUnavailable, available_weights
-from workflows.metrics.weights import WeightsLocator
+from dub.workflows.metrics.embeddings import BackendUnavailable, available_weights
+from dub.workflows.metrics.weights import WeightsLocator
 
 if TYPE_CHECKING:
-    from workflows.metrics.models.synchformer_sync import FullSynchformer, FullSynchformerConfig
+    from dub.workflows.metrics.models.synchformer_sync import FullSynchformer, FullSynchformerConfig
 
 __all__ = ["HEAD_SEGMENTS", "OFFSET_GRID_S", "SEGMENT_STRIDE_S", "WINDOW_S", "OffsetPredictor",
            "SynchformerOffsetPredictor", "build_offset_predictor", "desync_score", "desync_segment_windows",
@@ -64,7 +64,7 @@ def desync_windows(duration_s: float) -> list[tuple[float, float]]:
     """The time spans (seconds) of the two windows for a clip of `duration_s` whose video and
     audio both last that long: [] under 4.8 s; the last window ends on the segment grid (a
     multiple of 0.32 s plus 0.32 s), which can be before the clip's end."""
-    from workflows.metrics.models.synchformer_sync import SAMPLE_RATE, VIDEO_FPS, num_audio_segments, num_video_segments
+    from dub.workflows.metrics.models.synchformer_sync import SAMPLE_RATE, VIDEO_FPS, num_audio_segments, num_video_segments
 
     frames = max(0, math.ceil(duration_s * VIDEO_FPS - 1e-6))
     segments = min(num_video_segments(frames), num_audio_segments(int(round(duration_s * SAMPLE_RATE))))
@@ -93,7 +93,7 @@ class SynchformerOffsetPredictor:
         """Decode the video at 25 fps (short side to the crop size, centre crop), encode the
         segments the head needs, return [offset of the first 14, offset of the last 14] in seconds
         (signed; `desync_score` takes the absolute values), or [] for a clip under 14 segments."""
-        from workflows.metrics.models.synchformer_sync import SAMPLE_RATE
+        from dub.workflows.metrics.models.synchformer_sync import SAMPLE_RATE
 
         wav = _mono(wav_16k)
         if self.max_duration_s is not None:
@@ -103,8 +103,8 @@ class SynchformerOffsetPredictor:
     def frames(self, video_path: str) -> np.ndarray:
         """The uint8 (T, crop, crop, 3) frames at 25 fps that `clip_offsets` scores, resized by
         `decode_backend`."""
-        from workflows.media.decode import FrameTarget, decode_window
-        from workflows.metrics.models.synchformer_sync import VIDEO_FPS
+        from dub.workflows.media.decode import FrameTarget, decode_window
+        from dub.workflows.metrics.models.synchformer_sync import VIDEO_FPS
 
         target = FrameTarget(fps=VIDEO_FPS, size=self.model.config.visual.crop_size, mode="crop")
         return decode_window(str(video_path), 0.0, self.max_duration_s, [target], backend=self.decode_backend).frames[0]
@@ -118,7 +118,7 @@ class SynchformerOffsetPredictor:
         """(windows, 21) offset logits of the first and last 14 segments; (0, 21) for short clips."""
         import torch
 
-        from workflows.metrics.models.synchformer_sync import num_audio_segments, num_video_segments
+        from dub.workflows.metrics.models.synchformer_sync import num_audio_segments, num_video_segments
 
         wav = _mono(wav_16k)
         segments = min(num_video_segments(len(frames_25fps)), num_audio_segments(len(wav)))
@@ -149,9 +149,9 @@ def build_offset_predictor(locator: WeightsLocator, device: str = "cpu", *,
                            batch_size: int = 8, decode_backend: str = "swscale") -> SynchformerOffsetPredictor:
     """Load the full Synchformer from the weights registry; BackendUnavailable (with the reason)
     when the file is missing, unreadable or not the whole model. `decode_backend`: `decode_window`'s
-    resizer for the 224 crop (workflows.media.decode.RESIZE_BACKENDS)."""
+    resizer for the 224 crop (dub.workflows.media.decode.RESIZE_BACKENDS)."""
     path = available_weights(locator, "synchformer")
-    from workflows.metrics.models.synchformer_sync import load_full_synchformer
+    from dub.workflows.metrics.models.synchformer_sync import load_full_synchformer
 
     try:
         model = load_full_synchformer(path, device, config)

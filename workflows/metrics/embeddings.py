@@ -19,12 +19,12 @@ from typing import TYPE_CHECKING, Callable, Protocol, Sequence
 
 import numpy as np
 
-from workflows.metrics.weights import MissingWeights, WeightsLocator
+from dub.workflows.metrics.weights import MissingWeights, WeightsLocator
 
 if TYPE_CHECKING:
-    from workflows.metrics.models.panns import Cnn14Config
-    from workflows.metrics.models.passt import PasstConfig
-    from workflows.metrics.models.vggish import VGGishConfig
+    from dub.workflows.metrics.models.panns import Cnn14Config
+    from dub.workflows.metrics.models.passt import PasstConfig
+    from dub.workflows.metrics.models.vggish import VGGishConfig
 
 __all__ = ["BACKENDS", "BackendInfo", "BackendUnavailable", "ClipFeatures", "EmbeddingBackend",
            "LogMelStatsBackend", "PannsBackend", "PasstBackend", "VGGishBackend", "build_backend"]
@@ -78,7 +78,7 @@ class LogMelStatsBackend:
     def __init__(self, device: str = "cpu") -> None:
         import torch
 
-        from workflows.metrics.models.panns import LogMelFrontEnd
+        from dub.workflows.metrics.models.panns import LogMelFrontEnd
 
         self._torch = torch
         self.device = device
@@ -101,7 +101,7 @@ class PannsBackend:
     def __init__(self, weights_path: str | Path, device: str = "cpu", config: Cnn14Config | None = None) -> None:
         import torch
 
-        from workflows.metrics.models.panns import CNN14_16K, load_cnn14
+        from dub.workflows.metrics.models.panns import CNN14_16K, load_cnn14
 
         self._torch = torch
         self.device = device
@@ -132,7 +132,7 @@ class VGGishBackend:
                  batch: int = 64) -> None:
         import torch
 
-        from workflows.metrics.models.vggish import VGGISH, VGGishFrontEnd, load_vggish
+        from dub.workflows.metrics.models.vggish import VGGISH, VGGishFrontEnd, load_vggish
 
         self._torch = torch
         self.device = device
@@ -157,7 +157,7 @@ class VGGishBackend:
 class PasstBackend:
     """FD/KL/IS-PaSST as MMAudio's av-benchmark computes them: each clip (mono, 32 kHz) minus its
     mean (av-benchmark's loader removes DC from every file), cut or zero-padded to 320000 samples
-    (10 s), through hear21passt's get_basic_model(mode="all") rebuilt in `workflows.metrics.models.passt`;
+    (10 s), through hear21passt's get_basic_model(mode="all") rebuilt in `dub.workflows.metrics.models.passt`;
     one 768-d embedding and 527 logits per clip. av-benchmark also cuts clips at its
     --audio_length before this; the report does the same (`ReportConfig.audio_length_s`)."""
 
@@ -169,7 +169,7 @@ class PasstBackend:
                  batch: int = 8, remove_dc: bool = True) -> None:
         import torch
 
-        from workflows.metrics.models.passt import PASST_S_SWA, load_passt
+        from dub.workflows.metrics.models.passt import PASST_S_SWA, load_passt
 
         self._torch = torch
         self.device = device
@@ -178,7 +178,7 @@ class PasstBackend:
         self.model = load_passt(weights_path, config or PASST_S_SWA, device)
 
     def _clip(self, wav: np.ndarray):
-        from workflows.metrics.models.passt import fit_clip
+        from dub.workflows.metrics.models.passt import fit_clip
 
         x = np.asarray(wav, dtype=np.float64).reshape(-1)
         if self.remove_dc and len(x):

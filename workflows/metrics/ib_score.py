@@ -46,13 +46,13 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from workflows.metrics.embeddings import BackendUnavailable, available_weights, paired_cosine
-from workflows.metrics.weights import WeightsLocator
+from dub.workflows.metrics.embeddings import BackendUnavailable, available_weights, paired_cosine
+from dub.workflows.metrics.weights import WeightsLocator
 
 if TYPE_CHECKING:
     import torch
 
-    from workflows.metrics.models.imagebind import ImageBindConfig, ImageBindVisionAudio
+    from dub.workflows.metrics.models.imagebind import ImageBindConfig, ImageBindVisionAudio
 
 __all__ = ["AUDIO_CLIPS", "AUDIO_CLIP_S", "CLIP_MEAN", "CLIP_STD", "IB_FPS", "IB_SIZE", "MEL_MEAN", "MEL_STD",
            "NUM_CROPS", "SAMPLE_RATE", "ImageBindScorer", "audio_clip_bounds", "audio_mel_clips", "build_imagebind",
@@ -126,8 +126,8 @@ def ib_frames(path: str, duration_s: float | None, backend: str = "swscale") -> 
     """The (T, H, W, 3) uint8 frames av-benchmark takes at 0.5 fps, short side resized to 224;
     T = int(0.5 * duration_s) (duration None: the whole video). Fewer frames than that (a video
     shorter than duration_s) raise ValueError: av-benchmark drops such a clip."""
-    from workflows.media.decode import FrameTarget, decode_window
-    from workflows.media.streams import open_media, pick_video_stream
+    from dub.workflows.media.decode import FrameTarget, decode_window
+    from dub.workflows.media.streams import open_media, pick_video_stream
 
     with open_media(path) as container:
         stream = pick_video_stream(container, path)
@@ -229,7 +229,7 @@ def build_imagebind(locator: WeightsLocator, device: str = "cpu", config: ImageB
     """The IB-score model from the weights registry; BackendUnavailable (with the reason) when
     `imagebind_huge.pth` is missing or cannot be used."""
     path = available_weights(locator, "imagebind")
-    from workflows.metrics.models.imagebind import IMAGEBIND_HUGE, load_imagebind
+    from dub.workflows.metrics.models.imagebind import IMAGEBIND_HUGE, load_imagebind
 
     try:
         model = load_imagebind(path, config or IMAGEBIND_HUGE, device)

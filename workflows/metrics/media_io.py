@@ -24,7 +24,7 @@ def read_audio(path: str | Path | bytes, sample_rate: int) -> np.ndarray:
     """The first audio track of `path` (or of encoded file bytes, e.g. a shard's FLAC) as mono
     float32 (L,) at `sample_rate` (the media module's reader: channels averaged, time 0 at the
     track's first sample)."""
-    from workflows.media.audio import read_audio as media_read_audio
+    from dub.workflows.media.audio import read_audio as media_read_audio
 
     if not isinstance(path, (bytes, bytearray)):
         path = Path(path)
@@ -77,7 +77,7 @@ def read_grey_frames(path: str | Path, max_side: int = 96, max_duration_s: float
 
 def encode_opus(wav: np.ndarray, sample_rate: int, bit_rate: int = 32000) -> tuple[bytes, str]:
     """Mono audio as an Ogg/Opus file in memory (small enough to embed in an HTML page)."""
-    from workflows.media.audio import encode_audio_bytes
+    from dub.workflows.media.audio import encode_audio_bytes
 
     # 48 kHz is the only rate every Opus encoder takes; a preview: encode fast rather than best
     data = encode_audio_bytes(np.asarray(wav, dtype=np.float32).reshape(-1), sample_rate, "opus", "ogg",

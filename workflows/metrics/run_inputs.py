@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from workflows.metrics.media_io import has_audio_stream, read_audio
+from dub.workflows.metrics.media_io import has_audio_stream, read_audio
 
 __all__ = ["GeneratedRow", "ReferenceIndex", "load_events", "load_run", "read_generated_audio"]
 

@@ -66,7 +66,7 @@ def load_event_classes(sidecar: Path) -> list[tuple[float, str]] | None:
 def score_sound_classes(wav: np.ndarray, sample_rate: int, events: list[tuple[float, str]]) -> ClassScores:
     """Classify the sound at each (time, class) event of `wav` against the sound bank."""
     if sample_rate != SAMPLE_RATE:
-        from workflows.metrics.onsets import resample
+        from dub.workflows.metrics.onsets import resample
 
         wav = resample(wav, sample_rate, SAMPLE_RATE)
     bank = _bank_profiles()
@@ -101,14 +101,14 @@ def _profile(wav: np.ndarray, start_s: float) -> np.ndarray:
 
 @functools.lru_cache(maxsize=1)
 def _mel_matrix() -> np.ndarray:
-    from workflows.metrics.onsets import _mel_filters
+    from dub.workflows.metrics.onsets import _mel_filters
 
     return np.asarray(_mel_filters(SAMPLE_RATE, N_FFT, N_MELS), dtype=np.float64)
 
 
 @functools.lru_cache(maxsize=1)
 def _bank_profiles() -> dict[str, np.ndarray]:
-    from workflows.datasets.sound_bank import ONSET_PREROLL_SECONDS, load_sound_bank
+    from dub.workflows.datasets.sound_bank import ONSET_PREROLL_SECONDS, load_sound_bank
 
     return {name: _profile(samples, ONSET_PREROLL_SECONDS - LEAD_S)
             for name, samples in load_sound_bank(SAMPLE_RATE).items()}

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from model.registry import MissingWeightsError, WeightsRegistry
+from dub.model.registry import MissingWeightsError, WeightsRegistry
 
 __all__ = ["METRIC_WEIGHTS", "MetricWeights", "MissingWeights", "WeightsLocator"]
 

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from model.meanflow import TANGENT_KINDS, MeanFlowConfig
+from dub.model.meanflow import TANGENT_KINDS, MeanFlowConfig
 
 OBJECTIVES = ("meanflow", "flow-matching")
 # NetworkConfig fields a user may set for a from-scratch network; the data fixes the rest

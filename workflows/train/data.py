@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from workflows.extract.sample import ARRAY_FIELDS, EMPTY_TEXT_FILE, SampleError, decode_sample
+from dub.workflows.extract.sample import ARRAY_FIELDS, EMPTY_TEXT_FILE, SampleError, decode_sample
 
 
 class ShardError(ValueError):

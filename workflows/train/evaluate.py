@@ -12,9 +12,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from workflows.train.config import TrainConfig
-from workflows.train.data import ShardSet
-from workflows.train.loop import MODEL_FILE, META_FILE
+from dub.workflows.train.config import TrainConfig
+from dub.workflows.train.data import ShardSet
+from dub.workflows.train.loop import MODEL_FILE, META_FILE
 
 
 def evaluate_checkpoints(cfg: TrainConfig, shards: ShardSet, result) -> list[dict[str, Any]]:
@@ -37,11 +37,11 @@ def evaluate_checkpoints(cfg: TrainConfig, shards: ShardSet, result) -> list[dic
 
 def evaluate_checkpoint(cfg: TrainConfig, bundle: str, step: int, checkpoint_dir: str, *,
                         resize: str = "fast") -> dict[str, Any]:
-    from model.bundles import resolve_bundle
-    from model.generator import SamplerConfig
-    from workflows.generate.config import GenerateConfig
-    from workflows.generate.run import run_generate
-    from workflows.report import ReportConfig, run_report
+    from dub.model.bundles import resolve_bundle
+    from dub.model.generator import SamplerConfig
+    from dub.workflows.generate.config import GenerateConfig
+    from dub.workflows.generate.run import run_generate
+    from dub.workflows.report import ReportConfig, run_report
 
     out = cfg.resolved_log_dir / "eval" / f"step_{step:08d}"
     record: dict[str, Any] = {"step": step, "checkpoint": f"{checkpoint_dir}/{MODEL_FILE}", "dir": str(out)}

@@ -18,11 +18,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from model.config import NetworkConfig, get_preset
-from workflows.output_lock import exclusive_output, writer_of
-from workflows.train.config import DEFAULT_PRESET, TrainConfig
-from workflows.train.data import ShardSet, check_shards, latent_statistics, share_bytes
-from workflows.train.loop import META_FILE, MODEL_FILE, train_loop_per_worker
+from dub.model.config import NetworkConfig, get_preset
+from dub.workflows.output_lock import exclusive_output, writer_of
+from dub.workflows.train.config import DEFAULT_PRESET, TrainConfig
+from dub.workflows.train.data import ShardSet, check_shards, latent_statistics, share_bytes
+from dub.workflows.train.loop import META_FILE, MODEL_FILE, train_loop_per_worker
 
 MetricsCallback = Callable[[dict[str, float]], None]
 
@@ -65,7 +65,7 @@ def _run_locked(cfg: TrainConfig, on_metrics: MetricsCallback | None, shards: Sh
     import ray.train
     from ray.train.torch import TorchTrainer
 
-    from workflows.ray_cluster import connect
+    from dub.workflows.ray_cluster import connect
 
     _check_earlier_run(cfg, network)
 
@@ -113,7 +113,7 @@ def _run_locked(cfg: TrainConfig, on_metrics: MetricsCallback | None, shards: Sh
         wall_s=time.perf_counter() - started, workers=workers, use_gpu=use_gpu,
     )
     if cfg.val_manifest is not None:
-        from workflows.train.evaluate import evaluate_checkpoints
+        from dub.workflows.train.evaluate import evaluate_checkpoints
 
         out.evaluations = evaluate_checkpoints(cfg, shards, result)
     return out
@@ -154,7 +154,7 @@ def _data_dims(shards: ShardSet) -> dict[str, int]:
 
 
 def _init_config(path: str) -> NetworkConfig:
-    from model.checkpoint import CONFIG_METADATA_KEY, infer_network_config, load_state_dict_file
+    from dub.model.checkpoint import CONFIG_METADATA_KEY, infer_network_config, load_state_dict_file
 
     p = Path(path).expanduser()
     if not p.is_file():
@@ -175,7 +175,7 @@ def _bundle_preset(shards: ShardSet) -> str | None:
     if not name:
         return None
     try:
-        from model.bundles import resolve_bundle
+        from dub.model.bundles import resolve_bundle
 
         return resolve_bundle(name).network_preset
     except (ImportError, ValueError, KeyError, AttributeError):
@@ -281,7 +281,7 @@ def _read_rows(path: Path) -> list[dict]:
 def _metrics_to_parquet(metrics_csv: Path) -> Path | None:
     import pyarrow as pa
 
-    from manifests.io import write_parquet_atomic
+    from dub.manifests.io import write_parquet_atomic
 
     rows = _read_rows(metrics_csv)
     if not rows:
