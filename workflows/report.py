@@ -86,8 +86,13 @@ class ReportConfig:
     # set-level metrics hold every scored clip's features in memory (sample_rows)
     sample: int | None = None
     sample_seed: int = 0
+    # seconds of scoring a kill -9 may lose at most: the journal writes a part at least this
+    # often (0: after every clip, one small Parquet file per clip)
+    journal_every_s: float = 2.0
 
     def __post_init__(self) -> None:
+        if self.journal_every_s < 0:
+            raise ValueError(f"journal_every_s must be >= 0 seconds, got {self.journal_every_s}")
         if self.workers < 1:
             raise ValueError(f"workers must be >= 1, got {self.workers}")
         if self.sample is not None and self.sample < 1:
@@ -664,7 +669,8 @@ def _run_locked(config: ReportConfig, progress: Callable[[int, int, str], None] 
 
     want_media = _media_wanted(config, rows)
     identity = report_identity(config, injected, _wants_clap(config, run_config, rows), _wants_imagebind(rows))
-    journal = ReportJournal(out_dir / "journal", identity, fresh=config.fresh, notice=notice)
+    journal = ReportJournal(out_dir / "journal", identity, fresh=config.fresh, notice=notice,
+                           flush_every_s=config.journal_every_s)
     references = ReferenceIndex(config.reference)  # a bad --reference fails here, before any scoring
     keys = [clip_key(row, want, references) for row, want in zip(rows, want_media)]
     scored = journal.reusable(keys)

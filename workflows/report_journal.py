@@ -42,7 +42,8 @@ VERSION = 3
 # max_plots / write_html only pick the clips that get page media, and each clip's key says
 # whether it has media, so changing them rescores only the clips that gain or lose it; sample and
 # sample_seed pick which clips are scored, not how
-NOT_SCORING = ("out_dir", "workers", "address", "write_html", "max_plots", "fresh", "sample", "sample_seed")
+NOT_SCORING = ("out_dir", "workers", "address", "write_html", "max_plots", "fresh", "sample", "sample_seed",
+               "journal_every_s")
 BACKEND_WEIGHTS = {"panns": "panns_cnn14_16k", "vggish": "vggish", "passt": "passt"}  # logmel has none
 MEDIA_FIELDS = tuple(f.name for f in dataclasses.fields(ClipMedia))
 

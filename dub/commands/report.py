@@ -47,6 +47,9 @@ def register(app: typer.Typer) -> None:
                                         help="Onset accuracy/AP matching window in seconds (MMAudio eval_onsets: 0.3)."),
         no_html: bool = typer.Option(False, "--no-html", help="Skip index.html."),
         fresh: bool = typer.Option(False, "--fresh", help="Rescore every clip instead of resuming from REPORT_DIR/journal."),
+        journal_every: float = typer.Option(
+            2.0, "--journal-every", min=0, rich_help_panel="Resuming",
+            help="Seconds of scoring a crash may lose at most: the journal writes a part at least this often (0: after every clip)."),
         sample: Optional[int] = typer.Option(None, "--sample", help="Score N of the run's generated clips, picked by --sample-seed (failed rows are all listed): for runs too large to score whole, since FAD/IS keep ~80 KB of features per clip in memory. A larger N keeps a smaller N's clips."),
         sample_seed: int = typer.Option(0, "--sample-seed", help="Which clips --sample picks."),
         timings: bool = typer.Option(False, "--timings", help="Also print the time per clip of each metric."),
@@ -87,7 +90,7 @@ def register(app: typer.Typer) -> None:
                                   max_plots=max_plots, write_html=not no_html, skip=tuple(skip or ()),
                                   audio_length_s=audio_length if audio_length > 0 else None,
                                   workers=workers, address=address, resize=resize, fresh=fresh,
-                                  sample=sample, sample_seed=sample_seed)
+                                  sample=sample, sample_seed=sample_seed, journal_every_s=journal_every)
         except ValueError as exc:  # e.g. --workers 0, --skip fad, --resize bogus
             raise typer.BadParameter(str(exc)) from exc
         console = Console(stderr=as_json)
