@@ -10,18 +10,18 @@ Shapes (open_clip ViT-H/14 @ 378 px, DFN5B): 730 tokens per frame, width 1280, 1
 MLP 5120, 32 layers; --frames per call (default 64 = one 8 s clip, M = 64 * 730 = 46720 rows).
 Inputs are random (std 1 activations, 1/sqrt(K) weights, 0.1 bias) in bf16 on CUDA, float32 on
 the CPU (--dtype); FP8 is e4m3 with one scale per row of x and per output channel of W, as
-`dub.model.fp8.Fp8Linear`.
+`dub.model.kernels.fp8.Fp8Linear`.
 
 Attention, q/k/v (frames, 16, 730, 80), `F.scaled_dot_product_attention` under
 `sdpa_kernel([backend])` for FLASH_ATTENTION, EFFICIENT_ATTENTION, CUDNN_ATTENTION and MATH, on
 two layouts: "contiguous" tensors and "qkv views" (heads as strided views of one (frames, 730,
-3 * 1280) projection output, as `dub.model.fp8.ProjectedAttention` and open_clip make them).
+3 * 1280) projection output, as `dub.model.kernels.fp8.ProjectedAttention` and open_clip make them).
 
 Linears (with bias), for qkv 1280->3840, attn-out 1280->1280, fc1 1280->5120, fc2 5120->1280:
   bfloat16 F.linear               the baseline (cuBLAS, bias in the epilogue)
-  Fp8Linear                       model/fp8.py as it is now
+  Fp8Linear                       model/kernels/fp8.py as it is now
   quantise (float32 copy, before) Fp8Linear's quantisation before it stopped copying x to float32
-  quantise (dub.model.fp8)            dub.model.fp8.quantize_rows: amax per row + divide + cast to e4m3
+  quantise (dub.model.kernels.fp8)            dub.model.kernels.fp8.quantize_rows: amax per row + divide + cast to e4m3
   _scaled_mm                      the FP8 matmul alone on a pre-quantised x, no bias
   _scaled_mm + bias add           ... then a separate bias add (Fp8Linear's old form)
   _scaled_mm(bias=)               the bias in the matmul's epilogue (Fp8Linear's form now)
@@ -69,7 +69,7 @@ import torch
 import torch.nn.functional as F
 
 
-from dub.model import fp8  # noqa: E402
+from dub.model.kernels import fp8  # noqa: E402
 from dub.workflows.bench import peak_relative_error, time_call  # noqa: E402
 
 # open_clip ViT-H/14 @ 378 px: (378 / 14)^2 + 1 tokens
@@ -243,7 +243,7 @@ def bench_linear(runner: Runner, name: str, m: int, k: int, n: int, dtype: torch
     if compiled:
         if module is not None:
             for variant, target, check, kw in (
-                    ("compiled quantise (dub.model.fp8)", fp8.quantize_rows, dequantised, {"nbytes": quant_bytes}),
+                    ("compiled quantise (dub.model.kernels.fp8)", fp8.quantize_rows, dequantised, {"nbytes": quant_bytes}),
                     ("compiled Fp8Linear", module, vs(ref), {"flops": flops})):
                 holder = {}
 
@@ -263,7 +263,7 @@ def bench_linear(runner: Runner, name: str, m: int, k: int, n: int, dtype: torch
         runner.run({**base, "variant": "Fp8Linear"}, lambda: module(x), check=vs(ref), flops=flops)
     runner.run({**base, "variant": "quantise (float32 copy, before)"}, lambda: quantise_float_copy(x),
                check=dequantised, nbytes=quant_bytes)
-    runner.run({**base, "variant": "quantise (dub.model.fp8)"}, lambda: fp8.quantize_rows(x), check=dequantised,
+    runner.run({**base, "variant": "quantise (dub.model.kernels.fp8)"}, lambda: fp8.quantize_rows(x), check=dequantised,
                nbytes=quant_bytes)
     if module is not None:
         x_fp8, x_scale = fp8.quantize_rows(x)

@@ -58,7 +58,7 @@ PARTS = (
     Part("encoders-fp8", "encoders", 120, {"compiled_only": True, "fp8": True}),
     Part("e2e-fp8", "e2e", 150, {"compiled_only": True, "fp8": True}),
     Part("media", "media", 45),  # the host's decoding capacity (carried PyAV wheel)
-    # FP8 for Synchformer too, for comparison (not the default: see FP8_TOWERS in model/encoders.py)
+    # FP8 for Synchformer too, for comparison (not the default: see FP8_TOWERS in model/encoders/mmaudio.py)
     Part("e2e-fp8-all", "e2e", 150, {"compiled_only": True, "fp8": "all"}),
 )
 MIN_PART_S = 25.0  # do not start a part with less time than this left
@@ -293,11 +293,11 @@ def correctness(opts, report) -> None:
     one step + CFG latents, the whole path to waveforms, a padded batch, and bf16 vs float32."""
     import torch
 
-    from dub.model.bigvgan import activation_form, activation_status
-    from dub.model.codec import MMAudioCodec
-    from dub.model.fast import OneStepGraph
-    from dub.model.generator import Generator, SamplerConfig, WindowBatch, noise_for_seeds
-    from dub.model.mel import MelConverter
+    from dub.model.codec.bigvgan import activation_form, activation_status
+    from dub.model.codec.mmaudio import MMAudioCodec
+    from dub.model.runtime.fast import OneStepGraph
+    from dub.model.runtime.generator import Generator, SamplerConfig, WindowBatch, noise_for_seeds
+    from dub.model.codec.mel import MelConverter
     from dub.workflows.bench.generate import (ONE_STEP_GUIDANCE, build_stack, codec_configs, compare, random_inputs,
                                           true_float32)
 
@@ -358,7 +358,7 @@ def activation_check(device: str, report) -> None:
 
     import torch
 
-    from dub.model.bigvgan import AntiAliasedActivation, BigVGANConfig, activation_status
+    from dub.model.codec.bigvgan import AntiAliasedActivation, BigVGANConfig, activation_status
     from dub.workflows.bench.generate import compare
 
     config = BigVGANConfig.mmaudio_16k()
@@ -382,7 +382,7 @@ def synchformer_check(device: str, preset: str, report) -> None:
     with float32 (no TF32) as the yardstick."""
     import torch
 
-    from dub.model.synchformer import (GROUPED_ATTENTION, Synchformer, SynchformerConfig, attention_status,
+    from dub.model.encoders.synchformer import (GROUPED_ATTENTION, Synchformer, SynchformerConfig, attention_status,
                                    synchformer_features)
     from dub.workflows.bench.encoders import tiny_synchformer_config
     from dub.workflows.bench.generate import TINY_PRESETS, compare, true_float32
@@ -408,7 +408,7 @@ def tangent_check(net, clip_f, sync_f, text_f, dtype, report) -> None:
     """MeanFlow training: the compiled JVP (CUDA graphs on a GPU) against eager forward-mode AD."""
     import torch
 
-    from dub.model.meanflow import eager_tangent, make_tangent
+    from dub.model.flow.jvp import eager_tangent, make_tangent
     from dub.workflows.bench.generate import compare
 
     device = clip_f.device

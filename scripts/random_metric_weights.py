@@ -41,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
     from safetensors.torch import save_file
 
-    from dub.model.registry import WeightsRegistry
+    from dub.model.weights.registry import WeightsRegistry
     from dub.workflows.metrics.clap import ClapModel, clap_htsat_base
     from dub.workflows.metrics.models.imagebind import IMAGEBIND_HUGE, ImageBindVisionAudio
     from dub.workflows.metrics.models.panns import CNN14_16K, Cnn14

@@ -5,11 +5,11 @@
     python3 scripts/resize_bench.py --device cpu            # smoke test: B=1, T=4, fewer repeats
 
 Workloads: "sync" (Synchformer: short side 224, centre crop 224; T=200) and "clip" (384 x 384,
-T=64). Methods: (a) "interpolate" = dub.model.clip_encoder.resize_uint8 with DUB_TRITON_RESIZE=0,
+T=64). Methods: (a) "interpolate" = dub.model.encoders.clip.resize_uint8 with DUB_TRITON_RESIZE=0,
 i.e. as dub ran it before the Triton resize (float F.interpolate of the channels-last view on
 CUDA; ATen's native uint8 kernel on CPU);
 (b) "interpolate-nchw" = the same float F.interpolate on a contiguous NCHW float copy made
-beforehand (the layout cost of (a) removed); (c) "separable" = dub.model.resize_triton
+beforehand (the layout cost of (a) removed); (c) "separable" = dub.model.kernels.resize_triton
 (Triton on CUDA, its torch reference on CPU). Median of --repeats after --warmup
 (`dub.workflows.bench.time_call`: CUDA-synchronised wall time). Each row: median ms and, against (a), max |difference| and differing uint8 values;
 row (d), untimed: (c)'s algorithm in plain torch (no FMAs) on the first 16 frames.
@@ -27,8 +27,8 @@ import torch
 import torch.nn.functional as F
 
 
-from dub.model import resize_triton  # noqa: E402
-from dub.model.clip_encoder import SEPARABLE_RESIZE, center_crop, frames_to_images, short_side_size  # noqa: E402
+from dub.model.kernels import resize_triton  # noqa: E402
+from dub.model.encoders.clip import SEPARABLE_RESIZE, center_crop, frames_to_images, short_side_size  # noqa: E402
 from dub.workflows.bench import time_call  # noqa: E402
 from dub.workflows.bench.encoders import (CLIP_SIZE, REAL_SOURCE, SYNC_SIZE, clip_resize, random_frames,  # noqa: E402
                                       sync_resize)

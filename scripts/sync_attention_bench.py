@@ -5,8 +5,8 @@
     TRITON_INTERPRET=1 python3 scripts/sync_attention_bench.py --device cpu   # smoke test, tiny sizes
 
 Attention rows: random qkv (segments, 1 + 8 x 196, 3 x 768), bf16 on CUDA, along time and along
-space: `dub.model.synchformer.divided_attention` (SDPA with the CLS key/value concatenated) and
-`dub.model.synchformer_triton.grouped_attention` (+ SDPA for the CLS query) in several launch
+space: `dub.model.encoders.synchformer.divided_attention` (SDPA with the CLS key/value concatenated) and
+`dub.model.kernels.synchformer_triton.grouped_attention` (+ SDPA for the CLS query) in several launch
 configurations (query tile, key tile, warps); each with its median ms, the GB/s of the minimal
 traffic (qkv read once, output written once) and its max |error| relative to the peak of the
 same attention in float32 (no TF32). Model rows: the released Synchformer (random weights, bf16
@@ -26,8 +26,8 @@ from pathlib import Path
 import torch
 
 
-from dub.model import synchformer_triton  # noqa: E402
-from dub.model.synchformer import (GROUPED_ATTENTION, Synchformer, SynchformerConfig,  # noqa: E402
+from dub.model.kernels import synchformer_triton  # noqa: E402
+from dub.model.encoders.synchformer import (GROUPED_ATTENTION, Synchformer, SynchformerConfig,  # noqa: E402
                                divided_attention, divided_attention_triton, synchformer_features, tubelet_embed)
 from dub.workflows.bench import peak_relative_error, time_call  # noqa: E402
 from dub.workflows.bench.generate import true_float32  # noqa: E402

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 
-from dub.model.bigvgan import AntiAliasedActivation, BigVGAN, BigVGANConfig, activation_form, activation_status  # noqa: E402
+from dub.model.codec.bigvgan import AntiAliasedActivation, BigVGAN, BigVGANConfig, activation_form, activation_status  # noqa: E402
 from dub.workflows.bench import time_call  # noqa: E402
 
 

@@ -1,7 +1,7 @@
 """Helpers for tests/test_codec.py.
 
 `python -m tests.codec_helpers FIXTURE_ROOT OUT.safetensors` computes the log mels of the
-fixture waves with dub.model.mel and saves them as {"mel16k": ..., "mel44k": ...}. The test runs it
+fixture waves with dub.model.codec.mel and saves them as {"mel16k": ..., "mel44k": ...}. The test runs it
 in a fresh process with MKL_CBWR=COMPATIBLE: the fixtures were produced on MKL's CPU-independent
 FFT code path, and that setting only takes effect before the process's first MKL call.
 (Why it matters: the sine row's quiet bins sit ~140 dB below its peaks, so float32 FFT rounding,
@@ -21,7 +21,7 @@ def compute_fixture_mels(root: Path) -> dict:
     import torch
     from safetensors.torch import load_file
 
-    from dub.model.mel import MelConfig, MelConverter
+    from dub.model.codec.mel import MelConfig, MelConverter
 
     out = {}
     for name in MEL_SETS:

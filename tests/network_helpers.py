@@ -7,8 +7,8 @@ import math
 
 import torch
 
-from dub.model.config import NetworkConfig
-from dub.model.network import MFMJT, Conditions
+from dub.model.network.config import NetworkConfig
+from dub.model.network.transformer import MFMJT, Conditions
 
 
 @torch.no_grad()

@@ -1,5 +1,5 @@
 """`dub bench` encoders/generate/e2e on the CPU (tiny sizes) and the fast inference path of
-model/fast.py against the eager Generator on frames decoded from a bundled sample video."""
+model/runtime/fast.py against the eager Generator on frames decoded from a bundled sample video."""
 
 from __future__ import annotations
 
@@ -12,14 +12,15 @@ import torch
 from typer.testing import CliRunner
 
 from dub.cli import app
-from dub.model.bigvgan import BigVGAN, BigVGANConfig
-from dub.model.bundles import bundle_info
-from dub.model.codec import MMAudioCodec
+from dub.model.codec.bigvgan import BigVGAN, BigVGANConfig
+from dub.model.runtime.bundles import bundle_info
+from dub.model.codec.mmaudio import MMAudioCodec
 from dub.model.demo import DemoCodec, DemoEncoders
-from dub.model.fast import CudaGraphCall, OneStepGraph
-from dub.model.generator import Generator, SamplerConfig, WindowBatch, noise_for_seeds
-from dub.model.mel import MelConfig, MelConverter
-from dub.model.vae import VAE, VAEConfig
+from dub.model.kernels.graphs import CudaGraphCall
+from dub.model.runtime.fast import OneStepGraph
+from dub.model.runtime.generator import Generator, SamplerConfig, WindowBatch, noise_for_seeds
+from dub.model.codec.mel import MelConfig, MelConverter
+from dub.model.codec.vae import VAE, VAEConfig
 from dub.workflows.bench.generate import build_network
 from dub.workflows.media.decode import FrameTarget, decode_window
 
@@ -167,7 +168,7 @@ def _tiny_mmaudio_codec(latent_dim: int) -> MMAudioCodec:
 
 
 def test_fast_decoder_pads_chunks_and_compiles_to_the_eager_waveforms():
-    """`dub generate --compile` decodes through dub.model.fast.DecoderGraph: at a fixed batch size
+    """`dub generate --compile` decodes through dub.model.runtime.fast.DecoderGraph: at a fixed batch size
     (5 windows -> chunks of 2, the last padded) and compiled by Inductor, the waveforms are the
     eager decoder's."""
     net = build_network("tiny", "cpu", duration_s=2.0, seed=1)
@@ -226,7 +227,7 @@ def test_generate_replica_compile_flag_compiles_the_step_and_keeps_the_audio():
 def test_compiled_or_eager_falls_back_for_good_when_compiling_fails():
     """What `--compile` wraps the encoder towers in: a compiler failure at the first call means
     the eager module from then on, with the reason, not failed windows."""
-    from dub.model.fast import CompiledOrEager
+    from dub.model.kernels.graphs import CompiledOrEager
 
     def broken_backend(graph_module, example_inputs):
         raise RuntimeError("no compiler here")

@@ -14,11 +14,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from dub.model.bigvgan import (AntiAliasedActivation, BigVGAN, BigVGANConfig, activation_form, activation_status,
+from dub.model.codec.bigvgan import (AntiAliasedActivation, BigVGAN, BigVGANConfig, activation_form, activation_status,
                            kaiser_sinc_filter, load_bigvgan, weight_norm_state_dict)
-from dub.model.codec import Codec, MMAudioCodec, build_mmaudio_codec
-from dub.model.mel import MelConfig, MelConverter
-from dub.model.vae import VAE, VAEConfig, load_vae
+from dub.model.codec.mmaudio import Codec, MMAudioCodec, build_mmaudio_codec
+from dub.model.codec.mel import MelConfig, MelConverter
+from dub.model.codec.vae import VAE, VAEConfig, load_vae
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
@@ -411,7 +411,7 @@ def test_build_mmaudio_codec_rejects_unknown_kind_and_foreign_weights(fixtures_r
 @pytest.mark.parametrize("kernel", ["phases", "lowpass"])
 def test_triton_activation_kernels_build_for_hopper_without_spills(kernel: str, dtype: str, tmp_path: Path) -> None:
     """The interpreter checks the kernels' arithmetic; this builds the same source for sm_90."""
-    from dub.model import bigvgan_triton
+    from dub.model.kernels import bigvgan_triton
     from tests.triton_helpers import hopper_resource_usage
 
     if kernel == "phases":

@@ -1,4 +1,4 @@
-"""The weights-free demo stack (model/demo) and the demo model bundle (model/bundles.py)."""
+"""The weights-free demo stack (model/demo) and the demo model bundle (model/runtime/bundles.py)."""
 
 from __future__ import annotations
 
@@ -252,7 +252,7 @@ def test_codec_is_deterministic_and_keeps_loudness_order():
 # -- the demo bundle -----------------------------------------------------------------------
 
 def test_unknown_bundle_lists_the_names():
-    from dub.model.bundles import BUNDLES, UnknownBundleError, resolve_bundle
+    from dub.model.runtime.bundles import BUNDLES, UnknownBundleError, resolve_bundle
 
     with pytest.raises(UnknownBundleError) as info:
         resolve_bundle("mmaudio-huge")
@@ -262,8 +262,8 @@ def test_unknown_bundle_lists_the_names():
 
 
 def test_untrained_demo_network_is_a_clear_error(tmp_path):
-    from dub.model.bundles import BUNDLES, DemoNotTrainedError, bundle_info, load_bundle
-    from dub.model.registry import WeightsRegistry
+    from dub.model.runtime.bundles import BUNDLES, DemoNotTrainedError, bundle_info, load_bundle
+    from dub.model.weights.registry import WeightsRegistry
 
     absent = dataclasses.replace(BUNDLES["demo"], network_asset="default/not_there.safetensors")
     for call in (lambda: bundle_info(absent, registry=WeightsRegistry(tmp_path)),
@@ -274,8 +274,8 @@ def test_untrained_demo_network_is_a_clear_error(tmp_path):
 
 
 def test_mmaudio_bundle_lists_every_missing_file(tmp_path):
-    from dub.model.bundles import bundle_info
-    from dub.model.registry import MissingWeightsError, WeightsRegistry
+    from dub.model.runtime.bundles import bundle_info
+    from dub.model.weights.registry import MissingWeightsError, WeightsRegistry
 
     with pytest.raises(MissingWeightsError) as info:
         bundle_info("mmaudio-small-16k", registry=WeightsRegistry(tmp_path))
@@ -287,7 +287,7 @@ def test_mmaudio_bundle_lists_every_missing_file(tmp_path):
 
 
 def test_demo_encoders_and_codec_fit_the_demo_network():
-    from dub.model.bundles import BUNDLES, build_codec, build_encoders, check_compatible, network_config
+    from dub.model.runtime.bundles import BUNDLES, build_codec, build_encoders, check_compatible, network_config
 
     bundle = BUNDLES["demo"]
     config = network_config(bundle)
@@ -301,11 +301,11 @@ def test_demo_encoders_and_codec_fit_the_demo_network():
 
 
 def test_demo_bundle_generates_with_a_checkpoint(tmp_path):
-    from dub.model.bundles import BUNDLES, bundle_info, load_generator, network_config
-    from dub.model.checkpoint import save_checkpoint
-    from dub.model.generator import SamplerConfig, WindowBatch
-    from dub.model.network import MFMJT
-    from dub.model.registry import WeightsRegistry
+    from dub.model.runtime.bundles import BUNDLES, bundle_info, load_generator, network_config
+    from dub.model.weights.checkpoint import save_checkpoint
+    from dub.model.runtime.generator import SamplerConfig, WindowBatch
+    from dub.model.network.transformer import MFMJT
+    from dub.model.weights.registry import WeightsRegistry
 
     torch.manual_seed(0)
     checkpoint = save_checkpoint(MFMJT(network_config(BUNDLES["demo"])), tmp_path / "demo.safetensors")
@@ -322,8 +322,8 @@ def test_demo_bundle_generates_with_a_checkpoint(tmp_path):
 def test_generator_encodes_each_recent_prompt_once():
     """A run's --prompt and --negative-prompt repeat in every batch: the text tower sees each
     distinct prompt once, the features are the ones it gave, and the cache stays bounded."""
-    from dub.model import generator as generator_module
-    from dub.model.bundles import load_generator
+    from dub.model.runtime import generator as generator_module
+    from dub.model.runtime.bundles import load_generator
 
     gen = load_generator("demo")
     encoded: list[list[str]] = []

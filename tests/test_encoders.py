@@ -13,8 +13,8 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from dub.model.encoders import MMAudioEncoders, VisualTextEncoder, sync_pixels
-from dub.model.synchformer import (
+from dub.model.encoders.mmaudio import MMAudioEncoders, VisualTextEncoder, sync_pixels
+from dub.model.encoders.synchformer import (
     Synchformer,
     SynchformerConfig,
     load_synchformer,
@@ -24,7 +24,7 @@ from dub.model.synchformer import (
     tubelet_embed,
 )
 
-from dub.model.clip_encoder import (
+from dub.model.encoders.clip import (
     OPENAI_MEAN,
     OPENAI_STD,
     ClassTokenBlock,

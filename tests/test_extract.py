@@ -25,7 +25,7 @@ from dub.workflows.media.decode import FrameTarget, decode_window
 from dub.workflows.media.synth import synth_audio
 
 WINDOW_S = 2.0
-# demo bundle sizes (model/bundles.py DEMO_NETWORK_OVERRIDES) for a 2 s window
+# demo bundle sizes (model/runtime/bundles.py DEMO_NETWORK_OVERRIDES) for a 2 s window
 SHAPES = {"latent_mean": (63, 20), "latent_std": (63, 20), "clip_f": (16, 64), "sync_f": (40, 64), "text_f": (8, 64)}
 
 
@@ -136,7 +136,7 @@ def test_rerun_with_other_settings_is_refused(extracted, inputs, tmp_path):
 
 def test_extract_then_train_end_to_end(extracted, tmp_path):
     """`dub train` (CLI, flow-matching objective, bf16 autocast, one CPU worker) on the extracted shards."""
-    from dub.model.checkpoint import load_checkpoint
+    from dub.model.weights.checkpoint import load_checkpoint
 
     result = CliRunner().invoke(app, ["train", "--shards", str(extracted["out"]), "--name", "e2e", "--storage",
                                       str(tmp_path / "runs"), "--workers", "1", "--objective", "flow-matching",

@@ -13,8 +13,8 @@ import torch.nn as nn
 from typer.testing import CliRunner
 
 from dub.cli import app
-from dub.model.encoders import FP8_TOWERS
-from dub.model.fp8 import (FP8_RECIPE, Fp8Linear, ProjectedAttention, bias_in_scaled_mm, convert_linears_to_fp8,
+from dub.model.encoders.mmaudio import FP8_TOWERS
+from dub.model.kernels.fp8 import (FP8_RECIPE, Fp8Linear, ProjectedAttention, bias_in_scaled_mm, convert_linears_to_fp8,
                        fp8_supported)
 from dub.workflows.bench.encoders import build_encoders
 from dub.workflows.media.decode import FrameTarget, decode_window
@@ -140,7 +140,7 @@ def test_compiled_towers_see_one_batch_shape_and_keep_the_features() -> None:
     """`dub generate --compile` runs the towers in batches of exactly --batch-size windows, so a
     short batch reuses the compiled code: 3 windows at 2 per call (the last padded) give the
     uncompiled features, and every tower call saw 2 windows."""
-    from dub.model.fast import in_fixed_batches
+    from dub.model.kernels.graphs import in_fixed_batches
 
     seen = []
     out = in_fixed_batches(lambda f: seen.append(f.shape[0]) or f * 2, torch.arange(5.0).view(5, 1), 2)

@@ -20,7 +20,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from dub.model.generator import SamplerConfig
+from dub.model.runtime.generator import SamplerConfig
 from tests.generate_helpers import random_demo_checkpoint
 from tests.video_factory import bigbuckbunny_path, make_video
 from dub.workflows.generate.config import GenerateConfig
@@ -377,12 +377,13 @@ def test_text_to_audio_writes_one_audio_file_per_prompt(ray_session, checkpoint,
     # dub report on the text-to-audio run: the audio files are read, CLAP scores each prompt
     from tests.test_clap import MERGES, VOCAB, fixture_state, tiny_config
     from dub.workflows.metrics.clap import load_clap
-    from dub.workflows.report import ReportConfig, run_report
+    from dub.workflows.report.config import Injected, ReportConfig
+    from dub.workflows.report.run import run_report
 
     clap_config = tiny_config()
     clap = load_clap(fixture_state(clap_config), "cpu", clap_config, VOCAB, MERGES)
     report = run_report(ReportConfig(run_dir=str(out), out_dir=str(tmp_path / "report"), backends=("logmel",),
-                                     weights_dir=str(tmp_path / "no_weights"), write_html=False), clap=clap)
+                                     weights_dir=str(tmp_path / "no_weights"), write_html=False), injected=Injected(clap=clap))
     assert [r["status"] for r in report.rows] == ["ok", "ok"]
     assert all(-1.0 <= r["clap_score"] <= 1.0 and r["error"] is None for r in report.rows)
     assert report.summary["metrics"]["clap_score_n"] == 2
@@ -517,7 +518,7 @@ def test_cli_resize_exact_runs_end_to_end_with_torchvision_frames(ray_session, c
     from typer.testing import CliRunner
 
     from dub.cli import app
-    from dub.model.bundles import bundle_info, load_feature_stack
+    from dub.model.runtime.bundles import bundle_info, load_feature_stack
     from dub.workflows.generate.stages import decode_windows
 
     import torch

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from dub.model.guidance import Guidance, combine, needs_uncond
-from dub.model.sampling import guided_field, sample_euler, sample_meanflow
+from dub.model.flow.guidance import Guidance, combine, needs_uncond
+from dub.model.flow.sampling import guided_field, sample_euler, sample_meanflow
 
 # assert_close without tolerances uses torch's float32 defaults (rtol 1.3e-6 ~ 22u, atol 1e-5):
 # a few float32 operations (sums of 4 terms, a std, divisions) on small numbers, against values

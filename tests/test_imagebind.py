@@ -248,7 +248,7 @@ def test_released_layout_is_what_the_loader_expects(meta):
 def test_registry_entry_and_missing_file(tmp_path):
     spec = METRIC_WEIGHTS["imagebind"]
     assert spec.file_name == "imagebind_huge.pth"
-    from dub.model.registry import KNOWN_FILES
+    from dub.model.weights.registry import KNOWN_FILES
 
     known = {(k.model, k.file): k for k in KNOWN_FILES}[(spec.model_name, spec.file_name)]
     assert known.url == "https://dl.fbaipublicfiles.com/imagebind/imagebind_huge.pth"
@@ -317,7 +317,8 @@ def test_ib_score_in_run_report(tiny, tmp_path):
     from tests.report_helpers import burst_audio, event_frames, write_clip, write_generate_run
     from tests.video_factory import make_video
     from dub.workflows.metrics.media_io import read_audio
-    from dub.workflows.report import ReportConfig, run_report
+    from dub.workflows.report.config import Injected, ReportConfig
+    from dub.workflows.report.run import run_report
 
     long_src = tmp_path / "videos" / "long.mp4"
     make_video(long_src, seconds=8.0, fps=25.0, size=(96, 64), pattern="moving_box")
@@ -335,7 +336,7 @@ def test_ib_score_in_run_report(tiny, tmp_path):
     scorer = ImageBindScorer(tiny, duration_s=8.0, decode_backend="torch")
     config = ReportConfig(run_dir=str(run), out_dir=str(tmp_path / "out"), backends=(), skip=("desync", "clap"),
                           weights_dir=str(tmp_path / "none"), write_html=False, resize="exact")
-    result = run_report(config, imagebind=scorer)
+    result = run_report(config, injected=Injected(imagebind=scorer))
     long, short, t2a = result.rows
 
     frames = ib_frames(str(long_src), 8.0, backend="torch")
@@ -362,7 +363,7 @@ def test_ib_score_in_run_report(tiny, tmp_path):
 
     skipped = run_report(ReportConfig(run_dir=str(run), out_dir=str(tmp_path / "out2"), backends=(),
                                       skip=("desync", "clap", "ib"), weights_dir=str(tmp_path / "none"),
-                                      write_html=False), imagebind=scorer)
+                                      write_html=False), injected=Injected(imagebind=scorer))
     assert skipped.rows[0]["ib_score"] is None
     assert skipped.summary["unavailable"]["ib_score"] == "left out (--skip ib)"
     missing = run_report(ReportConfig(run_dir=str(run), out_dir=str(tmp_path / "out3"), backends=(),

@@ -16,8 +16,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from dub.model import bigvgan, clip_encoder, resize_triton, synchformer
-from dub.model.kernel_switch import KernelSwitch
+from dub.model.codec import bigvgan
+from dub.model.encoders import clip as clip_encoder, synchformer
+from dub.model.kernels import resize_triton
+from dub.model.kernels.switch import KernelSwitch
 from tests.triton_helpers import run_under_interpreter
 
 CPU = torch.device("cpu")
@@ -87,7 +89,7 @@ def test_the_switch_checks_once_per_device_and_dtype_and_turns_off_when_a_check_
         calls.append((device, dtype))
         return verdicts[dtype]
 
-    switch = KernelSwitch("a kernel", "DUB_TEST_KERNEL", "dub.model.synchformer_triton", "the reference", self_check=check)
+    switch = KernelSwitch("a kernel", "DUB_TEST_KERNEL", "dub.model.kernels.synchformer_triton", "the reference", self_check=check)
     x = torch.zeros(2)
     assert switch.usable_for(x) and switch.usable_for(x)
     assert calls == [(CPU, torch.float32)]
@@ -98,7 +100,7 @@ def test_the_switch_checks_once_per_device_and_dtype_and_turns_off_when_a_check_
     assert len(calls) == 2
 
     monkeypatch.setenv("DUB_TEST_KERNEL", "0")
-    fresh = KernelSwitch("a kernel", "DUB_TEST_KERNEL", "dub.model.synchformer_triton", "the reference", self_check=check)
+    fresh = KernelSwitch("a kernel", "DUB_TEST_KERNEL", "dub.model.kernels.synchformer_triton", "the reference", self_check=check)
     assert not fresh.usable_for(x) and len(calls) == 2  # switched off: not even checked
 
 
@@ -111,7 +113,7 @@ def test_the_check_runs_without_the_callers_autocast() -> None:
         seen.append((torch.ones(2, 2) @ torch.ones(2, 2)).dtype)
         return None
 
-    switch = KernelSwitch("a kernel", "DUB_TEST_KERNEL", "dub.model.synchformer_triton", "the reference", self_check=check)
+    switch = KernelSwitch("a kernel", "DUB_TEST_KERNEL", "dub.model.kernels.synchformer_triton", "the reference", self_check=check)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == torch.bfloat16
         assert switch.usable_for(torch.zeros(1))
@@ -122,7 +124,7 @@ def test_a_check_that_raises_switches_the_kernel_off() -> None:
     def check(device: torch.device, dtype: torch.dtype) -> str | None:
         raise RuntimeError("no kernel image for this GPU")
 
-    switch = KernelSwitch("a kernel", "DUB_TEST_KERNEL", "dub.model.synchformer_triton", "the reference", self_check=check)
+    switch = KernelSwitch("a kernel", "DUB_TEST_KERNEL", "dub.model.kernels.synchformer_triton", "the reference", self_check=check)
     with pytest.warns(RuntimeWarning, match="no kernel image"):
         assert not switch.usable_for(torch.zeros(1))
     assert switch.error == "RuntimeError: no kernel image for this GPU"

@@ -9,22 +9,18 @@ import math
 import pytest
 import torch
 
-from dub.model.meanflow import (
-    CompiledTangent,
-    GraphedTangent,
+from dub.model.flow.jvp import CompiledTangent, GraphedTangent, eager_tangent, make_tangent, resolve_tangent_kind
+from dub.model.flow.meanflow import (
     MeanFlowConfig,
     drop_conditions,
     empty_like_conditions,
+    exact_ratio_for,
     flow_matching_loss,
     meanflow_loss,
-    eager_tangent,
-    exact_ratio_for,
-    make_tangent,
-    resolve_tangent_kind,
     meanflow_target,
     sample_times,
 )
-from dub.model.sampling import make_noise, sample_euler, sample_meanflow
+from dub.model.flow.sampling import make_noise, sample_euler, sample_meanflow
 from tests.meanflow_helpers import (
     GaussianAverageVelocity,
     TinyAttentionVelocity,
@@ -268,8 +264,8 @@ def test_ddp_wrapped_model_matches_unwrapped_gradients(tmp_path):
 
 def _small_mfmjt(seed: int):
     """The real MF-MJT network at toy sizes, with every weight random (MMAudio zero-inits many)."""
-    from dub.model.config import NetworkConfig
-    from dub.model.network import MFMJT
+    from dub.model.network.config import NetworkConfig
+    from dub.model.network.transformer import MFMJT
 
     config = NetworkConfig(latent_dim=4, clip_dim=6, sync_dim=5, text_dim=6, hidden_dim=16, depth=2, fused_depth=1,
                            num_heads=2, latent_seq_len=12, clip_seq_len=4, sync_seq_len=8, text_seq_len=3)

@@ -12,7 +12,7 @@ import torch
 from safetensors.torch import load_file
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from dub.model.checkpoint import (
+from dub.model.weights.checkpoint import (
     CheckpointMismatchError,
     UnsafeCheckpointError,
     infer_network_config,
@@ -21,9 +21,9 @@ from dub.model.checkpoint import (
     load_state_dict_file,
     save_checkpoint,
 )
-from dub.model.config import NETWORK_PRESETS, NetworkConfig, sequence_lengths
-from dub.model.network import MFMJT
-from dub.model.rotary import rope_rotations
+from dub.model.network.config import NETWORK_PRESETS, NetworkConfig, sequence_lengths
+from dub.model.network.transformer import MFMJT
+from dub.model.network.rotary import rope_rotations
 from tests.network_helpers import euler_cfg, random_features, random_tiny_network, randomize_parameters_
 from tests.requirements import PYTEST_HAS_SUBTESTS, require
 
@@ -472,7 +472,7 @@ def test_jvp_under_math_sdpa_matches_finite_difference():
 def test_channel_last_conv_as_one_matmul_equals_the_convolution(in_ch, out_ch, kernel, bias) -> None:
     """ChannelLastConv1d runs as a GEMM over the unfolded sequence (no layout conversions on a
     GPU): the convolution's numbers and its forward-mode derivative (the MeanFlow JVP)."""
-    from dub.model.layers import ChannelLastConv1d
+    from dub.model.network.layers import ChannelLastConv1d
 
     gen = torch.Generator().manual_seed(in_ch * kernel)
     conv = ChannelLastConv1d(in_ch, out_ch, kernel, padding=kernel // 2, bias=bias).double()

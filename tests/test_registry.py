@@ -1,4 +1,4 @@
-"""The local weights registry (model/registry.py) and `dub weights` (dub/commands/weights.py)."""
+"""The local weights registry (model/weights/registry.py) and `dub weights` (dub/commands/weights.py)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import typer
 from safetensors.torch import load_file
 from typer.testing import CliRunner
 
-from dub.model.registry import (
+from dub.model.weights.registry import (
     KNOWN_FILES,
     MISMATCH,
     MISSING,

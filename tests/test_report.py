@@ -22,7 +22,8 @@ from tests.report_helpers import (burst_audio, decode_png, event_frames, write_c
                                   write_generate_run, write_wav)
 from tests.requirements import require
 from dub.workflows.metrics.run_inputs import GeneratedRow, ReferenceIndex, load_run
-from dub.workflows.report import ReportConfig, run_report
+from dub.workflows.report.config import Injected, ReportConfig
+from dub.workflows.report.run import run_report
 
 CHROMIUM = Path("/usr/bin/chromium")
 DURATION = 6.0
@@ -152,7 +153,7 @@ def test_classifier_metrics_with_a_panns_model(run_dir, tmp_path):
     torch.save({"model": Cnn14(tiny).state_dict()}, tmp_path / "tiny_cnn14.pth")
     config = ReportConfig(run_dir=str(run_dir), out_dir=str(tmp_path / "out"), reference=str(run_dir.parent / "refs"),
                           weights_dir=str(tmp_path), write_html=False)
-    result = run_report(config, backends={"panns": PannsBackend(tmp_path / "tiny_cnn14.pth", config=tiny)})
+    result = run_report(config, injected=Injected(backends={"panns": PannsBackend(tmp_path / "tiny_cnn14.pth", config=tiny)}))
     metrics = result.summary["metrics"]
     assert metrics["fad_panns"] >= 0 and 1.0 <= metrics["is_panns_mean"] <= 5.0
     assert metrics["kl_panns_n"] == 4
@@ -245,7 +246,7 @@ def test_desync_and_passt_scores_with_tiny_models(run_dir, tmp_path):
     backend.features = lambda wavs: seen_lengths.extend(len(w) for w in wavs) or features(wavs)
     config = ReportConfig(run_dir=str(run_dir), out_dir=str(tmp_path / "out"), reference=str(run_dir.parent / "refs"),
                           weights_dir=str(tmp_path), write_html=False)
-    result = run_report(config, backends={"passt": backend}, offsets=offsets)
+    result = run_report(config, injected=Injected(backends={"passt": backend}, offsets=offsets))
     summary = result.summary
     ok = [r for r in result.rows if r["status"] == "ok"]
     assert len(ok) == 4
@@ -264,9 +265,8 @@ def test_desync_and_passt_scores_with_tiny_models(run_dir, tmp_path):
     # --audio-length 3: the models see the first 3 s (as av-benchmark's --audio_length); DeSync
     # then has under 14 segments and says so, the onset metrics still score whole clips
     seen_lengths.clear()
-    short = run_report(dataclasses.replace(config, out_dir=str(tmp_path / "out3"), audio_length_s=3.0),
-                       backends={"passt": backend}, offsets=build_offset_predictor(
-                           WeightsLocator(tmp_path), config=tiny_sync, max_duration_s=3.0))
+    short = run_report(dataclasses.replace(config, out_dir=str(tmp_path / "out3"), audio_length_s=3.0), injected=Injected(backends={"passt": backend}, offsets=build_offset_predictor(
+                           WeightsLocator(tmp_path), config=tiny_sync, max_duration_s=3.0)))
     assert set(seen_lengths) == {3 * 32000}
     assert all(r["desync_s"] is None for r in short.rows) and "4.8 s" in short.summary["unavailable"]["desync_s"]
     assert short.summary["metrics"]["onset_acc_n"] == summary["metrics"]["onset_acc_n"]
@@ -295,12 +295,12 @@ def test_resize_reaches_the_desync_decoding(tmp_path, monkeypatch):
 
     import torch
 
-    import dub.workflows.report as report_module
+    import dub.workflows.report.scoring as report_module
     from tests.video_factory import make_video
     from dub.workflows.media.decode import RESIZE_BACKENDS, FrameTarget, decode_window
     from dub.workflows.metrics.desync import build_offset_predictor
     from dub.workflows.metrics.models.synchformer_sync import VIDEO_FPS, FullSynchformer, FullSynchformerConfig
-    from dub.workflows.report import load_models
+    from dub.workflows.report.scoring import load_models
 
     tiny = FullSynchformerConfig.tiny()
     torch.manual_seed(0)
@@ -353,7 +353,7 @@ def test_clap_score_for_clips_with_prompts(tmp_path):
     clap = load_clap(fixture_state(config), "cpu", config, VOCAB, MERGES)
     report_cfg = ReportConfig(run_dir=str(run), out_dir=str(tmp_path / "out"), backends=(),
                               weights_dir=str(tmp_path / "none"), write_html=False)
-    result = run_report(report_cfg, clap=clap)
+    result = run_report(report_cfg, injected=Injected(clap=clap))
     scored, unprompted = result.rows
     expected = clap.scores(["a dog barks twice"], [read_audio(rows[0]["output_mp4"], 48000)])[0]
     # the same float32 model and audio, batched the report's way: a cosine of order 1 (~u per
@@ -386,7 +386,7 @@ def test_workers_on_ray_give_the_in_process_results(ray_session, run_dir, tmp_pa
                               max_plots=2, workers=workers)
         backends = {"panns": PannsBackend(tmp_path / "tiny_cnn14.pth", config=tiny),
                     "logmel": build_backend("logmel")}
-        return run_report(config, backends=backends)
+        return run_report(config, injected=Injected(backends=backends))
 
     alone, parallel = report(1), report(2)
     untimed = [{k: v for k, v in r.items() if not k.startswith("t_")} for r in alone.rows]
@@ -457,10 +457,10 @@ def _stop_after(k: int):
 
 
 def test_interrupted_report_resumes_and_equals_the_uninterrupted_one(run_dir, tmp_path, tiny_panns, monkeypatch):
-    import dub.workflows.report as report_module
+    import dub.workflows.report.scoring as report_module
 
     whole_backends = _backends(tiny_panns)
-    whole = run_report(_journal_config(run_dir, tmp_path / "whole"), backends=whole_backends)
+    whole = run_report(_journal_config(run_dir, tmp_path / "whole"), injected=Injected(backends=whole_backends))
     assert whole_backends["panns"].calls == 8  # v0-v3 have audio and a reference; v4 failed in generate
     assert whole.summary["metrics"]["fad_panns"] > 0 and whole.summary["metrics"]["kl_panns_n"] == 4
 
@@ -469,14 +469,13 @@ def test_interrupted_report_resumes_and_equals_the_uninterrupted_one(run_dir, tm
     encode = report_module.encode_opus
     monkeypatch.setattr(report_module, "encode_opus", lambda *a: made.append(encode(*a)) or made[-1])
     with pytest.raises(KeyboardInterrupt):
-        run_report(_journal_config(run_dir, out), progress=_stop_after(2), backends=_backends(tiny_panns))
+        run_report(_journal_config(run_dir, out), progress=_stop_after(2), injected=Injected(backends=_backends(tiny_panns)))
     monkeypatch.undo()
     assert not (out / "report.parquet").exists()
     assert _journaled_ids(out) == ["v0", "v1"]  # flushed on the way out, not lost
 
     backends, seen, notices = _backends(tiny_panns), [], []
-    resumed = run_report(_journal_config(run_dir, out), backends=backends, notice=notices.append,
-                         progress=lambda i, n, vid: seen.append((i, vid)))
+    resumed = run_report(_journal_config(run_dir, out), notice=notices.append, progress=lambda i, n, vid: seen.append((i, vid)), injected=Injected(backends=backends))
     assert backends["panns"].calls == 4 and seen == [(3, "v2"), (4, "v3"), (5, "v4")]
     assert resumed.summary["journal"] == {"reused": 2, "scored": 3} and "resuming: 2 of 5" in notices[0]
     assert _untimed(resumed.rows) == _untimed(whole.rows)
@@ -497,15 +496,14 @@ def test_another_configuration_or_a_changed_clip_is_rescored(run_dir, tmp_path, 
 
     from dub.workflows.metrics.onsets import OnsetConfig
     from dub.workflows.metrics.weights import WeightsLocator
-    from dub.workflows.report import Injected
-    from dub.workflows.report_journal import report_identity
+    from dub.workflows.report.journal import report_identity
 
     run = shutil.copytree(run_dir, tmp_path / "run")  # its mp4s get touched below
     out, refs = tmp_path / "out", str(run_dir.parent / "refs")
-    first = run_report(_journal_config(run, out, reference=refs), backends=_backends(tiny_panns))
+    first = run_report(_journal_config(run, out, reference=refs), injected=Injected(backends=_backends(tiny_panns)))
     backends, notices = _backends(tiny_panns), []
     wider = _journal_config(run, out, reference=refs, onsets=OnsetConfig(tolerance_s=0.6))
-    widened = run_report(wider, backends=backends, notice=notices.append)
+    widened = run_report(wider, notice=notices.append, injected=Injected(backends=backends))
     assert backends["panns"].calls == 8 and widened.summary["journal"] == {"reused": 0, "scored": 5}
     assert len(notices) == 1 and "discarded the journal (made with another configuration" in notices[0]
     assert widened.summary["metrics"]["onset_acc_mean"] > first.summary["metrics"]["onset_acc_mean"]  # v3 is 0.5 s late
@@ -514,7 +512,7 @@ def test_another_configuration_or_a_changed_clip_is_rescored(run_dir, tmp_path, 
     os.utime(run / "mp4" / "v1_clip1.mp4", ns=(time_ns := (run / "mp4" / "v1_clip1.mp4").stat().st_mtime_ns,
                                                 time_ns + 10**9))
     backends = _backends(tiny_panns)
-    more = run_report(dataclasses.replace(wider, max_plots=3), backends=backends)
+    more = run_report(dataclasses.replace(wider, max_plots=3), injected=Injected(backends=backends))
     assert backends["panns"].calls == 4 and more.summary["journal"] == {"reused": 3, "scored": 2}
     assert set(more.media) == {"v0", "v1", "v2"}
     assert _untimed(more.rows) == _untimed(widened.rows)
@@ -531,22 +529,21 @@ def test_another_configuration_or_a_changed_clip_is_rescored(run_dir, tmp_path, 
 
 
 def test_workers_on_ray_journal_and_resume(ray_session, run_dir, tmp_path, tiny_panns, monkeypatch):
-    import dub.workflows.report as report_module
+    import dub.workflows.report.scoring as report_module
 
     out = tmp_path / "out"
     stopped = []
     with pytest.raises(KeyboardInterrupt):
-        run_report(_journal_config(run_dir, out, workers=2), backends=_backends(tiny_panns, counting=False),
-                   progress=lambda i, n, vid: stopped.append(i) or _stop_after(1)(i, n, vid))
+        run_report(_journal_config(run_dir, out, workers=2), progress=lambda i, n, vid: stopped.append(i) or _stop_after(1)(i, n, vid), injected=Injected(backends=_backends(tiny_panns, counting=False)))
     assert len(_journaled_ids(out)) == stopped[0] >= 1  # the first chunk back from an actor (4 clips or v4)
-    parallel = run_report(_journal_config(run_dir, out, workers=2), backends=_backends(tiny_panns, counting=False))
+    parallel = run_report(_journal_config(run_dir, out, workers=2), injected=Injected(backends=_backends(tiny_panns, counting=False)))
     assert parallel.summary["journal"] == {"reused": stopped[0], "scored": 5 - stopped[0]}
     assert sorted(_journaled_ids(out)) == ["v0", "v1", "v2", "v3", "v4"]
 
     # everything is journaled: a rerun (in this process; workers do not change scores) loads no model
     monkeypatch.setattr(report_module, "load_models", lambda *a, **k: pytest.fail("loaded the models"))
     backends = _backends(tiny_panns)
-    again = run_report(_journal_config(run_dir, out), backends=backends)
+    again = run_report(_journal_config(run_dir, out), injected=Injected(backends=backends))
     assert backends["panns"].calls == 0 and again.summary["journal"] == {"reused": 5, "scored": 0}
     assert again.summary["timings_s_total"]["model_load"] == 0.0
     assert _untimed(again.rows) == _untimed(parallel.rows)
@@ -556,7 +553,7 @@ def test_workers_on_ray_journal_and_resume(ray_session, run_dir, tmp_path, tiny_
 
 def test_stray_temporaries_and_half_parts_are_ignored(run_dir, tmp_path, tiny_panns):
     out = tmp_path / "out"
-    whole = run_report(_journal_config(run_dir, out), backends=_backends(tiny_panns))
+    whole = run_report(_journal_config(run_dir, out), injected=Injected(backends=_backends(tiny_panns)))
     journal = out / "journal"
     part = sorted(journal.glob("part-*.parquet"))[0]  # a slow scorer may write more than one part
     temporary = journal / f".{part.name}.k3j9x.tmp"  # a write killed before its rename
@@ -564,7 +561,7 @@ def test_stray_temporaries_and_half_parts_are_ignored(run_dir, tmp_path, tiny_pa
     half = journal / "part-9999999999999999999-half.parquet"  # sorts last: it would win if read
     half.write_bytes(part.read_bytes()[: part.stat().st_size // 2])
     backends = _backends(tiny_panns)
-    again = run_report(_journal_config(run_dir, out), backends=backends)
+    again = run_report(_journal_config(run_dir, out), injected=Injected(backends=backends))
     assert backends["panns"].calls == 0 and again.summary["journal"] == {"reused": 5, "scored": 0}
     assert not temporary.exists() and not half.exists()
     assert _untimed(again.rows) == _untimed(whole.rows) and again.summary["metrics"] == whole.summary["metrics"]
@@ -575,7 +572,7 @@ def test_sample_scores_a_seeded_subset_and_a_larger_sample_keeps_it(run_dir, tmp
     keeps those 2, scores only the new one and reuses the journal for the rest."""
     out = tmp_path / "out"
     # max_plots above the clips: which clips get page media must not move (a clip's key includes it)
-    two = run_report(_journal_config(run_dir, out, sample=2, max_plots=10), backends=_backends(tiny_panns))
+    two = run_report(_journal_config(run_dir, out, sample=2, max_plots=10), injected=Injected(backends=_backends(tiny_panns)))
     ids = [r["video_id"] for r in two.rows]
     assert len(ids) == 3 and ids[-1] == "v4" and two.summary["n_scored"] == 2
     assert two.summary["sample"] == {"clips": 2, "seed": 0, "of_generated": 4}
@@ -584,17 +581,17 @@ def test_sample_scores_a_seeded_subset_and_a_larger_sample_keeps_it(run_dir, tmp
     assert "a sample of 2 of the run's 4 generated clips (--sample-seed 0)" in page
 
     backends = _backends(tiny_panns)
-    three = run_report(_journal_config(run_dir, out, sample=3, max_plots=10), backends=backends)
+    three = run_report(_journal_config(run_dir, out, sample=3, max_plots=10), injected=Injected(backends=backends))
     assert set(ids) < {r["video_id"] for r in three.rows}
     assert backends["panns"].calls == 2  # one new clip: its generated audio and its reference
-    whole = run_report(_journal_config(run_dir, tmp_path / "whole", max_plots=10), backends=_backends(tiny_panns))
+    whole = run_report(_journal_config(run_dir, tmp_path / "whole", max_plots=10), injected=Injected(backends=_backends(tiny_panns)))
     assert whole.summary["sample"] is None and len(whole.rows) == 5
     by_id = {r["video_id"]: r for r in _untimed(whole.rows)}
     assert all(r == by_id[r["video_id"]] for r in _untimed(three.rows))  # a clip scores the same sampled or not
 
 
 def test_sample_rows_is_a_function_of_seed_and_video_ids_only() -> None:
-    from dub.workflows.report import sample_rows
+    from dub.workflows.report.run import sample_rows
 
     rows = [GeneratedRow(f"clip{i:04d}", None, "failed" if i % 10 == 0 else "done", None, None, None, None)
             for i in range(1000)]
@@ -654,7 +651,7 @@ def test_inputs_edited_in_place_are_rescored(run_dir, tmp_path, tiny_panns):
                 row[column] = row[column].replace(str(run_dir.parent), str(root))
     pq.write_table(pa.Table.from_pylist(table, schema=pq.read_schema(run / "report.parquet")), run / "report.parquet")
     config = _journal_config(run, out, reference=str(refs), max_plots=0)
-    first = run_report(config, backends=_backends(tiny_panns))
+    first = run_report(config, injected=Injected(backends=_backends(tiny_panns)))
 
     write_wav(refs / "v0.flac", burst_audio(_events(0) + 0.3, DURATION, seed=77))  # a new reference for v0
     sidecar = root / "videos" / "clip1.events.json"
@@ -664,7 +661,7 @@ def test_inputs_edited_in_place_are_rescored(run_dir, tmp_path, tiny_panns):
         os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
 
     backends = _backends(tiny_panns)
-    again = run_report(config, backends=backends)
+    again = run_report(config, injected=Injected(backends=backends))
     assert again.summary["journal"] == {"reused": 3, "scored": 2}
     assert backends["panns"].calls == 4  # v0 and v1: generated audio and reference each
     before = {r["video_id"]: r for r in first.rows}

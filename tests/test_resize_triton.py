@@ -1,4 +1,4 @@
-"""dub.model.resize_triton: the two-pass torch reference against F.interpolate (CPU float), the
+"""dub.model.kernels.resize_triton: the two-pass torch reference against F.interpolate (CPU float), the
 Triton kernel under Triton's interpreter against that reference, and an offline sm_90 build.
 
 Run as a module with TRITON_INTERPRET=1 (chosen before triton is imported) it writes the
@@ -16,8 +16,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from dub.model import resize_triton
-from dub.model.resize_triton import resize_reference, resize_uint8_separable, round_uint8
+from dub.model.kernels import resize_triton
+from dub.model.kernels.resize_triton import resize_reference, resize_uint8_separable, round_uint8
 from tests.triton_helpers import hopper_resource_usage, run_under_interpreter
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -89,9 +89,9 @@ def test_separable_entry_point_on_cpu() -> None:
 
 
 def test_resize_uint8_takes_the_triton_resize_on_cuda_unless_switched_off(monkeypatch) -> None:
-    """dub.model.clip_encoder.resize_uint8 runs the kernel on CUDA (where it equals F.interpolate's
+    """dub.model.encoders.clip.resize_uint8 runs the kernel on CUDA (where it equals F.interpolate's
     result: scripts/resize_bench.py on an H200); DUB_TRITON_RESIZE=0 keeps F.interpolate."""
-    from dub.model import clip_encoder
+    from dub.model.encoders import clip as clip_encoder
 
     assert clip_encoder.SEPARABLE_RESIZE.usable() == (resize_triton.triton is not None)
     monkeypatch.setenv("DUB_TRITON_RESIZE", "0")

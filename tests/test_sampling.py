@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from dub.model.sampling import make_noise, sample_euler, sample_meanflow, time_grid
+from dub.model.flow.sampling import make_noise, sample_euler, sample_meanflow, time_grid
 from tests.meanflow_helpers import VelocityMLP
 
 
@@ -146,10 +146,10 @@ def test_guided_euler_reproduces_mmaudio_fixture(fixtures_root):
 
     from safetensors.torch import load_file
 
-    from dub.model.checkpoint import load_network
-    from dub.model.config import NetworkConfig
-    from dub.model.guidance import Guidance
-    from dub.model.sampling import guided_field
+    from dub.model.weights.checkpoint import load_network
+    from dub.model.network.config import NetworkConfig
+    from dub.model.flow.guidance import Guidance
+    from dub.model.flow.sampling import guided_field
 
     root = fixtures_root / "network"
     config = NetworkConfig.from_dict(json.loads((root / "arch.json").read_text()))

@@ -88,7 +88,8 @@ def test_dub_report_scores_each_event_against_the_recording_its_object_names(tmp
     from dub.manifests.io import write_parquet_atomic
     from dub.manifests.schema import REPORT_SCHEMA
     from dub.workflows.datasets.foley_synth import make_foley_synth
-    from dub.workflows.report import ReportConfig, run_report
+    from dub.workflows.report.config import ReportConfig
+    from dub.workflows.report.run import run_report
 
     index = make_foley_synth(tmp_path / "foley", seed=5, n_train=0, n_val=0, n_test=3, seconds=4.0, size=(64, 64),
                              two_object_prob=0.5)

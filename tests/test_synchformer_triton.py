@@ -1,4 +1,4 @@
-"""Synchformer's Triton divided attention (model/synchformer_triton.py) against the SDPA form.
+"""Synchformer's Triton divided attention (model/kernels/synchformer_triton.py) against the SDPA form.
 
 Run as a module with TRITON_INTERPRET=1 (chosen before triton is imported) it writes the
 kernel path's and the reference's results for CASES:
@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from dub.model import synchformer, synchformer_triton
+from dub.model.encoders import synchformer
+from dub.model.kernels import synchformer_triton
 from tests.triton_helpers import hopper_resource_usage, run_under_interpreter
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]

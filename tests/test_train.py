@@ -13,10 +13,10 @@ import pandas as pd
 import pytest
 import torch
 
-from dub.model.checkpoint import load_checkpoint, load_state_dict_file, save_checkpoint
-from dub.model.config import get_preset
-from dub.model.meanflow import MeanFlowConfig
-from dub.model.network import MFMJT
+from dub.model.weights.checkpoint import load_checkpoint, load_state_dict_file, save_checkpoint
+from dub.model.network.config import get_preset
+from dub.model.flow.meanflow import MeanFlowConfig
+from dub.model.network.transformer import MFMJT
 from tests.train_helpers import SHAPES, SHAPES_8S, TINY_ARCHITECTURE, assert_evaluated_every_step, write_synthetic_shards
 from dub.workflows.train.config import TrainConfig
 from dub.workflows.train.data import (ShardError, check_shards, collate, iter_samples, memory_batches, sample_stream,

@@ -50,7 +50,7 @@ def register(app: typer.Typer) -> None:
         """Generate a synchronized soundtrack for every pending clip; resumable and idempotent."""
         from rich.console import Console
 
-        from dub.model.generator import SamplerConfig
+        from dub.model.runtime.generator import SamplerConfig
         from dub.workflows.generate.config import GenerateConfig
         from dub.workflows.generate.run import GenerateError, run_generate
         from dub.workflows.output_lock import OutputInUse
@@ -151,7 +151,7 @@ def _print_summary(summary, console) -> None:
 def _bundle_sampler(model: str):
     """The bundle's default sampler settings (what its published figures used); an unknown
     bundle name falls through to GenerateConfig, which says what the known ones are."""
-    from dub.model.bundles import MF_MJT_SAMPLER, resolve_bundle
+    from dub.model.runtime.bundles import MF_MJT_SAMPLER, resolve_bundle
 
     try:
         return resolve_bundle(model).sampler

@@ -71,7 +71,9 @@ def register(app: typer.Typer) -> None:
         from dub.workflows.metrics.embeddings import BACKENDS
         from dub.workflows.metrics.onsets import OnsetConfig
         from dub.workflows.output_lock import OutputInUse
-        from dub.workflows.report import ALL_BACKENDS, ReportConfig, grouped_unavailable, run_report
+        from dub.workflows.report.config import ALL_BACKENDS, ReportConfig
+        from dub.workflows.report.page import grouped_unavailable
+        from dub.workflows.report.run import run_report
 
         backends = tuple(backend) if backend else ALL_BACKENDS
         unknown = [b for b in backends if b not in BACKENDS]

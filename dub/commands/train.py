@@ -54,7 +54,7 @@ def register(app: typer.Typer) -> None:
         """Train MF-MJT; prints the final checkpoint's model.safetensors (for `dub generate --checkpoint`)."""
         from rich.console import Console
 
-        from dub.model.meanflow import MeanFlowConfig
+        from dub.model.flow.meanflow import MeanFlowConfig
         from dub.workflows.output_lock import OutputInUse
         from dub.workflows.train.config import TrainConfig
         from dub.workflows.train.data import ShardError

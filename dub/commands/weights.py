@@ -49,7 +49,7 @@ def register(app: typer.Typer) -> None:
         """Every known weights file: present or missing, size, last verification result."""
         from rich.table import Table
 
-        from dub.model.registry import WeightsRegistry
+        from dub.model.weights.registry import WeightsRegistry
 
         registry = WeightsRegistry(directory)
         table = Table(title=f"weights in {registry.root}")
@@ -81,7 +81,7 @@ def register(app: typer.Typer) -> None:
         """Check present files against the publishers' checksums (exit 1 if any fails)."""
         from rich.table import Table
 
-        from dub.model.registry import MISSING, WeightsError, WeightsRegistry
+        from dub.model.weights.registry import MISSING, WeightsError, WeightsRegistry
 
         registry = WeightsRegistry(directory)
         try:
@@ -114,7 +114,7 @@ def register(app: typer.Typer) -> None:
         directory: Optional[Path] = typer.Option(None, "--dir", help=_DIR_HELP),
     ) -> None:
         """Verify a download and copy it into the weights directory (pickles become safetensors)."""
-        from dub.model.registry import WeightsError, WeightsRegistry
+        from dub.model.weights.registry import WeightsError, WeightsRegistry
 
         registry = WeightsRegistry(directory)
         console = _console()

@@ -82,9 +82,11 @@ class ModelSidePipeline:
                  fp8: bool | str = False) -> None:
         import torch
 
-        from dub.model.fast import CudaGraphCall, OneStepGraph
-        from dub.model.guidance import Guidance
-        from dub.model.synchformer import attention_status
+        from dub.model.kernels.graphs import CudaGraphCall
+
+        from dub.model.runtime.fast import OneStepGraph
+        from dub.model.flow.guidance import Guidance
+        from dub.model.encoders.synchformer import attention_status
 
         self.device, self.batch, self.cuda = device, batch, device.startswith("cuda")
         self.tiny = preset in TINY_PRESETS
@@ -102,7 +104,7 @@ class ModelSidePipeline:
             self.what = f"{preset}: ViT-H/14 CLIP + Synchformer + MF-MJT + VAE + BigVGAN, random weights"
             self.what += "; " + attention_status(device)
             if fp8:  # True: as `dub generate --fp8` (CLIP only); "all": Synchformer too, for comparison
-                from dub.model.encoders import FP8_TOWERS
+                from dub.model.encoders.mmaudio import FP8_TOWERS
 
                 self.what += "; " + (self.encoders.use_fp8(FP8_TOWERS) if fp8 == "all" else self.encoders.use_fp8())
             if compile:  # the warm-up batch compiles
@@ -386,8 +388,8 @@ def _ray_run(runner: StageRunner, opts: BenchOptions) -> None:
 def _ray_rows(runner: StageRunner, opts: BenchOptions, tmp: Path, stage: str) -> None:
     import pyarrow.parquet as pq
 
-    from dub.model.checkpoint import save_checkpoint
-    from dub.model.generator import SamplerConfig
+    from dub.model.weights.checkpoint import save_checkpoint
+    from dub.model.runtime.generator import SamplerConfig
     from dub.workflows.bench.generate import build_network
     from dub.workflows.generate.config import GenerateConfig
     from dub.workflows.generate.run import run_generate

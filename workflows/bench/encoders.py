@@ -36,8 +36,8 @@ H200_BF16_PEAK_TFLOPS = 790.0  # dense bf16 matmul measured on the lent H200 (KI
 
 @dataclass
 class EncoderStack:
-    encoders: Any | None  # dub.model.encoders.MMAudioEncoders (CLIP + Synchformer), None without open_clip
-    synchformer_only: Any | None  # dub.model.synchformer.Synchformer when CLIP could not be built
+    encoders: Any | None  # dub.model.encoders.mmaudio.MMAudioEncoders (CLIP + Synchformer), None without open_clip
+    synchformer_only: Any | None  # dub.model.encoders.synchformer.Synchformer when CLIP could not be built
     demo: Any | None  # dub.model.demo.DemoEncoders on tiny presets
     clip_cfg: dict | None
     description: str
@@ -45,7 +45,7 @@ class EncoderStack:
 
 
 def tiny_synchformer_config():
-    from dub.model.synchformer import SynchformerConfig
+    from dub.model.encoders.synchformer import SynchformerConfig
 
     return SynchformerConfig(embed_dim=32, depth=1, num_heads=2, agg_num_heads=2, agg_ff_dim=64)
 
@@ -54,7 +54,7 @@ def build_encoders(preset: str, device: str) -> EncoderStack:
     """CLIP + Synchformer with random weights built on `device` (tiny sizes for tiny presets)."""
     import torch
 
-    from dub.model.synchformer import Synchformer, SynchformerConfig
+    from dub.model.encoders.synchformer import Synchformer, SynchformerConfig
 
     tiny = preset in TINY_PRESETS
     with torch.device(device):
@@ -65,8 +65,8 @@ def build_encoders(preset: str, device: str) -> EncoderStack:
 
         demo = DemoEncoders().to(device)
     try:
-        from dub.model.clip_encoder import ClipEncoder, released_model_cfg, tiny_model_cfg
-        from dub.model.encoders import MMAudioEncoders
+        from dub.model.encoders.clip import ClipEncoder, released_model_cfg, tiny_model_cfg
+        from dub.model.encoders.mmaudio import MMAudioEncoders
 
         clip_cfg = tiny_model_cfg() if tiny else released_model_cfg()
         with torch.device(device):
@@ -97,14 +97,14 @@ def random_frames(batch: int, count: int, width: int, height: int, device: str, 
 
 def clip_resize(frames, size: int):
     """Decoded uint8 (B, T, H, W, 3) -> uint8 (B*T, 3, size, size): CLIP's bicubic resize, no crop."""
-    from dub.model.clip_encoder import frames_to_images, resize_uint8
+    from dub.model.encoders.clip import frames_to_images, resize_uint8
 
     return resize_uint8(frames_to_images(frames), (size, size))
 
 
 def sync_resize(frames, size: int):
     """Decoded uint8 (B, T, H, W, 3) -> uint8 (B*T, 3, size, size): short side to size, centre crop."""
-    from dub.model.clip_encoder import center_crop, frames_to_images, resize_uint8, short_side_size
+    from dub.model.encoders.clip import center_crop, frames_to_images, resize_uint8, short_side_size
 
     images = frames_to_images(frames)
     return center_crop(resize_uint8(images, short_side_size(*images.shape[-2:], size)), size)
@@ -154,7 +154,7 @@ def _fp8_stages(runner: StageRunner, stack: EncoderStack, b: int, n_clip: int, n
     label = ", FP8" + (" compiled" if compiled else "")
     refs = runner.attempt(f"CLIP image features, {n_clip} frames{label}", b,
                           lambda: (enc.clip_features(clip_frames), enc.sync_features(sync_frames)))
-    from dub.model.encoders import FP8_TOWERS
+    from dub.model.encoders.mmaudio import FP8_TOWERS
 
     # both towers, to keep timing Synchformer's FP8 form too (`dub generate --fp8` converts CLIP's only)
     what = runner.attempt(f"CLIP image features, {n_clip} frames{label}", b, lambda: enc.use_fp8(FP8_TOWERS))
@@ -212,7 +212,7 @@ def _resize_stages(runner: StageRunner, b: int, n_clip: int, n_sync: int, width:
 
 def _model_stages(runner: StageRunner, stack: EncoderStack, b: int, n_clip: int, n_sync: int, clip_size: int,
                   sync_size: int, duration_s: float, label: str, warmup: int | None = None) -> None:
-    from dub.model.synchformer import attention_status
+    from dub.model.encoders.synchformer import attention_status
 
     device = runner.device
     audio_s = b * duration_s
@@ -260,8 +260,8 @@ def _model_stages(runner: StageRunner, stack: EncoderStack, b: int, n_clip: int,
 def _synchformer_only(model, frames, size: int):
     import torch
 
-    from dub.model.encoders import sync_pixels
-    from dub.model.synchformer import synchformer_features
+    from dub.model.encoders.mmaudio import sync_pixels
+    from dub.model.encoders.synchformer import synchformer_features
 
     cuda = frames.device.type == "cuda"
     pixels = sync_pixels(frames, size, frames.device)

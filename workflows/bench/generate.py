@@ -33,7 +33,7 @@ from dub.workflows.bench import BenchOptions, BenchRow, resolve_device, time_cal
 T = TypeVar("T")
 
 TINY_PRESETS = ("tiny", "demo")
-# MF-MJT's default one-step guidance and MMAudio's multi-step baseline (model/bundles.py).
+# MF-MJT's default one-step guidance and MMAudio's multi-step baseline (model/runtime/bundles.py).
 ONE_STEP_GUIDANCE = dict(cfg=4.5, rescale="std", phi=0.7)
 EULER_GUIDANCE = dict(cfg=4.5, rescale="none", phi=0.0)
 EULER_STEPS = 25
@@ -228,17 +228,17 @@ def compare(name: str, fast, eager, tol: float, exact=None) -> dict:
 
 @dataclass
 class GenerateStack:
-    network: Any  # dub.model.network.MFMJT
-    vae: Any  # dub.model.vae.VAE
-    vocoder: Any  # dub.model.bigvgan.BigVGAN
+    network: Any  # dub.model.network.transformer.MFMJT
+    vae: Any  # dub.model.codec.vae.VAE
+    vocoder: Any  # dub.model.codec.bigvgan.BigVGAN
     demo_codec: Any | None  # dub.model.demo.DemoCodec on tiny presets
     description: str
 
 
 def network_config_for(preset: str, duration_s: float):
     """The NetworkConfig a preset name means here (tiny/demo: the demo bundle's network)."""
-    from dub.model.bundles import network_config, resolve_bundle
-    from dub.model.config import get_preset
+    from dub.model.runtime.bundles import network_config, resolve_bundle
+    from dub.model.network.config import get_preset
 
     cfg = network_config(resolve_bundle("demo")) if preset in TINY_PRESETS else get_preset(preset)
     return cfg if abs(duration_s - 8.0) < 1e-9 else cfg.with_duration(duration_s)
@@ -246,9 +246,9 @@ def network_config_for(preset: str, duration_s: float):
 
 def codec_configs(preset: str, sample_rate: int):
     """(MelConfig, VAEConfig, BigVGANConfig): MMAudio's for real presets, tiny random ones for tiny."""
-    from dub.model.bigvgan import BigVGANConfig
-    from dub.model.mel import MelConfig
-    from dub.model.vae import VAEConfig
+    from dub.model.codec.bigvgan import BigVGANConfig
+    from dub.model.codec.mel import MelConfig
+    from dub.model.codec.vae import VAEConfig
 
     if preset in TINY_PRESETS:
         vocoder = BigVGANConfig(num_mels=80, upsample_rates=(4, 4, 2, 2, 2, 2),
@@ -288,7 +288,7 @@ def build_network(preset: str, device: str, duration_s: float = 8.0, seed: int =
     """MF-MJT of the preset with random weights, built directly on `device`, eval mode."""
     import torch
 
-    from dub.model.network import MFMJT
+    from dub.model.network.transformer import MFMJT
 
     cfg = network_config_for(preset, duration_s)
     with torch.device(device):
@@ -299,8 +299,8 @@ def build_network(preset: str, device: str, duration_s: float = 8.0, seed: int =
 def build_stack(preset: str, device: str, duration_s: float = 8.0, seed: int = 0) -> GenerateStack:
     import torch
 
-    from dub.model.bigvgan import BigVGAN
-    from dub.model.vae import VAE
+    from dub.model.codec.bigvgan import BigVGAN
+    from dub.model.codec.vae import VAE
 
     net = build_network(preset, device, duration_s, seed)
     _mel, vae_cfg, vocoder_cfg = codec_configs(preset, net.config.sample_rate)
@@ -330,7 +330,7 @@ def random_inputs(cfg, batch: int, device: str, seed: int = 0) -> list:
 
 def autocast_for(device: str, cache: bool = True):
     """bf16 autocast on CUDA, off on the CPU. `cache=False` inside CUDA-graph captures: the
-    weight-cast cache is not capture-safe (see model/fast.py)."""
+    weight-cast cache is not capture-safe (see model/runtime/fast.py)."""
     import torch
 
     return torch.autocast(device.split(":")[0], dtype=torch.bfloat16, enabled=device.startswith("cuda"),
@@ -342,8 +342,8 @@ def eager_latents(net, guidance, noise, clip_f, sync_f, text_f, *, euler_steps: 
     """The eager path of `Generator.latents` (same calls): one MeanFlow step, or Euler steps."""
     import torch
 
-    from dub.model.guidance import needs_uncond
-    from dub.model.sampling import guided_field, sample_euler, sample_meanflow
+    from dub.model.flow.guidance import needs_uncond
+    from dub.model.flow.sampling import guided_field, sample_euler, sample_meanflow
 
     with torch.no_grad(), autocast_for(str(noise.device)):
         cond = net.preprocess_conditions(clip_f, sync_f, text_f)
@@ -375,7 +375,7 @@ def eager_decode(vae, vocoder, latents):
     """VAE + vocoder under the bench's autocast, as `Generator.decode` returns waveforms."""
     import torch
 
-    from dub.model.fast import decode_latents
+    from dub.model.runtime.fast import decode_latents
 
     with torch.no_grad(), autocast_for(str(latents.device), cache=False):  # also captured as a graph
         wav = decode_latents(vae, vocoder, latents)
@@ -388,7 +388,7 @@ def eager_decode(vae, vocoder, latents):
 def run(opts: BenchOptions) -> list[BenchRow]:
     import torch
 
-    from dub.model.guidance import Guidance
+    from dub.model.flow.guidance import Guidance
 
     device = resolve_device(opts.device)
     cuda = device.startswith("cuda")
@@ -413,8 +413,8 @@ def run(opts: BenchOptions) -> list[BenchRow]:
 def _batch_stages(runner: StageRunner, stack: GenerateStack, guidance, b: int, duration_s: float) -> None:
     import functools
 
-    from dub.model.fast import OneStepGraph, decode_latents
-    from dub.model.guidance import Guidance
+    from dub.model.runtime.fast import OneStepGraph, decode_latents
+    from dub.model.flow.guidance import Guidance
 
     net, vae, vocoder = stack.network, stack.vae, stack.vocoder
     cuda = runner.device.startswith("cuda")
@@ -463,8 +463,8 @@ def _decoder_stages(runner: StageRunner, stack: GenerateStack, latents, b: int, 
                     where: str) -> None:
     import torch
 
-    from dub.model.bigvgan import BigVGAN, activation_form, activation_status
-    from dub.model.fast import CudaGraphCall
+    from dub.model.codec.bigvgan import BigVGAN, activation_form, activation_status
+    from dub.model.kernels.graphs import CudaGraphCall
 
     vae, vocoder, device = stack.vae, stack.vocoder, runner.device
 
@@ -520,7 +520,8 @@ def _decoder_stages(runner: StageRunner, stack: GenerateStack, latents, b: int, 
 def _compiled_stages(runner: StageRunner, stack: GenerateStack, guidance, b: int, duration_s: float) -> None:
     """torch.compile of the network step and of the decoder, each replayed as a CUDA graph
     (compiled eagerly on the CPU)."""
-    from dub.model.fast import CudaGraphCall, OneStepGraph, compile_decoder
+    from dub.model.kernels.graphs import CudaGraphCall
+    from dub.model.runtime.fast import OneStepGraph, compile_decoder
 
     device = runner.device
     net, vae, vocoder = stack.network, stack.vae, stack.vocoder

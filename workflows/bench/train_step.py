@@ -25,7 +25,9 @@ _FALLBACK_PRESET = "tiny"
 def run(opts: BenchOptions) -> list[BenchRow]:
     import torch
 
-    from dub.model.meanflow import MeanFlowConfig, eager_tangent, flow_matching_loss, make_tangent, meanflow_loss
+    from dub.model.flow.jvp import eager_tangent, make_tangent
+
+    from dub.model.flow.meanflow import MeanFlowConfig, flow_matching_loss, meanflow_loss
 
     device = resolve_device(opts.device)
     cuda = device.startswith("cuda")
@@ -93,8 +95,8 @@ def _setup(opts: BenchOptions, device: str):
     import torch
 
     try:
-        from dub.model.config import NETWORK_PRESETS
-        from dub.model.network import MFMJT
+        from dub.model.network.config import NETWORK_PRESETS
+        from dub.model.network.transformer import MFMJT
     except ImportError as exc:
         return _mlp_setup(opts, device, f"MLP fallback (MF-MJT unavailable: {exc})")
 

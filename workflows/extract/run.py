@@ -72,7 +72,7 @@ ProgressFn = Callable[[ExtractSummary], None]
 
 
 def run_extract(cfg: ExtractConfig, progress: ProgressFn | None = None) -> ExtractSummary:
-    from dub.model.bundles import resolve_bundle
+    from dub.model.runtime.bundles import resolve_bundle
 
     started = time.perf_counter()
     from dub.workflows.extract.stages import feature_weight_paths
@@ -122,7 +122,7 @@ def _run_locked(cfg: ExtractConfig, progress: ProgressFn | None, bundle, window_
 # -- inputs and resume ---------------------------------------------------------------------
 
 def _prepare_out_dir(cfg: ExtractConfig, out: Path, window_s: float) -> None:
-    from dub.model.bundles import resolve_bundle
+    from dub.model.runtime.bundles import resolve_bundle
 
     out.mkdir(parents=True, exist_ok=True)
     info_path = out / EXTRACT_INFO_FILE
@@ -229,7 +229,7 @@ def _execute(cfg: ExtractConfig, bundle, window_s: float, rows: list[dict], with
     import ray.data
     from ray.data import ActorPoolStrategy
 
-    from dub.model.bundles import CLIP_FPS, CLIP_SIZE, SYNC_FPS, SYNC_SIZE
+    from dub.model.runtime.bundles import CLIP_FPS, CLIP_SIZE, SYNC_FPS, SYNC_SIZE
     from dub.workflows.extract.stages import ExtractReplica, decode_training_windows, read_audio_windows
     from dub.workflows.ray_cluster import model_replicas, warn_if_store_small, window_blocks
 

@@ -74,15 +74,15 @@ def _with_audio(batch: dict[str, np.ndarray], out: dict[str, np.ndarray], window
 def feature_weight_paths(model: str) -> dict[str, Path]:
     """role -> local file of every weights file the bundle's encoders and codec need (checked
     against their checksums, cached); not the network's."""
-    from dub.model.bundles import resolve_bundle, weight_paths
-    from dub.model.registry import WeightsRegistry
+    from dub.model.runtime.bundles import resolve_bundle, weight_paths
+    from dub.model.weights.registry import WeightsRegistry
 
     return weight_paths(resolve_bundle(model), WeightsRegistry(), verify=True, network=False)
 
 
 def load_feature_stack(model: str, device: str):
     """(encoders, codec) of a bundle, without its network."""
-    from dub.model.bundles import load_feature_stack as load
+    from dub.model.runtime.bundles import load_feature_stack as load
 
     return load(model, device=device)
 

@@ -12,8 +12,8 @@ import json
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
-from dub.model.fp8 import FP8_RECIPE
-from dub.model.generator import SamplerConfig
+from dub.model.kernels.fp8 import FP8_RECIPE
+from dub.model.runtime.generator import SamplerConfig
 from dub.workflows.media.decode import RESIZE_BACKENDS, resize_problem
 
 FORMATS = ("mp4", "wds", "both")

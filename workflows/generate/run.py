@@ -117,7 +117,7 @@ ProgressFn = Callable[[Summary], None]
 
 
 def run_generate(cfg: GenerateConfig, progress: ProgressFn | None = None) -> Summary:
-    from dub.model.bundles import bundle_info, resolve_bundle
+    from dub.model.runtime.bundles import bundle_info, resolve_bundle
 
     started = time.perf_counter()
     info = bundle_info(cfg.model, checkpoint=cfg.checkpoint)

@@ -133,8 +133,8 @@ class GenerateReplica:
                  save_features: bool = False, batch_size: int = 1, compile: bool = False, fp8: bool = False):
         import torch
 
-        from dub.model.bundles import load_generator
-        from dub.model.generator import SamplerConfig
+        from dub.model.runtime.bundles import load_generator
+        from dub.model.runtime.generator import SamplerConfig
 
         if device == "cpu":
             # Ray gives each CPU actor its CPUs; torch would otherwise spawn one thread per core.
@@ -219,7 +219,7 @@ class GenerateReplica:
     def _run(self, batch, rows, audio, timings, feats) -> None:
         import torch
 
-        from dub.model.generator import WindowBatch
+        from dub.model.runtime.generator import WindowBatch
 
         wb = WindowBatch(
             clip_frames=None if batch.get("clip_frames") is None else torch.from_numpy(np.ascontiguousarray(batch["clip_frames"][rows])),

@@ -193,7 +193,7 @@ def clap_state_dict(source) -> dict:
     prepares it: unwrapped from `state_dict`, `module.` removed, `position_ids` dropped."""
     import torch
 
-    from dub.model.state_dicts import read_state_dict
+    from dub.model.weights.state_dicts import read_state_dict
 
     state = read_state_dict(source, wrappers=("state_dict",), strip=("module.",),
                             suffixes=(".pt", ".pth", ".bin", ".ckpt"), what="LAION-CLAP checkpoint")
@@ -216,7 +216,7 @@ def load_clap(path, device: str = "cpu", config: ClapConfig | None = None,
     `.safetensors`) and RoBERTa's tokenizer files; the checkpoint must fit `config` exactly."""
     import torch
 
-    from dub.model.state_dicts import strict_load
+    from dub.model.weights.state_dicts import strict_load
     from dub.workflows.metrics.models.roberta import ByteLevelBPETokenizer
 
     config = config or clap_htsat_base()
@@ -283,7 +283,7 @@ class ClapScorer:
 
 def _tokenizer_file(locator: WeightsLocator, name: str) -> Path:
     """RoBERTa's tokenizer file `name` from the registry (model "roberta-base")."""
-    from dub.model.registry import MissingWeightsError
+    from dub.model.weights.registry import MissingWeightsError
 
     try:
         return Path(locator.registry.path(ROBERTA_MODEL, name))

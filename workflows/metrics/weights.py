@@ -1,4 +1,4 @@
-"""Where metric models find their weights: the project's weights registry (`model/registry.py`).
+"""Where metric models find their weights: the project's weights registry (`model/weights/registry.py`).
 
 Every weighted metric names the one file it needs; a missing file becomes a `MissingWeights`
 carrying the registry's message (which file, where it goes, where it comes from), so the
@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from dub.model.registry import MissingWeightsError, WeightsRegistry
+from dub.model.weights.registry import MissingWeightsError, WeightsRegistry
 
 __all__ = ["METRIC_WEIGHTS", "MetricWeights", "MissingWeights", "WeightsLocator"]
 

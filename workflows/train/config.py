@@ -8,7 +8,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from dub.model.meanflow import TANGENT_KINDS, MeanFlowConfig
+from dub.model.flow.jvp import TANGENT_KINDS
+
+from dub.model.flow.meanflow import MeanFlowConfig
 
 OBJECTIVES = ("meanflow", "flow-matching")
 # NetworkConfig fields a user may set for a from-scratch network; the data fixes the rest

@@ -37,11 +37,12 @@ def evaluate_checkpoints(cfg: TrainConfig, shards: ShardSet, result) -> list[dic
 
 def evaluate_checkpoint(cfg: TrainConfig, bundle: str, step: int, checkpoint_dir: str, *,
                         resize: str = "fast") -> dict[str, Any]:
-    from dub.model.bundles import resolve_bundle
-    from dub.model.generator import SamplerConfig
+    from dub.model.runtime.bundles import resolve_bundle
+    from dub.model.runtime.generator import SamplerConfig
     from dub.workflows.generate.config import GenerateConfig
     from dub.workflows.generate.run import run_generate
-    from dub.workflows.report import ReportConfig, run_report
+    from dub.workflows.report.config import ReportConfig
+    from dub.workflows.report.run import run_report
 
     out = cfg.resolved_log_dir / "eval" / f"step_{step:08d}"
     record: dict[str, Any] = {"step": step, "checkpoint": f"{checkpoint_dir}/{MODEL_FILE}", "dir": str(out)}

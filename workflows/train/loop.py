@@ -3,7 +3,7 @@
 Read it top to bottom: build the network, wrap it for DDP, make the optimizer, schedule and
 EMA copy, resume from the last checkpoint if the run has one, then loop:
 batch -> latents sampled from the codec posterior -> MeanFlow (or flow-matching) loss from
-`dub.model.meanflow` -> backward -> clip -> step -> EMA -> log -> checkpoint.
+`dub.model.flow.meanflow` -> backward -> clip -> step -> EMA -> log -> checkpoint.
 
 A checkpoint directory (`<storage>/<name>/checkpoint_<step>`) holds
     model.safetensors    EMA weights via `save_checkpoint` (what `dub generate --checkpoint` loads)
@@ -27,10 +27,11 @@ from typing import Any
 
 import torch
 
-from dub.model.checkpoint import apply_state_dict, load_network, load_state_dict_file, save_checkpoint
-from dub.model.config import NetworkConfig
-from dub.model.meanflow import exact_ratio_for, flow_matching_loss, make_tangent, meanflow_loss, resolve_tangent_kind
-from dub.model.network import MFMJT
+from dub.model.weights.checkpoint import apply_state_dict, load_network, load_state_dict_file, save_checkpoint
+from dub.model.network.config import NetworkConfig
+from dub.model.flow.jvp import make_tangent, resolve_tangent_kind
+from dub.model.flow.meanflow import exact_ratio_for, flow_matching_loss, meanflow_loss
+from dub.model.network.transformer import MFMJT
 from dub.workflows.train.config import TrainConfig
 from dub.workflows.train.data import batches, memory_batches, sample_stream
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from dub.model.config import NetworkConfig, get_preset
+from dub.model.network.config import NetworkConfig, get_preset
 from dub.workflows.output_lock import exclusive_output, writer_of
 from dub.workflows.train.config import DEFAULT_PRESET, TrainConfig
 from dub.workflows.train.data import ShardSet, check_shards, latent_statistics, share_bytes
@@ -154,7 +154,7 @@ def _data_dims(shards: ShardSet) -> dict[str, int]:
 
 
 def _init_config(path: str) -> NetworkConfig:
-    from dub.model.checkpoint import CONFIG_METADATA_KEY, infer_network_config, load_state_dict_file
+    from dub.model.weights.checkpoint import CONFIG_METADATA_KEY, infer_network_config, load_state_dict_file
 
     p = Path(path).expanduser()
     if not p.is_file():
@@ -175,7 +175,7 @@ def _bundle_preset(shards: ShardSet) -> str | None:
     if not name:
         return None
     try:
-        from dub.model.bundles import resolve_bundle
+        from dub.model.runtime.bundles import resolve_bundle
 
         return resolve_bundle(name).network_preset
     except (ImportError, ValueError, KeyError, AttributeError):

@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dub.model.layers import GeluMlp
+from dub.model.network.layers import GeluMlp
 __all__ = ["HTSAT_BASE", "HTSATConfig", "HTSATEncoder", "HTSAT_TINY"]
 
 

@@ -42,8 +42,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dub.model.layers import GeluMlp
-from dub.model.state_dicts import read_state_dict, strict_load
+from dub.model.network.layers import GeluMlp
+from dub.model.weights.state_dicts import read_state_dict, strict_load
 
 __all__ = ["IGNORED_MODALITIES", "IMAGEBIND_HUGE", "IMAGEBIND_TINY", "MODALITIES", "ImageBindConfig",
            "ImageBindVisionAudio", "checkpoint_shapes", "imagebind_state_dict", "load_imagebind"]

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dub.model.state_dicts import read_state_dict, strict_load
+from dub.model.weights.state_dicts import read_state_dict, strict_load
 
 __all__ = ["CNN14_16K", "Cnn14", "Cnn14Config", "LogMelFrontEnd", "load_cnn14"]
 

@@ -42,8 +42,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dub.model.layers import GeluMlp
-from dub.model.state_dicts import read_state_dict, strict_load
+from dub.model.network.layers import GeluMlp
+from dub.model.weights.state_dicts import read_state_dict, strict_load
 
 __all__ = ["CLIP_SAMPLES", "PASST_S_SWA", "PASST_TINY", "SAMPLE_RATE", "Passt", "PasstConfig", "PasstMelFrontEnd",
            "PaSST", "checkpoint_shapes", "fit_clip", "kaldi_mel_banks", "load_passt"]

@@ -1,15 +1,15 @@
 """The full Synchformer (Iashin et al. 2024) that DeSync needs: visual + audio branches and the sync head.
 
 MMAudio's released `synchformer_state_dict.pth` holds the whole model; the generator uses only its
-visual branch (`dub.model.synchformer`, keys `vfeat_extractor.*`). The offset classifier that
+visual branch (`dub.model.encoders.synchformer`, keys `vfeat_extractor.*`). The offset classifier that
 av-benchmark's DeSync calls (`Synchformer.compare_v_a`) needs the rest too, so every key of the
 file is consumed here (strict over the whole file):
 
-    vfeat_extractor.*               MotionFormer, reused from dub.model.synchformer (not duplicated)
+    vfeat_extractor.*               MotionFormer, reused from dub.model.encoders.synchformer (not duplicated)
     afeat_extractor.ast.*           AST (HF's ASTModel layout: embeddings, encoder.layer.N, layernorm)
     afeat_extractor.freq_attn_agg.* one pre-norm TransformerEncoderLayer + CLS over the frequency
                                     patches of each time step (the same layer as the visual branch's
-                                    spatial aggregation, so dub.model.synchformer's class is reused)
+                                    spatial aggregation, so dub.model.encoders.synchformer's class is reused)
     vproj.*, aproj.*                linear projections into the head's width
     transformer.*                   the sync head: input LayerNorms, OFF/MOD tokens, a learned
                                     198-position embedding, minGPT blocks (key/query/value/proj,
@@ -44,9 +44,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dub.model.encoders import sync_pixels
-from dub.model.state_dicts import read_state_dict, strict_load
-from dub.model.synchformer import MotionFormer, SpatialAggregation, SynchformerConfig
+from dub.model.encoders.mmaudio import sync_pixels
+from dub.model.weights.state_dicts import read_state_dict, strict_load
+from dub.model.encoders.synchformer import MotionFormer, SpatialAggregation, SynchformerConfig
 
 __all__ = [
     "AUDIO_SEGMENT_SAMPLES", "AUDIO_STRIDE_SAMPLES", "AudioBranchConfig", "AudioFeatureExtractor", "FullSynchformer",

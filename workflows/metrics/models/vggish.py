@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from dub.model.state_dicts import read_state_dict, strict_load
+from dub.model.weights.state_dicts import read_state_dict, strict_load
 
 __all__ = ["EXAMPLE_FRAMES", "MEL_BANDS", "MIN_SAMPLES", "SAMPLE_RATE", "VGGISH", "VGGish", "VGGishConfig",
            "VGGishFrontEnd", "VGGishPCA", "htk_mel_matrix", "load_vggish", "load_vggish_pca"]

@@ -11,8 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dub.model.layers import MLP, ChannelLastConv1d, ConvMLP, RMSNorm, modulate
-from dub.model.rotary import apply_rope
+from dub.model.network.layers import MLP, ChannelLastConv1d, ConvMLP, RMSNorm, modulate
+from dub.model.network.rotary import apply_rope
 
 QKV = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
 

@@ -1,6 +1,6 @@
 """BigVGAN's anti-aliased Snake as two Triton kernels (CUDA, eager and CUDA graphs).
 
-Each output sample k of `AntiAliasedActivation` is, in the polyphase form of `dub.model.bigvgan`
+Each output sample k of `AntiAliasedActivation` is, in the polyphase form of `dub.model.codec.bigvgan`
 (7-tap phases, edges replicated by clamping indices):
 
     e(q), o(q) = snake(sum_j U[0, j] x[q + j - 3]), snake(sum_j U[1, j] x[q + j - 3])   (q in [0, T))
@@ -82,7 +82,7 @@ def anti_aliased_snake(x: torch.Tensor, alpha: torch.Tensor, inv_beta: torch.Ten
                        down_taps: torch.Tensor) -> torch.Tensor:
     """x (B, C, T) -> (B, C, T) in x's dtype. alpha and inv_beta: (C,) float32, Snake's
     frequency and 1 / (beta + eps) after any log scale; up_taps, down_taps: (2, 7) float32
-    from `dub.model.bigvgan.polyphase_weights`."""
+    from `dub.model.codec.mmaudio.bigvgan.polyphase_weights`."""
     if triton is None:
         raise RuntimeError("triton is not installed")
     if x.ndim != 3:

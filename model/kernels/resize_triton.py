@@ -200,7 +200,7 @@ def resize_triton(images: torch.Tensor, size: tuple[int, int], *, temp_bytes: in
 
 
 def resize_uint8_separable(images: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """Drop-in for `dub.model.clip_encoder.resize_uint8`: uint8 (N, C, H, W) -> uint8 (N, C, oh, ow)
+    """Drop-in for `dub.model.encoders.clip.resize_uint8`: uint8 (N, C, H, W) -> uint8 (N, C, oh, ow)
     (channels-last memory). Triton on CUDA; elsewhere the same two passes in torch."""
     size = (int(size[0]), int(size[1]))
     if tuple(images.shape[-2:]) == size:

@@ -18,7 +18,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from dub.model.state_dicts import read_state_dict, strict_load
+from dub.model.weights.state_dicts import read_state_dict, strict_load
 
 _EPS = 1e-4
 

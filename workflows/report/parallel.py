@@ -13,7 +13,8 @@ from typing import Callable
 
 from dub.workflows.metrics.embeddings import BackendInfo
 from dub.workflows.metrics.run_inputs import GeneratedRow
-from dub.workflows.report import Injected, ReportConfig, ScoredClip, load_models
+from dub.workflows.report.config import Injected, ReportConfig, ScoredClip
+from dub.workflows.report.scoring import load_models
 
 __all__ = ["score_on_ray"]
 
@@ -47,9 +48,8 @@ def score_on_ray(config: ReportConfig, run_config: dict, rows: list[GeneratedRow
     actor's (backend infos, model load seconds, unavailable), `on_scored` each chunk of clips as
     it comes back, in any order (the driver journals them)."""
     import ray
-    from ray.util import ActorPool
-
     from dub.workflows.ray_cluster import connect
+    from ray.util import ActorPool
 
     resources = connect(config.address)
     gpus = 0.0

@@ -26,12 +26,15 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
-
 from dub.workflows.generate.sinks import remove_stale_temporaries, write_json_atomic
 from dub.workflows.metrics.embeddings import BackendInfo, ClipFeatures
-from dub.workflows.metrics.run_inputs import GeneratedRow, ReferenceIndex, events_sidecar
+from dub.workflows.metrics.run_inputs import (
+    GeneratedRow,
+    ReferenceIndex,
+    events_sidecar,
+)
 from dub.workflows.metrics.weights import METRIC_WEIGHTS, WeightsLocator
-from dub.workflows.report import ClipMedia, Injected, ReportConfig, ScoredClip
+from dub.workflows.report.config import ClipMedia, Injected, ReportConfig, ScoredClip
 
 __all__ = ["ReportJournal", "clip_key", "report_identity"]
 
@@ -239,7 +242,6 @@ class ReportJournal:
         if not self._rows:
             return
         import pyarrow as pa
-
         from dub.manifests.io import write_parquet_atomic
 
         table = pa.Table.from_pylist(self._rows, schema=_part_schema())

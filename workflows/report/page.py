@@ -14,16 +14,11 @@ from __future__ import annotations
 import base64
 import html
 import math
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from dub.workflows.report import ClipMedia
+from dub.workflows.report.config import PER_CLIP_METRICS, ClipMedia
 
 __all__ = ["render_page"]
 
 _FIXED_COLUMNS = ("video_id", "status", "reference_kind", "onset_reference", "duration_s")
-_METRIC_COLUMNS = ("onset_acc", "onset_ap", "onset_precision", "onset_recall", "onset_f1", "sound_class_acc", "av_align",
-                   "av_align_reference", "kl_panns", "kl_passt", "desync_s", "clap_score", "ib_score")
 
 _CSS = """
 body{font-family:system-ui,sans-serif;margin:1.5em;color:#222}
@@ -128,8 +123,6 @@ def _summary_tables(summary: dict) -> str:
     unavailable = summary.get("unavailable", {})
     if unavailable:
         parts.append('<h3>Not computed</h3><table id="unavailable"><tbody>')
-        from dub.workflows.report import grouped_unavailable
-
         for keys, reason in grouped_unavailable(unavailable):
             parts.append(f'<tr><td class="text">{html.escape(", ".join(keys))}</td>'
                          f'<td class="text">{html.escape(reason)}</td></tr>')
@@ -164,9 +157,9 @@ def _clips_table(records: list[dict], columns: list[str]) -> str:
     return f'<table id="clips"><thead><tr>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table>'
 
 
-def _clip_section(record: dict, media: "ClipMedia | None", columns: list[str]) -> str:
+def _clip_section(record: dict, media: ClipMedia | None, columns: list[str]) -> str:
     vid = html.escape(str(record["video_id"]))
-    metrics = ", ".join(f"{c} = {_fmt(record.get(c))}" for c in columns if c in _METRIC_COLUMNS and record.get(c) is not None)
+    metrics = ", ".join(f"{c} = {_fmt(record.get(c))}" for c in columns if c in PER_CLIP_METRICS and record.get(c) is not None)
     error = f'<p class="err">{html.escape(record["error"])}</p>' if record.get("error") else ""
     body = ""
     if media is not None:
@@ -184,9 +177,9 @@ def _clip_section(record: dict, media: "ClipMedia | None", columns: list[str]) -
             f"<p>{html.escape(metrics)}</p>{error}{body}</section>")
 
 
-def render_page(summary: dict, records: list[dict], media: dict[str, "ClipMedia"]) -> str:
+def render_page(summary: dict, records: list[dict], media: dict[str, ClipMedia]) -> str:
     """The whole page as a string."""
-    present = [c for c in _METRIC_COLUMNS if any(r.get(c) is not None for r in records)]
+    present = [c for c in PER_CLIP_METRICS if any(r.get(c) is not None for r in records)]
     columns = list(_FIXED_COLUMNS) + present + ["error"]
     counts = (f'{summary.get("n_rows", len(records))} rows: {summary.get("n_scored", 0)} scored, '
               f'{summary.get("n_skipped", 0)} skipped, {summary.get("n_failed", 0)} failed; '
@@ -207,3 +200,11 @@ def render_page(summary: dict, records: list[dict], media: dict[str, "ClipMedia"
             f"<h2>Clips</h2><p>Click a column header to sort.</p>{_clips_table(records, columns)}"
             f"<h2>Per clip</h2>{legend}<div id=\"details\">{sections}</div>"
             f"<script>{_JS}</script></body></html>")
+
+
+def grouped_unavailable(unavailable: dict[str, str]) -> list[tuple[list[str], str]]:
+    """Metrics that share one reason (e.g. FAD, KL and IS all need the CNN14 file), together."""
+    groups: dict[str, list[str]] = {}
+    for key, reason in unavailable.items():
+        groups.setdefault(reason, []).append(key)
+    return [(keys, reason) for reason, keys in groups.items()]

@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from dub.model.guidance import Guidance, combine, needs_uncond
+from dub.model.flow.guidance import Guidance, combine, needs_uncond
 
 Field = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 Steps = int | Sequence[float] | torch.Tensor

@@ -10,7 +10,7 @@ with its sampler defaults. `dub generate --model NAME` picks one.
                           stack: one step.
 
 Weights files are named by role -> (registry model, file) and resolved through the local
-weights registry (model/registry.py); nothing downloads.
+weights registry (model/weights/registry.py); nothing downloads.
 """
 
 from __future__ import annotations
@@ -23,9 +23,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, NamedTuple
 
-from dub.model.registry import MissingWeightsError, WeightsRegistry, file_digests
+from dub.model.weights.registry import MissingWeightsError, WeightsRegistry, file_digests
 
-ASSETS_DIR = Path(__file__).resolve().parent / "assets"
+ASSETS_DIR = Path(__file__).resolve().parents[1] / "assets"
 EncodersKind = Literal["demo", "mmaudio"]
 CodecKind = Literal["demo", "mmaudio-16k", "mmaudio-44k"]
 # Roles a bundle can run without (built-in defaults exist for them).
@@ -49,7 +49,7 @@ class IncompatibleBundleError(ValueError):
 
 @dataclass(frozen=True)
 class SamplerDefaults:
-    """Default sampler of a bundle; the fields of dub.model.generator.SamplerConfig."""
+    """Default sampler of a bundle; the fields of dub.model.runtime.generator.SamplerConfig."""
 
     sampler: Literal["meanflow", "euler"]
     steps: int
@@ -160,7 +160,7 @@ def resolve_bundle(name: str | ModelBundle) -> ModelBundle:
 
 def network_config(bundle: ModelBundle):
     """The bundle's NetworkConfig: its preset with its overrides applied."""
-    from dub.model.config import get_preset
+    from dub.model.network.config import get_preset
 
     return dataclasses.replace(get_preset(bundle.network_preset), **dict(bundle.network_overrides))
 
@@ -275,8 +275,8 @@ def _checkpoint_window_s(checkpoint: str | Path | None) -> float | None:
         return None
     import json
 
-    from dub.model.checkpoint import USER_METADATA_KEY
-    from dub.model.registry import safetensors_metadata
+    from dub.model.weights.checkpoint import USER_METADATA_KEY
+    from dub.model.weights.registry import safetensors_metadata
 
     try:
         value = json.loads(safetensors_metadata(Path(checkpoint)).get(USER_METADATA_KEY, "{}")).get("window_s")
@@ -289,7 +289,7 @@ class LoadedBundle(NamedTuple):
     bundle: ModelBundle
     encoders: Any  # encoder protocol (DemoEncoders | MMAudioEncoders)
     codec: Any  # codec protocol (DemoCodec | MMAudioCodec)
-    network: Any  # dub.model.network.MFMJT
+    network: Any  # dub.model.network.transformer.MFMJT
 
 
 def load_bundle(bundle: str | ModelBundle, registry: WeightsRegistry | None = None, device: str = "cpu", *,
@@ -319,8 +319,8 @@ def load_feature_stack(bundle: str | ModelBundle, registry: WeightsRegistry | No
 
 def load_generator(name: str | ModelBundle, checkpoint: str | Path | None = None, device: str = "cpu",
                    registry: WeightsRegistry | None = None):
-    """A dub.model.generator.Generator for the bundle (what a generate worker runs)."""
-    from dub.model.generator import Generator
+    """A dub.model.runtime.generator.Generator for the bundle (what a generate worker runs)."""
+    from dub.model.runtime.generator import Generator
 
     import torch
 
@@ -330,7 +330,7 @@ def load_generator(name: str | ModelBundle, checkpoint: str | Path | None = None
 
 
 def _load_network(bundle: ModelBundle, path: Path, *, explicit: bool):
-    from dub.model.checkpoint import load_network
+    from dub.model.weights.checkpoint import load_network
 
     if explicit or bundle.network_asset is not None:
         # our own checkpoints carry their NetworkConfig (and any window length)
@@ -341,8 +341,8 @@ def _load_network(bundle: ModelBundle, path: Path, *, explicit: bool):
 def _has_stored_config(path: Path) -> bool:
     if path.suffix != ".safetensors":
         return False
-    from dub.model.checkpoint import CONFIG_METADATA_KEY
-    from dub.model.registry import safetensors_metadata
+    from dub.model.weights.checkpoint import CONFIG_METADATA_KEY
+    from dub.model.weights.registry import safetensors_metadata
 
     return CONFIG_METADATA_KEY in safetensors_metadata(path)
 
@@ -356,9 +356,9 @@ def build_encoders(bundle: ModelBundle, paths: Mapping[str, Path], device: str, 
         return DemoEncoders(clip_dim=cfg.clip_dim, sync_dim=cfg.sync_dim, text_dim=cfg.text_dim,
                             text_seq_len=cfg.text_seq_len).to(device)
     if bundle.encoders == "mmaudio":
-        from dub.model.clip_encoder import load_clip_encoder
-        from dub.model.encoders import MMAudioEncoders
-        from dub.model.synchformer import load_synchformer
+        from dub.model.encoders.clip import load_clip_encoder
+        from dub.model.encoders.mmaudio import MMAudioEncoders
+        from dub.model.encoders.synchformer import load_synchformer
 
         model_cfg = None
         if "clip_config" in paths:
@@ -377,7 +377,7 @@ def build_codec(bundle: ModelBundle, paths: Mapping[str, Path], device: str, con
         cfg = config if config is not None else network_config(bundle)
         return DemoCodec(latent_dim=cfg.latent_dim).to(device)
     if bundle.codec in ("mmaudio-16k", "mmaudio-44k"):
-        from dub.model.codec import build_mmaudio_codec
+        from dub.model.codec.mmaudio import build_mmaudio_codec
 
         kind = "16k" if bundle.codec == "mmaudio-16k" else "44k"
         codec = build_mmaudio_codec(kind, paths["vae"], paths["vocoder"], paths.get("vocoder_config"))

@@ -15,10 +15,10 @@ from typing import Any
 
 import torch
 
-from dub.model.config import NetworkConfig, get_preset, sample_rate_for_latent_dim
-from dub.model.layers import gated_hidden_dim
-from dub.model.network import DERIVED_BUFFER_KEYS, INTERVAL_EMBED_PREFIX, MFMJT
-from dub.model.state_dicts import (  # noqa: F401 - UnsafeCheckpointError is re-exported for callers
+from dub.model.network.config import NetworkConfig, get_preset, sample_rate_for_latent_dim
+from dub.model.network.layers import gated_hidden_dim
+from dub.model.network.transformer import DERIVED_BUFFER_KEYS, INTERVAL_EMBED_PREFIX, MFMJT
+from dub.model.weights.state_dicts import (  # noqa: F401 - UnsafeCheckpointError is re-exported for callers
     StateDict,
     UnsafeCheckpointError,
     read_state_dict,

@@ -1,6 +1,6 @@
 """Optimised inference paths: one MeanFlow step with CFG as a CUDA graph, and a compiled decoder.
 
-The eager path (`dub.model.generator.Generator`) stays the reference. These wrappers call the very
+The eager path (`dub.model.runtime.generator.Generator`) stays the reference. These wrappers call the very
 same functions (`preprocess_conditions`, `guided_field` with cond and uncond as ONE batch of 2B,
 `sample_meanflow`, `unnormalize`, the codec's decode) under the same bf16 autocast, so a
 replayed graph computes the eager arithmetic; only launch overhead goes away.
@@ -22,93 +22,21 @@ from __future__ import annotations
 
 import functools
 import time
-import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, fields
 
 import torch
-import torch.nn as nn
 
-from dub.model.guidance import Guidance, needs_uncond
-from dub.model.network import MFMJT, Conditions
-from dub.model.sampling import guided_field, sample_meanflow, time_grid
-
-TensorFn = Callable[..., torch.Tensor]
-
+from dub.model.flow.guidance import Guidance, needs_uncond
+from dub.model.kernels.graphs import CudaGraphCall, FallbackOnError, TensorFn, in_fixed_batches, pad_rows, short_error
+from dub.model.network.transformer import MFMJT, Conditions
+from dub.model.flow.sampling import guided_field, sample_meanflow, time_grid
 
 def _autocast(device: torch.device, dtype: torch.dtype) -> torch.autocast:
     # The autocast weight-cast cache is not safe under graph capture (cached casts made during
     # capture are freed when the context exits), so it is off everywhere; casts are exact anyway.
     enabled = device.type == "cuda" and dtype != torch.float32
     return torch.autocast(device.type, dtype=dtype, enabled=enabled, cache_enabled=False)
-
-
-def _clone_tree(out):
-    if isinstance(out, torch.Tensor):
-        return out.clone()
-    if isinstance(out, (tuple, list)):
-        return type(out)(_clone_tree(o) for o in out)
-    raise TypeError(f"a captured function must return tensors (or a tuple of them), got {type(out).__name__}")
-
-
-class CudaGraphCall:
-    """`fn(*tensors)` captured once as a CUDA graph for fixed input shapes, replayed per call.
-
-    Inputs are copied into static buffers; the output is cloned so later replays cannot
-    overwrite what a caller holds. On the CPU, or with `use_graph=False`, `fn` runs eagerly.
-    `fn` must not synchronise with the host (no `.item()`, no data-dependent shapes).
-    """
-
-    def __init__(self, fn: TensorFn, example_inputs: Sequence[torch.Tensor], *, use_graph: bool | None = None,
-                 warmup: int = 2) -> None:
-        if not example_inputs:
-            raise ValueError("CudaGraphCall needs at least one example input tensor")
-        self.fn = fn
-        self.device = example_inputs[0].device
-        self.use_graph = self.device.type == "cuda" if use_graph is None else bool(use_graph)
-        if self.use_graph and self.device.type != "cuda":
-            raise ValueError(f"CUDA graphs need CUDA tensors; the example inputs are on {self.device}")
-        # Normal (not inference-mode) tensors: callers may copy into them in or out of inference mode.
-        with torch.inference_mode(False), torch.no_grad():
-            self.static_inputs = [x.detach().clone() for x in example_inputs]
-        self.graph: torch.cuda.CUDAGraph | None = None
-        self.static_output = None
-        self.capture_s = 0.0
-        if self.use_graph:
-            self._capture(warmup)
-
-    def _capture(self, warmup: int) -> None:
-        start = time.perf_counter()
-        with torch.inference_mode(False), torch.no_grad():
-            side = torch.cuda.Stream(self.device)
-            side.wait_stream(torch.cuda.current_stream(self.device))
-            with torch.cuda.stream(side):
-                for _ in range(max(1, warmup)):  # cuDNN/cuBLAS pick algorithms outside the graph
-                    self.fn(*self.static_inputs)
-            torch.cuda.current_stream(self.device).wait_stream(side)
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph):
-                self.static_output = self.fn(*self.static_inputs)
-        torch.cuda.synchronize(self.device)
-        self.graph = graph
-        self.capture_s = time.perf_counter() - start
-
-    def __call__(self, *inputs: torch.Tensor):
-        if not self.use_graph:
-            with torch.no_grad():
-                return self.fn(*inputs)
-        if len(inputs) != len(self.static_inputs):
-            raise ValueError(f"expected {len(self.static_inputs)} inputs, got {len(inputs)}")
-        with torch.no_grad():
-            for i, (dst, src) in enumerate(zip(self.static_inputs, inputs)):
-                if src.shape != dst.shape:
-                    raise ValueError(
-                        f"input {i} has shape {tuple(src.shape)} but the graph was captured for "
-                        f"{tuple(dst.shape)}; build another graph for this shape"
-                    )
-                dst.copy_(src, non_blocking=True)
-            self.graph.replay()
-            return _clone_tree(self.static_output)
 
 
 class OneStepGraph:
@@ -228,31 +156,13 @@ class OneStepGraph:
         outputs = []
         for start in range(0, b, self.batch_size):
             stop = min(b, start + self.batch_size)
-            chunk = [_pad_rows(x[start:stop].to(self.device, torch.float32), self.batch_size) for x in inputs]
-            negative = None if negative_text_f is None else _pad_rows(
+            chunk = [pad_rows(x[start:stop].to(self.device, torch.float32), self.batch_size) for x in inputs]
+            negative = None if negative_text_f is None else pad_rows(
                 negative_text_f[start:stop].to(self.device, torch.float32), self.batch_size)
             if needs_uncond(self.guidance):
                 self.set_negative(negative)
             outputs.append(self._call(*chunk)[: stop - start])
         return outputs[0] if len(outputs) == 1 else torch.cat(outputs)
-
-
-def _pad_rows(x: torch.Tensor, rows: int) -> torch.Tensor:
-    """Pad the batch to `rows` by repeating the last row (rows are independent in the network)."""
-    if x.shape[0] == rows:
-        return x
-    return torch.cat([x, x[-1:].expand(rows - x.shape[0], *x.shape[1:])])
-
-
-def in_fixed_batches(fn: TensorFn, x: torch.Tensor, rows: int | None) -> torch.Tensor:
-    """fn over `x` (B, ...) in batches of exactly `rows` (the last one padded by repeating its
-    final row; rows must not interact), or in one call when `rows` is None. For code that is
-    specialised to one input shape: CUDA graphs, compiled modules."""
-    n = x.shape[0]
-    if rows is None or n in (0, rows):
-        return fn(x)
-    return torch.cat([fn(_pad_rows(x[start:start + rows], rows))[: min(rows, n - start)]
-                      for start in range(0, n, rows)])
 
 
 def _same_steps(a: int | Sequence[float], b: int | Sequence[float]) -> bool:
@@ -293,7 +203,7 @@ def compile_decoder(vae, vocoder, *, example_latents: torch.Tensor | None = None
     try:
         compiled = torch.compile(eager, mode=mode, dynamic=False)
     except Exception as exc:  # noqa: BLE001 - no compiler on this platform
-        return DecoderPath(eager, "eager", f"torch.compile unavailable ({_short(exc)}); eager decoder")
+        return DecoderPath(eager, "eager", f"torch.compile unavailable ({short_error(exc)}); eager decoder")
     if example_latents is None:
         return DecoderPath(FallbackOnError(compiled, eager), "compiled", "torch.compile (checked at first call)")
     device = example_latents.device
@@ -303,7 +213,7 @@ def compile_decoder(vae, vocoder, *, example_latents: torch.Tensor | None = None
         if device.type == "cuda":
             torch.cuda.synchronize(device)
     except Exception as exc:  # noqa: BLE001 - Inductor/Triton failures of any kind
-        return DecoderPath(eager, "eager", f"torch.compile failed ({_short(exc)}); eager decoder",
+        return DecoderPath(eager, "eager", f"torch.compile failed ({short_error(exc)}); eager decoder",
                            time.perf_counter() - start)
     return DecoderPath(compiled, "compiled", f"torch.compile ok (mode={mode or 'default'})",
                        time.perf_counter() - start)
@@ -353,55 +263,3 @@ class DecoderGraph:
                                 self.batch_size)
 
 
-class CompiledOrEager(nn.Module):
-    """`torch.compile(module)` in place of `module`, switching back to `module` for good at the
-    first failure (an Inductor or Triton error at a first call with new shapes) and keeping
-    the reason in `failed`. Attributes not its own are the module's, so it can replace the
-    module where other code reads them (open_clip reads `visual.image_size`). A CUDA error
-    that poisons the context is not recoverable this way."""
-
-    def __init__(self, module: nn.Module, **compile_kwargs) -> None:
-        super().__init__()
-        self.module = module
-        # a plain attribute, not a second submodule holding the same parameters
-        self.__dict__["_call"] = FallbackOnError(
-            torch.compile(module, **compile_kwargs), module,
-            warning=f"torch.compile of {type(module).__name__} failed, running it eagerly")
-
-    @property
-    def failed(self) -> str | None:
-        return self._call.failed
-
-    def forward(self, *args, **kwargs):
-        return self._call(*args, **kwargs)
-
-    def __getattr__(self, name: str):
-        try:
-            return super().__getattr__(name)
-        except AttributeError:
-            return getattr(self.module, name)
-
-
-class FallbackOnError:
-    """Calls `primary`; at its first failure switches to `fallback` for good, keeps the reason in
-    `failed` and, given a `warning`, warns "<warning>: <reason>" (fast paths that may fail to
-    compile or capture, where the fallback computes the same thing)."""
-
-    def __init__(self, primary: TensorFn, fallback: TensorFn, warning: str | None = None) -> None:
-        self.primary, self.fallback, self.warning = primary, fallback, warning
-        self.failed: str | None = None
-
-    def __call__(self, *args, **kwargs):
-        if self.failed is None:
-            try:
-                return self.primary(*args, **kwargs)
-            except Exception as exc:  # noqa: BLE001 - compiler/capture failures of any kind
-                self.failed = _short(exc)
-                if self.warning:
-                    warnings.warn(f"{self.warning}: {self.failed}", RuntimeWarning, stacklevel=3)
-        return self.fallback(*args, **kwargs)
-
-
-def _short(exc: BaseException, limit: int = 300) -> str:
-    text = f"{type(exc).__name__}: {exc}".strip().replace("\n", " ")
-    return text[:limit]

@@ -13,9 +13,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from dub.model.bigvgan import BigVGAN, BigVGANConfig, load_bigvgan
-from dub.model.mel import MelConfig, MelConverter
-from dub.model.vae import VAE, VAEConfig, load_vae
+from dub.model.codec.bigvgan import BigVGAN, BigVGANConfig, load_bigvgan
+from dub.model.codec.mel import MelConfig, MelConverter
+from dub.model.codec.vae import VAE, VAEConfig, load_vae
 
 
 @runtime_checkable

@@ -3,7 +3,7 @@
 A kernel runs unless its environment variable is "0", its module found no Triton, or it has
 failed once: at its first failure it is off for the rest of the process, with a warning, and
 its callers run their reference path, which computes the same numbers. (The per-instance
-analogue for compiled and graphed callables is `dub.model.fast.FallbackOnError`.)
+analogue for compiled and graphed callables is `dub.model.kernels.graphs.FallbackOnError`.)
 
 A switch may also carry a self-check: before a kernel's first use on a device and dtype it runs
 on a small problem next to its reference path, and a disagreement switches it off like a

@@ -12,11 +12,11 @@ from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 import torch
 
-from dub.model.fast import CompiledOrEager, in_fixed_batches
-from dub.model.synchformer import Synchformer, synchformer_features
+from dub.model.kernels.graphs import CompiledOrEager, in_fixed_batches
+from dub.model.encoders.synchformer import Synchformer, synchformer_features
 
 if TYPE_CHECKING:
-    from dub.model.clip_encoder import ClipEncoder
+    from dub.model.encoders.clip import ClipEncoder
 
 FP8_TOWERS = ("clip", "synchformer")  # what MMAudioEncoders.use_fp8 can convert
 # What it converts unless told: CLIP only. Synchformer's matrices (K = 768) are too small for FP8
@@ -59,7 +59,7 @@ def sync_pixels(frames: torch.Tensor, size: int, device: torch.device) -> torch.
     Frames not already `size` square get MMAudio's transform here: short side to `size`
     (bicubic, antialiased), centre crop.
     """
-    from dub.model.clip_encoder import center_crop, frames_to_images, resize_uint8, short_side_size
+    from dub.model.encoders.clip import center_crop, frames_to_images, resize_uint8, short_side_size
 
     images = frames_to_images(frames.to(device))
     height, width = images.shape[-2:]
@@ -118,7 +118,7 @@ class MMAudioEncoders:
     def compile_towers(self, windows: int | None = None, **compile_kwargs) -> str:
         """torch.compile CLIP's vision tower and Synchformer's MotionFormer in place; the first
         calls compile (about a minute each at real sizes), and a tower that fails to compile
-        runs eagerly (`dub.model.fast.CompiledOrEager`). Compiled code is specialised to its input
+        runs eagerly (`dub.model.kernels.graphs.CompiledOrEager`). Compiled code is specialised to its input
         shapes, so with `windows` every call runs in batches of exactly that many windows (the
         last padded; windows never interact): a short last batch reuses the compiled code
         instead of compiling again for minutes."""
@@ -131,10 +131,10 @@ class MMAudioEncoders:
 
     def use_fp8(self, towers: Sequence[str] = FP8_DEFAULT_TOWERS) -> str:
         """Run the linear layers of CLIP's vision tower (its attention projections included, via
-        `dub.model.fp8.ProjectedAttention`) and/or of Synchformer's MotionFormer in FP8 (`dub.model.fp8`,
+        `dub.model.kernels.fp8.ProjectedAttention`) and/or of Synchformer's MotionFormer in FP8 (`dub.model.kernels.fp8`,
         an approximation: see there). Call before `compile_towers`. `towers` picks them; CLIP's
         alone unless told (FP8_DEFAULT_TOWERS: Synchformer measured no faster in FP8)."""
-        from dub.model.fp8 import convert_linears_to_fp8, fp8_supported
+        from dub.model.kernels.fp8 import convert_linears_to_fp8, fp8_supported
 
         unknown = sorted(set(towers) - set(FP8_TOWERS))
         if unknown or not towers:

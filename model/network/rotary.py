@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from dub.model.layers import at_least_fp32
+from dub.model.network.layers import at_least_fp32
 
 ROPE_BASE = 10000.0
 

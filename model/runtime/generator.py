@@ -13,8 +13,8 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
-from dub.model.guidance import Guidance, needs_uncond
-from dub.model.sampling import guided_field, sample_euler, sample_meanflow
+from dub.model.flow.guidance import Guidance, needs_uncond
+from dub.model.flow.sampling import guided_field, sample_euler, sample_meanflow
 
 
 @dataclass(frozen=True)
@@ -75,8 +75,8 @@ class Generator:
         self.codec = codec
         self.device = torch.device(device)
         self.dtype = dtype
-        self.fast_step = None  # dub.model.fast.OneStepGraph, when use_fast_step() was called
-        self.fast_decoder = None  # dub.model.fast.DecoderGraph, when use_fast_decoder() was called
+        self.fast_step = None  # dub.model.runtime.fast.OneStepGraph, when use_fast_step() was called
+        self.fast_decoder = None  # dub.model.runtime.fast.DecoderGraph, when use_fast_decoder() was called
         self._text_cache: OrderedDict[str, torch.Tensor] = OrderedDict()  # prompt -> features, least recent first
 
     def use_fast_step(self, batch_size: int, sampler: SamplerConfig, *, compile: bool = False) -> str | None:
@@ -86,7 +86,7 @@ class Generator:
         path is the same arithmetic). Returns what is active, or None when the eager step stays."""
         if sampler.sampler != "meanflow" or (self.device.type != "cuda" and not compile):
             return None
-        from dub.model.fast import OneStepGraph
+        from dub.model.runtime.fast import OneStepGraph
 
         self.fast_step = OneStepGraph(self.network, sampler.guidance, batch_size, steps=sampler.steps,
                                       dtype=self.dtype, compile=compile)
@@ -95,14 +95,14 @@ class Generator:
         return f"one-step network {how}; {graph}, batch {batch_size}"
 
     def use_fast_decoder(self, batch_size: int, *, compile: bool = False) -> str | None:
-        """Decode latents through `dub.model.fast.DecoderGraph` (VAE + vocoder as a CUDA graph,
+        """Decode latents through `dub.model.runtime.fast.DecoderGraph` (VAE + vocoder as a CUDA graph,
         compiled with `compile=True`): MMAudio codecs only, on CUDA or with `compile`. Returns
         what is active, or None when the eager decoder stays."""
         vae, vocoder = getattr(self.codec, "vae", None), getattr(self.codec, "vocoder", None)
         if vae is None or vocoder is None or (self.device.type != "cuda" and not compile):
             return None
-        from dub.model.bigvgan import activation_status
-        from dub.model.fast import DecoderGraph
+        from dub.model.codec.bigvgan import activation_status
+        from dub.model.runtime.fast import DecoderGraph
 
         self.fast_decoder = DecoderGraph(vae, vocoder, batch_size, self.network.config.latent_seq_len,
                                          dtype=self.dtype, compile=compile)

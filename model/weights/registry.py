@@ -28,7 +28,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from dub.model.state_dicts import (  # noqa: F401 - errors and readers re-exported for callers
+from dub.model.weights.state_dicts import (  # noqa: F401 - errors and readers re-exported for callers
     CheckpointLayout,
     MissingWeightsError,
     UnsafeCheckpointError,
@@ -248,7 +248,7 @@ def _safetensors_tensor_digest(path: Path) -> str:
         return tensor_digest((k, f.get_tensor(k)) for k in f.keys())
 
 
-# -- safe reading of checkpoints (model/state_dicts.py) -----------------------------------
+# -- safe reading of checkpoints (model/weights/state_dicts.py) -----------------------------------
 
 def unwrap_checkpoint(obj: Any) -> tuple[dict[str, Any], CheckpointLayout]:
     """A flat {name: tensor} state dict from a loaded checkpoint: walks through WRAPPER_KEYS,

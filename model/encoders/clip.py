@@ -21,8 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dub.model.kernel_switch import KernelSwitch
-from dub.model.state_dicts import read_state_dict, strict_load
+from dub.model.kernels.switch import KernelSwitch
+from dub.model.weights.state_dicts import read_state_dict, strict_load
 
 RELEASED_MODEL_NAME = "ViT-H-14-378-quickgelu"
 # MMAudio resizes frames to 384 px; the 378 px model's stride-14 patch conv drops the last 6
@@ -38,7 +38,7 @@ def resize_uint8(images: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """Bicubic antialiased resize of uint8 (N, C, H, W), bit-exact with torchvision's v2 Resize.
 
     torchvision resizes uint8 natively on CPU and through float32 (clamp, round) elsewhere. On
-    CUDA the same float32 arithmetic runs as two separable Triton passes (model/resize_triton.py:
+    CUDA the same float32 arithmetic runs as two separable Triton passes (model/kernels/resize_triton.py:
     equal output, 3.5x faster on an H200); F.interpolate remains the fallback.
     """
     if images.dtype != torch.uint8:
@@ -48,7 +48,7 @@ def resize_uint8(images: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     if images.device.type == "cpu":
         return F.interpolate(images, size=size, mode="bicubic", antialias=True, align_corners=False)
     if images.device.type == "cuda" and SEPARABLE_RESIZE.usable_for(images):
-        from dub.model.resize_triton import resize_triton
+        from dub.model.kernels.resize_triton import resize_triton
 
         try:
             return resize_triton(images, (int(size[0]), int(size[1])))
@@ -66,7 +66,7 @@ def _check_separable_resize(device: torch.device, dtype: torch.dtype) -> str | N
     """The kernels against F.interpolate on random frames, down (antialiased) and up. The two
     sum in other orders, so a value may round the other way (tests/test_resize_triton.py saw up
     to 0.015 % of values off by 1); more is wrong."""
-    from dub.model.resize_triton import resize_triton
+    from dub.model.kernels.resize_triton import resize_triton
 
     generator = torch.Generator().manual_seed(0)
     images = torch.randint(0, 256, (2, 3, 72, 128), generator=generator, dtype=torch.uint8).to(device)
@@ -78,7 +78,7 @@ def _check_separable_resize(device: torch.device, dtype: torch.dtype) -> str | N
     return None
 
 
-SEPARABLE_RESIZE = KernelSwitch("the Triton resize", "DUB_TRITON_RESIZE", "dub.model.resize_triton", "F.interpolate",
+SEPARABLE_RESIZE = KernelSwitch("the Triton resize", "DUB_TRITON_RESIZE", "dub.model.kernels.resize_triton", "F.interpolate",
                                 self_check=_check_separable_resize)
 
 

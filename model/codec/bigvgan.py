@@ -21,8 +21,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from dub.model.kernel_switch import KernelSwitch, peak_relative_error, self_check_tolerance
-from dub.model.state_dicts import read_state_dict, strict_load
+from dub.model.kernels.switch import KernelSwitch, peak_relative_error, self_check_tolerance
+from dub.model.weights.state_dicts import read_state_dict, strict_load
 
 _SNAKE_EPS = 1e-9
 ActivationForm = Literal["auto", "polyphase", "reference"]
@@ -223,7 +223,7 @@ class AntiAliasedActivation(nn.Module):
     summed. Same numbers as BigVGAN's upsample -> snake -> downsample (edge replication
     included) without the transposed depthwise conv, the 2x-long padded copies and the gain
     pass that dominated the vocoder's GPU time (profile in docs/benchmarks.md). Three ways to
-    run it, same numbers: on CUDA without autograd, two Triton passes (`dub.model.bigvgan_triton`);
+    run it, same numbers: on CUDA without autograd, two Triton passes (`dub.model.kernels.bigvgan_triton`);
     under torch.compile, shifted sums that Inductor fuses into one kernel; otherwise two
     grouped convs. `form` ("auto", "polyphase", "reference") pins one for benchmarks.
     """
@@ -268,7 +268,7 @@ class AntiAliasedActivation(nn.Module):
         return F.conv1d(s.view(b, 2 * c, t + 2 * _POLY_PAD), self.down_weight.to(s.dtype), groups=c)
 
     def _fused_kernel_forward(self, x: torch.Tensor) -> torch.Tensor:
-        from dub.model import bigvgan_triton
+        from dub.model.kernels import bigvgan_triton
 
         alpha, inv_beta = self.act.frequency_and_inverse_beta()
         up, down = self.phase_taps.unbind(0)
@@ -317,7 +317,7 @@ def _check_fused_activation(device: torch.device, dtype: torch.dtype) -> str | N
                                self_check_tolerance(dtype))
 
 
-FUSED_ACTIVATION = KernelSwitch("BigVGAN's fused Triton activation", "DUB_BIGVGAN_TRITON", "dub.model.bigvgan_triton",
+FUSED_ACTIVATION = KernelSwitch("BigVGAN's fused Triton activation", "DUB_BIGVGAN_TRITON", "dub.model.kernels.bigvgan_triton",
                                 "grouped convs", self_check=_check_fused_activation)
 
 

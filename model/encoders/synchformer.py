@@ -17,9 +17,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dub.model.kernel_switch import KernelSwitch, peak_relative_error, self_check_tolerance
-from dub.model.layers import GeluMlp
-from dub.model.state_dicts import read_state_dict, strict_load
+from dub.model.kernels.switch import KernelSwitch, peak_relative_error, self_check_tolerance
+from dub.model.network.layers import GeluMlp
+from dub.model.weights.state_dicts import read_state_dict, strict_load
 
 KEY_PREFIX = "vfeat_extractor."
 
@@ -140,9 +140,9 @@ def divided_attention(qkv: torch.Tensor, heads: int, *, frames: int, patches: in
 
 def divided_attention_triton(qkv: torch.Tensor, heads: int, *, frames: int, patches: int,
                              along_time: bool) -> torch.Tensor:
-    """`divided_attention` with the groups in one Triton kernel (model/synchformer_triton.py) that
+    """`divided_attention` with the groups in one Triton kernel (model/kernels/synchformer_triton.py) that
     reads qkv and writes the output in place, without the copies; CLS's own query through SDPA."""
-    from dub.model.synchformer_triton import grouped_attention
+    from dub.model.kernels.synchformer_triton import grouped_attention
 
     out = grouped_attention(qkv, heads, frames, patches, along_time)
     q, k, v = _split_heads(qkv, heads)
@@ -168,7 +168,7 @@ def _check_divided_attention(device: torch.device, dtype: torch.dtype) -> str | 
 
 
 GROUPED_ATTENTION = KernelSwitch("Synchformer's Triton divided attention", "DUB_SYNCHFORMER_TRITON",
-                                 "dub.model.synchformer_triton", "SDPA with concatenated CLS keys",
+                                 "dub.model.kernels.synchformer_triton", "SDPA with concatenated CLS keys",
                                  self_check=_check_divided_attention)
 
 

@@ -1,0 +1,1 @@
+"""The MF-MJT network (MMAudio's multimodal joint transformer): its config and presets, layers, rotary position embeddings, transformer blocks."""
