@@ -7,12 +7,12 @@ is wrong with it and how to fix it.
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+from dub.storage.atomic import atomic_path
 
 from dub.manifests.schema import (MANIFEST_REQUIRED, MANIFEST_SCHEMA, MANIFEST_STATUSES, REPORT_REQUIRED, REPORT_SCHEMA,
                               REPORT_STATUSES, schema_name)
@@ -25,36 +25,11 @@ class ManifestError(ValueError):
 def write_parquet_atomic(table: pa.Table, path: str | Path) -> Path:
     """Write `table` to `path` so readers see the old file or the new one, never a partial one.
 
-    Temp file in the same directory (same filesystem, so the rename is atomic), fsync, then
-    os.replace; the directory is fsynced too so the rename survives a power cut.
+    (`dub.storage.atomic`: a temporary file beside it, fsynced, renamed, the directory fsynced.)
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            pq.write_table(table, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp_name, path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
-    return path
-
-
-def _fsync_dir(directory: Path) -> None:
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:  # some filesystems do not allow opening directories
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+    with atomic_path(path) as tmp:
+        pq.write_table(table, tmp)
+    return Path(path)
 
 
 def read_manifest(path: str | Path) -> pa.Table:

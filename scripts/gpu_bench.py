@@ -189,9 +189,9 @@ def collect(rows_file: Path, result: dict) -> dict:
 
 def write_result(out: Path, result: dict, started: float) -> None:
     result["wall_s"] = round(time.time() - started, 1)
-    tmp = out / "gpu_bench.json.tmp"
-    tmp.write_text(json.dumps(result, indent=2, default=str))
-    tmp.replace(out / "gpu_bench.json")
+    from dub.storage.atomic import write_json_atomic
+
+    write_json_atomic(out / "gpu_bench.json", result)
 
 
 def environment() -> dict:

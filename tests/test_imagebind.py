@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from dub.workflows.metrics.embeddings import BackendUnavailable
 from dub.workflows.metrics.ib_score import (ImageBindScorer, audio_clip_bounds, audio_mel_clips, build_imagebind,

@@ -80,7 +80,7 @@ def test_generate_killed_mid_run_resumes_each_clip_once_and_prints_no_error_line
 def test_a_killed_runs_temporaries_are_removed_and_nothing_else(tmp_path):
     """What a SIGKILL can leave half-written: our .NAME.X.tmp (journal parts, shards, JSON) and the
     media writers' .STEM.partial-PID.EXT (remux, audio files). The rerun deletes them, and only them."""
-    from dub.workflows.generate.sinks import remove_stale_temporaries
+    from dub.storage.temporaries import remove_stale_temporaries
 
     names = [".part-1-abc.parquet.1a2b3c4d.tmp", ".clip0.partial-4242.mp4", ".v1.partial-77.m4a",
              "a_clip0.mp4", "shard-x-00000.tar", ".dub.lock", "notes.tmp.txt"]

@@ -1,4 +1,4 @@
-"""One writer per output folder (workflows/output_lock.py): a second dub run into a folder
+"""One writer per output folder (storage/lock.py): a second dub run into a folder
 another process is writing is refused with the holder named, before it touches anything, and a
 holder that dies in any way (here SIGKILL) frees the folder."""
 
@@ -17,11 +17,11 @@ from typer.testing import CliRunner
 from dub.cli import app
 from tests.report_helpers import write_generate_run
 from tests.train_helpers import write_synthetic_shards
-from dub.workflows.output_lock import LOCK_FILE, OutputInUse, exclusive_output
+from dub.storage.lock import LOCK_FILE, OutputInUse, exclusive_output
 
 REPO = Path(__file__).resolve().parents[1]
 HOLD = """import sys, time
-from dub.workflows.output_lock import exclusive_output
+from dub.storage.lock import exclusive_output
 with exclusive_output(sys.argv[1], sys.argv[2]):
     print("held", flush=True)
     time.sleep(600)

@@ -369,7 +369,7 @@ def ingest(roots: Iterable[str | Path], output: str | Path, config: IngestConfig
     """Scan `roots`, probe what is new or changed, and write the manifest to `output`."""
     from dub.manifests.io import manifest_from_rows, read_manifest, write_parquet_atomic
     from dub.manifests.schema import MANIFEST_SCHEMA
-    from dub.workflows.generate.sinks import Journal, read_journal
+    from dub.storage.journal import Journal, read_journal
 
     started = time.perf_counter()
     output = Path(output)
@@ -398,7 +398,7 @@ def ingest(roots: Iterable[str | Path], output: str | Path, config: IngestConfig
 
     total = len(to_probe)
     progress = {"done": 0}
-    journal = (Journal(journal_dir, flush_every_s=JOURNAL_FLUSH_S, flush_rows=1000, schema=MANIFEST_SCHEMA)
+    journal = (Journal(journal_dir, MANIFEST_SCHEMA, flush_every_s=JOURNAL_FLUSH_S, flush_rows=1000)
                if to_probe else None)
 
     def on_row(row: dict) -> None:

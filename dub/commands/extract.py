@@ -35,7 +35,7 @@ def register(app: typer.Typer) -> None:
 
         from dub.workflows.extract.config import ExtractConfig
         from dub.workflows.extract.run import ExtractError, run_extract
-        from dub.workflows.output_lock import OutputInUse
+        from dub.storage.lock import OutputInUse
 
         console = Console(stderr=True)
         try:

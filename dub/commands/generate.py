@@ -53,7 +53,7 @@ def register(app: typer.Typer) -> None:
         from dub.model.runtime.generator import SamplerConfig
         from dub.workflows.generate.config import GenerateConfig
         from dub.workflows.generate.run import GenerateError, run_generate
-        from dub.workflows.output_lock import OutputInUse
+        from dub.storage.lock import OutputInUse
 
         console = Console(stderr=True)
         if prompts is None and manifest is None:
@@ -100,7 +100,7 @@ def _run_with_progress(config, console):
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
     from dub.workflows.generate.run import GenerateError, run_generate
-    from dub.workflows.output_lock import OutputInUse
+    from dub.storage.lock import OutputInUse
 
     with Progress(TextColumn("[bold]dub generate"), BarColumn(), MofNCompleteColumn(),
                   TextColumn("{task.fields[detail]}"), TimeElapsedColumn(), TimeRemainingColumn(),

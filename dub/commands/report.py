@@ -70,7 +70,7 @@ def register(app: typer.Typer) -> None:
 
         from dub.workflows.metrics.embeddings import BACKENDS
         from dub.workflows.metrics.onsets import OnsetConfig
-        from dub.workflows.output_lock import OutputInUse
+        from dub.storage.lock import OutputInUse
         from dub.workflows.report.config import ALL_BACKENDS, ReportConfig
         from dub.workflows.report.page import grouped_unavailable
         from dub.workflows.report.run import run_report

@@ -55,7 +55,7 @@ def register(app: typer.Typer) -> None:
         from rich.console import Console
 
         from dub.model.flow.meanflow import MeanFlowConfig
-        from dub.workflows.output_lock import OutputInUse
+        from dub.storage.lock import OutputInUse
         from dub.workflows.train.config import TrainConfig
         from dub.workflows.train.data import ShardError
         from dub.workflows.train.run import TrainError, run_train

@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 
+from dub.storage.atomic import atomic_path
 from dub.model.network.config import NetworkConfig, get_preset, sample_rate_for_latent_dim
 from dub.model.network.layers import gated_hidden_dim
 from dub.model.network.transformer import DERIVED_BUFFER_KEYS, INTERVAL_EMBED_PREFIX, MFMJT
@@ -224,10 +225,8 @@ def save_checkpoint(model: MFMJT, path: str | os.PathLike, metadata: Mapping[str
         except TypeError as err:
             raise ValueError(f"checkpoint metadata must be JSON-serialisable: {err}") from None
     tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    save_file(tensors, str(tmp), metadata=header)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata=header)
     return path
 
 

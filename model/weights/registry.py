@@ -22,12 +22,12 @@ import hashlib
 import json
 import os
 import shutil
-import tempfile
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from dub.storage.atomic import atomic_path, write_json_atomic
 from dub.model.weights.state_dicts import (  # noqa: F401 - errors and readers re-exported for callers
     CheckpointLayout,
     MissingWeightsError,
@@ -523,12 +523,8 @@ def _convert_to_safetensors(src: Path, dest: Path, source: Digests) -> None:
         _META_PREFIX + "extras": json.dumps(layout.extras, sort_keys=True),
         _META_PREFIX + "tensor_sha256": tensor_digest(tensors),
     }
-    tmp = _temp_path(dest)
-    try:
+    with atomic_path(dest) as tmp:
         save_file(tensors, str(tmp), metadata=metadata)
-        os.replace(tmp, dest)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def _detach_for_saving(state: Mapping[str, Any]) -> dict[str, Any]:
@@ -580,18 +576,8 @@ def _safetensors_readable(path: Path) -> bool:
 
 
 def _atomic_copy(src: Path, dest: Path) -> None:
-    tmp = _temp_path(dest)
-    try:
+    with atomic_path(dest) as tmp:
         shutil.copyfile(src, tmp)
-        os.replace(tmp, dest)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def _temp_path(dest: Path) -> Path:
-    fd, name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
-    os.close(fd)
-    return Path(name)
 
 
 @dataclass(frozen=True)
@@ -624,8 +610,7 @@ def _write_cache(path: Path, status: str, detail: str, sha256: str = "") -> None
         previous = _read_cache(path)
         record = {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "status": status, "detail": detail,
                   "sha256": sha256 or (previous.sha256 if previous else "")}
-        tmp = _temp_path(path)
-        tmp.write_text(json.dumps(record, indent=1))
-        os.replace(tmp, _cache_path(path))
+        # a cache: losing it to a power cut costs a re-hash, not worth an fsync
+        write_json_atomic(_cache_path(path), record, durable=False, indent=1)
     except OSError:
         pass  # a read-only weights directory: verification still works, just uncached

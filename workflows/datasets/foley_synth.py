@@ -18,7 +18,6 @@ the events are where each recording's attack starts (1 ms resolution).
 from __future__ import annotations
 
 import json
-import os
 import time
 from concurrent.futures import ProcessPoolExecutor
 from multiprocessing import get_context
@@ -26,6 +25,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from dub.storage.atomic import atomic_path, write_text_atomic
 from dub.workflows.datasets.foley_config import SPLITS, FoleySynthConfig
 from dub.workflows.datasets.foley_encode import add_aac_track, write_silent_mp4
 from dub.workflows.datasets.foley_scene import CLASS_LOOKS, ClipSpec, render_audio, render_frames, sample_clip
@@ -88,12 +88,6 @@ def _build_one(cfg: FoleySynthConfig, split: str, index: int, out_dir: Path) -> 
     }
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def _classes_table() -> dict:
     return {name: {"shape": look.shape, "colour": look.colour, "noun": look.noun, "rgb": list(look.rgb),
                    "sound": SOURCES_BY_CLASS[name].description, "recording": SOURCES_BY_CLASS[name].original_file,
@@ -122,12 +116,11 @@ def build_foley_synth(cfg: FoleySynthConfig, out_dir: Path, *, workers: int = 1)
             rows = list(pool.map(_build_one, [cfg] * len(jobs), [s for s, _ in jobs], [i for _, i in jobs],
                                  [out_dir] * len(jobs)))
     index = pd.DataFrame(rows, columns=list(INDEX_COLUMNS))
-    tmp = out_dir / "index.parquet.tmp"
-    index.to_parquet(tmp, index=False)
-    os.replace(tmp, out_dir / "index.parquet")
+    with atomic_path(out_dir / "index.parquet") as tmp:
+        index.to_parquet(tmp, index=False)
     splits = {split: [r["clip_id"] for r in rows if r["split"] == split] for split in SPLITS}
-    _atomic_write_text(out_dir / "splits.json", json.dumps(splits, indent=1) + "\n")
-    _atomic_write_text(out_dir / "dataset.json", json.dumps(
+    write_text_atomic(out_dir / "splits.json", json.dumps(splits, indent=1) + "\n")
+    write_text_atomic(out_dir / "dataset.json", json.dumps(
         {"name": "foley-synth", "config": cfg.as_dict(), "classes": _classes_table()}, indent=1) + "\n")
     return _absolute_paths(index, out_dir)
 

@@ -26,9 +26,11 @@ import numpy as np
 
 from dub.workflows.extract.config import AUDIO_EXTENSIONS, ExtractConfig
 from dub.workflows.extract.sample import EMPTY_TEXT_FILE, EXTRACT_INFO_FILE, encode_sample, npy_bytes, window_key
-from dub.workflows.generate.sinks import ShardWriter, completed_shard_keys, remove_stale_temporaries, write_json_atomic
+from dub.storage.temporaries import remove_stale_temporaries
+from dub.storage.atomic import write_bytes_atomic, write_json_atomic
+from dub.workflows.generate.sinks import ShardWriter, completed_shard_keys
 from dub.workflows.generate.stages import decode_memory_bytes, window_frame_bytes
-from dub.workflows.output_lock import exclusive_output
+from dub.storage.lock import exclusive_output
 
 
 class ExtractError(RuntimeError):
@@ -296,6 +298,4 @@ def _write_empty_text(cfg: ExtractConfig, out: Path, resources) -> None:
     use_gpu = resources.gpus >= 1
     task = ray.remote(empty_text_features).options(num_cpus=1, num_gpus=1 if use_gpu else 0)
     features = ray.get(task.remote(cfg.model, "cuda" if use_gpu else "cpu"))
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(npy_bytes(np.asarray(features, np.float32)))
-    tmp.replace(path)
+    write_bytes_atomic(path, npy_bytes(np.asarray(features, np.float32)))

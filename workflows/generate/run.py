@@ -21,9 +21,11 @@ from typing import Callable
 import numpy as np
 
 from dub.workflows.generate.config import GenerateConfig, run_paths, window_seed
-from dub.workflows.output_lock import exclusive_output
-from dub.workflows.generate.sinks import (Journal, ShardWriter, completed_shard_keys, mp4_name, read_journal,
-                                      remove_stale_temporaries, write_flac_bytes, write_json_atomic)
+from dub.storage.lock import exclusive_output
+from dub.storage.atomic import atomic_path, write_json_atomic
+from dub.storage.journal import Journal, read_journal
+from dub.storage.temporaries import remove_stale_temporaries
+from dub.workflows.generate.sinks import ShardWriter, completed_shard_keys, mp4_name, write_flac_bytes
 
 
 class GenerateError(RuntimeError):
@@ -147,7 +149,9 @@ def _run_locked(cfg: GenerateConfig, progress: ProgressFn | None, info, window_s
     summary = Summary(out_dir=str(paths["out"]), config_hash=config_hash,
                       total=len(videos) + len(skipped_rows), skipped=len(skipped_rows),
                       already_done=len(done_rows), done=len(done_rows))
-    journal = Journal(paths["journal"])
+    from dub.manifests.schema import REPORT_SCHEMA
+
+    journal = Journal(paths["journal"], REPORT_SCHEMA)
     # Skipped rows are derived from the manifest on every run, so they are never journaled.
     journal.add([r for r in done_rows if r.pop("reconstructed", False)])
     try:
@@ -519,9 +523,7 @@ def _compact_journal(journal_dir: Path, table) -> None:
 
     old = sorted(Path(journal_dir).glob("part-*.parquet"))
     rows = table.filter(pc.is_in(table["status"], pa.array(["done", "failed"])))
-    final = Path(journal_dir) / f"part-{time.time_ns()}-compact.parquet"
-    tmp = final.with_name("." + final.name + ".tmp")
-    pq.write_table(rows, tmp)
-    tmp.replace(final)
+    with atomic_path(Path(journal_dir) / f"part-{time.time_ns()}-compact.parquet") as tmp:
+        pq.write_table(rows, tmp)
     for part in old:
         part.unlink(missing_ok=True)

@@ -8,7 +8,6 @@ pts in samples (time base 1 / rate), so the container knows the exact start and 
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from fractions import Fraction
 from math import gcd
@@ -16,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from dub.storage.atomic import atomic_path
 from dub.workflows.media.errors import MediaError
 
 
@@ -109,14 +109,8 @@ def encode_audio_file(audio: np.ndarray, sample_rate: int, path: str | Path, cod
     if suffix not in spec.extensions:
         raise ValueError(f"{codec} audio cannot be written to a {suffix or 'no-extension'} file; "
                          f"use one of {list(spec.extensions)}")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.partial-{os.getpid()}{path.suffix}")
-    try:
+    with atomic_path(path, keep_suffix=True) as tmp:
         _encode(str(tmp), _FORMATS[suffix], audio, sample_rate, codec, output_rate, bitrate, None)
-        tmp.replace(path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
     return path
 
 

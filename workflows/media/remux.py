@@ -8,11 +8,11 @@ agree within one audio frame. Output goes to a temporary name and is renamed whe
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
 
+from dub.storage.atomic import atomic_path
 from dub.workflows.media.audio import add_audio_stream, as_channels_first, encode_frames, resample
 from dub.workflows.media.errors import MediaError
 from dub.workflows.media.streams import open_media, pick_video_stream
@@ -135,17 +135,11 @@ def _write_atomic(src: Path, dst: Path, build) -> Path:
     suffix = dst.suffix.lower()
     if suffix not in _CONTAINERS:
         raise ValueError(f"cannot write {dst.name}: use one of {sorted(_CONTAINERS)}")
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dst.with_name(f".{dst.stem}.partial-{os.getpid()}{dst.suffix}")
     try:
-        with open_media(src) as container_in, av.open(str(tmp), "w", format=_CONTAINERS[suffix]) as container_out:
-            build(container_in, container_out)
-        os.replace(tmp, dst)
+        with atomic_path(dst, keep_suffix=True) as tmp:
+            with open_media(src) as container_in, av.open(str(tmp), "w", format=_CONTAINERS[suffix]) as container_out:
+                build(container_in, container_out)
     except av.error.FFmpegError as exc:
-        tmp.unlink(missing_ok=True)
         raise MediaError("remux_failed", f"could not write {dst.name} from {src.name}: {exc} (a codec the "
                                          f"{suffix} container cannot hold? try .mkv)") from exc
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
     return dst

@@ -26,7 +26,8 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
-from dub.workflows.generate.sinks import remove_stale_temporaries, write_json_atomic
+from dub.storage.temporaries import remove_stale_temporaries
+from dub.storage.atomic import write_json_atomic
 from dub.workflows.metrics.embeddings import BackendInfo, ClipFeatures
 from dub.workflows.metrics.run_inputs import (
     GeneratedRow,

@@ -20,19 +20,17 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import time
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
+from dub.storage.atomic import atomic_path, write_text_atomic
 from dub.workflows.metrics.classifiers import inception_score, kl_softmax
-from dub.workflows.metrics.desync import OffsetPredictor
-from dub.workflows.metrics.embeddings import BackendInfo, EmbeddingBackend
+from dub.workflows.metrics.embeddings import BackendInfo
 from dub.workflows.metrics.fad import frechet_distance
-from dub.workflows.metrics.ib_score import ImageBindScorer
 from dub.workflows.metrics.run_inputs import GeneratedRow, ReferenceIndex, load_run
-from dub.workflows.output_lock import exclusive_output, writer_of
+from dub.storage.lock import exclusive_output, writer_of
 from dub.workflows.report.config import (
     LOWER_IS_BETTER,
     PER_CLIP_METRICS,
@@ -123,15 +121,8 @@ def _write_parquet(records: list[dict], path: Path) -> None:
     fields = [pa.field(c, pa.string() if c in string_cols else pa.int64() if c in int_cols else pa.float64())
               for c in columns]
     data = {c: [nan_to_none(r.get(c)) for r in records] for c in columns}
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    pq.write_table(pa.Table.from_pydict(data, schema=pa.schema(fields)), tmp)
-    os.replace(tmp, path)
-
-
-def _write_text(text: str, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        pq.write_table(pa.Table.from_pydict(data, schema=pa.schema(fields)), tmp)
 
 
 def sample_rows(rows: list[GeneratedRow], n: int | None, seed: int = 0) -> list[GeneratedRow]:
@@ -174,7 +165,7 @@ def run_report(config: ReportConfig, progress: Callable[[int, int, str], None] |
     Clips are journaled in out_dir/journal as they come back; a rerun with the same configuration
     and weights scores only the clips the journal lacks (workflows/report/journal.py). `notice`
     gets one line when the journal is resumed or discarded. One report at a time writes out_dir
-    (workflows/output_lock.py)."""
+    (storage/lock.py)."""
     if config.workers == 1 and config.device.startswith("cuda"):
         import torch
 
@@ -276,10 +267,10 @@ def _run_locked(config: ReportConfig, progress: Callable[[int, int, str], None] 
         "run_config": run_config,
     }
     _write_parquet(records, out_dir / "report.parquet")
-    _write_text(json.dumps(summary, indent=2, default=str), out_dir / "summary.json")
+    write_text_atomic(out_dir / "summary.json", json.dumps(summary, indent=2, default=str))
     result = ReportResult(records, summary, out_dir, media)
     if config.write_html:
         from dub.workflows.report.page import render_page
 
-        _write_text(render_page(summary, records, media), out_dir / "index.html")
+        write_text_atomic(out_dir / "index.html", render_page(summary, records, media))
     return result

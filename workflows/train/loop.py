@@ -27,6 +27,7 @@ from typing import Any
 
 import torch
 
+from dub.storage.atomic import atomic_path
 from dub.model.weights.checkpoint import apply_state_dict, load_network, load_state_dict_file, save_checkpoint
 from dub.model.network.config import NetworkConfig
 from dub.model.flow.jvp import make_tangent, resolve_tangent_kind
@@ -261,9 +262,7 @@ def trim_metrics(path: Path, step: int) -> None:
         return
     with path.open(newline="") as handle:
         rows = [r for r in csv.DictReader(handle) if int(float(r["step"])) <= step]
-    tmp = path.with_name(f".{path.name}.tmp")
-    with tmp.open("w", newline="") as handle:
+    with atomic_path(path) as tmp, tmp.open("w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=METRIC_COLUMNS)
         writer.writeheader()
         writer.writerows(rows)
-    tmp.replace(path)

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from dub.model.network.config import NetworkConfig, get_preset
-from dub.workflows.output_lock import exclusive_output, writer_of
+from dub.storage.lock import exclusive_output, writer_of
 from dub.workflows.train.config import DEFAULT_PRESET, TrainConfig
 from dub.workflows.train.data import ShardSet, check_shards, latent_statistics, share_bytes
 from dub.workflows.train.loop import META_FILE, MODEL_FILE, train_loop_per_worker
