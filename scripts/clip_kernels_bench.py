@@ -69,8 +69,10 @@ import torch
 import torch.nn.functional as F
 
 
+from dub.errors import short_error
 from dub.model.kernels import fp8  # noqa: E402
-from dub.workflows.bench import peak_relative_error, time_call  # noqa: E402
+from dub.model.kernels.switch import peak_relative_error
+from dub.workflows.bench import time_call
 
 # open_clip ViT-H/14 @ 378 px: (378 / 14)^2 + 1 tokens
 TOKENS, WIDTH, HEADS, MLP, LAYERS = 730, 1280, 16, 5120, 32
@@ -86,8 +88,8 @@ def linear_shapes(width: int, mlp: int) -> list[tuple[str, int, int]]:
 
 
 def short(exc: BaseException, caught: list | None = None, limit: int = 400) -> str:
-    """The exception's first line, and the reasons SDPA warned about (why a kernel was not used)."""
-    text = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
+    """The exception, and the reasons SDPA warned about (why a kernel was not used)."""
+    text = short_error(exc, limit)
     reasons = [str(w.message).strip().replace("\n", " ") for w in caught or []]
     if reasons:
         text += " | " + " | ".join(dict.fromkeys(reasons))

@@ -26,10 +26,12 @@ from pathlib import Path
 import torch
 
 
+from dub.errors import short_error
 from dub.model.kernels import synchformer_triton  # noqa: E402
 from dub.model.encoders.synchformer import (GROUPED_ATTENTION, Synchformer, SynchformerConfig,  # noqa: E402
                                divided_attention, divided_attention_triton, synchformer_features, tubelet_embed)
-from dub.workflows.bench import peak_relative_error, time_call  # noqa: E402
+from dub.model.kernels.switch import peak_relative_error
+from dub.workflows.bench import time_call
 from dub.workflows.bench.generate import true_float32  # noqa: E402
 
 # (query tile, key tile, warps); the first is the default (synchformer_triton's constants)
@@ -66,7 +68,7 @@ def attention_rows(args, device: str, dtype: torch.dtype) -> list[dict]:
                 row.update(median_ms=ms, gb_per_s=moved / ms / 1e6, peak_mb=peak,
                            rel_err_vs_float32=peak_relative_error(out[part], exact[part]))
             except Exception as exc:  # noqa: BLE001 - a configuration that cannot run is a row, not the end
-                row["error"] = f"{type(exc).__name__}: {exc}"[:300]
+                row["error"] = short_error(exc)
             rows.append(row)
             print_row(f"{kind} attention", name, row)
     return rows
@@ -94,7 +96,7 @@ def embed_rows(args, device: str, dtype: torch.dtype) -> list[dict]:
             ms, peak = time_call(run, repeats=args.repeats, warmup=args.warmup, device=device)
             row.update(median_ms=ms, peak_mb=peak, rel_err_vs_float32=peak_relative_error(run(), exact))
         except Exception as exc:  # noqa: BLE001
-            row["error"] = f"{type(exc).__name__}: {exc}"[:300]
+            row["error"] = short_error(exc)
         rows.append(row)
         print_row("tubelet embedding", name, row)
     return rows
@@ -125,7 +127,7 @@ def model_rows(args, device: str) -> list[dict]:
             row.update(median_ms=ms, peak_mb=peak, rel_err_vs_float32=peak_relative_error(run(), exact),
                        kernel_error=GROUPED_ATTENTION.error)
         except Exception as exc:  # noqa: BLE001
-            row["error"] = f"{type(exc).__name__}: {exc}"[:300]
+            row["error"] = short_error(exc)
         rows.append(row)
         print_row("Synchformer", name, row)
     return rows

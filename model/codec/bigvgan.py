@@ -1,5 +1,7 @@
 """BigVGAN / BigVGAN-v2 vocoder for inference: mel (B, num_mels, T) -> wav (B, 1, hop * T).
 
+Follows MMAudio 1.0.0's BigVGAN (16 kHz, `mmaudio/ext/bigvgan/`) and NVIDIA BigVGAN-v2 (44.1 kHz); checked against the publisher's fixtures (tests/test_codec.py).
+
 Checkpoints store weight-normalised convs, either as `<name>.weight_g` / `<name>.weight_v`
 (torch.nn.utils.weight_norm) or `<name>.parametrizations.weight.original0/1` (the
 parametrizations API). `load_bigvgan` folds both into plain weights, W = g * v / ||v||, so the
@@ -21,7 +23,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from dub.model.kernels.switch import KernelSwitch, peak_relative_error, self_check_tolerance
+from dub.model.kernels.switch import KernelSwitch, self_check_tolerance, self_check_verdict
 from dub.model.weights.state_dicts import read_state_dict, strict_load
 
 _SNAKE_EPS = 1e-9
@@ -313,7 +315,7 @@ def _check_fused_activation(device: torch.device, dtype: torch.dtype) -> str | N
         act.act.beta.copy_(0.5 * torch.randn(act.act.beta.shape, generator=generator))
     act = act.to(device)
     x = (3 * torch.randn(2, 8, 1000, generator=generator)).to(device=device, dtype=dtype)
-    return peak_relative_error(act._fused_kernel_forward(x), act._grouped_conv_forward(x.float()),
+    return self_check_verdict(act._fused_kernel_forward(x), act._grouped_conv_forward(x.float()),
                                self_check_tolerance(dtype))
 
 

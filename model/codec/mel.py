@@ -1,5 +1,7 @@
 """Log-mel spectrograms exactly as MMAudio computes them (its VAE and vocoders expect these).
 
+Follows MMAudio 1.0.0 (hkchengrex/MMAudio, `mmaudio/ext/mel_converter.py`); checked against the publisher's fixtures (tests/test_codec.py).
+
 wav (B, L) in [-1, 1] -> log mel (B, n_mels, frames), frames = 1 + (L + 2 pad - n_fft) // hop
 with pad = (n_fft - hop) / 2, so a clip of L = k * hop samples gives exactly k frames.
 """

@@ -1,5 +1,7 @@
 """MMAudio's 1-D mel VAE (EDM2-style magnitude-preserving convolutions), inference side.
 
+Follows MMAudio 1.0.0 (hkchengrex/MMAudio, `mmaudio/ext/autoencoder/`); checked against the publisher's fixtures (tests/test_codec.py).
+
 Key names match MMAudio's checkpoints (`v1-16.pth`, `v1-44.pth`) so they load strictly. The
 checkpoints hold raw conv weights; `load_vae` loads them and then normalises every conv weight
 once ("remove weight norm"), after which the module computes MMAudio's outputs.

@@ -1,5 +1,7 @@
 """CLIP image and text features through open_clip, as MMAudio computes them.
 
+Follows MMAudio 1.0.0's use of open_clip (open_clip_torch 3.3.0 in requirements.lock).
+
 MMAudio uses DFN5B CLIP ViT-H/14 (`hf-hub:apple/DFN5B-CLIP-ViT-H-14-384`, whose open_clip config
 is the built-in `ViT-H-14-378-quickgelu`). Image features: 384 px frames (bicubic, no crop),
 OpenAI mean/std, L2-normalised image embeddings. Text features: every token's final hidden state

@@ -1,5 +1,7 @@
 """Synchformer visual branch (MotionFormer with divided space-time attention) as pure PyTorch.
 
+Follows Synchformer's visual branch as MMAudio 1.0.0 bundles it (`mmaudio/ext/synchformer/`); checked against the publisher's fixtures (tests/test_encoders.py).
+
 Weight-compatible with the `vfeat_extractor.*` keys of the released `synchformer_state_dict.pth`
 that MMAudio uses for its sync features. Semantics follow the MMAudio fixture README §5.
 """
@@ -17,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dub.model.kernels.switch import KernelSwitch, peak_relative_error, self_check_tolerance
+from dub.model.kernels.switch import KernelSwitch, self_check_tolerance, self_check_verdict
 from dub.model.network.layers import GeluMlp
 from dub.model.weights.state_dicts import read_state_dict, strict_load
 
@@ -160,7 +162,7 @@ def _check_divided_attention(device: torch.device, dtype: torch.dtype) -> str | 
     qkv = qkv.to(device=device, dtype=dtype)
     for along_time in (True, False):
         shape = dict(frames=frames, patches=patches, along_time=along_time)
-        wrong = peak_relative_error(divided_attention_triton(qkv, heads, **shape),
+        wrong = self_check_verdict(divided_attention_triton(qkv, heads, **shape),
                                     divided_attention(qkv.float(), heads, **shape), self_check_tolerance(dtype))
         if wrong:
             return f"{'time' if along_time else 'space'} attention: {wrong}"

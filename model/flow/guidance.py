@@ -58,13 +58,13 @@ def combine(u_cond: torch.Tensor, u_uncond: torch.Tensor | None, g: Guidance) ->
     u_c, u_0 = u_cond.float(), u_uncond.float()
     w = g.cfg
     if g.rescale == "proj":
-        s = _expand(_dot(u_c, u_0) / (_dot(u_0, u_0) + _TINY), u_c)
+        s = per_sample(_dot(u_c, u_0) / (_dot(u_0, u_0) + _TINY), u_c)
         return (s * u_0 + w * (u_c - s * u_0)).to(out_dtype)
     u = w * u_c + (1.0 - w) * u_0
     if g.rescale == "std" and g.phi > 0.0:
         # Population std (correction 0): the correction factor cancels in the ratio anyway.
         ratio = _std(u_c) / (_std(u) + _TINY)
-        u = g.phi * u * _expand(ratio, u) + (1.0 - g.phi) * u
+        u = g.phi * u * per_sample(ratio, u) + (1.0 - g.phi) * u
     return u.to(out_dtype)
 
 
@@ -76,5 +76,6 @@ def _std(x: torch.Tensor) -> torch.Tensor:
     return x.reshape(x.shape[0], -1).std(dim=1, correction=0)
 
 
-def _expand(per_sample: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    return per_sample.view(-1, *([1] * (like.dim() - 1)))
+def per_sample(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """One value per sample (B,) viewed so it broadcasts against `like` (B, ...)."""
+    return values.view(-1, *([1] * (like.dim() - 1)))

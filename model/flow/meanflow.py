@@ -19,6 +19,7 @@ from typing import NamedTuple
 
 import torch
 
+from dub.model.flow.guidance import per_sample
 from dub.model.flow.jvp import TangentFn, eager_tangent
 
 ConditionGroups = Sequence[Sequence[str]]
@@ -170,7 +171,7 @@ def meanflow_target(
     sub = _select(cond, moving, z.shape[0])
     z_m, t_m, s_m, v_m = z[moving], t[moving], s[moving], v[moving].to(z.dtype)
     dudt = tangent(unwrap_model(model), z_m, t_m, s_m, v_m, sub)
-    step = _bcast(s_m - t_m, dudt).to(target.dtype) * dudt.to(target.dtype)
+    step = per_sample(s_m - t_m, dudt).to(target.dtype) * dudt.to(target.dtype)
     target[moving] = target[moving] + step
     return target
 
@@ -268,7 +269,7 @@ def _noised_batch(
         t = s = 1.0 - torch.sigmoid(cfg.time_mu + cfg.time_sigma * _randn((batch,), generator, device))
     cond, keep = drop_conditions(cond, empty, groups, cfg.cond_dropout, generator)
     e = noise if noise is not None else _randn(tuple(x.shape), generator, device, x.dtype)
-    z = _bcast(1.0 - t, x) * e + _bcast(t, x) * x
+    z = per_sample(1.0 - t, x) * e + per_sample(t, x) * x
     return _NoisedBatch(t, s, cond, keep, e, z)
 
 
@@ -361,7 +362,7 @@ def _empty_for(key: str, value: torch.Tensor, empty: Mapping[str, torch.Tensor] 
 
 
 def _where_kept(keep: torch.Tensor, value: torch.Tensor, null: torch.Tensor) -> torch.Tensor:
-    return torch.where(_bcast(keep, value), value, null)
+    return torch.where(per_sample(keep, value), value, null)
 
 
 def _select(cond: Mapping[str, torch.Tensor], index: torch.Tensor, batch: int) -> dict[str, torch.Tensor]:
@@ -374,9 +375,6 @@ def _batch_size(cond: Mapping[str, torch.Tensor]) -> int:
         raise ValueError(f"conditions disagree on the batch size: {sizes}")
     return next(iter(sizes.values()))
 
-
-def _bcast(per_sample: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    return per_sample.view(-1, *([1] * (like.dim() - 1)))
 
 
 def _generator_device(generator: torch.Generator | None, device: torch.device | str | None) -> torch.device | str | None:

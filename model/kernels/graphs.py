@@ -18,6 +18,8 @@ from collections.abc import Callable, Sequence
 import torch
 import torch.nn as nn
 
+from dub.errors import short_error
+
 TensorFn = Callable[..., torch.Tensor]
 
 
@@ -154,8 +156,3 @@ class FallbackOnError:
                 if self.warning:
                     warnings.warn(f"{self.warning}: {self.failed}", RuntimeWarning, stacklevel=3)
         return self.fallback(*args, **kwargs)
-
-
-def short_error(exc: BaseException, limit: int = 300) -> str:
-    text = f"{type(exc).__name__}: {exc}".strip().replace("\n", " ")
-    return text[:limit]

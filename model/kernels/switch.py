@@ -22,6 +22,8 @@ from collections.abc import Callable, Iterator
 
 import torch
 
+from dub.errors import short_error
+
 # (device, dtype) -> None when the kernel agrees with its reference, else what differs
 SelfCheck = Callable[[torch.device, torch.dtype], "str | None"]
 
@@ -68,7 +70,7 @@ class KernelSwitch:
         return True
 
     def disable(self, exc: BaseException) -> None:
-        self.error = f"{type(exc).__name__}: {exc}"[:300]
+        self.error = short_error(exc)
         warnings.warn(f"{self.what} failed, using {self.instead} instead: {self.error}", RuntimeWarning, stacklevel=3)
 
     def why_off(self) -> str:
@@ -95,10 +97,15 @@ class KernelSwitch:
                 os.environ[self.env_var] = saved
 
 
-def peak_relative_error(got: torch.Tensor, reference: torch.Tensor, tolerance: float) -> str | None:
-    """Self-check verdict for a float kernel: None when max |got - reference| <= tolerance x
-    max |reference| (computed in float64), else the error."""
-    error = ((got.double() - reference.double()).abs().max() / reference.double().abs().max().clamp_min(1e-30)).item()
+def peak_relative_error(got: torch.Tensor, reference: torch.Tensor) -> float:
+    """max |got - reference| / max |reference|, computed in float64: a kernel's error relative to
+    the reference's peak (what the self-checks and the kernel benchmarks report)."""
+    return ((got.double() - reference.double()).abs().max() / reference.double().abs().max().clamp_min(1e-30)).item()
+
+
+def self_check_verdict(got: torch.Tensor, reference: torch.Tensor, tolerance: float) -> str | None:
+    """None when `peak_relative_error` is within `tolerance`, else what a failed self-check says."""
+    error = peak_relative_error(got, reference)
     return None if error <= tolerance else f"max error {error:.2e} of the reference's peak (tolerance {tolerance:.0e})"
 
 

@@ -1,4 +1,6 @@
 """Transformer blocks of the MMAudio network (adaLN-modulated single blocks, joint blocks over
+
+Follows MMAudio 1.0.0 (hkchengrex/MMAudio, `mmaudio/model/transformer_layers.py`).
 [latent, clip, text], final block). Names match MMAudio's state-dict keys.
 
 Attention goes through `F.scaled_dot_product_attention`; for forward-mode AD (MeanFlow JVP)

@@ -1,4 +1,6 @@
 """Low-level layers of the MMAudio network: channel-last convolutions, gated MLPs, RMS norm and
+
+Follows MMAudio 1.0.0 (hkchengrex/MMAudio, `mmaudio/model/low_level.py`, `embeddings.py`).
 the sinusoidal time embedder. Module and parameter names match MMAudio's state-dict keys.
 
 Every operation here has forward-mode AD (used by the MeanFlow JVP).

@@ -1,4 +1,6 @@
 """Rotary position embedding as MMAudio applies it: adjacent channel pairs, tables stored as
+
+Follows MMAudio 1.0.0 (hkchengrex/MMAudio, `mmaudio/ext/rotary_embeddings.py`).
 2x2 rotation matrices [[cos, -sin], [sin, cos]] of shape (1, L, Dh/2, 2, 2)."""
 
 from __future__ import annotations

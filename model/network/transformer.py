@@ -1,5 +1,7 @@
 """MF-MJT: MMAudio's flow-prediction transformer with a second time input (MeanFlow).
 
+Follows MMAudio 1.0.0 (hkchengrex/MMAudio, `mmaudio/model/networks.py`); checked against the publisher's fixtures (tests/test_network.py).
+
 The network predicts the average velocity u(z_t, t, s) over [t, s] (s >= t; t = 0 noise,
 t = 1 data). It is MMAudio's network (same modules, same state-dict keys, same arithmetic)
 plus `interval_embed`, an embedding of s - t summed into the timestep embedding. Its output

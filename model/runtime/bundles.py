@@ -276,7 +276,7 @@ def _checkpoint_window_s(checkpoint: str | Path | None) -> float | None:
     import json
 
     from dub.model.weights.checkpoint import USER_METADATA_KEY
-    from dub.model.weights.registry import safetensors_metadata
+    from dub.model.weights.state_dicts import safetensors_metadata
 
     try:
         value = json.loads(safetensors_metadata(Path(checkpoint)).get(USER_METADATA_KEY, "{}")).get("window_s")
@@ -342,7 +342,7 @@ def _has_stored_config(path: Path) -> bool:
     if path.suffix != ".safetensors":
         return False
     from dub.model.weights.checkpoint import CONFIG_METADATA_KEY
-    from dub.model.weights.registry import safetensors_metadata
+    from dub.model.weights.state_dicts import safetensors_metadata
 
     return CONFIG_METADATA_KEY in safetensors_metadata(path)
 

@@ -28,7 +28,8 @@ from dataclasses import dataclass, fields
 import torch
 
 from dub.model.flow.guidance import Guidance, needs_uncond
-from dub.model.kernels.graphs import CudaGraphCall, FallbackOnError, TensorFn, in_fixed_batches, pad_rows, short_error
+from dub.errors import short_error
+from dub.model.kernels.graphs import CudaGraphCall, FallbackOnError, TensorFn, in_fixed_batches, pad_rows
 from dub.model.network.transformer import MFMJT, Conditions
 from dub.model.flow.sampling import guided_field, sample_meanflow, time_grid
 

@@ -21,8 +21,10 @@ from dub.model.network.layers import gated_hidden_dim
 from dub.model.network.transformer import DERIVED_BUFFER_KEYS, INTERVAL_EMBED_PREFIX, MFMJT
 from dub.model.weights.state_dicts import (  # noqa: F401 - UnsafeCheckpointError is re-exported for callers
     StateDict,
+    WRAPPER_KEYS,
     UnsafeCheckpointError,
     read_state_dict,
+    safetensors_metadata,
     strict_load,
     strip_prefixes,
 )
@@ -30,8 +32,6 @@ from dub.model.weights.state_dicts import (  # noqa: F401 - UnsafeCheckpointErro
 CONFIG_METADATA_KEY = "dub.network_config"
 USER_METADATA_KEY = "dub.metadata"
 TORCH_SUFFIXES = (".pth", ".pt")
-# Containers in which training scripts commonly nest the weights.
-WRAPPER_KEYS = ("state_dict", "model", "weights", "network", "ema")
 # Prefixes added by DistributedDataParallel and torch.compile.
 WRAPPER_PREFIXES = ("module.", "_orig_mod.")
 DEFAULT_DURATION_S = 8.0
@@ -52,13 +52,6 @@ def load_state_dict_file(path: str | os.PathLike) -> StateDict:
 
 def _is_interval_key(key: str) -> bool:
     return key.startswith(INTERVAL_EMBED_PREFIX)
-
-
-def _read_safetensors_metadata(path: Path) -> dict[str, str]:
-    from safetensors import safe_open
-
-    with safe_open(str(path), framework="pt") as handle:
-        return dict(handle.metadata() or {})
 
 
 # --------------------------------------------------------------------- config inference
@@ -197,7 +190,7 @@ def load_network(
         path = Path(source)
         state_dict = load_state_dict_file(path)
         if path.suffix == ".safetensors":
-            raw = _read_safetensors_metadata(path).get(CONFIG_METADATA_KEY)
+            raw = safetensors_metadata(path).get(CONFIG_METADATA_KEY)
             stored = NetworkConfig.from_dict(json.loads(raw)) if raw else None
     resolved = _resolve_config(config, state_dict, stored, duration_s)
     # Build on the meta device: a checkpoint that does not fit fails before any allocation, and
@@ -238,7 +231,7 @@ def load_checkpoint(path: str | os.PathLike) -> tuple[MFMJT, dict[str, Any]]:
         raise ValueError(f"load_checkpoint reads .safetensors files written by save_checkpoint, got {path.name!r}")
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
-    header = _read_safetensors_metadata(path)
+    header = safetensors_metadata(path)
     user = json.loads(header[USER_METADATA_KEY]) if USER_METADATA_KEY in header else {}
     model = load_network(path)
     return model, user

@@ -27,23 +27,23 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from dub.errors import short_error
 from dub.storage.atomic import atomic_path, write_json_atomic
 from dub.model.weights.state_dicts import (  # noqa: F401 - errors and readers re-exported for callers
     CheckpointLayout,
     MissingWeightsError,
     UnsafeCheckpointError,
+    WRAPPER_KEYS,
     WeightsError,
-    first_line,
     read_checkpoint,
     read_state_dict,
+    safetensors_metadata,
     unwrap_state_dict,
 )
 
 ENV_VAR = "DUB_WEIGHTS_DIR"
 DEFAULT_ROOT = "~/.cache/dub/weights"
 CONVERTIBLE_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt")
-# Keys that wrap a state dict in training checkpoints, most specific first.
-WRAPPER_KEYS = ("state_dict", "generator", "model", "module", "net", "weights", "params")
 _CHUNK = 4 << 20
 _CACHE_SUFFIX = ".dub-verify.json"
 _META_PREFIX = "dub."
@@ -428,7 +428,7 @@ class WeightsRegistry:
         try:
             actual = _safetensors_tensor_digest(found)
         except Exception as err:  # noqa: BLE001 - any read failure means a damaged file
-            return MISMATCH, f"tensors unreadable ({type(err).__name__}: {first_line(err)})"
+            return MISMATCH, f"tensors unreadable ({short_error(err)})"
         if actual != meta.get("tensor_sha256"):
             return MISMATCH, "tensors changed since import (the file is damaged)"
         source = Digests(int(meta.get("source_size", -1)), meta.get("source_md5", ""), meta.get("source_sha256", ""))
@@ -547,24 +547,13 @@ def _detach_for_saving(state: Mapping[str, Any]) -> dict[str, Any]:
 def _dub_metadata(path: Path) -> dict[str, str] | None:
     """The dub.* metadata of a safetensors file made by `import_file`; None if it has none;
     {"error": ...} if the header cannot be read."""
-    from safetensors import safe_open
-
     try:
-        with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
+        meta = safetensors_metadata(path)
     except Exception as err:  # noqa: BLE001 - a damaged header
-        return {"error": f"safetensors header unreadable ({first_line(err)})"}
+        return {"error": f"safetensors header unreadable ({short_error(err)})"}
     if _META_PREFIX + "tensor_sha256" not in meta:
         return None
     return {k[len(_META_PREFIX):]: v for k, v in meta.items() if k.startswith(_META_PREFIX)}
-
-
-def safetensors_metadata(path: str | Path) -> dict[str, str]:
-    """All metadata of a safetensors file (e.g. the dub.nesting note of a converted checkpoint)."""
-    from safetensors import safe_open
-
-    with safe_open(str(path), framework="pt") as f:
-        return dict(f.metadata() or {})
 
 
 def _safetensors_readable(path: Path) -> bool:

@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from dub.errors import short_error
+
 if TYPE_CHECKING:
     import torch
     from torch import nn
@@ -80,7 +82,7 @@ def read_checkpoint(path: str | os.PathLike) -> Any:
         ) from err
     except (RuntimeError, EOFError, OSError, ValueError) as err:
         raise UnreadableWeightsError(
-            f"cannot read {path} as a PyTorch checkpoint ({type(err).__name__}: {first_line(err)}); "
+            f"cannot read {path} as a PyTorch checkpoint ({short_error(err)}); "
             "is the download complete?"
         ) from err
 
@@ -357,7 +359,12 @@ def _one_of(options: Sequence[str]) -> str:
     return options[0] if len(options) == 1 else ", ".join(options[:-1]) + f" or {options[-1]}"
 
 
-def first_line(err: BaseException) -> str:
-    """The first line of an error's message (loaders' messages run to many lines)."""
-    text = str(err).strip()
-    return text.splitlines()[0] if text else type(err).__name__
+
+
+def safetensors_metadata(path: str | os.PathLike) -> dict[str, str]:
+    """The string metadata in a safetensors file's header (dub writes its network config, the
+    import provenance and user notes there); the tensors are not read."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as handle:
+        return dict(handle.metadata() or {})

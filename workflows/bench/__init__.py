@@ -58,11 +58,6 @@ class BenchRow:
         return out
 
 
-def peak_relative_error(got, ref) -> float:
-    """max |got - ref| / max |ref| (tensors; `got` compared in float32): the kernel scripts'
-    error against a float32 reference."""
-    peak = ref.abs().max().item()
-    return (got.float() - ref).abs().max().item() / (peak or 1.0)
 
 
 def resolve_device(name: str) -> str:

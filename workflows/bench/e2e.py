@@ -34,7 +34,8 @@ from dub.workflows.bench import BenchOptions, BenchRow, resolve_device, time_cal
 from dub.workflows.bench.encoders import (CLIP_FPS, CLIP_SIZE, PROMPT, REAL_SOURCE, SYNC_FPS, SYNC_SIZE, TINY_SOURCE,
                                       build_encoders, clip_resize, random_frames, sync_resize)
 from dub.workflows.bench.generate import (ONE_STEP_GUIDANCE, TINY_PRESETS, StageRunner, build_stack, dtype_name,
-                                      eager_decode, free_cuda_cache, short_error, top_kernels)
+                                      eager_decode, free_cuda_cache, top_kernels)
+from dub.errors import short_error
 
 MODEL_SIDE = "model-side"
 THROUGHPUT_TARGET = 6.0  # clips of 8 s per second per H200, end to end (the target)

@@ -22,7 +22,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from dub.workflows.bench import BenchOptions, BenchRow, resolve_device
-from dub.workflows.bench.generate import TINY_PRESETS, StageRunner, dtype_name, free_cuda_cache, short_error
+from dub.errors import short_error
+from dub.workflows.bench.generate import TINY_PRESETS, StageRunner, dtype_name, free_cuda_cache
 
 CLIP_FPS = 8
 SYNC_FPS = 25

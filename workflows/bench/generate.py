@@ -28,6 +28,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Callable, TypeVar
 
+from dub.errors import short_error
 from dub.workflows.bench import BenchOptions, BenchRow, resolve_device, time_call
 
 T = TypeVar("T")
@@ -145,9 +146,6 @@ class StageRunner:
             self.fail(stage, batch, exc)
             return None
 
-
-def short_error(exc: BaseException, limit: int = 300) -> str:
-    return f"{type(exc).__name__}: {exc}".replace("\n", " ")[:limit]
 
 
 def kernel_profile(fn: Callable[[], object], top: int = 6) -> tuple[float, int, str]:

@@ -13,14 +13,12 @@ import time
 
 import numpy as np
 
+from dub.errors import short_error
+
 # Columns that flow between stages besides the frames / audio.
 WINDOW_COLUMNS = ("video_id", "window_index", "num_windows", "start_s", "valid_s", "prompt",
                   "negative_prompt", "seed")
 
-
-def short_error(exc: BaseException) -> str:
-    msg = str(exc).strip() or type(exc).__name__
-    return f"{type(exc).__name__}: {msg}"[:500]
 
 
 def window_frame_bytes(clip_fps: float, clip_size: int, sync_fps: float, sync_size: int, window_s: float) -> float:

@@ -1,5 +1,7 @@
 """HTS-AT (Chen et al. 2022), the Swin-Transformer audio tower of LAION-CLAP, with its log-mel front end.
 
+Follows laion_clap 1.1.7; checked against its outputs (tests/test_clap.py, tests/data/clap_fixture).
+
 Parameter and buffer names follow LAION-CLAP's `HTSAT_Swin_Transformer` (the CLAP checkpoint
 holds them under `audio_branch.`), so a released checkpoint loads strictly, constant buffers
 included (`relative_position_index`, the shifted blocks' `attn_mask`, the STFT kernels and the

@@ -1,5 +1,7 @@
 """ImageBind's vision and audio towers (Girdhar et al. 2023), the networks behind IB-score.
 
+Follows imagebind-packaged 0.1.2 (facebookresearch/ImageBind); checked against its outputs (tests/test_imagebind.py).
+
 MMAudio's av-benchmark scores audio-visual agreement with `imagebind_model.imagebind_huge(
 pretrained=True)` (weights `imagebind_huge.pth`): the cosine similarity of the vision embedding
 of the video and the audio embedding of the generated audio. Only those two modalities are

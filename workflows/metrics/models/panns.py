@@ -1,5 +1,7 @@
 """PANNs CNN14 (Kong et al. 2020), the 16 kHz variant used for FAD/KL/IS in V2A papers.
 
+Follows the released PANNs CNN14 16 kHz (`Cnn14_16k_mAP=0.438.pth`, qiuqiangkong/audioset_tagging_cnn); no publisher fixture yet.
+
 Parameter names match the released `Cnn14_16k_mAP=0.438.pth` (`{"model": state_dict}`), so the
 checkpoint loads with `strict=True`. The log-mel front end is inside the model, as released:
 a conv1d STFT (periodic Hann, centred, reflect padding), power spectrum, a mel matrix, and

@@ -1,5 +1,7 @@
 """PaSST (Koutini et al. 2022), the audio classifier behind FD_PaSST, KL_PaSST and IS_PaSST.
 
+Follows hear21passt 0.0.26; checked against its outputs (tests/test_passt.py).
+
 MMAudio's av-benchmark builds `hear21passt.base.get_basic_model(mode="all")`: the
 `passt_s_swa_p16_128_ap476` network (PaSST-S, AudioSet, weights
 `passt-s-f128-p16-s10-ap.476-swa.pt`) behind an `AugmentMelSTFT` front end. Each clip is

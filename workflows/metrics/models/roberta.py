@@ -1,5 +1,7 @@
 """RoBERTa (Liu et al. 2019) text encoder and its byte-level BPE tokenizer, for LAION-CLAP's text tower.
 
+Follows laion_clap 1.1.7 with transformers 4.57.1; checked against their outputs (tests/test_clap.py).
+
 LAION-CLAP's text branch is Hugging Face's `RobertaModel` built from `roberta-base` and then
 fine-tuned, so its weights sit in the CLAP checkpoint under `text_branch.` with Hugging Face's
 parameter names (`embeddings.word_embeddings`, `encoder.layer.<i>.attention.self.query`, ...,

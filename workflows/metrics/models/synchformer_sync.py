@@ -1,5 +1,7 @@
 """The full Synchformer (Iashin et al. 2024) that DeSync needs: visual + audio branches and the sync head.
 
+Follows av-benchmark (hkchengrex/av-benchmark) commit 050a5cd; checked against its outputs (tests/test_desync.py).
+
 MMAudio's released `synchformer_state_dict.pth` holds the whole model; the generator uses only its
 visual branch (`dub.model.encoders.synchformer`, keys `vfeat_extractor.*`). The offset classifier that
 av-benchmark's DeSync calls (`Synchformer.compare_v_a`) needs the rest too, so every key of the

@@ -1,5 +1,7 @@
 """VGGish (Hershey et al. 2017), the audio embedding of the "FD-VGG" / FAD numbers in V2A papers.
 
+Follows torchvggish's released weights (`vggish-10086976.pth`, harritaylor/torchvggish); no publisher fixture yet.
+
 Parameter names match torchvggish's released `vggish-10086976.pth` (`features.{0,3,6,8,11,13}`
 convolutions, `embeddings.{0,2,4}` linear layers), so the checkpoint loads strictly.
 
