@@ -12,10 +12,16 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from dub.manifests.schema import (
+    MANIFEST_REQUIRED,
+    MANIFEST_SCHEMA,
+    MANIFEST_STATUSES,
+    REPORT_REQUIRED,
+    REPORT_SCHEMA,
+    REPORT_STATUSES,
+    schema_name,
+)
 from dub.storage.atomic import atomic_path
-
-from dub.manifests.schema import (MANIFEST_REQUIRED, MANIFEST_SCHEMA, MANIFEST_STATUSES, REPORT_REQUIRED, REPORT_SCHEMA,
-                              REPORT_STATUSES, schema_name)
 
 
 class ManifestError(ValueError):

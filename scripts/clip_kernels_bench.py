@@ -68,7 +68,6 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-
 from dub.errors import short_error
 from dub.model.kernels import fp8  # noqa: E402
 from dub.model.kernels.switch import peak_relative_error

@@ -17,8 +17,10 @@ SEED=${FOLEY_SEED:-0}
 N_TEST=${FOLEY_TEST:-200}
 STEPS=${TRAIN_STEPS:-1600}
 mkdir -p "$W"
-TRAIN_FLAGS=(--workers 1 --steps "$STEPS" --batch-size 32 --lr 1e-3 --warmup 100 --ema 0.995
-             --checkpoint-every $((STEPS / 4)) --log-every 50 --bf16
+# optimiser knobs without a flag of their own go through a --config file
+printf 'warmup_steps = 100\nema_decay = 0.995\nlog_every = 50\n' > "$W/train.toml"
+TRAIN_FLAGS=(--workers 1 --steps "$STEPS" --batch-size 32 --lr 1e-3 --config "$W/train.toml"
+             --checkpoint-every $((STEPS / 4)) --bf16
              --val-manifest "$W/val.parquet" --sample-every $((STEPS / 4)))
 started=$(date +%s)
 stamp() { echo "[$(($(date +%s) - started)) s] $*"; }

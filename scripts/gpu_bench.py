@@ -294,12 +294,18 @@ def correctness(opts, report) -> None:
     import torch
 
     from dub.model.codec.bigvgan import activation_form, activation_status
+    from dub.model.codec.mel import MelConverter
     from dub.model.codec.mmaudio import MMAudioCodec
     from dub.model.runtime.fast import OneStepGraph
     from dub.model.runtime.generator import Generator, SamplerConfig, WindowBatch, noise_for_seeds
-    from dub.model.codec.mel import MelConverter
-    from dub.workflows.bench.generate import (ONE_STEP_GUIDANCE, build_stack, codec_configs, compare, random_inputs,
-                                          true_float32)
+    from dub.workflows.bench.generate import (
+        ONE_STEP_GUIDANCE,
+        build_stack,
+        codec_configs,
+        compare,
+        random_inputs,
+        true_float32,
+    )
 
     cuda = opts.device.startswith("cuda")
     stack = build_stack(opts.preset, opts.device, opts.duration_s)
@@ -382,8 +388,13 @@ def synchformer_check(device: str, preset: str, report) -> None:
     with float32 (no TF32) as the yardstick."""
     import torch
 
-    from dub.model.encoders.synchformer import (GROUPED_ATTENTION, Synchformer, SynchformerConfig, attention_status,
-                                   synchformer_features)
+    from dub.model.encoders.synchformer import (
+        GROUPED_ATTENTION,
+        Synchformer,
+        SynchformerConfig,
+        attention_status,
+        synchformer_features,
+    )
     from dub.workflows.bench.encoders import tiny_synchformer_config
     from dub.workflows.bench.generate import TINY_PRESETS, compare, true_float32
 

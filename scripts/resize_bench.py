@@ -26,12 +26,10 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-
-from dub.model.kernels import resize_triton  # noqa: E402
 from dub.model.encoders.clip import SEPARABLE_RESIZE, center_crop, frames_to_images, short_side_size  # noqa: E402
+from dub.model.kernels import resize_triton  # noqa: E402
 from dub.workflows.bench import time_call  # noqa: E402
-from dub.workflows.bench.encoders import (CLIP_SIZE, REAL_SOURCE, SYNC_SIZE, clip_resize, random_frames,  # noqa: E402
-                                      sync_resize)
+from dub.workflows.bench.encoders import CLIP_SIZE, REAL_SOURCE, SYNC_SIZE, clip_resize, random_frames, sync_resize  # noqa: E402
 
 
 def without_triton(resize):

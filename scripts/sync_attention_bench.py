@@ -25,11 +25,17 @@ from pathlib import Path
 
 import torch
 
-
 from dub.errors import short_error
+from dub.model.encoders.synchformer import (  # noqa: E402
+    GROUPED_ATTENTION,
+    Synchformer,
+    SynchformerConfig,
+    divided_attention,
+    divided_attention_triton,
+    synchformer_features,
+    tubelet_embed,
+)
 from dub.model.kernels import synchformer_triton  # noqa: E402
-from dub.model.encoders.synchformer import (GROUPED_ATTENTION, Synchformer, SynchformerConfig,  # noqa: E402
-                               divided_attention, divided_attention_triton, synchformer_features, tubelet_embed)
 from dub.model.kernels.switch import peak_relative_error
 from dub.workflows.bench import time_call
 from dub.workflows.bench.generate import true_float32  # noqa: E402
@@ -50,15 +56,15 @@ def attention_rows(args, device: str, dtype: torch.dtype) -> list[dict]:
         shape = dict(frames=args.frames, patches=args.patches, along_time=along_time)
         with true_float32():
             exact = divided_attention(qkv.float(), args.heads, **shape)
-        forms = [("SDPA form", lambda: divided_attention(qkv, args.heads, **shape))]
+        forms = [("SDPA form", lambda shape=shape: divided_attention(qkv, args.heads, **shape))]
         if synchformer_triton.triton is not None:
             for block_m, block_n, warps in CONFIGS:
-                def kernel(block_m=block_m, block_n=block_n, warps=warps):
+                def kernel(block_m=block_m, block_n=block_n, warps=warps, shape=shape):
                     return synchformer_triton.grouped_attention(qkv, args.heads, block_m=block_m, block_n=block_n,
                                                                 num_warps=warps, **shape)
                 forms.append((f"Triton {block_m}x{block_n} w{warps} (groups only)", kernel))
             forms.append(("Triton default + CLS query (SDPA)",
-                          lambda: divided_attention_triton(qkv, args.heads, **shape)))
+                          lambda shape=shape: divided_attention_triton(qkv, args.heads, **shape)))
         for name, fn in forms:
             row = {"attention": kind, "form": name, "shape": list(qkv.shape), "dtype": str(dtype)[6:]}
             try:
@@ -116,7 +122,7 @@ def model_rows(args, device: str) -> list[dict]:
     for on in (False, True):
         name = "Triton kernel" if on else "SDPA form (DUB_SYNCHFORMER_TRITON=0)"
 
-        def run():
+        def run(on=on):
             with GROUPED_ATTENTION.turned(on), torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda):
                 return synchformer_features(model, pixels)
 

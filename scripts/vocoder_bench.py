@@ -17,7 +17,6 @@ import time
 
 import torch
 
-
 from dub.model.codec.bigvgan import AntiAliasedActivation, BigVGAN, BigVGANConfig, activation_form, activation_status  # noqa: E402
 from dub.workflows.bench import time_call  # noqa: E402
 

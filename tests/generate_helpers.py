@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from dub.model.network.transformer import MFMJT
 from dub.model.runtime.bundles import network_config, resolve_bundle
 from dub.model.weights.checkpoint import save_checkpoint
-from dub.model.network.transformer import MFMJT
 from tests.network_helpers import randomize_parameters_
 
 

@@ -13,14 +13,14 @@ from typer.testing import CliRunner
 
 from dub.cli import app
 from dub.model.codec.bigvgan import BigVGAN, BigVGANConfig
-from dub.model.runtime.bundles import bundle_info
+from dub.model.codec.mel import MelConfig, MelConverter
 from dub.model.codec.mmaudio import MMAudioCodec
+from dub.model.codec.vae import VAE, VAEConfig
 from dub.model.demo import DemoCodec, DemoEncoders
 from dub.model.kernels.graphs import CudaGraphCall
+from dub.model.runtime.bundles import bundle_info
 from dub.model.runtime.fast import OneStepGraph
 from dub.model.runtime.generator import Generator, SamplerConfig, WindowBatch, noise_for_seeds
-from dub.model.codec.mel import MelConfig, MelConverter
-from dub.model.codec.vae import VAE, VAEConfig
 from dub.workflows.bench.generate import build_network
 from dub.workflows.media.decode import FrameTarget, decode_window
 

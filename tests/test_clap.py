@@ -13,8 +13,17 @@ import numpy as np
 import pytest
 import torch
 
-from dub.workflows.metrics.clap import (ClapConfig, ClapModel, ClapPreprocess, build_clap, clap_htsat_base, clap_score,
-                                    clap_state_dict, load_clap, prepare_clap_audio)
+from dub.workflows.metrics.clap import (
+    ClapConfig,
+    ClapModel,
+    ClapPreprocess,
+    build_clap,
+    clap_htsat_base,
+    clap_score,
+    clap_state_dict,
+    load_clap,
+    prepare_clap_audio,
+)
 from dub.workflows.metrics.embeddings import BackendUnavailable
 from dub.workflows.metrics.models.htsat import HTSAT_TINY, HTSATConfig
 from dub.workflows.metrics.models.roberta import ByteLevelBPETokenizer, RobertaConfig, bytes_to_unicode

@@ -14,10 +14,18 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from dub.model.codec.bigvgan import (AntiAliasedActivation, BigVGAN, BigVGANConfig, activation_form, activation_status,
-                           kaiser_sinc_filter, load_bigvgan, weight_norm_state_dict)
-from dub.model.codec.mmaudio import Codec, MMAudioCodec, build_mmaudio_codec
+from dub.model.codec.bigvgan import (
+    AntiAliasedActivation,
+    BigVGAN,
+    BigVGANConfig,
+    activation_form,
+    activation_status,
+    kaiser_sinc_filter,
+    load_bigvgan,
+    weight_norm_state_dict,
+)
 from dub.model.codec.mel import MelConfig, MelConverter
+from dub.model.codec.mmaudio import Codec, MMAudioCodec, build_mmaudio_codec
 from dub.model.codec.vae import VAE, VAEConfig, load_vae
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]

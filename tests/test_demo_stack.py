@@ -301,10 +301,10 @@ def test_demo_encoders_and_codec_fit_the_demo_network():
 
 
 def test_demo_bundle_generates_with_a_checkpoint(tmp_path):
-    from dub.model.runtime.bundles import BUNDLES, bundle_info, load_generator, network_config
-    from dub.model.weights.checkpoint import save_checkpoint
-    from dub.model.runtime.generator import SamplerConfig, WindowBatch
     from dub.model.network.transformer import MFMJT
+    from dub.model.runtime.bundles import BUNDLES, bundle_info, load_generator, network_config
+    from dub.model.runtime.generator import SamplerConfig, WindowBatch
+    from dub.model.weights.checkpoint import save_checkpoint
     from dub.model.weights.registry import WeightsRegistry
 
     torch.manual_seed(0)

@@ -14,8 +14,6 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from tests.report_helpers import write_clip
-from tests.requirements import require_module
 from dub.workflows.metrics.desync import (
     OFFSET_GRID_S,
     SynchformerOffsetPredictor,
@@ -35,6 +33,8 @@ from dub.workflows.metrics.models.synchformer_sync import (
     num_video_segments,
 )
 from dub.workflows.metrics.weights import WeightsLocator
+from tests.report_helpers import write_clip
+from tests.requirements import require_module
 
 FIXTURE = Path(__file__).parent / "data" / "synchformer_sync_fixture"
 TINY = FullSynchformerConfig.tiny()

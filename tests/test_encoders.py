@@ -13,17 +13,6 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from dub.model.encoders.mmaudio import MMAudioEncoders, VisualTextEncoder, sync_pixels
-from dub.model.encoders.synchformer import (
-    Synchformer,
-    SynchformerConfig,
-    load_synchformer,
-    num_segments,
-    segment_frames,
-    synchformer_features,
-    tubelet_embed,
-)
-
 from dub.model.encoders.clip import (
     OPENAI_MEAN,
     OPENAI_STD,
@@ -36,6 +25,16 @@ from dub.model.encoders.clip import (
     released_model_cfg,
     resize_uint8,
     tiny_model_cfg,
+)
+from dub.model.encoders.mmaudio import MMAudioEncoders, VisualTextEncoder, sync_pixels
+from dub.model.encoders.synchformer import (
+    Synchformer,
+    SynchformerConfig,
+    load_synchformer,
+    num_segments,
+    segment_frames,
+    synchformer_features,
+    tubelet_embed,
 )
 from tests.requirements import require, require_module
 

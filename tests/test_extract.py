@@ -13,7 +13,6 @@ import torch
 from typer.testing import CliRunner
 
 from dub.cli import app
-from tests.train_helpers import assert_evaluated_every_step
 from dub.model.demo import DemoCodec, DemoEncoders
 from dub.workflows.datasets.foley_synth import make_foley_synth
 from dub.workflows.extract.config import ExtractConfig
@@ -23,6 +22,7 @@ from dub.workflows.ingest import IngestConfig, ingest
 from dub.workflows.media.audio import encode_audio_file, read_audio
 from dub.workflows.media.decode import FrameTarget, decode_window
 from dub.workflows.media.synth import synth_audio
+from tests.train_helpers import assert_evaluated_every_step
 
 WINDOW_S = 2.0
 # demo bundle sizes (model/runtime/bundles.py DEMO_NETWORK_OVERRIDES) for a 2 s window
@@ -138,11 +138,13 @@ def test_extract_then_train_end_to_end(extracted, tmp_path):
     """`dub train` (CLI, flow-matching objective, bf16 autocast, one CPU worker) on the extracted shards."""
     from dub.model.weights.checkpoint import load_checkpoint
 
+    config = tmp_path / "run.toml"
+    config.write_text("log_every = 1\nwarmup_steps = 1\nshuffle_buffer = 4\nsteps = 500\n"
+                      "[architecture]\nhidden_dim = 32\ndepth = 2\nfused_depth = 1\nnum_heads = 2\n")
     result = CliRunner().invoke(app, ["train", "--shards", str(extracted["out"]), "--name", "e2e", "--storage",
                                       str(tmp_path / "runs"), "--workers", "1", "--objective", "flow-matching",
-                                      "--hidden-dim", "32", "--depth", "2", "--fused-depth", "1", "--num-heads", "2",
-                                      "--batch-size", "4", "--steps", "2", "--checkpoint-every", "2", "--log-every",
-                                      "1", "--warmup", "1", "--shuffle-buffer", "4", "--bf16", "-q"])
+                                      "--config", str(config), "--batch-size", "4", "--steps", "2",
+                                      "--checkpoint-every", "2", "--bf16", "-q"])  # --steps 2 wins over the file's 500
     assert result.exit_code == 0, result.output
     model_path = Path(result.stdout.strip().splitlines()[-1])
     assert model_path.name == "model.safetensors" and model_path.is_file()

@@ -14,8 +14,14 @@ from typer.testing import CliRunner
 
 from dub.cli import app
 from dub.model.encoders.mmaudio import FP8_TOWERS
-from dub.model.kernels.fp8 import (FP8_RECIPE, Fp8Linear, ProjectedAttention, bias_in_scaled_mm, convert_linears_to_fp8,
-                       fp8_supported)
+from dub.model.kernels.fp8 import (
+    FP8_RECIPE,
+    Fp8Linear,
+    ProjectedAttention,
+    bias_in_scaled_mm,
+    convert_linears_to_fp8,
+    fp8_supported,
+)
 from dub.workflows.bench.encoders import build_encoders
 from dub.workflows.media.decode import FrameTarget, decode_window
 

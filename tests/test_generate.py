@@ -21,12 +21,12 @@ import pyarrow.parquet as pq
 import pytest
 
 from dub.model.runtime.generator import SamplerConfig
-from tests.generate_helpers import random_demo_checkpoint
-from tests.video_factory import bigbuckbunny_path, make_video
 from dub.workflows.generate.config import GenerateConfig
 from dub.workflows.generate.run import GenerateError, run_generate
 from dub.workflows.ingest import IngestConfig, ingest
 from dub.workflows.media.remux import strip_audio
+from tests.generate_helpers import random_demo_checkpoint
+from tests.video_factory import bigbuckbunny_path, make_video
 
 
 def _ingest(folder: Path, manifest: Path) -> Path:
@@ -375,10 +375,10 @@ def test_text_to_audio_writes_one_audio_file_per_prompt(ray_session, checkpoint,
         ["a snare drum hit", "a cow bell ringing twice"]
 
     # dub report on the text-to-audio run: the audio files are read, CLAP scores each prompt
-    from tests.test_clap import MERGES, VOCAB, fixture_state, tiny_config
     from dub.workflows.metrics.clap import load_clap
     from dub.workflows.report.config import Injected, ReportConfig
     from dub.workflows.report.run import run_report
+    from tests.test_clap import MERGES, VOCAB, fixture_state, tiny_config
 
     clap_config = tiny_config()
     clap = load_clap(fixture_state(clap_config), "cpu", clap_config, VOCAB, MERGES)
@@ -515,13 +515,12 @@ def test_cli_resize_exact_runs_end_to_end_with_torchvision_frames(ray_session, c
     import io
     import tarfile
 
+    import torch
     from typer.testing import CliRunner
 
     from dub.cli import app
     from dub.model.runtime.bundles import bundle_info, load_feature_stack
     from dub.workflows.generate.stages import decode_windows
-
-    import torch
 
     path = tmp_path / "v" / "wide.mp4"
     make_video(path, seconds=1.0, fps=25, size=(320, 180))

@@ -18,10 +18,25 @@ import torch
 from safetensors.torch import load_file
 
 from dub.workflows.metrics.embeddings import BackendUnavailable
-from dub.workflows.metrics.ib_score import (ImageBindScorer, audio_clip_bounds, audio_mel_clips, build_imagebind,
-                                        frame_pairs, ib_frames, ib_score, video_input)
-from dub.workflows.metrics.models.imagebind import (IGNORED_MODALITIES, IMAGEBIND_HUGE, IMAGEBIND_TINY, ImageBindConfig,
-                                                checkpoint_shapes, imagebind_state_dict, load_imagebind)
+from dub.workflows.metrics.ib_score import (
+    ImageBindScorer,
+    audio_clip_bounds,
+    audio_mel_clips,
+    build_imagebind,
+    frame_pairs,
+    ib_frames,
+    ib_score,
+    video_input,
+)
+from dub.workflows.metrics.models.imagebind import (
+    IGNORED_MODALITIES,
+    IMAGEBIND_HUGE,
+    IMAGEBIND_TINY,
+    ImageBindConfig,
+    checkpoint_shapes,
+    imagebind_state_dict,
+    load_imagebind,
+)
 from dub.workflows.metrics.weights import METRIC_WEIGHTS, WeightsLocator
 
 FIXTURE = Path(__file__).parent / "data" / "imagebind_fixture"
@@ -314,11 +329,11 @@ def test_ib_score_in_run_report(tiny, tmp_path):
     """A real 8 s video and its generated audio get an ib_score (the tiny model's cosine of the
     reference-style forward of both towers); a 6 s video and a text-to-audio row get none, with
     the reason; --skip ib and missing weights are named in the summary."""
-    from tests.report_helpers import burst_audio, event_frames, write_clip, write_generate_run
-    from tests.video_factory import make_video
     from dub.workflows.metrics.media_io import read_audio
     from dub.workflows.report.config import Injected, ReportConfig
     from dub.workflows.report.run import run_report
+    from tests.report_helpers import burst_audio, event_frames, write_clip, write_generate_run
+    from tests.video_factory import make_video
 
     long_src = tmp_path / "videos" / "long.mp4"
     make_video(long_src, seconds=8.0, fps=25.0, size=(96, 64), pattern="moving_box")

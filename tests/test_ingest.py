@@ -16,8 +16,8 @@ from dub.cli import app
 from dub.manifests.ids import bytes_id, content_id, is_content_id
 from dub.manifests.io import ManifestError, read_manifest, read_report, write_parquet_atomic
 from dub.manifests.schema import MANIFEST_SCHEMA, REPORT_SCHEMA
-from tests.video_factory import build_corpus, make_video
 from dub.workflows.ingest import IngestConfig, ingest, probe_all, scan
+from tests.video_factory import build_corpus, make_video
 
 PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

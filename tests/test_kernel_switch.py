@@ -17,7 +17,8 @@ import torch
 import torch.nn.functional as F
 
 from dub.model.codec import bigvgan
-from dub.model.encoders import clip as clip_encoder, synchformer
+from dub.model.encoders import clip as clip_encoder
+from dub.model.encoders import synchformer
 from dub.model.kernels import resize_triton
 from dub.model.kernels.switch import KernelSwitch
 from tests.triton_helpers import run_under_interpreter

@@ -19,12 +19,19 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from tests.process_helpers import (ERROR_LOOKING, kill_driver, kill_session, run_cli, session, start_cli, temporaries,
-                                   wait_until)
+from dub.workflows.ingest import IngestConfig, ingest
+from tests.process_helpers import (
+    ERROR_LOOKING,
+    kill_driver,
+    kill_session,
+    run_cli,
+    session,
+    start_cli,
+    temporaries,
+    wait_until,
+)
 from tests.report_helpers import burst_audio, event_frames, write_clip, write_events, write_generate_run, write_wav
 from tests.video_factory import make_video
-from dub.workflows.ingest import IngestConfig, ingest
-
 
 # -- dub generate -------------------------------------------------------------------------------
 

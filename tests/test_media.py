@@ -8,11 +8,11 @@ from fractions import Fraction
 import numpy as np
 import pytest
 
-from tests.video_factory import make_video, read_frame_index
 from dub.workflows.media.audio import encode_audio_file, read_audio, resample
 from dub.workflows.media.decode import CLIP_TARGET, SYNC_TARGET, FrameTarget, decode_window
 from dub.workflows.media.errors import MediaError
 from dub.workflows.media.windows import Window, plan_windows, stitch
+from tests.video_factory import make_video, read_frame_index
 
 
 def expected_indices(frame_times, start_s: float, count: int, fps: float) -> list[int]:

@@ -8,18 +8,17 @@ import pytest
 import scipy.linalg
 import torch
 
-from tests.report_helpers import FPS, SAMPLE_RATE, burst_audio, decode_png, event_frames, write_clip
 from dub.workflows.metrics.av_align import av_align_iou, av_align_score, motion_peaks
 from dub.workflows.metrics.classifiers import inception_score, kl_softmax, softmax
 from dub.workflows.metrics.desync import build_offset_predictor, desync_score, desync_windows
 from dub.workflows.metrics.embeddings import BackendUnavailable, LogMelStatsBackend, PannsBackend, build_backend
 from dub.workflows.metrics.fad import frechet_distance, frechet_distance_from_stats, gaussian_stats
 from dub.workflows.metrics.media_io import read_audio, read_grey_frames
-from dub.workflows.metrics.onsets import (OnsetConfig, average_precision, detect_onsets, onset_prf,
-                                      score_onsets)
 from dub.workflows.metrics.models.panns import Cnn14, Cnn14Config, LogMelFrontEnd, load_cnn14
+from dub.workflows.metrics.onsets import OnsetConfig, average_precision, detect_onsets, onset_prf, score_onsets
 from dub.workflows.metrics.plots import encode_png, spectrogram_png, waveform_png
 from dub.workflows.metrics.weights import MissingWeights, WeightsLocator
+from tests.report_helpers import FPS, SAMPLE_RATE, burst_audio, decode_png, event_frames, write_clip
 
 # ----------------------------------------------------------------------------- Fréchet distance
 

@@ -12,6 +12,9 @@ import torch
 from safetensors.torch import load_file
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
+from dub.model.network.config import NETWORK_PRESETS, NetworkConfig, sequence_lengths
+from dub.model.network.rotary import rope_rotations
+from dub.model.network.transformer import MFMJT
 from dub.model.weights.checkpoint import (
     CheckpointMismatchError,
     UnsafeCheckpointError,
@@ -21,9 +24,6 @@ from dub.model.weights.checkpoint import (
     load_state_dict_file,
     save_checkpoint,
 )
-from dub.model.network.config import NETWORK_PRESETS, NetworkConfig, sequence_lengths
-from dub.model.network.transformer import MFMJT
-from dub.model.network.rotary import rope_rotations
 from tests.network_helpers import euler_cfg, random_features, random_tiny_network, randomize_parameters_
 from tests.requirements import PYTEST_HAS_SUBTESTS, require
 

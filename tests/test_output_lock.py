@@ -15,9 +15,9 @@ import pytest
 from typer.testing import CliRunner
 
 from dub.cli import app
+from dub.storage.lock import LOCK_FILE, OutputInUse, exclusive_output
 from tests.report_helpers import write_generate_run
 from tests.train_helpers import write_synthetic_shards
-from dub.storage.lock import LOCK_FILE, OutputInUse, exclusive_output
 
 REPO = Path(__file__).resolve().parents[1]
 HOLD = """import sys, time

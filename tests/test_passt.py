@@ -18,8 +18,19 @@ from safetensors.torch import load_file, save_file
 
 from dub.workflows.metrics.classifiers import inception_score, kl_softmax
 from dub.workflows.metrics.embeddings import BackendUnavailable, PasstBackend, build_backend
-from dub.workflows.metrics.models.passt import (CLIP_SAMPLES, PASST_S_SWA, PASST_TINY, SAMPLE_RATE, Passt, PasstConfig,
-                                     PasstMelFrontEnd, checkpoint_shapes, fit_clip, kaldi_mel_banks, load_passt)
+from dub.workflows.metrics.models.passt import (
+    CLIP_SAMPLES,
+    PASST_S_SWA,
+    PASST_TINY,
+    SAMPLE_RATE,
+    Passt,
+    PasstConfig,
+    PasstMelFrontEnd,
+    checkpoint_shapes,
+    fit_clip,
+    kaldi_mel_banks,
+    load_passt,
+)
 from dub.workflows.metrics.weights import METRIC_WEIGHTS, WeightsLocator
 
 FIXTURE = Path(__file__).parent / "data" / "passt_fixture"

@@ -21,11 +21,16 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
+from dub.workflows.ingest import IngestConfig, ingest
+from dub.workflows.ray_cluster import (
+    KNOWN_RAY_NOISE,
+    RayAuthError,
+    _prepare_token_auth,
+    find_auth_token,
+    quiet_known_ray_lines,
+)
 from tests.process_helpers import ERROR_LOOKING, PROJECT_ROOT, kill_session
 from tests.video_factory import make_video
-from dub.workflows.ingest import IngestConfig, ingest
-from dub.workflows.ray_cluster import (KNOWN_RAY_NOISE, RayAuthError, _prepare_token_auth, find_auth_token,
-                                   quiet_known_ray_lines)
 
 AUTH_VARS = ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH", "RAY_ADDRESS")
 

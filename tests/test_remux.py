@@ -6,11 +6,11 @@ import av
 import numpy as np
 import pytest
 
-from tests.video_factory import bigbuckbunny_path, make_audio_only, make_video
 from dub.workflows.media.audio import read_audio
 from dub.workflows.media.errors import MediaError
 from dub.workflows.media.probe import probe_video
 from dub.workflows.media.remux import remux_with_audio, strip_audio, video_span
+from tests.video_factory import bigbuckbunny_path, make_audio_only, make_video
 
 
 def packets(path, kind: str = "video", index: int = 0) -> list[tuple]:

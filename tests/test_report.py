@@ -18,12 +18,19 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from tests.report_helpers import (burst_audio, decode_png, event_frames, write_clip, write_events,
-                                  write_generate_run, write_wav)
-from tests.requirements import require
 from dub.workflows.metrics.run_inputs import GeneratedRow, ReferenceIndex, load_run
 from dub.workflows.report.config import Injected, ReportConfig
 from dub.workflows.report.run import run_report
+from tests.report_helpers import (
+    burst_audio,
+    decode_png,
+    event_frames,
+    write_clip,
+    write_events,
+    write_generate_run,
+    write_wav,
+)
+from tests.requirements import require
 
 CHROMIUM = Path("/usr/bin/chromium")
 DURATION = 6.0
@@ -296,11 +303,11 @@ def test_resize_reaches_the_desync_decoding(tmp_path, monkeypatch):
     import torch
 
     import dub.workflows.report.scoring as report_module
-    from tests.video_factory import make_video
     from dub.workflows.media.decode import RESIZE_BACKENDS, FrameTarget, decode_window
     from dub.workflows.metrics.desync import build_offset_predictor
     from dub.workflows.metrics.models.synchformer_sync import VIDEO_FPS, FullSynchformer, FullSynchformerConfig
     from dub.workflows.report.scoring import load_models
+    from tests.video_factory import make_video
 
     tiny = FullSynchformerConfig.tiny()
     torch.manual_seed(0)
@@ -338,9 +345,9 @@ def test_resize_reaches_the_desync_decoding(tmp_path, monkeypatch):
 def test_clap_score_for_clips_with_prompts(tmp_path):
     """A run whose rows carry prompts gets a CLAP score per prompted clip (tiny LAION-CLAP in the
     publisher's layout), equal to the cosine of the model's own text and 48 kHz audio embeddings."""
-    from tests.test_clap import MERGES, VOCAB, fixture_state, tiny_config
     from dub.workflows.metrics.clap import load_clap
     from dub.workflows.metrics.media_io import read_audio
+    from tests.test_clap import MERGES, VOCAB, fixture_state, tiny_config
 
     times = _events(7)
     rows = []

@@ -146,10 +146,10 @@ def test_guided_euler_reproduces_mmaudio_fixture(fixtures_root):
 
     from safetensors.torch import load_file
 
-    from dub.model.weights.checkpoint import load_network
-    from dub.model.network.config import NetworkConfig
     from dub.model.flow.guidance import Guidance
     from dub.model.flow.sampling import guided_field
+    from dub.model.network.config import NetworkConfig
+    from dub.model.weights.checkpoint import load_network
 
     root = fixtures_root / "network"
     config = NetworkConfig.from_dict(json.loads((root / "arch.json").read_text()))

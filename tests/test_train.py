@@ -13,16 +13,29 @@ import pandas as pd
 import pytest
 import torch
 
-from dub.model.weights.checkpoint import load_checkpoint, load_state_dict_file, save_checkpoint
-from dub.model.network.config import get_preset
 from dub.model.flow.meanflow import MeanFlowConfig
+from dub.model.network.config import get_preset
 from dub.model.network.transformer import MFMJT
-from tests.train_helpers import SHAPES, SHAPES_8S, TINY_ARCHITECTURE, assert_evaluated_every_step, write_synthetic_shards
+from dub.model.weights.checkpoint import load_checkpoint, load_state_dict_file, save_checkpoint
 from dub.workflows.train.config import TrainConfig
-from dub.workflows.train.data import (ShardError, check_shards, collate, iter_samples, memory_batches, sample_stream,
-                                  worker_share)
+from dub.workflows.train.data import (
+    ShardError,
+    check_shards,
+    collate,
+    iter_samples,
+    memory_batches,
+    sample_stream,
+    worker_share,
+)
 from dub.workflows.train.loop import build_network, conditions, lr_factor
 from dub.workflows.train.run import TrainError, resolve_network, run_train
+from tests.train_helpers import (
+    SHAPES,
+    SHAPES_8S,
+    TINY_ARCHITECTURE,
+    assert_evaluated_every_step,
+    write_synthetic_shards,
+)
 
 
 @pytest.fixture(scope="module")

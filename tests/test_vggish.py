@@ -7,8 +7,18 @@ import pytest
 import torch
 
 from dub.workflows.metrics.embeddings import BackendUnavailable, VGGishBackend, build_backend
-from dub.workflows.metrics.models.vggish import (EXAMPLE_FRAMES, MEL_BANDS, MIN_SAMPLES, SAMPLE_RATE, VGGish, VGGishConfig,
-                                      VGGishFrontEnd, htk_mel_matrix, load_vggish, load_vggish_pca)
+from dub.workflows.metrics.models.vggish import (
+    EXAMPLE_FRAMES,
+    MEL_BANDS,
+    MIN_SAMPLES,
+    SAMPLE_RATE,
+    VGGish,
+    VGGishConfig,
+    VGGishFrontEnd,
+    htk_mel_matrix,
+    load_vggish,
+    load_vggish_pca,
+)
 from dub.workflows.metrics.weights import METRIC_WEIGHTS, WeightsLocator
 
 TINY = VGGishConfig(channels=(4, 4, 8, 8, 8, 8), hidden=32)  # keeps the 128-d embedding

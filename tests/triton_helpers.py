@@ -19,8 +19,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from dub.model.kernels import bigvgan_triton
 from dub.model.codec.bigvgan import AntiAliasedActivation, BigVGANConfig
+from dub.model.kernels import bigvgan_triton
 
 # (channels, length, snake kind, input dtype): down to one sample, both kinds, bf16 input
 CASES = [(3, 1, "snakebeta", torch.float32), (3, 2, "snake", torch.float32), (4, 7, "snakebeta", torch.float32),

@@ -13,13 +13,18 @@ from __future__ import annotations
 
 import importlib.util
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 from dub.workflows.media.streams import mp4_top_level_boxes
-from dub.workflows.media.synth import (SynthVideo, frame_index_value, read_frame_index, synth_audio,
-                                   write_synthetic_video)
+from dub.workflows.media.synth import (
+    SynthVideo,
+    frame_index_value,
+    read_frame_index,
+    synth_audio,
+    write_synthetic_video,
+)
 
 __all__ = ["SynthVideo", "CorpusEntry", "make_video", "make_audio_only", "make_truncated", "make_header_only",
            "make_text_file", "make_empty_file", "build_corpus", "bigbuckbunny_path", "frame_index_value",

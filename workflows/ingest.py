@@ -20,9 +20,9 @@ import os
 import shutil
 import time
 from collections import Counter, deque
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable
 
 DEFAULT_EXTENSIONS = ("mp4", "m4v", "mov", "mkv", "webm", "avi", "mpg", "mpeg", "ts", "mts", "m2ts", "flv", "wmv",
                       "3gp", "ogv")
@@ -213,7 +213,6 @@ class _Worker:
     def __init__(self):
         import subprocess
         import sys
-
         import tempfile
 
         env = dict(os.environ)

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Mapping
 
 # A decode task works through its input block one window at a time, streaming each window's
 # frames on as it goes; 128 windows of ~0.33 s CPU each keep a task under a minute, and 8 blocks

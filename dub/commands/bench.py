@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import importlib
 import json
-from typing import List
 
 import typer
 
@@ -12,7 +11,7 @@ import typer
 def register(app: typer.Typer) -> None:
     @app.command()
     def bench(
-        names: List[str] = typer.Argument(None, help="Sub-benchmarks: media, encoders, generate, train-step, e2e (default: all)."),
+        names: list[str] = typer.Argument(None, help="Sub-benchmarks: media, encoders, generate, train-step, e2e (default: all)."),
         device: str = typer.Option("auto", help="auto | cpu | cuda"),
         preset: str = typer.Option("tiny", help="Model sizes: tiny (CPU) or a real preset such as small_16k (random weights)."),
         batch_size: int = typer.Option(1, "--batch-size", "-b"),

@@ -5,9 +5,10 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import Optional
 
 import typer
+
+from dub.commands.choices import AudioCodec, OutputFormat, RescaleMode, Resize, Sampler
 
 DEFAULT_MANIFEST = "manifest.parquet"
 
@@ -15,35 +16,35 @@ DEFAULT_MANIFEST = "manifest.parquet"
 def register(app: typer.Typer) -> None:
     @app.command()
     def generate(
-        manifest: Optional[Path] = typer.Option(None, "--manifest", "-m", help="Manifest from `dub ingest` (default: ./manifest.parquet)."),
+        manifest: Path | None = typer.Option(None, "--manifest", "-m", help="Manifest from `dub ingest` (default: ./manifest.parquet)."),
         out: Path = typer.Option(Path("dubbed"), "--out", "-o", help="Output directory (one generation config per directory)."),
-        prompts: Optional[Path] = typer.Option(None, "--prompts", help="Text-to-audio: a file with one prompt per line (no video)."),
+        prompts: Path | None = typer.Option(None, "--prompts", help="Text-to-audio: a file with one prompt per line (no video)."),
         model: str = typer.Option("demo", "--model", help="Model bundle name (see `dub weights list`)."),
-        checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", help="An MF-MJT checkpoint (.safetensors) from `dub train`."),
-        sampler: str = typer.Option("meanflow", help="meanflow (1..k steps) or euler (flow-matching baseline)."),
+        checkpoint: Path | None = typer.Option(None, "--checkpoint", help="An MF-MJT checkpoint (.safetensors) from `dub train`."),
+        sampler: Sampler = typer.Option(Sampler.meanflow, help="meanflow (1..k steps) or euler (the flow-matching baseline).", rich_help_panel="Sampling"),
         steps: int = typer.Option(1, help="Sampler steps: 1 for one-step MeanFlow; 25 for the Euler baseline."),
-        cfg: Optional[float] = typer.Option(None, "--cfg", help="Classifier-free guidance weight (<= 1: no unconditional pass). Default: the model bundle's, the one its published figures were measured with."),
-        cfg_rescale: Optional[float] = typer.Option(None, "--cfg-rescale", help="Scalar rescale strength phi for --rescale-mode std (default: the bundle's)."),
-        rescale_mode: Optional[str] = typer.Option(None, "--rescale-mode", help="std | proj | none (default: the bundle's)."),
+        cfg: float | None = typer.Option(None, "--cfg", help="Classifier-free guidance weight (<= 1: no unconditional pass). Default: the model bundle's, the one its published figures were measured with."),
+        cfg_rescale: float | None = typer.Option(None, "--cfg-rescale", help="Scalar rescale strength phi for --rescale-mode std (default: the bundle's)."),
+        rescale_mode: RescaleMode | None = typer.Option(None, "--rescale-mode", help="How guidance is rescaled (default: the bundle's).", rich_help_panel="Sampling"),
         seed: int = typer.Option(0, help="Global seed; each window's noise comes from (seed, video id, window)."),
         prompt: str = typer.Option("", help="Default text prompt (a manifest row's own prompt wins)."),
-        negative_prompt: str = typer.Option("", "--negative-prompt", help="Text for the unconditional branch."),
-        fmt: str = typer.Option("mp4", "--format", help="mp4 | wds | both"),
-        audio_codec: str = typer.Option("aac", "--audio-codec", help="aac | flac | opus"),
-        keep_original_audio: bool = typer.Option(False, "--keep-original-audio", help="Keep the source audio as a second track."),
-        save_features: bool = typer.Option(False, "--save-features", help="Store CLIP/sync/text features in the shards."),
-        window: Optional[float] = typer.Option(None, "--window", help="Window length in seconds (default: the model's)."),
-        overlap: float = typer.Option(1.0, "--overlap", help="Window overlap in seconds (crossfaded)."),
-        duration: Optional[float] = typer.Option(None, "--duration", help="Text-to-audio clip length in seconds."),
-        batch_size: int = typer.Option(4, "--batch-size", help="Windows per model call (mixing videos)."),
-        limit: Optional[int] = typer.Option(None, "--limit", help="Process at most this many pending videos."),
-        address: Optional[str] = typer.Option(None, "--address", help="Ray cluster address (else RAY_ADDRESS, else local Ray)."),
-        replicas: Optional[int] = typer.Option(None, "--replicas", help="Model replicas (default: one per GPU, else 1 CPU actor)."),
-        fp8: bool = typer.Option(False, "--fp8", help="Run the linear layers of CLIP's vision tower in FP8 (GPUs with compute capability 8.9+; MMAudio bundles): CLIP 1041 -> 756 ms per 8 clips on an H200, slightly different features (see docs/benchmarks.md)."),
-        resize: str = typer.Option("fast", "--resize", help="fast | exact: how frames are resized for CLIP (384x384) and Synchformer (224 crop). fast: swscale's bicubic (default); exact: torchvision's antialiased bicubic, as MMAudio's features were made, about 9x slower CPU decoding (3.0 s vs 0.33 s per 8 s 720p clip on one core)."),
-        compile_: bool = typer.Option(False, "--compile", help="torch.compile the one-step network, the VAE + vocoder and the CLIP/Synchformer towers in each replica (minutes to build; worth it for large runs). Falls back to eager with the reason."),
+        negative_prompt: str = typer.Option("", "--negative-prompt", help="Text for the unconditional branch.", rich_help_panel="Sampling"),
+        fmt: OutputFormat = typer.Option(OutputFormat.mp4, "--format", help="Remuxed mp4s, WebDataset shards, or both.", rich_help_panel="Output"),
+        audio_codec: AudioCodec = typer.Option(AudioCodec.aac, "--audio-codec", help="Codec of the generated track.", rich_help_panel="Output"),
+        keep_original_audio: bool = typer.Option(False, "--keep-original-audio", help="Keep the source audio as a second track.", rich_help_panel="Output"),
+        save_features: bool = typer.Option(False, "--save-features", help="Store CLIP/sync/text features in the shards.", rich_help_panel="Output"),
+        window: float | None = typer.Option(None, "--window", help="Window length in seconds (default: the model's).", rich_help_panel="Sampling"),
+        overlap: float = typer.Option(1.0, "--overlap", help="Window overlap in seconds (crossfaded).", rich_help_panel="Sampling"),
+        duration: float | None = typer.Option(None, "--duration", help="Text-to-audio clip length in seconds.", rich_help_panel="Sampling"),
+        batch_size: int = typer.Option(4, "--batch-size", help="Windows per model call (mixing videos).", rich_help_panel="Performance"),
+        limit: int | None = typer.Option(None, "--limit", help="Process at most this many pending videos."),
+        address: str | None = typer.Option(None, "--address", help="Ray cluster address (else RAY_ADDRESS, else local Ray).", rich_help_panel="Cluster"),
+        replicas: int | None = typer.Option(None, "--replicas", help="Model replicas (default: one per GPU, else 1 CPU actor).", rich_help_panel="Cluster"),
+        fp8: bool = typer.Option(False, "--fp8", help="Run the linear layers of CLIP's vision tower in FP8 (GPUs with compute capability 8.9+): faster, slightly different features (docs/benchmarks.md).", rich_help_panel="Performance"),
+        resize: Resize = typer.Option(Resize.fast, "--resize", help="How frames are resized for CLIP (384x384) and Synchformer (224 crop): fast is swscale's bicubic; exact is torchvision's antialiased bicubic, as MMAudio's features were made, several times slower CPU decoding (docs/benchmarks.md).", rich_help_panel="Performance"),
+        compile_: bool = typer.Option(False, "--compile", help="torch.compile the one-step network, the VAE + vocoder and the CLIP/Synchformer towers in each replica (minutes to build; worth it for large runs). Falls back to eager with the reason.", rich_help_panel="Performance"),
         overwrite: bool = typer.Option(False, "--overwrite", help="Regenerate everything, even under another config."),
-        max_failures: Optional[int] = typer.Option(None, "--max-failures", help="Stop when more videos than this have failed."),
+        max_failures: int | None = typer.Option(None, "--max-failures", help="Stop when more videos than this have failed.", rich_help_panel="Cluster"),
         quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or table."),
         as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
     ) -> None:
@@ -51,9 +52,9 @@ def register(app: typer.Typer) -> None:
         from rich.console import Console
 
         from dub.model.runtime.generator import SamplerConfig
+        from dub.storage.lock import OutputInUse
         from dub.workflows.generate.config import GenerateConfig
         from dub.workflows.generate.run import GenerateError, run_generate
-        from dub.storage.lock import OutputInUse
 
         console = Console(stderr=True)
         if prompts is None and manifest is None:
@@ -64,18 +65,18 @@ def register(app: typer.Typer) -> None:
         try:
             defaults = _bundle_sampler(model)
             cfg = defaults.cfg if cfg is None else cfg
-            rescale_mode = defaults.rescale if rescale_mode is None else rescale_mode
+            rescale_mode = defaults.rescale if rescale_mode is None else rescale_mode.value
             cfg_rescale = defaults.phi if cfg_rescale is None else cfg_rescale
             config = GenerateConfig(
                 out_dir=str(out), manifest=str(manifest) if prompts is None else None,
                 prompts_file=str(prompts) if prompts else None, model=model,
                 checkpoint=str(checkpoint) if checkpoint else None,
-                sampler=SamplerConfig(sampler=sampler, steps=steps, cfg=cfg, rescale=rescale_mode, phi=cfg_rescale),
-                seed=seed, prompt=prompt, negative_prompt=negative_prompt, format=fmt, audio_codec=audio_codec,
+                sampler=SamplerConfig(sampler=sampler.value, steps=steps, cfg=cfg, rescale=rescale_mode, phi=cfg_rescale),
+                seed=seed, prompt=prompt, negative_prompt=negative_prompt, format=fmt.value, audio_codec=audio_codec.value,
                 keep_original_audio=keep_original_audio, save_features=save_features, window_s=window,
                 overlap_s=overlap, t2a_duration_s=duration, batch_size=batch_size, limit=limit, address=address,
                 overwrite=overwrite, max_failures=max_failures, replicas=replicas, compile=compile_, fp8=fp8,
-                resize=resize)
+                resize=resize.value)
         except ValueError as exc:
             raise typer.BadParameter(str(exc)) from exc
 
@@ -97,10 +98,17 @@ def register(app: typer.Typer) -> None:
 
 
 def _run_with_progress(config, console):
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
 
-    from dub.workflows.generate.run import GenerateError, run_generate
     from dub.storage.lock import OutputInUse
+    from dub.workflows.generate.run import GenerateError, run_generate
 
     with Progress(TextColumn("[bold]dub generate"), BarColumn(), MofNCompleteColumn(),
                   TextColumn("{task.fields[detail]}"), TimeElapsedColumn(), TimeRemainingColumn(),

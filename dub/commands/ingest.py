@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import List, Optional
 
 import typer
 
@@ -11,11 +10,11 @@ import typer
 def register(app: typer.Typer) -> None:
     @app.command()
     def ingest(
-        paths: List[Path] = typer.Argument(..., help="Video files or folders (scanned recursively)."),
+        paths: list[Path] = typer.Argument(..., help="Video files or folders (scanned recursively)."),
         output: Path = typer.Option(..., "--output", "-o", help="Manifest to write (Parquet); an existing one is updated."),
-        ext: Optional[str] = typer.Option(None, "--ext", help="Comma-separated extensions to scan for "
+        ext: str | None = typer.Option(None, "--ext", help="Comma-separated extensions to scan for "
                                                               "(default: common video formats)."),
-        workers: Optional[int] = typer.Option(None, "--workers", "-j", min=0,
+        workers: int | None = typer.Option(None, "--workers", "-j", min=0,
                                               help="Probe processes (default: CPU count, at most 8; 0: in-process)."),
         timeout: float = typer.Option(60.0, "--timeout", min=1.0, help="Seconds per file before a probe is stopped "
                                                                       "(plus 1 s per 20 MB)."),

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import List, Optional
 
 import typer
+
+from dub.commands.choices import ReportBackend, Resize, Skippable, values
 
 
 def register(app: typer.Typer) -> None:
@@ -13,46 +14,44 @@ def register(app: typer.Typer) -> None:
     def report(
         run: Path = typer.Argument(..., help="A `dub generate` output directory (run.json, report.parquet, mp4/)."),
         out: Path = typer.Option(..., "--out", "-o", help="Report directory (report.parquet, summary.json, index.html)."),
-        reference: Optional[Path] = typer.Option(
+        reference: Path | None = typer.Option(
             None, "--reference", "-r",
             help="Reference audio when the source videos have none: a folder (<video_id>.* or <source stem>.*) "
                  "or a Parquet manifest with columns video_id, path."),
-        backend: List[str] = typer.Option(
-            None, "--backend", "-b",
-            help="FAD embedding backends: panns, vggish, passt, logmel (default: all; unavailable ones are reported)."),
-        weights_dir: Optional[Path] = typer.Option(
+        backend: list[ReportBackend] = typer.Option(
+            None, "--backend", "-b", help="FAD embedding backends, repeatable (default: all; unavailable ones are reported)."),
+        weights_dir: Path | None = typer.Option(
             None, "--weights-dir", help="Local weights folder (default: $DUB_WEIGHTS_DIR or ~/.cache/dub/weights)."),
         device: str = typer.Option("cpu", help="cpu | cuda (embedding, Synchformer and CLAP models)."),
         audio_length: float = typer.Option(
             8.0, "--audio-length",
             help="Seconds of each clip the model-based metrics see (FD/KL/IS, DeSync, CLAP; IB-score: of the video, "
                  "its audio side is the whole clip as in av-benchmark), as av-benchmark's --audio_length (MMAudio: 8); "
-                 "0 = whole clips."),
+                 "0 = whole clips.", rich_help_panel="Metrics"),
         workers: int = typer.Option(
             1, "--workers", "-w",
-            help="Score clips on this many Ray actors (each loads the models; one GPU each with --device cuda). 1: in this process."),
-        address: Optional[str] = typer.Option(None, "--address", help="Ray cluster for --workers > 1 (else RAY_ADDRESS, else local Ray)."),
-        skip: List[str] = typer.Option(
+            help="Score clips on this many Ray actors (each loads the models; one GPU each with --device cuda). 1: in this process.", rich_help_panel="Cluster"),
+        address: str | None = typer.Option(None, "--address", help="Ray cluster for --workers > 1 (else RAY_ADDRESS, else local Ray).", rich_help_panel="Cluster"),
+        skip: list[Skippable] = typer.Option(
             None, "--skip",
-            help="Leave out a model-based metric: desync (full Synchformer: ~30-40 s per clip on a 2-core CPU), clap, "
-                 "ib (IB-score: ImageBind huge's vision and audio towers)."),
-        resize: str = typer.Option(
-            "fast", "--resize",
-            help="fast | exact: how DeSync's frames are resized to Synchformer's 224 crop. fast: swscale's bicubic "
-                 "(default); exact: torchvision's antialiased bicubic, as av-benchmark's Synchformer preprocessing "
-                 "(MMAudio's evaluation), 5-10x slower decoding (8 s 720p clip on 2 cores: 2-4 s vs 0.4 s; "
-                 "small next to the full Synchformer on a CPU)."),
-        max_plots: int = typer.Option(50, "--max-plots", help="Clips with pictures and audio players in the page."),
+            help="Leave out a model-based metric, repeatable: desync (the full Synchformer, the slowest metric on a CPU), "
+                 "clap, ib (IB-score: ImageBind huge's vision and audio towers)."),
+        resize: Resize = typer.Option(
+            Resize.fast, "--resize",
+            help="How DeSync's frames are resized to Synchformer's 224 crop: fast is swscale's bicubic; exact is "
+                 "torchvision's antialiased bicubic, as av-benchmark's Synchformer preprocessing (MMAudio's evaluation), "
+                 "slower decoding (small next to the full Synchformer on a CPU).", rich_help_panel="Metrics"),
+        max_plots: int = typer.Option(50, "--max-plots", help="Clips with pictures and audio players in the page.", rich_help_panel="Page"),
         tolerance: float = typer.Option(0.3, "--onset-tolerance",
-                                        help="Onset accuracy/AP matching window in seconds (MMAudio eval_onsets: 0.3)."),
-        no_html: bool = typer.Option(False, "--no-html", help="Skip index.html."),
-        fresh: bool = typer.Option(False, "--fresh", help="Rescore every clip instead of resuming from REPORT_DIR/journal."),
+                                        help="Onset accuracy/AP matching window in seconds (MMAudio eval_onsets: 0.3).", rich_help_panel="Metrics"),
+        no_html: bool = typer.Option(False, "--no-html", help="Skip index.html.", rich_help_panel="Page"),
+        fresh: bool = typer.Option(False, "--fresh", help="Rescore every clip instead of resuming from REPORT_DIR/journal.", rich_help_panel="Resuming"),
         journal_every: float = typer.Option(
             2.0, "--journal-every", min=0, rich_help_panel="Resuming",
             help="Seconds of scoring a crash may lose at most: the journal writes a part at least this often (0: after every clip)."),
-        sample: Optional[int] = typer.Option(None, "--sample", help="Score N of the run's generated clips, picked by --sample-seed (failed rows are all listed): for runs too large to score whole, since FAD/IS keep ~80 KB of features per clip in memory. A larger N keeps a smaller N's clips."),
-        sample_seed: int = typer.Option(0, "--sample-seed", help="Which clips --sample picks."),
-        timings: bool = typer.Option(False, "--timings", help="Also print the time per clip of each metric."),
+        sample: int | None = typer.Option(None, "--sample", help="Score N of the run's generated clips, picked by --sample-seed (failed rows are all listed): for runs too large to score whole, since FAD/IS keep ~80 KB of features per clip in memory. A larger N keeps a smaller N's clips.", rich_help_panel="Large runs"),
+        sample_seed: int = typer.Option(0, "--sample-seed", help="Which clips --sample picks.", rich_help_panel="Large runs"),
+        timings: bool = typer.Option(False, "--timings", help="Also print the time per clip of each metric.", rich_help_panel="Page"),
         as_json: bool = typer.Option(False, "--json", help="Print summary.json instead of tables."),
     ) -> None:
         """Score a generate run against reference audio and visual events.
@@ -68,14 +67,14 @@ def register(app: typer.Typer) -> None:
         from rich.console import Console
         from rich.table import Table
 
+        from dub.storage.lock import OutputInUse
         from dub.workflows.metrics.embeddings import BACKENDS
         from dub.workflows.metrics.onsets import OnsetConfig
-        from dub.storage.lock import OutputInUse
         from dub.workflows.report.config import ALL_BACKENDS, ReportConfig
         from dub.workflows.report.page import grouped_unavailable
         from dub.workflows.report.run import run_report
 
-        backends = tuple(backend) if backend else ALL_BACKENDS
+        backends = values(backend) if backend else ALL_BACKENDS
         unknown = [b for b in backends if b not in BACKENDS]
         if unknown:
             raise typer.BadParameter(f"unknown backend(s) {unknown}; choose from {sorted(BACKENDS)}")
@@ -89,9 +88,9 @@ def register(app: typer.Typer) -> None:
                                   reference=None if reference is None else str(reference),
                                   backends=backends, weights_dir=None if weights_dir is None else str(weights_dir),
                                   device=device, onsets=OnsetConfig(tolerance_s=tolerance),
-                                  max_plots=max_plots, write_html=not no_html, skip=tuple(skip or ()),
+                                  max_plots=max_plots, write_html=not no_html, skip=values(skip or ()),
                                   audio_length_s=audio_length if audio_length > 0 else None,
-                                  workers=workers, address=address, resize=resize, fresh=fresh,
+                                  workers=workers, address=address, resize=resize.value, fresh=fresh,
                                   sample=sample, sample_seed=sample_seed, journal_every_s=journal_every)
         except ValueError as exc:  # e.g. --workers 0, --skip fad, --resize bogus
             raise typer.BadParameter(str(exc)) from exc

@@ -1,83 +1,79 @@
-"""`dub train`: fit or fine-tune MF-MJT on `dub extract` shards with Ray Train (DDP)."""
+"""`dub train`: fit or fine-tune MF-MJT on `dub extract` shards with Ray Train (DDP).
+
+The everyday settings are flags; architecture and optimiser knobs live in a TOML file
+(`--config run.toml`, every TrainConfig field; `--write-config run.toml` writes the defaults,
+or the settings a command line resolves to). Flags given on the command line win over the file.
+"""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Optional
 
 import typer
+
+from dub.commands.choices import Objective
+
+# command-line parameter -> TrainConfig field, for the flags that override a --config file
+FLAG_FIELDS = {"shards": "shards", "name": "name", "storage": "storage_path", "workers": "workers", "gpu": "use_gpu",
+               "address": "address", "init": "init", "preset": "preset", "objective": "objective",
+               "batch_size": "batch_size", "steps": "steps", "lr": "lr", "bf16": "bf16",
+               "checkpoint_every": "checkpoint_every", "seed": "seed", "val_manifest": "val_manifest",
+               "sample_every": "sample_every"}
 
 
 def register(app: typer.Typer) -> None:
     @app.command()
     def train(
+        ctx: typer.Context,
         shards: str = typer.Option("shards", "--shards", "-s", help="`dub extract` output dir, a glob, or comma-separated .tar files."),
         name: str = typer.Option("mf-mjt", "--name", help="Run name; a rerun with the same name resumes it."),
         storage: str = typer.Option("./runs", "--storage", help="Checkpoint storage: local dir or a URI Ray supports (s3://...)."),
-        workers: Optional[int] = typer.Option(None, "--workers", help="DDP workers (default: one per GPU, else 1)."),
-        gpu: Optional[bool] = typer.Option(None, "--gpu/--cpu", help="Force GPU or CPU workers (default: GPUs when present)."),
-        address: Optional[str] = typer.Option(None, "--address", help="Ray cluster address (else RAY_ADDRESS, else local Ray)."),
-        init: Optional[Path] = typer.Option(None, "--init", help="Start from these weights (MMAudio .pth or dub .safetensors)."),
-        preset: Optional[str] = typer.Option(None, "--preset", help="Network preset for a from-scratch run (default: the shards' model)."),
-        hidden_dim: Optional[int] = typer.Option(None, "--hidden-dim", help="From scratch: width (multiple of 2 x heads)."),
-        depth: Optional[int] = typer.Option(None, "--depth", help="From scratch: blocks in total."),
-        fused_depth: Optional[int] = typer.Option(None, "--fused-depth", help="From scratch: single-stream blocks among them."),
-        num_heads: Optional[int] = typer.Option(None, "--num-heads", help="From scratch: attention heads."),
-        objective: str = typer.Option("meanflow", "--objective", help="meanflow | flow-matching"),
-        fm_ratio: float = typer.Option(0.75, "--fm-ratio", help="MeanFlow: share of samples with s = t."),
-        exact_fm_ratio: Optional[bool] = typer.Option(None, "--exact-fm-ratio/--coin-fm-ratio", help="MeanFlow: exactly that share in every batch (one JVP batch size), or a coin per sample. Default: exact when the JVP is compiled or graphed."),
-        jvp: str = typer.Option("auto", "--jvp", help="MeanFlow JVP: auto (graphed on GPU workers, eager on CPU ones) | eager | compiled (torch.compile; CUDA graphs on GPU; first step compiles for minutes) | graphed (CUDA graphs of the eager JVP, no compiler). A fast JVP is checked against the eager one at its first step and dropped, with a warning, if it differs."),
-        cond_dropout: float = typer.Option(0.1, "--cond-dropout", help="Per-sample drop rate of each condition group."),
-        guidance_omega: float = typer.Option(1.0, "--guidance-omega", help="MeanFlow training-time guidance omega (1 = off)."),
-        guidance_kappa: float = typer.Option(0.0, "--guidance-kappa", help="MeanFlow training-time guidance kappa."),
-        adaptive_p: float = typer.Option(1.0, "--adaptive-p", help="MeanFlow adaptive loss weight power (0 = plain MSE)."),
-        batch_size: int = typer.Option(8, "--batch-size", help="Samples per worker per step."),
+        config_file: Path | None = typer.Option(None, "--config", help="TOML file with any training settings (architecture, optimiser, MeanFlow, JVP); flags given here win."),
+        write_config: Path | None = typer.Option(None, "--write-config", help="Write the resolved settings as TOML to this file and exit (a starting point for --config)."),
+        init: Path | None = typer.Option(None, "--init", help="Start from these weights (MMAudio .pth or dub .safetensors)."),
+        preset: str | None = typer.Option(None, "--preset", help="Network preset for a from-scratch run (default: the shards' model)."),
+        objective: Objective = typer.Option(Objective.meanflow, "--objective", help="MeanFlow (one-step sampling) or plain flow matching."),
         steps: int = typer.Option(10_000, "--steps", help="Total optimizer steps."),
+        batch_size: int = typer.Option(8, "--batch-size", help="Samples per worker per step."),
         lr: float = typer.Option(1e-4, "--lr", help="Peak learning rate (AdamW)."),
-        weight_decay: float = typer.Option(1e-6, "--weight-decay"),
-        warmup: int = typer.Option(1_000, "--warmup", help="Linear warm-up steps."),
-        min_lr_ratio: float = typer.Option(0.1, "--min-lr-ratio", help="Cosine decay ends at lr x this."),
-        grad_clip: float = typer.Option(1.0, "--grad-clip", help="Gradient norm clip (0: off)."),
-        ema: float = typer.Option(0.999, "--ema", help="EMA decay of the saved weights (0: off)."),
-        bf16: Optional[bool] = typer.Option(None, "--bf16/--no-bf16", help="bf16 autocast (default: on GPU only)."),
+        bf16: bool | None = typer.Option(None, "--bf16/--no-bf16", help="bf16 autocast (default: on GPU only)."),
         checkpoint_every: int = typer.Option(1_000, "--checkpoint-every", help="Steps between checkpoints."),
-        keep: Optional[int] = typer.Option(None, "--keep", help="Checkpoints to keep (default: all)."),
-        log_every: int = typer.Option(50, "--log-every", help="Steps between metric rows."),
         seed: int = typer.Option(0, "--seed"),
-        shuffle_buffer: int = typer.Option(1_000, "--shuffle-buffer", help="Samples in each worker's shuffle buffer."),
-        val_manifest: Optional[Path] = typer.Option(None, "--val-manifest", help="Evaluate checkpoints on this manifest (generate + report)."),
-        sample_every: Optional[int] = typer.Option(None, "--sample-every", help="Evaluate checkpoints at multiples of this step."),
+        val_manifest: Path | None = typer.Option(None, "--val-manifest", help="Evaluate checkpoints on this manifest (generate + report).", rich_help_panel="Evaluation"),
+        sample_every: int | None = typer.Option(None, "--sample-every", help="Evaluate checkpoints at multiples of this step.", rich_help_panel="Evaluation"),
+        workers: int | None = typer.Option(None, "--workers", help="DDP workers (default: one per GPU, else 1).", rich_help_panel="Cluster"),
+        gpu: bool | None = typer.Option(None, "--gpu/--cpu", help="Force GPU or CPU workers (default: GPUs when present).", rich_help_panel="Cluster"),
+        address: str | None = typer.Option(None, "--address", help="Ray cluster address (else RAY_ADDRESS, else local Ray).", rich_help_panel="Cluster"),
         quiet: bool = typer.Option(False, "--quiet", "-q", help="No metric lines while training."),
         as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
     ) -> None:
         """Train MF-MJT; prints the final checkpoint's model.safetensors (for `dub generate --checkpoint`)."""
+        from click.core import ParameterSource
         from rich.console import Console
 
-        from dub.model.flow.meanflow import MeanFlowConfig
+        from dub.storage.atomic import write_text_atomic
         from dub.storage.lock import OutputInUse
-        from dub.workflows.train.config import TrainConfig
+        from dub.workflows.train.config import TrainConfig, config_toml, read_config_file
         from dub.workflows.train.data import ShardError
         from dub.workflows.train.run import TrainError, run_train
 
         console = Console(stderr=True)
-        architecture = {k: v for k, v in (("hidden_dim", hidden_dim), ("depth", depth), ("fused_depth", fused_depth),
-                                          ("num_heads", num_heads)) if v is not None}
+        given = {"init": str(init) if init else None, "val_manifest": str(val_manifest) if val_manifest else None,
+                 "objective": objective.value}
+        flags = {param: given.get(param, ctx.params[param]) for param in FLAG_FIELDS}
         try:
-            config = TrainConfig(
-                shards=shards, name=name, storage_path=storage, workers=workers, use_gpu=gpu, address=address,
-                init=str(init) if init else None, preset=preset, architecture=architecture, objective=objective,
-                jvp=jvp,
-                meanflow=MeanFlowConfig(flow_matching_ratio=fm_ratio, exact_ratio=exact_fm_ratio, cond_dropout=cond_dropout,
-                                        guidance_omega=guidance_omega, guidance_kappa=guidance_kappa,
-                                        adaptive_p=adaptive_p),
-                batch_size=batch_size, steps=steps, lr=lr, weight_decay=weight_decay, warmup_steps=warmup,
-                min_lr_ratio=min_lr_ratio, grad_clip=grad_clip, ema_decay=ema, bf16=bf16,
-                checkpoint_every=checkpoint_every, keep_checkpoints=keep, log_every=log_every, seed=seed,
-                shuffle_buffer=shuffle_buffer, val_manifest=str(val_manifest) if val_manifest else None,
-                sample_every=sample_every)
-        except ValueError as exc:
+            settings = read_config_file(config_file) if config_file is not None else {}
+            for param, field in FLAG_FIELDS.items():  # the file's value unless the flag was typed
+                if field not in settings or ctx.get_parameter_source(param) is ParameterSource.COMMANDLINE:
+                    settings[field] = flags[param]
+            config = TrainConfig.from_dict(settings)
+        except (ValueError, TypeError, FileNotFoundError) as exc:
             raise typer.BadParameter(str(exc)) from exc
+        if write_config is not None:
+            write_text_atomic(write_config, config_toml(config))
+            console.print(f"wrote {write_config}; train with `dub train --config {write_config}`")
+            return
 
         def show(row: dict) -> None:
             console.print(f"step {int(row['step']):>7}  loss {row['loss']:.4f}  mse {row['mse']:.4f}  "

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -43,7 +42,7 @@ def register(app: typer.Typer) -> None:
 
     @weights_app.command("list")
     def list_weights(
-        directory: Optional[Path] = typer.Option(None, "--dir", help=_DIR_HELP),
+        directory: Path | None = typer.Option(None, "--dir", help=_DIR_HELP),
         urls: bool = typer.Option(False, "--urls", help="Also show where each file is downloaded from."),
     ) -> None:
         """Every known weights file: present or missing, size, last verification result."""
@@ -74,8 +73,8 @@ def register(app: typer.Typer) -> None:
 
     @weights_app.command("verify")
     def verify_weights(
-        model: Optional[str] = typer.Argument(None, help="Only this model's files (default: all)."),
-        directory: Optional[Path] = typer.Option(None, "--dir", help=_DIR_HELP),
+        model: str | None = typer.Argument(None, help="Only this model's files (default: all)."),
+        directory: Path | None = typer.Option(None, "--dir", help=_DIR_HELP),
         show_missing: bool = typer.Option(False, "--missing", help="Also list files that are not present."),
     ) -> None:
         """Check present files against the publishers' checksums (exit 1 if any fails)."""
@@ -109,9 +108,9 @@ def register(app: typer.Typer) -> None:
     @weights_app.command("import")
     def import_weights(
         source: Path = typer.Argument(..., exists=True, dir_okay=False, help="A downloaded weights file."),
-        model: Optional[str] = typer.Option(None, "--model", help="Registry model (default: from the file name)."),
-        file: Optional[str] = typer.Option(None, "--file", help="Registry file name (default: the file's name)."),
-        directory: Optional[Path] = typer.Option(None, "--dir", help=_DIR_HELP),
+        model: str | None = typer.Option(None, "--model", help="Registry model (default: from the file name)."),
+        file: str | None = typer.Option(None, "--file", help="Registry file name (default: the file's name)."),
+        directory: Path | None = typer.Option(None, "--dir", help=_DIR_HELP),
     ) -> None:
         """Verify a download and copy it into the weights directory (pickles become safetensors)."""
         from dub.model.weights.registry import WeightsError, WeightsRegistry

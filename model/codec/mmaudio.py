@@ -6,8 +6,9 @@ Latents are channel-last (B, N, C) at this boundary, as the network wants them.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal, Mapping, Protocol, runtime_checkable
+from typing import Any, Literal, Protocol, runtime_checkable
 
 import torch
 import torch.nn as nn

@@ -41,7 +41,7 @@ def resize_uint8(images: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
 
     torchvision resizes uint8 natively on CPU and through float32 (clamp, round) elsewhere. On
     CUDA the same float32 arithmetic runs as two separable Triton passes (model/kernels/resize_triton.py:
-    equal output, 3.5x faster on an H200); F.interpolate remains the fallback.
+    equal output, faster: docs/benchmarks.md); F.interpolate remains the fallback.
     """
     if images.dtype != torch.uint8:
         raise TypeError(f"expected uint8 images, got {images.dtype}")

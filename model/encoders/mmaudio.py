@@ -12,8 +12,8 @@ from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 import torch
 
-from dub.model.kernels.graphs import CompiledOrEager, in_fixed_batches
 from dub.model.encoders.synchformer import Synchformer, synchformer_features
+from dub.model.kernels.graphs import CompiledOrEager, in_fixed_batches
 
 if TYPE_CHECKING:
     from dub.model.encoders.clip import ClipEncoder

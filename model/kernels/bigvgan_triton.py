@@ -13,7 +13,7 @@ replication).
 Pass 1 writes e and o (float32) once per sample; pass 2 reads them back for the low-pass.
 The first version computed both in one kernel and recomputed the two phases for each of the
 7 low-pass taps (14 accurate sines and 98 multiply-adds per output): on an H200 that kernel
-was compute-bound, 80 of the vocoder's 123 ms at batch 8 (docs/benchmarks.md). Two passes
+was compute-bound and most of the vocoder's time (docs/benchmarks.md). Two passes
 do 2 sines and 28 multiply-adds per output for 16 more bytes of memory traffic, and give
 the same numbers (same float operations in the same order).
 

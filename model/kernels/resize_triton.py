@@ -42,8 +42,8 @@ except ImportError:  # pragma: no cover - triton ships with torch's CUDA wheels
 
 BICUBIC_A = -0.5  # PIL's bicubic, ATen's antialiased BicubicFilterFunctor (not -0.75)
 BLOCK = 1024
-# Pass 1's float32 rows for one chunk of images. 1600 frames -> 224 x 398 on an H200:
-# 16 MiB 26 ms, 64 MiB 23 ms, 256 MiB 22 ms, 1 GiB 21.8 ms.
+# Pass 1's float32 rows for one chunk of images: larger chunks stopped paying at about this
+# size when it was timed (scripts/resize_bench.py, docs/benchmarks.md).
 TEMP_BYTES = 256 * 2**20
 
 

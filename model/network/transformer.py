@@ -17,10 +17,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from dub.model.network.blocks import FinalBlock, JointBlock, SingleBlock
 from dub.model.network.config import SYNC_TOKENS_PER_SEGMENT, NetworkConfig
 from dub.model.network.layers import MLP, ChannelLastConv1d, ConvMLP, TimestepEmbedder
 from dub.model.network.rotary import rope_rotations
-from dub.model.network.blocks import FinalBlock, JointBlock, SingleBlock
 
 # Buffers derived from the config; never stored in checkpoints (MMAudio drops them too).
 DERIVED_BUFFER_KEYS = ("latent_rot", "clip_rot", "t_embed.freqs", "interval_embed.freqs")

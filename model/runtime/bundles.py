@@ -320,9 +320,9 @@ def load_feature_stack(bundle: str | ModelBundle, registry: WeightsRegistry | No
 def load_generator(name: str | ModelBundle, checkpoint: str | Path | None = None, device: str = "cpu",
                    registry: WeightsRegistry | None = None):
     """A dub.model.runtime.generator.Generator for the bundle (what a generate worker runs)."""
-    from dub.model.runtime.generator import Generator
-
     import torch
+
+    from dub.model.runtime.generator import Generator
 
     loaded = load_bundle(name, registry, device, checkpoint=checkpoint)
     dtype = torch.bfloat16 if str(device).startswith("cuda") else torch.float32  # bf16 autocast on GPUs

@@ -27,11 +27,12 @@ from dataclasses import dataclass, fields
 
 import torch
 
-from dub.model.flow.guidance import Guidance, needs_uncond
 from dub.errors import short_error
+from dub.model.flow.guidance import Guidance, needs_uncond
+from dub.model.flow.sampling import guided_field, sample_meanflow, time_grid
 from dub.model.kernels.graphs import CudaGraphCall, FallbackOnError, TensorFn, in_fixed_batches, pad_rows
 from dub.model.network.transformer import MFMJT, Conditions
-from dub.model.flow.sampling import guided_field, sample_meanflow, time_grid
+
 
 def _autocast(device: torch.device, dtype: torch.dtype) -> torch.autocast:
     # The autocast weight-cast cache is not safe under graph capture (cached casts made during

@@ -16,6 +16,8 @@ import torch
 from dub.model.flow.guidance import Guidance, needs_uncond
 from dub.model.flow.sampling import guided_field, sample_euler, sample_meanflow
 
+SAMPLERS = ("meanflow", "euler")  # one-step/k-step MeanFlow, or the flow-matching baseline
+
 
 @dataclass(frozen=True)
 class SamplerConfig:
@@ -26,8 +28,8 @@ class SamplerConfig:
     phi: float = 0.7  # strength of the std rescale
 
     def __post_init__(self) -> None:
-        if self.sampler not in ("meanflow", "euler"):
-            raise ValueError(f"unknown sampler {self.sampler!r}: use 'meanflow' or 'euler'")
+        if self.sampler not in SAMPLERS:
+            raise ValueError(f"unknown sampler {self.sampler!r}: use one of {SAMPLERS}")
         if self.steps < 1:
             raise ValueError(f"steps must be >= 1, got {self.steps}")
         _ = self.guidance  # validates rescale and phi now, not at the first batch of a run

@@ -15,19 +15,19 @@ from typing import Any
 
 import torch
 
-from dub.storage.atomic import atomic_path
 from dub.model.network.config import NetworkConfig, get_preset, sample_rate_for_latent_dim
 from dub.model.network.layers import gated_hidden_dim
 from dub.model.network.transformer import DERIVED_BUFFER_KEYS, INTERVAL_EMBED_PREFIX, MFMJT
 from dub.model.weights.state_dicts import (  # noqa: F401 - UnsafeCheckpointError is re-exported for callers
-    StateDict,
     WRAPPER_KEYS,
+    StateDict,
     UnsafeCheckpointError,
     read_state_dict,
     safetensors_metadata,
     strict_load,
     strip_prefixes,
 )
+from dub.storage.atomic import atomic_path
 
 CONFIG_METADATA_KEY = "dub.network_config"
 USER_METADATA_KEY = "dub.metadata"

@@ -28,18 +28,18 @@ from pathlib import Path
 from typing import Any
 
 from dub.errors import short_error
-from dub.storage.atomic import atomic_path, write_json_atomic
 from dub.model.weights.state_dicts import (  # noqa: F401 - errors and readers re-exported for callers
+    WRAPPER_KEYS,
     CheckpointLayout,
     MissingWeightsError,
     UnsafeCheckpointError,
-    WRAPPER_KEYS,
     WeightsError,
     read_checkpoint,
     read_state_dict,
     safetensors_metadata,
     unwrap_state_dict,
 )
+from dub.storage.atomic import atomic_path, write_json_atomic
 
 ENV_VAR = "DUB_WEIGHTS_DIR"
 DEFAULT_ROOT = "~/.cache/dub/weights"

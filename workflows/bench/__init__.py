@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import statistics
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from typing import Callable
 
 SUB_BENCHMARKS = ("media", "encoders", "generate", "train-step", "e2e")
 

@@ -30,12 +30,31 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
-from dub.workflows.bench import BenchOptions, BenchRow, resolve_device, time_call
-from dub.workflows.bench.encoders import (CLIP_FPS, CLIP_SIZE, PROMPT, REAL_SOURCE, SYNC_FPS, SYNC_SIZE, TINY_SOURCE,
-                                      build_encoders, clip_resize, random_frames, sync_resize)
-from dub.workflows.bench.generate import (ONE_STEP_GUIDANCE, TINY_PRESETS, StageRunner, build_stack, dtype_name,
-                                      eager_decode, free_cuda_cache, top_kernels)
 from dub.errors import short_error
+from dub.workflows.bench import BenchOptions, BenchRow, resolve_device, time_call
+from dub.workflows.bench.encoders import (
+    CLIP_FPS,
+    CLIP_SIZE,
+    PROMPT,
+    REAL_SOURCE,
+    SYNC_FPS,
+    SYNC_SIZE,
+    TINY_SOURCE,
+    build_encoders,
+    clip_resize,
+    random_frames,
+    sync_resize,
+)
+from dub.workflows.bench.generate import (
+    ONE_STEP_GUIDANCE,
+    TINY_PRESETS,
+    StageRunner,
+    build_stack,
+    dtype_name,
+    eager_decode,
+    free_cuda_cache,
+    top_kernels,
+)
 
 MODEL_SIDE = "model-side"
 THROUGHPUT_TARGET = 6.0  # clips of 8 s per second per H200, end to end (the target)
@@ -83,11 +102,10 @@ class ModelSidePipeline:
                  fp8: bool | str = False) -> None:
         import torch
 
-        from dub.model.kernels.graphs import CudaGraphCall
-
-        from dub.model.runtime.fast import OneStepGraph
-        from dub.model.flow.guidance import Guidance
         from dub.model.encoders.synchformer import attention_status
+        from dub.model.flow.guidance import Guidance
+        from dub.model.kernels.graphs import CudaGraphCall
+        from dub.model.runtime.fast import OneStepGraph
 
         self.device, self.batch, self.cuda = device, batch, device.startswith("cuda")
         self.tiny = preset in TINY_PRESETS
@@ -235,7 +253,7 @@ def _model_side(runner: StageRunner, opts: BenchOptions, device: str) -> None:
             for _ in range(max(1, opts.warmup)):
                 pipe.iteration(StageClock(cuda))
             clocks, walls = [], []
-            for i in range(iterations):
+            for _ in range(iterations):
                 if not runner.has_time():
                     break
                 clock = StageClock(cuda)
@@ -389,8 +407,8 @@ def _ray_run(runner: StageRunner, opts: BenchOptions) -> None:
 def _ray_rows(runner: StageRunner, opts: BenchOptions, tmp: Path, stage: str) -> None:
     import pyarrow.parquet as pq
 
-    from dub.model.weights.checkpoint import save_checkpoint
     from dub.model.runtime.generator import SamplerConfig
+    from dub.model.weights.checkpoint import save_checkpoint
     from dub.workflows.bench.generate import build_network
     from dub.workflows.generate.config import GenerateConfig
     from dub.workflows.generate.run import run_generate

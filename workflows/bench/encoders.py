@@ -21,8 +21,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from dub.workflows.bench import BenchOptions, BenchRow, resolve_device
 from dub.errors import short_error
+from dub.workflows.bench import BenchOptions, BenchRow, resolve_device
 from dub.workflows.bench.generate import TINY_PRESETS, StageRunner, dtype_name, free_cuda_cache
 
 CLIP_FPS = 8

@@ -24,9 +24,10 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Callable, TypeVar
+from typing import Any, TypeVar
 
 from dub.errors import short_error
 from dub.workflows.bench import BenchOptions, BenchRow, resolve_device, time_call
@@ -235,8 +236,8 @@ class GenerateStack:
 
 def network_config_for(preset: str, duration_s: float):
     """The NetworkConfig a preset name means here (tiny/demo: the demo bundle's network)."""
-    from dub.model.runtime.bundles import network_config, resolve_bundle
     from dub.model.network.config import get_preset
+    from dub.model.runtime.bundles import network_config, resolve_bundle
 
     cfg = network_config(resolve_bundle("demo")) if preset in TINY_PRESETS else get_preset(preset)
     return cfg if abs(duration_s - 8.0) < 1e-9 else cfg.with_duration(duration_s)
@@ -411,8 +412,8 @@ def run(opts: BenchOptions) -> list[BenchRow]:
 def _batch_stages(runner: StageRunner, stack: GenerateStack, guidance, b: int, duration_s: float) -> None:
     import functools
 
-    from dub.model.runtime.fast import OneStepGraph, decode_latents
     from dub.model.flow.guidance import Guidance
+    from dub.model.runtime.fast import OneStepGraph, decode_latents
 
     net, vae, vocoder = stack.network, stack.vae, stack.vocoder
     cuda = runner.device.startswith("cuda")

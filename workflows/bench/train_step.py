@@ -26,7 +26,6 @@ def run(opts: BenchOptions) -> list[BenchRow]:
     import torch
 
     from dub.model.flow.jvp import eager_tangent, make_tangent
-
     from dub.model.flow.meanflow import MeanFlowConfig, flow_matching_loss, meanflow_loss
 
     device = resolve_device(opts.device)

@@ -7,9 +7,9 @@ makes a visible event at each listed time, where the class's recording starts.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from functools import partial
-from typing import Callable, Iterator
 
 import numpy as np
 

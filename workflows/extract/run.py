@@ -18,19 +18,19 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
+from dub.storage.atomic import write_bytes_atomic, write_json_atomic
+from dub.storage.lock import exclusive_output
+from dub.storage.temporaries import remove_stale_temporaries
 from dub.workflows.extract.config import AUDIO_EXTENSIONS, ExtractConfig
 from dub.workflows.extract.sample import EMPTY_TEXT_FILE, EXTRACT_INFO_FILE, encode_sample, npy_bytes, window_key
-from dub.storage.temporaries import remove_stale_temporaries
-from dub.storage.atomic import write_bytes_atomic, write_json_atomic
 from dub.workflows.generate.sinks import ShardWriter, completed_shard_keys
 from dub.workflows.generate.stages import decode_memory_bytes, window_frame_bytes
-from dub.storage.lock import exclusive_output
 
 
 class ExtractError(RuntimeError):

@@ -15,7 +15,6 @@ from pathlib import Path
 import numpy as np
 
 from dub.errors import short_error
-
 from dub.workflows.generate.stages import WINDOW_COLUMNS, FittingCalls, decode_windows
 
 # The one weights role extraction does not need (features and latents come from the rest).

@@ -14,17 +14,17 @@ import hashlib
 import json
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
-from dub.workflows.generate.config import GenerateConfig, run_paths, window_seed
-from dub.storage.lock import exclusive_output
 from dub.storage.atomic import atomic_path, write_json_atomic
 from dub.storage.journal import Journal, read_journal
+from dub.storage.lock import exclusive_output
 from dub.storage.temporaries import remove_stale_temporaries
+from dub.workflows.generate.config import GenerateConfig, run_paths, window_seed
 from dub.workflows.generate.sinks import ShardWriter, completed_shard_keys, mp4_name, write_flac_bytes
 
 

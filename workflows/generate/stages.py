@@ -49,7 +49,7 @@ def decode_windows(batch: dict[str, np.ndarray], *, clip_fps: float, clip_size: 
                    sync_size: int, window_s: float, backend: str = "swscale") -> dict[str, np.ndarray]:
     """Decode each window's frames at both model rates in one pass over the file. `backend` is
     `decode_window`'s resizer: "swscale" (fast) or "torch" (torchvision's antialiased bicubic,
-    as MMAudio; about 9x slower on CPU)."""
+    as MMAudio; several times slower on CPU)."""
     from dub.workflows.media.decode import FrameTarget, decode_window
 
     targets = [FrameTarget(fps=clip_fps, size=clip_size, mode="resize"),

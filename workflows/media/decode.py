@@ -20,9 +20,10 @@ the default: measured faster than torch on CPU, see `dub bench media`) or in tor
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NamedTuple, Sequence
+from typing import NamedTuple
 
 import numpy as np
 
@@ -35,7 +36,7 @@ _SEEK_MARGIN_S = 0.5  # seek a little early: some demuxers land after the asked 
 MODES = ("resize", "crop", "short")
 BACKENDS = ("swscale", "torch")
 # `--resize` of generate/extract/report -> backend: "fast" is swscale's bicubic, "exact" torchvision's
-# antialiased bicubic, what MMAudio's features were made with (~9x slower decoding on CPU)
+# antialiased bicubic, what MMAudio's features were made with (several times slower decoding on CPU)
 RESIZE_BACKENDS = {"fast": "swscale", "exact": "torch"}
 RESIZE_MODES = tuple(RESIZE_BACKENDS)
 

@@ -32,10 +32,11 @@ Loading (`load_clap`), as `CLAP_Module.load_ckpt`: the state dict is the file it
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -74,7 +75,7 @@ class ClapConfig:
                 "context_length": self.context_length}
 
     @classmethod
-    def from_dict(cls, data: dict) -> "ClapConfig":
+    def from_dict(cls, data: dict) -> ClapConfig:
         from dub.workflows.metrics.models.htsat import HTSATConfig
         from dub.workflows.metrics.models.roberta import RobertaConfig
 
@@ -211,7 +212,7 @@ def clap_state_dict(source) -> dict:
 
 def load_clap(path, device: str = "cpu", config: ClapConfig | None = None,
               vocab_path: str | Path | None = None, merges_path: str | Path | None = None,
-              preprocess: ClapPreprocess = ClapPreprocess()) -> "ClapScorer":
+              preprocess: ClapPreprocess = ClapPreprocess()) -> ClapScorer:
     """A ready `ClapScorer` from a LAION-CLAP checkpoint (`.pt`/`.pth` read with weights_only, or
     `.safetensors`) and RoBERTa's tokenizer files; the checkpoint must fit `config` exactly."""
     import torch

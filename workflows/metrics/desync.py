@@ -64,7 +64,12 @@ def desync_windows(duration_s: float) -> list[tuple[float, float]]:
     """The time spans (seconds) of the two windows for a clip of `duration_s` whose video and
     audio both last that long: [] under 4.8 s; the last window ends on the segment grid (a
     multiple of 0.32 s plus 0.32 s), which can be before the clip's end."""
-    from dub.workflows.metrics.models.synchformer_sync import SAMPLE_RATE, VIDEO_FPS, num_audio_segments, num_video_segments
+    from dub.workflows.metrics.models.synchformer_sync import (
+        SAMPLE_RATE,
+        VIDEO_FPS,
+        num_audio_segments,
+        num_video_segments,
+    )
 
     frames = max(0, math.ceil(duration_s * VIDEO_FPS - 1e-6))
     segments = min(num_video_segments(frames), num_audio_segments(int(round(duration_s * SAMPLE_RATE))))

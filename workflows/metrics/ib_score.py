@@ -80,7 +80,7 @@ def ib_score(video_embeddings: np.ndarray, audio_embeddings: np.ndarray) -> np.n
 # ------------------------------------------------------------------------------ video
 
 
-def spatial_crops(frames: "torch.Tensor", size: int = IB_SIZE) -> list["torch.Tensor"]:
+def spatial_crops(frames: torch.Tensor, size: int = IB_SIZE) -> list[torch.Tensor]:
     """ImageBind's SpatialCrop(size, 3) on (T, C, H, W): start, centre, end crops along the long
     side (top/centre/bottom when H > W); the centre offset is ceil((L - size) / 2)."""
     h, w = frames.shape[-2:]
@@ -97,7 +97,7 @@ def spatial_crops(frames: "torch.Tensor", size: int = IB_SIZE) -> list["torch.Te
     return crops
 
 
-def video_input(frames_u8: np.ndarray, size: int = IB_SIZE) -> "torch.Tensor":
+def video_input(frames_u8: np.ndarray, size: int = IB_SIZE) -> torch.Tensor:
     """(T, H, W, 3) uint8 frames with the short side already `size` -> the (3 crops, T, 3, size,
     size) float32 tensor av-benchmark feeds (scaled to [0, 1], CLIP-normalised, cropped)."""
     import torch
@@ -110,7 +110,7 @@ def video_input(frames_u8: np.ndarray, size: int = IB_SIZE) -> "torch.Tensor":
     return torch.stack(spatial_crops((x - mean) / std, size))
 
 
-def frame_pairs(video: "torch.Tensor") -> "torch.Tensor":
+def frame_pairs(video: torch.Tensor) -> torch.Tensor:
     """(crops, T, 3, H, W) -> (crops * (T - 1), 3, 2, H, W): every consecutive pair (i, i + 1),
     pair-major as av-benchmark concatenates them (clip index = i * crops + crop)."""
     import torch
@@ -159,7 +159,7 @@ def audio_clip_bounds(num_samples: int, sample_rate: int = SAMPLE_RATE) -> list[
     return bounds
 
 
-def audio_mel_clips(wav_16k: np.ndarray) -> "torch.Tensor":
+def audio_mel_clips(wav_16k: np.ndarray) -> torch.Tensor:
     """(L,) 16 kHz audio -> (3, 1, 128, 204) normalised log-mel clips, as ImageBind's
     load_and_transform_audio_data (in-place mean removal on overlapping clips included)."""
     import torch

@@ -71,7 +71,7 @@ class OnsetConfig:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict) -> "OnsetConfig":
+    def from_dict(cls, data: dict) -> OnsetConfig:
         return cls(**data)
 
 

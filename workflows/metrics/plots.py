@@ -99,8 +99,8 @@ def mel_db(wav: np.ndarray, sample_rate: int) -> np.ndarray:
     """(frames, 64) log-mel in dB with CNN14's 16 kHz front end (resampled when needed)."""
     import torch
 
-    from dub.workflows.metrics.onsets import resample
     from dub.workflows.metrics.models.panns import CNN14_16K
+    from dub.workflows.metrics.onsets import resample
 
     x = torch.as_tensor(resample(np.asarray(wav, dtype=np.float32).reshape(-1), sample_rate, CNN14_16K.sample_rate))
     x = torch.nn.functional.pad(x, (0, max(0, CNN14_16K.window_size - len(x))))

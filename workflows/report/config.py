@@ -88,7 +88,7 @@ class ReportConfig:
         return d
 
     @classmethod
-    def from_dict(cls, data: dict) -> "ReportConfig":
+    def from_dict(cls, data: dict) -> ReportConfig:
         data = dict(data)
         data["backends"] = tuple(data.get("backends", ALL_BACKENDS))
         data["skip"] = tuple(data.get("skip", ()))

@@ -22,12 +22,13 @@ import io
 import json
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
-from dub.storage.temporaries import remove_stale_temporaries
+
 from dub.storage.atomic import write_json_atomic
+from dub.storage.temporaries import remove_stale_temporaries
 from dub.workflows.metrics.embeddings import BackendInfo, ClipFeatures
 from dub.workflows.metrics.run_inputs import (
     GeneratedRow,
@@ -243,6 +244,7 @@ class ReportJournal:
         if not self._rows:
             return
         import pyarrow as pa
+
         from dub.manifests.io import write_parquet_atomic
 
         table = pa.Table.from_pylist(self._rows, schema=_part_schema())

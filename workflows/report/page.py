@@ -14,6 +14,7 @@ from __future__ import annotations
 import base64
 import html
 import math
+
 from dub.workflows.report.config import PER_CLIP_METRICS, ClipMedia
 
 __all__ = ["render_page"]

@@ -9,7 +9,7 @@ Scores do not depend on which actor computed them: the in-process and Ray result
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from dub.workflows.metrics.embeddings import BackendInfo
 from dub.workflows.metrics.run_inputs import GeneratedRow
@@ -48,8 +48,9 @@ def score_on_ray(config: ReportConfig, run_config: dict, rows: list[GeneratedRow
     actor's (backend infos, model load seconds, unavailable), `on_scored` each chunk of clips as
     it comes back, in any order (the driver journals them)."""
     import ray
-    from dub.workflows.ray_cluster import connect
     from ray.util import ActorPool
+
+    from dub.workflows.ray_cluster import connect
 
     resources = connect(config.address)
     gpus = 0.0

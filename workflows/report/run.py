@@ -21,16 +21,17 @@ from __future__ import annotations
 import json
 import math
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
+
 from dub.storage.atomic import atomic_path, write_text_atomic
+from dub.storage.lock import exclusive_output, writer_of
 from dub.workflows.metrics.classifiers import inception_score, kl_softmax
 from dub.workflows.metrics.embeddings import BackendInfo
 from dub.workflows.metrics.fad import frechet_distance
 from dub.workflows.metrics.run_inputs import GeneratedRow, ReferenceIndex, load_run
-from dub.storage.lock import exclusive_output, writer_of
 from dub.workflows.report.config import (
     LOWER_IS_BETTER,
     PER_CLIP_METRICS,

@@ -7,10 +7,11 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
+
 from dub.workflows.metrics.av_align import av_align_score, motion_peaks
 from dub.workflows.metrics.clap import ClapPreprocess, build_clap, clap_score
 from dub.workflows.metrics.desync import (
@@ -53,7 +54,7 @@ class _Timer:
     def __init__(self, record: dict, name: str) -> None:
         self.record, self.key = record, f"t_{name}_s"
 
-    def __enter__(self) -> "_Timer":
+    def __enter__(self) -> _Timer:
         self.start = time.perf_counter()
         return self
 

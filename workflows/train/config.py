@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import Any
 
 from dub.model.flow.jvp import TANGENT_KINDS
-
 from dub.model.flow.meanflow import MeanFlowConfig
 
 OBJECTIVES = ("meanflow", "flow-matching")
@@ -129,3 +128,39 @@ class TrainConfig:
         if "betas" in values:
             values["betas"] = tuple(values["betas"])
         return cls(**values)
+
+
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    """The TrainConfig fields a TOML file sets (`dub train --config`): top-level keys are the
+    fields, `[meanflow]` and `[architecture]` their tables. Unknown keys are an error, not
+    ignored: a misspelt knob would otherwise train with the default."""
+    import tomllib
+
+    path = Path(path)
+    try:
+        data = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise FileNotFoundError(f"--config {path} does not exist (`dub train --write-config {path}` writes one)") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ValueError(f"--config {path} is not valid TOML: {exc}") from None
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    unknown = sorted(set(data) - fields)
+    meanflow_fields = {f.name for f in dataclasses.fields(MeanFlowConfig)}
+    unknown += [f"meanflow.{k}" for k in sorted(set(data.get("meanflow") or {}) - meanflow_fields)]
+    if unknown:
+        raise ValueError(f"--config {path}: unknown settings {unknown}; known: {sorted(fields)} and "
+                         f"meanflow.{{{', '.join(sorted(meanflow_fields))}}}")
+    return data
+
+
+def config_toml(config: TrainConfig) -> str:
+    """`config` as the TOML `--config` reads; unset (None) settings are left out, so they keep
+    meaning "decide from the data and the cluster"."""
+    import tomli_w
+
+    def drop_none(value):
+        if isinstance(value, dict):
+            return {k: drop_none(v) for k, v in value.items() if v is not None}
+        return value
+
+    return tomli_w.dumps(drop_none(config.as_dict()))

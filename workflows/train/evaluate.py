@@ -14,7 +14,7 @@ from typing import Any
 
 from dub.workflows.train.config import TrainConfig
 from dub.workflows.train.data import ShardSet
-from dub.workflows.train.loop import MODEL_FILE, META_FILE
+from dub.workflows.train.loop import META_FILE, MODEL_FILE
 
 
 def evaluate_checkpoints(cfg: TrainConfig, shards: ShardSet, result) -> list[dict[str, Any]]:

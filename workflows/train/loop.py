@@ -27,12 +27,12 @@ from typing import Any
 
 import torch
 
-from dub.storage.atomic import atomic_path
-from dub.model.weights.checkpoint import apply_state_dict, load_network, load_state_dict_file, save_checkpoint
-from dub.model.network.config import NetworkConfig
 from dub.model.flow.jvp import make_tangent, resolve_tangent_kind
 from dub.model.flow.meanflow import exact_ratio_for, flow_matching_loss, meanflow_loss
+from dub.model.network.config import NetworkConfig
 from dub.model.network.transformer import MFMJT
+from dub.model.weights.checkpoint import apply_state_dict, load_network, load_state_dict_file, save_checkpoint
+from dub.storage.atomic import atomic_path
 from dub.workflows.train.config import TrainConfig
 from dub.workflows.train.data import batches, memory_batches, sample_stream
 

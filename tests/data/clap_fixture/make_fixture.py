@@ -159,10 +159,10 @@ def patch_reference():
     transformers.BartTokenizer.from_pretrained = classmethod(lambda cls, *a, **k: None)
     transformers.RobertaModel.from_pretrained = classmethod(roberta_model)
 
-    import laion_clap  # noqa: F401 - puts clap_module on sys.path
     import clap_module.model as clap_model
-    from clap_module.htsat import HTSAT_Swin_Transformer
+    import laion_clap  # noqa: F401 - puts clap_module on sys.path
     from clap_module.factory import _MODEL_CONFIGS
+    from clap_module.htsat import HTSAT_Swin_Transformer
 
     htsat_kind = {"tiny": True}
 

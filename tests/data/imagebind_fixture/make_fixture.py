@@ -48,12 +48,11 @@ from pathlib import Path
 
 import torch
 from einops import rearrange
-from safetensors.torch import save_file
-from torchvision.transforms import v2
-
 from imagebind.data import SpatialCrop, get_clip_timepoints, waveform2melspec
 from imagebind.models.imagebind_model import ImageBindModel, ModalityType, imagebind_huge
 from pytorchvideo.data.clip_sampling import ConstantClipsPerVideoSampler
+from safetensors.torch import save_file
+from torchvision.transforms import v2
 
 HERE = Path(__file__).resolve().parent
 TINY = dict(out_embed_dim=24, vision_embed_dim=16, vision_num_blocks=2, vision_num_heads=2,

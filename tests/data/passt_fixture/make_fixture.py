@@ -32,11 +32,10 @@ from importlib.metadata import version
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
-
 from hear21passt.models.passt import PaSST
 from hear21passt.models.preprocess import AugmentMelSTFT
 from hear21passt.wrapper import PasstBasicWrapper
+from safetensors.torch import save_file
 
 HERE = Path(__file__).resolve().parent
 TINY = dict(embed_dim=32, depth=2, num_heads=4)

@@ -62,17 +62,16 @@ def main() -> None:
     args = parser.parse_args()
     sys.path.insert(0, str(args.avb))
 
-    import einops
-    import torchaudio
-    import transformers
-    from omegaconf import OmegaConf
-    from transformers import ASTConfig as HFASTConfig
-
     import av_bench.synchformer.ast as avb_ast
     import av_bench.synchformer.motionformer as avb_mf
     import av_bench.synchformer.vit_helper as avb_vit
+    import einops
+    import torchaudio
+    import transformers
     from av_bench.synchformer.synchformer import Synchformer, make_class_grid
     from av_bench.synchformer.transformer import GlobalTransformer, RandInitPositionalEncoding
+    from omegaconf import OmegaConf
+    from transformers import ASTConfig as HFASTConfig
 
     # ---- make the reference tiny -----------------------------------------------------------
     class TinyOmegaConf:

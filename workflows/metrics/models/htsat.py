@@ -38,6 +38,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from dub.model.network.layers import GeluMlp
+
 __all__ = ["HTSAT_BASE", "HTSATConfig", "HTSATEncoder", "HTSAT_TINY"]
 
 
@@ -94,7 +95,7 @@ class HTSATConfig:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict) -> "HTSATConfig":
+    def from_dict(cls, data: dict) -> HTSATConfig:
         data = dict(data)
         for key in ("depths", "num_heads"):
             if key in data:

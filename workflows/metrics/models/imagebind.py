@@ -36,9 +36,9 @@ A `.safetensors` conversion is read key by key, so the other modalities are neve
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Mapping
 
 import torch
 import torch.nn.functional as F
@@ -78,7 +78,7 @@ class ImageBindConfig:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: Mapping) -> "ImageBindConfig":
+    def from_dict(cls, data: Mapping) -> ImageBindConfig:
         return cls(**dict(data))
 
     @property

@@ -36,9 +36,9 @@ it before wrapping it, so the keys are the network's own, unprefixed (`cls_token
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Mapping
 
 import torch
 import torch.nn.functional as F
@@ -95,7 +95,7 @@ class PasstConfig:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: Mapping) -> "PasstConfig":
+    def from_dict(cls, data: Mapping) -> PasstConfig:
         return cls(**dict(data))
 
 

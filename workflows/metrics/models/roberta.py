@@ -58,7 +58,7 @@ class RobertaConfig:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict) -> "RobertaConfig":
+    def from_dict(cls, data: dict) -> RobertaConfig:
         return cls(**data)
 
 

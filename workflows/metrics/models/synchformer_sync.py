@@ -47,8 +47,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from dub.model.encoders.mmaudio import sync_pixels
-from dub.model.weights.state_dicts import read_state_dict, strict_load
 from dub.model.encoders.synchformer import MotionFormer, SpatialAggregation, SynchformerConfig
+from dub.model.weights.state_dicts import read_state_dict, strict_load
 
 __all__ = [
     "AUDIO_SEGMENT_SAMPLES", "AUDIO_STRIDE_SAMPLES", "AudioBranchConfig", "AudioFeatureExtractor", "FullSynchformer",
