@@ -25,6 +25,7 @@ COMMAND_MODULES = ("ingest", "generate", "extract", "train", "report", "weights"
 def _root() -> None:
     """dub: ingest -> generate -> train -> report, on a local or remote Ray cluster."""
 
+
 for _name in COMMAND_MODULES:
     try:
         _module = importlib.import_module(f"dub.commands.{_name}")

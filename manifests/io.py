@@ -56,8 +56,9 @@ def empty_manifest() -> pa.Table:
 
 def manifest_from_rows(rows: list[dict]) -> pa.Table:
     """Build a manifest table from row dicts (missing keys become nulls), validated."""
-    table = pa.Table.from_pylist([{name: row.get(name) for name in MANIFEST_SCHEMA.names} for row in rows],
-                                 schema=MANIFEST_SCHEMA)
+    table = pa.Table.from_pylist(
+        [{name: row.get(name) for name in MANIFEST_SCHEMA.names} for row in rows], schema=MANIFEST_SCHEMA
+    )
     return conform(table, MANIFEST_SCHEMA, MANIFEST_REQUIRED, MANIFEST_STATUSES, what="manifest rows")
 
 
@@ -77,8 +78,9 @@ def _read(path: str | Path, expected: str, hint: str) -> pa.Table:
     return table
 
 
-def conform(table: pa.Table, schema: pa.Schema, required: tuple[str, ...], statuses: tuple[str, ...],
-            *, what: str) -> pa.Table:
+def conform(
+    table: pa.Table, schema: pa.Schema, required: tuple[str, ...], statuses: tuple[str, ...], *, what: str
+) -> pa.Table:
     """Return `table` in `schema`'s column order and types; raise ManifestError naming every problem."""
     problems = []
     missing = [name for name in required if name not in table.column_names]

@@ -44,9 +44,24 @@ MANIFEST_FIELDS = [
 ]
 MANIFEST_SCHEMA = pa.schema(MANIFEST_FIELDS, metadata={SCHEMA_NAME_KEY: b"manifest", SCHEMA_VERSION_KEY: b"1"})
 # A manifest made by other tools must have these; the other columns are filled with nulls.
-MANIFEST_REQUIRED = ("video_id", "path", "size_bytes", "status", "error", "container", "video_codec", "width",
-                     "height", "rotation", "fps", "duration_s", "num_frames", "has_audio", "audio_is_silent",
-                     "prompt")
+MANIFEST_REQUIRED = (
+    "video_id",
+    "path",
+    "size_bytes",
+    "status",
+    "error",
+    "container",
+    "video_codec",
+    "width",
+    "height",
+    "rotation",
+    "fps",
+    "duration_s",
+    "num_frames",
+    "has_audio",
+    "audio_is_silent",
+    "prompt",
+)
 
 # Generation report row status. `pending`: listed but not reached in this run (--limit, stop).
 REPORT_STATUSES = ("done", "failed", "skipped", "pending")

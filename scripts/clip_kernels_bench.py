@@ -99,6 +99,7 @@ def repeated(fn, inner: int):
     def call():
         for _ in range(inner):
             fn()
+
     return call
 
 
@@ -115,14 +116,29 @@ class Runner:
 
     @staticmethod
     def empty_row(base: dict) -> dict:
-        return {**base, "median_ms": None, "tflops": None, "gbps": None, "rel_err": None, "peak_mb": None,
-                "error": None}
+        return {
+            **base,
+            "median_ms": None,
+            "tflops": None,
+            "gbps": None,
+            "rel_err": None,
+            "peak_mb": None,
+            "error": None,
+        }
 
     def fail(self, base: dict, error: str) -> None:
         self._add({**self.empty_row(base), "error": error})
 
-    def run(self, base: dict, fn, *, check=None, flops: float | None = None, nbytes: float | None = None,
-            compile_first: bool = False) -> None:
+    def run(
+        self,
+        base: dict,
+        fn,
+        *,
+        check=None,
+        flops: float | None = None,
+        nbytes: float | None = None,
+        compile_first: bool = False,
+    ) -> None:
         """`fn()` once (building it first when `compile_first`), `check(out)` -> relative error,
         then the median of --repeats timed calls."""
         row = self.empty_row(base)
@@ -141,8 +157,12 @@ class Runner:
                 if check is not None:
                     row["rel_err"] = check(out)
                 del out
-                ms, peak = time_call(repeated(fn, self.args.inner), repeats=self.args.repeats,
-                                     warmup=self.args.warmup, device=self.device)
+                ms, peak = time_call(
+                    repeated(fn, self.args.inner),
+                    repeats=self.args.repeats,
+                    warmup=self.args.warmup,
+                    device=self.device,
+                )
             ms /= self.args.inner
             row["median_ms"], row["peak_mb"] = ms, peak
             if flops:
@@ -162,12 +182,21 @@ class Runner:
         if self.on_row is not None:
             self.on_row()
         ms = "" if row["median_ms"] is None else f"{row['median_ms']:10.3f}"
-        speed = (f"{row['tflops']:8.1f} TF" if row["tflops"] is not None
-                 else f"{row['gbps']:8.0f} GB" if row["gbps"] is not None else "")
+        speed = (
+            f"{row['tflops']:8.1f} TF"
+            if row["tflops"] is not None
+            else f"{row['gbps']:8.0f} GB"
+            if row["gbps"] is not None
+            else ""
+        )
         err = "" if row["rel_err"] is None else f"{row['rel_err']:9.2e}"
         built = f"  (first call, compiling: {row['build_s']:g} s)" if row.get("build_s") is not None else ""
-        print(f"{row['part']:9s} {row['shape']:22s} {row['variant']:42s} {ms:>10s} {speed:>11s} {err:>9s}"
-              + (f"  {row['error']}" if row["error"] else "") + built, flush=True)
+        print(
+            f"{row['part']:9s} {row['shape']:22s} {row['variant']:42s} {ms:>10s} {speed:>11s} {err:>9s}"
+            + (f"  {row['error']}" if row["error"] else "")
+            + built,
+            flush=True,
+        )
 
 
 def bench_attention(runner: Runner, frames: int, tokens: int, width: int, heads: int, dtype: torch.dtype) -> None:
@@ -194,9 +223,18 @@ def bench_attention(runner: Runner, frames: int, tokens: int, width: int, heads:
                 with torch.nn.attention.sdpa_kernel([backend]):
                     return F.scaled_dot_product_attention(q, k, v)
 
-            runner.run({"part": "attention", "shape": shape, "variant": f"{name.lower()} ({layout})",
-                        "backend": name, "layout": layout}, call, check=lambda out: peak_relative_error(out, ref),
-                       flops=flops)
+            runner.run(
+                {
+                    "part": "attention",
+                    "shape": shape,
+                    "variant": f"{name.lower()} ({layout})",
+                    "backend": name,
+                    "layout": layout,
+                },
+                call,
+                check=lambda out: peak_relative_error(out, ref),
+                flops=flops,
+            )
 
 
 def quantise_float_copy(rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -244,8 +282,9 @@ def bench_linear(runner: Runner, name: str, m: int, k: int, n: int, dtype: torch
     if compiled:
         if module is not None:
             for variant, target, check, kw in (
-                    ("compiled quantise (dub.model.kernels.fp8)", fp8.quantize_rows, dequantised, {"nbytes": quant_bytes}),
-                    ("compiled Fp8Linear", module, vs(ref), {"flops": flops})):
+                ("compiled quantise (dub.model.kernels.fp8)", fp8.quantize_rows, dequantised, {"nbytes": quant_bytes}),
+                ("compiled Fp8Linear", module, vs(ref), {"flops": flops}),
+            ):
                 holder = {}
 
                 def call(target=target, holder=holder):
@@ -256,41 +295,57 @@ def bench_linear(runner: Runner, name: str, m: int, k: int, n: int, dtype: torch
                 runner.run({**base, "variant": variant}, call, check=check, compile_first=True, **kw)
         return
 
-    runner.run({**base, "variant": f"{str(dtype).removeprefix('torch.')} F.linear"}, lambda: F.linear(x, w, b),
-               check=vs(ref), flops=flops)
+    runner.run(
+        {**base, "variant": f"{str(dtype).removeprefix('torch.')} F.linear"},
+        lambda: F.linear(x, w, b),
+        check=vs(ref),
+        flops=flops,
+    )
     cuda = device.startswith("cuda")
     mm_dtype = torch.bfloat16 if cuda or dtype != torch.float32 else torch.float32
     if module is not None:
         runner.run({**base, "variant": "Fp8Linear"}, lambda: module(x), check=vs(ref), flops=flops)
-    runner.run({**base, "variant": "quantise (float32 copy, before)"}, lambda: quantise_float_copy(x),
-               check=dequantised, nbytes=quant_bytes)
-    runner.run({**base, "variant": "quantise (dub.model.kernels.fp8)"}, lambda: fp8.quantize_rows(x), check=dequantised,
-               nbytes=quant_bytes)
+    runner.run(
+        {**base, "variant": "quantise (float32 copy, before)"},
+        lambda: quantise_float_copy(x),
+        check=dequantised,
+        nbytes=quant_bytes,
+    )
+    runner.run(
+        {**base, "variant": "quantise (dub.model.kernels.fp8)"},
+        lambda: fp8.quantize_rows(x),
+        check=dequantised,
+        nbytes=quant_bytes,
+    )
     if module is not None:
         x_fp8, x_scale = fp8.quantize_rows(x)
         w_t, w_scale, bias = module.weight_fp8.t(), module.weight_scale, b.to(mm_dtype)
 
         def gemm(with_bias: bool, fast: bool):
-            return lambda: torch._scaled_mm(x_fp8, w_t, scale_a=x_scale, scale_b=w_scale,
-                                            bias=bias if with_bias else None, out_dtype=mm_dtype,
-                                            use_fast_accum=fast)
+            return lambda: torch._scaled_mm(
+                x_fp8,
+                w_t,
+                scale_a=x_scale,
+                scale_b=w_scale,
+                bias=bias if with_bias else None,
+                out_dtype=mm_dtype,
+                use_fast_accum=fast,
+            )
 
         plain = gemm(False, False)
         runner.run({**base, "variant": "_scaled_mm"}, plain, check=vs(ref_nobias), flops=flops)
         runner.run({**base, "variant": "_scaled_mm + bias add"}, lambda: plain() + bias, check=vs(ref), flops=flops)
         runner.run({**base, "variant": "_scaled_mm(bias=)"}, gemm(True, False), check=vs(ref), flops=flops)
-        runner.run({**base, "variant": "_scaled_mm(fast_accum)"}, gemm(False, True), check=vs(ref_nobias),
-                   flops=flops)
-        runner.run({**base, "variant": "_scaled_mm(bias=, fast_accum)"}, gemm(True, True), check=vs(ref),
-                   flops=flops)
+        runner.run({**base, "variant": "_scaled_mm(fast_accum)"}, gemm(False, True), check=vs(ref_nobias), flops=flops)
+        runner.run({**base, "variant": "_scaled_mm(bias=, fast_accum)"}, gemm(True, True), check=vs(ref), flops=flops)
 
         def fastest():
             xq, xs = fp8.quantize_rows(x)
-            return torch._scaled_mm(xq, w_t, scale_a=xs, scale_b=w_scale, bias=bias, out_dtype=mm_dtype,
-                                    use_fast_accum=True)
+            return torch._scaled_mm(
+                xq, w_t, scale_a=xs, scale_b=w_scale, bias=bias, out_dtype=mm_dtype, use_fast_accum=True
+            )
 
-        runner.run({**base, "variant": "quantise + _scaled_mm(bias=, fast_accum)"}, fastest, check=vs(ref),
-                   flops=flops)
+        runner.run({**base, "variant": "quantise + _scaled_mm(bias=, fast_accum)"}, fastest, check=vs(ref), flops=flops)
         del x_fp8, x_scale
 
 
@@ -298,35 +353,47 @@ def projected(rows: list[dict], frames: int) -> dict:
     """Each form scaled to CLIP's whole tower on 512 frames: linears summed over the four shapes
     (only forms measured on all four), attention per backend and layout; x 32 layers."""
     scale = LAYERS * BATCH_FRAMES / frames
-    out: dict = {"note": f"ms for {LAYERS} layers x {BATCH_FRAMES} frames (median x {scale:g}); "
-                         "H200 whole tower: bf16 compiled 1098 ms, FP8 compiled 966 ms"}
+    out: dict = {
+        "note": f"ms for {LAYERS} layers x {BATCH_FRAMES} frames (median x {scale:g}); "
+        "H200 whole tower: bf16 compiled 1098 ms, FP8 compiled 966 ms"
+    }
     linears: dict[str, list[float]] = {}
     for row in rows:
         if row["part"] == "linear" and row.get("median_ms") is not None:
             linears.setdefault(row["variant"], []).append(row["median_ms"])
     out["linears"] = {v: round(sum(ms) * scale, 1) for v, ms in linears.items() if len(ms) == 4}
-    out["attention"] = {row["variant"]: round(row["median_ms"] * scale, 1) for row in rows
-                        if row["part"] == "attention" and row.get("median_ms") is not None}
+    out["attention"] = {
+        row["variant"]: round(row["median_ms"] * scale, 1)
+        for row in rows
+        if row["part"] == "attention" and row.get("median_ms") is not None
+    }
     return out
 
 
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--device", default="cuda")
-    p.add_argument("--tiny", action="store_true",
-                   help=f"small shapes for a CPU smoke test: {TINY}")
+    p.add_argument("--tiny", action="store_true", help=f"small shapes for a CPU smoke test: {TINY}")
     p.add_argument("--frames", type=int, default=None, help="frames per call (default 64; --tiny: 2)")
     p.add_argument("--dtype", choices=sorted(DTYPES), default=None, help="default: bf16 on CUDA, fp32 elsewhere")
     p.add_argument("--parts", default="attention,linear", help="comma-separated: attention, linear")
     p.add_argument("--warmup", type=int, default=None, help="default: 2 on CUDA, 1 elsewhere")
     p.add_argument("--repeats", type=int, default=None, help="default: 10 on CUDA, 2 elsewhere")
     p.add_argument("--inner", type=int, default=None, help="calls per timed sample (default: 5 on CUDA, 1 elsewhere)")
-    p.add_argument("--compile", choices=("auto", "on", "off"), default="auto",
-                   help="the torch.compile rows (auto: on CUDA only; slow to build on a CPU)")
+    p.add_argument(
+        "--compile",
+        choices=("auto", "on", "off"),
+        default="auto",
+        help="the torch.compile rows (auto: on CUDA only; slow to build on a CPU)",
+    )
     p.add_argument("--budget-s", type=float, default=45.0, help="rows not started by then are skipped (0: none)")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
-    p.add_argument("--out", type=Path, default=None,
-                   help="folder for clip_kernels.json (a path ending in .json is the file itself)")
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="folder for clip_kernels.json (a path ending in .json is the file itself)",
+    )
     args = p.parse_args(argv)
     device = args.device
     cuda = device.startswith("cuda")
@@ -348,13 +415,27 @@ def main(argv: list[str] | None = None) -> dict:
         capability = ".".join(map(str, torch.cuda.get_device_capability(device)))
     else:
         name, capability = f"cpu ({platform.machine()}, {torch.get_num_threads()} threads)", None
-    result = {"device": name, "capability": capability, "torch": torch.__version__, "cuda": torch.version.cuda,
-              "cudnn": torch.backends.cudnn.version() if cuda else None, "dtype": str(dtype).removeprefix("torch."),
-              **dims, "m": m, "warmup": args.warmup, "repeats": args.repeats, "inner": args.inner,
-              "compile": compile, "fp8_supported": list(fp8.fp8_supported(device)),
-              "bias_in_scaled_mm": fp8.bias_in_scaled_mm(torch.device(device)), "rows": []}
-    print(f"device {name} (capability {capability}); torch {torch.__version__}; {result['dtype']}; "
-          f"{dims['frames']} frames x {dims['tokens']} tokens (M = {m}); FP8 {result['fp8_supported']}")
+    result = {
+        "device": name,
+        "capability": capability,
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "cudnn": torch.backends.cudnn.version() if cuda else None,
+        "dtype": str(dtype).removeprefix("torch."),
+        **dims,
+        "m": m,
+        "warmup": args.warmup,
+        "repeats": args.repeats,
+        "inner": args.inner,
+        "compile": compile,
+        "fp8_supported": list(fp8.fp8_supported(device)),
+        "bias_in_scaled_mm": fp8.bias_in_scaled_mm(torch.device(device)),
+        "rows": [],
+    }
+    print(
+        f"device {name} (capability {capability}); torch {torch.__version__}; {result['dtype']}; "
+        f"{dims['frames']} frames x {dims['tokens']} tokens (M = {m}); FP8 {result['fp8_supported']}"
+    )
     print(f"{'part':9s} {'shape':22s} {'variant':42s} {'median ms':>10s} {'speed':>11s} {'max err':>9s}")
     path = None if args.out is None else args.out if args.out.suffix == ".json" else args.out / "clip_kernels.json"
 

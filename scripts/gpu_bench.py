@@ -74,12 +74,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--duration", type=float, default=8.0)
-    p.add_argument("--budget-s", type=float, default=float(os.environ.get("GPU_BENCH_BUDGET_S", 440)),
-                   help="total time for all parts (default 440 s: the run must fit 8 minutes)")
-    p.add_argument("--part-limit-scale", type=float, default=1.0,
-                   help="multiply each part's own time limit (sized for a GPU) by this, e.g. on a slow or busy CPU")
-    p.add_argument("--parts", default=",".join(part.name for part in PARTS),
-                   help="comma-separated parts to run, in the listed order")
+    p.add_argument(
+        "--budget-s",
+        type=float,
+        default=float(os.environ.get("GPU_BENCH_BUDGET_S", 440)),
+        help="total time for all parts (default 440 s: the run must fit 8 minutes)",
+    )
+    p.add_argument(
+        "--part-limit-scale",
+        type=float,
+        default=1.0,
+        help="multiply each part's own time limit (sized for a GPU) by this, e.g. on a slow or busy CPU",
+    )
+    p.add_argument(
+        "--parts",
+        default=",".join(part.name for part in PARTS),
+        help="comma-separated parts to run, in the listed order",
+    )
     p.add_argument("--no-compile", action="store_true", help="skip the torch.compile parts")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads in the children (0: torch's default)")
     p.add_argument("--out", default=os.environ.get("OUT", "out/gpu_bench"))
@@ -107,8 +118,15 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         print(f"unknown parts {unknown}; choose from {[part.name for part in PARTS]}", file=sys.stderr)
         return 2
-    result = {"command": " ".join([Path(sys.executable).name, *sys.argv]), "device": None, "env": environment(),
-              "budget_s": args.budget_s, "parts": {}, "checks": [], "rows": []}
+    result = {
+        "command": " ".join([Path(sys.executable).name, *sys.argv]),
+        "device": None,
+        "env": environment(),
+        "budget_s": args.budget_s,
+        "parts": {},
+        "checks": [],
+        "rows": [],
+    }
     log(started, f"gpu_bench: {args.device} preset {args.preset} batch {args.batch_size}, budget {args.budget_s:.0f} s")
     by_name = {part.name: part for part in PARTS}
     for part in (by_name[name] for name in dict.fromkeys(wanted)):  # the order --parts gives
@@ -120,8 +138,9 @@ def main(argv: list[str] | None = None) -> int:
             result["parts"][part.name] = {"status": "skipped", "reason": f"only {left:.0f} s of the budget left"}
             log(started, f"part {part.name}: skipped ({left:.0f} s left)")
             continue
-        result["parts"][part.name] = run_part(args, part, min(part.max_s * args.part_limit_scale, left), work, started,
-                                                result)
+        result["parts"][part.name] = run_part(
+            args, part, min(part.max_s * args.part_limit_scale, left), work, started, result
+        )
         write_result(out, result, started)
     write_result(out, result, started)
     shutil.rmtree(work, ignore_errors=True)
@@ -136,11 +155,32 @@ def log(started: float, message: str) -> None:
 def run_part(args: argparse.Namespace, part: Part, limit_s: float, work: Path, started: float, result: dict) -> dict:
     rows_file = work / f"rows_{part.name}.jsonl"
     rows_file.unlink(missing_ok=True)
-    command = [sys.executable, str(Path(__file__).resolve()), "--child", part.name, "--device", args.device,
-               "--preset", args.preset, "--batch-size", str(args.batch_size),
-               "--train-batch-size", str(args.train_batch_size), "--repeats", str(args.repeats),
-               "--warmup", str(args.warmup), "--duration", str(args.duration), "--threads", str(args.threads),
-               "--deadline", str(time.time() + limit_s - TEARDOWN_S), "--rows-file", str(rows_file)]
+    command = [
+        sys.executable,
+        str(Path(__file__).resolve()),
+        "--child",
+        part.name,
+        "--device",
+        args.device,
+        "--preset",
+        args.preset,
+        "--batch-size",
+        str(args.batch_size),
+        "--train-batch-size",
+        str(args.train_batch_size),
+        "--repeats",
+        str(args.repeats),
+        "--warmup",
+        str(args.warmup),
+        "--duration",
+        str(args.duration),
+        "--threads",
+        str(args.threads),
+        "--deadline",
+        str(time.time() + limit_s - TEARDOWN_S),
+        "--rows-file",
+        str(rows_file),
+    ]
     log(started, f"part {part.name}: start (limit {limit_s:.0f} s)")
     t0 = time.time()
     # own session: a timed-out part is killed with its compile workers, and only those
@@ -214,8 +254,10 @@ def environment() -> dict:
 def float32_note(check: dict) -> str:
     if "fast_vs_float32" not in check:
         return ""
-    return (f"; from float32: {check['fast_vs_float32']:.3e} vs the eager path's own {check['eager_vs_float32']:.3e}"
-            f" (passes within {check['float32_slack']}x)")
+    return (
+        f"; from float32: {check['fast_vs_float32']:.3e} vs the eager path's own {check['eager_vs_float32']:.3e}"
+        f" (passes within {check['float32_slack']}x)"
+    )
 
 
 def print_summary(result: dict) -> None:
@@ -226,17 +268,23 @@ def print_summary(result: dict) -> None:
         cps = "" if r.get("clips_per_s") is None else f"{r['clips_per_s']:.2f}"
         peak = "" if r.get("peak_mem_mb") is None else f"{r['peak_mem_mb']:.0f}"
         flag = "  " + r["note"][:120] if r["note"].startswith(("ERROR", "not run")) else ""
-        print(f"{r['bench']:10} {r['stage'][:66]:66} {r['batch_size']:>3} {r['median_ms']:>10.2f} {rtf:>8} "
-              f"{cps:>8} {peak:>8}{flag}")
+        print(
+            f"{r['bench']:10} {r['stage'][:66]:66} {r['batch_size']:>3} {r['median_ms']:>10.2f} {rtf:>8} "
+            f"{cps:>8} {peak:>8}{flag}"
+        )
     print("\n== fast path vs eager ==")
     for c in result["checks"]:
-        print(f"{'PASS' if c['pass'] else 'FAIL'}  {c['check']}: max abs {c['max_abs_err']:.3e}, "
-              f"relative {c['rel_err']:.2e} (tolerance {c['tol']:g})" + float32_note(c))
+        print(
+            f"{'PASS' if c['pass'] else 'FAIL'}  {c['check']}: max abs {c['max_abs_err']:.3e}, "
+            f"relative {c['rel_err']:.2e} (tolerance {c['tol']:g})" + float32_note(c)
+        )
     print("\n== parts ==")
     for name, part in result["parts"].items():
         errors = part.get("errors") or []
-        print(f"{name:20} {part.get('status')}  {part.get('seconds', '')} s  {part.get('reason', '')}"
-              + (f"  errors: {errors[0][:200]}" if errors else ""))
+        print(
+            f"{name:20} {part.get('status')}  {part.get('seconds', '')} s  {part.get('reason', '')}"
+            + (f"  errors: {errors[0][:200]}" if errors else "")
+        )
     sys.stdout.flush()
 
 
@@ -254,8 +302,11 @@ def child_main(args: argparse.Namespace) -> int:
     def on_row(row) -> None:
         emitted.add(id(row))
         emit("row", row.as_dict())
-        print(f"    {row.bench:10} {row.stage[:70]:70} b{row.batch_size:<3} {row.median_ms:10.2f} ms"
-              + (f"  {row.note[:160]}" if row.note.startswith(("ERROR", "not run")) else ""), flush=True)
+        print(
+            f"    {row.bench:10} {row.stage[:70]:70} b{row.batch_size:<3} {row.median_ms:10.2f} ms"
+            + (f"  {row.note[:160]}" if row.note.startswith(("ERROR", "not run")) else ""),
+            flush=True,
+        )
 
     try:
         import torch
@@ -268,9 +319,15 @@ def child_main(args: argparse.Namespace) -> int:
         emit("info", {"device_name": device_name(device), "torch": torch.__version__})
         part = next(p for p in PARTS if p.name == args.child)
         extra = {"deadline": args.deadline, "on_row": on_row, "on_check": lambda c: emit("check", c), **part.extra}
-        opts = BenchOptions(device=device, preset=args.preset,
-                            batch_size=args.train_batch_size if part.train_batch else args.batch_size,
-                            repeats=args.repeats, warmup=args.warmup, duration_s=args.duration, extra=extra)
+        opts = BenchOptions(
+            device=device,
+            preset=args.preset,
+            batch_size=args.train_batch_size if part.train_batch else args.batch_size,
+            repeats=args.repeats,
+            warmup=args.warmup,
+            duration_s=args.duration,
+            extra=extra,
+        )
         if part.module is None:
             correctness(opts, lambda c: emit("check", c))
             return 0
@@ -327,32 +384,72 @@ def correctness(opts, report) -> None:
     if cuda:  # the same step in float32: how far bf16 itself moves the latents
         with true_float32():
             lat32 = Generator(net, None, codec, device=opts.device, dtype=torch.float32).latents(
-                clip_f, sync_f, text_f, batch, sampler)
+                clip_f, sync_f, text_f, batch, sampler
+            )
     fast = OneStepGraph(net, sampler.guidance, b, dtype=dtype)
-    report(compare(f"one step + CFG latents, {what} vs eager Generator (batch {b})",
-                   fast(noise, clip_f, sync_f, text_f), lat_ref, 2e-2))
+    report(
+        compare(
+            f"one step + CFG latents, {what} vs eager Generator (batch {b})",
+            fast(noise, clip_f, sync_f, text_f),
+            lat_ref,
+            2e-2,
+        )
+    )
     padded = OneStepGraph(net, sampler.guidance, b + 1, dtype=dtype)
-    report(compare(f"one step + CFG latents, {what} captured for {b + 1}, called with {b} (padded)",
-                   padded(noise, clip_f, sync_f, text_f), lat_ref, 2e-2, exact=lat32))
+    report(
+        compare(
+            f"one step + CFG latents, {what} captured for {b + 1}, called with {b} (padded)",
+            padded(noise, clip_f, sync_f, text_f),
+            lat_ref,
+            2e-2,
+            exact=lat32,
+        )
+    )
     full = OneStepGraph(net, sampler.guidance, b, decode=codec.decode, dtype=dtype)
-    report(compare(f"network + VAE + vocoder waveforms, {what} vs eager Generator (batch {b})",
-                   full(noise, clip_f, sync_f, text_f), wav_ref, 2e-2))
+    report(
+        compare(
+            f"network + VAE + vocoder waveforms, {what} vs eager Generator (batch {b})",
+            full(noise, clip_f, sync_f, text_f),
+            wav_ref,
+            2e-2,
+        )
+    )
     with activation_form(stack.vocoder, "reference"):
         wav_published = eager.decode(lat_ref, batch)
         with true_float32():  # how far bf16 itself moves the waveform: the yardstick for the fast forms
             wav_exact = Generator(net, None, codec, device=opts.device, dtype=torch.float32).decode(lat_ref, batch)
-    report(compare(f"waveforms, vocoder activations {activation_status(opts.device)} vs BigVGAN's order "
-                   f"(batch {b})", wav_ref, wav_published, 2e-2, exact=wav_exact))
+    report(
+        compare(
+            f"waveforms, vocoder activations {activation_status(opts.device)} vs BigVGAN's order (batch {b})",
+            wav_ref,
+            wav_published,
+            2e-2,
+            exact=wav_exact,
+        )
+    )
     graphed = Generator(net, None, codec, device=opts.device, dtype=dtype)
     if graphed.use_fast_decoder(b + 1):  # CUDA only: the decoder `dub generate` replicas replay
-        report(compare(f"VAE + vocoder waveforms, {graphed.fast_decoder.note} (called with {b}) vs eager Generator",
-                       graphed.decode(lat_ref, batch), wav_ref, 2e-2, exact=wav_exact))
+        report(
+            compare(
+                f"VAE + vocoder waveforms, {graphed.fast_decoder.note} (called with {b}) vs eager Generator",
+                graphed.decode(lat_ref, batch),
+                wav_ref,
+                2e-2,
+                exact=wav_exact,
+            )
+        )
     del wav_exact
     activation_check(opts.device, report)
     synchformer_check(opts.device, opts.preset, report)
     if cuda:
-        report(compare(f"one step + CFG latents, bf16 {what} vs float32 eager (precision, informational)",
-                       fast(noise, clip_f, sync_f, text_f), lat32, 1e-1))
+        report(
+            compare(
+                f"one step + CFG latents, bf16 {what} vs float32 eager (precision, informational)",
+                fast(noise, clip_f, sync_f, text_f),
+                lat32,
+                1e-1,
+            )
+        )
     tangent_check(net, clip_f, sync_f, text_f, dtype, report)
 
 
@@ -377,9 +474,15 @@ def activation_check(device: str, report) -> None:
             x = 3 * torch.randn(2, channels, length, device=device)
             for dtype, tol in ((torch.float32, 1e-4), (torch.bfloat16, 2e-2)):
                 x_in = x.to(dtype)  # the reference sees the same (rounded) input, in float32
-                report(compare(f"anti-aliased activation {channels} x {length} {str(dtype)[6:]}, "
-                               f"{activation_status(device)} vs BigVGAN's order in float32", act(x_in).float(),
-                               act.reference_forward(x_in.float()), tol))
+                report(
+                    compare(
+                        f"anti-aliased activation {channels} x {length} {str(dtype)[6:]}, "
+                        f"{activation_status(device)} vs BigVGAN's order in float32",
+                        act(x_in).float(),
+                        act.reference_forward(x_in.float()),
+                        tol,
+                    )
+                )
 
 
 def synchformer_check(device: str, preset: str, report) -> None:
@@ -411,8 +514,15 @@ def synchformer_check(device: str, preset: str, report) -> None:
     fast, sdpa = features(True), features(False)
     with true_float32():
         exact = synchformer_features(model, frames).float()
-    report(compare(f"Synchformer features, 24 segments, {attention_status(device)} vs the SDPA form", fast, sdpa,
-                   2e-2, exact=exact))
+    report(
+        compare(
+            f"Synchformer features, 24 segments, {attention_status(device)} vs the SDPA form",
+            fast,
+            sdpa,
+            2e-2,
+            exact=exact,
+        )
+    )
 
 
 def tangent_check(net, clip_f, sync_f, text_f, dtype, report) -> None:
@@ -438,8 +548,14 @@ def tangent_check(net, clip_f, sync_f, text_f, dtype, report) -> None:
         ref2 = eager_tangent(net, z2, t, s, v2, cond).float()
         got2 = graphed(net, z2, t, s, v2, cond).float()
         # reported before the compiled JVP starts: compiling it can outlast the part's limit
-        report(compare(f"MeanFlow JVP (training target), graphed (replayed on new inputs) vs eager (batch {b})",
-                       got2, ref2, 5e-2))
+        report(
+            compare(
+                f"MeanFlow JVP (training target), graphed (replayed on new inputs) vs eager (batch {b})",
+                got2,
+                ref2,
+                5e-2,
+            )
+        )
         got = make_tangent("compiled", device)(net, z, t, s, v, cond).float()
     report(compare(f"MeanFlow JVP (training target), compiled vs eager forward-mode AD (batch {b})", got, ref, 5e-2))
 

@@ -34,9 +34,11 @@ from dub.workflows.bench.encoders import CLIP_SIZE, REAL_SOURCE, SYNC_SIZE, clip
 
 def without_triton(resize):
     """resize_uint8's F.interpolate path: the Triton resize switched off for the call."""
+
     def call(*args):
         with SEPARABLE_RESIZE.turned(False):
             return resize(*args)
+
     return call
 
 
@@ -73,12 +75,15 @@ def weight_check(device: str, sizes: set[tuple[int, int]]) -> list[dict]:
 def interpolate_nchw(frames: torch.Tensor, size: tuple[int, int], workload: str):
     """(b): F.interpolate on a contiguous NCHW float copy made now (freed with the closure)."""
     nchw = frames_to_images(frames).float().contiguous()
-    return lambda: finish(resize_triton.round_uint8(
-        F.interpolate(nchw, size=size, mode="bicubic", antialias=True, align_corners=False)), workload)
+    return lambda: finish(
+        resize_triton.round_uint8(F.interpolate(nchw, size=size, mode="bicubic", antialias=True, align_corners=False)),
+        workload,
+    )
 
 
-def bench_workload(workload: str, batch: int, count: int, device: str, warmup: int, repeats: int,
-                   temp_mb: list[float]) -> list[dict]:
+def bench_workload(
+    workload: str, batch: int, count: int, device: str, warmup: int, repeats: int, temp_mb: list[float]
+) -> list[dict]:
     width, height = REAL_SOURCE
     frames = random_frames(batch, count, width, height, device, seed=len(workload))
     size = target_size(workload, height, width)
@@ -92,27 +97,47 @@ def bench_workload(workload: str, batch: int, count: int, device: str, warmup: i
         ms, _peak = time_call(fn, repeats=repeats, warmup=warmup, device=device)
         out = fn()
         diff = (out.int() - reference.int()).abs()
-        rows.append({"workload": workload, "method": method, "median_ms": ms, "max_abs_diff": int(diff.max()),
-                     "differing": int((diff != 0).sum()), "values": diff.numel(),
-                     "channels_last": out.is_contiguous(memory_format=torch.channels_last)})
+        rows.append(
+            {
+                "workload": workload,
+                "method": method,
+                "median_ms": ms,
+                "max_abs_diff": int(diff.max()),
+                "differing": int((diff != 0).sum()),
+                "values": diff.numel(),
+                "channels_last": out.is_contiguous(memory_format=torch.channels_last),
+            }
+        )
         print(f"{label:34s} {method:24s} {ms:10.2f} {rows[-1]['max_abs_diff']:11d} {rows[-1]['differing']:9d}")
 
     record("(a) interpolate", lambda: current(frames, short))
     record("(b) interpolate-nchw", interpolate_nchw(frames, size, workload))
     if device.startswith("cuda"):
         torch.cuda.empty_cache()
-    record("(c) separable", lambda: finish(resize_triton.resize_uint8_separable(frames_to_images(frames), size),
-                                           workload))
+    record(
+        "(c) separable", lambda: finish(resize_triton.resize_uint8_separable(frames_to_images(frames), size), workload)
+    )
     # the same weights summed without FMAs (torch's separate multiply and add), first 16 frames
     subset = frames_to_images(frames)[:16]
     plain = finish(resize_triton.round_uint8(resize_triton.resize_reference(subset, size)), workload)
     diff = (plain.int() - reference[:16].int()).abs()
-    rows.append({"workload": workload, "method": "(d) no-FMA torch, 16 fr", "max_abs_diff": int(diff.max()),
-                 "differing": int((diff != 0).sum()), "values": diff.numel()})
+    rows.append(
+        {
+            "workload": workload,
+            "method": "(d) no-FMA torch, 16 fr",
+            "max_abs_diff": int(diff.max()),
+            "differing": int((diff != 0).sum()),
+            "values": diff.numel(),
+        }
+    )
     print(f"{label:34s} {rows[-1]['method']:24s} {'':>10s} {rows[-1]['max_abs_diff']:11d} {rows[-1]['differing']:9d}")
     for mb in temp_mb if device.startswith("cuda") else []:
-        record(f"(c) separable {mb:g} MiB", lambda mb=mb: finish(resize_triton.resize_triton(
-            frames_to_images(frames), size, temp_bytes=int(mb * 2**20)), workload))
+        record(
+            f"(c) separable {mb:g} MiB",
+            lambda mb=mb: finish(
+                resize_triton.resize_triton(frames_to_images(frames), size, temp_bytes=int(mb * 2**20)), workload
+            ),
+        )
     return rows
 
 
@@ -124,8 +149,9 @@ def main() -> None:
     p.add_argument("--clip-frames", type=int, default=None, help="frames per clip (default: 64 on CUDA, 4 on CPU)")
     p.add_argument("--warmup", type=int, default=None, help="default: 2 on CUDA, 1 on CPU")
     p.add_argument("--repeats", type=int, default=None, help="default: 10 on CUDA, 2 on CPU")
-    p.add_argument("--temp-mb", type=float, nargs="*", default=[],
-                   help="also time (c) with these pass-1 chunk sizes (MiB)")
+    p.add_argument(
+        "--temp-mb", type=float, nargs="*", default=[], help="also time (c) with these pass-1 chunk sizes (MiB)"
+    )
     p.add_argument("--out", type=Path, default=None, help="write the results as JSON here")
     args = p.parse_args()
     device = args.device
@@ -136,15 +162,25 @@ def main() -> None:
     repeats = args.repeats or (10 if cuda else 2)
     width, height = REAL_SOURCE
     name = torch.cuda.get_device_name(device) if cuda else "cpu"
-    result = {"device": name, "torch": torch.__version__, "triton": getattr(resize_triton.triton, "__version__", None),
-              "batch": batch, "frames": frames_per, "warmup": warmup, "repeats": repeats, "rows": []}
+    result = {
+        "device": name,
+        "torch": torch.__version__,
+        "triton": getattr(resize_triton.triton, "__version__", None),
+        "batch": batch,
+        "frames": frames_per,
+        "warmup": warmup,
+        "repeats": repeats,
+        "rows": [],
+    }
     sizes = {(width, size[1]) for size in (target_size(w, height, width) for w in frames_per)}
     sizes |= {(height, size[0]) for size in (target_size(w, height, width) for w in frames_per)}
     result["weights"] = weight_check(device, sizes)
     print(f"device {name}; torch {torch.__version__}")
     for row in result["weights"]:  # F: fused into FMAs as nvcc does, R: rounded separately
-        print(f"weights {row['in']:5d} -> {row['out']:4d} differing from F.interpolate's: "
-              + ", ".join(f"{k} {v:g}" for k, v in row.items() if k not in ("in", "out")))
+        print(
+            f"weights {row['in']:5d} -> {row['out']:4d} differing from F.interpolate's: "
+            + ", ".join(f"{k} {v:g}" for k, v in row.items() if k not in ("in", "out"))
+        )
     print(f"{'workload':34s} {'method':24s} {'median ms':>10s} {'max|d - a|':>11s} {'differ':>9s}")
     with torch.inference_mode():
         for workload, count in frames_per.items():

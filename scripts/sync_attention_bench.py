@@ -41,8 +41,13 @@ from dub.workflows.bench import time_call
 from dub.workflows.bench.generate import true_float32  # noqa: E402
 
 # (query tile, key tile, warps); the first is the default (synchformer_triton's constants)
-CONFIGS = [(synchformer_triton.BLOCK_M, synchformer_triton.BLOCK_N, synchformer_triton.NUM_WARPS),
-           (64, 64, 4), (64, 32, 8), (32, 32, 4), (128, 32, 8)]
+CONFIGS = [
+    (synchformer_triton.BLOCK_M, synchformer_triton.BLOCK_N, synchformer_triton.NUM_WARPS),
+    (64, 64, 4),
+    (64, 32, 8),
+    (32, 32, 4),
+    (128, 32, 8),
+]
 
 
 def attention_rows(args, device: str, dtype: torch.dtype) -> list[dict]:
@@ -59,20 +64,31 @@ def attention_rows(args, device: str, dtype: torch.dtype) -> list[dict]:
         forms = [("SDPA form", lambda shape=shape: divided_attention(qkv, args.heads, **shape))]
         if synchformer_triton.triton is not None:
             for block_m, block_n, warps in CONFIGS:
+
                 def kernel(block_m=block_m, block_n=block_n, warps=warps, shape=shape):
-                    return synchformer_triton.grouped_attention(qkv, args.heads, block_m=block_m, block_n=block_n,
-                                                                num_warps=warps, **shape)
+                    return synchformer_triton.grouped_attention(
+                        qkv, args.heads, block_m=block_m, block_n=block_n, num_warps=warps, **shape
+                    )
+
                 forms.append((f"Triton {block_m}x{block_n} w{warps} (groups only)", kernel))
-            forms.append(("Triton default + CLS query (SDPA)",
-                          lambda shape=shape: divided_attention_triton(qkv, args.heads, **shape)))
+            forms.append(
+                (
+                    "Triton default + CLS query (SDPA)",
+                    lambda shape=shape: divided_attention_triton(qkv, args.heads, **shape),
+                )
+            )
         for name, fn in forms:
             row = {"attention": kind, "form": name, "shape": list(qkv.shape), "dtype": str(dtype)[6:]}
             try:
                 ms, peak = time_call(fn, repeats=args.repeats, warmup=args.warmup, device=device)
                 out = fn()
                 part = (slice(None), slice(1, None)) if "groups only" in name else (slice(None),)
-                row.update(median_ms=ms, gb_per_s=moved / ms / 1e6, peak_mb=peak,
-                           rel_err_vs_float32=peak_relative_error(out[part], exact[part]))
+                row.update(
+                    median_ms=ms,
+                    gb_per_s=moved / ms / 1e6,
+                    peak_mb=peak,
+                    rel_err_vs_float32=peak_relative_error(out[part], exact[part]),
+                )
             except Exception as exc:  # noqa: BLE001 - a configuration that cannot run is a row, not the end
                 row["error"] = short_error(exc)
             rows.append(row)
@@ -89,10 +105,13 @@ def embed_rows(args, device: str, dtype: torch.dtype) -> list[dict]:
     with true_float32():
         exact = tubelet_embed(segments, conv)[0]
     cuda = device.startswith("cuda")
-    forms = [("Conv3d + transpose", lambda: conv(segments).flatten(2).transpose(1, 2)),
-             ("tubelet_embed (one GEMM)", lambda: tubelet_embed(segments, conv)[0])]
+    forms = [
+        ("Conv3d + transpose", lambda: conv(segments).flatten(2).transpose(1, 2)),
+        ("tubelet_embed (one GEMM)", lambda: tubelet_embed(segments, conv)[0]),
+    ]
     rows = []
     for name, fn in forms:
+
         def run(fn=fn):
             with torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda):
                 return fn()
@@ -110,8 +129,13 @@ def embed_rows(args, device: str, dtype: torch.dtype) -> list[dict]:
 
 def model_rows(args, device: str) -> list[dict]:
     cuda = device.startswith("cuda")
-    config = SynchformerConfig.released() if not args.tiny else SynchformerConfig(
-        embed_dim=args.heads * args.head_dim, depth=1, num_heads=args.heads, agg_num_heads=args.heads, agg_ff_dim=64)
+    config = (
+        SynchformerConfig.released()
+        if not args.tiny
+        else SynchformerConfig(
+            embed_dim=args.heads * args.head_dim, depth=1, num_heads=args.heads, agg_num_heads=args.heads, agg_ff_dim=64
+        )
+    )
     torch.manual_seed(1)
     model = Synchformer(config).eval().to(device)
     frames = torch.rand(args.clips, args.clip_frames, 3, config.crop_size, config.crop_size, device=device) * 2 - 1
@@ -126,12 +150,15 @@ def model_rows(args, device: str) -> list[dict]:
             with GROUPED_ATTENTION.turned(on), torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda):
                 return synchformer_features(model, pixels)
 
-        row = {"model": f"Synchformer, {args.clips} clips x {(args.clip_frames - 16) // 8 + 1} segments",
-               "form": name}
+        row = {"model": f"Synchformer, {args.clips} clips x {(args.clip_frames - 16) // 8 + 1} segments", "form": name}
         try:
             ms, peak = time_call(run, repeats=args.repeats, warmup=args.warmup, device=device)
-            row.update(median_ms=ms, peak_mb=peak, rel_err_vs_float32=peak_relative_error(run(), exact),
-                       kernel_error=GROUPED_ATTENTION.error)
+            row.update(
+                median_ms=ms,
+                peak_mb=peak,
+                rel_err_vs_float32=peak_relative_error(run(), exact),
+                kernel_error=GROUPED_ATTENTION.error,
+            )
         except Exception as exc:  # noqa: BLE001
             row["error"] = short_error(exc)
         rows.append(row)
@@ -167,8 +194,7 @@ def main(argv: list[str] | None = None) -> dict:
     name = torch.cuda.get_device_name(args.device) if cuda else "cpu"
     print(f"device {name}; torch {torch.__version__}; triton {getattr(synchformer_triton.triton, '__version__', None)}")
     print(f"{'':18s} {'form':42s} {'median ms':>10s} {'GB/s':>8s} {'vs fp32':>10s}")
-    result = {"device": name, "torch": torch.__version__, "repeats": args.repeats, "warmup": args.warmup,
-              "rows": []}
+    result = {"device": name, "torch": torch.__version__, "repeats": args.repeats, "warmup": args.warmup, "rows": []}
     with torch.inference_mode():
         result["rows"] += attention_rows(args, args.device, dtype)
         result["rows"] += embed_rows(args, args.device, dtype)

@@ -39,8 +39,13 @@ def forms(module: torch.nn.Module, x: torch.Tensor, device: str, repeats: int, c
             compiled = torch.compile(module, dynamic=False)
             out = compiled(x).float()
             build = time.perf_counter() - start
-            rows.append((f"compiled (build {build:.0f} s)", median_ms(lambda: compiled(x), device, repeats),
-                         (out - reference).abs().max().item()))
+            rows.append(
+                (
+                    f"compiled (build {build:.0f} s)",
+                    median_ms(lambda: compiled(x), device, repeats),
+                    (out - reference).abs().max().item(),
+                )
+            )
     return rows
 
 

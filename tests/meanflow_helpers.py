@@ -22,7 +22,9 @@ class VelocityMLP(nn.Module):
         self.net = nn.Sequential(*layers)
         self.label_dim = label_dim
 
-    def forward(self, z: torch.Tensor, t: torch.Tensor, s: torch.Tensor, label: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self, z: torch.Tensor, t: torch.Tensor, s: torch.Tensor, label: torch.Tensor | None = None
+    ) -> torch.Tensor:
         # (t, s - t) as MeanFlow feeds them: the interval length is what the average depends on most.
         parts = [z, t[:, None].to(z.dtype), (s - t)[:, None].to(z.dtype)]
         if self.label_dim:
@@ -37,7 +39,9 @@ def mixture_centres(modes: int = 8, radius: float = 2.0) -> torch.Tensor:
     return (radius * torch.stack([angles.cos(), angles.sin()], dim=1)).float()
 
 
-def sample_mixture(n: int, generator: torch.Generator, modes: int = 8, radius: float = 2.0, std: float = 0.15) -> torch.Tensor:
+def sample_mixture(
+    n: int, generator: torch.Generator, modes: int = 8, radius: float = 2.0, std: float = 0.15
+) -> torch.Tensor:
     centres = mixture_centres(modes, radius)
     idx = torch.randint(0, modes, (n,), generator=generator)
     return centres[idx] + std * torch.randn(n, 2, generator=generator)
@@ -121,14 +125,27 @@ class TinyAttentionVelocity(nn.Module):
     """A small conditional transformer-like u(z, t, s): latent tokens attend (SDPA) over
     themselves and the clip/sync/text condition tokens; learnable empty features as in MMAudio."""
 
-    def __init__(self, latent_dim: int = 4, clip_dim: int = 6, sync_dim: int = 5, text_dim: int = 3,
-                 text_len: int = 2, hidden: int = 16, heads: int = 2) -> None:
+    def __init__(
+        self,
+        latent_dim: int = 4,
+        clip_dim: int = 6,
+        sync_dim: int = 5,
+        text_dim: int = 3,
+        text_len: int = 2,
+        hidden: int = 16,
+        heads: int = 2,
+    ) -> None:
         super().__init__()
         self.heads = heads
         self.inp = nn.Linear(latent_dim, hidden)
         self.time = nn.Sequential(nn.Linear(2, hidden), nn.SiLU(), nn.Linear(hidden, hidden))
-        self.proj = nn.ModuleDict({"clip_f": nn.Linear(clip_dim, hidden), "sync_f": nn.Linear(sync_dim, hidden),
-                                   "text_f": nn.Linear(text_dim, hidden)})
+        self.proj = nn.ModuleDict(
+            {
+                "clip_f": nn.Linear(clip_dim, hidden),
+                "sync_f": nn.Linear(sync_dim, hidden),
+                "text_f": nn.Linear(text_dim, hidden),
+            }
+        )
         self.qkv = nn.Linear(hidden, 3 * hidden)
         self.norm = nn.LayerNorm(hidden)
         self.out = nn.Linear(hidden, latent_dim)
@@ -142,15 +159,18 @@ class TinyAttentionVelocity(nn.Module):
     def forward(self, z, t, s, *, clip_f, sync_f, text_f):
         b, n, _ = z.shape
         h = self.inp(z) + self.time(torch.stack([t, s - t], dim=1).to(z.dtype))[:, None]
-        tokens = torch.cat([h, self.proj["clip_f"](clip_f), self.proj["sync_f"](sync_f), self.proj["text_f"](text_f)], dim=1)
+        tokens = torch.cat(
+            [h, self.proj["clip_f"](clip_f), self.proj["sync_f"](sync_f), self.proj["text_f"](text_f)], dim=1
+        )
         q, k, v = self.qkv(self.norm(tokens)).chunk(3, dim=-1)
         split = lambda a: a.view(b, a.shape[1], self.heads, -1).transpose(1, 2)  # noqa: E731
         a = torch.nn.functional.scaled_dot_product_attention(split(q[:, :n]), split(k), split(v))
         return self.out(h + a.transpose(1, 2).reshape(b, n, -1))
 
 
-def random_conditions(batch: int, generator: torch.Generator, model: TinyAttentionVelocity,
-                      clip_len: int = 3, sync_len: int = 4) -> dict[str, torch.Tensor]:
+def random_conditions(
+    batch: int, generator: torch.Generator, model: TinyAttentionVelocity, clip_len: int = 3, sync_len: int = 4
+) -> dict[str, torch.Tensor]:
     return {
         "clip_f": torch.randn(batch, clip_len, model.empty_clip_feat.shape[1], generator=generator),
         "sync_f": torch.randn(batch, sync_len, model.empty_sync_feat.shape[1], generator=generator),

@@ -1,10 +1,10 @@
 """Running the real `dub` CLI as a child process, and killing it with everything it started.
 
-    start_cli(args, logs, name) -> Popen    `python -m dub.cli ARGS`, leader of a new session
-    run_cli(args, logs, name) -> (out, err) to completion; fails the test on a non-zero exit
-    wait_until(done, proc, logs, name)      poll until done() is truthy, failing if the CLI ends
-    kill_driver(proc) / kill_session(proc)  SIGKILL the CLI alone / its whole session, Ray included
-    session(sid), temporaries(root), ERROR_LOOKING
+start_cli(args, logs, name) -> Popen    `python -m dub.cli ARGS`, leader of a new session
+run_cli(args, logs, name) -> (out, err) to completion; fails the test on a non-zero exit
+wait_until(done, proc, logs, name)      poll until done() is truthy, failing if the CLI ends
+kill_driver(proc) / kill_session(proc)  SIGKILL the CLI alone / its whole session, Ray included
+session(sid), temporaries(root), ERROR_LOOKING
 """
 
 from __future__ import annotations
@@ -24,8 +24,11 @@ PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
 # What a successful run must not print: Ray C++ error lines ("[2026-... E 123 123] file.cc:1: ..."),
 # Python errors and tracebacks, and Ray's auth chatter (warnings about token mode, failed handshakes)
-ERROR_LOOKING = re.compile(r"^\[[^\]]* E \d+ \d+\]|Traceback|\bERROR\b|InvalidAuthToken|Token authentication is "
-                           r"(enabled|disabled)|core_worker\.cc", re.MULTILINE)
+ERROR_LOOKING = re.compile(
+    r"^\[[^\]]* E \d+ \d+\]|Traceback|\bERROR\b|InvalidAuthToken|Token authentication is "
+    r"(enabled|disabled)|core_worker\.cc",
+    re.MULTILINE,
+)
 
 
 def start_cli(args: list[str], logs: Path, name: str) -> subprocess.Popen:
@@ -33,8 +36,9 @@ def start_cli(args: list[str], logs: Path, name: str) -> subprocess.Popen:
     env = dict(os.environ, PYTHONPATH=str(PROJECT_ROOT), COLUMNS="200")
     logs.mkdir(parents=True, exist_ok=True)
     with open(logs / f"{name}.out", "wb") as out, open(logs / f"{name}.err", "wb") as err:
-        return subprocess.Popen([sys.executable, "-m", "dub.cli", *args], stdout=out, stderr=err, env=env,
-                                cwd=logs, start_new_session=True)
+        return subprocess.Popen(
+            [sys.executable, "-m", "dub.cli", *args], stdout=out, stderr=err, env=env, cwd=logs, start_new_session=True
+        )
 
 
 def session(sid: int) -> list[tuple[int, str]]:
@@ -47,7 +51,7 @@ def session(sid: int) -> list[tuple[int, str]]:
             stat = Path(entry.path, "stat").read_text()
         except OSError:
             continue
-        name, fields = stat[stat.index("(") + 1: stat.rindex(")")], stat[stat.rindex(")") + 2:].split()
+        name, fields = stat[stat.index("(") + 1 : stat.rindex(")")], stat[stat.rindex(")") + 2 :].split()
         if int(fields[3]) == sid and fields[0] != "Z":
             found.append((int(entry.name), name))
     return found
@@ -75,8 +79,14 @@ def kill_session(proc: subprocess.Popen, timeout_s: float = 30.0) -> None:
         time.sleep(0.1)
 
 
-def wait_until(done: Callable[[], object], proc: subprocess.Popen, logs: Path, name: str,
-                timeout_s: float = 300.0, poll_s: float = 0.01):
+def wait_until(
+    done: Callable[[], object],
+    proc: subprocess.Popen,
+    logs: Path,
+    name: str,
+    timeout_s: float = 300.0,
+    poll_s: float = 0.01,
+):
     """Poll `done()` until it is truthy; fail if the CLI ends first or time runs out."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -84,8 +94,10 @@ def wait_until(done: Callable[[], object], proc: subprocess.Popen, logs: Path, n
         if value:
             return value
         if proc.poll() is not None:
-            pytest.fail(f"`dub {name}` ended (exit {proc.returncode}) before the point to kill it:\n"
-                        + (logs / f"{name}.err").read_text(errors="replace")[-3000:])
+            pytest.fail(
+                f"`dub {name}` ended (exit {proc.returncode}) before the point to kill it:\n"
+                + (logs / f"{name}.err").read_text(errors="replace")[-3000:]
+            )
         time.sleep(poll_s)
     pytest.fail(f"`dub {name}` never reached the point to kill it in {timeout_s:.0f} s")
 
@@ -111,6 +123,9 @@ def kill_driver(proc: subprocess.Popen) -> None:
 def temporaries(root: Path) -> list[str]:
     """Files being written when a run died: ours (.NAME.X.tmp), Parquet's, the media writers'
     (.STEM.partial-PID.EXT); anything hidden but the output lock counts."""
-    return sorted(str(p.relative_to(root)) for p in root.rglob("*")
-                  if p.is_file() and (p.name.startswith(".") and p.name != ".dub.lock"
-                                      or p.name.endswith(".tmp") or ".partial" in p.name))
+    return sorted(
+        str(p.relative_to(root))
+        for p in root.rglob("*")
+        if p.is_file()
+        and (p.name.startswith(".") and p.name != ".dub.lock" or p.name.endswith(".tmp") or ".partial" in p.name)
+    )

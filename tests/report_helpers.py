@@ -17,8 +17,9 @@ SAMPLE_RATE = 16000
 FPS = 25
 
 
-def burst_audio(times_s, duration_s: float, sample_rate: int = SAMPLE_RATE, seed: int = 0,
-                decay_s: float = 0.03) -> np.ndarray:
+def burst_audio(
+    times_s, duration_s: float, sample_rate: int = SAMPLE_RATE, seed: int = 0, decay_s: float = 0.03
+) -> np.ndarray:
     """Quiet noise floor plus a decaying noise burst starting at every time in `times_s`."""
     rng = np.random.default_rng(seed)
     wav = 0.001 * rng.standard_normal(int(duration_s * sample_rate))
@@ -26,7 +27,7 @@ def burst_audio(times_s, duration_s: float, sample_rate: int = SAMPLE_RATE, seed
     env = np.exp(-np.arange(length) / (decay_s * sample_rate))
     for t in times_s:
         start = int(t * sample_rate)
-        seg = wav[start:start + length]
+        seg = wav[start : start + length]
         seg += 0.8 * env[: len(seg)] * rng.standard_normal(len(seg))
     return wav.astype(np.float32)
 
@@ -42,12 +43,13 @@ def event_frames(times_s, duration_s: float, fps: int = FPS, size: int = 64, see
     for i in range(n):
         if i in event_idx:
             y, x = rng.integers(0, size - side, 2)
-        frames[i, y:y + side, x:x + side] = 230
+        frames[i, y : y + side, x : x + side] = 230
     return frames
 
 
-def write_clip(path: Path, frames: np.ndarray, wav: np.ndarray | None = None,
-               sample_rate: int = SAMPLE_RATE, fps: int = FPS) -> Path:
+def write_clip(
+    path: Path, frames: np.ndarray, wav: np.ndarray | None = None, sample_rate: int = SAMPLE_RATE, fps: int = FPS
+) -> Path:
     """Encode frames (H.264) and an optional mono track (AAC) into `path`."""
     import av
 
@@ -69,7 +71,7 @@ def write_clip(path: Path, frames: np.ndarray, wav: np.ndarray | None = None,
         if aus is not None:
             block = 1024
             for start in range(0, len(wav), block):
-                chunk = wav[start:start + block].reshape(1, -1).astype(np.float32)
+                chunk = wav[start : start + block].reshape(1, -1).astype(np.float32)
                 af = av.AudioFrame.from_ndarray(chunk, format="fltp", layout="mono")
                 af.sample_rate = sample_rate
                 af.pts = start
@@ -125,15 +127,23 @@ def write_generate_run(run_dir: Path, rows: list[dict]) -> Path:
         "audio_duration_s": [r.get("audio_duration_s", 0.0) for r in rows],
         "t_total_s": [0.1 for _ in rows],
     }
-    schema = pa.schema([("video_id", pa.string()), ("path", pa.string()), ("status", pa.string()),
-                        ("error", pa.string()), ("output_mp4", pa.string()), ("output_shard", pa.string()),
-                        ("audio_duration_s", pa.float64()), ("t_total_s", pa.float64())])
+    schema = pa.schema(
+        [
+            ("video_id", pa.string()),
+            ("path", pa.string()),
+            ("status", pa.string()),
+            ("error", pa.string()),
+            ("output_mp4", pa.string()),
+            ("output_shard", pa.string()),
+            ("audio_duration_s", pa.float64()),
+            ("t_total_s", pa.float64()),
+        ]
+    )
     if any("prompt" in r for r in rows):
         table["prompt"] = [r.get("prompt") for r in rows]
         schema = schema.append(pa.field("prompt", pa.string()))
     pq.write_table(pa.Table.from_pydict(table, schema=schema), run_dir / "report.parquet")
     return run_dir
-
 
 
 def decode_png(data: bytes) -> np.ndarray:

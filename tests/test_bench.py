@@ -25,8 +25,19 @@ from dub.workflows.bench.generate import build_network
 from dub.workflows.media.decode import FrameTarget, decode_window
 
 SAMPLE = Path(__file__).resolve().parents[1] / "dub" / "samples" / "green_gem_bounce.mp4"
-ROW_FIELDS = {"bench", "stage", "median_ms", "batch_size", "dtype", "device", "audio_s", "peak_mem_mb", "note",
-              "rtf", "clips_per_s"}
+ROW_FIELDS = {
+    "bench",
+    "stage",
+    "median_ms",
+    "batch_size",
+    "dtype",
+    "device",
+    "audio_s",
+    "peak_mem_mb",
+    "note",
+    "rtf",
+    "clips_per_s",
+}
 
 
 @pytest.fixture(autouse=True)
@@ -39,8 +50,24 @@ def one_thread():
 
 
 def test_bench_cli_json_rows(ray_session):
-    result = CliRunner().invoke(app, ["bench", "encoders", "generate", "e2e", "--device", "cpu", "--preset", "tiny",
-                                      "--repeats", "1", "--duration", "2", "--json"])
+    result = CliRunner().invoke(
+        app,
+        [
+            "bench",
+            "encoders",
+            "generate",
+            "e2e",
+            "--device",
+            "cpu",
+            "--preset",
+            "tiny",
+            "--repeats",
+            "1",
+            "--duration",
+            "2",
+            "--json",
+        ],
+    )
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)
     rows = report["rows"]
@@ -56,9 +83,12 @@ def test_bench_cli_json_rows(ray_session):
         assert r["audio_s"] == pytest.approx(r["batch_size"] * 2.0)
         assert r["rtf"] == pytest.approx(r["median_ms"] / 1000.0 / r["audio_s"])
     stages = {(r["bench"], r["stage"]): r for r in rows}
-    for stage in ("network 1 step + CFG, fast path (eager on cpu)",
-                  "network + VAE + vocoder, fast path (eager on cpu)",
-                  "vocoder (BigVGAN)", "vocoder (BigVGAN), activations as grouped convs"):
+    for stage in (
+        "network 1 step + CFG, fast path (eager on cpu)",
+        "network + VAE + vocoder, fast path (eager on cpu)",
+        "vocoder (BigVGAN)",
+        "vocoder (BigVGAN), activations as grouped convs",
+    ):
         # the fast path's output was compared with the eager one before timing
         assert "within 0.02" in stages[("generate", stage)]["note"]
     assert ("generate", "network 25 Euler steps + CFG, eager (baseline)") in stages
@@ -125,8 +155,9 @@ def test_fast_path_rejects_bad_input():
     noise = torch.zeros(2, cfg.latent_seq_len, cfg.latent_dim)
     clip = torch.zeros(1, cfg.clip_seq_len, cfg.clip_dim)
     with pytest.raises(ValueError, match="share the batch size"):
-        fast(noise, clip, torch.zeros(2, cfg.sync_seq_len, cfg.sync_dim),
-             torch.zeros(2, cfg.text_seq_len, cfg.text_dim))
+        fast(
+            noise, clip, torch.zeros(2, cfg.sync_seq_len, cfg.sync_dim), torch.zeros(2, cfg.text_seq_len, cfg.text_dim)
+        )
     with pytest.raises(ValueError, match="CUDA graphs need CUDA tensors"):
         CudaGraphCall(lambda x: x * 2, [torch.zeros(3)], use_graph=True)
 
@@ -161,9 +192,17 @@ def _tiny_mmaudio_codec(latent_dim: int) -> MMAudioCodec:
     torch.manual_seed(0)
     mel = MelConverter(MelConfig(16_000, 256, 64, 256, 16, 0.0, 8_000.0, "log10"))
     vae = VAE(VAEConfig(data_dim=16, embed_dim=latent_dim, hidden_dim=8)).eval()
-    vocoder = BigVGAN(BigVGANConfig(num_mels=16, upsample_rates=(4, 4, 4), upsample_kernel_sizes=(8, 8, 8),
-                                    upsample_initial_channel=16, resblock_kernel_sizes=(3,),
-                                    resblock_dilation_sizes=((1, 3),), sampling_rate=16_000)).eval()
+    vocoder = BigVGAN(
+        BigVGANConfig(
+            num_mels=16,
+            upsample_rates=(4, 4, 4),
+            upsample_kernel_sizes=(8, 8, 8),
+            upsample_initial_channel=16,
+            resblock_kernel_sizes=(3,),
+            resblock_dilation_sizes=((1, 3),),
+            sampling_rate=16_000,
+        )
+    ).eval()
     return MMAudioCodec(mel, vae, vocoder)
 
 
@@ -173,8 +212,9 @@ def test_fast_decoder_pads_chunks_and_compiles_to_the_eager_waveforms():
     eager decoder's."""
     net = build_network("tiny", "cpu", duration_s=2.0, seed=1)
     generator = Generator(net, DemoEncoders(), _tiny_mmaudio_codec(net.config.latent_dim))
-    latents = torch.randn(5, net.config.latent_seq_len, net.config.latent_dim,
-                          generator=torch.Generator().manual_seed(2))
+    latents = torch.randn(
+        5, net.config.latent_seq_len, net.config.latent_dim, generator=torch.Generator().manual_seed(2)
+    )
     batch = WindowBatch(None, None, [""] * 5, [""] * 5, seeds=list(range(5)))
     eager = generator.decode(latents, batch)
     assert eager.shape == (5, net.config.latent_seq_len * generator.codec.samples_per_latent)
@@ -204,16 +244,33 @@ def test_generate_replica_compile_flag_compiles_the_step_and_keeps_the_audio():
     assert compiled.generator.fast_step.compiled
 
     info = bundle_info("demo")
-    rows = {"video_id": ["a", "b"], "window_index": [0, 0], "num_windows": [1, 1], "start_s": [0.0, 0.0],
-            "valid_s": [info.window_s] * 2, "prompt": ["", "a bell"], "negative_prompt": ["", ""],
-            "seed": [1, 2], "path": [str(SAMPLE)] * 2}
-    batch = decode_windows({k: np.array(v, dtype=object if isinstance(v[0], str) else None)
-                            for k, v in rows.items()},
-                           clip_fps=info.clip_fps, clip_size=info.clip_size, sync_fps=info.sync_fps,
-                           sync_size=info.sync_size, window_s=info.window_s)
+    rows = {
+        "video_id": ["a", "b"],
+        "window_index": [0, 0],
+        "num_windows": [1, 1],
+        "start_s": [0.0, 0.0],
+        "valid_s": [info.window_s] * 2,
+        "prompt": ["", "a bell"],
+        "negative_prompt": ["", ""],
+        "seed": [1, 2],
+        "path": [str(SAMPLE)] * 2,
+    }
+    batch = decode_windows(
+        {k: np.array(v, dtype=object if isinstance(v[0], str) else None) for k, v in rows.items()},
+        clip_fps=info.clip_fps,
+        clip_size=info.clip_size,
+        sync_fps=info.sync_fps,
+        sync_size=info.sync_size,
+        window_s=info.window_s,
+    )
     assert list(batch["error"]) == ["", ""]
-    wb = WindowBatch(torch.from_numpy(batch["clip_frames"]), torch.from_numpy(batch["sync_frames"]),
-                     list(rows["prompt"]), list(rows["negative_prompt"]), seeds=list(rows["seed"]))
+    wb = WindowBatch(
+        torch.from_numpy(batch["clip_frames"]),
+        torch.from_numpy(batch["sync_frames"]),
+        list(rows["prompt"]),
+        list(rows["negative_prompt"]),
+        seeds=list(rows["seed"]),
+    )
     features = eager.generator.features(wb)
     want = eager.generator.latents(*features, wb, sampler)
     got = compiled.generator.latents(*features, wb, sampler)
@@ -276,9 +333,27 @@ def test_gpu_bench_script_runs_its_parts_in_children_and_writes_json(tmp_path):
     root = Path(__file__).resolve().parents[1]
     # 2 s clips and budgets no stage can outrun: the parts' limits are sized for a GPU, so on a
     # busy 2-core CPU the later stages were skipped; this test checks the harness, not the timings
-    command = [sys.executable, "scripts/gpu_bench.py", "--device", "cpu", "--preset", "tiny", "--batch-size", "2",
-               "--repeats", "1", "--duration", "2", "--budget-s", "3600", "--part-limit-scale", "10", "--out", str(tmp_path),
-               "--parts"]
+    command = [
+        sys.executable,
+        "scripts/gpu_bench.py",
+        "--device",
+        "cpu",
+        "--preset",
+        "tiny",
+        "--batch-size",
+        "2",
+        "--repeats",
+        "1",
+        "--duration",
+        "2",
+        "--budget-s",
+        "3600",
+        "--part-limit-scale",
+        "10",
+        "--out",
+        str(tmp_path),
+        "--parts",
+    ]
     typo = subprocess.run([*command, "generate,e2e-fp9"], cwd=root, timeout=120, capture_output=True, text=True)
     assert typo.returncode == 2 and "e2e-fp9" in typo.stderr  # refused before any part runs
     subprocess.run([*command, "generate"], cwd=root, check=True, timeout=300, capture_output=True)
@@ -308,12 +383,25 @@ def test_a_replica_out_of_device_memory_halves_its_windows_per_call_and_keeps_ev
     replica.generator.features = features_within_memory
     info = bundle_info("demo")
     n = 5
-    rows = {"video_id": [f"v{i}" for i in range(n)], "window_index": [0] * n, "num_windows": [1] * n,
-            "start_s": [0.0] * n, "valid_s": [info.window_s] * n, "prompt": [""] * n, "negative_prompt": [""] * n,
-            "seed": list(range(n)), "path": [str(SAMPLE)] * n}
-    batch = decode_windows({k: np.array(v, dtype=object if isinstance(v[0], str) else None) for k, v in rows.items()},
-                           clip_fps=info.clip_fps, clip_size=info.clip_size, sync_fps=info.sync_fps,
-                           sync_size=info.sync_size, window_s=info.window_s)
+    rows = {
+        "video_id": [f"v{i}" for i in range(n)],
+        "window_index": [0] * n,
+        "num_windows": [1] * n,
+        "start_s": [0.0] * n,
+        "valid_s": [info.window_s] * n,
+        "prompt": [""] * n,
+        "negative_prompt": [""] * n,
+        "seed": list(range(n)),
+        "path": [str(SAMPLE)] * n,
+    }
+    batch = decode_windows(
+        {k: np.array(v, dtype=object if isinstance(v[0], str) else None) for k, v in rows.items()},
+        clip_fps=info.clip_fps,
+        clip_size=info.clip_size,
+        sync_fps=info.sync_fps,
+        sync_size=info.sync_size,
+        window_s=info.window_s,
+    )
     out = replica(dict(batch))
     assert list(out["error"]) == [""] * n and (np.abs(out["audio"]).max(axis=1) > 1e-3).all()
     assert sizes == [5, 3, 2, 1, 2] and replica.memory.max_windows == 2  # 5 -> (3 -> 2 + 1) + 2
@@ -331,8 +419,10 @@ def test_media_bench_measures_the_machines_decoding_capacity_in_parallel_process
     from dub.workflows.bench.media import decode_workers, run
 
     assert decode_workers(16) == 15 and decode_workers(1) == 1  # one CPU stays with the GPU replica
-    rows = {r.stage: r for r in run(BenchOptions(device="cpu", repeats=2, warmup=0, duration_s=2.0,
-                                                 extra={"decode_workers": 2}))}
+    rows = {
+        r.stage: r
+        for r in run(BenchOptions(device="cpu", repeats=2, warmup=0, duration_s=2.0, extra={"decode_workers": 2}))
+    }
     parallel = rows["decode both rates, one pass, 2 processes in parallel"]
     # derived from the row's own numbers in float64: approx only absorbs the last bits
     assert parallel.batch_size == 4 and parallel.audio_s == pytest.approx(8.0)

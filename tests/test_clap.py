@@ -37,12 +37,23 @@ RAW = ClapPreprocess(remove_mean=False, max_seconds=None, quantize=False)  # wha
 
 def tiny_config() -> ClapConfig:
     h, r = REF["config"]["htsat"], REF["config"]["roberta"]
-    audio = HTSATConfig(embed_dim=h["embed_dim"], depths=tuple(h["depths"]), num_heads=tuple(h["num_heads"]),
-                        num_classes=h["num_classes"])
-    text = RobertaConfig(vocab_size=REF["config"]["vocab_size"], hidden=r["hidden_size"], layers=r["num_hidden_layers"],
-                         heads=r["num_attention_heads"], intermediate=r["intermediate_size"],
-                         max_positions=r["max_position_embeddings"], type_vocab_size=r["type_vocab_size"],
-                         pad_id=r["pad_token_id"], layer_norm_eps=r["layer_norm_eps"])
+    audio = HTSATConfig(
+        embed_dim=h["embed_dim"],
+        depths=tuple(h["depths"]),
+        num_heads=tuple(h["num_heads"]),
+        num_classes=h["num_classes"],
+    )
+    text = RobertaConfig(
+        vocab_size=REF["config"]["vocab_size"],
+        hidden=r["hidden_size"],
+        layers=r["num_hidden_layers"],
+        heads=r["num_attention_heads"],
+        intermediate=r["intermediate_size"],
+        max_positions=r["max_position_embeddings"],
+        type_vocab_size=r["type_vocab_size"],
+        pad_id=r["pad_token_id"],
+        layer_norm_eps=r["layer_norm_eps"],
+    )
     return ClapConfig(audio, text, joint_dim=REF["config"]["joint_dim"])
 
 
@@ -53,7 +64,6 @@ def fixture_signal(length: int, index: int) -> np.ndarray:
     tone = 0.15 * np.sin(2 * np.pi * 5000.0 * t + index)
     square = 0.1 * np.sign(np.sin(2 * np.pi * (2.0 + index) * t))
     return (0.4 * chirp + tone + square + 0.02 * index).astype(np.float32)
-
 
 
 def waves() -> list[np.ndarray]:
@@ -87,8 +97,10 @@ def fixture_state(config: ClapConfig) -> dict[str, torch.Tensor]:
     state = load_file(str(FIXTURE / "weights.safetensors"))
     own = ClapModel(config).state_dict()
     missing = {k: v for k, v in own.items() if k not in state}
-    assert missing and all(any(c in k for c in ("spectrogram_extractor", "logmel_extractor",
-                                                 "relative_position_index", "attn_mask")) for k in missing)
+    assert missing and all(
+        any(c in k for c in ("spectrogram_extractor", "logmel_extractor", "relative_position_index", "attn_mask"))
+        for k in missing
+    )
     return {**state, **missing}
 
 
@@ -250,8 +262,11 @@ def test_mismatched_checkpoint_is_refused_with_the_keys_named():
     state["audio_branch.extra"] = torch.zeros(1)
     with pytest.raises(ValueError, match=r"text_projection\.2\.bias[\s\S]*audio_branch\.extra"):
         load_clap(state, "cpu", config, VOCAB, MERGES)
-    wider = ClapConfig(HTSATConfig(embed_dim=8, depths=(2, 2, 2, 2), num_heads=(1, 1, 2, 2), num_classes=5),
-                       config.text, joint_dim=config.joint_dim)
+    wider = ClapConfig(
+        HTSATConfig(embed_dim=8, depths=(2, 2, 2, 2), num_heads=(1, 1, 2, 2), num_classes=5),
+        config.text,
+        joint_dim=config.joint_dim,
+    )
     with pytest.raises(ValueError, match="shape mismatch"):
         load_clap(fixture_state(config), "cpu", wider, VOCAB, MERGES)
 
@@ -266,11 +281,15 @@ def test_repeat_pad_crop_and_av_benchmark_cuts():
     np.testing.assert_array_equal(prepare_clap_audio(np.arange(12.0), 10, preprocess=RAW), np.arange(10.0))
     centred = prepare_clap_audio(x, 10, preprocess=ClapPreprocess(remove_mean=True, max_seconds=None))
     np.testing.assert_allclose(centred, [-1, 0, 1, -1, 0, 1, -1, 0, 1, 0])
-    cut = prepare_clap_audio(np.ones(100, np.float32), 10, sample_rate=10,
-                             preprocess=ClapPreprocess(remove_mean=False, max_seconds=0.4))
+    cut = prepare_clap_audio(
+        np.ones(100, np.float32), 10, sample_rate=10, preprocess=ClapPreprocess(remove_mean=False, max_seconds=0.4)
+    )
     np.testing.assert_array_equal(cut, [1, 1, 1, 1, 1, 1, 1, 1, 0, 0])  # 4 samples, tiled twice, padded
-    q = prepare_clap_audio(np.array([0.5, -2.0, 1e-5], np.float32), 3,
-                           preprocess=ClapPreprocess(remove_mean=False, max_seconds=None, quantize=True))
+    q = prepare_clap_audio(
+        np.array([0.5, -2.0, 1e-5], np.float32),
+        3,
+        preprocess=ClapPreprocess(remove_mean=False, max_seconds=None, quantize=True),
+    )
     # float32 results against float64 fractions: numpy's default rtol 1e-7 (~1.7 u32)
     np.testing.assert_allclose(q, [16383 / 32767, -1.0, 0.0])
     assert prepare_clap_audio(x, 10).dtype == np.float32

@@ -24,20 +24,30 @@ def test_every_choice_set_is_the_one_its_workflow_accepts():
     from dub.workflows.report.config import ALL_BACKENDS, SKIPPABLE
     from dub.workflows.train.config import OBJECTIVES
 
-    pairs = [(choices.Resize, RESIZE_BACKENDS), (choices.Sampler, SAMPLERS), (choices.RescaleMode, RESCALE_MODES),
-             (choices.OutputFormat, FORMATS), (choices.AudioCodec, AUDIO_CODECS),
-             (choices.FeatureDtype, FEATURE_DTYPES), (choices.Objective, OBJECTIVES),
-             (choices.ReportBackend, ALL_BACKENDS), (choices.Skippable, SKIPPABLE)]
+    pairs = [
+        (choices.Resize, RESIZE_BACKENDS),
+        (choices.Sampler, SAMPLERS),
+        (choices.RescaleMode, RESCALE_MODES),
+        (choices.OutputFormat, FORMATS),
+        (choices.AudioCodec, AUDIO_CODECS),
+        (choices.FeatureDtype, FEATURE_DTYPES),
+        (choices.Objective, OBJECTIVES),
+        (choices.ReportBackend, ALL_BACKENDS),
+        (choices.Skippable, SKIPPABLE),
+    ]
     for enum, accepted in pairs:
         assert sorted(choices.values(enum)) == sorted(accepted), enum.__name__
 
 
-@pytest.mark.parametrize("args, listed", [
-    (["generate", "--format", "zip"], ["mp4", "wds", "both"]),
-    (["generate", "--rescale-mode", "cosine"], ["std", "proj", "none"]),
-    (["report", "run", "-o", "out", "--skip", "fad"], ["desync", "clap", "ib"]),
-    (["train", "--objective", "ddpm"], ["meanflow", "flow-matching"]),
-])
+@pytest.mark.parametrize(
+    "args, listed",
+    [
+        (["generate", "--format", "zip"], ["mp4", "wds", "both"]),
+        (["generate", "--rescale-mode", "cosine"], ["std", "proj", "none"]),
+        (["report", "run", "-o", "out", "--skip", "fad"], ["desync", "clap", "ib"]),
+        (["train", "--objective", "ddpm"], ["meanflow", "flow-matching"]),
+    ],
+)
 def test_a_bad_choice_is_refused_before_any_work_and_the_choices_are_listed(args, listed, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # no manifest here: only parsing can have refused it
     result = CliRunner().invoke(app, args)

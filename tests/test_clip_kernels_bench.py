@@ -21,8 +21,9 @@ def _load():
 
 def test_tiny_cpu_run_writes_every_row(tmp_path: Path) -> None:
     bench = _load()
-    returned = bench.main(["--device", "cpu", "--tiny", "--frames", "1", "--repeats", "1", "--warmup", "0",
-                           "--out", str(tmp_path)])
+    returned = bench.main(
+        ["--device", "cpu", "--tiny", "--frames", "1", "--repeats", "1", "--warmup", "0", "--out", str(tmp_path)]
+    )
     result = json.loads((tmp_path / "clip_kernels.json").read_text())
     assert result["rows"] == json.loads(json.dumps(returned["rows"]))
     assert result["m"] == bench.TINY["tokens"] and result["dtype"] == "float32" and not result["compile"]

@@ -60,12 +60,18 @@ def read_json(path: Path) -> dict:
 
 # ----------------------------------------------------------------------------------------- mel
 
+
 @pytest.fixture(scope="module")
 def fixture_mels(fixtures_root: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, torch.Tensor]:
     out = tmp_path_factory.mktemp("mels") / "mels.safetensors"
     env = {**os.environ, "MKL_CBWR": "COMPATIBLE"}
-    subprocess.run([sys.executable, "-m", "tests.codec_helpers", str(fixtures_root), str(out)],
-                   cwd=PROJECT_ROOT, env=env, check=True, timeout=300)
+    subprocess.run(
+        [sys.executable, "-m", "tests.codec_helpers", str(fixtures_root), str(out)],
+        cwd=PROJECT_ROOT,
+        env=env,
+        check=True,
+        timeout=300,
+    )
     return load_file(str(out))
 
 
@@ -106,14 +112,20 @@ def test_mel_config_rejects_centred_stft(fixtures_root: Path) -> None:
 
 # ----------------------------------------------------------------------------------------- VAE
 
+
 def _vae_outputs(vae: VAE, io: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     with torch.no_grad():
         post = vae.posterior(io["mel"])
         mean, std = vae.encode(io["mel"])
         # encode is posterior's mean and std: the same computation, bit for bit
         assert torch.equal(mean, post.mean) and torch.equal(std, post.std)
-        return {"enc_moments": post.moments, "enc_mean": mean, "enc_std": std,
-                "enc_logvar": post.logvar, "dec": vae.decode(io["z"])}
+        return {
+            "enc_moments": post.moments,
+            "enc_mean": mean,
+            "enc_std": std,
+            "enc_logvar": post.logvar,
+            "dec": vae.decode(io["z"]),
+        }
 
 
 @pytest.mark.conformance
@@ -159,10 +171,14 @@ def test_vae_presets_match_fixture_arch(fixtures_root: Path) -> None:
     assert preset.hidden_dim == arch.get("full_model_hidden_dim", preset.hidden_dim)
     fixture = VAEConfig.from_dict(arch)
     assert (fixture.ch_mult, fixture.num_res_blocks, fixture.down_layers) == (
-        preset.ch_mult, preset.num_res_blocks, preset.down_layers)
+        preset.ch_mult,
+        preset.num_res_blocks,
+        preset.down_layers,
+    )
 
 
 # ------------------------------------------------------------------------------------- BigVGAN
+
 
 @pytest.mark.conformance
 def test_conformance_bigvgan16k(fixtures_root: Path) -> None:
@@ -281,14 +297,32 @@ def test_activation_forms_agree_and_auto_uses_convs_off_cuda() -> None:
 def _publisher_config(resblock: str, activation: str, final_tanh: bool, final_bias: bool) -> dict:
     """A tiny config in the layout of nvidia/bigvgan_v2_44khz_128band_512x/config.json."""
     return {
-        "resblock": resblock, "num_gpus": 0, "batch_size": 4, "learning_rate": 0.0001,
-        "upsample_rates": [4, 2, 2], "upsample_kernel_sizes": [8, 4, 4], "upsample_initial_channel": 16,
-        "resblock_kernel_sizes": [3, 7], "resblock_dilation_sizes": [[1, 3, 5], [1, 3, 5]],
-        "use_tanh_at_final": final_tanh, "use_bias_at_final": final_bias,
-        "activation": activation, "snake_logscale": True, "use_cqtd_instead_of_mrd": True,
-        "cqtd_dilations": [1, 2, 4], "mpd_reshapes": [2, 3, 5, 7, 11], "segment_size": 65536,
-        "num_mels": 12, "num_freq": 2049, "n_fft": 2048, "hop_size": 16, "win_size": 2048,
-        "sampling_rate": 44100, "fmin": 0, "fmax": None, "fmax_for_loss": None,
+        "resblock": resblock,
+        "num_gpus": 0,
+        "batch_size": 4,
+        "learning_rate": 0.0001,
+        "upsample_rates": [4, 2, 2],
+        "upsample_kernel_sizes": [8, 4, 4],
+        "upsample_initial_channel": 16,
+        "resblock_kernel_sizes": [3, 7],
+        "resblock_dilation_sizes": [[1, 3, 5], [1, 3, 5]],
+        "use_tanh_at_final": final_tanh,
+        "use_bias_at_final": final_bias,
+        "activation": activation,
+        "snake_logscale": True,
+        "use_cqtd_instead_of_mrd": True,
+        "cqtd_dilations": [1, 2, 4],
+        "mpd_reshapes": [2, 3, 5, 7, 11],
+        "segment_size": 65536,
+        "num_mels": 12,
+        "num_freq": 2049,
+        "n_fft": 2048,
+        "hop_size": 16,
+        "win_size": 2048,
+        "sampling_rate": 44100,
+        "fmin": 0,
+        "fmax": None,
+        "fmax_for_loss": None,
         "dist_config": {"dist_backend": "nccl", "dist_url": "tcp://localhost:54321", "world_size": 1},
     }
 
@@ -297,8 +331,9 @@ def _publisher_config(resblock: str, activation: str, final_tanh: bool, final_bi
     ("resblock", "activation", "final_tanh", "final_bias", "style"),
     [("1", "snakebeta", False, False, "parametrizations"), ("2", "snake", True, True, "legacy")],
 )
-def test_bigvgan_publisher_layout_roundtrip(tmp_path: Path, resblock: str, activation: str,
-                                            final_tanh: bool, final_bias: bool, style: str) -> None:
+def test_bigvgan_publisher_layout_roundtrip(
+    tmp_path: Path, resblock: str, activation: str, final_tanh: bool, final_bias: bool, style: str
+) -> None:
     config_path = tmp_path / "config.json"
     config_path.write_text(json.dumps(_publisher_config(resblock, activation, final_tanh, final_bias)))
     config = BigVGANConfig.from_json(config_path)
@@ -335,8 +370,12 @@ def test_bigvgan_accepts_every_config_the_publisher_builds(tmp_path: Path) -> No
     no divisibility condition: 20 channels over three stages give 10, 5 and 2 channels. It zips
     (rate, kernel) and (kernel, dilations), so a surplus entry is ignored; a resblock other than
     "1" is AMPBlock2."""
-    d = {**_publisher_config("2", "snakebeta", True, True), "upsample_initial_channel": 20,
-         "upsample_kernel_sizes": [8, 4, 4, 4], "resblock_dilation_sizes": [[1, 3, 5], [1, 3, 5], [1, 2]]}
+    d = {
+        **_publisher_config("2", "snakebeta", True, True),
+        "upsample_initial_channel": 20,
+        "upsample_kernel_sizes": [8, 4, 4, 4],
+        "resblock_dilation_sizes": [[1, 3, 5], [1, 3, 5], [1, 2]],
+    }
     (tmp_path / "config.json").write_text(json.dumps(d))
     config = BigVGANConfig.from_json(tmp_path / "config.json")
     torch.manual_seed(0)
@@ -367,13 +406,22 @@ def test_bigvgan_rejects_mismatched_config(fixtures_root: Path) -> None:
 
 # --------------------------------------------------------------------------------------- codec
 
+
 def _tiny_codec(hop: int = 64) -> MMAudioCodec:
     torch.manual_seed(0)
     mel = MelConverter(MelConfig(16_000, 256, hop, 256, 16, 0.0, 8_000.0, "log10"))
     vae = VAE(VAEConfig(data_dim=16, embed_dim=4, hidden_dim=8)).eval()
-    vocoder = BigVGAN(BigVGANConfig(num_mels=16, upsample_rates=(4, 4, 4), upsample_kernel_sizes=(8, 8, 8),
-                                    upsample_initial_channel=16, resblock_kernel_sizes=(3,),
-                                    resblock_dilation_sizes=((1, 3),), sampling_rate=16_000)).eval()
+    vocoder = BigVGAN(
+        BigVGANConfig(
+            num_mels=16,
+            upsample_rates=(4, 4, 4),
+            upsample_kernel_sizes=(8, 8, 8),
+            upsample_initial_channel=16,
+            resblock_kernel_sizes=(3,),
+            resblock_dilation_sizes=((1, 3),),
+            sampling_rate=16_000,
+        )
+    ).eval()
     return MMAudioCodec(mel, vae, vocoder)
 
 
@@ -403,8 +451,9 @@ def test_codec_rejects_bad_input_and_mismatched_parts() -> None:
     with pytest.raises(ValueError, match="channel-last"):
         codec.decode(torch.zeros(1, codec.latent_dim, 10))
     with pytest.raises(ValueError, match="hop"):
-        MMAudioCodec(MelConverter(MelConfig(16_000, 256, 128, 256, 16, 0.0, 8_000.0, "log10")),
-                     codec.vae, codec.vocoder)
+        MMAudioCodec(
+            MelConverter(MelConfig(16_000, 256, 128, 256, 16, 0.0, 8_000.0, "log10")), codec.vae, codec.vocoder
+        )
 
 
 def test_build_mmaudio_codec_rejects_unknown_kind_and_foreign_weights(fixtures_root: Path) -> None:
@@ -424,8 +473,16 @@ def test_triton_activation_kernels_build_for_hopper_without_spills(kernel: str, 
 
     if kernel == "phases":
         fn = bigvgan_triton._snake_phases_kernel
-        signature = {"x_ptr": dtype, "phases_ptr": "*fp32", "alpha_ptr": "*fp32", "inv_beta_ptr": "*fp32",
-                     "up_ptr": "*fp32", "T": "i32", "C": "i32", "BLOCK": "constexpr"}
+        signature = {
+            "x_ptr": dtype,
+            "phases_ptr": "*fp32",
+            "alpha_ptr": "*fp32",
+            "inv_beta_ptr": "*fp32",
+            "up_ptr": "*fp32",
+            "T": "i32",
+            "C": "i32",
+            "BLOCK": "constexpr",
+        }
     else:
         fn = bigvgan_triton._lowpass_kernel
         signature = {"phases_ptr": "*fp32", "out_ptr": dtype, "down_ptr": "*fp32", "T": "i32", "BLOCK": "constexpr"}

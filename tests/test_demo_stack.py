@@ -40,6 +40,7 @@ def changed_tokens(a: torch.Tensor, b: torch.Tensor) -> set[int]:
 
 # -- features ------------------------------------------------------------------------------
 
+
 def test_clip_and_sync_shapes_for_an_8_s_clip_at_real_sizes():
     enc = DemoEncoders(clip_dim=64, sync_dim=48)
     clip = enc.clip_features(random_frames(1, 64, 384, seed=0))
@@ -97,7 +98,9 @@ def test_sync_tokens_are_in_time_order_and_land_near_every_latent_frame():
     assert times.shape == (192,)
     torch.testing.assert_close(times, (torch.arange(192, dtype=torch.float64) + 0.5) / 24)
     latent_t = (torch.arange(250, dtype=torch.float64) + 0.5) / 31.25
-    token = torch.nn.functional.interpolate(torch.arange(192.0)[None, None], size=250, mode="nearest-exact")[0, 0].long()
+    token = torch.nn.functional.interpolate(torch.arange(192.0)[None, None], size=250, mode="nearest-exact")[
+        0, 0
+    ].long()
     assert (times[token] - latent_t).abs().max() <= 1 / 48 + 1e-9
 
 
@@ -146,11 +149,12 @@ def test_a_bounce_is_a_peak_of_acceleration_at_its_frame():
     """A square falls at constant speed, reverses at frame 20 (a bounce) and rises: |acceleration|
     of the foreground centroid (event descriptor 8) peaks at frame 20, and a square that keeps
     falling at the same speed has no such peak while it is in the picture (until frame 26)."""
+
     def clip(bounce: bool) -> torch.Tensor:
         frames = torch.full((1, 40, 64, 64, 3), 200, dtype=torch.uint8)
         for f in range(40):
             y = 2 + 2 * f if (not bounce or f <= 20) else 2 + 2 * (40 - f)
-            frames[0, f, y:y + 10, 27:37] = torch.tensor([220, 40, 40], dtype=torch.uint8)
+            frames[0, f, y : y + 10, 27:37] = torch.tensor([220, 40, 40], dtype=torch.uint8)
         return frames
 
     acc = _event_descriptors(_pooled_frames(clip(True), 32))[0, :, 8]
@@ -174,15 +178,23 @@ def test_text_features_hashed_bag_of_words():
 
 
 def test_text_features_do_not_depend_on_the_process_hash_seed():
-    code = ("import torch, sys; from dub.model.demo import DemoEncoders; "
-            "sys.stdout.buffer.write(DemoEncoders().text_features(['rain on a tin roof']).numpy().tobytes())")
+    code = (
+        "import torch, sys; from dub.model.demo import DemoEncoders; "
+        "sys.stdout.buffer.write(DemoEncoders().text_features(['rain on a tin roof']).numpy().tobytes())"
+    )
     seed = "2" if os.environ.get("PYTHONHASHSEED") == "1" else "1"
-    other = subprocess.run([sys.executable, "-c", code], env=dict(os.environ, PYTHONHASHSEED=seed),
-                           capture_output=True, check=True, cwd=os.path.dirname(os.path.dirname(__file__))).stdout
+    other = subprocess.run(
+        [sys.executable, "-c", code],
+        env=dict(os.environ, PYTHONHASHSEED=seed),
+        capture_output=True,
+        check=True,
+        cwd=os.path.dirname(os.path.dirname(__file__)),
+    ).stdout
     assert other == DemoEncoders().text_features(["rain on a tin roof"]).numpy().tobytes()
 
 
 # -- codec ---------------------------------------------------------------------------------
+
 
 def bursts(onsets_s: list[float], length: int, seed: int) -> torch.Tensor:
     """Decaying noise bursts (clicks, hits) starting at known times."""
@@ -192,7 +204,7 @@ def bursts(onsets_s: list[float], length: int, seed: int) -> torch.Tensor:
     envelope = torch.exp(-torch.arange(n) / (0.008 * SR))
     for t in onsets_s:
         start = int(t * SR)
-        wav[0, start:start + n] = 0.4 * torch.randn(n, generator=gen) * envelope
+        wav[0, start : start + n] = 0.4 * torch.randn(n, generator=gen) * envelope
     return wav
 
 
@@ -251,6 +263,7 @@ def test_codec_is_deterministic_and_keeps_loudness_order():
 
 # -- the demo bundle -----------------------------------------------------------------------
 
+
 def test_unknown_bundle_lists_the_names():
     from dub.model.runtime.bundles import BUNDLES, UnknownBundleError, resolve_bundle
 
@@ -266,8 +279,10 @@ def test_untrained_demo_network_is_a_clear_error(tmp_path):
     from dub.model.weights.registry import WeightsRegistry
 
     absent = dataclasses.replace(BUNDLES["demo"], network_asset="default/not_there.safetensors")
-    for call in (lambda: bundle_info(absent, registry=WeightsRegistry(tmp_path)),
-                 lambda: load_bundle(absent, WeightsRegistry(tmp_path))):
+    for call in (
+        lambda: bundle_info(absent, registry=WeightsRegistry(tmp_path)),
+        lambda: load_bundle(absent, WeightsRegistry(tmp_path)),
+    ):
         with pytest.raises(DemoNotTrainedError, match="not trained yet") as info:
             call()
         assert "not_there.safetensors" in str(info.value) and "--checkpoint" in str(info.value)
@@ -280,8 +295,14 @@ def test_mmaudio_bundle_lists_every_missing_file(tmp_path):
     with pytest.raises(MissingWeightsError) as info:
         bundle_info("mmaudio-small-16k", registry=WeightsRegistry(tmp_path))
     message = str(info.value)
-    for name in ("mmaudio_small_16k.pth", "v1-16.pth", "best_netG.pt", "synchformer_state_dict.pth",
-                 "open_clip_pytorch_model.bin", "https://huggingface.co/hkchengrex/MMAudio"):
+    for name in (
+        "mmaudio_small_16k.pth",
+        "v1-16.pth",
+        "best_netG.pt",
+        "synchformer_state_dict.pth",
+        "open_clip_pytorch_model.bin",
+        "https://huggingface.co/hkchengrex/MMAudio",
+    ):
         assert name in message
     assert "open_clip_config.json" not in message  # optional: the built-in config is used
 
@@ -313,8 +334,13 @@ def test_demo_bundle_generates_with_a_checkpoint(tmp_path):
     info = bundle_info("demo", checkpoint=checkpoint, registry=registry)
     assert info.sample_rate == 16_000 and len(info.weights_hash) == 64
     generator = load_generator("demo", checkpoint=checkpoint, registry=registry)
-    batch = WindowBatch(clip_frames=random_frames(1, 64, 32, seed=20), sync_frames=random_frames(1, 200, 32, seed=21),
-                        prompts=["a door slams"], negative_prompts=[""], seeds=[7])
+    batch = WindowBatch(
+        clip_frames=random_frames(1, 64, 32, seed=20),
+        sync_frames=random_frames(1, 200, 32, seed=21),
+        prompts=["a door slams"],
+        negative_prompts=[""],
+        seeds=[7],
+    )
     wav = generator.generate(batch, SamplerConfig(**info.sampler))
     assert wav.shape == (1, 8 * 16_000) and torch.isfinite(wav).all() and wav.abs().max() > 0
 

@@ -78,13 +78,26 @@ def random_tiny(seed: int = 0) -> FullSynchformer:
 def test_fixture_config_is_the_tiny_config():
     meta = json.loads((FIXTURE / "config.json").read_text())
     v, a, h = TINY.visual, TINY.audio, TINY.head
-    assert meta["visual"] == {"embed_dim": v.embed_dim, "depth": v.depth, "num_heads": v.num_heads,
-                              "crop_size": v.crop_size, "agg_num_heads": v.agg_num_heads,
-                              "agg_ff_dim": v.agg_ff_dim}
-    assert meta["audio"] == {"hidden_size": a.hidden_size, "depth": a.depth, "num_heads": a.num_heads,
-                             "intermediate_size": a.intermediate_size}
-    assert meta["head"] == {"n_embd": h.n_embd, "n_layer": h.n_layer, "n_head": h.n_head,
-                            "pos_len": TINY.head_positions}
+    assert meta["visual"] == {
+        "embed_dim": v.embed_dim,
+        "depth": v.depth,
+        "num_heads": v.num_heads,
+        "crop_size": v.crop_size,
+        "agg_num_heads": v.agg_num_heads,
+        "agg_ff_dim": v.agg_ff_dim,
+    }
+    assert meta["audio"] == {
+        "hidden_size": a.hidden_size,
+        "depth": a.depth,
+        "num_heads": a.num_heads,
+        "intermediate_size": a.intermediate_size,
+    }
+    assert meta["head"] == {
+        "n_embd": h.n_embd,
+        "n_layer": h.n_layer,
+        "n_head": h.n_head,
+        "pos_len": TINY.head_positions,
+    }
     # every key av-benchmark's Synchformer has is a key of ours, and nothing else
     assert sorted(FullSynchformer(TINY).state_dict()) == meta["keys"]
     assert {k.split(".")[0] for k in meta["keys"]} == PREFIXES
@@ -115,12 +128,14 @@ def test_conformance_audio_video_features(fixture_model, fixture_io):
     with torch.no_grad():
         assert_conforms(model.extract_afeats(fixture_io["ast_input"][:, :, 0]), fixture_io["afeat"], "afeat (AST)")
     # a segment subset is the same features as slicing all of them
-    assert_conforms(model.audio_segments_features(fixture_io["wav"][0], [2, 0]), fixture_io["afeat"][:, [2, 0]],
-                    "afeat subset")
+    assert_conforms(
+        model.audio_segments_features(fixture_io["wav"][0], [2, 0]), fixture_io["afeat"][:, [2, 0]], "afeat subset"
+    )
     frames = fixture_io["frames"]  # (1, 24, 32, 32, 3) uint8: 2 segments
     assert_conforms(model.video_segments_features(frames), fixture_io["vfeat"], "vfeat")
-    assert_conforms(model.video_segments_features(frames[0], [1], batch_size=1), fixture_io["vfeat"][:, [1]],
-                    "vfeat subset")
+    assert_conforms(
+        model.video_segments_features(frames[0], [1], batch_size=1), fixture_io["vfeat"][:, [1]], "vfeat subset"
+    )
 
 
 @pytest.mark.conformance
@@ -227,8 +242,9 @@ def test_predictor_windows_are_the_first_and_last_14_of_all_segments():
     wav = (0.3 * rng.standard_normal(8 * 16000)).astype(np.float32)
     vfeat, afeat = model.video_segments_features(frames), model.audio_segments_features(wav)
     assert vfeat.shape == (1, 24, 8, 16) and afeat.shape == (1, 24, 6, 16)
-    expected = torch.cat([model.offset_logits(vfeat[:, :14], afeat[:, :14]),
-                          model.offset_logits(vfeat[:, -14:], afeat[:, -14:])]).numpy()
+    expected = torch.cat(
+        [model.offset_logits(vfeat[:, :14], afeat[:, :14]), model.offset_logits(vfeat[:, -14:], afeat[:, -14:])]
+    ).numpy()
     predictor = SynchformerOffsetPredictor(model, batch_size=5)
     logits = predictor.window_logits(frames, wav)
     assert_conforms(torch.from_numpy(logits), torch.from_numpy(expected), "window logits")
@@ -236,8 +252,11 @@ def test_predictor_windows_are_the_first_and_last_14_of_all_segments():
     assert offsets == [float(OFFSET_GRID_S[i]) for i in expected.argmax(-1)]
     # a longer audio track does not move the windows past the video's end (the shorter stream bounds both)
     longer = np.concatenate([wav, wav[:16000]])
-    assert_conforms(torch.from_numpy(predictor.window_logits(frames, longer)), torch.from_numpy(expected),
-                    "logits with 1 s more audio")
+    assert_conforms(
+        torch.from_numpy(predictor.window_logits(frames, longer)),
+        torch.from_numpy(expected),
+        "logits with 1 s more audio",
+    )
     # stereo (channels, L) is averaged to mono
     assert predictor.segment_offsets(frames, np.stack([wav, wav])) == offsets
     # under 14 segments: no offsets
@@ -259,7 +278,7 @@ def test_clip_offsets_end_to_end_from_a_video_file(tmp_path):
     frames = np.full((n, 48, 64, 3), 60, dtype=np.uint8)  # not square: short side to 32, centre crop
     for i in range(n):
         y, x = rng.integers(0, 32, 2)
-        frames[i, y:y + 16, x:x + 16] = 220
+        frames[i, y : y + 16, x : x + 16] = 220
     wav = (0.2 * rng.standard_normal(6 * 16000)).astype(np.float32)
     clip = write_clip(tmp_path / "clip.mp4", frames)
 
@@ -291,6 +310,11 @@ def test_build_offset_predictor_says_why_it_cannot(tmp_path):
 
 def test_importing_desync_does_not_import_torch():
     code = "import sys, dub.workflows.metrics.desync as d; print('torch' in sys.modules, len(d.OFFSET_GRID_S))"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                         cwd=Path(__file__).resolve().parents[1])
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=Path(__file__).resolve().parents[1],
+    )
     assert out.stdout.split() == ["False", "21"]

@@ -64,9 +64,7 @@ def sync_fixture(fixtures_root: Path):
 
 def tiny_synchformer(seed: int = 0) -> Synchformer:
     torch.manual_seed(seed)
-    config = SynchformerConfig(
-        embed_dim=32, depth=1, num_heads=2, crop_size=32, agg_num_heads=2, agg_ff_dim=64
-    )
+    config = SynchformerConfig(embed_dim=32, depth=1, num_heads=2, crop_size=32, agg_num_heads=2, agg_ff_dim=64)
     return Synchformer(config).eval()
 
 
@@ -109,7 +107,10 @@ def test_released_config_size_and_geometry():
     # The ViT-B/16 part (2-D patch embed, CLS, pos, 12 x (norm1, attn, norm2, mlp), norm) is exactly
     # timm's vit_base_patch16_224 without its head: 85,798,656 parameters.
     vit_b = (
-        count(vfe.patch_embed) + vfe.cls_token.numel() + vfe.pos_embed.numel() + count(vfe.norm)
+        count(vfe.patch_embed)
+        + vfe.cls_token.numel()
+        + vfe.pos_embed.numel()
+        + count(vfe.norm)
         + sum(count(b.norm1) + count(b.attn) + count(b.norm2) + count(b.mlp) for b in vfe.blocks)
     )
     assert vit_b == 85_798_656

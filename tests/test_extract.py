@@ -45,9 +45,25 @@ def inputs(tmp_path_factory) -> dict:
 @pytest.fixture(scope="module")
 def extracted(ray_session, inputs) -> dict:
     out = inputs["root"] / "shards"
-    result = CliRunner().invoke(app, ["extract", "-m", str(inputs["manifest"]), "--audio-dir", str(inputs["audio_dir"]),
-                                      "-o", str(out), "--window", str(WINDOW_S), "--batch-size", "4",
-                                      "--shard-size", "4", "--json"])
+    result = CliRunner().invoke(
+        app,
+        [
+            "extract",
+            "-m",
+            str(inputs["manifest"]),
+            "--audio-dir",
+            str(inputs["audio_dir"]),
+            "-o",
+            str(out),
+            "--window",
+            str(WINDOW_S),
+            "--batch-size",
+            "4",
+            "--shard-size",
+            "4",
+            "--json",
+        ],
+    )
     assert result.exit_code == 0, result.output
     summary = json.loads(result.stdout)
     return {"out": out, "summary": summary}
@@ -99,8 +115,9 @@ def test_arrays_are_the_codec_and_encoders_of_the_window(extracted):
     # the std is the codec's constant, stored exactly
     np.testing.assert_allclose(sample["latent_mean.npy"], mean[0].numpy(), atol=1e-5)
     np.testing.assert_allclose(sample["latent_std.npy"], std[0].numpy(), atol=1e-7)
-    frames, _ = decode_window(meta["source"], start, WINDOW_S, [FrameTarget(8.0, 384, "resize"),
-                                                                FrameTarget(25.0, 224, "crop")])
+    frames, _ = decode_window(
+        meta["source"], start, WINDOW_S, [FrameTarget(8.0, 384, "resize"), FrameTarget(25.0, 224, "crop")]
+    )
     encoders = DemoEncoders(64, 64, 64, 8)
     clip = encoders.clip_features(torch.from_numpy(frames[0][:16])[None])[0].numpy()
     sync = encoders.sync_features(torch.from_numpy(frames[1][:50])[None])[0].numpy()
@@ -113,8 +130,14 @@ def test_arrays_are_the_codec_and_encoders_of_the_window(extracted):
 def test_rerun_resumes_only_the_missing_windows(extracted, inputs, tmp_path):
     out = tmp_path / "shards"
     shutil.copytree(extracted["out"], out)
-    cfg = ExtractConfig(out_dir=str(out), manifest=str(inputs["manifest"]), audio_dir=str(inputs["audio_dir"]),
-                        window_s=WINDOW_S, batch_size=4, shard_size=4)
+    cfg = ExtractConfig(
+        out_dir=str(out),
+        manifest=str(inputs["manifest"]),
+        audio_dir=str(inputs["audio_dir"]),
+        window_s=WINDOW_S,
+        batch_size=4,
+        shard_size=4,
+    )
     again = run_extract(cfg)
     assert again.windows_written == 0 and again.windows_done_before == 8
     all_keys = {s["__key__"] for s in _read_all(out)}
@@ -139,12 +162,36 @@ def test_extract_then_train_end_to_end(extracted, tmp_path):
     from dub.model.weights.checkpoint import load_checkpoint
 
     config = tmp_path / "run.toml"
-    config.write_text("log_every = 1\nwarmup_steps = 1\nshuffle_buffer = 4\nsteps = 500\n"
-                      "[architecture]\nhidden_dim = 32\ndepth = 2\nfused_depth = 1\nnum_heads = 2\n")
-    result = CliRunner().invoke(app, ["train", "--shards", str(extracted["out"]), "--name", "e2e", "--storage",
-                                      str(tmp_path / "runs"), "--workers", "1", "--objective", "flow-matching",
-                                      "--config", str(config), "--batch-size", "4", "--steps", "2",
-                                      "--checkpoint-every", "2", "--bf16", "-q"])  # --steps 2 wins over the file's 500
+    config.write_text(
+        "log_every = 1\nwarmup_steps = 1\nshuffle_buffer = 4\nsteps = 500\n"
+        "[architecture]\nhidden_dim = 32\ndepth = 2\nfused_depth = 1\nnum_heads = 2\n"
+    )
+    result = CliRunner().invoke(
+        app,
+        [
+            "train",
+            "--shards",
+            str(extracted["out"]),
+            "--name",
+            "e2e",
+            "--storage",
+            str(tmp_path / "runs"),
+            "--workers",
+            "1",
+            "--objective",
+            "flow-matching",
+            "--config",
+            str(config),
+            "--batch-size",
+            "4",
+            "--steps",
+            "2",
+            "--checkpoint-every",
+            "2",
+            "--bf16",
+            "-q",
+        ],
+    )  # --steps 2 wins over the file's 500
     assert result.exit_code == 0, result.output
     model_path = Path(result.stdout.strip().splitlines()[-1])
     assert model_path.name == "model.safetensors" and model_path.is_file()
@@ -164,12 +211,30 @@ def test_training_evaluates_checkpoints_on_a_validation_manifest(ray_session, tm
     ingest([tmp_path / "foley" / "train" / "audio"], tmp_path / "train.parquet", IngestConfig(workers=0))
     ingest([tmp_path / "foley" / "val" / "audio"], tmp_path / "val.parquet", IngestConfig(workers=0))
     # shards made with --resize exact: evaluation must generate from frames resized the same way
-    run_extract(ExtractConfig(out_dir=str(tmp_path / "shards"), manifest=str(tmp_path / "train.parquet"),
-                              batch_size=2, shard_size=2, resize="exact"))
-    result = run_train(TrainConfig(shards=str(tmp_path / "shards"), storage_path=str(tmp_path / "runs"), workers=1,
-                                   architecture={"hidden_dim": 32}, batch_size=2, steps=2, checkpoint_every=1,
-                                   log_every=1, warmup_steps=1, sample_every=1,
-                                   val_manifest=str(tmp_path / "val.parquet")))
+    run_extract(
+        ExtractConfig(
+            out_dir=str(tmp_path / "shards"),
+            manifest=str(tmp_path / "train.parquet"),
+            batch_size=2,
+            shard_size=2,
+            resize="exact",
+        )
+    )
+    result = run_train(
+        TrainConfig(
+            shards=str(tmp_path / "shards"),
+            storage_path=str(tmp_path / "runs"),
+            workers=1,
+            architecture={"hidden_dim": 32},
+            batch_size=2,
+            steps=2,
+            checkpoint_every=1,
+            log_every=1,
+            warmup_steps=1,
+            sample_every=1,
+            val_manifest=str(tmp_path / "val.parquet"),
+        )
+    )
     assert_evaluated_every_step(result, [1, 2], resize="exact")
 
 
@@ -185,14 +250,31 @@ def test_decode_training_windows_passes_the_resizer_on(inputs):
     from dub.workflows.extract.stages import decode_training_windows
 
     path = _foley_clip(inputs)
-    rows = {"video_id": ["v"], "window_index": [1], "num_windows": [2], "start_s": [2.0], "valid_s": [WINDOW_S],
-            "prompt": [""], "negative_prompt": [""], "seed": [0], "path": [path]}
+    rows = {
+        "video_id": ["v"],
+        "window_index": [1],
+        "num_windows": [2],
+        "start_s": [2.0],
+        "valid_s": [WINDOW_S],
+        "prompt": [""],
+        "negative_prompt": [""],
+        "seed": [0],
+        "path": [path],
+    }
     batch = {k: np.array(v, dtype=object if isinstance(v[0], str) else None) for k, v in rows.items()}
     targets = [FrameTarget(8.0, 384, "resize"), FrameTarget(25.0, 224, "crop")]
     out = {}
     for backend in ("swscale", "torch"):
-        out[backend] = decode_training_windows(dict(batch), clip_fps=8.0, clip_size=384, sync_fps=25.0, sync_size=224,
-                                               window_s=WINDOW_S, sample_rate=16000, backend=backend)
+        out[backend] = decode_training_windows(
+            dict(batch),
+            clip_fps=8.0,
+            clip_size=384,
+            sync_fps=25.0,
+            sync_size=224,
+            window_s=WINDOW_S,
+            sample_rate=16000,
+            backend=backend,
+        )
         assert list(out[backend]["error"]) == [""]
         frames, _ = decode_window(path, 2.0, WINDOW_S, targets, backend=backend)
         # the same decoder and resizer on the same file: bit-identical frames
@@ -205,8 +287,13 @@ def test_decode_training_windows_passes_the_resizer_on(inputs):
 def test_resize_enters_the_identity_only_when_exact():
     fast = ExtractConfig(out_dir="o", manifest="m.parquet")
     # the identity shards were made under before --resize existed: they still resume
-    assert fast.identity(8.0) == {"model": "demo", "window_s": 8.0, "overlap_s": 0.0, "min_fraction": 0.9,
-                                  "feature_dtype": "float32"}
+    assert fast.identity(8.0) == {
+        "model": "demo",
+        "window_s": 8.0,
+        "overlap_s": 0.0,
+        "min_fraction": 0.9,
+        "feature_dtype": "float32",
+    }
     assert fast.decode_backend == "swscale" and fast.as_dict()["resize"] == "fast"
     exact = ExtractConfig(out_dir="o", manifest="m.parquet", resize="exact")
     assert exact.identity(8.0) == {**fast.identity(8.0), "resize": "exact"} and exact.decode_backend == "torch"
@@ -219,8 +306,23 @@ def test_cli_resize_exact_features_come_from_torchvision_frames(ray_session, ext
     torch-resized frames (the decoding tasks got the option); extract.json records it, and the
     fast run's directory refuses it."""
     out = tmp_path / "exact"
-    result = CliRunner().invoke(app, ["extract", "-m", str(inputs["manifest"]), "-o", str(out), "--window",
-                                      str(WINDOW_S), "--limit", "1", "--resize", "exact", "--json"])
+    result = CliRunner().invoke(
+        app,
+        [
+            "extract",
+            "-m",
+            str(inputs["manifest"]),
+            "-o",
+            str(out),
+            "--window",
+            str(WINDOW_S),
+            "--limit",
+            "1",
+            "--resize",
+            "exact",
+            "--json",
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["windows_written"] == 2
     info = json.loads((out / "extract.json").read_text())
@@ -234,8 +336,9 @@ def test_cli_resize_exact_features_come_from_torchvision_frames(ray_session, ext
             frames, _ = decode_window(meta["source"], meta["start_s"], WINDOW_S, targets, backend=backend)
             clip = encoders.clip_features(torch.from_numpy(frames[0][:16])[None])[0].numpy()
             sync = encoders.sync_features(torch.from_numpy(frames[1][:50])[None])[0].numpy()
-            errors[backend] = max(float(np.abs(sample["clip_f.npy"] - clip).max()),
-                                  float(np.abs(sample["sync_f.npy"] - sync).max()))
+            errors[backend] = max(
+                float(np.abs(sample["clip_f.npy"] - clip).max()), float(np.abs(sample["sync_f.npy"] - sync).max())
+            )
         # torch-resized frames give the stored features to float32 rounding of another batching
         # (as above); swscale's frames differ by grey levels, which move them by > 1e-3
         assert errors["torch"] < 1e-5 and errors["swscale"] > 1e-3, errors
@@ -243,8 +346,9 @@ def test_cli_resize_exact_features_come_from_torchvision_frames(ray_session, ext
     fast_dir.mkdir()
     shutil.copy(extracted["out"] / "extract.json", fast_dir / "extract.json")
     with pytest.raises(ExtractError, match="other settings"):
-        run_extract(ExtractConfig(out_dir=str(fast_dir), manifest=str(inputs["manifest"]), window_s=WINDOW_S,
-                                  resize="exact"))
+        run_extract(
+            ExtractConfig(out_dir=str(fast_dir), manifest=str(inputs["manifest"]), window_s=WINDOW_S, resize="exact")
+        )
 
 
 def test_float16_features_halve_the_bytes_and_decode_to_float32():
@@ -252,8 +356,14 @@ def test_float16_features_halve_the_bytes_and_decode_to_float32():
 
     rng = np.random.default_rng(0)
     arrays = {name: rng.standard_normal(shape).astype(np.float32) for name, shape in SHAPES.items()}
-    meta = {"video_id": "ab12", "window_index": 0, "start_s": 0.0, "length_s": 2.0, "has_video": True,
-            "sample_rate": 16000}
+    meta = {
+        "video_id": "ab12",
+        "window_index": 0,
+        "start_s": 0.0,
+        "length_s": 2.0,
+        "has_video": True,
+        "sample_rate": 16000,
+    }
     full, half = encode_sample(arrays, meta), encode_sample(arrays, meta, "float16")
     assert len(half["clip_f.npy"]) < 0.6 * len(full["clip_f.npy"])
     assert len(half["latent_mean.npy"]) == len(full["latent_mean.npy"])  # latents stay float32

@@ -51,7 +51,7 @@ def _energy_onsets(x: np.ndarray, sr: int, *, rise_db: float = 10.0, gate_dbfs: 
     level = 10 * np.log10((power[starts + win] - power[starts]) / win + 1e-12)
     onsets, last = [], -(10**9)
     for i in range(look + guard, len(level)):
-        reference = level[i - look - guard:i - guard].max()
+        reference = level[i - look - guard : i - guard].max()
         if level[i] > gate_dbfs and level[i] - reference > rise_db and i - last > 50:
             onsets.append((starts[i] + win) / sr)
             last = i
@@ -208,9 +208,9 @@ def test_visual_events_happen_at_the_event_times(built):
                     right = (x1 - x0 - layout.wall - 1) - np.where(inside, cols, -1).max(axis=1)
                     gap = np.minimum(left, right)
                 for k in near:
-                    assert gap[k] <= 12, (row.clip_id, obj["motion"], k, gap[k - 3:k + 4])
+                    assert gap[k] <= 12, (row.clip_id, obj["motion"], k, gap[k - 3 : k + 4])
                     around = [gap[j] for j in (k - 3, k + 3) if 0 <= j < len(gap)]
-                    assert all(gap[k] < g for g in around), (row.clip_id, obj["motion"], gap[k - 3:k + 4])
+                    assert all(gap[k] < g for g in around), (row.clip_id, obj["motion"], gap[k - 3 : k + 4])
                 assert (gap[far_from_events] > 1).all(), "no contact without an event"
             else:  # flash: the object and its halo brighten on the first frame at or after each event
                 ys, xs = np.nonzero(_colour_mask(frames[:1], rgb, x0, x1, layout.floor_top)[0])  # unlit at t=0
@@ -222,7 +222,7 @@ def test_visual_events_happen_at_the_event_times(built):
                 jumps = np.diff(brightness, prepend=brightness[0])
                 first_after = [int(np.ceil(t * fps - 1e-9)) for t in events]
                 for k in first_after:
-                    assert jumps[k] > 3.0, (row.clip_id, k, jumps[k - 2:k + 3])
+                    assert jumps[k] > 3.0, (row.clip_id, k, jumps[k - 2 : k + 3])
                 quiet = np.ones(len(frames), bool)
                 quiet[first_after] = False
                 assert (jumps[quiet] < 1.0).all(), "brightness rises only at flashes"
@@ -283,8 +283,25 @@ def test_cli_builds_a_dataset(tmp_path):
     app = typer.Typer()
     register(app)
     runner = CliRunner()
-    result = runner.invoke(app, ["dataset", "foley-synth", "-o", str(tmp_path), "--seed", "3", "--train", "1",
-                                 "--val", "0", "--test", "1", "--seconds", "2"])
+    result = runner.invoke(
+        app,
+        [
+            "dataset",
+            "foley-synth",
+            "-o",
+            str(tmp_path),
+            "--seed",
+            "3",
+            "--train",
+            "1",
+            "--val",
+            "0",
+            "--test",
+            "1",
+            "--seconds",
+            "2",
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert "clips/s" in result.output
     index = read_index(tmp_path)

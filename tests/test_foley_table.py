@@ -32,9 +32,18 @@ def test_weights_pool_events_and_nans_are_left_out():
 
 
 def test_a_report_folder_becomes_a_row(tmp_path):
-    pq.write_table(pa.table({
-        "status": ["ok", "ok", "failed"], "onset_f1": [1.0, 0.5, None], "onset_precision": [1.0, 0.5, None],
-        "n_class_events": [2, 2, None], "n_class_correct": [2, 1, None]}), tmp_path / "report.parquet")
+    pq.write_table(
+        pa.table(
+            {
+                "status": ["ok", "ok", "failed"],
+                "onset_f1": [1.0, 0.5, None],
+                "onset_precision": [1.0, 0.5, None],
+                "n_class_events": [2, 2, None],
+                "n_class_correct": [2, 1, None],
+            }
+        ),
+        tmp_path / "report.parquet",
+    )
     row = run_row(tmp_path)
     assert row["clips"][0] == 2
     assert row["onset_f1"][0] == 0.75 and row["sound_class"][0] == 0.75

@@ -64,9 +64,13 @@ def test_bias_in_the_matmul_epilogue_is_the_bias_added_after() -> None:
 
 
 def test_conversion_rewrites_attention_and_skips_unaligned_layers() -> None:
-    model = nn.Sequential(nn.Linear(32, 64), nn.GELU(), nn.Linear(64, 10),  # 10 outputs: not a multiple of 16
-                          nn.MultiheadAttention(32, 4, batch_first=True),
-                          nn.MultiheadAttention(32, 4, batch_first=False))  # (L, B, D) layout: left alone
+    model = nn.Sequential(
+        nn.Linear(32, 64),
+        nn.GELU(),
+        nn.Linear(64, 10),  # 10 outputs: not a multiple of 16
+        nn.MultiheadAttention(32, 4, batch_first=True),
+        nn.MultiheadAttention(32, 4, batch_first=False),
+    )  # (L, B, D) layout: left alone
     assert convert_linears_to_fp8(model) == 3
     assert isinstance(model[0], Fp8Linear) and type(model[2]) is nn.Linear
     assert isinstance(model[3], ProjectedAttention)
@@ -128,7 +132,8 @@ def test_generate_fp8_refuses_the_demo_bundle(tmp_path: Path) -> None:
     result = CliRunner().invoke(app, ["generate", "--prompts", str(prompts), "-o", str(tmp_path / "out"), "--fp8"])
     assert result.exit_code != 0
     assert "--fp8 runs CLIP's vision tower in FP8; the 'demo' bundle does not use it" in " ".join(
-        result.output.split())  # rich wraps long lines
+        result.output.split()
+    )  # rich wraps long lines
 
 
 def test_fp8_changes_the_run_identity_and_compile_does_not() -> None:

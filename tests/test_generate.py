@@ -73,8 +73,11 @@ def _stream_seconds(path: Path, kind: str) -> float:
 
 
 def _digests(folder: Path) -> dict[str, tuple[str, int]]:
-    return {str(p.relative_to(folder)): (hashlib.sha256(p.read_bytes()).hexdigest(), p.stat().st_mtime_ns)
-            for p in sorted(folder.rglob("*")) if p.is_file() and p.parent.name in ("mp4", "shards")}
+    return {
+        str(p.relative_to(folder)): (hashlib.sha256(p.read_bytes()).hexdigest(), p.stat().st_mtime_ns)
+        for p in sorted(folder.rglob("*"))
+        if p.is_file() and p.parent.name in ("mp4", "shards")
+    }
 
 
 @pytest.fixture(scope="module")
@@ -106,10 +109,18 @@ def test_end_to_end_outputs(first_run, corpus):
         assert row["t_generate_s"] is not None and row["t_decode_s"] is not None
     assert (out / "run.json").exists()
     # the run's stage breakdown is the sum of the rows' stage times (all windows of this run)
-    assert summary.replicas == 1 and set(summary.stage_seconds) == {"decode_cpu", "features", "generate",
-                                                                    "decode_audio"}
-    for stage, column in (("decode_cpu", "t_decode_s"), ("features", "t_features_s"), ("generate", "t_generate_s"),
-                          ("decode_audio", "t_decode_audio_s")):
+    assert summary.replicas == 1 and set(summary.stage_seconds) == {
+        "decode_cpu",
+        "features",
+        "generate",
+        "decode_audio",
+    }
+    for stage, column in (
+        ("decode_cpu", "t_decode_s"),
+        ("features", "t_features_s"),
+        ("generate", "t_generate_s"),
+        ("decode_audio", "t_decode_audio_s"),
+    ):
         assert summary.stage_seconds[stage] == pytest.approx(sum(r[column] for r in good), abs=5e-3)
     assert summary.stage_seconds["features"] > 0 and summary.stage_seconds["decode_cpu"] > 0
     assert summary.model_busy_fraction is not None and 0 < summary.model_busy_fraction <= 1.0
@@ -124,9 +135,13 @@ def test_busy_fraction_comes_from_the_replicas_clocks_not_from_when_results_arri
 
     def call(replica: str, start: float, end: float, model_s: float, rows: int = 2) -> dict:
         batch = {column: np.full(rows, 0.0) for column in STAGE_COLUMNS.values()}
-        batch.update(t_generate_s=np.full(rows, model_s / rows), error=np.array([""] * rows, dtype=object),
-                     replica=np.array([replica] * rows, dtype=object), t_call_start=np.full(rows, start),
-                     t_call_end=np.full(rows, end))
+        batch.update(
+            t_generate_s=np.full(rows, model_s / rows),
+            error=np.array([""] * rows, dtype=object),
+            replica=np.array([replica] * rows, dtype=object),
+            t_call_start=np.full(rows, start),
+            t_call_end=np.full(rows, end),
+        )
         return batch
 
     clock = _BusyClock(replicas=2)
@@ -189,12 +204,18 @@ def test_resume_does_nothing_then_redoes_only_the_deleted(first_run, corpus, che
     assert third.generated == 1
     after = _digests(out)
     assert victim.exists()
-    assert {k: v for k, v in after.items() if k != f"mp4/{victim.name}"} == {k: v for k, v in before.items() if k != f"mp4/{victim.name}"}
+    assert {k: v for k, v in after.items() if k != f"mp4/{victim.name}"} == {
+        k: v for k, v in before.items() if k != f"mp4/{victim.name}"
+    }
     # the video is still exactly once in the shards
     import tarfile
 
-    keys = [m.name.split(".")[0] for s in (out / "shards").glob("*.tar") for m in tarfile.open(s).getmembers()
-            if m.name.endswith(".flac")]
+    keys = [
+        m.name.split(".")[0]
+        for s in (out / "shards").glob("*.tar")
+        for m in tarfile.open(s).getmembers()
+        if m.name.endswith(".flac")
+    ]
     assert len(keys) == len(set(keys)) == 4
 
 
@@ -224,8 +245,10 @@ def test_failed_decode_is_a_row_and_the_run_goes_on(ray_session, checkpoint, tmp
 def _flac_by_key(out: Path) -> dict[str, bytes]:
     import webdataset as wds
 
-    return {s["__key__"]: s["flac"] for s in wds.WebDataset(sorted(str(p) for p in (out / "shards").glob("*.tar")),
-                                                            shardshuffle=False)}
+    return {
+        s["__key__"]: s["flac"]
+        for s in wds.WebDataset(sorted(str(p) for p in (out / "shards").glob("*.tar")), shardshuffle=False)
+    }
 
 
 def test_same_seed_same_audio_other_seed_differs(ray_session, checkpoint, tmp_path):
@@ -236,14 +259,17 @@ def test_same_seed_same_audio_other_seed_differs(ray_session, checkpoint, tmp_pa
     manifest = _ingest(folder, tmp_path / "m.parquet")
     runs = {}
     for name, seed in (("one", 7), ("two", 7), ("three", 8)):
-        run_generate(_config(manifest, tmp_path / name, checkpoint, seed=seed, format="wds",
-                             sampler=SamplerConfig(cfg=2.0)))
+        run_generate(
+            _config(manifest, tmp_path / name, checkpoint, seed=seed, format="wds", sampler=SamplerConfig(cfg=2.0))
+        )
         runs[name] = _flac_by_key(tmp_path / name)
     assert runs["one"] == runs["two"]
     assert all(runs["one"][k] != runs["three"][k] for k in runs["one"])
 
 
-def test_windows_cut_into_fewer_blocks_reach_the_model_unchanged_and_batch_1_repeats_bytes(ray_session, checkpoint, tmp_path, monkeypatch):
+def test_windows_cut_into_fewer_blocks_reach_the_model_unchanged_and_batch_1_repeats_bytes(
+    ray_session, checkpoint, tmp_path, monkeypatch
+):
     """Large runs put several windows in one decode task's block (`window_blocks`); forced here
     at small scale (one block per CPU: 2 blocks for 5 windows of 3 videos), every window reaches
     the model with the same frames (hence features), seed and place as with one block per window,
@@ -262,8 +288,9 @@ def test_windows_cut_into_fewer_blocks_reach_the_model_unchanged_and_batch_1_rep
     runs = {}
     for name, per_cpu in (("per_window", 8), ("grouped", 1)):
         monkeypatch.setattr(ray_cluster, "BLOCKS_PER_CPU", per_cpu)
-        summary = run_generate(_config(manifest, tmp_path / name, checkpoint, format="wds", save_features=True,
-                                       batch_size=1))
+        summary = run_generate(
+            _config(manifest, tmp_path / name, checkpoint, format="wds", save_features=True, batch_size=1)
+        )
         assert summary.generated == 3 and summary.failed == 0
         members = {}
         for shard in (tmp_path / name / "shards").glob("*.tar"):
@@ -331,8 +358,9 @@ def test_killed_actor_is_replaced_and_every_clip_done_once(ray_session, checkpoi
     keys = list(_flac_by_key(out))
     import tarfile
 
-    all_keys = [m.name for s in (out / "shards").glob("*.tar") for m in tarfile.open(s).getmembers()
-                if m.name.endswith(".flac")]
+    all_keys = [
+        m.name for s in (out / "shards").glob("*.tar") for m in tarfile.open(s).getmembers() if m.name.endswith(".flac")
+    ]
     assert len(all_keys) == len(set(all_keys)) == len(keys) == 6
 
 
@@ -346,10 +374,11 @@ def test_cli_with_a_relative_out_dir_prints_json_and_absolute_paths(ray_session,
     make_video(tmp_path / "v" / "one clip.mp4", seconds=1.5, fps=25, size=(64, 48))
     _ingest(tmp_path / "v", tmp_path / "m.parquet")
     monkeypatch.chdir(tmp_path)
-    result = CliRunner().invoke(app, ["generate", "-m", "m.parquet", "-o", "rel", "--checkpoint", str(checkpoint),
-                                      "--json"])
+    result = CliRunner().invoke(
+        app, ["generate", "-m", "m.parquet", "-o", "rel", "--checkpoint", str(checkpoint), "--json"]
+    )
     assert result.exit_code == 0, result.output
-    summary = json.loads(result.stdout[result.stdout.index("{"):])
+    summary = json.loads(result.stdout[result.stdout.index("{") :])
     assert summary["generated"] == 1 and summary["failed"] == 0
     row = pq.read_table(tmp_path / "rel" / "report.parquet").to_pylist()[0]
     assert Path(row["output_mp4"]).is_absolute() and Path(row["output_mp4"]).exists()
@@ -359,8 +388,15 @@ def test_text_to_audio_writes_one_audio_file_per_prompt(ray_session, checkpoint,
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("a snare drum hit\n\n   \na cow bell ringing twice\n", encoding="utf-8")
     out = tmp_path / "t2a"
-    summary = run_generate(GenerateConfig(out_dir=str(out), prompts_file=str(prompts), checkpoint=str(checkpoint),
-                                          t2a_duration_s=2.0, audio_codec="flac"))
+    summary = run_generate(
+        GenerateConfig(
+            out_dir=str(out),
+            prompts_file=str(prompts),
+            checkpoint=str(checkpoint),
+            t2a_duration_s=2.0,
+            audio_codec="flac",
+        )
+    )
     assert summary.generated == 2 and summary.failed == 0  # blank lines are not prompts
     rows = pq.read_table(out / "report.parquet").to_pylist()
     assert len(rows) == 2 and all(r["status"] == "done" for r in rows)
@@ -368,11 +404,20 @@ def test_text_to_audio_writes_one_audio_file_per_prompt(ray_session, checkpoint,
         path = Path(row["output_audio"])
         assert path.suffix == ".flac" and path.exists()
         assert abs(_stream_seconds(path, "audio") - 2.0) < 0.05
-    again = run_generate(GenerateConfig(out_dir=str(out), prompts_file=str(prompts), checkpoint=str(checkpoint),
-                                        t2a_duration_s=2.0, audio_codec="flac"))
+    again = run_generate(
+        GenerateConfig(
+            out_dir=str(out),
+            prompts_file=str(prompts),
+            checkpoint=str(checkpoint),
+            t2a_duration_s=2.0,
+            audio_codec="flac",
+        )
+    )
     assert again.generated == 0 and again.already_done == 2
-    assert [r["prompt"] for r in pq.read_table(out / "report.parquet").to_pylist()] == \
-        ["a snare drum hit", "a cow bell ringing twice"]
+    assert [r["prompt"] for r in pq.read_table(out / "report.parquet").to_pylist()] == [
+        "a snare drum hit",
+        "a cow bell ringing twice",
+    ]
 
     # dub report on the text-to-audio run: the audio files are read, CLAP scores each prompt
     from dub.workflows.metrics.clap import load_clap
@@ -382,8 +427,16 @@ def test_text_to_audio_writes_one_audio_file_per_prompt(ray_session, checkpoint,
 
     clap_config = tiny_config()
     clap = load_clap(fixture_state(clap_config), "cpu", clap_config, VOCAB, MERGES)
-    report = run_report(ReportConfig(run_dir=str(out), out_dir=str(tmp_path / "report"), backends=("logmel",),
-                                     weights_dir=str(tmp_path / "no_weights"), write_html=False), injected=Injected(clap=clap))
+    report = run_report(
+        ReportConfig(
+            run_dir=str(out),
+            out_dir=str(tmp_path / "report"),
+            backends=("logmel",),
+            weights_dir=str(tmp_path / "no_weights"),
+            write_html=False,
+        ),
+        injected=Injected(clap=clap),
+    )
     assert [r["status"] for r in report.rows] == ["ok", "ok"]
     assert all(-1.0 <= r["clap_score"] <= 1.0 and r["error"] is None for r in report.rows)
     assert report.summary["metrics"]["clap_score_n"] == 2
@@ -391,9 +444,19 @@ def test_text_to_audio_writes_one_audio_file_per_prompt(ray_session, checkpoint,
 
 # -- --resize fast|exact: which resizer makes the frames ------------------------------------
 
+
 def _window_batch(path: Path, start_s: float, window_s: float) -> dict:
-    rows = {"video_id": ["v"], "window_index": [0], "num_windows": [1], "start_s": [start_s], "valid_s": [window_s],
-            "prompt": [""], "negative_prompt": [""], "seed": [0], "path": [str(path)]}
+    rows = {
+        "video_id": ["v"],
+        "window_index": [0],
+        "num_windows": [1],
+        "start_s": [start_s],
+        "valid_s": [window_s],
+        "prompt": [""],
+        "negative_prompt": [""],
+        "seed": [0],
+        "path": [str(path)],
+    }
     return {k: np.array(v, dtype=object if isinstance(v[0], str) else None) for k, v in rows.items()}
 
 
@@ -446,25 +509,32 @@ def test_cli_resize_bogus_is_a_clear_usage_error(command, tmp_path):
 
     from dub.cli import app
 
-    result = CliRunner().invoke(app, [command, "-m", str(tmp_path / "m.parquet"), "-o", str(tmp_path / "out"),
-                                      "--resize", "bogus"])
+    result = CliRunner().invoke(
+        app, [command, "-m", str(tmp_path / "m.parquet"), "-o", str(tmp_path / "out"), "--resize", "bogus"]
+    )
     assert result.exit_code == 2
     text = " ".join(result.output.replace("│", " ").split())
     assert "--resize must be one of ('fast', 'exact')" in text and "'bogus'" in text
     assert not (tmp_path / "out").exists()
 
 
-@pytest.mark.parametrize("flags, message", [(["--cfg-rescale", "2"], "phi must be in [0, 1], got 2.0"),
-                                            (["--rescale-mode", "bogus"], "unknown rescale 'bogus'"),
-                                            (["--steps", "0"], "steps must be >= 1, got 0")])
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--cfg-rescale", "2"], "phi must be in [0, 1], got 2.0"),
+        (["--rescale-mode", "bogus"], "unknown rescale 'bogus'"),
+        (["--steps", "0"], "steps must be >= 1, got 0"),
+    ],
+)
 def test_cli_bad_sampler_flags_are_usage_errors_before_any_video_runs(flags, message, tmp_path):
     """Not one failed report row per video: the run does not start."""
     from typer.testing import CliRunner
 
     from dub.cli import app
 
-    result = CliRunner().invoke(app, ["generate", "-m", str(tmp_path / "m.parquet"), "-o", str(tmp_path / "out"),
-                                      *flags])
+    result = CliRunner().invoke(
+        app, ["generate", "-m", str(tmp_path / "m.parquet"), "-o", str(tmp_path / "out"), *flags]
+    )
     assert result.exit_code == 2
     assert message in " ".join(result.output.replace("│", " ").split())
     assert not (tmp_path / "out").exists()
@@ -498,8 +568,14 @@ def test_cli_too_many_replicas_fail_at_once_on_the_real_cluster(ray_session, com
     manifest = _ingest(videos, tmp_path / "m.parquet")
     window = ["--window", "1"] if command == "extract" else []  # the 1 s clip must hold a whole window
     results = []
-    run = threading.Thread(target=lambda: results.append(CliRunner().invoke(
-        app, [command, "-m", str(manifest), "-o", str(tmp_path / "out"), "--replicas", "2", *window])), daemon=True)
+    run = threading.Thread(
+        target=lambda: results.append(
+            CliRunner().invoke(
+                app, [command, "-m", str(manifest), "-o", str(tmp_path / "out"), "--replicas", "2", *window]
+            )
+        ),
+        daemon=True,
+    )
     run.start()
     run.join(timeout=300)  # a hang guard, not a speed target: before the check the run never returned
     assert results, "the run hung: Ray was left waiting for a replica the cluster cannot hold"
@@ -526,15 +602,32 @@ def test_cli_resize_exact_runs_end_to_end_with_torchvision_frames(ray_session, c
     make_video(path, seconds=1.0, fps=25, size=(320, 180))
     manifest = _ingest(tmp_path / "v", tmp_path / "m.parquet")
     out = tmp_path / "out"
-    result = CliRunner().invoke(app, ["generate", "-m", str(manifest), "-o", str(out), "--checkpoint", str(checkpoint),
-                                      "--resize", "exact", "--format", "wds", "--save-features", "--json"])
+    result = CliRunner().invoke(
+        app,
+        [
+            "generate",
+            "-m",
+            str(manifest),
+            "-o",
+            str(out),
+            "--checkpoint",
+            str(checkpoint),
+            "--resize",
+            "exact",
+            "--format",
+            "wds",
+            "--save-features",
+            "--json",
+        ],
+    )
     assert result.exit_code == 0, result.output
-    summary = json.loads(result.stdout[result.stdout.index("{"):])
+    summary = json.loads(result.stdout[result.stdout.index("{") :])
     assert summary["generated"] == 1 and summary["failed"] == 0
     run = json.loads((out / "run.json").read_text())
     assert run["config"]["resize"] == "exact"
-    fast_hash = GenerateConfig(**{**run["config"], "sampler": SamplerConfig(**run["config"]["sampler"]),
-                                  "resize": "fast"}).config_hash(run["model"]["weights_hash"])
+    fast_hash = GenerateConfig(
+        **{**run["config"], "sampler": SamplerConfig(**run["config"]["sampler"]), "resize": "fast"}
+    ).config_hash(run["model"]["weights_hash"])
     assert run["config_hash"] == summary["config_hash"] != fast_hash
 
     stored = {}
@@ -549,12 +642,20 @@ def test_cli_resize_exact_runs_end_to_end_with_torchvision_frames(ray_session, c
     encoders, _ = load_feature_stack("demo")
     errors = {}
     for backend in ("swscale", "torch"):
-        frames = decode_windows(_window_batch(path, 0.0, info.window_s), clip_fps=info.clip_fps,
-                                clip_size=info.clip_size, sync_fps=info.sync_fps, sync_size=info.sync_size,
-                                window_s=info.window_s, backend=backend)
+        frames = decode_windows(
+            _window_batch(path, 0.0, info.window_s),
+            clip_fps=info.clip_fps,
+            clip_size=info.clip_size,
+            sync_fps=info.sync_fps,
+            sync_size=info.sync_size,
+            window_s=info.window_s,
+            backend=backend,
+        )
         with torch.no_grad():
-            want = {"clip_f": encoders.clip_features(torch.from_numpy(frames["clip_frames"]))[0].numpy(),
-                    "sync_f": encoders.sync_features(torch.from_numpy(frames["sync_frames"]))[0].numpy()}
+            want = {
+                "clip_f": encoders.clip_features(torch.from_numpy(frames["clip_frames"]))[0].numpy(),
+                "sync_f": encoders.sync_features(torch.from_numpy(frames["sync_frames"]))[0].numpy(),
+            }
         errors[backend] = max(float(np.abs(stored[k] - want[k]).max()) for k in want)
     # features are stored as float16 (~5e-4 here); the two resizers' features differ by ~1e-2
     assert errors["torch"] < 2e-3 < errors["swscale"], errors

@@ -63,7 +63,9 @@ def test_bf16_inputs_keep_their_dtype():
     assert out.dtype == torch.bfloat16
     # bf16 keeps 8 bits (u = 2^-9 relative): inputs, the std statistics and the result each round,
     # a few bf16 ulps on values up to 3: rtol 1e-2, atol 2e-2 near zero
-    torch.testing.assert_close(out.float(), combine(U_COND, U_UNCOND, Guidance(cfg=2.0, rescale="std")), atol=2e-2, rtol=1e-2)
+    torch.testing.assert_close(
+        out.float(), combine(U_COND, U_UNCOND, Guidance(cfg=2.0, rescale="std")), atol=2e-2, rtol=1e-2
+    )
 
 
 def test_bad_config_is_rejected():
@@ -104,7 +106,9 @@ def test_batched_cond_uncond_equals_two_calls(rescale):
     noise = torch.randn(4, 3, generator=torch.Generator().manual_seed(3))
     g = Guidance(cfg=4.5, rescale=rescale)
     batched_predict, split_predict = CountingPredictor(), CountingPredictor()
-    batched = sample_meanflow(guided_field(batched_predict, cond, uncond, g, cat=lambda a, b: torch.cat([a, b])), noise, steps=3)
+    batched = sample_meanflow(
+        guided_field(batched_predict, cond, uncond, g, cat=lambda a, b: torch.cat([a, b])), noise, steps=3
+    )
     split = sample_meanflow(guided_field(split_predict, cond, uncond, g), noise, steps=3)
     assert batched_predict.calls == [8] * 3
     assert split_predict.calls == [4] * 6

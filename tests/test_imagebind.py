@@ -61,13 +61,18 @@ def io() -> dict[str, torch.Tensor]:
 
 @pytest.fixture(scope="module")
 def tiny(meta):
-    assert ImageBindConfig(vision_width=meta["tiny_config"]["vision_embed_dim"],
-                           vision_depth=meta["tiny_config"]["vision_num_blocks"],
-                           vision_heads=meta["tiny_config"]["vision_num_heads"],
-                           audio_width=meta["tiny_config"]["audio_embed_dim"],
-                           audio_depth=meta["tiny_config"]["audio_num_blocks"],
-                           audio_heads=meta["tiny_config"]["audio_num_heads"],
-                           out_dim=meta["tiny_config"]["out_embed_dim"]) == IMAGEBIND_TINY
+    assert (
+        ImageBindConfig(
+            vision_width=meta["tiny_config"]["vision_embed_dim"],
+            vision_depth=meta["tiny_config"]["vision_num_blocks"],
+            vision_heads=meta["tiny_config"]["vision_num_heads"],
+            audio_width=meta["tiny_config"]["audio_embed_dim"],
+            audio_depth=meta["tiny_config"]["audio_num_blocks"],
+            audio_heads=meta["tiny_config"]["audio_num_heads"],
+            out_dim=meta["tiny_config"]["out_embed_dim"],
+        )
+        == IMAGEBIND_TINY
+    )
     return load_imagebind(FIXTURE / "weights.safetensors", IMAGEBIND_TINY)
 
 
@@ -129,8 +134,14 @@ def fbank_tolerance(wav: np.ndarray, reference_sub: torch.Tensor) -> torch.Tenso
         view = x[:, a:b]
         view -= view.mean()  # in place, as the reference
         log_power = torchaudio.compliance.kaldi.spectrogram(
-            view, sample_frequency=ib.SAMPLE_RATE, window_type="hanning", dither=0.0, frame_length=25,
-            frame_shift=10, preemphasis_coefficient=0.0)  # (frames, 257), float64
+            view,
+            sample_frequency=ib.SAMPLE_RATE,
+            window_type="hanning",
+            dither=0.0,
+            frame_length=25,
+            frame_shift=10,
+            preemphasis_coefficient=0.0,
+        )  # (frames, 257), float64
         p0 = log_power.exp().sum(1)[: ib.MEL_FRAMES]
         powers.append(torch.nn.functional.pad(p0, (0, ib.MEL_FRAMES - p0.shape[0])))
     p0 = torch.stack(powers)[:, None, None, ::2]  # (3, 1, 1, 102): one power per frame
@@ -343,14 +354,23 @@ def test_ib_score_in_run_report(tiny, tmp_path):
     # g0's generated audio is 10 s: av-benchmark embeds the whole file, not the first 8 s
     for k, (src, seconds) in enumerate(((long_src, 10.0), (short_src, 6.0), (None, 8.0))):
         times = [1.0, 3.5]
-        gen = write_clip(tmp_path / "run" / "mp4" / f"g{k}.mp4", event_frames(times, seconds, seed=k),
-                         burst_audio(times, seconds, seed=k))
-        rows.append({"video_id": f"g{k}", "path": src if src is not None else "prompt:a door slams",
-                     "output_mp4": gen})
+        gen = write_clip(
+            tmp_path / "run" / "mp4" / f"g{k}.mp4",
+            event_frames(times, seconds, seed=k),
+            burst_audio(times, seconds, seed=k),
+        )
+        rows.append({"video_id": f"g{k}", "path": src if src is not None else "prompt:a door slams", "output_mp4": gen})
     run = write_generate_run(tmp_path / "run", rows)
     scorer = ImageBindScorer(tiny, duration_s=8.0, decode_backend="torch")
-    config = ReportConfig(run_dir=str(run), out_dir=str(tmp_path / "out"), backends=(), skip=("desync", "clap"),
-                          weights_dir=str(tmp_path / "none"), write_html=False, resize="exact")
+    config = ReportConfig(
+        run_dir=str(run),
+        out_dir=str(tmp_path / "out"),
+        backends=(),
+        skip=("desync", "clap"),
+        weights_dir=str(tmp_path / "none"),
+        write_html=False,
+        resize="exact",
+    )
     result = run_report(config, injected=Injected(imagebind=scorer))
     long, short, t2a = result.rows
 
@@ -376,12 +396,28 @@ def test_ib_score_in_run_report(tiny, tmp_path):
     table = pq.read_table(tmp_path / "out" / "report.parquet").to_pylist()
     assert table[0]["ib_score"] == pytest.approx(long["ib_score"]) and "text-to-audio" in table[2]["ib_reason"]
 
-    skipped = run_report(ReportConfig(run_dir=str(run), out_dir=str(tmp_path / "out2"), backends=(),
-                                      skip=("desync", "clap", "ib"), weights_dir=str(tmp_path / "none"),
-                                      write_html=False), injected=Injected(imagebind=scorer))
+    skipped = run_report(
+        ReportConfig(
+            run_dir=str(run),
+            out_dir=str(tmp_path / "out2"),
+            backends=(),
+            skip=("desync", "clap", "ib"),
+            weights_dir=str(tmp_path / "none"),
+            write_html=False,
+        ),
+        injected=Injected(imagebind=scorer),
+    )
     assert skipped.rows[0]["ib_score"] is None
     assert skipped.summary["unavailable"]["ib_score"] == "left out (--skip ib)"
-    missing = run_report(ReportConfig(run_dir=str(run), out_dir=str(tmp_path / "out3"), backends=(),
-                                      skip=("desync", "clap"), weights_dir=str(tmp_path / "none"), write_html=False))
+    missing = run_report(
+        ReportConfig(
+            run_dir=str(run),
+            out_dir=str(tmp_path / "out3"),
+            backends=(),
+            skip=("desync", "clap"),
+            weights_dir=str(tmp_path / "none"),
+            write_html=False,
+        )
+    )
     assert "imagebind_huge.pth" in missing.summary["unavailable"]["ib_score"]
     assert missing.rows[0]["ib_score"] is None and missing.rows[0]["av_align"] is not None

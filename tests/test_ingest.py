@@ -107,11 +107,25 @@ def _probe_without_dac_override(path) -> dict:
     setpriv = shutil.which("setpriv")
     if setpriv is None:
         pytest.skip("running as root without setpriv: cannot make a file unreadable")
-    code = ("import json, sys; from dub.workflows.ingest import probe_all, IngestConfig; "
-            "print(json.dumps(probe_all([sys.argv[1]], IngestConfig(workers=0))[0]))")
-    proc = subprocess.run([setpriv, "--inh-caps=-all", "--bounding-set=-dac_override,-dac_read_search",
-                           sys.executable, "-c", code, str(path)], capture_output=True, text=True,
-                          env=dict(os.environ, PYTHONPATH=PROJECT_ROOT), timeout=120)
+    code = (
+        "import json, sys; from dub.workflows.ingest import probe_all, IngestConfig; "
+        "print(json.dumps(probe_all([sys.argv[1]], IngestConfig(workers=0))[0]))"
+    )
+    proc = subprocess.run(
+        [
+            setpriv,
+            "--inh-caps=-all",
+            "--bounding-set=-dac_override,-dac_read_search",
+            sys.executable,
+            "-c",
+            code,
+            str(path),
+        ],
+        capture_output=True,
+        text=True,
+        env=dict(os.environ, PYTHONPATH=PROJECT_ROOT),
+        timeout=120,
+    )
     if proc.returncode != 0 and "setpriv" in proc.stderr:
         pytest.skip(f"setpriv cannot drop capabilities here: {proc.stderr.strip()}")
     assert proc.returncode == 0, proc.stderr
@@ -120,8 +134,19 @@ def _probe_without_dac_override(path) -> dict:
 
 def test_strict_exits_1_when_a_file_failed(corpus, tmp_path):
     root, _ = corpus
-    result = CliRunner().invoke(app, ["ingest", str(root / "empty.mp4"), str(root / "plain.mp4"),
-                                      "-o", str(tmp_path / "m.parquet"), "--strict", "--workers", "0"])
+    result = CliRunner().invoke(
+        app,
+        [
+            "ingest",
+            str(root / "empty.mp4"),
+            str(root / "plain.mp4"),
+            "-o",
+            str(tmp_path / "m.parquet"),
+            "--strict",
+            "--workers",
+            "0",
+        ],
+    )
     assert result.exit_code == 1, result.output
     table = read_manifest(tmp_path / "m.parquet")
     assert sorted(table.column("status").to_pylist()) == ["error", "ok"]
@@ -195,8 +220,9 @@ def test_hung_probe_is_killed_and_reported_and_the_next_file_is_probed(tmp_path,
     monkeypatch.setenv(ingest_module.HANG_ENV, "hang.mp4")
     workers = []
     start_worker = ingest_module._Worker.__init__
-    monkeypatch.setattr(ingest_module._Worker, "__init__",
-                        lambda self: (start_worker(self), workers.append(self.proc))[0])
+    monkeypatch.setattr(
+        ingest_module._Worker, "__init__", lambda self: (start_worker(self), workers.append(self.proc))[0]
+    )
     # the first file warms the worker up (interpreter + PyAV start), so only hang.mp4 meets the deadline
     started = time.monotonic()
     rows = probe_all([str(ok), str(hang), str(after)], IngestConfig(workers=1, timeout_s=3.0))
@@ -231,8 +257,14 @@ def test_ingest_runs_as_a_real_subprocess(corpus, tmp_path):
     root, entries = corpus
     out = tmp_path / "sub.parquet"
     env = dict(os.environ, PYTHONPATH=PROJECT_ROOT, COLUMNS="160")
-    proc = subprocess.run([sys.executable, "-m", "dub.cli", "ingest", str(root), "-o", str(out), "--ext", "mp4,avi"],
-                          capture_output=True, text=True, cwd=tmp_path, env=env, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-m", "dub.cli", "ingest", str(root), "-o", str(out), "--ext", "mp4,avi"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env=env,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr
     rows = read_manifest(out).to_pylist()
     expected = [name for name in entries if name.endswith((".mp4", ".avi"))]
@@ -241,6 +273,7 @@ def test_ingest_runs_as_a_real_subprocess(corpus, tmp_path):
 
 
 # -- manifests ------------------------------------------------------------------------------
+
 
 def test_content_ids_are_stable_and_content_derived(tmp_path):
     (tmp_path / "x.bin").write_bytes(b"some bytes" * 100_000)
@@ -265,8 +298,10 @@ def test_read_manifest_explains_what_is_wrong(tmp_path, corpus_manifest):
     (tmp_path / "junk.parquet").write_text("not parquet")
     with pytest.raises(ManifestError, match="not a readable Parquet"):
         read_manifest(tmp_path / "junk.parquet")
-    pq.write_table(pa.table({"video_id": ["a"], "path": ["/x"], "status": ["weird"], "width": ["wide"]}),
-                   tmp_path / "partial.parquet")
+    pq.write_table(
+        pa.table({"video_id": ["a"], "path": ["/x"], "status": ["weird"], "width": ["wide"]}),
+        tmp_path / "partial.parquet",
+    )
     with pytest.raises(ManifestError) as err:
         read_manifest(tmp_path / "partial.parquet")
     message = str(err.value)
@@ -279,9 +314,23 @@ def test_read_manifest_explains_what_is_wrong(tmp_path, corpus_manifest):
 
 
 def test_report_schema_has_the_run_layout_columns():
-    for name in ("video_id", "path", "status", "error", "output_mp4", "output_shard", "audio_duration_s",
-                 "num_windows", "config_hash", "t_decode_s", "t_features_s", "t_generate_s", "t_decode_audio_s",
-                 "t_write_s", "finished_at"):
+    for name in (
+        "video_id",
+        "path",
+        "status",
+        "error",
+        "output_mp4",
+        "output_shard",
+        "audio_duration_s",
+        "num_windows",
+        "config_hash",
+        "t_decode_s",
+        "t_features_s",
+        "t_generate_s",
+        "t_decode_audio_s",
+        "t_write_s",
+        "finished_at",
+    ):
         assert name in REPORT_SCHEMA.names
 
 
@@ -314,6 +363,7 @@ def test_interrupted_ingest_keeps_what_it_probed(tmp_path, workers):
     assert (resumed.ok, resumed.errors) == (6, 1) and not journal.exists()
     whole = ingest([videos], tmp_path / "whole.parquet", config)
     assert whole.probed == 7
+
     def untimed(path):
         return [{k: v for k, v in r.items() if k != "probe_s"} for r in read_manifest(path).to_pylist()]
 

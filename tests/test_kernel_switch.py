@@ -24,16 +24,24 @@ from dub.model.kernels.switch import KernelSwitch
 from tests.triton_helpers import run_under_interpreter
 
 CPU = torch.device("cpu")
-CHECKS = {"synchformer": synchformer._check_divided_attention, "bigvgan": bigvgan._check_fused_activation,
-          "resize": clip_encoder._check_separable_resize}
+CHECKS = {
+    "synchformer": synchformer._check_divided_attention,
+    "bigvgan": bigvgan._check_fused_activation,
+    "resize": clip_encoder._check_separable_resize,
+}
 
 
 def main(out: str) -> None:
     from safetensors.torch import save_file
 
     verdicts = {name: check(CPU, torch.float32) for name, check in CHECKS.items()}
-    save_file({name: torch.tensor(list((verdict or "").encode()) or [0], dtype=torch.uint8)
-               for name, verdict in verdicts.items()}, out)
+    save_file(
+        {
+            name: torch.tensor(list((verdict or "").encode()) or [0], dtype=torch.uint8)
+            for name, verdict in verdicts.items()
+        },
+        out,
+    )
 
 
 def test_the_triton_kernels_pass_their_self_checks_under_interpreter(tmp_path: Path) -> None:
@@ -49,12 +57,14 @@ def test_the_triton_kernels_pass_their_self_checks_under_interpreter(tmp_path: P
 def _attention_in(dtype: torch.dtype, gain: float):
     def kernel(qkv, heads, **shape):
         return (synchformer.divided_attention(qkv.to(dtype), heads, **shape) * gain).to(qkv.dtype)
+
     return kernel
 
 
 def _activation_in(dtype: torch.dtype, gain: float):
     def kernel(self, x):
         return (self._grouped_conv_forward(x.to(dtype).float()) * gain).to(x.dtype)
+
     return kernel
 
 
@@ -62,11 +72,19 @@ def _resize_with(antialias: bool):
     def kernel(images, size):
         out = F.interpolate(images.float(), size=size, mode="bicubic", antialias=antialias, align_corners=False)
         return out.clamp(0, 255).round().to(torch.uint8)
+
     return kernel
 
 
-@pytest.mark.parametrize("dtype, gain, passes", [(torch.bfloat16, 1.0, True), (torch.float32, 1.0, True),
-                                                 (torch.bfloat16, 1.05, False), (torch.float32, 1.001, False)])
+@pytest.mark.parametrize(
+    "dtype, gain, passes",
+    [
+        (torch.bfloat16, 1.0, True),
+        (torch.float32, 1.0, True),
+        (torch.bfloat16, 1.05, False),
+        (torch.float32, 1.001, False),
+    ],
+)
 def test_attention_and_activation_checks_tell_rounding_from_wrong_numbers(monkeypatch, dtype, gain, passes) -> None:
     monkeypatch.setattr(synchformer, "divided_attention_triton", _attention_in(dtype, gain))
     monkeypatch.setattr(bigvgan.AntiAliasedActivation, "_fused_kernel_forward", _activation_in(dtype, gain))
@@ -90,7 +108,9 @@ def test_the_switch_checks_once_per_device_and_dtype_and_turns_off_when_a_check_
         calls.append((device, dtype))
         return verdicts[dtype]
 
-    switch = KernelSwitch("a kernel", "DUB_TEST_KERNEL", "dub.model.kernels.synchformer_triton", "the reference", self_check=check)
+    switch = KernelSwitch(
+        "a kernel", "DUB_TEST_KERNEL", "dub.model.kernels.synchformer_triton", "the reference", self_check=check
+    )
     x = torch.zeros(2)
     assert switch.usable_for(x) and switch.usable_for(x)
     assert calls == [(CPU, torch.float32)]
@@ -101,7 +121,9 @@ def test_the_switch_checks_once_per_device_and_dtype_and_turns_off_when_a_check_
     assert len(calls) == 2
 
     monkeypatch.setenv("DUB_TEST_KERNEL", "0")
-    fresh = KernelSwitch("a kernel", "DUB_TEST_KERNEL", "dub.model.kernels.synchformer_triton", "the reference", self_check=check)
+    fresh = KernelSwitch(
+        "a kernel", "DUB_TEST_KERNEL", "dub.model.kernels.synchformer_triton", "the reference", self_check=check
+    )
     assert not fresh.usable_for(x) and len(calls) == 2  # switched off: not even checked
 
 
@@ -114,7 +136,9 @@ def test_the_check_runs_without_the_callers_autocast() -> None:
         seen.append((torch.ones(2, 2) @ torch.ones(2, 2)).dtype)
         return None
 
-    switch = KernelSwitch("a kernel", "DUB_TEST_KERNEL", "dub.model.kernels.synchformer_triton", "the reference", self_check=check)
+    switch = KernelSwitch(
+        "a kernel", "DUB_TEST_KERNEL", "dub.model.kernels.synchformer_triton", "the reference", self_check=check
+    )
     with torch.autocast("cpu", dtype=torch.bfloat16):
         assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == torch.bfloat16
         assert switch.usable_for(torch.zeros(1))
@@ -125,7 +149,9 @@ def test_a_check_that_raises_switches_the_kernel_off() -> None:
     def check(device: torch.device, dtype: torch.dtype) -> str | None:
         raise RuntimeError("no kernel image for this GPU")
 
-    switch = KernelSwitch("a kernel", "DUB_TEST_KERNEL", "dub.model.kernels.synchformer_triton", "the reference", self_check=check)
+    switch = KernelSwitch(
+        "a kernel", "DUB_TEST_KERNEL", "dub.model.kernels.synchformer_triton", "the reference", self_check=check
+    )
     with pytest.warns(RuntimeWarning, match="no kernel image"):
         assert not switch.usable_for(torch.zeros(1))
     assert switch.error == "RuntimeError: no kernel image for this GPU"

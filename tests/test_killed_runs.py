@@ -35,6 +35,7 @@ from tests.video_factory import make_video
 
 # -- dub generate -------------------------------------------------------------------------------
 
+
 def test_generate_killed_mid_run_resumes_each_clip_once_and_prints_no_error_lines(tmp_path):
     """8 clips, `--format both`, one window per model call: the driver is SIGKILLed as soon as the
     first mp4 is on disk; the Ray processes it started are left to die on their own, as after a
@@ -53,8 +54,9 @@ def test_generate_killed_mid_run_resumes_each_clip_once_and_prints_no_error_line
 
     killed = start_cli(args, logs, "generate")
     try:
-        first = wait_until(lambda: sorted((out / "mp4").glob("[!.]*.mp4")) if (out / "mp4").is_dir() else [],
-                            killed, logs, "generate")
+        first = wait_until(
+            lambda: sorted((out / "mp4").glob("[!.]*.mp4")) if (out / "mp4").is_dir() else [], killed, logs, "generate"
+        )
         kill_driver(killed)
         before = {p.name: p.stat().st_mtime_ns for p in (out / "mp4").glob("[!.]*.mp4")}
         assert first and len(before) < 8, f"the kill came too late to interrupt anything: {sorted(before)}"
@@ -63,7 +65,7 @@ def test_generate_killed_mid_run_resumes_each_clip_once_and_prints_no_error_line
         stdout, stderr = run_cli(args, logs, "rerun")  # while the killed run's Ray processes may still be dying
     finally:
         kill_session(killed)
-    summary = json.loads(stdout[stdout.index("{"):])
+    summary = json.loads(stdout[stdout.index("{") :])
     # the killed run's shard was still open (a temporary, deleted by the rerun): every clip lacked its
     # shard sample, so all 8 were generated again, but the mp4s on disk were kept, not rewritten
     assert (summary["already_done"], summary["generated"], summary["done"], summary["failed"]) == (0, 8, 8, 0)
@@ -74,8 +76,12 @@ def test_generate_killed_mid_run_resumes_each_clip_once_and_prints_no_error_line
     mp4s = sorted((out / "mp4").glob("*.mp4"))
     assert len(mp4s) == 8 and sorted(Path(r["output_mp4"]).name for r in report) == [p.name for p in mp4s]
     assert {p.name: p.stat().st_mtime_ns for p in mp4s if p.name in before} == before  # not redone
-    keys = [m.name.split(".", 1)[0] for shard in sorted((out / "shards").glob("*.tar"))
-            for m in tarfile.open(shard).getmembers() if m.name.endswith(".flac")]
+    keys = [
+        m.name.split(".", 1)[0]
+        for shard in sorted((out / "shards").glob("*.tar"))
+        for m in tarfile.open(shard).getmembers()
+        if m.name.endswith(".flac")
+    ]
     assert sorted(keys) == sorted(r["video_id"] for r in report)  # each clip in exactly one shard, once
     assert temporaries(out) == []
 
@@ -89,8 +95,15 @@ def test_a_killed_runs_temporaries_are_removed_and_nothing_else(tmp_path):
     media writers' .STEM.partial-PID.EXT (remux, audio files). The rerun deletes them, and only them."""
     from dub.storage.temporaries import remove_stale_temporaries
 
-    names = [".part-1-abc.parquet.1a2b3c4d.tmp", ".clip0.partial-4242.mp4", ".v1.partial-77.m4a",
-             "a_clip0.mp4", "shard-x-00000.tar", ".dub.lock", "notes.tmp.txt"]
+    names = [
+        ".part-1-abc.parquet.1a2b3c4d.tmp",
+        ".clip0.partial-4242.mp4",
+        ".v1.partial-77.m4a",
+        "a_clip0.mp4",
+        "shard-x-00000.tar",
+        ".dub.lock",
+        "notes.tmp.txt",
+    ]
     for name in names:
         (tmp_path / name).write_bytes(b"x")
     remove_stale_temporaries(tmp_path)
@@ -101,6 +114,7 @@ def test_a_killed_runs_temporaries_are_removed_and_nothing_else(tmp_path):
 
 FILES = 100
 
+
 def test_ingest_killed_mid_probe_resumes_probing_only_the_rest(tmp_path):
     """FILES videos probed by one worker (each ~40 ms: a 40 s silent audio track is scanned
     whole); the driver is SIGKILLed once the probe journal (.NAME.probed/ beside the manifest)
@@ -108,8 +122,9 @@ def test_ingest_killed_mid_probe_resumes_probing_only_the_rest(tmp_path):
     files the journal lacks (the summary says how many came from the interrupted run), writes
     every file once and removes the journal."""
     videos = tmp_path / "videos"
-    source = make_video(tmp_path / "source.mp4", seconds=40.0, fps=2, size=(32, 32), with_audio=True,
-                        audio="silence").path.read_bytes()
+    source = make_video(
+        tmp_path / "source.mp4", seconds=40.0, fps=2, size=(32, 32), with_audio=True, audio="silence"
+    ).path.read_bytes()
     videos.mkdir()
     for k in range(FILES):  # distinct contents: an MP4 `free` box (ignored by readers) holding k at the end
         payload = f"copy {k}".encode()
@@ -160,8 +175,11 @@ def report_run(tmp_path_factory) -> Path:
         times = np.sort(rng.choice(np.arange(0.3, DURATION - 0.3, 0.35), size=3, replace=False)).round(2)
         source = write_clip(root / "videos" / f"clip{k}.mp4", event_frames(times, DURATION, seed=k))
         write_events(source, times)
-        generated = write_clip(root / "run" / "mp4" / f"v{k}_clip{k}.mp4", event_frames(times, DURATION, seed=k),
-                               burst_audio(times + 0.05 * (k % 3), DURATION, seed=k))
+        generated = write_clip(
+            root / "run" / "mp4" / f"v{k}_clip{k}.mp4",
+            event_frames(times, DURATION, seed=k),
+            burst_audio(times + 0.05 * (k % 3), DURATION, seed=k),
+        )
         write_wav(root / "refs" / f"v{k}.flac", burst_audio(times, DURATION, seed=100 + k))
         rows.append({"video_id": f"v{k}", "path": source, "output_mp4": Path("mp4") / generated.name})
     return write_generate_run(root / "run", rows)
@@ -170,8 +188,22 @@ def report_run(tmp_path_factory) -> Path:
 def _report_args(run: Path, out: Path, weights: Path) -> list[str]:
     # --journal-every 0: a part per clip, so the first part appears while 15 clips are still to
     # score (at the 2 s default, a fast machine scores all 16 before the first part is due)
-    return ["report", str(run), "-o", str(out), "--reference", str(run.parent / "refs"), "--backend", "logmel",
-            "--weights-dir", str(weights), "--no-html", "--json", "--journal-every", "0"]
+    return [
+        "report",
+        str(run),
+        "-o",
+        str(out),
+        "--reference",
+        str(run.parent / "refs"),
+        "--backend",
+        "logmel",
+        "--weights-dir",
+        str(weights),
+        "--no-html",
+        "--json",
+        "--journal-every",
+        "0",
+    ]
 
 
 def test_report_killed_mid_scoring_resumes_and_equals_an_uninterrupted_run(report_run, tmp_path):
@@ -188,22 +220,27 @@ def test_report_killed_mid_scoring_resumes_and_equals_an_uninterrupted_run(repor
     finally:
         kill_session(proc)
     assert parts and not (out / "report.parquet").exists()
-    journaled = {v for part in (out / "journal").glob("part-*.parquet")
-                 for v in pq.read_table(part).column("video_id").to_pylist()}
+    journaled = {
+        v
+        for part in (out / "journal").glob("part-*.parquet")
+        for v in pq.read_table(part).column("video_id").to_pylist()
+    }
     assert 0 < len(journaled) < CLIPS, f"{len(journaled)} of {CLIPS} clips scored before the kill"
 
     stdout, _ = run_cli(_report_args(report_run, out, weights), logs, "rerun")
-    resumed = json.loads(stdout[stdout.index("{"):])
+    resumed = json.loads(stdout[stdout.index("{") :])
     assert resumed["journal"] == {"reused": len(journaled), "scored": CLIPS - len(journaled)}
     clean_out, _ = run_cli(_report_args(report_run, tmp_path / "clean", weights), logs, "clean")
-    clean = json.loads(clean_out[clean_out.index("{"):])
+    clean = json.loads(clean_out[clean_out.index("{") :])
     assert clean["journal"] == {"reused": 0, "scored": CLIPS}
 
     tables = [pq.read_table(d / "report.parquet") for d in (out, tmp_path / "clean")]
     assert sorted(tables[0].column("video_id").to_pylist()) == sorted(f"v{k}" for k in range(CLIPS))
     assert tables[0].num_rows == CLIPS
-    rows = [{r["video_id"]: r for r in t.drop([c for c in t.column_names if c.startswith("t_")]).to_pylist()}
-            for t in tables]
+    rows = [
+        {r["video_id"]: r for r in t.drop([c for c in t.column_names if c.startswith("t_")]).to_pylist()}
+        for t in tables
+    ]
     for vid, row in rows[1].items():
         for key, value in row.items():
             if isinstance(value, float):

@@ -15,7 +15,10 @@ from tests.requirements import require_module
 ROOT = Path(__file__).resolve().parents[1]
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
 # repository folder -> installed package (pyproject's package-dir), dub/ being itself
-MAPPED = {"dub": "dub", **{folder: package for package, folder in PYPROJECT["tool"]["setuptools"]["package-dir"].items()}}
+MAPPED = {
+    "dub": "dub",
+    **{folder: package for package, folder in PYPROJECT["tool"]["setuptools"]["package-dir"].items()},
+}
 
 
 def _python(code: str, cwd: Path) -> subprocess.CompletedProcess:
@@ -50,8 +53,13 @@ def test_only_dub_is_importable_outside_the_checkout(tmp_path):
 def test_scripts_run_from_anywhere_without_path_edits(tmp_path):
     """The scripts import the installed package: run from another folder they still start."""
     for script in ("random_metric_weights.py", "gpu_bench.py"):
-        run = subprocess.run([sys.executable, str(ROOT / "scripts" / script), "--help"], cwd=tmp_path,
-                             capture_output=True, text=True, timeout=120)
+        run = subprocess.run(
+            [sys.executable, str(ROOT / "scripts" / script), "--help"],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         assert run.returncode == 0 and "usage" in run.stdout.lower(), run.stderr
     assert not [p for p in (ROOT / "scripts").glob("*.py") if "sys.path" in p.read_text()]
 
@@ -61,8 +69,9 @@ def test_ruff_finds_nothing_and_the_tree_is_formatted():
     formatter's check, on every Python file of the repository."""
     require_module("ruff", "ruff is in the test extra (pip install -e '.[test]')")
     for args in (["check", "--no-cache", "."], ["format", "--check", "--no-cache", "."]):
-        run = subprocess.run([sys.executable, "-m", "ruff", *args], cwd=ROOT, capture_output=True, text=True,
-                             timeout=300)
+        run = subprocess.run(
+            [sys.executable, "-m", "ruff", *args], cwd=ROOT, capture_output=True, text=True, timeout=300
+        )
         assert run.returncode == 0, f"ruff {' '.join(args)}:\n{run.stdout}{run.stderr}"
 
 
@@ -74,9 +83,19 @@ def test_import_contracts_hold_on_the_installed_layout(tmp_path):
     require_module("importlinter", "import-linter is in the test extra (pip install -e '.[test]')")
     site = tmp_path / "site"
     for top, name in MAPPED.items():
-        shutil.copytree(ROOT / top, site.joinpath(*name.split(".")), dirs_exist_ok=True,
-                        ignore=shutil.ignore_patterns("__pycache__", "samples", "assets", "sounds"))
+        shutil.copytree(
+            ROOT / top,
+            site.joinpath(*name.split(".")),
+            dirs_exist_ok=True,
+            ignore=shutil.ignore_patterns("__pycache__", "samples", "assets", "sounds"),
+        )
     lint = Path(sys.executable).with_name("lint-imports")
-    run = subprocess.run([str(lint), "--no-cache", str(ROOT / "pyproject.toml")], cwd=tmp_path,
-                         env={**os.environ, "PYTHONPATH": str(site)}, capture_output=True, text=True, timeout=300)
+    run = subprocess.run(
+        [str(lint), "--no-cache", str(ROOT / "pyproject.toml")],
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(site)},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert run.returncode == 0 and "0 broken" in run.stdout, run.stdout + run.stderr

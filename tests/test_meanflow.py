@@ -84,8 +84,12 @@ def test_meanflow_loss_vanishes_for_the_exact_model():
     cfg = MeanFlowConfig(flow_matching_ratio=0.0, adaptive_p=0.0, cond_dropout=0.0)
     x = MU.expand(256, 3).clone()
     noise = torch.randn(256, 3, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
-    _, good = meanflow_loss(GaussianAverageVelocity(MU, 0.0), x, cfg=cfg, noise=noise, generator=torch.Generator().manual_seed(3))
-    _, bad = meanflow_loss(GaussianAverageVelocity(MU, 0.5), x, cfg=cfg, noise=noise, generator=torch.Generator().manual_seed(3))
+    _, good = meanflow_loss(
+        GaussianAverageVelocity(MU, 0.0), x, cfg=cfg, noise=noise, generator=torch.Generator().manual_seed(3)
+    )
+    _, bad = meanflow_loss(
+        GaussianAverageVelocity(MU, 0.5), x, cfg=cfg, noise=noise, generator=torch.Generator().manual_seed(3)
+    )
     print(f"point-mass data: mse exact {good['mse']:.2e}, wrong sigma {bad['mse']:.3f}")
     assert good["frac_s_eq_t"] == 0.0
     # zero up to rounding: the times are float32 draws, so the model and the target agree to
@@ -134,7 +138,9 @@ def test_dropout_replaces_exactly_the_dropped_groups():
     net = TinyAttentionVelocity()
     cond = random_conditions(400, torch.Generator().manual_seed(5), net)
     cond["other"] = torch.randn(400, 2)
-    out, (keep_visual, keep_text) = drop_conditions(cond, net.empty(), p=0.3, generator=torch.Generator().manual_seed(6))
+    out, (keep_visual, keep_text) = drop_conditions(
+        cond, net.empty(), p=0.3, generator=torch.Generator().manual_seed(6)
+    )
     for keep, keys in ((keep_visual, ("clip_f", "sync_f")), (keep_text, ("text_f",))):
         assert 0.6 < float(keep.float().mean()) < 0.8  # p = 0.7 over 400 draws: std 0.023, 4.4 of it
         for key in keys:
@@ -187,14 +193,18 @@ def test_training_time_guidance_mixes_the_models_own_velocities():
     noise = torch.randn(64, 5, 4, generator=gen)
     cond = random_conditions(64, gen, net)
     cfg = MeanFlowConfig(guidance_omega=2.0, guidance_kappa=0.3, guidance_t_max=0.6, cond_dropout=0.3, adaptive_p=0.0)
-    _, metrics = meanflow_loss(net, x, cond=cond, empty=net.empty(), cfg=cfg, noise=noise, generator=torch.Generator().manual_seed(8))
+    _, metrics = meanflow_loss(
+        net, x, cond=cond, empty=net.empty(), cfg=cfg, noise=noise, generator=torch.Generator().manual_seed(8)
+    )
     expected, apply = _expected_guided_mse(net, x, cond, noise, cfg, seed=8)
     assert 0 < int(apply.sum()) < 64  # some samples guided, some not (dropped or t too large)
     # the same float32 computation replayed with other batchings (cond and uncond apart): a mean
     # of squares, rel 1e-5 (~170u)
     assert metrics["mse"] == pytest.approx(expected, rel=1e-5)
     unguided = MeanFlowConfig(cond_dropout=0.3, adaptive_p=0.0)
-    _, plain = meanflow_loss(net, x, cond=cond, empty=net.empty(), cfg=unguided, noise=noise, generator=torch.Generator().manual_seed(8))
+    _, plain = meanflow_loss(
+        net, x, cond=cond, empty=net.empty(), cfg=unguided, noise=noise, generator=torch.Generator().manual_seed(8)
+    )
     assert abs(plain["mse"] - metrics["mse"]) > 1e-3
 
 
@@ -205,7 +215,9 @@ def test_flow_matching_loss_regresses_the_instantaneous_velocity():
     x, noise = torch.randn(2, 16, 5, 4, generator=gen).unbind(0)
     cond = random_conditions(16, gen, net)
     cfg = MeanFlowConfig(cond_dropout=0.2)
-    loss, metrics = flow_matching_loss(net, x, cond=cond, empty=net.empty(), cfg=cfg, noise=noise, generator=torch.Generator().manual_seed(10))
+    loss, metrics = flow_matching_loss(
+        net, x, cond=cond, empty=net.empty(), cfg=cfg, noise=noise, generator=torch.Generator().manual_seed(10)
+    )
     replay = torch.Generator().manual_seed(10)
     t = 1 - torch.sigmoid(cfg.time_mu + cfg.time_sigma * torch.randn(16, generator=replay))
     dropped, _ = drop_conditions(cond, net.empty(), p=0.2, generator=replay)
@@ -246,7 +258,9 @@ def test_ddp_wrapped_model_matches_unwrapped_gradients(tmp_path):
         cfg = MeanFlowConfig(flow_matching_ratio=0.25, guidance_omega=1.5)
         results = []
         for model, empty in ((plain, plain.empty()), (wrapped, wrapped.module.empty())):
-            loss, metrics = meanflow_loss(model, x, cond=cond, empty=empty, cfg=cfg, noise=noise, generator=torch.Generator().manual_seed(13))
+            loss, metrics = meanflow_loss(
+                model, x, cond=cond, empty=empty, cfg=cfg, noise=noise, generator=torch.Generator().manual_seed(13)
+            )
             loss.backward()
             results.append(metrics)
         # one rank: DDP averages over 1 (exact), the same computation otherwise (measured:
@@ -267,8 +281,20 @@ def _small_mfmjt(seed: int):
     from dub.model.network.config import NetworkConfig
     from dub.model.network.transformer import MFMJT
 
-    config = NetworkConfig(latent_dim=4, clip_dim=6, sync_dim=5, text_dim=6, hidden_dim=16, depth=2, fused_depth=1,
-                           num_heads=2, latent_seq_len=12, clip_seq_len=4, sync_seq_len=8, text_seq_len=3)
+    config = NetworkConfig(
+        latent_dim=4,
+        clip_dim=6,
+        sync_dim=5,
+        text_dim=6,
+        hidden_dim=16,
+        depth=2,
+        fused_depth=1,
+        num_heads=2,
+        latent_seq_len=12,
+        clip_seq_len=4,
+        sync_seq_len=8,
+        text_seq_len=3,
+    )
     net = MFMJT(config)
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
@@ -301,8 +327,11 @@ def test_exact_ratio_fixes_the_number_of_jvp_samples_per_batch():
     # expected 100 each, binomial std 8.7: +-40 is 4.6 of it
     assert float(counts.min()) > 60 and float(counts.max()) < 140
     for ratio, batch, expected in ((0.0, 5, 0), (1.0, 5, 5), (0.5, 7, 4)):
-        t, s = sample_times(batch, MeanFlowConfig(flow_matching_ratio=ratio, exact_ratio=True),
-                            generator=torch.Generator().manual_seed(0))
+        t, s = sample_times(
+            batch,
+            MeanFlowConfig(flow_matching_ratio=ratio, exact_ratio=True),
+            generator=torch.Generator().manual_seed(0),
+        )
         assert int((s == t).sum()) == expected
 
 
@@ -333,8 +362,9 @@ def test_compiled_tangent_computes_the_eager_jvp():
     losses, grads = [], []
     for tangent in (eager_tangent, compiled):
         net.zero_grad()
-        loss, _ = meanflow_loss(net, x, cond=cond, empty=empty, cfg=cfg, tangent=tangent,
-                                generator=torch.Generator().manual_seed(11))
+        loss, _ = meanflow_loss(
+            net, x, cond=cond, empty=empty, cfg=cfg, tangent=tangent, generator=torch.Generator().manual_seed(11)
+        )
         loss.backward()
         losses.append(loss.detach())
         grads.append(torch.cat([p.grad.flatten() for p in net.parameters() if p.grad is not None]))
@@ -360,8 +390,12 @@ def test_graphed_tangent_wraps_the_eager_jvp_once_per_shape():
     torch.testing.assert_close(graphed(net, z, t, s, v, cond), expected, rtol=0, atol=0)
     assert graphed.captures == 1
     two = {k: c[:2] for k, c in cond.items()}
-    torch.testing.assert_close(graphed(net, z[:2], t[:2], s[:2], v[:2], two),
-                               eager_tangent(net, z[:2], t[:2], s[:2], v[:2], two), rtol=0, atol=0)
+    torch.testing.assert_close(
+        graphed(net, z[:2], t[:2], s[:2], v[:2], two),
+        eager_tangent(net, z[:2], t[:2], s[:2], v[:2], two),
+        rtol=0,
+        atol=0,
+    )
     assert graphed.captures == 2
     with torch.autocast("cpu", dtype=torch.bfloat16):
         low = graphed(net, z, t, s, v, cond)
@@ -380,8 +414,10 @@ def test_fast_tangents_fall_back_to_the_eager_jvp_with_the_reason():
         raise RuntimeError("no compiler here")
 
     # a graph on CPU tensors cannot be captured: the same path as a capture error on a GPU
-    for tangent, reason in ((CompiledTangent(backend=broken_backend), "no compiler here"),
-                            (GraphedTangent(use_graph=True), "CUDA graphs need CUDA tensors")):
+    for tangent, reason in (
+        (CompiledTangent(backend=broken_backend), "no compiler here"),
+        (GraphedTangent(use_graph=True), "CUDA graphs need CUDA tensors"),
+    ):
         with pytest.warns(RuntimeWarning, match="using the eager JVP"):
             got = tangent(net, z, t, s, v, cond)
         torch.testing.assert_close(got, expected, rtol=0, atol=0)  # the fallback is eager_tangent itself
@@ -451,10 +487,16 @@ def test_meanflow_loss_trains_mfmjt_under_bf16_autocast():
     net, x, cond, empty = _small_mfmjt(seed=8)
     cfg = MeanFlowConfig(flow_matching_ratio=0.25, guidance_omega=1.5, guidance_kappa=0.1)
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        loss, metrics = meanflow_loss(net, x, cond=cond, empty=empty, cfg=cfg, generator=torch.Generator().manual_seed(9))
+        loss, metrics = meanflow_loss(
+            net, x, cond=cond, empty=empty, cfg=cfg, generator=torch.Generator().manual_seed(9)
+        )
     assert loss.dtype == torch.float32 and all(math.isfinite(value) for value in metrics.values())
     loss.backward()
-    missing = [name for name, p in net.named_parameters() if p.requires_grad and (p.grad is None or not torch.isfinite(p.grad).all())]
+    missing = [
+        name
+        for name, p in net.named_parameters()
+        if p.requires_grad and (p.grad is None or not torch.isfinite(p.grad).all())
+    ]
     assert missing == []
 
 
@@ -462,6 +504,7 @@ def test_meanflow_loss_trains_mfmjt_under_bf16_autocast():
 # Learning on a 2-D mixture of 8 Gaussians (radius 2, std 0.15); equal budgets (steps,
 # batch, optimiser, seeds) for MeanFlow and flow matching. Figures: sliced Wasserstein-1
 # (64 fixed directions) to 2000 held-out points; two independent data draws score ~0.03.
+
 
 def _mixture(n: int, gen: torch.Generator) -> torch.Tensor:
     return sample_mixture(n, gen)
@@ -528,8 +571,15 @@ def test_one_step_map_agrees_with_the_integral_of_the_instantaneous_field():
     for ratio in (0.75, 1.0):
         torch.manual_seed(0)
         model = VelocityMLP(hidden=128)
-        train(model, meanflow_loss, _gaussian, steps=1000, batch=256, seed=1,
-              cfg=MeanFlowConfig(cond_dropout=0.0, flow_matching_ratio=ratio))
+        train(
+            model,
+            meanflow_loss,
+            _gaussian,
+            steps=1000,
+            batch=256,
+            seed=1,
+            cfg=MeanFlowConfig(cond_dropout=0.0, flow_matching_ratio=ratio),
+        )
         with torch.no_grad():
             one, integral = sample_meanflow(model, noise, 1), sample_euler(model, noise, 200)
         gaps[ratio] = {

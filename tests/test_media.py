@@ -35,6 +35,7 @@ def red_fraction(region: np.ndarray) -> float:
 # Durations (pytest.approx, rel 1e-6) are sums and differences of float timestamps: exact up to
 # the last bits of their binary representation.
 
+
 def test_low_fps_source_repeats_frames_at_8fps(tmp_path):
     clip = make_video(tmp_path / "four_fps.mp4", seconds=3.0, fps=4, size=(64, 48), pattern="frame_index")
     window = decode_window(clip.path, 0.0, None, [FrameTarget(8.0, 32, "resize")])
@@ -93,18 +94,20 @@ def test_model_sizes_and_rotation_make_frames_upright(tmp_path):
     upright = decode_window(plain.path, 0.0, None, [CLIP_TARGET]).frames[0][0]
     # the 6 px marker: stored 96 x 48 it spans 1/16 of the width and 1/8 of the height; displayed
     # 48 wide x 96 tall (bottom-left) it spans 1/8 of the width and 1/16 of the height
-    assert red_fraction(rotated[384 - 20:, :44]) > 0.9
+    assert red_fraction(rotated[384 - 20 :, :44]) > 0.9
     assert red_fraction(rotated[:44, :20]) < 0.05
-    assert red_fraction(upright[:44, :20]) > 0.9 and red_fraction(upright[384 - 20:, :44]) < 0.05
+    assert red_fraction(upright[:44, :20]) > 0.9 and red_fraction(upright[384 - 20 :, :44]) < 0.05
     sync = decode_window(wide.path, 0.0, None, [SYNC_TARGET]).frames[0]
     assert sync.shape == (13, 224, 224, 3) and sync.dtype == np.uint8
 
 
 def test_odd_size_ten_bit_and_rare_codecs_decode(tmp_path):
-    cases = [make_video(tmp_path / "odd.mp4", seconds=0.5, fps=12, size=(175, 97), pix_fmt="yuv444p"),
-             make_video(tmp_path / "ten.mp4", seconds=0.5, fps=12, pix_fmt="yuv420p10le"),
-             make_video(tmp_path / "m4.avi", seconds=0.5, fps=12, codec="mpeg4"),
-             make_video(tmp_path / "v.webm", seconds=0.5, fps=12, codec="libvpx-vp9")]
+    cases = [
+        make_video(tmp_path / "odd.mp4", seconds=0.5, fps=12, size=(175, 97), pix_fmt="yuv444p"),
+        make_video(tmp_path / "ten.mp4", seconds=0.5, fps=12, pix_fmt="yuv420p10le"),
+        make_video(tmp_path / "m4.avi", seconds=0.5, fps=12, codec="mpeg4"),
+        make_video(tmp_path / "v.webm", seconds=0.5, fps=12, codec="libvpx-vp9"),
+    ]
     for clip in cases:
         window = decode_window(clip.path, 0.0, None, [CLIP_TARGET, SYNC_TARGET])
         assert window.duration_s == pytest.approx(clip.duration_s)
@@ -123,6 +126,7 @@ def test_decode_bad_input_raises_media_error(tmp_path):
 
 
 # -- windows ----------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("duration", [0.5, 8.0, 8.01, 12.3, 15.0, 15.01, 20.0, 61.3])
 def test_plan_windows_covers_the_duration(duration):
@@ -156,7 +160,7 @@ def test_stitch_crossfade_is_equal_power():
     fade_in = stitch([zeros, ones], windows, sr)
     assert fade_out.shape == (15000,)
     # gains: cos^2 + sin^2 = 1, computed and stored in float32 (a few u32 ~ 2e-7)
-    np.testing.assert_allclose(fade_out ** 2 + fade_in ** 2, 1.0, atol=1e-6)
+    np.testing.assert_allclose(fade_out**2 + fade_in**2, 1.0, atol=1e-6)
     assert np.all(fade_out[:7000] == 1) and np.all(fade_in[8000:] == 1)
     crossfade = slice(7000, 8000)
     assert np.all(np.diff(fade_out[crossfade]) < 0) and np.all(np.diff(fade_in[crossfade]) > 0)
@@ -183,12 +187,13 @@ def test_stitch_short_crossfade_stereo_and_single_window():
     assert out.shape == (2, 2000)
     first_overlap_mid = int(round((windows[1].start_s + windows[0].end_s) / 2 * sr))
     assert np.all(out[:, : first_overlap_mid - 25] == 1.0)  # window 0 only, up to the 0.5 s crossfade
-    assert np.all(out[:, first_overlap_mid + 25: first_overlap_mid + 100] == 2.0)
+    assert np.all(out[:, first_overlap_mid + 25 : first_overlap_mid + 100] == 2.0)
     single = stitch([np.arange(50, dtype=np.float32)], [Window(0.0, 0.5)], sr)
     np.testing.assert_array_equal(single, np.arange(50))
 
 
 # -- audio ------------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("codec,suffix", [("aac", ".m4a"), ("flac", ".flac"), ("opus", ".opus"), ("aac", ".mkv")])
 def test_audio_round_trip(tmp_path, codec, suffix):

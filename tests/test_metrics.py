@@ -137,8 +137,9 @@ def test_detected_onsets_match_the_constructed_bursts(burst_clip):
     assert np.all(np.abs(error) < 0.035), error  # frame hop is 23 ms at 22.05 kHz
 
 
-@pytest.mark.parametrize("shift,acc_03,acc_01,f1_50ms", [(0.0, 1.0, 1.0, 1.0), (0.03, 1.0, 1.0, 1.0),
-                                                         (0.2, 1.0, 0.0, 0.0)])
+@pytest.mark.parametrize(
+    "shift,acc_03,acc_01,f1_50ms", [(0.0, 1.0, 1.0, 1.0), (0.03, 1.0, 1.0, 1.0), (0.2, 1.0, 0.0, 0.0)]
+)
 def test_onset_scores_for_exact_and_shifted_references(burst_clip, shift, acc_03, acc_01, f1_50ms):
     reference = EVENTS + shift
     default = score_onsets(burst_clip, SAMPLE_RATE, reference)  # MMAudio's +-0.3 s tolerance
@@ -272,10 +273,15 @@ def test_cnn14_key_names_and_shapes_match_the_released_checkpoint():
     with torch.device("meta"):
         model = Cnn14()
     state = model.state_dict()
-    expected = {"spectrogram_extractor.stft.conv_real.weight": (257, 1, 512),
-                "spectrogram_extractor.stft.conv_imag.weight": (257, 1, 512),
-                "logmel_extractor.melW": (257, 64), "fc1.weight": (2048, 2048), "fc1.bias": (2048,),
-                "fc_audioset.weight": (527, 2048), "fc_audioset.bias": (527,)}
+    expected = {
+        "spectrogram_extractor.stft.conv_real.weight": (257, 1, 512),
+        "spectrogram_extractor.stft.conv_imag.weight": (257, 1, 512),
+        "logmel_extractor.melW": (257, 64),
+        "fc1.weight": (2048, 2048),
+        "fc1.bias": (2048,),
+        "fc_audioset.weight": (527, 2048),
+        "fc_audioset.bias": (527,),
+    }
     for bn in ("bn0",) + tuple(f"conv_block{i}.bn{j}" for i in range(1, 7) for j in (1, 2)):
         for leaf in ("weight", "bias", "running_mean", "running_var", "num_batches_tracked"):
             expected.setdefault(f"{bn}.{leaf}", None)
@@ -343,7 +349,7 @@ def test_desync_windows_follow_av_benchmark():
 def test_logmel_backend_is_labelled_not_comparable(burst_clip):
     backend = LogMelStatsBackend()
     assert not backend.info.comparable and "not comparable" in backend.info.note
-    feats = backend.features([burst_clip, burst_clip[: SAMPLE_RATE]])
+    feats = backend.features([burst_clip, burst_clip[:SAMPLE_RATE]])
     assert feats.embeddings.shape == (2, 128) and feats.logits is None
     assert np.all(np.isfinite(feats.embeddings))
 

@@ -118,9 +118,7 @@ def test_mmaudio_key_set_without_mean_flow(network_fixture):
     weights = load_file(str(root / "weights.safetensors"))
     plain = MFMJT(dataclasses.replace(config, mean_flow=False))
     assert plain.interval_embed is None
-    assert {k: tuple(v.shape) for k, v in plain.state_dict().items()} == {
-        k: tuple(v.shape) for k, v in weights.items()
-    }
+    assert {k: tuple(v.shape) for k, v in plain.state_dict().items()} == {k: tuple(v.shape) for k, v in weights.items()}
     assert set(MFMJT(config).state_dict()) - set(weights) == {
         "interval_embed.mlp.0.weight",
         "interval_embed.mlp.0.bias",
@@ -226,7 +224,9 @@ def test_pth_state_dict_loads_weights_only(tmp_path, network_fixture, fixture_we
     torch.save(fixture_weights, path)
     model = load_network(path, config=config)
     with torch.no_grad():
-        flow = model.predict_flow(io["latent"], io["t"], model.preprocess_conditions(io["clip_f"], io["sync_f"], io["text_f"]))
+        flow = model.predict_flow(
+            io["latent"], io["t"], model.preprocess_conditions(io["clip_f"], io["sync_f"], io["text_f"])
+        )
     assert_close_to_reference("flow_cond", flow, io["flow_cond"])
 
 
@@ -311,12 +311,15 @@ def test_infer_config_from_mmaudio_layout(fixture_weights, network_fixture):
     config = network_fixture[1]
     inferred = infer_network_config(fixture_weights)
     expected_lengths = sequence_lengths(8.0, 16000)
-    assert dataclasses.replace(
-        config,
-        latent_seq_len=expected_lengths.latent,
-        clip_seq_len=expected_lengths.clip,
-        sync_seq_len=expected_lengths.sync,
-    ) == inferred
+    assert (
+        dataclasses.replace(
+            config,
+            latent_seq_len=expected_lengths.latent,
+            clip_seq_len=expected_lengths.clip,
+            sync_seq_len=expected_lengths.sync,
+        )
+        == inferred
+    )
     with pytest.raises(ValueError, match="mlp_ratio"):
         infer_network_config(fixture_weights, mlp_ratio=16.0)
 
@@ -326,7 +329,13 @@ def test_infer_config_from_mmaudio_layout(fixture_weights, network_fixture):
 
 @pytest.mark.parametrize(
     ("preset", "reference"),
-    [("small_16k", 157.3e6), ("small_44k", 157.3e6), ("medium_44k", 621.8e6), ("large_44k", 1.03e9), ("large_44k_v2", 1.03e9)],
+    [
+        ("small_16k", 157.3e6),
+        ("small_44k", 157.3e6),
+        ("medium_44k", 621.8e6),
+        ("large_44k", 1.03e9),
+        ("large_44k_v2", 1.03e9),
+    ],
 )
 def test_preset_parameter_counts(preset, reference):
     config = NETWORK_PRESETS[preset]
@@ -480,7 +489,9 @@ def test_channel_last_conv_as_one_matmul_equals_the_convolution(in_ch, out_ch, k
     assert conv._as_matmul()
 
     def as_conv(x_):
-        return torch.nn.functional.conv1d(x_.transpose(1, 2), conv.weight, conv.bias, padding=kernel // 2).transpose(1, 2)
+        return torch.nn.functional.conv1d(x_.transpose(1, 2), conv.weight, conv.bias, padding=kernel // 2).transpose(
+            1, 2
+        )
 
     # float64 sums of at most in_ch x kernel = 35 products, in two orders: each within
     # 35 u64 sum|w x| (< 10 here) of exact, ~8e-14 apart at worst

@@ -56,8 +56,9 @@ def test_a_second_writer_is_refused_and_a_killed_holder_frees_the_folder(tmp_pat
 def test_dub_commands_refuse_an_output_folder_in_use(tmp_path: Path) -> None:
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("a bell rings\n")
-    run = write_generate_run(tmp_path / "run", [{"video_id": "v0", "path": tmp_path / "v0.mp4", "status": "failed",
-                                                 "error": "unreadable"}])
+    run = write_generate_run(
+        tmp_path / "run", [{"video_id": "v0", "path": tmp_path / "v0.mp4", "status": "failed", "error": "unreadable"}]
+    )
     audio = tmp_path / "audio"
     audio.mkdir()
     shards = tmp_path / "shards"
@@ -85,20 +86,42 @@ def test_readers_of_a_folder_being_written_are_told(tmp_path: Path) -> None:
     shards = tmp_path / "shards"
     write_synthetic_shards(shards, samples=2, shard_size=2)
     with held_by_another_process(shards, "extract") as holder:
-        result = CliRunner().invoke(app, ["train", "--shards", str(shards), "--storage", str(tmp_path / "runs"),
-                                          "--steps", "1"])
+        result = CliRunner().invoke(
+            app, ["train", "--shards", str(shards), "--storage", str(tmp_path / "runs"), "--steps", "1"]
+        )
         said = " ".join(result.output.split())
         assert result.exit_code == 2 and f"are still being written (dub extract, pid {holder.pid}" in said, said
     assert not (tmp_path / "runs").exists()
 
-    run = write_generate_run(tmp_path / "run", [{"video_id": "v0", "path": tmp_path / "v0.mp4", "status": "failed",
-                                                 "error": "unreadable"}])
+    run = write_generate_run(
+        tmp_path / "run", [{"video_id": "v0", "path": tmp_path / "v0.mp4", "status": "failed", "error": "unreadable"}]
+    )
     with held_by_another_process(run, "generate") as holder:
-        result = CliRunner().invoke(app, ["report", str(run), "-o", str(tmp_path / "report"), "--no-html",
-                                          "--weights-dir", str(tmp_path / "no_weights")])
+        result = CliRunner().invoke(
+            app,
+            [
+                "report",
+                str(run),
+                "-o",
+                str(tmp_path / "report"),
+                "--no-html",
+                "--weights-dir",
+                str(tmp_path / "no_weights"),
+            ],
+        )
         said = " ".join(result.output.split())
         assert result.exit_code == 0, said
         assert f"is being written (dub generate, pid {holder.pid}" in said and "not those generated since" in said
-    result = CliRunner().invoke(app, ["report", str(run), "-o", str(tmp_path / "report"), "--no-html",
-                                      "--weights-dir", str(tmp_path / "no_weights")])
+    result = CliRunner().invoke(
+        app,
+        [
+            "report",
+            str(run),
+            "-o",
+            str(tmp_path / "report"),
+            "--no-html",
+            "--weights-dir",
+            str(tmp_path / "no_weights"),
+        ],
+    )
     assert result.exit_code == 0 and "is being written" not in result.output  # the writer is gone

@@ -132,8 +132,9 @@ def test_checkpoint_round_trip_pt_safetensors_and_wrapped_forms(tmp_path, io):
     state = load_file(str(FIXTURE / "weights.safetensors"))
     torch.save(state, tmp_path / "plain.pt")  # the released form: a plain state dict
     torch.save({"model": state}, tmp_path / "nested.pt")  # unwrapped by the reference filter too
-    torch.save({"device_proxy": torch.zeros(1), **{f"net.{k}": v for k, v in state.items()}},
-               tmp_path / "wrapper.pt")  # a PasstBasicWrapper state dict
+    torch.save(
+        {"device_proxy": torch.zeros(1), **{f"net.{k}": v for k, v in state.items()}}, tmp_path / "wrapper.pt"
+    )  # a PasstBasicWrapper state dict
     save_file(state, str(tmp_path / "converted.safetensors"))
     wav = fit_clip(io["wav_a"])[None]
     outputs = []
@@ -190,7 +191,7 @@ def test_one_frame_by_hand():
     k = 40  # an interior frame: centred at k * 320, no padding involved
     window = np.zeros(1024)
     window[112:912] = np.hanning(800)  # numpy's hanning is the symmetric window
-    frame = y[k * 320 - 512: k * 320 + 512] * window
+    frame = y[k * 320 - 512 : k * 320 + 512] * window
     power = np.abs(np.fft.rfft(frame)) ** 2
     expected = (np.log(kaldi_mel_banks().numpy() @ power + 1e-5) + 4.5) / 5
     # the front end's window and banks are float32 constants (held in float64): a few u32 of

@@ -37,6 +37,7 @@ AUTH_VARS = ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH", "RAY_ADDR
 
 # -- where the token comes from -----------------------------------------------------------------
 
+
 def _cases(tmp_path: Path) -> dict[str, tuple[dict, Path]]:
     """name -> (environment, HOME) covering every place Ray reads a token from, and their order."""
     home, empty_home = tmp_path / "home", tmp_path / "empty_home"
@@ -54,11 +55,13 @@ def _cases(tmp_path: Path) -> dict[str, tuple[dict, Path]]:
 
 
 def test_find_auth_token_looks_where_ray_looks_in_rays_order(tmp_path):
-    expected = {"env wins": ("env-token", "RAY_AUTH_TOKEN"),
-                "named file next": ("named-token", f"RAY_AUTH_TOKEN_PATH ({tmp_path / 'named'})"),
-                "empty env is none": ("home-token", str(tmp_path / "home" / ".ray" / "auth_token")),
-                "home file last": ("home-token", str(tmp_path / "home" / ".ray" / "auth_token")),
-                "nothing": None}
+    expected = {
+        "env wins": ("env-token", "RAY_AUTH_TOKEN"),
+        "named file next": ("named-token", f"RAY_AUTH_TOKEN_PATH ({tmp_path / 'named'})"),
+        "empty env is none": ("home-token", str(tmp_path / "home" / ".ray" / "auth_token")),
+        "home file last": ("home-token", str(tmp_path / "home" / ".ray" / "auth_token")),
+        "nothing": None,
+    }
     for name, (environ, home) in _cases(tmp_path).items():
         token = find_auth_token(environ, home=home)
         assert (token and (token.value, token.source)) == expected[name], name
@@ -70,11 +73,13 @@ def test_find_auth_token_agrees_with_rays_own_token_loader(tmp_path):
     """Ray's C++ loader, asked in a child process (it caches per process), finds the same token in
     every case: dub's lookup is only a mirror of it, used to decide before Ray is asked."""
     cases = _cases(tmp_path)
-    script = ("import json, os, sys\n"
-              "from ray._raylet import AuthenticationTokenLoader as L\n"
-              "loader = L.instance()\n"
-              "print(json.dumps(loader.get_token_for_http_header(ignore_auth_mode=True)"
-              " if loader.has_token(ignore_auth_mode=True) else None))\n")
+    script = (
+        "import json, os, sys\n"
+        "from ray._raylet import AuthenticationTokenLoader as L\n"
+        "loader = L.instance()\n"
+        "print(json.dumps(loader.get_token_for_http_header(ignore_auth_mode=True)"
+        " if loader.has_token(ignore_auth_mode=True) else None))\n"
+    )
     for name, (environ, home) in cases.items():
         env = {k: v for k, v in os.environ.items() if k not in AUTH_VARS}
         env.update(environ, HOME=str(home))
@@ -86,6 +91,7 @@ def test_find_auth_token_agrees_with_rays_own_token_loader(tmp_path):
 
 
 # -- what connect() does before ray.init ------------------------------------------------------
+
 
 def test_joining_an_address_turns_token_mode_on_only_with_a_token_and_never_over_the_user(tmp_path, monkeypatch):
     import dub.workflows.ray_cluster as ray_cluster
@@ -105,11 +111,14 @@ def test_joining_an_address_turns_token_mode_on_only_with_a_token_and_never_over
     assert asked == ["10.0.0.1:6379"] * 3  # the cluster is asked each time whether it takes what Ray sends
 
 
-@pytest.mark.parametrize("environ, says", [
-    ({"RAY_AUTH_TOKEN": "wrong"}, "refused the authentication token from RAY_AUTH_TOKEN; set RAY_AUTH_TOKEN"),
-    ({}, "requires token authentication and no token was found here; set RAY_AUTH_TOKEN"),
-    ({"RAY_AUTH_MODE": "disabled"}, "but RAY_AUTH_MODE is 'disabled'; unset it or set RAY_AUTH_MODE=token"),
-])
+@pytest.mark.parametrize(
+    "environ, says",
+    [
+        ({"RAY_AUTH_TOKEN": "wrong"}, "refused the authentication token from RAY_AUTH_TOKEN; set RAY_AUTH_TOKEN"),
+        ({}, "requires token authentication and no token was found here; set RAY_AUTH_TOKEN"),
+        ({"RAY_AUTH_MODE": "disabled"}, "but RAY_AUTH_MODE is 'disabled'; unset it or set RAY_AUTH_MODE=token"),
+    ],
+)
 def test_a_cluster_that_refuses_us_is_one_line_naming_what_to_set(tmp_path, monkeypatch, environ, says):
     import dub.workflows.ray_cluster as ray_cluster
 
@@ -124,12 +133,15 @@ def test_a_cluster_that_refuses_us_is_one_line_naming_what_to_set(tmp_path, monk
 
 # -- the stderr filter --------------------------------------------------------------------------
 
+
 def test_quiet_known_ray_lines_drops_only_rays_known_line(capfd):
     """What Ray's C++ logger writes straight to file descriptor 2 goes through the filter: the
     known line is dropped, every other line and a trailing partial line get through, in order;
     Python's sys.stderr writes straight to the real stderr meanwhile."""
-    noise = (f"[2026-01-01 00:00:00,000 E 1 1] core_worker.cc:2465: Actor with class name: "
-             f"'MapWorker(MapBatches(GenerateReplica))' and ID: 'ab' {KNOWN_RAY_NOISE[0]}. If the ...\n")
+    noise = (
+        f"[2026-01-01 00:00:00,000 E 1 1] core_worker.cc:2465: Actor with class name: "
+        f"'MapWorker(MapBatches(GenerateReplica))' and ID: 'ab' {KNOWN_RAY_NOISE[0]}. If the ...\n"
+    )
     with quiet_known_ray_lines():
         os.write(2, b"[2026-01-01 00:00:00,000 E 1 1] raylet_client.cc:1: a real error\n")
         os.write(2, noise.encode())
@@ -143,6 +155,7 @@ def test_quiet_known_ray_lines_drops_only_rays_known_line(capfd):
 
 
 # -- for real: a stock `ray start --head` cluster ------------------------------------------------
+
 
 def _free_port() -> int:
     with socket.socket() as s:
@@ -177,10 +190,28 @@ def test_generate_joins_a_stock_ray_start_head_cluster_with_token_auth(tmp_path)
     temp_dir = tempfile.mkdtemp(prefix="dubray", dir="/tmp")  # short: Ray's socket paths must fit 107 bytes
     head_log = tmp_path / "head.log"
     with open(head_log, "wb") as log:
-        head = subprocess.Popen([ray, "start", "--head", "--block", "--port", str(port), "--num-cpus", "2",
-                                 "--object-store-memory", "200000000", "--temp-dir", temp_dir,
-                                 "--include-dashboard=false", "--disable-usage-stats"],
-                                env=_env(home), stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        head = subprocess.Popen(
+            [
+                ray,
+                "start",
+                "--head",
+                "--block",
+                "--port",
+                str(port),
+                "--num-cpus",
+                "2",
+                "--object-store-memory",
+                "200000000",
+                "--temp-dir",
+                temp_dir,
+                "--include-dashboard=false",
+                "--disable-usage-stats",
+            ],
+            env=_env(home),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     try:
         deadline = time.monotonic() + 120
         while b"Ray runtime started" not in head_log.read_bytes():
@@ -190,17 +221,21 @@ def test_generate_joins_a_stock_ray_start_head_cluster_with_token_auth(tmp_path)
 
         address = f"127.0.0.1:{port}"
         args = [sys.executable, "-m", "dub.cli", "generate", "-m", str(manifest), "--address", address, "--quiet"]
-        ok = subprocess.run(args + ["-o", str(tmp_path / "out")], env=_env(home), capture_output=True, text=True,
-                            timeout=300)
+        ok = subprocess.run(
+            args + ["-o", str(tmp_path / "out")], env=_env(home), capture_output=True, text=True, timeout=300
+        )
         assert ok.returncode == 0, ok.stderr[-3000:]
         assert not ERROR_LOOKING.search(ok.stderr), ok.stderr[-3000:]
         assert [r["status"] for r in pq.read_table(tmp_path / "out" / "report.parquet").to_pylist()] == ["done"]
 
-        for env, says in ((_env(home, RAY_AUTH_TOKEN="wrong"), "refused the authentication token from RAY_AUTH_TOKEN"),
-                          (_env(tmp_path), "requires token authentication and no token was found here")):
+        for env, says in (
+            (_env(home, RAY_AUTH_TOKEN="wrong"), "refused the authentication token from RAY_AUTH_TOKEN"),
+            (_env(tmp_path), "requires token authentication and no token was found here"),
+        ):
             started = time.monotonic()
-            refused = subprocess.run(args + ["-o", str(tmp_path / "refused")], env=env, capture_output=True,
-                                     text=True, timeout=300)
+            refused = subprocess.run(
+                args + ["-o", str(tmp_path / "refused")], env=env, capture_output=True, text=True, timeout=300
+            )
             said = " ".join(refused.stderr.split())
             assert refused.returncode == 2 and f"error: the Ray cluster at {address} {says}" in said, refused.stderr
             assert "InvalidAuthToken" not in refused.stderr and "Traceback" not in refused.stderr

@@ -72,6 +72,7 @@ def flip_last_byte(path: Path) -> None:
 
 # -- locating files ------------------------------------------------------------------------
 
+
 def test_root_comes_from_argument_then_env_then_home(tmp_path, monkeypatch):
     monkeypatch.setenv("DUB_WEIGHTS_DIR", str(tmp_path / "from_env"))
     assert resolve_root(tmp_path / "explicit") == (tmp_path / "explicit").resolve()
@@ -125,6 +126,7 @@ def test_a_download_dropped_in_place_is_found_and_verified(tmp_path):
 
 # -- import and conversion -----------------------------------------------------------------
 
+
 def test_import_converts_a_pth_to_safetensors_with_identical_tensors(tmp_path):
     state = small_state_dict()
     source = tmp_path / "best_netG.pt"
@@ -153,8 +155,14 @@ def test_import_converts_a_pth_to_safetensors_with_identical_tensors(tmp_path):
 
 def test_import_accepts_numpy_arrays_as_data(tmp_path):
     source = tmp_path / "Cnn14.pth"
-    torch.save({"model": {"fc.weight": torch.ones(2, 2)}, "iteration": np.int64(300000),
-                "pca": np.arange(6, dtype=np.float32).reshape(2, 3)}, source)
+    torch.save(
+        {
+            "model": {"fc.weight": torch.ones(2, 2)},
+            "iteration": np.int64(300000),
+            "pca": np.arange(6, dtype=np.float32).reshape(2, 3),
+        },
+        source,
+    )
     registry = WeightsRegistry(tmp_path / "w", known=[KnownFile("toy", "Cnn14.pth", "https://example.org/c")])
     dest = registry.import_file(source)
     assert set(load_file(str(dest))) == {"fc.weight"}
@@ -177,8 +185,9 @@ def test_import_refuses_a_download_that_fails_its_checksum(tmp_path):
 def test_a_converted_file_damaged_after_import_is_refused(tmp_path):
     source = tmp_path / "net.pth"
     torch.save(small_state_dict(), source)
-    registry = WeightsRegistry(tmp_path / "weights", known=[KnownFile("toy", "net.pth", "https://e.org/net.pth",
-                                                                      sha256=(sha256_of(source),))])
+    registry = WeightsRegistry(
+        tmp_path / "weights", known=[KnownFile("toy", "net.pth", "https://e.org/net.pth", sha256=(sha256_of(source),))]
+    )
     dest = registry.import_file(source)
     assert registry.verify()[0].status == OK
     flip_last_byte(dest)  # the last tensor's bytes
@@ -220,8 +229,10 @@ def test_a_pickle_that_would_run_code_is_refused_and_never_runs(tmp_path):
 def test_list_reports_presence_and_cached_verification(tmp_path):
     source = tmp_path / "a.pth"
     torch.save(small_state_dict(), source)
-    known = [KnownFile("toy", "a.pth", "https://e.org/a", md5=md5_of(source)),
-             KnownFile("toy", "config.json", "https://e.org/c")]
+    known = [
+        KnownFile("toy", "a.pth", "https://e.org/a", md5=md5_of(source)),
+        KnownFile("toy", "config.json", "https://e.org/c"),
+    ]
     registry = WeightsRegistry(tmp_path / "w", known=known)
     assert [r.verified for r in registry.list()] == [MISSING, MISSING]
     registry.import_file(source)
@@ -234,6 +245,7 @@ def test_list_reports_presence_and_cached_verification(tmp_path):
 
 
 # -- the CLI -------------------------------------------------------------------------------
+
 
 def weights_cli() -> typer.Typer:
     from dub.commands import weights

@@ -103,7 +103,7 @@ def test_remux_codecs_and_containers(tmp_path, codec, suffix):
         assert [p[3] for p in packets(out)] == [p[3] for p in packets(clip.path)]
     decoded = read_audio(out, sr)
     assert abs(len(decoded) / sr - clip.duration_s) <= 1.0 / 25.0
-    assert np.abs(decoded[: sr // 4]).mean() > 0.05 and np.abs(decoded[-sr // 8:]).max() < 0.05
+    assert np.abs(decoded[: sr // 4]).mean() > 0.05 and np.abs(decoded[-sr // 8 :]).max() < 0.05
 
 
 def test_remux_keeps_rotation(tmp_path):

@@ -51,18 +51,24 @@ def run_dir(tmp_path_factory) -> Path:
         times = _events(k)
         source = write_clip(root / "videos" / f"clip{k}.mp4", event_frames(times, DURATION, seed=k))
         write_events(source, times)
-        generated = write_clip(root / "run" / "mp4" / f"v{k}_clip{k}.mp4", event_frames(times, DURATION, seed=k),
-                               burst_audio(times, DURATION, seed=k))
+        generated = write_clip(
+            root / "run" / "mp4" / f"v{k}_clip{k}.mp4",
+            event_frames(times, DURATION, seed=k),
+            burst_audio(times, DURATION, seed=k),
+        )
         write_wav(root / "refs" / f"v{k}.flac", burst_audio(times, DURATION, seed=50 + k))
         rows.append({"video_id": f"v{k}", "path": source, "output_mp4": Path("mp4") / generated.name})
     times = _events(3)
-    source = write_clip(root / "videos" / "clip3.mp4", event_frames(times, DURATION, seed=3),
-                        burst_audio(times, DURATION, seed=60))
-    generated = write_clip(root / "run" / "mp4" / "v3_clip3.mp4", event_frames(times, DURATION, seed=3),
-                           burst_audio(times + 0.5, DURATION, seed=3))  # badly out of sync
+    source = write_clip(
+        root / "videos" / "clip3.mp4", event_frames(times, DURATION, seed=3), burst_audio(times, DURATION, seed=60)
+    )
+    generated = write_clip(
+        root / "run" / "mp4" / "v3_clip3.mp4",
+        event_frames(times, DURATION, seed=3),
+        burst_audio(times + 0.5, DURATION, seed=3),
+    )  # badly out of sync
     rows.append({"video_id": "v3", "path": source, "output_mp4": generated})
-    rows.append({"video_id": "v4", "path": root / "videos" / "gone.mp4", "status": "failed",
-                 "error": "cannot decode"})
+    rows.append({"video_id": "v4", "path": root / "videos" / "gone.mp4", "status": "failed", "error": "cannot decode"})
     return write_generate_run(root / "run", rows)
 
 
@@ -70,8 +76,13 @@ def run_dir(tmp_path_factory) -> Path:
 def report(run_dir, tmp_path_factory):
     weights = tmp_path_factory.mktemp("no_weights")
     out = run_dir.parent / "out"
-    config = ReportConfig(run_dir=str(run_dir), out_dir=str(out), reference=str(run_dir.parent / "refs"),
-                          backends=("panns", "vggish", "logmel"), weights_dir=str(weights))
+    config = ReportConfig(
+        run_dir=str(run_dir),
+        out_dir=str(out),
+        reference=str(run_dir.parent / "refs"),
+        backends=("panns", "vggish", "logmel"),
+        weights_dir=str(weights),
+    )
     return run_report(config)
 
 
@@ -111,9 +122,20 @@ def test_summary_names_missing_weights_and_keeps_other_metrics(report):
 
 def _chromium(args: list[str], tmp_path: Path) -> subprocess.CompletedProcess:
     profile = tmp_path / "chromium-profile"
-    cmd = [str(CHROMIUM), "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-           "--disable-component-update", "--disable-sync", "--no-first-run", f"--user-data-dir={profile}",
-           "--enable-logging=stderr", "--v=0", *args]
+    cmd = [
+        str(CHROMIUM),
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--no-first-run",
+        f"--user-data-dir={profile}",
+        "--enable-logging=stderr",
+        "--v=0",
+        *args,
+    ]
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     shutil.rmtree(profile, ignore_errors=True)
     return result
@@ -129,7 +151,7 @@ def test_html_page_renders_in_headless_chromium(report, tmp_path):
     html = dom.stdout
     assert '<table id="summary"' in html and '<table id="clips"' in html
     assert len(re.findall(r'<img class="spectrogram"[^>]*src="data:image/png;base64,', html)) == 8
-    assert len(re.findall(r'<audio controls', html)) == 8
+    assert len(re.findall(r"<audio controls", html)) == 8
     # the page's own script sorted the clips by av_align, ascending, empty values last
     order = re.findall(r'<tr data-id="(v\d)"', html)
     av = {r["video_id"]: r["av_align"] for r in report.rows}
@@ -158,9 +180,16 @@ def test_classifier_metrics_with_a_panns_model(run_dir, tmp_path):
     tiny = Cnn14Config(mel_bins=32, classes_num=5, channels=(4, 4, 8, 8, 8, 16))
     torch.manual_seed(0)
     torch.save({"model": Cnn14(tiny).state_dict()}, tmp_path / "tiny_cnn14.pth")
-    config = ReportConfig(run_dir=str(run_dir), out_dir=str(tmp_path / "out"), reference=str(run_dir.parent / "refs"),
-                          weights_dir=str(tmp_path), write_html=False)
-    result = run_report(config, injected=Injected(backends={"panns": PannsBackend(tmp_path / "tiny_cnn14.pth", config=tiny)}))
+    config = ReportConfig(
+        run_dir=str(run_dir),
+        out_dir=str(tmp_path / "out"),
+        reference=str(run_dir.parent / "refs"),
+        weights_dir=str(tmp_path),
+        write_html=False,
+    )
+    result = run_report(
+        config, injected=Injected(backends={"panns": PannsBackend(tmp_path / "tiny_cnn14.pth", config=tiny)})
+    )
     metrics = result.summary["metrics"]
     assert metrics["fad_panns"] >= 0 and 1.0 <= metrics["is_panns_mean"] <= 5.0
     assert metrics["kl_panns_n"] == 4
@@ -202,16 +231,45 @@ def test_cli_prints_summary_and_timings(run_dir, tmp_path):
         pass
 
     out = tmp_path / "cli_out"
-    result = CliRunner().invoke(app, ["report", str(run_dir), "-o", str(out), "--reference",
-                                      str(run_dir.parent / "refs"), "--backend", "logmel", "--backend", "panns",
-                                      "--weights-dir", str(tmp_path), "--no-html", "--timings"])
+    result = CliRunner().invoke(
+        app,
+        [
+            "report",
+            str(run_dir),
+            "-o",
+            str(out),
+            "--reference",
+            str(run_dir.parent / "refs"),
+            "--backend",
+            "logmel",
+            "--backend",
+            "panns",
+            "--weights-dir",
+            str(tmp_path),
+            "--no-html",
+            "--timings",
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert "fad_logmel" in result.output and "ms / clip" in result.output
     assert "Cnn14_16k_mAP=0.438.pth" in result.output
     assert (out / "report.parquet").exists() and (out / "summary.json").exists()
     assert not (out / "index.html").exists()
-    args = ["report", str(run_dir), "-o", str(out), "--reference", str(run_dir.parent / "refs"), "--backend", "logmel",
-            "--backend", "panns", "--weights-dir", str(tmp_path), "--no-html"]
+    args = [
+        "report",
+        str(run_dir),
+        "-o",
+        str(out),
+        "--reference",
+        str(run_dir.parent / "refs"),
+        "--backend",
+        "logmel",
+        "--backend",
+        "panns",
+        "--weights-dir",
+        str(tmp_path),
+        "--no-html",
+    ]
     again = CliRunner().invoke(app, args)  # the same command: everything comes from the journal
     assert again.exit_code == 0 and "resuming: 5 of 5 clips" in again.output, again.output
     fresh = CliRunner().invoke(app, args + ["--fresh"])
@@ -219,8 +277,23 @@ def test_cli_prints_summary_and_timings(run_dir, tmp_path):
     assert json.loads((out / "summary.json").read_text())["journal"] == {"reused": 0, "scored": 5}
     bad = CliRunner().invoke(app, ["report", str(tmp_path / "missing"), "-o", str(out)])
     assert bad.exit_code == 2 and "report.parquet" in bad.output
-    skipped = CliRunner().invoke(app, ["report", str(run_dir), "-o", str(tmp_path / "skip_out"), "--backend", "logmel",
-                                       "--weights-dir", str(tmp_path), "--no-html", "--skip", "desync", "--json"])
+    skipped = CliRunner().invoke(
+        app,
+        [
+            "report",
+            str(run_dir),
+            "-o",
+            str(tmp_path / "skip_out"),
+            "--backend",
+            "logmel",
+            "--weights-dir",
+            str(tmp_path),
+            "--no-html",
+            "--skip",
+            "desync",
+            "--json",
+        ],
+    )
     assert skipped.exit_code == 0, skipped.output
     summary = json.loads((tmp_path / "skip_out" / "summary.json").read_text())
     assert summary["unavailable"]["desync_s"] == "left out (--skip desync)" and summary["config"]["skip"] == ["desync"]
@@ -251,16 +324,23 @@ def test_desync_and_passt_scores_with_tiny_models(run_dir, tmp_path):
     seen_lengths = []
     features = backend.features
     backend.features = lambda wavs: seen_lengths.extend(len(w) for w in wavs) or features(wavs)
-    config = ReportConfig(run_dir=str(run_dir), out_dir=str(tmp_path / "out"), reference=str(run_dir.parent / "refs"),
-                          weights_dir=str(tmp_path), write_html=False)
+    config = ReportConfig(
+        run_dir=str(run_dir),
+        out_dir=str(tmp_path / "out"),
+        reference=str(run_dir.parent / "refs"),
+        weights_dir=str(tmp_path),
+        write_html=False,
+    )
     result = run_report(config, injected=Injected(backends={"passt": backend}, offsets=offsets))
     summary = result.summary
     ok = [r for r in result.rows if r["status"] == "ok"]
     assert len(ok) == 4
     for r in ok:  # 6 s clips: 17 segments, two windows of 14, offsets on the grid
         assert r["desync_s"] is not None and 0.0 <= r["desync_s"] <= 2.0
-        assert np.isclose(OFFSET_GRID_S, r["desync_s"]).any() or np.isclose(
-            np.abs(OFFSET_GRID_S[:, None] + OFFSET_GRID_S[None, :]) / 2, r["desync_s"]).any()
+        assert (
+            np.isclose(OFFSET_GRID_S, r["desync_s"]).any()
+            or np.isclose(np.abs(OFFSET_GRID_S[:, None] + OFFSET_GRID_S[None, :]) / 2, r["desync_s"]).any()
+        )
         assert r["kl_passt"] >= 0 and r["t_desync_s"] > 0
     metrics = summary["metrics"]
     assert metrics["desync_s_n"] == 4 and metrics["fad_passt"] >= 0 and metrics["is_passt_mean"] >= 1.0
@@ -272,8 +352,13 @@ def test_desync_and_passt_scores_with_tiny_models(run_dir, tmp_path):
     # --audio-length 3: the models see the first 3 s (as av-benchmark's --audio_length); DeSync
     # then has under 14 segments and says so, the onset metrics still score whole clips
     seen_lengths.clear()
-    short = run_report(dataclasses.replace(config, out_dir=str(tmp_path / "out3"), audio_length_s=3.0), injected=Injected(backends={"passt": backend}, offsets=build_offset_predictor(
-                           WeightsLocator(tmp_path), config=tiny_sync, max_duration_s=3.0)))
+    short = run_report(
+        dataclasses.replace(config, out_dir=str(tmp_path / "out3"), audio_length_s=3.0),
+        injected=Injected(
+            backends={"passt": backend},
+            offsets=build_offset_predictor(WeightsLocator(tmp_path), config=tiny_sync, max_duration_s=3.0),
+        ),
+    )
     assert set(seen_lengths) == {3 * 32000}
     assert all(r["desync_s"] is None for r in short.rows) and "4.8 s" in short.summary["unavailable"]["desync_s"]
     assert short.summary["metrics"]["onset_acc_n"] == summary["metrics"]["onset_acc_n"]
@@ -286,8 +371,9 @@ def test_cli_resize_bogus_is_the_usage_error_generate_gives(tmp_path):
 
     from dub.cli import app
 
-    result = CliRunner().invoke(app, ["report", str(tmp_path / "run"), "-o", str(tmp_path / "out"),
-                                      "--resize", "bogus"])
+    result = CliRunner().invoke(
+        app, ["report", str(tmp_path / "run"), "-o", str(tmp_path / "out"), "--resize", "bogus"]
+    )
     assert result.exit_code == 2
     text = " ".join(result.output.replace("│", " ").split())
     assert "--resize must be one of ('fast', 'exact')" in text and "'bogus'" in text
@@ -317,8 +403,9 @@ def test_resize_reaches_the_desync_decoding(tmp_path, monkeypatch):
     monkeypatch.setattr(report_module, "build_offset_predictor", functools.partial(build_offset_predictor, config=tiny))
     video = tmp_path / "run" / "mp4" / "r0.mp4"
     video.parent.mkdir(parents=True)
-    make_video(video, seconds=DURATION, fps=25.0, size=(160, 120), with_audio=True, audio="events",
-               events=(1.0, 2.5, 4.0))
+    make_video(
+        video, seconds=DURATION, fps=25.0, size=(160, 120), with_audio=True, audio="events", events=(1.0, 2.5, 4.0)
+    )
     run = write_generate_run(tmp_path / "run", [{"video_id": "r0", "path": video, "output_mp4": video}])
 
     def decoded(backend):
@@ -327,8 +414,15 @@ def test_resize_reaches_the_desync_decoding(tmp_path, monkeypatch):
 
     exact, fast = decoded(RESIZE_BACKENDS["exact"]), decoded(RESIZE_BACKENDS["fast"])
     assert exact.shape == (150, 32, 32, 3) and not np.array_equal(exact, fast)
-    config = ReportConfig(run_dir=str(run), out_dir=str(tmp_path / "out"), backends=(), skip=("clap",),
-                          weights_dir=str(tmp_path / "w"), write_html=False, resize="exact")
+    config = ReportConfig(
+        run_dir=str(run),
+        out_dir=str(tmp_path / "out"),
+        backends=(),
+        skip=("clap",),
+        weights_dir=str(tmp_path / "w"),
+        write_html=False,
+        resize="exact",
+    )
     rows = load_run(run)[1]
     for resize, expected in (("exact", exact), ("fast", fast)):
         offsets = load_models(dataclasses.replace(config, resize=resize), {}, rows).offsets
@@ -352,14 +446,22 @@ def test_clap_score_for_clips_with_prompts(tmp_path):
     times = _events(7)
     rows = []
     for k, prompt in enumerate(("a dog barks twice", None)):
-        generated = write_clip(tmp_path / "run" / "mp4" / f"t{k}.mp4", event_frames(times, DURATION, seed=k),
-                               burst_audio(times, DURATION, seed=k))
+        generated = write_clip(
+            tmp_path / "run" / "mp4" / f"t{k}.mp4",
+            event_frames(times, DURATION, seed=k),
+            burst_audio(times, DURATION, seed=k),
+        )
         rows.append({"video_id": f"t{k}", "path": generated, "output_mp4": generated, "prompt": prompt})
     run = write_generate_run(tmp_path / "run", rows)
     config = tiny_config()
     clap = load_clap(fixture_state(config), "cpu", config, VOCAB, MERGES)
-    report_cfg = ReportConfig(run_dir=str(run), out_dir=str(tmp_path / "out"), backends=(),
-                              weights_dir=str(tmp_path / "none"), write_html=False)
+    report_cfg = ReportConfig(
+        run_dir=str(run),
+        out_dir=str(tmp_path / "out"),
+        backends=(),
+        weights_dir=str(tmp_path / "none"),
+        write_html=False,
+    )
     result = run_report(report_cfg, injected=Injected(clap=clap))
     scored, unprompted = result.rows
     expected = clap.scores(["a dog barks twice"], [read_audio(rows[0]["output_mp4"], 48000)])[0]
@@ -369,8 +471,15 @@ def test_clap_score_for_clips_with_prompts(tmp_path):
     assert -1.0 <= scored["clap_score"] <= 1.0 and unprompted["clap_score"] is None
     assert result.summary["metrics"]["clap_score_n"] == 1 and "clap_score" not in result.summary["unavailable"]
     # without the weights the summary names the missing file and the rest still runs
-    missing = run_report(ReportConfig(run_dir=str(run), out_dir=str(tmp_path / "out2"), backends=(),
-                                      weights_dir=str(tmp_path / "none"), write_html=False))
+    missing = run_report(
+        ReportConfig(
+            run_dir=str(run),
+            out_dir=str(tmp_path / "out2"),
+            backends=(),
+            weights_dir=str(tmp_path / "none"),
+            write_html=False,
+        )
+    )
     assert "music_speech_audioset_epoch_15_esc_89.98.pt" in missing.summary["unavailable"]["clap_score"]
     assert missing.rows[0]["av_align"] is not None
 
@@ -388,11 +497,15 @@ def test_workers_on_ray_give_the_in_process_results(ray_session, run_dir, tmp_pa
     torch.save({"model": Cnn14(tiny).state_dict()}, tmp_path / "tiny_cnn14.pth")
 
     def report(workers: int):
-        config = ReportConfig(run_dir=str(run_dir), out_dir=str(tmp_path / f"out{workers}"),
-                              reference=str(run_dir.parent / "refs"), weights_dir=str(tmp_path / "none"),
-                              max_plots=2, workers=workers)
-        backends = {"panns": PannsBackend(tmp_path / "tiny_cnn14.pth", config=tiny),
-                    "logmel": build_backend("logmel")}
+        config = ReportConfig(
+            run_dir=str(run_dir),
+            out_dir=str(tmp_path / f"out{workers}"),
+            reference=str(run_dir.parent / "refs"),
+            weights_dir=str(tmp_path / "none"),
+            max_plots=2,
+            workers=workers,
+        )
+        backends = {"panns": PannsBackend(tmp_path / "tiny_cnn14.pth", config=tiny), "logmel": build_backend("logmel")}
         return run_report(config, injected=Injected(backends=backends))
 
     alone, parallel = report(1), report(2)
@@ -408,6 +521,7 @@ def test_workers_on_ray_give_the_in_process_results(ray_session, run_dir, tmp_pa
 
 
 # -- the journal: a stopped report resumes ---------------------------------------------------------
+
 
 class _Counting:
     """A real backend that counts its `features` calls (one per clip and side: generated, reference)."""
@@ -442,8 +556,12 @@ def _backends(tiny_panns, counting: bool = True) -> dict:
 
 
 def _journal_config(run_dir: Path, out: Path, **changes) -> ReportConfig:
-    fields = {"reference": str(run_dir.parent / "refs"), "weights_dir": str(out.parent / "no_weights"),
-              "max_plots": 2, **changes}
+    fields = {
+        "reference": str(run_dir.parent / "refs"),
+        "weights_dir": str(out.parent / "no_weights"),
+        "max_plots": 2,
+        **changes,
+    }
     return ReportConfig(run_dir=str(run_dir), out_dir=str(out), **fields)
 
 
@@ -452,14 +570,18 @@ def _untimed(rows: list[dict]) -> list[dict]:
 
 
 def _journaled_ids(out: Path) -> list[str]:
-    return [v for part in sorted((out / "journal").glob("part-*.parquet"))
-            for v in pq.read_table(part).column("video_id").to_pylist()]
+    return [
+        v
+        for part in sorted((out / "journal").glob("part-*.parquet"))
+        for v in pq.read_table(part).column("video_id").to_pylist()
+    ]
 
 
 def _stop_after(k: int):
     def progress(i: int, n: int, video_id: str) -> None:
         if i >= k:
             raise KeyboardInterrupt  # what Ctrl-C raises in the driver
+
     return progress
 
 
@@ -476,13 +598,20 @@ def test_interrupted_report_resumes_and_equals_the_uninterrupted_one(run_dir, tm
     encode = report_module.encode_opus
     monkeypatch.setattr(report_module, "encode_opus", lambda *a: made.append(encode(*a)) or made[-1])
     with pytest.raises(KeyboardInterrupt):
-        run_report(_journal_config(run_dir, out), progress=_stop_after(2), injected=Injected(backends=_backends(tiny_panns)))
+        run_report(
+            _journal_config(run_dir, out), progress=_stop_after(2), injected=Injected(backends=_backends(tiny_panns))
+        )
     monkeypatch.undo()
     assert not (out / "report.parquet").exists()
     assert _journaled_ids(out) == ["v0", "v1"]  # flushed on the way out, not lost
 
     backends, seen, notices = _backends(tiny_panns), [], []
-    resumed = run_report(_journal_config(run_dir, out), notice=notices.append, progress=lambda i, n, vid: seen.append((i, vid)), injected=Injected(backends=backends))
+    resumed = run_report(
+        _journal_config(run_dir, out),
+        notice=notices.append,
+        progress=lambda i, n, vid: seen.append((i, vid)),
+        injected=Injected(backends=backends),
+    )
     assert backends["panns"].calls == 4 and seen == [(3, "v2"), (4, "v3"), (5, "v4")]
     assert resumed.summary["journal"] == {"reused": 2, "scored": 3} and "resuming: 2 of 5" in notices[0]
     assert _untimed(resumed.rows) == _untimed(whole.rows)
@@ -490,8 +619,13 @@ def test_interrupted_report_resumes_and_equals_the_uninterrupted_one(run_dir, tm
     assert resumed.summary["unavailable"] == whole.summary["unavailable"]
     assert set(resumed.media) == {"v0", "v1"}  # from the journal, byte for byte
     assert [a for m in resumed.media.values() for a in (m.audio_generated, m.audio_reference)] == made
-    pictures = [{vid: (m.wave_generated, m.spec_generated, m.wave_reference, m.spec_reference)
-                 for vid, m in report.media.items()} for report in (resumed, whole)]
+    pictures = [
+        {
+            vid: (m.wave_generated, m.spec_generated, m.wave_reference, m.spec_reference)
+            for vid, m in report.media.items()
+        }
+        for report in (resumed, whole)
+    ]
     assert pictures[0] == pictures[1]
     tables = [pq.read_table(d / "report.parquet") for d in (out, tmp_path / "whole")]
     untimed = [t.drop([c for c in t.column_names if c.startswith("t_")]) for t in tables]
@@ -516,8 +650,9 @@ def test_another_configuration_or_a_changed_clip_is_rescored(run_dir, tmp_path, 
     assert widened.summary["metrics"]["onset_acc_mean"] > first.summary["metrics"]["onset_acc_mean"]  # v3 is 0.5 s late
 
     # one more clip with page media: only that clip is rescored; a regenerated output: that clip
-    os.utime(run / "mp4" / "v1_clip1.mp4", ns=(time_ns := (run / "mp4" / "v1_clip1.mp4").stat().st_mtime_ns,
-                                                time_ns + 10**9))
+    os.utime(
+        run / "mp4" / "v1_clip1.mp4", ns=(time_ns := (run / "mp4" / "v1_clip1.mp4").stat().st_mtime_ns, time_ns + 10**9)
+    )
     backends = _backends(tiny_panns)
     more = run_report(dataclasses.replace(wider, max_plots=3), injected=Injected(backends=backends))
     assert backends["panns"].calls == 4 and more.summary["journal"] == {"reused": 3, "scored": 2}
@@ -527,8 +662,12 @@ def test_another_configuration_or_a_changed_clip_is_rescored(run_dir, tmp_path, 
     # weights imported between runs change the hash; where the report goes and how many workers do not
     config = _journal_config(run, out, reference=refs, backends=("panns", "logmel"))
     before = report_identity(config, Injected(), wants_clap=False)
-    assert report_identity(dataclasses.replace(config, workers=3, max_plots=0, out_dir="elsewhere"),
-                           Injected(), wants_clap=False) == before
+    assert (
+        report_identity(
+            dataclasses.replace(config, workers=3, max_plots=0, out_dir="elsewhere"), Injected(), wants_clap=False
+        )
+        == before
+    )
     weights = WeightsLocator(config.weights_dir).registry.expected_path("panns", "Cnn14_16k_mAP=0.438.pth")
     weights.parent.mkdir(parents=True)
     weights.write_bytes(b"weights")
@@ -541,9 +680,15 @@ def test_workers_on_ray_journal_and_resume(ray_session, run_dir, tmp_path, tiny_
     out = tmp_path / "out"
     stopped = []
     with pytest.raises(KeyboardInterrupt):
-        run_report(_journal_config(run_dir, out, workers=2), progress=lambda i, n, vid: stopped.append(i) or _stop_after(1)(i, n, vid), injected=Injected(backends=_backends(tiny_panns, counting=False)))
+        run_report(
+            _journal_config(run_dir, out, workers=2),
+            progress=lambda i, n, vid: stopped.append(i) or _stop_after(1)(i, n, vid),
+            injected=Injected(backends=_backends(tiny_panns, counting=False)),
+        )
     assert len(_journaled_ids(out)) == stopped[0] >= 1  # the first chunk back from an actor (4 clips or v4)
-    parallel = run_report(_journal_config(run_dir, out, workers=2), injected=Injected(backends=_backends(tiny_panns, counting=False)))
+    parallel = run_report(
+        _journal_config(run_dir, out, workers=2), injected=Injected(backends=_backends(tiny_panns, counting=False))
+    )
     assert parallel.summary["journal"] == {"reused": stopped[0], "scored": 5 - stopped[0]}
     assert sorted(_journaled_ids(out)) == ["v0", "v1", "v2", "v3", "v4"]
 
@@ -579,7 +724,9 @@ def test_sample_scores_a_seeded_subset_and_a_larger_sample_keeps_it(run_dir, tmp
     keeps those 2, scores only the new one and reuses the journal for the rest."""
     out = tmp_path / "out"
     # max_plots above the clips: which clips get page media must not move (a clip's key includes it)
-    two = run_report(_journal_config(run_dir, out, sample=2, max_plots=10), injected=Injected(backends=_backends(tiny_panns)))
+    two = run_report(
+        _journal_config(run_dir, out, sample=2, max_plots=10), injected=Injected(backends=_backends(tiny_panns))
+    )
     ids = [r["video_id"] for r in two.rows]
     assert len(ids) == 3 and ids[-1] == "v4" and two.summary["n_scored"] == 2
     assert two.summary["sample"] == {"clips": 2, "seed": 0, "of_generated": 4}
@@ -591,7 +738,9 @@ def test_sample_scores_a_seeded_subset_and_a_larger_sample_keeps_it(run_dir, tmp
     three = run_report(_journal_config(run_dir, out, sample=3, max_plots=10), injected=Injected(backends=backends))
     assert set(ids) < {r["video_id"] for r in three.rows}
     assert backends["panns"].calls == 2  # one new clip: its generated audio and its reference
-    whole = run_report(_journal_config(run_dir, tmp_path / "whole", max_plots=10), injected=Injected(backends=_backends(tiny_panns)))
+    whole = run_report(
+        _journal_config(run_dir, tmp_path / "whole", max_plots=10), injected=Injected(backends=_backends(tiny_panns))
+    )
     assert whole.summary["sample"] is None and len(whole.rows) == 5
     by_id = {r["video_id"]: r for r in _untimed(whole.rows)}
     assert all(r == by_id[r["video_id"]] for r in _untimed(three.rows))  # a clip scores the same sampled or not
@@ -600,8 +749,10 @@ def test_sample_scores_a_seeded_subset_and_a_larger_sample_keeps_it(run_dir, tmp
 def test_sample_rows_is_a_function_of_seed_and_video_ids_only() -> None:
     from dub.workflows.report.run import sample_rows
 
-    rows = [GeneratedRow(f"clip{i:04d}", None, "failed" if i % 10 == 0 else "done", None, None, None, None)
-            for i in range(1000)]
+    rows = [
+        GeneratedRow(f"clip{i:04d}", None, "failed" if i % 10 == 0 else "done", None, None, None, None)
+        for i in range(1000)
+    ]
     small, large = sample_rows(rows, 100, seed=7), sample_rows(rows, 300, seed=7)
     generated = [r.video_id for r in small if r.status == "done"]
     assert len(generated) == 100 and sum(r.status == "failed" for r in small) == 100  # failed rows all kept
@@ -628,10 +779,14 @@ def test_device_cuda_without_a_gpu_is_a_clear_error(run_dir, tmp_path, monkeypat
     assert not (tmp_path / "out").exists()
 
 
-@pytest.mark.parametrize("flags, message", [(["--onset-tolerance", "-1"], "onset windows must be positive seconds, "
-                                                                         "got onset tolerance -1.0"),
-                                            (["--max-plots", "-1"], "--max-plots must be >= 0"),
-                                            (["--audio-length", "-2"], "--audio-length (0 = whole clips)")])
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--onset-tolerance", "-1"], "onset windows must be positive seconds, got onset tolerance -1.0"),
+        (["--max-plots", "-1"], "--max-plots must be >= 0"),
+        (["--audio-length", "-2"], "--audio-length (0 = whole clips)"),
+    ],
+)
 def test_cli_nonsense_windows_are_usage_errors(run_dir, tmp_path, flags, message):
     """A negative matching window scored every onset 0 without a word; now the run does not start."""
     from typer.testing import CliRunner

@@ -7,15 +7,15 @@ import pytest
 
 from tests.conftest import PROJECT_ROOT
 
-INNER_CONFTEST = '''
+INNER_CONFTEST = """
 from tests.conftest import pytest_runtest_setup  # noqa: F401  (the hook under test)
 
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "requires(condition, reason): tests/requirements.py")
-'''
+"""
 
-INNER_TESTS = '''
+INNER_TESTS = """
 from tests.requirements import require, require_module
 
 
@@ -31,7 +31,7 @@ def test_present():
 
 def test_in_body():
     require_module("dub_no_such_module_anywhere", reason="dub_no_such_module_anywhere is not installed")
-'''
+"""
 
 
 @pytest.mark.parametrize("ci", [None, "false", "true", "TRUE", "1"])
@@ -50,6 +50,10 @@ def test_missing_requirement_skips_locally_and_fails_under_ci(pytester, monkeypa
     else:
         # the mark fails the setup (an error), the in-body import fails the test itself
         result.assert_outcomes(passed=1, failed=1, errors=1)
-        result.stdout.fnmatch_lines(["*required under CI=true, but missing: no widget on this machine*",
-                                     "*required under CI=true, but missing: dub_no_such_module_anywhere*"])
+        result.stdout.fnmatch_lines(
+            [
+                "*required under CI=true, but missing: no widget on this machine*",
+                "*required under CI=true, but missing: dub_no_such_module_anywhere*",
+            ]
+        )
     assert "fixture 'fixture_nobody_provides' not found" not in result.stdout.str()

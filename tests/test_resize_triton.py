@@ -23,12 +23,22 @@ from tests.triton_helpers import hopper_resource_usage, run_under_interpreter
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
 # ((H, W), (oh, ow), N): MMAudio's two 720p resizes, an upscale, odd sizes, the identity
-REFERENCE_CASES = [((720, 1280), (224, 398), 2), ((720, 1280), (384, 384), 2), ((40, 50), (70, 90), 3),
-                   ((37, 53), (23, 71), 3), ((61, 29), (80, 19), 2), ((31, 45), (31, 45), 2)]
+REFERENCE_CASES = [
+    ((720, 1280), (224, 398), 2),
+    ((720, 1280), (384, 384), 2),
+    ((40, 50), (70, 90), 3),
+    ((37, 53), (23, 71), 3),
+    ((61, 29), (80, 19), 2),
+    ((31, 45), (31, 45), 2),
+]
 # ((H, W), (oh, ow), N, temp_bytes, channels-last input): small temp_bytes forces chunks
-INTERPRETER_CASES = [((48, 64), (15, 20), 2, 1 << 30, True), ((40, 50), (70, 90), 2, 1 << 30, True),
-                     ((37, 53), (23, 71), 3, 1, True), ((29, 61), (19, 80), 2, 40_000, False),
-                     ((16, 24), (16, 24), 1, 1 << 30, True)]
+INTERPRETER_CASES = [
+    ((48, 64), (15, 20), 2, 1 << 30, True),
+    ((40, 50), (70, 90), 2, 1 << 30, True),
+    ((37, 53), (23, 71), 3, 1, True),
+    ((29, 61), (19, 80), 2, 40_000, False),
+    ((16, 24), (16, 24), 1, 1 << 30, True),
+]
 
 
 def random_images(n: int, height: int, width: int, seed: int, channels_last: bool = True) -> torch.Tensor:
@@ -59,10 +69,13 @@ def test_two_pass_reference_matches_interpolate(src, size, n) -> None:
         assert (a != b).sum().item() <= 1e-3 * a.numel()
 
 
-@pytest.mark.skipif(torch.backends.cpu.get_cpu_capability() == "DEFAULT",
-                    reason="ATen's CPU build without FMA rounds the filter's products separately")
-@pytest.mark.parametrize("in_size, out_size", [(1280, 398), (720, 224), (1280, 384), (720, 384), (50, 90),
-                                               (64, 20), (37, 23)])
+@pytest.mark.skipif(
+    torch.backends.cpu.get_cpu_capability() == "DEFAULT",
+    reason="ATen's CPU build without FMA rounds the filter's products separately",
+)
+@pytest.mark.parametrize(
+    "in_size, out_size", [(1280, 398), (720, 224), (1280, 384), (720, 384), (50, 90), (64, 20), (37, 23)]
+)
 def test_axis_weights_equal_atens_cpu_weights(in_size: int, out_size: int) -> None:
     """The weight formula with the centre rounded as ATen's CPU code does (the CUDA default fuses
     it into FMAs) against ATen's own CPU weights, read back by resizing one-hot rows (H = 1:
@@ -121,11 +134,22 @@ def test_triton_kernel_equals_reference_under_interpreter(tmp_path: Path) -> Non
 
 @pytest.mark.parametrize("final", [False, True], ids=["horizontal", "vertical"])
 def test_triton_kernels_build_for_hopper_without_spills(final: bool, tmp_path: Path) -> None:
-    signature = {"in_ptr": "*fp32" if final else "*u8", "out_ptr": "*u8" if final else "*fp32", "start_ptr": "*i32",
-                 "w_ptr": "*fp32", "total": "i32", "OE": "i32", "E": "i32", "L": "i32", "taps": "i32",
-                 "FINAL": "constexpr", "BLOCK": "constexpr"}
-    registers, local = hopper_resource_usage(resize_triton._resample_axis_kernel, signature,
-                                             {"FINAL": final, "BLOCK": resize_triton.BLOCK}, tmp_path)
+    signature = {
+        "in_ptr": "*fp32" if final else "*u8",
+        "out_ptr": "*u8" if final else "*fp32",
+        "start_ptr": "*i32",
+        "w_ptr": "*fp32",
+        "total": "i32",
+        "OE": "i32",
+        "E": "i32",
+        "L": "i32",
+        "taps": "i32",
+        "FINAL": "constexpr",
+        "BLOCK": "constexpr",
+    }
+    registers, local = hopper_resource_usage(
+        resize_triton._resample_axis_kernel, signature, {"FINAL": final, "BLOCK": resize_triton.BLOCK}, tmp_path
+    )
     assert local == 0 and registers <= 128, (registers, local)
 
 

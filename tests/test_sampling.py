@@ -160,8 +160,13 @@ def test_guided_euler_reproduces_mmaudio_fixture(fixtures_root):
     with torch.no_grad():
         cond = net.preprocess_conditions(io["clip_f"], io["sync_f"], io["text_f"])
         uncond = net.empty_conditions(io["latent"].shape[0])
-        field = guided_field(lambda z, t, s, c: net.predict_flow(z, t, c, s=s), cond, uncond,
-                             Guidance(cfg=sampler["cfg_strength"], rescale="none"), cat=lambda a, b: a.cat(b))
+        field = guided_field(
+            lambda z, t, s, c: net.predict_flow(z, t, c, s=s),
+            cond,
+            uncond,
+            Guidance(cfg=sampler["cfg_strength"], rescale="none"),
+            cat=lambda a, b: a.cat(b),
+        )
         out = sample_euler(field, io["latent"], steps=sampler["num_steps"])
     ref = io["euler_cfg"]
     err = float((out - ref).abs().max())

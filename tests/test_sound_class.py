@@ -40,9 +40,13 @@ def test_the_wrong_recording_is_caught():
     correct = total = 0
     for index in range(CFG.n_test):
         clip = sample_clip(CFG, "test", index)
-        swapped = dataclasses.replace(clip, objects=tuple(
-            dataclasses.replace(o, sound_class=SOUND_CLASSES[(SOUND_CLASSES.index(o.sound_class) + 1) % 6])
-            for o in clip.objects))
+        swapped = dataclasses.replace(
+            clip,
+            objects=tuple(
+                dataclasses.replace(o, sound_class=SOUND_CLASSES[(SOUND_CLASSES.index(o.sound_class) + 1) % 6])
+                for o in clip.objects
+            ),
+        )
         scores = score_sound_classes(render_audio(swapped, bank), CFG.sample_rate, events_of(clip))
         correct, total = correct + scores.correct, total + scores.events
         assert all(p != e for p, e in zip(scores.predicted, scores.expected))
@@ -60,8 +64,11 @@ def test_silence_gets_one_class_for_every_event():
 
 def test_sidecar_classes_are_read_and_a_sidecar_without_them_gives_none(tmp_path):
     sidecar = tmp_path / "a.events.json"
-    sidecar.write_text(json.dumps({"events": [1.0, 2.5], "objects": [
-        {"class": "tom", "events": [2.5]}, {"class": "snap", "events": [1.0]}]}))
+    sidecar.write_text(
+        json.dumps(
+            {"events": [1.0, 2.5], "objects": [{"class": "tom", "events": [2.5]}, {"class": "snap", "events": [1.0]}]}
+        )
+    )
     assert load_event_classes(sidecar) == [(1.0, "snap"), (2.5, "tom")]
     sidecar.write_text(json.dumps({"events": [1.0]}))
     assert load_event_classes(sidecar) is None
@@ -91,19 +98,33 @@ def test_dub_report_scores_each_event_against_the_recording_its_object_names(tmp
     from dub.workflows.report.config import ReportConfig
     from dub.workflows.report.run import run_report
 
-    index = make_foley_synth(tmp_path / "foley", seed=5, n_train=0, n_val=0, n_test=3, seconds=4.0, size=(64, 64),
-                             two_object_prob=0.5)
+    index = make_foley_synth(
+        tmp_path / "foley", seed=5, n_train=0, n_val=0, n_test=3, seconds=4.0, size=(64, 64), two_object_prob=0.5
+    )
     assert index["n_objects"].max() == 2  # one sidecar with two objects of different classes
     rows, events = [], 0
     for clip in index.itertuples():
         silent = Path(clip.path_silent)
-        rows.append({"video_id": clip.clip_id.replace("-", ""), "path": str(silent), "status": "done",
-                     "output_mp4": clip.path_with_audio})
+        rows.append(
+            {
+                "video_id": clip.clip_id.replace("-", ""),
+                "path": str(silent),
+                "status": "done",
+                "output_mp4": clip.path_with_audio,
+            }
+        )
         events += len(load_event_classes(silent.with_name(silent.stem + ".events.json")))
     (tmp_path / "run").mkdir()
     write_parquet_atomic(pa.Table.from_pylist(rows, schema=REPORT_SCHEMA), tmp_path / "run" / "report.parquet")
-    result = run_report(ReportConfig(run_dir=str(tmp_path / "run"), out_dir=str(tmp_path / "out"),
-                                     backends=("logmel",), write_html=False, skip=("desync", "clap", "ib")))
+    result = run_report(
+        ReportConfig(
+            run_dir=str(tmp_path / "run"),
+            out_dir=str(tmp_path / "out"),
+            backends=("logmel",),
+            write_html=False,
+            skip=("desync", "clap", "ib"),
+        )
+    )
     metrics = result.summary["metrics"]
     assert metrics["sound_class_events"] == events >= 6
     assert metrics["sound_class_acc_pooled"] == 1.0 and metrics["sound_class_acc_mean"] == 1.0

@@ -45,8 +45,11 @@ def test_stale_temporaries_go_and_finished_files_stay(tmp_path):
     finished = tmp_path / "clip.mp4"
     finished.write_bytes(b"done")
     (tmp_path / ".dub.lock").write_text("{}")
-    for leftover in (temporary_name(finished), temporary_name(finished, keep_suffix=True),
-                     temporary_name(tmp_path / "report.parquet")):
+    for leftover in (
+        temporary_name(finished),
+        temporary_name(finished, keep_suffix=True),
+        temporary_name(tmp_path / "report.parquet"),
+    ):
         leftover.write_bytes(b"partial")
     remove_stale_temporaries(tmp_path, tmp_path / "missing")
     assert sorted(p.name for p in tmp_path.iterdir()) == [".dub.lock", "clip.mp4"]
@@ -62,5 +65,7 @@ def test_journal_parts_read_back_latest_row_per_key(tmp_path):
     journal.flush()
     parts = sorted((tmp_path / "journal").glob("part-*.parquet"))
     assert len(parts) == 2 and all(pq.read_table(p).schema.equals(schema) for p in parts)
-    assert read_journal(tmp_path / "journal") == {"a": {"video_id": "a", "status": "done"},
-                                                  "b": {"video_id": "b", "status": "done"}}
+    assert read_journal(tmp_path / "journal") == {
+        "a": {"video_id": "a", "status": "done"},
+        "b": {"video_id": "b", "status": "done"},
+    }

@@ -118,13 +118,36 @@ def test_synchformer_takes_the_triton_kernel_on_cuda_unless_switched_off(monkeyp
 @pytest.mark.parametrize("dtype", ["bf16", "fp32"])
 def test_triton_divided_attention_builds_for_hopper_without_spills(dtype: str, tmp_path: Path) -> None:
     pointer = "*bf16" if dtype == "bf16" else "*fp32"
-    signature = {"qkv_ptr": pointer, "out_ptr": pointer, "L": "i32", "H": "i32", "S": "i32", "GS": "i32",
-                 "GROUP_STRIDE": "i32", "ELEM_STRIDE": "i32", "scale": "fp32", "HEAD_DIM": "constexpr",
-                 "BLOCK_D": "constexpr", "BLOCK_M": "constexpr", "BLOCK_N": "constexpr", "IEEE": "constexpr"}
-    constexprs = {"HEAD_DIM": 64, "BLOCK_D": 64, "BLOCK_M": synchformer_triton.BLOCK_M,
-                  "BLOCK_N": synchformer_triton.BLOCK_N, "IEEE": dtype == "fp32"}
-    registers, local = hopper_resource_usage(synchformer_triton._grouped_attention_kernel, signature, constexprs,
-                                             tmp_path, num_warps=synchformer_triton.NUM_WARPS)
+    signature = {
+        "qkv_ptr": pointer,
+        "out_ptr": pointer,
+        "L": "i32",
+        "H": "i32",
+        "S": "i32",
+        "GS": "i32",
+        "GROUP_STRIDE": "i32",
+        "ELEM_STRIDE": "i32",
+        "scale": "fp32",
+        "HEAD_DIM": "constexpr",
+        "BLOCK_D": "constexpr",
+        "BLOCK_M": "constexpr",
+        "BLOCK_N": "constexpr",
+        "IEEE": "constexpr",
+    }
+    constexprs = {
+        "HEAD_DIM": 64,
+        "BLOCK_D": 64,
+        "BLOCK_M": synchformer_triton.BLOCK_M,
+        "BLOCK_N": synchformer_triton.BLOCK_N,
+        "IEEE": dtype == "fp32",
+    }
+    registers, local = hopper_resource_usage(
+        synchformer_triton._grouped_attention_kernel,
+        signature,
+        constexprs,
+        tmp_path,
+        num_warps=synchformer_triton.NUM_WARPS,
+    )
     # bf16 (what runs on GPUs, under autocast): no spills and at least two blocks per SM (64 K
     # registers each), as in the configuration measured fastest on an H200
     threads = 32 * synchformer_triton.NUM_WARPS
@@ -141,8 +164,9 @@ def test_sync_attention_bench_runs_on_cpu(tmp_path: Path) -> None:
     import importlib.util
     import json
 
-    spec = importlib.util.spec_from_file_location("sync_attention_bench", PROJECT_ROOT / "scripts" /
-                                                  "sync_attention_bench.py")
+    spec = importlib.util.spec_from_file_location(
+        "sync_attention_bench", PROJECT_ROOT / "scripts" / "sync_attention_bench.py"
+    )
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
     bench.main(["--device", "cpu", "--out", str(tmp_path)])

@@ -46,9 +46,22 @@ def shard_dir(tmp_path_factory) -> Path:
 
 
 def tiny_config(shards: Path, runs: Path, **changes) -> TrainConfig:
-    base = TrainConfig(shards=str(shards), name="tiny", storage_path=str(runs), workers=2, preset="small_16k",
-                       architecture=TINY_ARCHITECTURE, batch_size=2, steps=2, checkpoint_every=2, log_every=1,
-                       warmup_steps=1, lr=1e-3, shuffle_buffer=4, stats_samples=12)
+    base = TrainConfig(
+        shards=str(shards),
+        name="tiny",
+        storage_path=str(runs),
+        workers=2,
+        preset="small_16k",
+        architecture=TINY_ARCHITECTURE,
+        batch_size=2,
+        steps=2,
+        checkpoint_every=2,
+        log_every=1,
+        warmup_steps=1,
+        lr=1e-3,
+        shuffle_buffer=4,
+        stats_samples=12,
+    )
     return dataclasses.replace(base, **changes)
 
 
@@ -67,8 +80,14 @@ def test_two_workers_checkpoint_then_resume(ray_session, shard_dir, tmp_path):
     assert [row["step"] for row in shown] == [1.0, 2.0]
     ckpt2 = Path(first.checkpoint_dir)
     assert first.workers == 2 and first.step == 2 and ckpt2.name == "checkpoint_00000002"
-    for name in ("model.safetensors", "online.safetensors", "train_state.pt", "meta.json", "rng_rank0.pt",
-                 "rng_rank1.pt"):
+    for name in (
+        "model.safetensors",
+        "online.safetensors",
+        "train_state.pt",
+        "meta.json",
+        "rng_rank0.pt",
+        "rng_rank1.pt",
+    ):
         assert (ckpt2 / name).is_file(), name
     model, meta = load_checkpoint(first.model_path)  # what `dub generate --checkpoint` loads
     assert isinstance(model, MFMJT) and meta["step"] == 2
@@ -119,6 +138,7 @@ def test_more_workers_than_the_cluster_has_is_refused(ray_session, shard_dir, tm
 
 
 # -- bad shards: clear errors before any worker starts ---------------------------------------
+
 
 def test_truncated_shard_is_named(shard_dir, tmp_path):
     broken = tmp_path / "shards"
@@ -178,6 +198,7 @@ def test_shards_with_other_shapes_are_refused(shard_dir, tmp_path):
 
 # -- pieces of the loop -----------------------------------------------------------------------
 
+
 def test_data_split_over_workers_is_disjoint(shard_dir):
     shards = tuple(str(p) for p in sorted(shard_dir.glob("shard-*.tar")))
     assert worker_share(shards, 1, 2) == (list(shards[1::2]), 1)
@@ -199,14 +220,16 @@ def test_in_memory_batches_see_every_sample_once_per_epoch_and_split_workers(sha
     key = lambda a: a.tobytes()  # noqa: E731 - samples differ, so their bytes name them
     batches_ = memory_batches(shards, 0, 1, 5, seed="s")  # 12 samples: the third batch spans two epochs
     rows = np.concatenate([next(batches_)["latent_mean"] for _ in range(5)])
-    first, second = rows[:len(every)], rows[len(every):2 * len(every)]
+    first, second = rows[: len(every)], rows[len(every) : 2 * len(every)]
     assert sorted(map(key, first)) == sorted(map(key, every)) == sorted(map(key, second))
     assert [key(r) for r in first] != [key(r) for r in second]
     again = np.concatenate([next(memory_batches(shards, 0, 1, len(every), seed="s"))["latent_mean"]])
     assert [key(r) for r in again] == [key(r) for r in first]
     # 3 shards of 4 over 2 workers: shards[rank::2], so 8 and 4 samples
-    shares = [{key(r) for r in next(memory_batches(shards, rank, 2, size, seed=0))["latent_mean"]}
-              for rank, size in ((0, 8), (1, 4))]
+    shares = [
+        {key(r) for r in next(memory_batches(shards, rank, 2, size, seed=0))["latent_mean"]}
+        for rank, size in ((0, 8), (1, 4))
+    ]
     assert list(map(len, shares)) == [8, 4]
     assert not shares[0] & shares[1] and shares[0] | shares[1] == {key(r) for r in every}
 
@@ -215,8 +238,18 @@ def test_audio_only_samples_get_the_networks_empty_video_features(shard_dir):
     samples = list(iter_samples(sorted(str(p) for p in shard_dir.glob("shard-*.tar"))))[:4]
     batch = {k: torch.from_numpy(v) for k, v in collate(samples).items()}
     assert batch["has_video"].tolist() == [True, True, True, False]
-    cfg = dataclasses.replace(get_preset("small_16k"), **TINY_ARCHITECTURE, latent_dim=20, latent_seq_len=63,
-                              clip_dim=16, clip_seq_len=16, sync_dim=16, sync_seq_len=40, text_dim=16, text_seq_len=8)
+    cfg = dataclasses.replace(
+        get_preset("small_16k"),
+        **TINY_ARCHITECTURE,
+        latent_dim=20,
+        latent_seq_len=63,
+        clip_dim=16,
+        clip_seq_len=16,
+        sync_dim=16,
+        sync_seq_len=40,
+        text_dim=16,
+        text_seq_len=8,
+    )
     torch.manual_seed(0)
     net = MFMJT(cfg)
     with torch.no_grad():
@@ -238,8 +271,18 @@ def test_learning_rate_warms_up_then_decays_to_the_floor():
 
 def test_init_weights_set_the_architecture_and_must_fit_the_shards(shard_dir, tmp_path):
     shards = check_shards(str(shard_dir))
-    fitting = dataclasses.replace(get_preset("small_16k"), hidden_dim=64, depth=2, fused_depth=1, num_heads=2,
-                                  latent_dim=20, clip_dim=16, sync_dim=16, text_dim=16, text_seq_len=8)
+    fitting = dataclasses.replace(
+        get_preset("small_16k"),
+        hidden_dim=64,
+        depth=2,
+        fused_depth=1,
+        num_heads=2,
+        latent_dim=20,
+        clip_dim=16,
+        sync_dim=16,
+        text_dim=16,
+        text_seq_len=8,
+    )
     save_checkpoint(MFMJT(fitting), tmp_path / "init.safetensors")
     resolved = resolve_network(TrainConfig(shards=str(shard_dir), init=str(tmp_path / "init.safetensors")), shards)
     assert resolved.hidden_dim == 64 and resolved.latent_seq_len == 63 and resolved.sync_seq_len == 40
@@ -268,14 +311,21 @@ def test_init_from_mmaudio_weights_fine_tunes_that_network(fixtures_root, tmp_pa
     embedding, and the shards' sequence lengths."""
     weights = fixtures_root / "network" / "weights.safetensors"
     arch = json.loads((fixtures_root / "network" / "arch.json").read_text())
-    shapes = {"latent_mean": (31, arch["latent_dim"]), "latent_std": (31, arch["latent_dim"]),
-              "clip_f": (8, arch["clip_dim"]), "sync_f": (24, arch["sync_dim"]),
-              "text_f": (arch["text_seq_len"], arch["text_dim"])}
+    shapes = {
+        "latent_mean": (31, arch["latent_dim"]),
+        "latent_std": (31, arch["latent_dim"]),
+        "clip_f": (8, arch["clip_dim"]),
+        "sync_f": (24, arch["sync_dim"]),
+        "text_f": (arch["text_seq_len"], arch["text_dim"]),
+    }
     write_synthetic_shards(tmp_path / "shards", samples=2, shard_size=2, shapes=shapes)
     cfg = TrainConfig(shards=str(tmp_path / "shards"), init=str(weights))
     network = resolve_network(cfg, check_shards(cfg.shards))
-    assert (network.hidden_dim, network.depth, network.fused_depth) == (arch["hidden_dim"], arch["depth"],
-                                                                         arch["fused_depth"])
+    assert (network.hidden_dim, network.depth, network.fused_depth) == (
+        arch["hidden_dim"],
+        arch["depth"],
+        arch["fused_depth"],
+    )
     assert (network.latent_seq_len, network.clip_seq_len, network.sync_seq_len) == (31, 8, 24)
     net = build_network({"train": cfg.as_dict(), "network": network.as_dict()})
     assert net.training
@@ -311,8 +361,21 @@ def test_validation_manifest_evaluates_each_chosen_checkpoint(ray_session, tmp_p
     (shards / "extract.json").write_text(json.dumps({"identity": {"resize": "exact"}, "bundle": "demo"}))
     make_foley_synth(tmp_path / "foley", seed=1, n_train=0, n_val=1, n_test=0, seconds=8.0, size=(64, 64))
     ingest([tmp_path / "foley" / "val" / "audio"], tmp_path / "val.parquet", IngestConfig(workers=0))
-    result = run_train(TrainConfig(shards=str(shards), storage_path=str(tmp_path / "runs"), workers=1,
-                                   architecture={"hidden_dim": 32}, batch_size=2, steps=2, checkpoint_every=1,
-                                   log_every=1, warmup_steps=1, shuffle_buffer=2, stats_samples=4, sample_every=1,
-                                   val_manifest=str(tmp_path / "val.parquet")))
+    result = run_train(
+        TrainConfig(
+            shards=str(shards),
+            storage_path=str(tmp_path / "runs"),
+            workers=1,
+            architecture={"hidden_dim": 32},
+            batch_size=2,
+            steps=2,
+            checkpoint_every=1,
+            log_every=1,
+            warmup_steps=1,
+            shuffle_buffer=2,
+            stats_samples=4,
+            sample_every=1,
+            val_manifest=str(tmp_path / "val.parquet"),
+        )
+    )
     assert_evaluated_every_step(result, [1, 2], resize="exact")

@@ -41,8 +41,10 @@ def torchvggish_shapes(config: VGGishConfig) -> dict[str, tuple[int, ...]]:
 def random_state(config: VGGishConfig, seed: int) -> dict[str, torch.Tensor]:
     gen = torch.Generator().manual_seed(seed)
     # scaled so activations stay O(1) through the full-size network
-    return {k: torch.randn(shape, generator=gen) / np.sqrt(np.prod(shape[1:]) if len(shape) > 1 else 100.0)
-            for k, shape in torchvggish_shapes(config).items()}
+    return {
+        k: torch.randn(shape, generator=gen) / np.sqrt(np.prod(shape[1:]) if len(shape) > 1 else 100.0)
+        for k, shape in torchvggish_shapes(config).items()
+    }
 
 
 def noise(seconds: float, seed: int = 0) -> np.ndarray:
@@ -140,7 +142,7 @@ def test_log_mel_frames_are_uncentred_periodic_hann_magnitudes():
     assert log_mel.shape == (1 + (len(wav) - 400) // 160, MEL_BANDS)
     k = 37
     window = np.hanning(401)[:-1]  # the periodic Hann of length 400
-    magnitude = np.abs(np.fft.rfft(wav[k * 160: k * 160 + 400] * window, 512))
+    magnitude = np.abs(np.fft.rfft(wav[k * 160 : k * 160 + 400] * window, 512))
     # float64 both ways: two FFTs' rounding (~60 u64 ||X||, ||X|| ~ 45 here) moves a band by
     # ~3e-13, which the + 0.01 floor turns into at most ~3e-11 of its log
     np.testing.assert_allclose(log_mel[k], np.log(magnitude @ htk_mel_matrix() + 0.01), rtol=1e-9, atol=1e-9)

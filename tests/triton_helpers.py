@@ -23,9 +23,15 @@ from dub.model.codec.bigvgan import AntiAliasedActivation, BigVGANConfig
 from dub.model.kernels import bigvgan_triton
 
 # (channels, length, snake kind, input dtype): down to one sample, both kinds, bf16 input
-CASES = [(3, 1, "snakebeta", torch.float32), (3, 2, "snake", torch.float32), (4, 7, "snakebeta", torch.float32),
-         (5, 300, "snake", torch.float32), (2, 513, "snakebeta", torch.float32), (3, 1100, "snake", torch.float32),
-         (4, 260, "snakebeta", torch.bfloat16)]
+CASES = [
+    (3, 1, "snakebeta", torch.float32),
+    (3, 2, "snake", torch.float32),
+    (4, 7, "snakebeta", torch.float32),
+    (5, 300, "snake", torch.float32),
+    (2, 513, "snakebeta", torch.float32),
+    (3, 1100, "snake", torch.float32),
+    (4, 260, "snakebeta", torch.bfloat16),
+]
 
 
 def run_under_interpreter(module: str, workdir: Path) -> dict[str, torch.Tensor]:
@@ -36,8 +42,13 @@ def run_under_interpreter(module: str, workdir: Path) -> dict[str, torch.Tensor]
     from safetensors.torch import load_file
 
     out = workdir / f"{module.rsplit('.', 1)[-1]}.safetensors"
-    subprocess.run([sys.executable, "-m", module, str(out)], cwd=Path(__file__).resolve().parents[1],
-                   env={**os.environ, "TRITON_INTERPRET": "1"}, check=True, timeout=300)
+    subprocess.run(
+        [sys.executable, "-m", module, str(out)],
+        cwd=Path(__file__).resolve().parents[1],
+        env={**os.environ, "TRITON_INTERPRET": "1"},
+        check=True,
+        timeout=300,
+    )
     return load_file(str(out))
 
 
@@ -53,8 +64,9 @@ def hopper_resource_usage(fn, signature: dict, constexprs: dict, workdir: Path, 
     cubin = workdir / f"{fn.__name__}.cubin"
     cubin.write_bytes(compiled.asm["cubin"])
     cuobjdump = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
-    usage = subprocess.run([str(cuobjdump), "--dump-resource-usage", str(cubin)], capture_output=True, text=True,
-                           check=True, timeout=60).stdout
+    usage = subprocess.run(
+        [str(cuobjdump), "--dump-resource-usage", str(cubin)], capture_output=True, text=True, check=True, timeout=60
+    ).stdout
     return tuple(int(re.search(rf"{field}:(\d+)", usage).group(1)) for field in ("REG", "LOCAL"))
 
 

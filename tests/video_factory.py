@@ -26,16 +26,40 @@ from dub.workflows.media.synth import (
     write_synthetic_video,
 )
 
-__all__ = ["SynthVideo", "CorpusEntry", "make_video", "make_audio_only", "make_truncated", "make_header_only",
-           "make_text_file", "make_empty_file", "build_corpus", "bigbuckbunny_path", "frame_index_value",
-           "read_frame_index"]
+__all__ = [
+    "SynthVideo",
+    "CorpusEntry",
+    "make_video",
+    "make_audio_only",
+    "make_truncated",
+    "make_header_only",
+    "make_text_file",
+    "make_empty_file",
+    "build_corpus",
+    "bigbuckbunny_path",
+    "frame_index_value",
+    "read_frame_index",
+]
 
 
-def make_video(path: str | Path, seconds: float = 1.0, fps: float = 25.0, size: tuple[int, int] = (160, 120), *,
-               codec: str = "libx264", pix_fmt: str = "yuv420p", with_audio: bool = False, audio: str | None = None,
-               rotation: int | None = None, vfr: bool = False, pattern: str = "moving_box",
-               events: Sequence[float] | None = None, faststart: bool = False,
-               container_format: str | None = None, gop: int | None = None) -> SynthVideo:
+def make_video(
+    path: str | Path,
+    seconds: float = 1.0,
+    fps: float = 25.0,
+    size: tuple[int, int] = (160, 120),
+    *,
+    codec: str = "libx264",
+    pix_fmt: str = "yuv420p",
+    with_audio: bool = False,
+    audio: str | None = None,
+    rotation: int | None = None,
+    vfr: bool = False,
+    pattern: str = "moving_box",
+    events: Sequence[float] | None = None,
+    faststart: bool = False,
+    container_format: str | None = None,
+    gop: int | None = None,
+) -> SynthVideo:
     """Write a small real video (container from the extension) and return its truth.
 
     `audio`: "tone" | "silence" | "events" (clicks at `events`), with `with_audio`.
@@ -44,9 +68,23 @@ def make_video(path: str | Path, seconds: float = 1.0, fps: float = 25.0, size: 
     `gop`: key frame interval in frames (default: the encoder's), to make seeking matter.
     """
     options = {"g": str(gop)} if gop else None
-    return write_synthetic_video(path, seconds, fps, size, codec=codec, pix_fmt=pix_fmt, with_audio=with_audio,
-                                 audio=audio, rotation=rotation, vfr=vfr, pattern=pattern, events=tuple(events or ()),
-                                 faststart=faststart, container_format=container_format, codec_options=options)
+    return write_synthetic_video(
+        path,
+        seconds,
+        fps,
+        size,
+        codec=codec,
+        pix_fmt=pix_fmt,
+        with_audio=with_audio,
+        audio=audio,
+        rotation=rotation,
+        vfr=vfr,
+        pattern=pattern,
+        events=tuple(events or ()),
+        faststart=faststart,
+        container_format=container_format,
+        codec_options=options,
+    )
 
 
 def make_audio_only(path: str | Path, seconds: float = 1.0, rate: int = 48000) -> Path:

@@ -24,8 +24,23 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-DEFAULT_EXTENSIONS = ("mp4", "m4v", "mov", "mkv", "webm", "avi", "mpg", "mpeg", "ts", "mts", "m2ts", "flv", "wmv",
-                      "3gp", "ogv")
+DEFAULT_EXTENSIONS = (
+    "mp4",
+    "m4v",
+    "mov",
+    "mkv",
+    "webm",
+    "avi",
+    "mpg",
+    "mpeg",
+    "ts",
+    "mts",
+    "m2ts",
+    "flv",
+    "wmv",
+    "3gp",
+    "ogv",
+)
 
 
 @dataclass(frozen=True)
@@ -73,6 +88,7 @@ class IngestSummary:
 
 
 # -- scanning -----------------------------------------------------------------------------
+
 
 def scan(roots: Iterable[str | Path], extensions: Iterable[str] = DEFAULT_EXTENSIONS) -> ScanResult:
     """Video files under `roots` (files named directly are always taken). Hidden files and
@@ -128,6 +144,7 @@ def _has_ext(name: str, exts: set[str]) -> bool:
 
 # -- probing one file (runs in worker processes) --------------------------------------------
 
+
 def probe_file(path: str, silence_threshold_db: float = -60.0, silence_scan_s: float = 600.0) -> dict:
     """A manifest row (without prompt) for one file; never raises."""
     from dub.manifests.ids import content_id, name_id
@@ -140,8 +157,9 @@ def probe_file(path: str, silence_threshold_db: float = -60.0, silence_scan_s: f
     row: dict = {"path": display_path(path), "video_id": name_id(path), "status": "error"}
     try:
         if row["path"] != path:
-            raise MediaError("bad_name", "the file name is not valid UTF-8, so it cannot be stored in the manifest; "
-                                         "rename the file")
+            raise MediaError(
+                "bad_name", "the file name is not valid UTF-8, so it cannot be stored in the manifest; rename the file"
+            )
         try:
             st = p.stat()
             row.update(size_bytes=st.st_size, mtime_ns=st.st_mtime_ns)
@@ -151,8 +169,9 @@ def probe_file(path: str, silence_threshold_db: float = -60.0, silence_scan_s: f
         try:
             row["video_id"] = content_id(p)
         except PermissionError as exc:
-            raise MediaError("unreadable", f"permission denied: cannot read {p.name} (check its permissions, "
-                                           f"e.g. `chmod a+r`)") from exc
+            raise MediaError(
+                "unreadable", f"permission denied: cannot read {p.name} (check its permissions, e.g. `chmod a+r`)"
+            ) from exc
         except OSError as exc:
             raise MediaError("unreadable", f"cannot read {p.name}: {exc.strerror or exc}") from exc
         probe = probe_video(p, silence_threshold_db=silence_threshold_db, silence_scan_s=silence_scan_s)
@@ -160,8 +179,10 @@ def probe_file(path: str, silence_threshold_db: float = -60.0, silence_scan_s: f
     except MediaError as exc:
         row.update(error_kind=exc.kind, error=str(exc))
     except Exception as exc:  # noqa: BLE001 - an unexpected failure is this file's problem, not the run's
-        row.update(error_kind="internal", error=f"unexpected error while probing ({type(exc).__name__}: {exc}); "
-                                                 f"please report it with the file")
+        row.update(
+            error_kind="internal",
+            error=f"unexpected error while probing ({type(exc).__name__}: {exc}); please report it with the file",
+        )
     row["probe_s"] = time.perf_counter() - start
     return row
 
@@ -174,10 +195,13 @@ def display_path(path: str) -> str:
 def _directory_row(path: Path) -> dict:
     from dub.manifests.ids import name_id
 
-    return {"path": display_path(str(path)), "video_id": name_id(str(path)), "status": "error",
-            "error_kind": "directory",
-            "error": f"{path.name} is a directory named like a video, not a video file (its contents are scanned "
-                     f"as usual)"}
+    return {
+        "path": display_path(str(path)),
+        "video_id": name_id(str(path)),
+        "status": "error",
+        "error_kind": "directory",
+        "error": f"{path.name} is a directory named like a video, not a video file (its contents are scanned as usual)",
+    }
 
 
 # -- the probe pool -----------------------------------------------------------------------
@@ -218,9 +242,16 @@ class _Worker:
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join([_PROJECT_ROOT] + [p for p in [env.get("PYTHONPATH")] if p])
         self.stderr = tempfile.TemporaryFile()  # kept to explain a crash
-        self.proc = subprocess.Popen([sys.executable, "-c", "import dub.workflows.ingest as m; m._worker_stdio()"],
-                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.stderr,
-                                     env=env, text=True, encoding="utf-8", bufsize=1)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", "import dub.workflows.ingest as m; m._worker_stdio()"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=self.stderr,
+            env=env,
+            text=True,
+            encoding="utf-8",
+            bufsize=1,
+        )
         self.task: tuple[int, str] | None = None
         self.deadline = 0.0
         self.limit = 0.0
@@ -231,8 +262,12 @@ class _Worker:
         self.task = (key, path)
         self.limit = config.timeout_for(_size_of(path))
         self.deadline = time.monotonic() + self.limit
-        self.proc.stdin.write(json.dumps({"key": key, "path": path, "threshold_db": config.silence_threshold_db,
-                                          "scan_s": config.silence_scan_s}) + "\n")
+        self.proc.stdin.write(
+            json.dumps(
+                {"key": key, "path": path, "threshold_db": config.silence_threshold_db, "scan_s": config.silence_scan_s}
+            )
+            + "\n"
+        )
         self.proc.stdin.flush()
 
     def receive(self) -> tuple[int, dict] | None:
@@ -317,12 +352,25 @@ def _run_pool(paths: list[str], config: IngestConfig, size: int, done: Callable[
                         done(*answer)
                         continue
                     worker.proc.wait()
-                    done(key, _failure_row(path, "crash", f"the probe crashed on this file ({worker.crash_report()}); "
-                                                          f"the file is probably corrupt"))
+                    done(
+                        key,
+                        _failure_row(
+                            path,
+                            "crash",
+                            f"the probe crashed on this file ({worker.crash_report()}); the file is probably corrupt",
+                        ),
+                    )
                 elif time.monotonic() >= worker.deadline:
                     worker.kill()
-                    done(key, _failure_row(path, "timeout", f"probing took longer than {worker.limit:.0f} s and was "
-                                                            f"stopped; the file may be damaged or on a stalled disk"))
+                    done(
+                        key,
+                        _failure_row(
+                            path,
+                            "timeout",
+                            f"probing took longer than {worker.limit:.0f} s and was "
+                            f"stopped; the file may be damaged or on a stalled disk",
+                        ),
+                    )
                 else:
                     continue
                 worker.stop()
@@ -342,8 +390,13 @@ def _size_of(path: str) -> int:
 def _failure_row(path: str, kind: str, message: str) -> dict:
     from dub.manifests.ids import name_id
 
-    row = {"path": display_path(path), "video_id": name_id(path), "status": "error", "error_kind": kind,
-           "error": message}
+    row = {
+        "path": display_path(path),
+        "video_id": name_id(path),
+        "status": "error",
+        "error_kind": kind,
+        "error": message,
+    }
     try:
         st = os.stat(path)
         row.update(size_bytes=st.st_size, mtime_ns=st.st_mtime_ns)
@@ -354,6 +407,7 @@ def _failure_row(path: str, kind: str, message: str) -> dict:
 
 # -- the whole run ------------------------------------------------------------------------
 
+
 def read_prompt(video: Path) -> str:
     """The sidecar prompt NAME.txt beside NAME.ext, stripped; "" when there is none."""
     sidecar = video.with_suffix(".txt")
@@ -363,8 +417,12 @@ def read_prompt(video: Path) -> str:
         return ""
 
 
-def ingest(roots: Iterable[str | Path], output: str | Path, config: IngestConfig = IngestConfig(),
-           on_progress: Callable[[int, int], None] | None = None) -> IngestSummary:
+def ingest(
+    roots: Iterable[str | Path],
+    output: str | Path,
+    config: IngestConfig = IngestConfig(),
+    on_progress: Callable[[int, int], None] | None = None,
+) -> IngestSummary:
     """Scan `roots`, probe what is new or changed, and write the manifest to `output`."""
     from dub.manifests.io import manifest_from_rows, read_manifest, write_parquet_atomic
     from dub.manifests.schema import MANIFEST_SCHEMA
@@ -397,8 +455,9 @@ def ingest(roots: Iterable[str | Path], output: str | Path, config: IngestConfig
 
     total = len(to_probe)
     progress = {"done": 0}
-    journal = (Journal(journal_dir, MANIFEST_SCHEMA, flush_every_s=JOURNAL_FLUSH_S, flush_rows=1000)
-               if to_probe else None)
+    journal = (
+        Journal(journal_dir, MANIFEST_SCHEMA, flush_every_s=JOURNAL_FLUSH_S, flush_rows=1000) if to_probe else None
+    )
 
     def on_row(row: dict) -> None:
         journal.add([row])

@@ -56,8 +56,12 @@ def connect(address: str | None = None, *, quiet: bool = True) -> ClusterResourc
             _set_auth_mode(os.environ, "token")
         import ray
 
-        kwargs = dict(include_dashboard=False, log_to_driver=not quiet, ignore_reinit_error=True,
-                      logging_level=logging.WARNING if quiet else logging.INFO)
+        kwargs = dict(
+            include_dashboard=False,
+            log_to_driver=not quiet,
+            ignore_reinit_error=True,
+            logging_level=logging.WARNING if quiet else logging.INFO,
+        )
         if address:
             ray.init(address=address, **kwargs)
         else:
@@ -98,9 +102,11 @@ def find_auth_token(environ: Mapping[str, str] | None = None, home: str | Path |
     if named:
         value = _read_token(Path(named))
         if not value:
-            raise RayAuthError(f"RAY_AUTH_TOKEN_PATH is {named}, but that file cannot be read or is empty: "
-                               "point it at a copy of the cluster's token (`ray get-auth-token` on the head node "
-                               "prints it), or unset it")
+            raise RayAuthError(
+                f"RAY_AUTH_TOKEN_PATH is {named}, but that file cannot be read or is empty: "
+                "point it at a copy of the cluster's token (`ray get-auth-token` on the head node "
+                "prints it), or unset it"
+            )
         return AuthToken(value, f"RAY_AUTH_TOKEN_PATH ({named})")
     default = Path(home if home is not None else Path.home()) / ".ray" / "auth_token"
     value = _read_token(default)
@@ -126,13 +132,17 @@ def _prepare_token_auth(address: str, environ) -> None:
 
 
 def _auth_advice(address: str, sent: AuthToken | None, mode: str | None) -> str:
-    remedy = ("set RAY_AUTH_TOKEN to the cluster's token (`ray get-auth-token` on its head node prints it) "
-              "or copy the head node's ~/.ray/auth_token to this machine")
+    remedy = (
+        "set RAY_AUTH_TOKEN to the cluster's token (`ray get-auth-token` on its head node prints it) "
+        "or copy the head node's ~/.ray/auth_token to this machine"
+    )
     if sent is not None:
         return f"the Ray cluster at {address} refused the authentication token from {sent.source}; {remedy}"
     if mode is not None and mode.lower() != "token":
-        return (f"the Ray cluster at {address} requires token authentication, but RAY_AUTH_MODE is {mode!r}; "
-                f"unset it or set RAY_AUTH_MODE=token, and {remedy}")
+        return (
+            f"the Ray cluster at {address} requires token authentication, but RAY_AUTH_MODE is {mode!r}; "
+            f"unset it or set RAY_AUTH_MODE=token, and {remedy}"
+        )
     return f"the Ray cluster at {address} requires token authentication and no token was found here; {remedy}"
 
 
@@ -234,8 +244,12 @@ def quiet_known_ray_lines(patterns: tuple[str, ...] = KNOWN_RAY_NOISE) -> Iterat
         return
     read_end, write_end = os.pipe()
     try:
-        filter_proc = subprocess.Popen([sys.executable, "-I", "-S", "-c", _FILTER, *patterns], stdin=read_end,
-                                       stdout=saved, stderr=subprocess.DEVNULL)
+        filter_proc = subprocess.Popen(
+            [sys.executable, "-I", "-S", "-c", _FILTER, *patterns],
+            stdin=read_end,
+            stdout=saved,
+            stderr=subprocess.DEVNULL,
+        )
     except OSError:
         for fd in (read_end, write_end, saved):
             os.close(fd)
@@ -243,8 +257,13 @@ def quiet_known_ray_lines(patterns: tuple[str, ...] = KNOWN_RAY_NOISE) -> Iterat
         return
     os.close(read_end)
     python_stderr = sys.stderr
-    sys.stderr = open(os.dup(saved), "w", buffering=1, encoding=getattr(python_stderr, "encoding", None) or "utf-8",
-                      errors="backslashreplace")
+    sys.stderr = open(
+        os.dup(saved),
+        "w",
+        buffering=1,
+        encoding=getattr(python_stderr, "encoding", None) or "utf-8",
+        errors="backslashreplace",
+    )
     os.dup2(write_end, 2)
     os.close(write_end)
     try:
@@ -271,13 +290,17 @@ def model_replicas(requested: int | None, cluster: ClusterResources) -> int:
     use_gpu = cluster.gpus >= 1
     replicas = requested or (int(cluster.gpus) if use_gpu else 1)
     if use_gpu and replicas > cluster.gpus:
-        raise ValueError(f"--replicas {replicas} needs {replicas} GPUs (one per replica), but the Ray cluster has "
-                         f"{cluster.gpus:g}; use --replicas {int(cluster.gpus)} or a bigger cluster (--address)")
+        raise ValueError(
+            f"--replicas {replicas} needs {replicas} GPUs (one per replica), but the Ray cluster has "
+            f"{cluster.gpus:g}; use --replicas {int(cluster.gpus)} or a bigger cluster (--address)"
+        )
     if replicas + 1 > cluster.cpus:
         fits = int(cluster.cpus) - 1
         hint = f"use --replicas {fits}" if fits >= 1 else "give Ray at least 2 CPUs"
-        raise ValueError(f"{replicas} model replica(s) take {replicas} CPUs and the decode tasks need at least one "
-                         f"more, but the Ray cluster has {cluster.cpus:g}; {hint} (Ray would wait forever)")
+        raise ValueError(
+            f"{replicas} model replica(s) take {replicas} CPUs and the decode tasks need at least one "
+            f"more, but the Ray cluster has {cluster.cpus:g}; {hint} (Ray would wait forever)"
+        )
     return replicas
 
 
@@ -317,10 +340,12 @@ def warn_if_store_small(window_bytes: float) -> str | None:
     store = float(ray.cluster_resources().get("object_store_memory", 0.0))
     if store <= 0 or store >= STORE_WINDOWS * window_bytes:
         return None
-    text = (f"Ray's object store ({store / 2**20:.0f} MiB) holds fewer than {STORE_WINDOWS} decoded windows "
-            f"({window_bytes / 2**20:.0f} MiB each): Ray Data will hold windows back and the run will crawl; "
-            f"give it at least {STORE_WINDOWS * window_bytes / 2**30:.1f} GiB (DUB_OBJECT_STORE_MB for the "
-            "embedded Ray, `ray start --object-store-memory` on a cluster)")
+    text = (
+        f"Ray's object store ({store / 2**20:.0f} MiB) holds fewer than {STORE_WINDOWS} decoded windows "
+        f"({window_bytes / 2**20:.0f} MiB each): Ray Data will hold windows back and the run will crawl; "
+        f"give it at least {STORE_WINDOWS * window_bytes / 2**30:.1f} GiB (DUB_OBJECT_STORE_MB for the "
+        "embedded Ray, `ray start --object-store-memory` on a cluster)"
+    )
     warnings.warn(text, RuntimeWarning, stacklevel=2)
     return text
 

@@ -9,6 +9,7 @@ from enum import Enum
 
 class Resize(str, Enum):
     """How frames are resized for CLIP and Synchformer."""
+
     fast = "fast"  # swscale's bicubic
     exact = "exact"  # torchvision's antialiased bicubic, as MMAudio's features were made
 
@@ -44,7 +45,6 @@ class FeatureDtype(str, Enum):
 class Objective(str, Enum):
     meanflow = "meanflow"
     flow_matching = "flow-matching"
-
 
 
 class ReportBackend(str, Enum):

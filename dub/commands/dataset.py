@@ -34,8 +34,17 @@ def register(app: typer.Typer) -> None:
         from dub.workflows.datasets.foley_synth import timed_build
 
         try:
-            cfg = FoleySynthConfig(seed=seed, n_train=train, n_val=val, n_test=test, seconds=seconds, fps=fps,
-                                   size=(width, height), sample_rate=sample_rate, two_object_prob=two_object_prob)
+            cfg = FoleySynthConfig(
+                seed=seed,
+                n_train=train,
+                n_val=val,
+                n_test=test,
+                seconds=seconds,
+                fps=fps,
+                size=(width, height),
+                sample_rate=sample_rate,
+                two_object_prob=two_object_prob,
+            )
         except ValueError as exc:
             raise typer.BadParameter(str(exc)) from exc
         if workers < 1:
@@ -43,8 +52,10 @@ def register(app: typer.Typer) -> None:
         index, wall_s = timed_build(cfg, out, workers=workers)
         rate = len(index) / wall_s if wall_s > 0 else float("inf")
         counts = ", ".join(f"{split} {n}" for split, n in cfg.split_sizes().items())
-        typer.echo(f"foley-synth: {len(index)} clips ({counts}) in {wall_s:.1f} s, {rate:.2f} clips/s, "
-                   f"{workers} worker(s) -> {Path(out) / 'index.parquet'}")
+        typer.echo(
+            f"foley-synth: {len(index)} clips ({counts}) in {wall_s:.1f} s, {rate:.2f} clips/s, "
+            f"{workers} worker(s) -> {Path(out) / 'index.parquet'}"
+        )
 
     @dataset_app.command("samples")
     def samples(

@@ -13,21 +13,56 @@ from dub.commands.choices import FeatureDtype, Resize
 def register(app: typer.Typer) -> None:
     @app.command()
     def extract(
-        manifest: Path | None = typer.Option(None, "--manifest", "-m", help="Manifest from `dub ingest` (clips WITH audio)."),
+        manifest: Path | None = typer.Option(
+            None, "--manifest", "-m", help="Manifest from `dub ingest` (clips WITH audio)."
+        ),
         out: Path = typer.Option(Path("shards"), "--out", "-o", help="Output directory for the training shards."),
-        audio_dir: Path | None = typer.Option(None, "--audio-dir", help="Audio-only files with NAME.txt captions (text-to-audio)."),
+        audio_dir: Path | None = typer.Option(
+            None, "--audio-dir", help="Audio-only files with NAME.txt captions (text-to-audio)."
+        ),
         model: str = typer.Option("demo", "--model", help="Model bundle whose encoders and codec make the features."),
-        window: float | None = typer.Option(None, "--window", help="Window length in seconds (default: the model's).", rich_help_panel="Windows and features"),
-        overlap: float = typer.Option(0.0, "--overlap", help="Minimum overlap of a clip's windows, seconds.", rich_help_panel="Windows and features"),
-        min_fraction: float = typer.Option(0.9, "--min-fraction", help="Skip clips shorter than this fraction of a window.", rich_help_panel="Windows and features"),
+        window: float | None = typer.Option(
+            None,
+            "--window",
+            help="Window length in seconds (default: the model's).",
+            rich_help_panel="Windows and features",
+        ),
+        overlap: float = typer.Option(
+            0.0,
+            "--overlap",
+            help="Minimum overlap of a clip's windows, seconds.",
+            rich_help_panel="Windows and features",
+        ),
+        min_fraction: float = typer.Option(
+            0.9,
+            "--min-fraction",
+            help="Skip clips shorter than this fraction of a window.",
+            rich_help_panel="Windows and features",
+        ),
         prompt: str = typer.Option("", help="Prompt for clips without their own."),
-        feature_dtype: FeatureDtype = typer.Option(FeatureDtype.float32, "--feature-dtype", help="float16 halves the bytes.", rich_help_panel="Windows and features"),
-        resize: Resize = typer.Option(Resize.fast, "--resize", help="How frames are resized for CLIP (384x384) and Synchformer (224 crop): fast is swscale's bicubic; exact is torchvision's antialiased bicubic, as MMAudio's features were made, several times slower CPU decoding (docs/benchmarks.md).", rich_help_panel="Windows and features"),
+        feature_dtype: FeatureDtype = typer.Option(
+            FeatureDtype.float32,
+            "--feature-dtype",
+            help="float16 halves the bytes.",
+            rich_help_panel="Windows and features",
+        ),
+        resize: Resize = typer.Option(
+            Resize.fast,
+            "--resize",
+            help="How frames are resized for CLIP (384x384) and Synchformer (224 crop): fast is swscale's bicubic; exact is torchvision's antialiased bicubic, as MMAudio's features were made, several times slower CPU decoding (docs/benchmarks.md).",
+            rich_help_panel="Windows and features",
+        ),
         batch_size: int = typer.Option(8, "--batch-size", help="Windows per encoder call.", rich_help_panel="Cluster"),
-        shard_size: int = typer.Option(256, "--shard-size", help="Samples per shard.", rich_help_panel="Windows and features"),
+        shard_size: int = typer.Option(
+            256, "--shard-size", help="Samples per shard.", rich_help_panel="Windows and features"
+        ),
         limit: int | None = typer.Option(None, "--limit", help="Process at most this many pending clips."),
-        replicas: int | None = typer.Option(None, "--replicas", help="Encoder actors (default: one per GPU, else 1).", rich_help_panel="Cluster"),
-        address: str | None = typer.Option(None, "--address", help="Ray cluster address (else RAY_ADDRESS, else local Ray).", rich_help_panel="Cluster"),
+        replicas: int | None = typer.Option(
+            None, "--replicas", help="Encoder actors (default: one per GPU, else 1).", rich_help_panel="Cluster"
+        ),
+        address: str | None = typer.Option(
+            None, "--address", help="Ray cluster address (else RAY_ADDRESS, else local Ray).", rich_help_panel="Cluster"
+        ),
         overwrite: bool = typer.Option(False, "--overwrite", help="Replace shards made with other settings."),
         as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
     ) -> None:
@@ -41,11 +76,23 @@ def register(app: typer.Typer) -> None:
         console = Console(stderr=True)
         try:
             config = ExtractConfig(
-                out_dir=str(out), manifest=str(manifest) if manifest else None,
-                audio_dir=str(audio_dir) if audio_dir else None, model=model, window_s=window, overlap_s=overlap,
-                min_fraction=min_fraction, prompt=prompt, feature_dtype=feature_dtype.value, batch_size=batch_size,
-                shard_size=shard_size, limit=limit, replicas=replicas, address=address, overwrite=overwrite,
-                resize=resize.value)
+                out_dir=str(out),
+                manifest=str(manifest) if manifest else None,
+                audio_dir=str(audio_dir) if audio_dir else None,
+                model=model,
+                window_s=window,
+                overlap_s=overlap,
+                min_fraction=min_fraction,
+                prompt=prompt,
+                feature_dtype=feature_dtype.value,
+                batch_size=batch_size,
+                shard_size=shard_size,
+                limit=limit,
+                replicas=replicas,
+                address=address,
+                overwrite=overwrite,
+                resize=resize.value,
+            )
         except ValueError as exc:
             raise typer.BadParameter(str(exc)) from exc
         try:

@@ -16,35 +16,97 @@ DEFAULT_MANIFEST = "manifest.parquet"
 def register(app: typer.Typer) -> None:
     @app.command()
     def generate(
-        manifest: Path | None = typer.Option(None, "--manifest", "-m", help="Manifest from `dub ingest` (default: ./manifest.parquet)."),
-        out: Path = typer.Option(Path("dubbed"), "--out", "-o", help="Output directory (one generation config per directory)."),
-        prompts: Path | None = typer.Option(None, "--prompts", help="Text-to-audio: a file with one prompt per line (no video)."),
+        manifest: Path | None = typer.Option(
+            None, "--manifest", "-m", help="Manifest from `dub ingest` (default: ./manifest.parquet)."
+        ),
+        out: Path = typer.Option(
+            Path("dubbed"), "--out", "-o", help="Output directory (one generation config per directory)."
+        ),
+        prompts: Path | None = typer.Option(
+            None, "--prompts", help="Text-to-audio: a file with one prompt per line (no video)."
+        ),
         model: str = typer.Option("demo", "--model", help="Model bundle name (see `dub weights list`)."),
-        checkpoint: Path | None = typer.Option(None, "--checkpoint", help="An MF-MJT checkpoint (.safetensors) from `dub train`."),
-        sampler: Sampler = typer.Option(Sampler.meanflow, help="meanflow (1..k steps) or euler (the flow-matching baseline).", rich_help_panel="Sampling"),
+        checkpoint: Path | None = typer.Option(
+            None, "--checkpoint", help="An MF-MJT checkpoint (.safetensors) from `dub train`."
+        ),
+        sampler: Sampler = typer.Option(
+            Sampler.meanflow,
+            help="meanflow (1..k steps) or euler (the flow-matching baseline).",
+            rich_help_panel="Sampling",
+        ),
         steps: int = typer.Option(1, help="Sampler steps: 1 for one-step MeanFlow; 25 for the Euler baseline."),
-        cfg: float | None = typer.Option(None, "--cfg", help="Classifier-free guidance weight (<= 1: no unconditional pass). Default: the model bundle's, the one its published figures were measured with."),
-        cfg_rescale: float | None = typer.Option(None, "--cfg-rescale", help="Scalar rescale strength phi for --rescale-mode std (default: the bundle's)."),
-        rescale_mode: RescaleMode | None = typer.Option(None, "--rescale-mode", help="How guidance is rescaled (default: the bundle's).", rich_help_panel="Sampling"),
+        cfg: float | None = typer.Option(
+            None,
+            "--cfg",
+            help="Classifier-free guidance weight (<= 1: no unconditional pass). Default: the model bundle's, the one its published figures were measured with.",
+        ),
+        cfg_rescale: float | None = typer.Option(
+            None, "--cfg-rescale", help="Scalar rescale strength phi for --rescale-mode std (default: the bundle's)."
+        ),
+        rescale_mode: RescaleMode | None = typer.Option(
+            None, "--rescale-mode", help="How guidance is rescaled (default: the bundle's).", rich_help_panel="Sampling"
+        ),
         seed: int = typer.Option(0, help="Global seed; each window's noise comes from (seed, video id, window)."),
         prompt: str = typer.Option("", help="Default text prompt (a manifest row's own prompt wins)."),
-        negative_prompt: str = typer.Option("", "--negative-prompt", help="Text for the unconditional branch.", rich_help_panel="Sampling"),
-        fmt: OutputFormat = typer.Option(OutputFormat.mp4, "--format", help="Remuxed mp4s, WebDataset shards, or both.", rich_help_panel="Output"),
-        audio_codec: AudioCodec = typer.Option(AudioCodec.aac, "--audio-codec", help="Codec of the generated track.", rich_help_panel="Output"),
-        keep_original_audio: bool = typer.Option(False, "--keep-original-audio", help="Keep the source audio as a second track.", rich_help_panel="Output"),
-        save_features: bool = typer.Option(False, "--save-features", help="Store CLIP/sync/text features in the shards.", rich_help_panel="Output"),
-        window: float | None = typer.Option(None, "--window", help="Window length in seconds (default: the model's).", rich_help_panel="Sampling"),
-        overlap: float = typer.Option(1.0, "--overlap", help="Window overlap in seconds (crossfaded).", rich_help_panel="Sampling"),
-        duration: float | None = typer.Option(None, "--duration", help="Text-to-audio clip length in seconds.", rich_help_panel="Sampling"),
-        batch_size: int = typer.Option(4, "--batch-size", help="Windows per model call (mixing videos).", rich_help_panel="Performance"),
+        negative_prompt: str = typer.Option(
+            "", "--negative-prompt", help="Text for the unconditional branch.", rich_help_panel="Sampling"
+        ),
+        fmt: OutputFormat = typer.Option(
+            OutputFormat.mp4, "--format", help="Remuxed mp4s, WebDataset shards, or both.", rich_help_panel="Output"
+        ),
+        audio_codec: AudioCodec = typer.Option(
+            AudioCodec.aac, "--audio-codec", help="Codec of the generated track.", rich_help_panel="Output"
+        ),
+        keep_original_audio: bool = typer.Option(
+            False, "--keep-original-audio", help="Keep the source audio as a second track.", rich_help_panel="Output"
+        ),
+        save_features: bool = typer.Option(
+            False, "--save-features", help="Store CLIP/sync/text features in the shards.", rich_help_panel="Output"
+        ),
+        window: float | None = typer.Option(
+            None, "--window", help="Window length in seconds (default: the model's).", rich_help_panel="Sampling"
+        ),
+        overlap: float = typer.Option(
+            1.0, "--overlap", help="Window overlap in seconds (crossfaded).", rich_help_panel="Sampling"
+        ),
+        duration: float | None = typer.Option(
+            None, "--duration", help="Text-to-audio clip length in seconds.", rich_help_panel="Sampling"
+        ),
+        batch_size: int = typer.Option(
+            4, "--batch-size", help="Windows per model call (mixing videos).", rich_help_panel="Performance"
+        ),
         limit: int | None = typer.Option(None, "--limit", help="Process at most this many pending videos."),
-        address: str | None = typer.Option(None, "--address", help="Ray cluster address (else RAY_ADDRESS, else local Ray).", rich_help_panel="Cluster"),
-        replicas: int | None = typer.Option(None, "--replicas", help="Model replicas (default: one per GPU, else 1 CPU actor).", rich_help_panel="Cluster"),
-        fp8: bool = typer.Option(False, "--fp8", help="Run the linear layers of CLIP's vision tower in FP8 (GPUs with compute capability 8.9+): faster, slightly different features (docs/benchmarks.md).", rich_help_panel="Performance"),
-        resize: Resize = typer.Option(Resize.fast, "--resize", help="How frames are resized for CLIP (384x384) and Synchformer (224 crop): fast is swscale's bicubic; exact is torchvision's antialiased bicubic, as MMAudio's features were made, several times slower CPU decoding (docs/benchmarks.md).", rich_help_panel="Performance"),
-        compile_: bool = typer.Option(False, "--compile", help="torch.compile the one-step network, the VAE + vocoder and the CLIP/Synchformer towers in each replica (minutes to build; worth it for large runs). Falls back to eager with the reason.", rich_help_panel="Performance"),
+        address: str | None = typer.Option(
+            None, "--address", help="Ray cluster address (else RAY_ADDRESS, else local Ray).", rich_help_panel="Cluster"
+        ),
+        replicas: int | None = typer.Option(
+            None,
+            "--replicas",
+            help="Model replicas (default: one per GPU, else 1 CPU actor).",
+            rich_help_panel="Cluster",
+        ),
+        fp8: bool = typer.Option(
+            False,
+            "--fp8",
+            help="Run the linear layers of CLIP's vision tower in FP8 (GPUs with compute capability 8.9+): faster, slightly different features (docs/benchmarks.md).",
+            rich_help_panel="Performance",
+        ),
+        resize: Resize = typer.Option(
+            Resize.fast,
+            "--resize",
+            help="How frames are resized for CLIP (384x384) and Synchformer (224 crop): fast is swscale's bicubic; exact is torchvision's antialiased bicubic, as MMAudio's features were made, several times slower CPU decoding (docs/benchmarks.md).",
+            rich_help_panel="Performance",
+        ),
+        compile_: bool = typer.Option(
+            False,
+            "--compile",
+            help="torch.compile the one-step network, the VAE + vocoder and the CLIP/Synchformer towers in each replica (minutes to build; worth it for large runs). Falls back to eager with the reason.",
+            rich_help_panel="Performance",
+        ),
         overwrite: bool = typer.Option(False, "--overwrite", help="Regenerate everything, even under another config."),
-        max_failures: int | None = typer.Option(None, "--max-failures", help="Stop when more videos than this have failed.", rich_help_panel="Cluster"),
+        max_failures: int | None = typer.Option(
+            None, "--max-failures", help="Stop when more videos than this have failed.", rich_help_panel="Cluster"
+        ),
         quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or table."),
         as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
     ) -> None:
@@ -60,23 +122,45 @@ def register(app: typer.Typer) -> None:
         if prompts is None and manifest is None:
             manifest = Path(DEFAULT_MANIFEST)
             if not manifest.exists():
-                raise typer.BadParameter(f"no --manifest given and ./{DEFAULT_MANIFEST} does not exist; "
-                                         "run `dub ingest VIDEOS -o manifest.parquet` first", param_hint="--manifest")
+                raise typer.BadParameter(
+                    f"no --manifest given and ./{DEFAULT_MANIFEST} does not exist; "
+                    "run `dub ingest VIDEOS -o manifest.parquet` first",
+                    param_hint="--manifest",
+                )
         try:
             defaults = _bundle_sampler(model)
             cfg = defaults.cfg if cfg is None else cfg
             rescale_mode = defaults.rescale if rescale_mode is None else rescale_mode.value
             cfg_rescale = defaults.phi if cfg_rescale is None else cfg_rescale
             config = GenerateConfig(
-                out_dir=str(out), manifest=str(manifest) if prompts is None else None,
-                prompts_file=str(prompts) if prompts else None, model=model,
+                out_dir=str(out),
+                manifest=str(manifest) if prompts is None else None,
+                prompts_file=str(prompts) if prompts else None,
+                model=model,
                 checkpoint=str(checkpoint) if checkpoint else None,
-                sampler=SamplerConfig(sampler=sampler.value, steps=steps, cfg=cfg, rescale=rescale_mode, phi=cfg_rescale),
-                seed=seed, prompt=prompt, negative_prompt=negative_prompt, format=fmt.value, audio_codec=audio_codec.value,
-                keep_original_audio=keep_original_audio, save_features=save_features, window_s=window,
-                overlap_s=overlap, t2a_duration_s=duration, batch_size=batch_size, limit=limit, address=address,
-                overwrite=overwrite, max_failures=max_failures, replicas=replicas, compile=compile_, fp8=fp8,
-                resize=resize.value)
+                sampler=SamplerConfig(
+                    sampler=sampler.value, steps=steps, cfg=cfg, rescale=rescale_mode, phi=cfg_rescale
+                ),
+                seed=seed,
+                prompt=prompt,
+                negative_prompt=negative_prompt,
+                format=fmt.value,
+                audio_codec=audio_codec.value,
+                keep_original_audio=keep_original_audio,
+                save_features=save_features,
+                window_s=window,
+                overlap_s=overlap,
+                t2a_duration_s=duration,
+                batch_size=batch_size,
+                limit=limit,
+                address=address,
+                overwrite=overwrite,
+                max_failures=max_failures,
+                replicas=replicas,
+                compile=compile_,
+                fp8=fp8,
+                resize=resize.value,
+            )
         except ValueError as exc:
             raise typer.BadParameter(str(exc)) from exc
 
@@ -110,9 +194,16 @@ def _run_with_progress(config, console):
     from dub.storage.lock import OutputInUse
     from dub.workflows.generate.run import GenerateError, run_generate
 
-    with Progress(TextColumn("[bold]dub generate"), BarColumn(), MofNCompleteColumn(),
-                  TextColumn("{task.fields[detail]}"), TimeElapsedColumn(), TimeRemainingColumn(),
-                  console=console, transient=False) as bar:
+    with Progress(
+        TextColumn("[bold]dub generate"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[detail]}"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=console,
+        transient=False,
+    ) as bar:
         task = bar.add_task("generate", total=None, detail="reading inputs, starting Ray")
         started = time.perf_counter()
 
@@ -120,9 +211,13 @@ def _run_with_progress(config, console):
             todo = summary.total - summary.skipped - summary.already_done
             elapsed = time.perf_counter() - started
             rate = summary.generated / elapsed if elapsed > 0 else 0.0
-            bar.update(task, total=max(todo, 1), completed=summary.generated + summary.failed,
-                       detail=f"done {summary.done} · failed {summary.failed} · skipped {summary.skipped} "
-                              f"· {rate:.2f} clips/s")
+            bar.update(
+                task,
+                total=max(todo, 1),
+                completed=summary.generated + summary.failed,
+                detail=f"done {summary.done} · failed {summary.failed} · skipped {summary.skipped} "
+                f"· {rate:.2f} clips/s",
+            )
 
         try:
             return run_generate(config, progress=update)
@@ -147,8 +242,10 @@ def _print_summary(summary, console) -> None:
     if summary.stage_seconds:
         stages = summary.stage_seconds
         table.add_row("CPU decoding (summed)", f"{stages.get('decode_cpu', 0.0):.1f} s")
-        table.add_row("model: features / generate / audio",
-                      " / ".join(f"{stages.get(k, 0.0):.1f}" for k in ("features", "generate", "decode_audio")) + " s")
+        table.add_row(
+            "model: features / generate / audio",
+            " / ".join(f"{stages.get(k, 0.0):.1f}" for k in ("features", "generate", "decode_audio")) + " s",
+        )
     if summary.model_busy_fraction is not None:
         table.add_row(f"model replicas busy ({summary.replicas})", f"{100 * summary.model_busy_fraction:.0f} %")
     for reason, count in sorted(summary.errors.items()):

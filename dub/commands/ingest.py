@@ -11,13 +11,18 @@ def register(app: typer.Typer) -> None:
     @app.command()
     def ingest(
         paths: list[Path] = typer.Argument(..., help="Video files or folders (scanned recursively)."),
-        output: Path = typer.Option(..., "--output", "-o", help="Manifest to write (Parquet); an existing one is updated."),
-        ext: str | None = typer.Option(None, "--ext", help="Comma-separated extensions to scan for "
-                                                              "(default: common video formats)."),
-        workers: int | None = typer.Option(None, "--workers", "-j", min=0,
-                                              help="Probe processes (default: CPU count, at most 8; 0: in-process)."),
-        timeout: float = typer.Option(60.0, "--timeout", min=1.0, help="Seconds per file before a probe is stopped "
-                                                                      "(plus 1 s per 20 MB)."),
+        output: Path = typer.Option(
+            ..., "--output", "-o", help="Manifest to write (Parquet); an existing one is updated."
+        ),
+        ext: str | None = typer.Option(
+            None, "--ext", help="Comma-separated extensions to scan for (default: common video formats)."
+        ),
+        workers: int | None = typer.Option(
+            None, "--workers", "-j", min=0, help="Probe processes (default: CPU count, at most 8; 0: in-process)."
+        ),
+        timeout: float = typer.Option(
+            60.0, "--timeout", min=1.0, help="Seconds per file before a probe is stopped (plus 1 s per 20 MB)."
+        ),
         strict: bool = typer.Option(False, "--strict", help="Exit 1 if any file failed."),
         quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
     ) -> None:
@@ -32,7 +37,9 @@ def register(app: typer.Typer) -> None:
         from dub.workflows.ingest import ingest as run_ingest
 
         console = Console(stderr=True)
-        extensions = tuple(e.strip().lower().lstrip(".") for e in ext.split(",") if e.strip()) if ext else DEFAULT_EXTENSIONS
+        extensions = (
+            tuple(e.strip().lower().lstrip(".") for e in ext.split(",") if e.strip()) if ext else DEFAULT_EXTENSIONS
+        )
         try:
             config = IngestConfig(extensions=extensions, workers=workers, timeout_s=timeout)
         except ValueError as exc:
@@ -42,7 +49,9 @@ def register(app: typer.Typer) -> None:
             console.print(f"[red]not found: {', '.join(missing)}[/red]")
             raise typer.Exit(2)
         if output.exists() and output.is_dir():
-            console.print(f"[red]--output {output} is a directory; give a file name such as {output}/manifest.parquet[/red]")
+            console.print(
+                f"[red]--output {output} is a directory; give a file name such as {output}/manifest.parquet[/red]"
+            )
             raise typer.Exit(2)
         try:
             summary = _run_with_progress(run_ingest, paths, output, config, console, quiet)
@@ -62,8 +71,9 @@ def _run_with_progress(run_ingest, paths, output, config, console, quiet):
         return run_ingest(paths, output, config)
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    with Progress(TextColumn("probing"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                  console=console, transient=True) as progress:
+    with Progress(
+        TextColumn("probing"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), console=console, transient=True
+    ) as progress:
         task = progress.add_task("probe", total=None)
 
         def on_progress(done: int, total: int) -> None:
@@ -84,10 +94,13 @@ def _print_summary(summary, console) -> None:
         table.add_row("duplicate", str(summary.duplicates), "same bytes as another file; processed once")
     for kind, count in summary.errors_by_kind.items():
         table.add_row(f"[red]error: {kind}[/red]", str(count), summary.error_examples.get(kind, ""))
-    table.add_row("total rows", str(summary.rows),
-                  f"scanned {summary.scanned}, probed {summary.probed}, unchanged {summary.reused}"
-                  + (f" ({summary.resumed} probed by an interrupted run)" if summary.resumed else "")
-                  + f", removed {summary.removed}, {summary.elapsed_s:.1f} s")
+    table.add_row(
+        "total rows",
+        str(summary.rows),
+        f"scanned {summary.scanned}, probed {summary.probed}, unchanged {summary.reused}"
+        + (f" ({summary.resumed} probed by an interrupted run)" if summary.resumed else "")
+        + f", removed {summary.removed}, {summary.elapsed_s:.1f} s",
+    )
     console.print(table)
     for warning in summary.warnings:
         console.print(f"[yellow]warning: {warning}[/yellow]")

@@ -59,8 +59,14 @@ def register(app: typer.Typer) -> None:
         for row in registry.list():
             style = _STYLE.get(row.verified, "")
             verified = "" if not row.present else f"[{style}]{row.verified}[/{style}]" if style else row.verified
-            cells = [row.model, row.file, "yes" if row.present else "[yellow]missing[/yellow]", _size(row.size),
-                     row.published_size, verified]
+            cells = [
+                row.model,
+                row.file,
+                "yes" if row.present else "[yellow]missing[/yellow]",
+                _size(row.size),
+                row.published_size,
+                verified,
+            ]
             if urls:
                 cells.append(row.url or "(not published)")
             table.add_row(*cells)
@@ -68,8 +74,10 @@ def register(app: typer.Typer) -> None:
         console.print(table)
         missing = sum(not r.present for r in registry.list())
         if missing:
-            console.print(f"{missing} missing: `dub weights list --urls` shows where to download them, "
-                          f"`dub weights import FILE` puts a download in place.")
+            console.print(
+                f"{missing} missing: `dub weights list --urls` shows where to download them, "
+                f"`dub weights import FILE` puts a download in place."
+            )
 
     @weights_app.command("verify")
     def verify_weights(
@@ -101,8 +109,10 @@ def register(app: typer.Typer) -> None:
             console.print(table)
         failed = [r for r in results if r.failed]
         if failed:
-            console.print(f"[bold red]{len(failed)} file(s) failed verification[/bold red]: download them "
-                          "again and re-import with `dub weights import`.")
+            console.print(
+                f"[bold red]{len(failed)} file(s) failed verification[/bold red]: download them "
+                "again and re-import with `dub weights import`."
+            )
             raise typer.Exit(code=1)
 
     @weights_app.command("import")

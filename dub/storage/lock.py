@@ -44,10 +44,17 @@ def exclusive_output(directory: str | Path, command: str) -> Iterator[Path]:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except (BlockingIOError, PermissionError) as exc:
-            raise OutputInUse(f"{directory} is being written by another dub run ({_holder(path)}); wait for it "
-                              "to finish or write to another folder") from exc
-        holder = {"command": command, "pid": os.getpid(), "host": socket.gethostname(),
-                  "since": time.strftime("%Y-%m-%d %H:%M:%S"), "argv": " ".join(sys.argv[1:])[:500]}
+            raise OutputInUse(
+                f"{directory} is being written by another dub run ({_holder(path)}); wait for it "
+                "to finish or write to another folder"
+            ) from exc
+        holder = {
+            "command": command,
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "since": time.strftime("%Y-%m-%d %H:%M:%S"),
+            "argv": " ".join(sys.argv[1:])[:500],
+        }
         os.ftruncate(fd, 0)
         os.pwrite(fd, json.dumps(holder).encode(), 0)
         yield directory
@@ -84,5 +91,7 @@ def _holder(path: Path) -> str:
         return "holder unknown"
     if not info:
         return "holder unknown"
-    return (f"dub {info.get('command', '?')}, pid {info.get('pid', '?')} on {info.get('host', '?')} "
-            f"since {info.get('since', '?')}")
+    return (
+        f"dub {info.get('command', '?')}, pid {info.get('pid', '?')} on {info.get('host', '?')} "
+        f"since {info.get('since', '?')}"
+    )

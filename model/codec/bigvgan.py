@@ -67,17 +67,30 @@ class BigVGANConfig:
     @classmethod
     def mmaudio_16k(cls) -> BigVGANConfig:
         """MMAudio's 16 kHz vocoder (`best_netG.pt`, mmaudio/ext/bigvgan/bigvgan_vocoder.yml)."""
-        return cls(num_mels=80, upsample_rates=(4, 4, 2, 2, 2, 2), upsample_kernel_sizes=(8, 8, 4, 4, 4, 4),
-                   upsample_initial_channel=1536, resblock_kernel_sizes=(3, 7, 11),
-                   resblock_dilation_sizes=((1, 3, 5),) * 3, sampling_rate=16_000)
+        return cls(
+            num_mels=80,
+            upsample_rates=(4, 4, 2, 2, 2, 2),
+            upsample_kernel_sizes=(8, 8, 4, 4, 4, 4),
+            upsample_initial_channel=1536,
+            resblock_kernel_sizes=(3, 7, 11),
+            resblock_dilation_sizes=((1, 3, 5),) * 3,
+            sampling_rate=16_000,
+        )
 
     @classmethod
     def bigvgan_v2_44k_128band_512x(cls) -> BigVGANConfig:
         """nvidia/bigvgan_v2_44khz_128band_512x (its config.json): no final tanh, no final bias."""
-        return cls(num_mels=128, upsample_rates=(8, 4, 2, 2, 2, 2), upsample_kernel_sizes=(16, 8, 4, 4, 4, 4),
-                   upsample_initial_channel=1536, resblock_kernel_sizes=(3, 7, 11),
-                   resblock_dilation_sizes=((1, 3, 5),) * 3, use_tanh_at_final=False,
-                   use_bias_at_final=False, sampling_rate=44_100)
+        return cls(
+            num_mels=128,
+            upsample_rates=(8, 4, 2, 2, 2, 2),
+            upsample_kernel_sizes=(16, 8, 4, 4, 4, 4),
+            upsample_initial_channel=1536,
+            resblock_kernel_sizes=(3, 7, 11),
+            resblock_dilation_sizes=((1, 3, 5),) * 3,
+            use_tanh_at_final=False,
+            use_bias_at_final=False,
+            sampling_rate=44_100,
+        )
 
     def as_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -118,8 +131,11 @@ def kaiser_sinc_filter(cutoff: float, half_width: float, taps: int) -> torch.Ten
     else:
         beta = 0.0
     window = torch.kaiser_window(taps, beta=beta, periodic=False, dtype=torch.float64)
-    t = torch.arange(-half, half, dtype=torch.float64) + 0.5 if taps % 2 == 0 else \
-        torch.arange(taps, dtype=torch.float64) - half
+    t = (
+        torch.arange(-half, half, dtype=torch.float64) + 0.5
+        if taps % 2 == 0
+        else torch.arange(taps, dtype=torch.float64) - half
+    )
     f = 2 * cutoff * window * torch.sinc(2 * cutoff * t)
     return (f / f.sum()).to(torch.float32).view(1, 1, taps)
 
@@ -169,7 +185,7 @@ class _UpSample2x(nn.Module):
         crop_right = 2 * pad + (taps - 1) // 2
         x = F.pad(x, (pad, pad), mode="replicate")
         x = 2 * F.conv_transpose1d(x, self.filter.expand(channels, -1, -1), stride=2, groups=channels)
-        return x[..., crop_left:x.shape[-1] - crop_right]
+        return x[..., crop_left : x.shape[-1] - crop_right]
 
 
 class _LowPass2x(nn.Module):
@@ -315,18 +331,25 @@ def _check_fused_activation(device: torch.device, dtype: torch.dtype) -> str | N
         act.act.beta.copy_(0.5 * torch.randn(act.act.beta.shape, generator=generator))
     act = act.to(device)
     x = (3 * torch.randn(2, 8, 1000, generator=generator)).to(device=device, dtype=dtype)
-    return self_check_verdict(act._fused_kernel_forward(x), act._grouped_conv_forward(x.float()),
-                               self_check_tolerance(dtype))
+    return self_check_verdict(
+        act._fused_kernel_forward(x), act._grouped_conv_forward(x.float()), self_check_tolerance(dtype)
+    )
 
 
-FUSED_ACTIVATION = KernelSwitch("BigVGAN's fused Triton activation", "DUB_BIGVGAN_TRITON", "dub.model.kernels.bigvgan_triton",
-                                "grouped convs", self_check=_check_fused_activation)
+FUSED_ACTIVATION = KernelSwitch(
+    "BigVGAN's fused Triton activation",
+    "DUB_BIGVGAN_TRITON",
+    "dub.model.kernels.bigvgan_triton",
+    "grouped convs",
+    self_check=_check_fused_activation,
+)
 
 
 def activation_status(device: str | torch.device) -> str:
     """How AntiAliasedActivation runs eagerly on `device` (for benchmark notes and logs)."""
-    return FUSED_ACTIVATION.describe(torch.device(device).type, "Triton kernels (phases, low-pass)",
-                                     "polyphase grouped convs")
+    return FUSED_ACTIVATION.describe(
+        torch.device(device).type, "Triton kernels (phases, low-pass)", "polyphase grouped convs"
+    )
 
 
 def _pad_phases(s: torch.Tensor) -> torch.Tensor:
@@ -340,7 +363,7 @@ def _pad_phases(s: torch.Tensor) -> torch.Tensor:
 
 def _fir(x: torch.Tensor, taps: torch.Tensor, length: int) -> torch.Tensor:
     """sum_i taps[i] * x[..., i : i + length]: a 1-D correlation as pointwise ops Inductor fuses."""
-    return sum(taps[i] * x[..., i:i + length] for i in range(taps.shape[0]))
+    return sum(taps[i] * x[..., i : i + length] for i in range(taps.shape[0]))
 
 
 def _same_conv(channels: int, kernel: int, dilation: int) -> nn.Conv1d:
@@ -441,8 +464,9 @@ def fold_weight_norm(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tenso
     return out
 
 
-def weight_norm_state_dict(model: BigVGAN, style: Literal["parametrizations", "legacy"] = "parametrizations"
-                           ) -> dict[str, torch.Tensor]:
+def weight_norm_state_dict(
+    model: BigVGAN, style: Literal["parametrizations", "legacy"] = "parametrizations"
+) -> dict[str, torch.Tensor]:
     """The model's state dict in checkpoint layout (g = ||W||, v = W per dim-0 slice), e.g. to publish
     fine-tuned weights that the reference BigVGAN code can load."""
     g_suffix, v_suffix = _WN_STYLES[style]
@@ -469,10 +493,14 @@ def load_bigvgan(weights: str | Path | Mapping[str, Any], config: BigVGANConfig 
         config = BigVGANConfig.from_json(config)
     state = fold_weight_norm(read_state_dict(weights, expect_key="conv_pre.bias"))
     model = BigVGAN(config)
-    strict_load(model, state, "BigVGAN checkpoint", detail=" config",
-                hint="Check num_mels, upsample_initial_channel, resblock, activation and use_bias_at_final "
-                     "in the config.",
-                may_be_missing=_is_filter_key)
+    strict_load(
+        model,
+        state,
+        "BigVGAN checkpoint",
+        detail=" config",
+        hint="Check num_mels, upsample_initial_channel, resblock, activation and use_bias_at_final in the config.",
+        may_be_missing=_is_filter_key,
+    )
     return model.eval()
 
 

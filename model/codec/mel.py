@@ -76,8 +76,14 @@ class MelConfig:
         Fixture fields that describe fixed behaviour (centre, window, pre-pad) are checked, so a
         config asking for something this converter does not do fails loudly instead of silently.
         """
-        expected = {"stft_center": False, "window": "hann", "window_periodic": True,
-                    "pre_pad_mode": "reflect", "stft_onesided": True, "stft_normalized": False}
+        expected = {
+            "stft_center": False,
+            "window": "hann",
+            "window_periodic": True,
+            "pre_pad_mode": "reflect",
+            "stft_onesided": True,
+            "stft_normalized": False,
+        }
         for key, want in expected.items():
             if key in d and d[key] != want:
                 raise ValueError(f"mel config {key}={d[key]!r} is not supported (only {want!r})")
@@ -122,12 +128,12 @@ def _mel_to_hz_slaney(mel: np.ndarray) -> np.ndarray:
     return hz
 
 
-def slaney_mel_filterbank(sampling_rate: float, n_fft: int, num_mels: int, fmin: float,
-                          fmax: float) -> torch.Tensor:
+def slaney_mel_filterbank(sampling_rate: float, n_fft: int, num_mels: int, fmin: float, fmax: float) -> torch.Tensor:
     """(num_mels, n_fft//2 + 1) triangular filters on the Slaney mel scale, area-normalised."""
     fft_freqs = np.linspace(0.0, sampling_rate / 2, n_fft // 2 + 1)
-    edges_mel = np.linspace(_hz_to_mel_slaney(np.array([fmin]))[0],
-                            _hz_to_mel_slaney(np.array([fmax]))[0], num_mels + 2)
+    edges_mel = np.linspace(
+        _hz_to_mel_slaney(np.array([fmin]))[0], _hz_to_mel_slaney(np.array([fmax]))[0], num_mels + 2
+    )
     edges = _mel_to_hz_slaney(edges_mel)
     widths = np.diff(edges)
     offsets = edges[:, None] - fft_freqs[None, :]
@@ -144,11 +150,9 @@ class MelConverter(nn.Module):
     def __init__(self, config: MelConfig) -> None:
         super().__init__()
         self.config = config
-        basis = slaney_mel_filterbank(config.sampling_rate, config.n_fft, config.num_mels,
-                                      config.fmin, config.fmax)
+        basis = slaney_mel_filterbank(config.sampling_rate, config.n_fft, config.num_mels, config.fmin, config.fmax)
         self.register_buffer("mel_basis", basis, persistent=False)
-        self.register_buffer("window", torch.hann_window(config.win_size, periodic=True),
-                             persistent=False)
+        self.register_buffer("window", torch.hann_window(config.win_size, periodic=True), persistent=False)
 
     def forward(self, wav: torch.Tensor) -> torch.Tensor:
         c = self.config
@@ -160,9 +164,17 @@ class MelConverter(nn.Module):
             )
         wav = wav.to(self.mel_basis).clamp(-1.0, 1.0)
         wav = F.pad(wav.unsqueeze(1), (c.pad, c.pad), mode="reflect").squeeze(1)
-        spec = torch.stft(wav, c.n_fft, hop_length=c.hop_size, win_length=c.win_size,
-                          window=self.window, center=False, normalized=False, onesided=True,
-                          return_complex=True)
+        spec = torch.stft(
+            wav,
+            c.n_fft,
+            hop_length=c.hop_size,
+            win_length=c.win_size,
+            window=self.window,
+            center=False,
+            normalized=False,
+            onesided=True,
+            return_complex=True,
+        )
         spec = torch.view_as_real(spec)
         magnitude = torch.sqrt(spec.pow(2).sum(-1) + c.magnitude_eps)
         mel = torch.matmul(self.mel_basis, magnitude)

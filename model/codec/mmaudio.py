@@ -48,9 +48,7 @@ class MMAudioCodec(nn.Module):
                 f"vocoder {vocoder.config.num_mels}"
             )
         if mel.config.hop_size != vocoder.hop_size:
-            raise ValueError(
-                f"mel hop {mel.config.hop_size} differs from the vocoder's upsampling {vocoder.hop_size}"
-            )
+            raise ValueError(f"mel hop {mel.config.hop_size} differs from the vocoder's upsampling {vocoder.hop_size}")
         sr_vocoder = vocoder.config.sampling_rate
         if sr_vocoder is not None and sr_vocoder != mel.config.sampling_rate:
             raise ValueError(f"mel sample rate {mel.config.sampling_rate} differs from the vocoder's {sr_vocoder}")
@@ -84,8 +82,9 @@ class MMAudioCodec(nn.Module):
         return self.vocoder(mel).squeeze(1)
 
 
-def _vocoder_source(weights: str | Path | Mapping[str, Any], config: BigVGANConfig | str | Path | None,
-                    kind: str) -> tuple[str | Path | Mapping[str, Any], BigVGANConfig | str | Path]:
+def _vocoder_source(
+    weights: str | Path | Mapping[str, Any], config: BigVGANConfig | str | Path | None, kind: str
+) -> tuple[str | Path | Mapping[str, Any], BigVGANConfig | str | Path]:
     # A publisher directory (config.json + bigvgan_generator.pt) carries its own config.
     if isinstance(weights, (str, Path)) and Path(weights).is_dir():
         folder = Path(weights)
@@ -97,9 +96,12 @@ def _vocoder_source(weights: str | Path | Mapping[str, Any], config: BigVGANConf
     return weights, config
 
 
-def build_mmaudio_codec(kind: Literal["16k", "44k"], vae_weights: str | Path | Mapping[str, Any],
-                        vocoder_weights: str | Path | Mapping[str, Any],
-                        vocoder_config: BigVGANConfig | str | Path | None = None) -> MMAudioCodec:
+def build_mmaudio_codec(
+    kind: Literal["16k", "44k"],
+    vae_weights: str | Path | Mapping[str, Any],
+    vocoder_weights: str | Path | Mapping[str, Any],
+    vocoder_config: BigVGANConfig | str | Path | None = None,
+) -> MMAudioCodec:
     """MMAudio's codec from local files: `v1-16.pth` + `best_netG.pt` (16k), or `v1-44.pth` +
     BigVGAN-v2 44 kHz (`bigvgan_generator.pt`, or its folder holding config.json too)."""
     if kind == "16k":
@@ -109,5 +111,6 @@ def build_mmaudio_codec(kind: Literal["16k", "44k"], vae_weights: str | Path | M
     else:
         raise ValueError(f"kind must be '16k' or '44k', got {kind!r}")
     weights, config = _vocoder_source(vocoder_weights, vocoder_config, kind)
-    return MMAudioCodec(MelConverter(mel_config), load_vae(vae_weights, vae_config),
-                        load_bigvgan(weights, config)).eval()
+    return MMAudioCodec(
+        MelConverter(mel_config), load_vae(vae_weights, vae_config), load_bigvgan(weights, config)
+    ).eval()

@@ -338,7 +338,12 @@ def load_vae(weights: str | Path | Mapping[str, torch.Tensor], config: VAEConfig
     """
     state = read_state_dict(weights, expect_key="encoder.conv_in.weight")
     vae = VAE(config)
-    strict_load(vae, state, "VAE checkpoint", detail=f" built from {config}",
-                hint="Wrong preset? (e.g. 16k weights with the 44k config)")
+    strict_load(
+        vae,
+        state,
+        "VAE checkpoint",
+        detail=f" built from {config}",
+        hint="Wrong preset? (e.g. 16k weights with the 44k config)",
+    )
     vae.normalize_weights_()
     return vae.eval()

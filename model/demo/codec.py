@@ -58,8 +58,13 @@ class DemoCodec(nn.Module):
         self.griffin_lim_iters = griffin_lim_iters
         self.latent_std = latent_std
         fb = AF.melscale_fbanks(
-            n_freqs=n_fft // 2 + 1, f_min=0.0, f_max=sample_rate / 2, n_mels=latent_dim,
-            sample_rate=sample_rate, norm="slaney", mel_scale="slaney",
+            n_freqs=n_fft // 2 + 1,
+            f_min=0.0,
+            f_max=sample_rate / 2,
+            n_mels=latent_dim,
+            sample_rate=sample_rate,
+            norm="slaney",
+            mel_scale="slaney",
         )  # (freqs, mels)
         self.register_buffer("mel_fb", fb, persistent=False)
         self.register_buffer("mel_inverse", _band_interpolation_inverse(fb), persistent=False)
@@ -89,8 +94,9 @@ class DemoCodec(nn.Module):
         # reflect needs more samples than the pad; very short clips fall back to zeros
         mode = "reflect" if wav.shape[1] > self.pad else "constant"
         padded = F.pad(wav.unsqueeze(1), (self.pad, self.pad), mode=mode).squeeze(1)
-        spec = torch.stft(padded, self.n_fft, self.hop_length, window=self.window, center=False,
-                          return_complex=True).abs()  # (B, freqs, N)
+        spec = torch.stft(
+            padded, self.n_fft, self.hop_length, window=self.window, center=False, return_complex=True
+        ).abs()  # (B, freqs, N)
         mel = torch.matmul(self.mel_fb.T, spec)  # (B, mels, N)
         latent = (torch.log10(mel.clamp_min(LOG_FLOOR)) - LOG_CENTER) / LOG_SCALE
         mean = latent.transpose(1, 2).contiguous()
@@ -111,8 +117,16 @@ class DemoCodec(nn.Module):
         magnitude = torch.cat([magnitude, magnitude[..., -1:]], dim=-1)
         length = n * self.hop_length
         wav = AF.griffinlim(
-            magnitude, self.window, self.n_fft, self.hop_length, self.n_fft, power=1.0,
-            n_iter=self.griffin_lim_iters, momentum=0.99, length=length, rand_init=False,
+            magnitude,
+            self.window,
+            self.n_fft,
+            self.hop_length,
+            self.n_fft,
+            power=1.0,
+            n_iter=self.griffin_lim_iters,
+            momentum=0.99,
+            length=length,
+            rand_init=False,
         )
         # Griffin-Lim centres frame n on sample n * hop; ours sits `pad` samples later.
         return F.pad(wav, (self.pad, 0))[:, :length]

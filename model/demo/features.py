@@ -118,8 +118,12 @@ class DemoEncoders(nn.Module):
         seed: int = 0,
     ) -> None:
         super().__init__()
-        for name, value in (("clip_dim", clip_dim), ("sync_dim", sync_dim), ("text_dim", text_dim),
-                            ("text_seq_len", text_seq_len)):
+        for name, value in (
+            ("clip_dim", clip_dim),
+            ("sync_dim", sync_dim),
+            ("text_dim", text_dim),
+            ("text_seq_len", text_seq_len),
+        ):
             if value < 1:
                 raise ValueError(f"{name} must be >= 1, got {value}")
         self.clip_dim = clip_dim
@@ -128,8 +132,9 @@ class DemoEncoders(nn.Module):
         self.text_seq_len = text_seq_len
         self.seed = seed
         self.register_buffer("clip_projection", orthogonal_projection(CLIP_RAW_DIM, clip_dim, seed), persistent=False)
-        self.register_buffer("sync_projection", orthogonal_projection(SYNC_RAW_DIM, sync_dim, seed + 1),
-                             persistent=False)
+        self.register_buffer(
+            "sync_projection", orthogonal_projection(SYNC_RAW_DIM, sync_dim, seed + 1), persistent=False
+        )
 
     @property
     def device(self) -> torch.device:
@@ -195,13 +200,12 @@ class DemoEncoders(nn.Module):
 
 # -- frame helpers -------------------------------------------------------------------------
 
+
 def _check_frames(frames: torch.Tensor, what: str) -> None:
     if not isinstance(frames, torch.Tensor):
         raise TypeError(f"{what} frames must be a torch.Tensor, got {type(frames).__name__}")
     if frames.dtype != torch.uint8 or frames.ndim != 5 or frames.shape[-1] != 3:
-        raise ValueError(
-            f"{what} frames must be uint8 (B, T, H, W, 3); got {frames.dtype} {tuple(frames.shape)}"
-        )
+        raise ValueError(f"{what} frames must be uint8 (B, T, H, W, 3); got {frames.dtype} {tuple(frames.shape)}")
 
 
 def _pooled_frames(frames: torch.Tensor, grid: int) -> torch.Tensor:

@@ -80,8 +80,13 @@ def _check_separable_resize(device: torch.device, dtype: torch.dtype) -> str | N
     return None
 
 
-SEPARABLE_RESIZE = KernelSwitch("the Triton resize", "DUB_TRITON_RESIZE", "dub.model.kernels.resize_triton", "F.interpolate",
-                                self_check=_check_separable_resize)
+SEPARABLE_RESIZE = KernelSwitch(
+    "the Triton resize",
+    "DUB_TRITON_RESIZE",
+    "dub.model.kernels.resize_triton",
+    "F.interpolate",
+    self_check=_check_separable_resize,
+)
 
 
 def short_side_size(height: int, width: int, short: int) -> tuple[int, int]:
@@ -222,10 +227,14 @@ def use_class_token_block(visual: nn.Module) -> bool:
     transformer = getattr(visual, "transformer", None)
     blocks = getattr(transformer, "resblocks", None)
     eligible = (
-        blocks is not None and len(blocks) > 0 and getattr(visual, "pool_type", None) == "tok"
-        and getattr(visual, "attn_pool", None) is None and not getattr(visual, "output_tokens", False)
+        blocks is not None
+        and len(blocks) > 0
+        and getattr(visual, "pool_type", None) == "tok"
+        and getattr(visual, "attn_pool", None) is None
+        and not getattr(visual, "output_tokens", False)
         and getattr(transformer, "batch_first", False)
-        and type(blocks[-1]) is ResidualAttentionBlock and not hasattr(blocks[-1], "ln_1_kv")
+        and type(blocks[-1]) is ResidualAttentionBlock
+        and not hasattr(blocks[-1], "ln_1_kv")
     )
     if eligible:
         blocks[-1] = ClassTokenBlock(blocks[-1])

@@ -142,15 +142,18 @@ class MMAudioEncoders:
         ok, why = fp8_supported(self.device)
         if not ok:
             raise RuntimeError(f"FP8 is not available on {self.device}: {why}")
-        modules = {"clip": (self.clip.model, "visual", "CLIP's vision tower"),
-                   "synchformer": (self.synchformer, "vfeat_extractor", "Synchformer")}
+        modules = {
+            "clip": (self.clip.model, "visual", "CLIP's vision tower"),
+            "synchformer": (self.synchformer, "vfeat_extractor", "Synchformer"),
+        }
         n = sum(convert_linears_to_fp8(getattr(owner, name)) for owner, name, _ in (modules[t] for t in towers))
         names = " and ".join(modules[t][2] for t in FP8_TOWERS if t in towers)
         return f"{n} linear layers of {names} in FP8 (e4m3, row-wise scales)"
 
     def clip_features(self, frames: torch.Tensor) -> torch.Tensor:
-        return in_fixed_batches(lambda f: self.clip.image_features(f, batch_size=self.clip_batch_size), frames,
-                                 self.windows_per_call)
+        return in_fixed_batches(
+            lambda f: self.clip.image_features(f, batch_size=self.clip_batch_size), frames, self.windows_per_call
+        )
 
     def sync_features(self, frames: torch.Tensor) -> torch.Tensor:
         return in_fixed_batches(self._sync_features, frames, self.windows_per_call)

@@ -140,8 +140,9 @@ def divided_attention(qkv: torch.Tensor, heads: int, *, frames: int, patches: in
     return out.transpose(1, 2).reshape(n, length, width // 3)
 
 
-def divided_attention_triton(qkv: torch.Tensor, heads: int, *, frames: int, patches: int,
-                             along_time: bool) -> torch.Tensor:
+def divided_attention_triton(
+    qkv: torch.Tensor, heads: int, *, frames: int, patches: int, along_time: bool
+) -> torch.Tensor:
     """`divided_attention` with the groups in one Triton kernel (model/kernels/synchformer_triton.py) that
     reads qkv and writes the output in place, without the copies; CLS's own query through SDPA."""
     from dub.model.kernels.synchformer_triton import grouped_attention
@@ -162,27 +163,36 @@ def _check_divided_attention(device: torch.device, dtype: torch.dtype) -> str | 
     qkv = qkv.to(device=device, dtype=dtype)
     for along_time in (True, False):
         shape = dict(frames=frames, patches=patches, along_time=along_time)
-        wrong = self_check_verdict(divided_attention_triton(qkv, heads, **shape),
-                                    divided_attention(qkv.float(), heads, **shape), self_check_tolerance(dtype))
+        wrong = self_check_verdict(
+            divided_attention_triton(qkv, heads, **shape),
+            divided_attention(qkv.float(), heads, **shape),
+            self_check_tolerance(dtype),
+        )
         if wrong:
             return f"{'time' if along_time else 'space'} attention: {wrong}"
     return None
 
 
-GROUPED_ATTENTION = KernelSwitch("Synchformer's Triton divided attention", "DUB_SYNCHFORMER_TRITON",
-                                 "dub.model.kernels.synchformer_triton", "SDPA with concatenated CLS keys",
-                                 self_check=_check_divided_attention)
+GROUPED_ATTENTION = KernelSwitch(
+    "Synchformer's Triton divided attention",
+    "DUB_SYNCHFORMER_TRITON",
+    "dub.model.kernels.synchformer_triton",
+    "SDPA with concatenated CLS keys",
+    self_check=_check_divided_attention,
+)
 
 
 def attention_status(device: str | torch.device) -> str:
     """How DividedAttention runs on `device` (for benchmark notes and logs)."""
-    return "Synchformer attention: " + GROUPED_ATTENTION.describe(torch.device(device).type, "Triton kernel",
-                                                                  "SDPA form")
+    return "Synchformer attention: " + GROUPED_ATTENTION.describe(
+        torch.device(device).type, "Triton kernel", "SDPA form"
+    )
 
 
 @torch.library.custom_op("dub::synchformer_divided_attention", mutates_args=())
-def _divided_attention_kernel_op(qkv: torch.Tensor, heads: int, frames: int, patches: int,
-                                 along_time: bool) -> torch.Tensor:
+def _divided_attention_kernel_op(
+    qkv: torch.Tensor, heads: int, frames: int, patches: int, along_time: bool
+) -> torch.Tensor:
     """The Triton form as one opaque op, so torch.compile neither traces into the kernel launch
     nor breaks its graph there; falls back to the SDPA form if the kernel fails or its
     self-check disagrees (once, warned)."""
@@ -396,9 +406,7 @@ def num_segments(num_frames: int, segment: int = 16, stride: int = 8) -> int:
 
 
 @torch.no_grad()
-def synchformer_features(
-    model: Synchformer, frames: torch.Tensor, *, batch_size: int | None = None
-) -> torch.Tensor:
+def synchformer_features(model: Synchformer, frames: torch.Tensor, *, batch_size: int | None = None) -> torch.Tensor:
     """Sync features for (B, T, C, H, W) frames in [-1, 1] -> (B, S*8, D), segment-major.
 
     `batch_size` bounds how many segments run at once (memory); None runs them all together.

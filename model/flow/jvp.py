@@ -55,8 +55,9 @@ class _FastTangent:
     what = "the fast path"
 
     def __init__(self, verify: bool = True) -> None:
-        self._call = FallbackOnError(self._fast, eager_tangent,
-                                     warning=f"MeanFlow JVP: {self.what} failed, using the eager JVP from now on")
+        self._call = FallbackOnError(
+            self._fast, eager_tangent, warning=f"MeanFlow JVP: {self.what} failed, using the eager JVP from now on"
+        )
         self.verify = verify
         self.verified: dict[tuple, float] = {}
 
@@ -77,10 +78,14 @@ class _FastTangent:
         rel = err / scale if scale > 0 else (0.0 if err == 0 else math.inf)
         self.verified[key] = rel
         if not rel <= VERIFY_TOLERANCE:  # also catches NaN
-            self._call.failed = (f"it differs from eager forward-mode AD by {rel:.2e} of its peak "
-                                 f"(tolerance {VERIFY_TOLERANCE:g})")
-            warnings.warn(f"MeanFlow JVP: {self.what} {self._call.failed}; using the eager JVP from now on",
-                          RuntimeWarning, stacklevel=2)
+            self._call.failed = (
+                f"it differs from eager forward-mode AD by {rel:.2e} of its peak (tolerance {VERIFY_TOLERANCE:g})"
+            )
+            warnings.warn(
+                f"MeanFlow JVP: {self.what} {self._call.failed}; using the eager JVP from now on",
+                RuntimeWarning,
+                stacklevel=2,
+            )
             return expected
         return out
 
@@ -100,8 +105,9 @@ class CompiledTangent(_FastTangent):
 
     what = "torch.compile"
 
-    def __init__(self, mode: str | None = None, dynamic: bool | None = None, verify: bool = True,
-                 **compile_kwargs) -> None:
+    def __init__(
+        self, mode: str | None = None, dynamic: bool | None = None, verify: bool = True, **compile_kwargs
+    ) -> None:
         super().__init__(verify)
         self.mode = mode
         self.dynamic = dynamic
@@ -146,6 +152,7 @@ class GraphedTangent(_FastTangent):
         key = (id(inner), tuple(names), tuple((x.shape, x.dtype) for x in inputs), dtype)
         call = self._calls.get(key)
         if call is None:
+
             def tangent(z_, t_, s_, v_, *conds):
                 with torch.autocast(device_type, dtype=dtype or torch.float32, enabled=autocast, cache_enabled=False):
                     return eager_tangent(inner, z_, t_, s_, v_, dict(zip(names, conds)))

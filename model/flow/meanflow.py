@@ -54,7 +54,9 @@ class MeanFlowConfig:
         if self.time_sigma <= 0.0:
             raise ValueError(f"MeanFlowConfig.time_sigma must be > 0, got {self.time_sigma}")
         if self.adaptive_p < 0.0 or self.adaptive_eps <= 0.0:
-            raise ValueError(f"adaptive weighting needs p >= 0 and eps > 0, got p={self.adaptive_p}, eps={self.adaptive_eps}")
+            raise ValueError(
+                f"adaptive weighting needs p >= 0 and eps > 0, got p={self.adaptive_p}, eps={self.adaptive_eps}"
+            )
         if self.guidance_t_min > self.guidance_t_max:
             raise ValueError(f"guidance_t_min {self.guidance_t_min} > guidance_t_max {self.guidance_t_max}")
 
@@ -135,8 +137,7 @@ def empty_like_conditions(
     """Fully unconditional version of `cond`: every grouped key replaced by its empty feature."""
     grouped = {key for group in groups for key in group}
     return {
-        key: _empty_for(key, value, empty).expand_as(value) if key in grouped else value
-        for key, value in cond.items()
+        key: _empty_for(key, value, empty).expand_as(value) if key in grouped else value for key, value in cond.items()
     }
 
 
@@ -314,9 +315,7 @@ def _metrics(loss: torch.Tensor, mse: torch.Tensor, frac_equal: torch.Tensor, ta
     return dict(zip(("loss", "mse", "frac_s_eq_t", "u_tgt_abs_mean"), values))
 
 
-def _weighted_loss(
-    pred: torch.Tensor, target: torch.Tensor, p: float, eps: float
-) -> tuple[torch.Tensor, torch.Tensor]:
+def _weighted_loss(pred: torch.Tensor, target: torch.Tensor, p: float, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
     if pred.shape != target.shape:
         raise ValueError(f"model output {tuple(pred.shape)} does not match the data shape {tuple(target.shape)}")
     err = pred.float() - target
@@ -376,8 +375,9 @@ def _batch_size(cond: Mapping[str, torch.Tensor]) -> int:
     return next(iter(sizes.values()))
 
 
-
-def _generator_device(generator: torch.Generator | None, device: torch.device | str | None) -> torch.device | str | None:
+def _generator_device(
+    generator: torch.Generator | None, device: torch.device | str | None
+) -> torch.device | str | None:
     return generator.device if generator is not None else device
 
 

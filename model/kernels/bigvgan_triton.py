@@ -78,8 +78,9 @@ if triton is not None:
         tl.store(out_ptr + base + k, acc.to(out_ptr.dtype.element_ty), mask=k < T)
 
 
-def anti_aliased_snake(x: torch.Tensor, alpha: torch.Tensor, inv_beta: torch.Tensor, up_taps: torch.Tensor,
-                       down_taps: torch.Tensor) -> torch.Tensor:
+def anti_aliased_snake(
+    x: torch.Tensor, alpha: torch.Tensor, inv_beta: torch.Tensor, up_taps: torch.Tensor, down_taps: torch.Tensor
+) -> torch.Tensor:
     """x (B, C, T) -> (B, C, T) in x's dtype. alpha and inv_beta: (C,) float32, Snake's
     frequency and 1 / (beta + eps) after any log scale; up_taps, down_taps: (2, 7) float32
     from `dub.model.codec.mmaudio.bigvgan.polyphase_weights`."""
@@ -93,7 +94,15 @@ def anti_aliased_snake(x: torch.Tensor, alpha: torch.Tensor, inv_beta: torch.Ten
     phases = torch.empty(b * c, 2, t, device=x.device, dtype=torch.float32)
     f32 = dict(device=x.device, dtype=torch.float32)
     grid = (b * c, triton.cdiv(t, BLOCK))
-    _snake_phases_kernel[grid](x, phases, alpha.to(**f32).contiguous(), inv_beta.to(**f32).contiguous(),
-                               up_taps.to(**f32).contiguous(), t, c, BLOCK=BLOCK)
+    _snake_phases_kernel[grid](
+        x,
+        phases,
+        alpha.to(**f32).contiguous(),
+        inv_beta.to(**f32).contiguous(),
+        up_taps.to(**f32).contiguous(),
+        t,
+        c,
+        BLOCK=BLOCK,
+    )
     _lowpass_kernel[grid](phases, out, down_taps.to(**f32).contiguous(), t, BLOCK=BLOCK)
     return out

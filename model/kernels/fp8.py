@@ -63,9 +63,15 @@ def bias_in_scaled_mm(device: torch.device | str) -> bool:
         dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
         ones = torch.ones(16, 16, device=device)
         try:
-            torch._scaled_mm(ones.to(E4M3), ones.to(E4M3).t(), scale_a=torch.ones(16, 1, device=device),
-                             scale_b=torch.ones(1, 16, device=device), bias=ones[0].to(dtype), out_dtype=dtype,
-                             use_fast_accum=True)  # as Fp8Linear calls it
+            torch._scaled_mm(
+                ones.to(E4M3),
+                ones.to(E4M3).t(),
+                scale_a=torch.ones(16, 1, device=device),
+                scale_b=torch.ones(1, 16, device=device),
+                bias=ones[0].to(dtype),
+                out_dtype=dtype,
+                use_fast_accum=True,
+            )  # as Fp8Linear calls it
             _BIAS_IN_SCALED_MM[key] = True
         except Exception:  # noqa: BLE001 - whatever the platform says, the bias is added afterwards
             _BIAS_IN_SCALED_MM[key] = False
@@ -105,9 +111,15 @@ class Fp8Linear(nn.Module):
         # fast accumulation (Hopper's FP8 tensor cores add partial sums without promoting them to
         # float32 at every step): measured on an H200 at CLIP's four linears, 8-14 % faster with
         # the same error against float32 (clip_kernels_bench, docs/benchmarks.md); the CPU ignores it
-        y = torch._scaled_mm(x_fp8, self.weight_fp8.t(), scale_a=x_scale, scale_b=self.weight_scale,
-                             bias=self.bias.to(mm_dtype) if fused_bias else None, out_dtype=mm_dtype,
-                             use_fast_accum=True)
+        y = torch._scaled_mm(
+            x_fp8,
+            self.weight_fp8.t(),
+            scale_a=x_scale,
+            scale_b=self.weight_scale,
+            bias=self.bias.to(mm_dtype) if fused_bias else None,
+            out_dtype=mm_dtype,
+            use_fast_accum=True,
+        )
         if self.bias is not None and not fused_bias:
             y = y + self.bias.to(y.dtype)
         return y.to(out_dtype).reshape(*x.shape[:-1], self.out_features)
@@ -125,8 +137,10 @@ class ProjectedAttention(nn.Module):
     def __init__(self, mha: nn.MultiheadAttention, linear: type[nn.Module] | None = None) -> None:
         super().__init__()
         if not supports_projected_attention(mha):
-            raise ValueError("only batch-first nn.MultiheadAttention with one in-projection, no bias_k/bias_v, "
-                             "no zero attention and no dropout can be rewritten")
+            raise ValueError(
+                "only batch-first nn.MultiheadAttention with one in-projection, no bias_k/bias_v, "
+                "no zero attention and no dropout can be rewritten"
+            )
         self.num_heads, self.embed_dim = mha.num_heads, mha.embed_dim
         in_proj = nn.Linear(mha.embed_dim, 3 * mha.embed_dim, bias=mha.in_proj_bias is not None)
         out_proj = nn.Linear(mha.embed_dim, mha.embed_dim, bias=mha.out_proj.bias is not None)
@@ -142,8 +156,15 @@ class ProjectedAttention(nn.Module):
         self.in_proj = in_proj if linear is None else linear(in_proj)
         self.out_proj = out_proj if linear is None else linear(out_proj)
 
-    def forward(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, need_weights: bool = False,
-                attn_mask: torch.Tensor | None = None, **_unused) -> tuple[torch.Tensor, None]:
+    def forward(
+        self,
+        query: torch.Tensor,
+        key: torch.Tensor,
+        value: torch.Tensor,
+        need_weights: bool = False,
+        attn_mask: torch.Tensor | None = None,
+        **_unused,
+    ) -> tuple[torch.Tensor, None]:
         if need_weights:
             raise ValueError("ProjectedAttention does not return attention weights")
         b, n, d = query.shape
@@ -154,8 +175,8 @@ class ProjectedAttention(nn.Module):
             _, k, v = self.in_proj(key).chunk(3, dim=-1)
         else:
             q = self.in_proj(query)[..., :d]
-            k = self.in_proj(key)[..., d:2 * d]
-            v = self.in_proj(value)[..., 2 * d:]
+            k = self.in_proj(key)[..., d : 2 * d]
+            v = self.in_proj(value)[..., 2 * d :]
         heads = [x.reshape(x.shape[0], x.shape[1], self.num_heads, -1).transpose(1, 2) for x in (q, k, v)]
         if attn_mask is not None and attn_mask.dtype != torch.bool:
             attn_mask = attn_mask.to(heads[0].dtype)
@@ -164,8 +185,14 @@ class ProjectedAttention(nn.Module):
 
 
 def supports_projected_attention(mha: nn.MultiheadAttention) -> bool:
-    return (mha.batch_first and mha._qkv_same_embed_dim and mha.bias_k is None and mha.bias_v is None
-            and not mha.add_zero_attn and mha.dropout == 0.0)
+    return (
+        mha.batch_first
+        and mha._qkv_same_embed_dim
+        and mha.bias_k is None
+        and mha.bias_v is None
+        and not mha.add_zero_attn
+        and mha.dropout == 0.0
+    )
 
 
 def convert_linears_to_fp8(module: nn.Module) -> int:

@@ -39,8 +39,9 @@ class CudaGraphCall:
     `fn` must not synchronise with the host (no `.item()`, no data-dependent shapes).
     """
 
-    def __init__(self, fn: TensorFn, example_inputs: Sequence[torch.Tensor], *, use_graph: bool | None = None,
-                 warmup: int = 2) -> None:
+    def __init__(
+        self, fn: TensorFn, example_inputs: Sequence[torch.Tensor], *, use_graph: bool | None = None, warmup: int = 2
+    ) -> None:
         if not example_inputs:
             raise ValueError("CudaGraphCall needs at least one example input tensor")
         self.fn = fn
@@ -105,8 +106,9 @@ def in_fixed_batches(fn: TensorFn, x: torch.Tensor, rows: int | None) -> torch.T
     n = x.shape[0]
     if rows is None or n in (0, rows):
         return fn(x)
-    return torch.cat([fn(pad_rows(x[start:start + rows], rows))[: min(rows, n - start)]
-                      for start in range(0, n, rows)])
+    return torch.cat(
+        [fn(pad_rows(x[start : start + rows], rows))[: min(rows, n - start)] for start in range(0, n, rows)]
+    )
 
 
 class CompiledOrEager(nn.Module):
@@ -121,8 +123,10 @@ class CompiledOrEager(nn.Module):
         self.module = module
         # a plain attribute, not a second submodule holding the same parameters
         self.__dict__["_call"] = FallbackOnError(
-            torch.compile(module, **compile_kwargs), module,
-            warning=f"torch.compile of {type(module).__name__} failed, running it eagerly")
+            torch.compile(module, **compile_kwargs),
+            module,
+            warning=f"torch.compile of {type(module).__name__} failed, running it eagerly",
+        )
 
     @property
     def failed(self) -> str | None:

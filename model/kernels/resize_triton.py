@@ -66,8 +66,9 @@ def _bicubic_filter(x: torch.Tensor, fused: bool = True) -> torch.Tensor:
 
 
 @functools.lru_cache(maxsize=16)
-def _axis_weights_cpu(in_size: int, out_size: int, fuse_center: bool = True,
-                      fuse_filter: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+def _axis_weights_cpu(
+    in_size: int, out_size: int, fuse_center: bool = True, fuse_filter: bool = True
+) -> tuple[torch.Tensor, torch.Tensor]:
     """ATen CUDA's float32 steps, vectorised over the output index.
 
     nvcc contracts each use of center = scale * (i + 0.5) (center -/+ support, xmin - center)
@@ -99,8 +100,9 @@ def _axis_weights_cpu(in_size: int, out_size: int, fuse_center: bool = True,
 
 
 @functools.lru_cache(maxsize=32)
-def axis_weights(in_size: int, out_size: int, device: str = "cpu",
-                 fuse_center: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+def axis_weights(
+    in_size: int, out_size: int, device: str = "cpu", fuse_center: bool = True
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(first tap (out,) int32, weights (out, taps) float32, zero past each span) for one axis."""
     xmin, weights = _axis_weights_cpu(in_size, out_size, fuse_center)
     return xmin.to(device), weights.to(device)
@@ -139,8 +141,9 @@ def round_uint8(x: torch.Tensor) -> torch.Tensor:
 if triton is not None:
 
     @triton.jit
-    def _resample_axis_kernel(in_ptr, out_ptr, start_ptr, w_ptr, total, OE, E, L, taps,
-                              FINAL: tl.constexpr, BLOCK: tl.constexpr):
+    def _resample_axis_kernel(
+        in_ptr, out_ptr, start_ptr, w_ptr, total, OE, E, L, taps, FINAL: tl.constexpr, BLOCK: tl.constexpr
+    ):
         """out[b, o, e] = sum_k w[o, k] * in[b, start[o] + k, e] over a flat (b, o, e) index;
         in is (B, L, E), out (B, O, E), both contiguous. Pass 1: b = (n, y), o = ox, e = c;
         pass 2: b = n, o = oy, e = (ox, c). FINAL: clamp, round and store uint8."""
@@ -175,7 +178,8 @@ def _launch(src: torch.Tensor, dst: torch.Tensor, start: torch.Tensor, weights: 
     if max(total, src.numel()) >= 2**31:
         raise ValueError("chunk too large for int32 indexing")
     _resample_axis_kernel[(triton.cdiv(total, BLOCK),)](
-        src, dst, start, weights, total, out_size * e, e, length, weights.shape[1], FINAL=final, BLOCK=BLOCK)
+        src, dst, start, weights, total, out_size * e, e, length, weights.shape[1], FINAL=final, BLOCK=BLOCK
+    )
 
 
 def resize_triton(images: torch.Tensor, size: tuple[int, int], *, temp_bytes: int = TEMP_BYTES) -> torch.Tensor:

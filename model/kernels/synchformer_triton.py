@@ -43,9 +43,22 @@ NUM_WARPS = 4
 if triton is not None:
 
     @triton.jit
-    def _grouped_attention_kernel(qkv_ptr, out_ptr, L, H, S, GS, GROUP_STRIDE, ELEM_STRIDE, scale,
-                                  HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr,
-                                  BLOCK_N: tl.constexpr, IEEE: tl.constexpr):
+    def _grouped_attention_kernel(
+        qkv_ptr,
+        out_ptr,
+        L,
+        H,
+        S,
+        GS,
+        GROUP_STRIDE,
+        ELEM_STRIDE,
+        scale,
+        HEAD_DIM: tl.constexpr,
+        BLOCK_D: tl.constexpr,
+        BLOCK_M: tl.constexpr,
+        BLOCK_N: tl.constexpr,
+        IEEE: tl.constexpr,
+    ):
         """qkv (N, L, 3, H, HEAD_DIM), out (N, L, H, HEAD_DIM), both contiguous. Group element
         (g, i), g < GS // S, i < S, is token 1 + g * GROUP_STRIDE + i * ELEM_STRIDE; token 0 is CLS."""
         pid_nh = tl.program_id(0)
@@ -107,9 +120,18 @@ if triton is not None:
         tl.store(out + token[:, None] * row_out + d[None, :], result.to(out_ptr.dtype.element_ty), mask=q_mask)
 
 
-def grouped_attention(qkv: torch.Tensor, heads: int, frames: int, patches: int, along_time: bool,
-                      out: torch.Tensor | None = None, *, block_m: int = BLOCK_M, block_n: int = BLOCK_N,
-                      num_warps: int = NUM_WARPS) -> torch.Tensor:
+def grouped_attention(
+    qkv: torch.Tensor,
+    heads: int,
+    frames: int,
+    patches: int,
+    along_time: bool,
+    out: torch.Tensor | None = None,
+    *,
+    block_m: int = BLOCK_M,
+    block_n: int = BLOCK_N,
+    num_warps: int = NUM_WARPS,
+) -> torch.Tensor:
     """Divided attention of every non-CLS token of `qkv` (N, 1 + frames * patches, 3 * D), laid
     out as the qkv projection writes it (q, k, v blocks, heads inside each), with tokens ordered
     (frame, patch). Returns `out` (N, L, D): rows 1.. hold the attention output in the layout
@@ -131,8 +153,20 @@ def grouped_attention(qkv: torch.Tensor, heads: int, frames: int, patches: int, 
     grouped = frames * patches
     grid = (n * heads, triton.cdiv(grouped, block_m))
     _grouped_attention_kernel[grid](
-        qkv, out, length, heads, group_len, grouped, group_stride, elem_stride, 1.0 / math.sqrt(head_dim),
-        HEAD_DIM=head_dim, BLOCK_D=max(16, triton.next_power_of_2(head_dim)), BLOCK_M=block_m, BLOCK_N=block_n,
-        IEEE=qkv.dtype == torch.float32, num_warps=num_warps,
+        qkv,
+        out,
+        length,
+        heads,
+        group_len,
+        grouped,
+        group_stride,
+        elem_stride,
+        1.0 / math.sqrt(head_dim),
+        HEAD_DIM=head_dim,
+        BLOCK_D=max(16, triton.next_power_of_2(head_dim)),
+        BLOCK_M=block_m,
+        BLOCK_N=block_n,
+        IEEE=qkv.dtype == torch.float32,
+        num_warps=num_warps,
     )
     return out

@@ -61,8 +61,7 @@ def _mel_hop(sample_rate: int) -> int:
         return MEL_HOP_BY_SAMPLE_RATE[sample_rate]
     except KeyError:
         raise ValueError(
-            f"unsupported sample rate {sample_rate} Hz: MMAudio codecs exist for "
-            f"{sorted(MEL_HOP_BY_SAMPLE_RATE)} Hz"
+            f"unsupported sample rate {sample_rate} Hz: MMAudio codecs exist for {sorted(MEL_HOP_BY_SAMPLE_RATE)} Hz"
         ) from None
 
 

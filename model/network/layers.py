@@ -42,8 +42,14 @@ class ChannelLastConv1d(nn.Conv1d):
         return F.linear(columns, self.weight.reshape(self.out_channels, -1), self.bias)
 
     def _as_matmul(self) -> bool:
-        return (self.stride == (1,) and self.dilation == (1,) and self.groups == 1 and self.padding_mode == "zeros"
-                and isinstance(self.padding, tuple) and 2 * self.padding[0] == self.kernel_size[0] - 1)
+        return (
+            self.stride == (1,)
+            and self.dilation == (1,)
+            and self.groups == 1
+            and self.padding_mode == "zeros"
+            and isinstance(self.padding, tuple)
+            and 2 * self.padding[0] == self.kernel_size[0] - 1
+        )
 
 
 def gated_hidden_dim(hidden_dim: int, multiple_of: int = 256) -> int:

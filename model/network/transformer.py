@@ -56,10 +56,7 @@ class Conditions:
         if self.batch_size != 1:
             raise ValueError(f"cannot expand conditions of batch {self.batch_size} to {batch_size}")
         return Conditions(
-            **{
-                f.name: getattr(self, f.name).expand(batch_size, *getattr(self, f.name).shape[1:])
-                for f in fields(self)
-            }
+            **{f.name: getattr(self, f.name).expand(batch_size, *getattr(self, f.name).shape[1:]) for f in fields(self)}
         )
 
 
@@ -246,7 +243,11 @@ class MFMJT(nn.Module):
         text, text_c = self._embed_text(empty_text if text_f is None else text_f)
         expand = lambda x: x.expand(batch_size, *x.shape[1:])  # noqa: E731
         return Conditions(
-            clip_f=expand(clip), sync_f=expand(sync), text_f=expand(text), clip_f_c=expand(clip_c), text_f_c=expand(text_c)
+            clip_f=expand(clip),
+            sync_f=expand(sync),
+            text_f=expand(text),
+            clip_f_c=expand(clip_c),
+            text_f_c=expand(text_c),
         )
 
     # ------------------------------------------------------------------------------ time

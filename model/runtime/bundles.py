@@ -103,8 +103,11 @@ def _mmaudio_weights(network: tuple[str, str], rate: Literal["16k", "44k"]) -> d
     if rate == "16k":
         weights.update(vae=("mmaudio-ext", "v1-16.pth"), vocoder=("mmaudio-ext", "best_netG.pt"))
     else:
-        weights.update(vae=("mmaudio-ext", "v1-44.pth"), vocoder=("bigvgan-v2-44k", "bigvgan_generator.pt"),
-                       vocoder_config=("bigvgan-v2-44k", "config.json"))
+        weights.update(
+            vae=("mmaudio-ext", "v1-44.pth"),
+            vocoder=("bigvgan-v2-44k", "bigvgan_generator.pt"),
+            vocoder_config=("bigvgan-v2-44k", "config.json"),
+        )
     return weights
 
 
@@ -118,8 +121,15 @@ DEMO_NETWORK_OVERRIDES = {"latent_dim": 20, "clip_dim": 64, "sync_dim": 64, "tex
 
 def _mmaudio_bundle(preset: str, rate: Literal["16k", "44k"], description: str) -> ModelBundle:
     name = "mmaudio-" + preset.replace("_", "-")
-    return ModelBundle(name, description, preset, "mmaudio", f"mmaudio-{rate}",
-                       _mmaudio_weights(("mmaudio", f"mmaudio_{preset}.pth"), rate), MMAUDIO_SAMPLER)
+    return ModelBundle(
+        name,
+        description,
+        preset,
+        "mmaudio",
+        f"mmaudio-{rate}",
+        _mmaudio_weights(("mmaudio", f"mmaudio_{preset}.pth"), rate),
+        MMAUDIO_SAMPLER,
+    )
 
 
 BUNDLES: dict[str, ModelBundle] = {
@@ -129,7 +139,11 @@ BUNDLES: dict[str, ModelBundle] = {
             "demo",
             "bundled demo model: hand-made video features + Griffin-Lim codec + a small MF-MJT "
             "network; no downloads, runs on CPU, toy quality",
-            "tiny", "demo", "demo", {}, MF_MJT_SAMPLER,
+            "tiny",
+            "demo",
+            "demo",
+            {},
+            MF_MJT_SAMPLER,
             network_overrides=DEMO_NETWORK_OVERRIDES,
             network_asset="default/mf_mjt_demo.safetensors",
         ),
@@ -141,8 +155,11 @@ BUNDLES: dict[str, ModelBundle] = {
         ModelBundle(
             "mf-mjt-small-16k",
             "your MF-MJT small 16 kHz checkpoint on MMAudio's 16 kHz stack (one step)",
-            "small_16k", "mmaudio", "mmaudio-16k",
-            _mmaudio_weights(("mf-mjt", "mf_mjt_small_16k.safetensors"), "16k"), MF_MJT_SAMPLER,
+            "small_16k",
+            "mmaudio",
+            "mmaudio-16k",
+            _mmaudio_weights(("mf-mjt", "mf_mjt_small_16k.safetensors"), "16k"),
+            MF_MJT_SAMPLER,
         ),
     )
 }
@@ -167,12 +184,19 @@ def network_config(bundle: ModelBundle):
 
 # -- resolving weights files ---------------------------------------------------------------
 
+
 def asset_path(bundle: ModelBundle) -> Path | None:
     return None if bundle.network_asset is None else ASSETS_DIR / bundle.network_asset
 
 
-def weight_paths(bundle: ModelBundle, registry: WeightsRegistry, *, checkpoint: str | Path | None = None,
-                 verify: bool = False, network: bool = True) -> dict[str, Path]:
+def weight_paths(
+    bundle: ModelBundle,
+    registry: WeightsRegistry,
+    *,
+    checkpoint: str | Path | None = None,
+    verify: bool = False,
+    network: bool = True,
+) -> dict[str, Path]:
     """role -> local path of every weights file the bundle needs (optional roles only when
     present). All missing files are reported together, each with where it goes and its URL.
     `network=False`: only the encoders' and codec's files (feature extraction never runs the
@@ -230,6 +254,7 @@ def weights_hash(bundle: ModelBundle, registry: WeightsRegistry, paths: Mapping[
 
 # -- info and loading ----------------------------------------------------------------------
 
+
 @dataclass(frozen=True)
 class BundleInfo:
     """What a run needs to know about a model before loading it (cheap: hashes, no weights)."""
@@ -251,8 +276,13 @@ class BundleInfo:
         return dataclasses.asdict(self)
 
 
-def bundle_info(name: str | ModelBundle, checkpoint: str | Path | None = None,
-                registry: WeightsRegistry | None = None, *, verify: bool = True) -> BundleInfo:
+def bundle_info(
+    name: str | ModelBundle,
+    checkpoint: str | Path | None = None,
+    registry: WeightsRegistry | None = None,
+    *,
+    verify: bool = True,
+) -> BundleInfo:
     """Sizes, rates, sampler defaults and the weights hash of a bundle, without loading weights.
     Raises the missing-weights (or demo-not-trained) and verification errors up front, so a run
     fails before starting any worker (and workers find the verification cached)."""
@@ -260,9 +290,15 @@ def bundle_info(name: str | ModelBundle, checkpoint: str | Path | None = None,
     registry = registry or WeightsRegistry()
     paths = weight_paths(bundle, registry, checkpoint=checkpoint, verify=verify)
     return BundleInfo(
-        name=bundle.name, description=bundle.description, sample_rate=bundle.sample_rate,
-        window_s=_checkpoint_window_s(checkpoint) or bundle.window_s, clip_fps=CLIP_FPS, clip_size=CLIP_SIZE, sync_fps=SYNC_FPS,
-        sync_size=SYNC_SIZE, sampler=bundle.sampler.as_dict(),
+        name=bundle.name,
+        description=bundle.description,
+        sample_rate=bundle.sample_rate,
+        window_s=_checkpoint_window_s(checkpoint) or bundle.window_s,
+        clip_fps=CLIP_FPS,
+        clip_size=CLIP_SIZE,
+        sync_fps=SYNC_FPS,
+        sync_size=SYNC_SIZE,
+        sampler=bundle.sampler.as_dict(),
         weights_hash=weights_hash(bundle, registry, paths),
         weights={role: str(p) for role, p in sorted(paths.items())},
         checkpoint=None if checkpoint is None else str(checkpoint),
@@ -292,8 +328,14 @@ class LoadedBundle(NamedTuple):
     network: Any  # dub.model.network.transformer.MFMJT
 
 
-def load_bundle(bundle: str | ModelBundle, registry: WeightsRegistry | None = None, device: str = "cpu", *,
-                checkpoint: str | Path | None = None, verify: bool = True) -> LoadedBundle:
+def load_bundle(
+    bundle: str | ModelBundle,
+    registry: WeightsRegistry | None = None,
+    device: str = "cpu",
+    *,
+    checkpoint: str | Path | None = None,
+    verify: bool = True,
+) -> LoadedBundle:
     """Build the bundle's encoders, codec and network on `device` (eval mode).
 
     `checkpoint` replaces the bundle's network weights (its NetworkConfig comes from the file).
@@ -309,16 +351,21 @@ def load_bundle(bundle: str | ModelBundle, registry: WeightsRegistry | None = No
     return LoadedBundle(bundle, encoders, codec, network.to(device).eval())
 
 
-def load_feature_stack(bundle: str | ModelBundle, registry: WeightsRegistry | None = None, device: str = "cpu",
-                       *, verify: bool = True):
+def load_feature_stack(
+    bundle: str | ModelBundle, registry: WeightsRegistry | None = None, device: str = "cpu", *, verify: bool = True
+):
     """(encoders, codec) of a bundle, without its network (what `dub extract` runs)."""
     bundle = resolve_bundle(bundle)
     paths = weight_paths(bundle, registry or WeightsRegistry(), verify=verify, network=False)
     return build_encoders(bundle, paths, device), build_codec(bundle, paths, device)
 
 
-def load_generator(name: str | ModelBundle, checkpoint: str | Path | None = None, device: str = "cpu",
-                   registry: WeightsRegistry | None = None):
+def load_generator(
+    name: str | ModelBundle,
+    checkpoint: str | Path | None = None,
+    device: str = "cpu",
+    registry: WeightsRegistry | None = None,
+):
     """A dub.model.runtime.generator.Generator for the bundle (what a generate worker runs)."""
     import torch
 
@@ -353,8 +400,9 @@ def build_encoders(bundle: ModelBundle, paths: Mapping[str, Path], device: str, 
         from dub.model.demo import DemoEncoders
 
         cfg = config if config is not None else network_config(bundle)
-        return DemoEncoders(clip_dim=cfg.clip_dim, sync_dim=cfg.sync_dim, text_dim=cfg.text_dim,
-                            text_seq_len=cfg.text_seq_len).to(device)
+        return DemoEncoders(
+            clip_dim=cfg.clip_dim, sync_dim=cfg.sync_dim, text_dim=cfg.text_dim, text_seq_len=cfg.text_seq_len
+        ).to(device)
     if bundle.encoders == "mmaudio":
         from dub.model.encoders.clip import load_clip_encoder
         from dub.model.encoders.mmaudio import MMAudioEncoders
@@ -387,12 +435,21 @@ def build_codec(bundle: ModelBundle, paths: Mapping[str, Path], device: str, con
 
 def check_compatible(config, encoders, codec) -> None:
     """The network's condition and latent widths must match what the encoders and codec give."""
-    pairs = [("clip_dim", getattr(encoders, "clip_dim", None)), ("sync_dim", getattr(encoders, "sync_dim", None)),
-             ("text_dim", getattr(encoders, "text_dim", None)),
-             ("text_seq_len", getattr(encoders, "text_seq_len", None)),
-             ("latent_dim", getattr(codec, "latent_dim", None))]
-    wrong = [f"network {name}={getattr(config, name)} but the {'codec' if name == 'latent_dim' else 'encoders'} "
-             f"give {value}" for name, value in pairs if value is not None and value != getattr(config, name)]
+    pairs = [
+        ("clip_dim", getattr(encoders, "clip_dim", None)),
+        ("sync_dim", getattr(encoders, "sync_dim", None)),
+        ("text_dim", getattr(encoders, "text_dim", None)),
+        ("text_seq_len", getattr(encoders, "text_seq_len", None)),
+        ("latent_dim", getattr(codec, "latent_dim", None)),
+    ]
+    wrong = [
+        f"network {name}={getattr(config, name)} but the {'codec' if name == 'latent_dim' else 'encoders'} give {value}"
+        for name, value in pairs
+        if value is not None and value != getattr(config, name)
+    ]
     if wrong:
-        raise IncompatibleBundleError("the network does not fit this model's encoders/codec: " + "; ".join(wrong)
-                                      + ". Use a checkpoint trained for this model.")
+        raise IncompatibleBundleError(
+            "the network does not fit this model's encoders/codec: "
+            + "; ".join(wrong)
+            + ". Use a checkpoint trained for this model."
+        )

@@ -55,10 +55,21 @@ class OneStepGraph:
     build: minutes for real sizes). `use_graph=False` (or the CPU) runs eagerly.
     """
 
-    def __init__(self, network: MFMJT, guidance: Guidance, batch_size: int, *, steps: int | Sequence[float] = 1,
-                 decode: TensorFn | None = None, dtype: torch.dtype = torch.bfloat16,
-                 use_graph: bool | None = None, compile: bool = False, compile_mode: str | None = None,
-                 warmup: int = 2, seed: int = 0) -> None:
+    def __init__(
+        self,
+        network: MFMJT,
+        guidance: Guidance,
+        batch_size: int,
+        *,
+        steps: int | Sequence[float] = 1,
+        decode: TensorFn | None = None,
+        dtype: torch.dtype = torch.bfloat16,
+        use_graph: bool | None = None,
+        compile: bool = False,
+        compile_mode: str | None = None,
+        warmup: int = 2,
+        seed: int = 0,
+    ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.network = network
@@ -86,8 +97,12 @@ class OneStepGraph:
         def example(*shape: int) -> torch.Tensor:
             return torch.randn(batch_size, *shape, generator=gen).to(self.device)
 
-        examples = [example(cfg.latent_seq_len, cfg.latent_dim), example(cfg.clip_seq_len, cfg.clip_dim),
-                    example(cfg.sync_seq_len, cfg.sync_dim), example(cfg.text_seq_len, cfg.text_dim)]
+        examples = [
+            example(cfg.latent_seq_len, cfg.latent_dim),
+            example(cfg.clip_seq_len, cfg.clip_dim),
+            example(cfg.sync_seq_len, cfg.sync_dim),
+            example(cfg.text_seq_len, cfg.text_dim),
+        ]
         self._call = CudaGraphCall(self._step, examples, use_graph=use_graph, warmup=warmup)
         if compile and not self._call.use_graph:
             self._call(*examples)  # compile now: a compiler failure surfaces here, not mid-run
@@ -106,8 +121,9 @@ class OneStepGraph:
 
     # -- the computation (eager code; captured as is) ---------------------------------------
 
-    def _latents(self, noise: torch.Tensor, clip_f: torch.Tensor, sync_f: torch.Tensor,
-                 text_f: torch.Tensor) -> torch.Tensor:
+    def _latents(
+        self, noise: torch.Tensor, clip_f: torch.Tensor, sync_f: torch.Tensor, text_f: torch.Tensor
+    ) -> torch.Tensor:
         net = self.network
         with _autocast(self.device, self.dtype):
             cond = net.preprocess_conditions(clip_f, sync_f, text_f)
@@ -146,8 +162,14 @@ class OneStepGraph:
             getattr(self._uncond, f.name).copy_(getattr(neg, f.name))
         self._has_negative = True
 
-    def __call__(self, noise: torch.Tensor, clip_f: torch.Tensor, sync_f: torch.Tensor, text_f: torch.Tensor,
-                 negative_text_f: torch.Tensor | None = None) -> torch.Tensor:
+    def __call__(
+        self,
+        noise: torch.Tensor,
+        clip_f: torch.Tensor,
+        sync_f: torch.Tensor,
+        text_f: torch.Tensor,
+        negative_text_f: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         inputs = [noise, clip_f, sync_f, text_f]
         b = noise.shape[0]
         if any(x.shape[0] != b for x in inputs) or (negative_text_f is not None and negative_text_f.shape[0] != b):
@@ -159,8 +181,11 @@ class OneStepGraph:
         for start in range(0, b, self.batch_size):
             stop = min(b, start + self.batch_size)
             chunk = [pad_rows(x[start:stop].to(self.device, torch.float32), self.batch_size) for x in inputs]
-            negative = None if negative_text_f is None else pad_rows(
-                negative_text_f[start:stop].to(self.device, torch.float32), self.batch_size)
+            negative = (
+                None
+                if negative_text_f is None
+                else pad_rows(negative_text_f[start:stop].to(self.device, torch.float32), self.batch_size)
+            )
             if needs_uncond(self.guidance):
                 self.set_negative(negative)
             outputs.append(self._call(*chunk)[: stop - start])
@@ -191,8 +216,14 @@ class DecoderPath:
     build_s: float = 0.0
 
 
-def compile_decoder(vae, vocoder, *, example_latents: torch.Tensor | None = None, mode: str | None = None,
-                    dtype: torch.dtype = torch.bfloat16) -> DecoderPath:
+def compile_decoder(
+    vae,
+    vocoder,
+    *,
+    example_latents: torch.Tensor | None = None,
+    mode: str | None = None,
+    dtype: torch.dtype = torch.bfloat16,
+) -> DecoderPath:
     """`torch.compile` of VAE decode + vocoder, checked on `example_latents` (B, N, C) when given.
 
     Inductor once crashed on this decoder (SPEC §3: CUDA misaligned address), so any failure
@@ -215,10 +246,12 @@ def compile_decoder(vae, vocoder, *, example_latents: torch.Tensor | None = None
         if device.type == "cuda":
             torch.cuda.synchronize(device)
     except Exception as exc:  # noqa: BLE001 - Inductor/Triton failures of any kind
-        return DecoderPath(eager, "eager", f"torch.compile failed ({short_error(exc)}); eager decoder",
-                           time.perf_counter() - start)
-    return DecoderPath(compiled, "compiled", f"torch.compile ok (mode={mode or 'default'})",
-                       time.perf_counter() - start)
+        return DecoderPath(
+            eager, "eager", f"torch.compile failed ({short_error(exc)}); eager decoder", time.perf_counter() - start
+        )
+    return DecoderPath(
+        compiled, "compiled", f"torch.compile ok (mode={mode or 'default'})", time.perf_counter() - start
+    )
 
 
 class DecoderGraph:
@@ -231,9 +264,20 @@ class DecoderGraph:
     (or `use_graph=False`) it runs eagerly/compiled without a graph.
     """
 
-    def __init__(self, vae, vocoder, batch_size: int, num_latents: int, *, dtype: torch.dtype = torch.bfloat16,
-                 compile: bool = False, compile_mode: str | None = None, use_graph: bool | None = None,
-                 warmup: int = 2, seed: int = 0) -> None:
+    def __init__(
+        self,
+        vae,
+        vocoder,
+        batch_size: int,
+        num_latents: int,
+        *,
+        dtype: torch.dtype = torch.bfloat16,
+        compile: bool = False,
+        compile_mode: str | None = None,
+        use_graph: bool | None = None,
+        warmup: int = 2,
+        seed: int = 0,
+    ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.batch_size, self.dtype = batch_size, dtype
@@ -261,7 +305,6 @@ class DecoderGraph:
         return wav.float().clamp(-1, 1)
 
     def __call__(self, latents: torch.Tensor) -> torch.Tensor:
-        return in_fixed_batches(lambda chunk: self._call(chunk.to(self.device, torch.float32)), latents,
-                                self.batch_size)
-
-
+        return in_fixed_batches(
+            lambda chunk: self._call(chunk.to(self.device, torch.float32)), latents, self.batch_size
+        )

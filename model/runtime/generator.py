@@ -90,8 +90,9 @@ class Generator:
             return None
         from dub.model.runtime.fast import OneStepGraph
 
-        self.fast_step = OneStepGraph(self.network, sampler.guidance, batch_size, steps=sampler.steps,
-                                      dtype=self.dtype, compile=compile)
+        self.fast_step = OneStepGraph(
+            self.network, sampler.guidance, batch_size, steps=sampler.steps, dtype=self.dtype, compile=compile
+        )
         how = "compiled" if compile else "eager"
         graph = "CUDA graph" if self.fast_step.uses_graph else "no graph"
         return f"one-step network {how}; {graph}, batch {batch_size}"
@@ -106,8 +107,9 @@ class Generator:
         from dub.model.codec.bigvgan import activation_status
         from dub.model.runtime.fast import DecoderGraph
 
-        self.fast_decoder = DecoderGraph(vae, vocoder, batch_size, self.network.config.latent_seq_len,
-                                         dtype=self.dtype, compile=compile)
+        self.fast_decoder = DecoderGraph(
+            vae, vocoder, batch_size, self.network.config.latent_seq_len, dtype=self.dtype, compile=compile
+        )
         return f"VAE + vocoder: {self.fast_decoder.note}; vocoder activations: {activation_status(self.device)}"
 
     @property

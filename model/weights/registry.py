@@ -66,6 +66,7 @@ class UnknownWeightsError(WeightsError, ValueError):
 
 # -- the table of known files --------------------------------------------------------------
 
+
 @dataclass(frozen=True)
 class KnownFile:
     """One published weights file. `size`, `md5`, `sha256`, `sha256_prefix` hold only what the
@@ -114,7 +115,10 @@ class KnownFile:
             return OK, "sha256 matches the publisher's"
         if self.sha256_prefix:
             if not digests.sha256.startswith(self.sha256_prefix):
-                return MISMATCH, f"sha256 {digests.sha256} does not start with the published prefix {self.sha256_prefix}"
+                return (
+                    MISMATCH,
+                    f"sha256 {digests.sha256} does not start with the published prefix {self.sha256_prefix}",
+                )
             return OK, f"sha256 starts with the published prefix {self.sha256_prefix}"
         return UNVERIFIABLE, "the publisher gives no checksum"
 
@@ -124,89 +128,204 @@ _MMAUDIO_RELEASE = "https://github.com/hkchengrex/MMAudio/releases/download/v0.1
 _MMAUDIO_MD5 = "md5 from MMAudio mmaudio/utils/download_utils.py; size as in its docs/MODELS.md"
 _BIGVGAN_V2 = "https://huggingface.co/nvidia/bigvgan_v2_44khz_128band_512x/resolve/main/"
 _DFN5B = "https://huggingface.co/apple/DFN5B-CLIP-ViT-H-14-384/resolve/main/"
-_HF_NOT_RECORDED = ("Hugging Face shows this file's sha256 on its page; it was not reachable when this "
-                    "table was written, so none is recorded")
+_HF_NOT_RECORDED = (
+    "Hugging Face shows this file's sha256 on its page; it was not reachable when this "
+    "table was written, so none is recorded"
+)
 
 KNOWN_FILES: tuple[KnownFile, ...] = (
     # MMAudio flow networks (the multi-step baseline and the MF-MJT starting point)
-    KnownFile("mmaudio", "mmaudio_small_16k.pth", _MMAUDIO_HF + "mmaudio_small_16k.pth",
-              "MMAudio network, small, 16 kHz", size_hint="601M", md5="af93cde404179f58e3919ac085b8033b",
-              note=_MMAUDIO_MD5),
-    KnownFile("mmaudio", "mmaudio_small_44k.pth", _MMAUDIO_HF + "mmaudio_small_44k.pth",
-              "MMAudio network, small, 44.1 kHz", size_hint="601M", md5="babd74c884783d13701ea2820a5f5b6d",
-              note=_MMAUDIO_MD5),
-    KnownFile("mmaudio", "mmaudio_medium_44k.pth", _MMAUDIO_HF + "mmaudio_medium_44k.pth",
-              "MMAudio network, medium, 44.1 kHz", size_hint="2.4G", md5="5a56b6665e45a1e65ada534defa903d0",
-              note=_MMAUDIO_MD5),
-    KnownFile("mmaudio", "mmaudio_large_44k.pth", _MMAUDIO_HF + "mmaudio_large_44k.pth",
-              "MMAudio network, large, 44.1 kHz", size_hint="3.9G", md5="fed96c325a6785b85ce75ae1aafd2673",
-              note=_MMAUDIO_MD5),
-    KnownFile("mmaudio", "mmaudio_large_44k_v2.pth", _MMAUDIO_HF + "mmaudio_large_44k_v2.pth",
-              "MMAudio network, large, 44.1 kHz, v2", size_hint="3.9G", md5="01ad4464f049b2d7efdaa4c1a59b8dfe",
-              note=_MMAUDIO_MD5),
+    KnownFile(
+        "mmaudio",
+        "mmaudio_small_16k.pth",
+        _MMAUDIO_HF + "mmaudio_small_16k.pth",
+        "MMAudio network, small, 16 kHz",
+        size_hint="601M",
+        md5="af93cde404179f58e3919ac085b8033b",
+        note=_MMAUDIO_MD5,
+    ),
+    KnownFile(
+        "mmaudio",
+        "mmaudio_small_44k.pth",
+        _MMAUDIO_HF + "mmaudio_small_44k.pth",
+        "MMAudio network, small, 44.1 kHz",
+        size_hint="601M",
+        md5="babd74c884783d13701ea2820a5f5b6d",
+        note=_MMAUDIO_MD5,
+    ),
+    KnownFile(
+        "mmaudio",
+        "mmaudio_medium_44k.pth",
+        _MMAUDIO_HF + "mmaudio_medium_44k.pth",
+        "MMAudio network, medium, 44.1 kHz",
+        size_hint="2.4G",
+        md5="5a56b6665e45a1e65ada534defa903d0",
+        note=_MMAUDIO_MD5,
+    ),
+    KnownFile(
+        "mmaudio",
+        "mmaudio_large_44k.pth",
+        _MMAUDIO_HF + "mmaudio_large_44k.pth",
+        "MMAudio network, large, 44.1 kHz",
+        size_hint="3.9G",
+        md5="fed96c325a6785b85ce75ae1aafd2673",
+        note=_MMAUDIO_MD5,
+    ),
+    KnownFile(
+        "mmaudio",
+        "mmaudio_large_44k_v2.pth",
+        _MMAUDIO_HF + "mmaudio_large_44k_v2.pth",
+        "MMAudio network, large, 44.1 kHz, v2",
+        size_hint="3.9G",
+        md5="01ad4464f049b2d7efdaa4c1a59b8dfe",
+        note=_MMAUDIO_MD5,
+    ),
     # MMAudio's external weights (its ext_weights/ folder)
-    KnownFile("mmaudio-ext", "v1-16.pth", _MMAUDIO_RELEASE + "v1-16.pth",
-              "MMAudio VAE, 16 kHz (80 mel -> 20 latent channels)", size_hint="655M",
-              md5="69f56803f59a549a1a507c93859fd4d7", note=_MMAUDIO_MD5),
-    KnownFile("mmaudio-ext", "v1-44.pth", _MMAUDIO_RELEASE + "v1-44.pth",
-              "MMAudio VAE, 44.1 kHz (128 mel -> 40 latent channels)", size_hint="1.2G",
-              md5="fab020275fa44c6589820ce025191600", note=_MMAUDIO_MD5),
-    KnownFile("mmaudio-ext", "best_netG.pt", _MMAUDIO_RELEASE + "best_netG.pt",
-              "BigVGAN vocoder, 16 kHz (from Make-An-Audio 2)", size_hint="429M",
-              md5="eeaf372a38a9c31c362120aba2dde292", note=_MMAUDIO_MD5),
-    KnownFile("mmaudio-ext", "synchformer_state_dict.pth", _MMAUDIO_RELEASE + "synchformer_state_dict.pth",
-              "Synchformer (its visual branch gives the sync features; the whole model scores DeSync)", size_hint="907M",
-              md5="5b2f5594b0730f70e41e549b7c94390c", note=_MMAUDIO_MD5),
+    KnownFile(
+        "mmaudio-ext",
+        "v1-16.pth",
+        _MMAUDIO_RELEASE + "v1-16.pth",
+        "MMAudio VAE, 16 kHz (80 mel -> 20 latent channels)",
+        size_hint="655M",
+        md5="69f56803f59a549a1a507c93859fd4d7",
+        note=_MMAUDIO_MD5,
+    ),
+    KnownFile(
+        "mmaudio-ext",
+        "v1-44.pth",
+        _MMAUDIO_RELEASE + "v1-44.pth",
+        "MMAudio VAE, 44.1 kHz (128 mel -> 40 latent channels)",
+        size_hint="1.2G",
+        md5="fab020275fa44c6589820ce025191600",
+        note=_MMAUDIO_MD5,
+    ),
+    KnownFile(
+        "mmaudio-ext",
+        "best_netG.pt",
+        _MMAUDIO_RELEASE + "best_netG.pt",
+        "BigVGAN vocoder, 16 kHz (from Make-An-Audio 2)",
+        size_hint="429M",
+        md5="eeaf372a38a9c31c362120aba2dde292",
+        note=_MMAUDIO_MD5,
+    ),
+    KnownFile(
+        "mmaudio-ext",
+        "synchformer_state_dict.pth",
+        _MMAUDIO_RELEASE + "synchformer_state_dict.pth",
+        "Synchformer (its visual branch gives the sync features; the whole model scores DeSync)",
+        size_hint="907M",
+        md5="5b2f5594b0730f70e41e549b7c94390c",
+        note=_MMAUDIO_MD5,
+    ),
     # BigVGAN-v2 44.1 kHz vocoder, the one MMAudio's 44k models decode with
-    KnownFile("bigvgan-v2-44k", "bigvgan_generator.pt", _BIGVGAN_V2 + "bigvgan_generator.pt",
-              "BigVGAN-v2 generator, 44.1 kHz, 128 bands, 512x", size_hint="489 MB",
-              sha256=("d9fe7ec6bd0b44ed9d66973d5012d8181c1570b01e5c72df51973e241dccd357",
-                      "b42626076b2d905942150f55015455d0fc963e58794b6532b90b3e4bba34bc97"),
-              note="LFS sha256 from Hugging Face: the current main (v2.4) file, and the July 2024 upload "
-                   "(now also published as bigvgan_generator_3msteps.pt)"),
-    KnownFile("bigvgan-v2-44k", "config.json", _BIGVGAN_V2 + "config.json",
-              "BigVGAN-v2 44.1 kHz hyper-parameters", note="small git file: no checksum published"),
+    KnownFile(
+        "bigvgan-v2-44k",
+        "bigvgan_generator.pt",
+        _BIGVGAN_V2 + "bigvgan_generator.pt",
+        "BigVGAN-v2 generator, 44.1 kHz, 128 bands, 512x",
+        size_hint="489 MB",
+        sha256=(
+            "d9fe7ec6bd0b44ed9d66973d5012d8181c1570b01e5c72df51973e241dccd357",
+            "b42626076b2d905942150f55015455d0fc963e58794b6532b90b3e4bba34bc97",
+        ),
+        note="LFS sha256 from Hugging Face: the current main (v2.4) file, and the July 2024 upload "
+        "(now also published as bigvgan_generator_3msteps.pt)",
+    ),
+    KnownFile(
+        "bigvgan-v2-44k",
+        "config.json",
+        _BIGVGAN_V2 + "config.json",
+        "BigVGAN-v2 44.1 kHz hyper-parameters",
+        note="small git file: no checksum published",
+    ),
     # CLIP image/text encoder MMAudio uses (open_clip, hf-hub:apple/DFN5B-CLIP-ViT-H-14-384)
-    KnownFile("clip-dfn5b-h14-384", "open_clip_pytorch_model.bin", _DFN5B + "open_clip_pytorch_model.bin",
-              "DFN5B CLIP ViT-H/14 at 384 px, open_clip weights", note=_HF_NOT_RECORDED),
-    KnownFile("clip-dfn5b-h14-384", "open_clip_config.json", _DFN5B + "open_clip_config.json",
-              "open_clip model config for the DFN5B weights", note="small git file: no checksum published"),
+    KnownFile(
+        "clip-dfn5b-h14-384",
+        "open_clip_pytorch_model.bin",
+        _DFN5B + "open_clip_pytorch_model.bin",
+        "DFN5B CLIP ViT-H/14 at 384 px, open_clip weights",
+        note=_HF_NOT_RECORDED,
+    ),
+    KnownFile(
+        "clip-dfn5b-h14-384",
+        "open_clip_config.json",
+        _DFN5B + "open_clip_config.json",
+        "open_clip model config for the DFN5B weights",
+        note="small git file: no checksum published",
+    ),
     # evaluation models (FAD / KL / IS / CLAP score)
-    KnownFile("panns", "Cnn14_16k_mAP=0.438.pth",
-              "https://zenodo.org/record/3987831/files/Cnn14_16k_mAP%3D0.438.pth",
-              "PANNs CNN14, 16 kHz (AudioSet tagging; FD/KL/IS)",
-              note="Zenodo lists an md5 on the record page; it was not reachable when this table was "
-                   "written, so none is recorded"),
-    KnownFile("vggish", "vggish-10086976.pth",
-              "https://github.com/harritaylor/torchvggish/releases/download/v0.1/vggish-10086976.pth",
-              "VGGish (torchvggish port; FAD)", sha256_prefix="10086976",
-              note="torch.hub convention: the name ends in the first 8 hex digits of the file's sha256"),
-    KnownFile("vggish", "vggish_pca_params-970ea276.pth",
-              "https://github.com/harritaylor/torchvggish/releases/download/v0.1/vggish_pca_params-970ea276.pth",
-              "VGGish PCA post-processing parameters", sha256_prefix="970ea276",
-              note="torch.hub convention: the name ends in the first 8 hex digits of the file's sha256"),
-    KnownFile("passt", "passt-s-f128-p16-s10-ap.476-swa.pt",
-              "https://github.com/kkoutini/PaSST/releases/download/v0.0.1-audioset/passt-s-f128-p16-s10-ap.476-swa.pt",
-              "PaSST-S (AudioSet; FD/KL)", note="no checksum published"),
-    KnownFile("laion-clap", "music_speech_audioset_epoch_15_esc_89.98.pt",
-              "https://huggingface.co/lukewys/laion_clap/resolve/main/music_speech_audioset_epoch_15_esc_89.98.pt",
-              "LAION-CLAP HTSAT-base, music+speech+AudioSet (CLAP score, as av-benchmark uses it)",
-              note=_HF_NOT_RECORDED),
-    KnownFile("imagebind", "imagebind_huge.pth", "https://dl.fbaipublicfiles.com/imagebind/imagebind_huge.pth",
-              "ImageBind huge (IB-score: its vision and audio towers, as av-benchmark uses it)",
-              note="facebookresearch publishes no checksum"),
-    KnownFile("roberta-base", "vocab.json", "https://huggingface.co/FacebookAI/roberta-base/resolve/main/vocab.json",
-              "RoBERTa-base BPE vocabulary (LAION-CLAP's text tokenizer)", note=_HF_NOT_RECORDED),
-    KnownFile("roberta-base", "merges.txt", "https://huggingface.co/FacebookAI/roberta-base/resolve/main/merges.txt",
-              "RoBERTa-base BPE merges (LAION-CLAP's text tokenizer)", note=_HF_NOT_RECORDED),
+    KnownFile(
+        "panns",
+        "Cnn14_16k_mAP=0.438.pth",
+        "https://zenodo.org/record/3987831/files/Cnn14_16k_mAP%3D0.438.pth",
+        "PANNs CNN14, 16 kHz (AudioSet tagging; FD/KL/IS)",
+        note="Zenodo lists an md5 on the record page; it was not reachable when this table was "
+        "written, so none is recorded",
+    ),
+    KnownFile(
+        "vggish",
+        "vggish-10086976.pth",
+        "https://github.com/harritaylor/torchvggish/releases/download/v0.1/vggish-10086976.pth",
+        "VGGish (torchvggish port; FAD)",
+        sha256_prefix="10086976",
+        note="torch.hub convention: the name ends in the first 8 hex digits of the file's sha256",
+    ),
+    KnownFile(
+        "vggish",
+        "vggish_pca_params-970ea276.pth",
+        "https://github.com/harritaylor/torchvggish/releases/download/v0.1/vggish_pca_params-970ea276.pth",
+        "VGGish PCA post-processing parameters",
+        sha256_prefix="970ea276",
+        note="torch.hub convention: the name ends in the first 8 hex digits of the file's sha256",
+    ),
+    KnownFile(
+        "passt",
+        "passt-s-f128-p16-s10-ap.476-swa.pt",
+        "https://github.com/kkoutini/PaSST/releases/download/v0.0.1-audioset/passt-s-f128-p16-s10-ap.476-swa.pt",
+        "PaSST-S (AudioSet; FD/KL)",
+        note="no checksum published",
+    ),
+    KnownFile(
+        "laion-clap",
+        "music_speech_audioset_epoch_15_esc_89.98.pt",
+        "https://huggingface.co/lukewys/laion_clap/resolve/main/music_speech_audioset_epoch_15_esc_89.98.pt",
+        "LAION-CLAP HTSAT-base, music+speech+AudioSet (CLAP score, as av-benchmark uses it)",
+        note=_HF_NOT_RECORDED,
+    ),
+    KnownFile(
+        "imagebind",
+        "imagebind_huge.pth",
+        "https://dl.fbaipublicfiles.com/imagebind/imagebind_huge.pth",
+        "ImageBind huge (IB-score: its vision and audio towers, as av-benchmark uses it)",
+        note="facebookresearch publishes no checksum",
+    ),
+    KnownFile(
+        "roberta-base",
+        "vocab.json",
+        "https://huggingface.co/FacebookAI/roberta-base/resolve/main/vocab.json",
+        "RoBERTa-base BPE vocabulary (LAION-CLAP's text tokenizer)",
+        note=_HF_NOT_RECORDED,
+    ),
+    KnownFile(
+        "roberta-base",
+        "merges.txt",
+        "https://huggingface.co/FacebookAI/roberta-base/resolve/main/merges.txt",
+        "RoBERTa-base BPE merges (LAION-CLAP's text tokenizer)",
+        note=_HF_NOT_RECORDED,
+    ),
     # the user's own MF-MJT checkpoint
-    KnownFile("mf-mjt", "mf_mjt_small_16k.safetensors", "",
-              "your MF-MJT small 16 kHz checkpoint (one-step)",
-              note="it is the output of `dub train`"),
+    KnownFile(
+        "mf-mjt",
+        "mf_mjt_small_16k.safetensors",
+        "",
+        "your MF-MJT small 16 kHz checkpoint (one-step)",
+        note="it is the output of `dub train`",
+    ),
 )
 
 
 # -- digests -------------------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class Digests:
@@ -250,6 +369,7 @@ def _safetensors_tensor_digest(path: Path) -> str:
 
 # -- safe reading of checkpoints (model/weights/state_dicts.py) -----------------------------------
 
+
 def unwrap_checkpoint(obj: Any) -> tuple[dict[str, Any], CheckpointLayout]:
     """A flat {name: tensor} state dict from a loaded checkpoint: walks through WRAPPER_KEYS,
     keeps JSON-able scalars beside the wrapper as extras (epoch, iteration), drops the rest
@@ -266,6 +386,7 @@ def load_state_dict(path: str | Path, device: str = "cpu") -> dict[str, Any]:
 
 
 # -- the registry --------------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class WeightsRow:
@@ -324,8 +445,7 @@ class WeightsRegistry:
             return self._by_key[(model, file)]
         except KeyError:
             files = [k.file for k in self.known if k.model == model]
-            hint = (f"known files of {model!r}: {files}" if files
-                    else f"known models: {self.models()}")
+            hint = f"known files of {model!r}: {files}" if files else f"known models: {self.models()}"
             raise UnknownWeightsError(f"unknown weights file {model!r}/{file!r}; {hint}") from None
 
     def find_by_filename(self, name: str) -> KnownFile | None:
@@ -359,18 +479,21 @@ class WeightsRegistry:
             if result.failed:
                 raise WeightsVerificationError(
                     f"{found} failed verification: {result.detail}. Download {known.file} again"
-                    + (f" from {known.url}" if known.url else "") + " and re-import it with "
+                    + (f" from {known.url}" if known.url else "")
+                    + " and re-import it with "
                     f"`dub weights import FILE --dir {self.root}`."
                 )
         return found
 
     def _missing_message(self, known: KnownFile) -> str:
         where = self.root / known.stored_relpath
-        also = (f" (or the download as is: {self.root / known.relpath})"
-                if known.relpath != known.stored_relpath else "")
+        also = f" (or the download as is: {self.root / known.relpath})" if known.relpath != known.stored_relpath else ""
         command = f"`dub weights import PATH/{known.file} --dir {self.root}`"
-        source = (f"Download it from {known.url}, then run {command}" if known.url
-                  else f"It is not published ({known.note}); put it in place with {command}")
+        source = (
+            f"Download it from {known.url}, then run {command}"
+            if known.url
+            else f"It is not published ({known.note}); put it in place with {command}"
+        )
         return (
             f"missing weights file {known.file} ({known.description or known.model}). It goes at {where}{also}. "
             f"{source} (or set {ENV_VAR} to the directory that holds your weights)."
@@ -384,27 +507,51 @@ class WeightsRegistry:
         for known in self.known:
             found = self.locate(known.model, known.file)
             if found is None:
-                rows.append(WeightsRow(known.model, known.file, False, str(self.root / known.stored_relpath),
-                                       None, known.size_hint, MISSING, known.url))
+                rows.append(
+                    WeightsRow(
+                        known.model,
+                        known.file,
+                        False,
+                        str(self.root / known.stored_relpath),
+                        None,
+                        known.size_hint,
+                        MISSING,
+                        known.url,
+                    )
+                )
                 continue
             cached = _read_cache(found)
-            rows.append(WeightsRow(known.model, known.file, True, str(found), found.stat().st_size,
-                                   known.size_hint, cached.status if cached else UNCHECKED, known.url))
+            rows.append(
+                WeightsRow(
+                    known.model,
+                    known.file,
+                    True,
+                    str(found),
+                    found.stat().st_size,
+                    known.size_hint,
+                    cached.status if cached else UNCHECKED,
+                    known.url,
+                )
+            )
         return rows
 
     def verify(self, model: str | None = None, *, use_cache: bool = False) -> list[VerifyResult]:
         """Verify every known file (of `model`, if given); streams each file once."""
         if model is not None and model not in self.models():
             raise UnknownWeightsError(f"unknown model {model!r}; known models: {self.models()}")
-        return [self.verify_file(k.model, k.file, use_cache=use_cache)
-                for k in self.known if model is None or k.model == model]
+        return [
+            self.verify_file(k.model, k.file, use_cache=use_cache)
+            for k in self.known
+            if model is None or k.model == model
+        ]
 
     def verify_file(self, model: str, file: str, *, use_cache: bool = False) -> VerifyResult:
         known = self.known_file(model, file)
         found = self.locate(model, file)
         if found is None:
-            return VerifyResult(model, file, str(self.root / known.stored_relpath), MISSING,
-                                self._missing_message(known))
+            return VerifyResult(
+                model, file, str(self.root / known.stored_relpath), MISSING, self._missing_message(known)
+            )
         if use_cache and (cached := _read_cache(found)) is not None:
             return VerifyResult(model, file, str(found), cached.status, cached.detail + " (cached)")
         status, detail, sha256 = self._check(known, found)
@@ -495,12 +642,12 @@ class WeightsRegistry:
             return pool[0]
         raise UnknownWeightsError(
             f"cannot tell which known weights file {src.name} is; give the model and file "
-            f"(e.g. --model mmaudio --file mmaudio_small_16k.pth). Known: "
-            + ", ".join(k.relpath for k in self.known)
+            f"(e.g. --model mmaudio --file mmaudio_small_16k.pth). Known: " + ", ".join(k.relpath for k in self.known)
         )
 
 
 # -- conversion and file helpers -----------------------------------------------------------
+
 
 def _convert_to_safetensors(src: Path, dest: Path, source: Digests) -> None:
     from safetensors.torch import save_file
@@ -553,7 +700,7 @@ def _dub_metadata(path: Path) -> dict[str, str] | None:
         return {"error": f"safetensors header unreadable ({short_error(err)})"}
     if _META_PREFIX + "tensor_sha256" not in meta:
         return None
-    return {k[len(_META_PREFIX):]: v for k, v in meta.items() if k.startswith(_META_PREFIX)}
+    return {k[len(_META_PREFIX) :]: v for k, v in meta.items() if k.startswith(_META_PREFIX)}
 
 
 def _safetensors_readable(path: Path) -> bool:
@@ -597,8 +744,13 @@ def _write_cache(path: Path, status: str, detail: str, sha256: str = "") -> None
     try:
         stat = path.stat()
         previous = _read_cache(path)
-        record = {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "status": status, "detail": detail,
-                  "sha256": sha256 or (previous.sha256 if previous else "")}
+        record = {
+            "size": stat.st_size,
+            "mtime_ns": stat.st_mtime_ns,
+            "status": status,
+            "detail": detail,
+            "sha256": sha256 or (previous.sha256 if previous else ""),
+        }
         # a cache: losing it to a power cut costs a re-hash, not worth an fsync
         write_json_atomic(_cache_path(path), record, durable=False, indent=1)
     except OSError:

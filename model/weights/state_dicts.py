@@ -82,8 +82,7 @@ def read_checkpoint(path: str | os.PathLike) -> Any:
         ) from err
     except (RuntimeError, EOFError, OSError, ValueError) as err:
         raise UnreadableWeightsError(
-            f"cannot read {path} as a PyTorch checkpoint ({short_error(err)}); "
-            "is the download complete?"
+            f"cannot read {path} as a PyTorch checkpoint ({short_error(err)}); is the download complete?"
         ) from err
 
 
@@ -343,8 +342,22 @@ def _numpy_safe_globals() -> list:
         np.ndarray,
         np.dtype,
     ]
-    for kind in (np.bool_, np.int8, np.int16, np.int32, np.int64, np.uint8, np.uint16, np.uint32, np.uint64,
-                 np.float16, np.float32, np.float64, np.complex64, np.complex128):
+    for kind in (
+        np.bool_,
+        np.int8,
+        np.int16,
+        np.int32,
+        np.int64,
+        np.uint8,
+        np.uint16,
+        np.uint32,
+        np.uint64,
+        np.float16,
+        np.float32,
+        np.float64,
+        np.complex64,
+        np.complex128,
+    ):
         allowed.append(type(np.dtype(kind)))
     return allowed
 
@@ -357,8 +370,6 @@ def _listed(items: list[str]) -> str:
 
 def _one_of(options: Sequence[str]) -> str:
     return options[0] if len(options) == 1 else ", ".join(options[:-1]) + f" or {options[-1]}"
-
-
 
 
 def safetensors_metadata(path: str | os.PathLike) -> dict[str, str]:

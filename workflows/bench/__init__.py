@@ -58,8 +58,6 @@ class BenchRow:
         return out
 
 
-
-
 def resolve_device(name: str) -> str:
     import torch
 

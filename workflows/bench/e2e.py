@@ -95,11 +95,19 @@ class ModelSidePipeline:
     """Batches of `batch` clips from decoded uint8 frames to waveforms on the host."""
 
     COPY = "upload frames, pinned host -> device (copy stream)"
-    STAGES = ("resize on device (CLIP 384, Synchformer 224 crop)", "CLIP image features", "Synchformer features",
-              "CLIP text features", "network 1 step + CFG", "audio decode", "audio to host")
+    STAGES = (
+        "resize on device (CLIP 384, Synchformer 224 crop)",
+        "CLIP image features",
+        "Synchformer features",
+        "CLIP text features",
+        "network 1 step + CFG",
+        "audio decode",
+        "audio to host",
+    )
 
-    def __init__(self, preset: str, device: str, batch: int, duration_s: float, compile: bool = False,
-                 fp8: bool | str = False) -> None:
+    def __init__(
+        self, preset: str, device: str, batch: int, duration_s: float, compile: bool = False, fp8: bool | str = False
+    ) -> None:
         import torch
 
         from dub.model.encoders.synchformer import attention_status
@@ -132,13 +140,16 @@ class ModelSidePipeline:
         cfg = self.stack.network.config
         self.n_clip, self.n_sync = cfg.clip_seq_len, int(round(duration_s * SYNC_FPS))
         self.width, self.height = TINY_SOURCE if self.tiny else REAL_SOURCE
-        self.clip_index = torch.tensor([min(self.n_sync - 1, -(-k * SYNC_FPS // CLIP_FPS)) for k in range(self.n_clip)],
-                                       device=device)
+        self.clip_index = torch.tensor(
+            [min(self.n_sync - 1, -(-k * SYNC_FPS // CLIP_FPS)) for k in range(self.n_clip)], device=device
+        )
         one_clip = random_frames(1, self.n_sync, self.width, self.height, device)[0]
         self.host = one_clip.cpu().pin_memory() if self.cuda else one_clip
         # two device buffers: the next batch uploads while this one computes
-        self.buffers = [torch.empty((batch, *self.host.shape), dtype=torch.uint8, device=device)
-                        for _ in range(2 if self.cuda else 1)]
+        self.buffers = [
+            torch.empty((batch, *self.host.shape), dtype=torch.uint8, device=device)
+            for _ in range(2 if self.cuda else 1)
+        ]
         self.prompts = [f"{PROMPT} ({i})" for i in range(batch)]
         gen = torch.Generator(device="cpu").manual_seed(0)
         self.noise = torch.randn(batch, cfg.latent_seq_len, cfg.latent_dim, generator=gen).to(device)
@@ -238,11 +249,15 @@ def _model_side(runner: StageRunner, opts: BenchOptions, device: str) -> None:
         torch.backends.cudnn.benchmark = True
     compiled = bool(opts.extra.get("compile") or opts.extra.get("compiled_only")) and opts.preset not in TINY_PRESETS
     fp8 = (opts.extra.get("fp8") or False) if opts.preset not in TINY_PRESETS else False
-    side = MODEL_SIDE + (", FP8 CLIP + Synchformer" if fp8 == "all" else ", FP8" if fp8 else "") + (
-        ", compiled encoders" if compiled else "")
+    side = (
+        MODEL_SIDE
+        + (", FP8 CLIP + Synchformer" if fp8 == "all" else ", FP8" if fp8 else "")
+        + (", compiled encoders" if compiled else "")
+    )
     total_stage = f"{side}: total per batch (pre-decoded frames, no video decode)"
-    pipe = runner.attempt(total_stage, b, lambda: ModelSidePipeline(opts.preset, device, b, opts.duration_s,
-                                                                    compile=compiled, fp8=fp8))
+    pipe = runner.attempt(
+        total_stage, b, lambda: ModelSidePipeline(opts.preset, device, b, opts.duration_s, compile=compiled, fp8=fp8)
+    )
     if pipe is None:
         return
     audio_s = b * opts.duration_s
@@ -282,9 +297,18 @@ def _model_side(runner: StageRunner, opts: BenchOptions, device: str) -> None:
             note = f"{side}; {pipe.what}; {timer}"
             if name == ModelSidePipeline.COPY:
                 note += f"; {b} x {pipe.host.numel() / 2**20:.0f} MB, overlaps the previous batch's compute"
-            runner.add(BenchRow(bench="e2e", stage=f"{side}: {name}", median_ms=statistics.median(values),
-                                batch_size=b, dtype="uint8" if "frames" in name or "resize" in name else runner.dtype,
-                                device=device, audio_s=audio_s, note=note))
+            runner.add(
+                BenchRow(
+                    bench="e2e",
+                    stage=f"{side}: {name}",
+                    median_ms=statistics.median(values),
+                    batch_size=b,
+                    dtype="uint8" if "frames" in name or "resize" in name else runner.dtype,
+                    device=device,
+                    audio_s=audio_s,
+                    note=note,
+                )
+            )
         wall = statistics.median(walls)
         busy = statistics.median(compute_ms) / wall if cuda else None
         note = f"{side}; {pipe.what}; {len(walls)} batches"
@@ -294,8 +318,19 @@ def _model_side(runner: StageRunner, opts: BenchOptions, device: str) -> None:
             note += f"; {kernel_busy}"
             note += f"; target >= {THROUGHPUT_TARGET:.0f} clips/s on an H200 with decode included"
         peak = torch.cuda.max_memory_allocated() / 2**20 if cuda else None
-        runner.add(BenchRow(bench="e2e", stage=total_stage, median_ms=wall, batch_size=b, dtype=runner.dtype,
-                            device=device, audio_s=audio_s, peak_mem_mb=peak, note=note))
+        runner.add(
+            BenchRow(
+                bench="e2e",
+                stage=total_stage,
+                median_ms=wall,
+                batch_size=b,
+                dtype=runner.dtype,
+                device=device,
+                audio_s=audio_s,
+                peak_mem_mb=peak,
+                note=note,
+            )
+        )
     # on the CPU the replica's "upload" is no copy: 0 ms
     upload_ms = _replica_upload_row(runner, pipe, opts) if cuda else 0.0
     resize = [p[ModelSidePipeline.STAGES[0]] for p in per_stage if ModelSidePipeline.STAGES[0] in p]
@@ -306,15 +341,23 @@ def _model_side(runner: StageRunner, opts: BenchOptions, device: str) -> None:
 REPLICA_STAGE = "as dub generate's replica (total - resize on device + pageable upload)"
 
 
-def replica_row(side: str, total_ms: float, resize_ms: float, upload_ms: float, batch: int, dtype: str, device: str,
-                audio_s: float) -> BenchRow:
+def replica_row(
+    side: str, total_ms: float, resize_ms: float, upload_ms: float, batch: int, dtype: str, device: str, audio_s: float
+) -> BenchRow:
     """`dub generate`'s model time per batch, composed from measured rows and labelled so (the
     GPU image has no Ray to run dub generate itself): its decode tasks deliver frames at the
     target sizes, so its replica skips the resize and uploads them from pageable memory."""
-    return BenchRow(bench="e2e", stage=f"{side}: {REPLICA_STAGE}", median_ms=total_ms - resize_ms + upload_ms,
-                    batch_size=batch, dtype=dtype, device=device, audio_s=audio_s,
-                    note=f"{total_ms:.1f} - {resize_ms:.1f} + {upload_ms:.1f} ms; end to end where `dub bench "
-                         "media`'s decoding capacity (clips/s) exceeds this row's")
+    return BenchRow(
+        bench="e2e",
+        stage=f"{side}: {REPLICA_STAGE}",
+        median_ms=total_ms - resize_ms + upload_ms,
+        batch_size=batch,
+        dtype=dtype,
+        device=device,
+        audio_s=audio_s,
+        note=f"{total_ms:.1f} - {resize_ms:.1f} + {upload_ms:.1f} ms; end to end where `dub bench "
+        "media`'s decoding capacity (clips/s) exceeds this row's",
+    )
 
 
 def _replica_upload_row(runner: StageRunner, pipe: ModelSidePipeline, opts: BenchOptions) -> float | None:
@@ -338,10 +381,19 @@ def _replica_upload_row(runner: StageRunner, pipe: ModelSidePipeline, opts: Benc
         runner.fail(stage, b, exc)
         return None
     megabytes = (clip.nbytes + sync.nbytes) / 2**20
-    runner.add(BenchRow(bench="e2e", stage=f"{MODEL_SIDE}: {stage}", median_ms=median_ms, batch_size=b, dtype="uint8",
-                        device=pipe.device, audio_s=b * opts.duration_s,
-                        note=f"{megabytes:.0f} MB, {megabytes / 1024 / (median_ms / 1000):.1f} GB/s; add to the "
-                             f"total per batch for dub generate's model time"))
+    runner.add(
+        BenchRow(
+            bench="e2e",
+            stage=f"{MODEL_SIDE}: {stage}",
+            median_ms=median_ms,
+            batch_size=b,
+            dtype="uint8",
+            device=pipe.device,
+            audio_s=b * opts.duration_s,
+            note=f"{megabytes:.0f} MB, {megabytes / 1024 / (median_ms / 1000):.1f} GB/s; add to the "
+            f"total per batch for dub generate's model time",
+        )
+    )
     return median_ms
 
 
@@ -358,8 +410,11 @@ def _profiled_busy_fraction(pipe: ModelSidePipeline) -> str:
             pipe.iteration(StageClock(True))
             torch.cuda.synchronize()
             wall_us = (time.perf_counter() - start) * 1e6
-        spans = sorted((e.time_range.start, e.time_range.end) for e in prof.events()
-                       if e.device_type == DeviceType.CUDA and e.time_range.end > e.time_range.start)
+        spans = sorted(
+            (e.time_range.start, e.time_range.end)
+            for e in prof.events()
+            if e.device_type == DeviceType.CUDA and e.time_range.end > e.time_range.start
+        )
         busy, cur_start, cur_end = 0.0, None, None
         for s, e in spans:
             if cur_end is None or s > cur_end:
@@ -373,8 +428,10 @@ def _profiled_busy_fraction(pipe: ModelSidePipeline) -> str:
         if not spans:
             return "profiler saw no device activity"
         _total_ms, _count, listing = top_kernels(prof, top=15)  # where the next speed-up has to come from
-        return (f"kernels busy {100 * busy / wall_us:.0f}% of a profiled batch "
-                f"(torch.profiler, {len(spans)} device events); top kernels: {listing}")
+        return (
+            f"kernels busy {100 * busy / wall_us:.0f}% of a profiled batch "
+            f"(torch.profiler, {len(spans)} device events); top kernels: {listing}"
+        )
     except Exception as exc:  # noqa: BLE001 - the profiler is a bonus
         return f"profiler unavailable ({short_error(exc, 120)})"
 
@@ -422,8 +479,14 @@ def _ray_rows(runner: StageRunner, opts: BenchOptions, tmp: Path, stage: str) ->
     videos = tmp / "videos"
     for i in range(n):
         # distinct flash times: identical files would be flagged as duplicates by ingest
-        write_synthetic_video(videos / f"clip_{i:03d}.mp4", seconds=duration, fps=25.0, size=size,
-                              pattern="flash_events", events=[0.5 + 0.25 * i, duration / 2])
+        write_synthetic_video(
+            videos / f"clip_{i:03d}.mp4",
+            seconds=duration,
+            fps=25.0,
+            size=size,
+            pattern="flash_events",
+            events=[0.5 + 0.25 * i, duration / 2],
+        )
     manifest = tmp / "manifest.parquet"
     ingest([videos], manifest, IngestConfig(workers=0))
     checkpoint = save_checkpoint(build_network("tiny", "cpu"), tmp / "demo_random.safetensors")
@@ -431,25 +494,54 @@ def _ray_rows(runner: StageRunner, opts: BenchOptions, tmp: Path, stage: str) ->
     resources = connect()
     ray_start_s = time.perf_counter() - start
     sampler = SamplerConfig(sampler="meanflow", steps=1, **ONE_STEP_GUIDANCE)
-    cfg = GenerateConfig(out_dir=str(tmp / "out"), manifest=str(manifest), checkpoint=str(checkpoint),
-                         sampler=sampler, batch_size=max(1, opts.batch_size), format="mp4")
+    cfg = GenerateConfig(
+        out_dir=str(tmp / "out"),
+        manifest=str(manifest),
+        checkpoint=str(checkpoint),
+        sampler=sampler,
+        batch_size=max(1, opts.batch_size),
+        format="mp4",
+    )
     summary = run_generate(cfg)
-    what = (f"ray: demo bundle stack + random tiny checkpoint on {resources.accelerator}, {resources.cpus:.0f} "
-            f"Ray CPUs, {n} synthetic {size[0]}x{size[1]} H.264 clips of {duration:g} s")
-    runner.add(BenchRow(bench="e2e", stage=stage, median_ms=summary.wall_s * 1000.0, batch_size=n,
-                        dtype="float32", device=resources.accelerator, audio_s=n * duration,
-                        note=f"{what}; one run (wall incl. actor start and model load; Ray start "
-                             f"{ray_start_s:.1f} s excluded); {summary.generated} done, {summary.failed} failed, "
-                             f"{summary.skipped} skipped"))
+    what = (
+        f"ray: demo bundle stack + random tiny checkpoint on {resources.accelerator}, {resources.cpus:.0f} "
+        f"Ray CPUs, {n} synthetic {size[0]}x{size[1]} H.264 clips of {duration:g} s"
+    )
+    runner.add(
+        BenchRow(
+            bench="e2e",
+            stage=stage,
+            median_ms=summary.wall_s * 1000.0,
+            batch_size=n,
+            dtype="float32",
+            device=resources.accelerator,
+            audio_s=n * duration,
+            note=f"{what}; one run (wall incl. actor start and model load; Ray start "
+            f"{ray_start_s:.1f} s excluded); {summary.generated} done, {summary.failed} failed, "
+            f"{summary.skipped} skipped",
+        )
+    )
     report = pq.read_table(Path(cfg.out_dir) / "report.parquet").to_pylist()
     done = [r for r in report if r.get("status") == "done"]
-    stages = (("t_decode_s", "decode window at both rates (CPU task, PyAV)"),
-              ("t_features_s", "features (model actor)"), ("t_generate_s", "network (model actor)"),
-              ("t_decode_audio_s", "audio decode (model actor)"), ("t_write_s", "stitch + mp4 remux (driver)"))
+    stages = (
+        ("t_decode_s", "decode window at both rates (CPU task, PyAV)"),
+        ("t_features_s", "features (model actor)"),
+        ("t_generate_s", "network (model actor)"),
+        ("t_decode_audio_s", "audio decode (model actor)"),
+        ("t_write_s", "stitch + mp4 remux (driver)"),
+    )
     for key, label in stages:
         values = [float(r[key]) for r in done if r.get(key) is not None]
         if values:
-            runner.add(BenchRow(bench="e2e", stage=f"ray: {label}", median_ms=statistics.median(values) * 1000.0,
-                                batch_size=1, dtype="uint8" if key == "t_decode_s" else "float32",
-                                device="cpu" if key in ("t_decode_s", "t_write_s") else resources.accelerator,
-                                audio_s=duration, note=f"{what}; median over {len(values)} videos from report.parquet"))
+            runner.add(
+                BenchRow(
+                    bench="e2e",
+                    stage=f"ray: {label}",
+                    median_ms=statistics.median(values) * 1000.0,
+                    batch_size=1,
+                    dtype="uint8" if key == "t_decode_s" else "float32",
+                    device="cpu" if key in ("t_decode_s", "t_write_s") else resources.accelerator,
+                    audio_s=duration,
+                    note=f"{what}; median over {len(values)} videos from report.parquet",
+                )
+            )

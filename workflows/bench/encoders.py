@@ -74,8 +74,11 @@ def build_encoders(preset: str, device: str) -> EncoderStack:
             clip = ClipEncoder.from_config(clip_cfg)
     except ImportError as exc:  # open_clip is optional (not on the GPU image unless carried)
         return EncoderStack(None, synchformer, demo, None, "Synchformer only", missing=short_error(exc))
-    what = ("tiny open_clip + 1-block Synchformer + demo encoders" if tiny
-            else "DFN5B ViT-H/14 @384 (open_clip) + Synchformer ViT-B/16, random weights")
+    what = (
+        "tiny open_clip + 1-block Synchformer + demo encoders"
+        if tiny
+        else "DFN5B ViT-H/14 @384 (open_clip) + Synchformer ViT-B/16, random weights"
+    )
     return EncoderStack(MMAudioEncoders(clip, synchformer, device), None, demo, clip_cfg, what)
 
 
@@ -137,24 +140,55 @@ def run(opts: BenchOptions) -> list[BenchRow]:
             b = max(batches)
             if _compile_encoders(runner, stack, b):
                 # warm-up calls compile: at least one before timing
-                _model_stages(runner, stack, b, n_clip, n_sync, clip_size, sync_size, opts.duration_s,
-                              label=", compiled", warmup=max(1, opts.warmup))
+                _model_stages(
+                    runner,
+                    stack,
+                    b,
+                    n_clip,
+                    n_sync,
+                    clip_size,
+                    sync_size,
+                    opts.duration_s,
+                    label=", compiled",
+                    warmup=max(1, opts.warmup),
+                )
         if opts.extra.get("fp8") and stack.encoders is not None:
-            _fp8_stages(runner, stack, max(batches), n_clip, n_sync, clip_size, sync_size, opts.duration_s,
-                        compiled=bool(compile_now))
+            _fp8_stages(
+                runner,
+                stack,
+                max(batches),
+                n_clip,
+                n_sync,
+                clip_size,
+                sync_size,
+                opts.duration_s,
+                compiled=bool(compile_now),
+            )
     return runner.rows
 
 
-def _fp8_stages(runner: StageRunner, stack: EncoderStack, b: int, n_clip: int, n_sync: int, clip_size: int,
-                sync_size: int, duration_s: float, compiled: bool) -> None:
+def _fp8_stages(
+    runner: StageRunner,
+    stack: EncoderStack,
+    b: int,
+    n_clip: int,
+    n_sync: int,
+    clip_size: int,
+    sync_size: int,
+    duration_s: float,
+    compiled: bool,
+) -> None:
     """CLIP and Synchformer with their linear layers in FP8 (`MMAudioEncoders.use_fp8`, an
     approximation): time, and the features' deviation from the bf16 ones on the same frames."""
     enc = stack.encoders
     clip_frames = random_frames(b, n_clip, clip_size, clip_size, runner.device, seed=1)
     sync_frames = random_frames(b, n_sync, sync_size, sync_size, runner.device, seed=2)
     label = ", FP8" + (" compiled" if compiled else "")
-    refs = runner.attempt(f"CLIP image features, {n_clip} frames{label}", b,
-                          lambda: (enc.clip_features(clip_frames), enc.sync_features(sync_frames)))
+    refs = runner.attempt(
+        f"CLIP image features, {n_clip} frames{label}",
+        b,
+        lambda: (enc.clip_features(clip_frames), enc.sync_features(sync_frames)),
+    )
     from dub.model.encoders.mmaudio import FP8_TOWERS
 
     # both towers, to keep timing Synchformer's FP8 form too (`dub generate --fp8` converts CLIP's only)
@@ -163,14 +197,42 @@ def _fp8_stages(runner: StageRunner, stack: EncoderStack, b: int, n_clip: int, n
         return
     note = f"{stack.description}; {what}; deviation is FP8's (e4m3) against bf16 features"
     warmup = max(1, runner.opts.warmup) + (1 if compiled else 0)  # a conversion under compile recompiles
-    runner.measure(f"CLIP image features, {n_clip} frames{label}", lambda: enc.clip_features(clip_frames), batch=b,
-                   audio_s=b * duration_s, slow=True, warmup=warmup, reference=refs[0], tol=0.1, note=note)
-    runner.measure(f"Synchformer, {(n_sync - 16) // 8 + 1} segments{label}", lambda: enc.sync_features(sync_frames),
-                   batch=b, audio_s=b * duration_s, slow=True, warmup=warmup, reference=refs[1], tol=0.1, note=note)
+    runner.measure(
+        f"CLIP image features, {n_clip} frames{label}",
+        lambda: enc.clip_features(clip_frames),
+        batch=b,
+        audio_s=b * duration_s,
+        slow=True,
+        warmup=warmup,
+        reference=refs[0],
+        tol=0.1,
+        note=note,
+    )
+    runner.measure(
+        f"Synchformer, {(n_sync - 16) // 8 + 1} segments{label}",
+        lambda: enc.sync_features(sync_frames),
+        batch=b,
+        audio_s=b * duration_s,
+        slow=True,
+        warmup=warmup,
+        reference=refs[1],
+        tol=0.1,
+        note=note,
+    )
 
 
-def _resize_stages(runner: StageRunner, b: int, n_clip: int, n_sync: int, width: int, height: int,
-                   clip_size: int, sync_size: int, duration_s: float, cuda: bool) -> None:
+def _resize_stages(
+    runner: StageRunner,
+    b: int,
+    n_clip: int,
+    n_sync: int,
+    width: int,
+    height: int,
+    clip_size: int,
+    sync_size: int,
+    duration_s: float,
+    cuda: bool,
+) -> None:
     import torch
 
     device = runner.device
@@ -182,12 +244,22 @@ def _resize_stages(runner: StageRunner, b: int, n_clip: int, n_sync: int, width:
     # CLIP's 8 fps frames are a subset of the 25 fps decode (sample-and-hold)
     clip_index = torch.tensor([min(n_sync - 1, -(-k * SYNC_FPS // CLIP_FPS)) for k in range(n_clip)], device=device)
     clip_frames = frames[:, clip_index]
-    runner.measure(f"resize {src} -> {clip_size} (CLIP, {n_clip} frames), on {device}",
-                   lambda: clip_resize(clip_frames, clip_size), batch=b, audio_s=audio_s, dtype="uint8",
-                   note="bicubic antialias, uint8 in and out")
-    runner.measure(f"resize {src} -> {sync_size} crop (Synchformer, {n_sync} frames), on {device}",
-                   lambda: sync_resize(frames, sync_size), batch=b, audio_s=audio_s, dtype="uint8",
-                   note="short side bicubic antialias + centre crop, uint8 in and out")
+    runner.measure(
+        f"resize {src} -> {clip_size} (CLIP, {n_clip} frames), on {device}",
+        lambda: clip_resize(clip_frames, clip_size),
+        batch=b,
+        audio_s=audio_s,
+        dtype="uint8",
+        note="bicubic antialias, uint8 in and out",
+    )
+    runner.measure(
+        f"resize {src} -> {sync_size} crop (Synchformer, {n_sync} frames), on {device}",
+        lambda: sync_resize(frames, sync_size),
+        batch=b,
+        audio_s=audio_s,
+        dtype="uint8",
+        note="short side bicubic antialias + centre crop, uint8 in and out",
+    )
     if cuda:
         # one pinned decoded clip, uploaded once per clip of the batch (as separate videos arrive)
         host = runner.attempt("pin host frames", b, lambda: frames[0].cpu().pin_memory())
@@ -198,21 +270,53 @@ def _resize_stages(runner: StageRunner, b: int, n_clip: int, n_sync: int, width:
                 for j in range(b):
                     target[j].copy_(host, non_blocking=True)
 
-            runner.measure(f"upload {n_sync} frames {src} uint8 per clip, pinned host -> device", upload, batch=b,
-                           audio_s=audio_s, dtype="uint8", note=f"{b} x {host.numel() / 2**20:.0f} MB")
+            runner.measure(
+                f"upload {n_sync} frames {src} uint8 per clip, pinned host -> device",
+                upload,
+                batch=b,
+                audio_s=audio_s,
+                dtype="uint8",
+                note=f"{b} x {host.numel() / 2**20:.0f} MB",
+            )
         if b == 1 and host is not None:
             # one pass each: CPU resizing is what the GPU path replaces
             threads = f"torch on {torch.get_num_threads()} CPU threads, for comparison"
-            runner.measure(f"resize {src} -> {clip_size} (CLIP, {n_clip} frames), on cpu",
-                           lambda: clip_resize(host[None, clip_index.cpu()], clip_size), batch=b, audio_s=audio_s,
-                           dtype="uint8", device="cpu", repeats=1, warmup=0, note=threads)
-            runner.measure(f"resize {src} -> {sync_size} crop (Synchformer, {n_sync} frames), on cpu",
-                           lambda: sync_resize(host[None], sync_size), batch=b, audio_s=audio_s, dtype="uint8",
-                           device="cpu", repeats=1, warmup=0, note=threads)
+            runner.measure(
+                f"resize {src} -> {clip_size} (CLIP, {n_clip} frames), on cpu",
+                lambda: clip_resize(host[None, clip_index.cpu()], clip_size),
+                batch=b,
+                audio_s=audio_s,
+                dtype="uint8",
+                device="cpu",
+                repeats=1,
+                warmup=0,
+                note=threads,
+            )
+            runner.measure(
+                f"resize {src} -> {sync_size} crop (Synchformer, {n_sync} frames), on cpu",
+                lambda: sync_resize(host[None], sync_size),
+                batch=b,
+                audio_s=audio_s,
+                dtype="uint8",
+                device="cpu",
+                repeats=1,
+                warmup=0,
+                note=threads,
+            )
 
 
-def _model_stages(runner: StageRunner, stack: EncoderStack, b: int, n_clip: int, n_sync: int, clip_size: int,
-                  sync_size: int, duration_s: float, label: str, warmup: int | None = None) -> None:
+def _model_stages(
+    runner: StageRunner,
+    stack: EncoderStack,
+    b: int,
+    n_clip: int,
+    n_sync: int,
+    clip_size: int,
+    sync_size: int,
+    duration_s: float,
+    label: str,
+    warmup: int | None = None,
+) -> None:
     from dub.model.encoders.synchformer import attention_status
 
     device = runner.device
@@ -230,32 +334,78 @@ def _model_stages(runner: StageRunner, stack: EncoderStack, b: int, n_clip: int,
                 share = f" = {100 * rate / H200_BF16_PEAK_TFLOPS:.0f}% of an H200's bf16 peak"
             return f"{tflop / b:.1f} TFLOP/clip (matmuls incl. attention), {rate:.0f} TFLOP/s{share}"
 
-        runner.measure(f"CLIP image features, {n_clip} frames{label}", lambda: enc.clip_features(clip_frames),
-                       batch=b, audio_s=audio_s, slow=True, warmup=warmup, describe=throughput,
-                       note=f"{stack.description}; model input {enc.clip_size} px")
+        runner.measure(
+            f"CLIP image features, {n_clip} frames{label}",
+            lambda: enc.clip_features(clip_frames),
+            batch=b,
+            audio_s=audio_s,
+            slow=True,
+            warmup=warmup,
+            describe=throughput,
+            note=f"{stack.description}; model input {enc.clip_size} px",
+        )
         if not label and b > 1:
-            runner.profile(f"CLIP image features, {n_clip} frames", lambda: enc.clip_features(clip_frames), batch=b,
-                           audio_s=audio_s, note=stack.description)
+            runner.profile(
+                f"CLIP image features, {n_clip} frames",
+                lambda: enc.clip_features(clip_frames),
+                batch=b,
+                audio_s=audio_s,
+                note=stack.description,
+            )
         if not label:
-            runner.measure("CLIP text features (77 tokens)", lambda: enc.text_features([PROMPT] * b), batch=b,
-                           audio_s=audio_s, note=stack.description)
-        runner.measure(f"Synchformer, {(n_sync - 16) // 8 + 1} segments{label}",
-                       lambda: enc.sync_features(sync_frames), batch=b, audio_s=audio_s, slow=True,
-                       warmup=warmup, note=f"{stack.description}; {attention_status(device)}")
+            runner.measure(
+                "CLIP text features (77 tokens)",
+                lambda: enc.text_features([PROMPT] * b),
+                batch=b,
+                audio_s=audio_s,
+                note=stack.description,
+            )
+        runner.measure(
+            f"Synchformer, {(n_sync - 16) // 8 + 1} segments{label}",
+            lambda: enc.sync_features(sync_frames),
+            batch=b,
+            audio_s=audio_s,
+            slow=True,
+            warmup=warmup,
+            note=f"{stack.description}; {attention_status(device)}",
+        )
     else:
         runner.skip("CLIP image and text features", b, f"open_clip unavailable ({stack.missing})")
         if stack.synchformer_only is not None:
-            runner.measure(f"Synchformer, {(n_sync - 16) // 8 + 1} segments{label}",
-                           lambda: _synchformer_only(stack.synchformer_only, sync_frames, sync_size), batch=b,
-                           audio_s=audio_s, slow=True, note="Synchformer ViT-B/16, random weights")
+            runner.measure(
+                f"Synchformer, {(n_sync - 16) // 8 + 1} segments{label}",
+                lambda: _synchformer_only(stack.synchformer_only, sync_frames, sync_size),
+                batch=b,
+                audio_s=audio_s,
+                slow=True,
+                note="Synchformer ViT-B/16, random weights",
+            )
     if stack.demo is not None and not label:
         demo = stack.demo
-        runner.measure(f"demo clip features, {n_clip} frames", lambda: demo.clip_features(clip_frames), batch=b,
-                       audio_s=audio_s, dtype="float32", note="hand-made features (demo bundle)")
-        runner.measure(f"demo sync features, {n_sync} frames", lambda: demo.sync_features(sync_frames), batch=b,
-                       audio_s=audio_s, dtype="float32", note="hand-made features (demo bundle)")
-        runner.measure("demo text features", lambda: demo.text_features([PROMPT] * b), batch=b, audio_s=audio_s,
-                       dtype="float32", note="hashed bag of words (demo bundle)")
+        runner.measure(
+            f"demo clip features, {n_clip} frames",
+            lambda: demo.clip_features(clip_frames),
+            batch=b,
+            audio_s=audio_s,
+            dtype="float32",
+            note="hand-made features (demo bundle)",
+        )
+        runner.measure(
+            f"demo sync features, {n_sync} frames",
+            lambda: demo.sync_features(sync_frames),
+            batch=b,
+            audio_s=audio_s,
+            dtype="float32",
+            note="hand-made features (demo bundle)",
+        )
+        runner.measure(
+            "demo text features",
+            lambda: demo.text_features([PROMPT] * b),
+            batch=b,
+            audio_s=audio_s,
+            dtype="float32",
+            note="hashed bag of words (demo bundle)",
+        )
 
 
 def _synchformer_only(model, frames, size: int):
@@ -271,6 +421,5 @@ def _synchformer_only(model, frames, size: int):
 
 
 def _compile_encoders(runner: StageRunner, stack: EncoderStack, b: int) -> bool:
-    built = runner.attempt("torch.compile CLIP vision tower + Synchformer", b,
-                           stack.encoders.compile_towers, need_s=40)
+    built = runner.attempt("torch.compile CLIP vision tower + Synchformer", b, stack.encoders.compile_towers, need_s=40)
     return built is not None

@@ -20,13 +20,20 @@ import pyarrow.parquet as pq
 
 RESAMPLES = 2000
 SEED = 0
-COLUMNS = (("onset_f1", "onset F1 (±50 ms)"), ("onset_precision", "precision"), ("onset_recall", "recall"),
-           ("onset_ap", "onset AP"), ("onset_acc", "onset acc (±0.3 s)"), ("sound_class", "sound class acc"),
-           ("av_align", "AV-Align"))
+COLUMNS = (
+    ("onset_f1", "onset F1 (±50 ms)"),
+    ("onset_precision", "precision"),
+    ("onset_recall", "recall"),
+    ("onset_ap", "onset AP"),
+    ("onset_acc", "onset acc (±0.3 s)"),
+    ("sound_class", "sound class acc"),
+    ("av_align", "AV-Align"),
+)
 
 
-def bootstrap(values: np.ndarray, weights: np.ndarray | None = None, *, resamples: int = RESAMPLES,
-              seed: int = SEED) -> tuple[float, float, float]:
+def bootstrap(
+    values: np.ndarray, weights: np.ndarray | None = None, *, resamples: int = RESAMPLES, seed: int = SEED
+) -> tuple[float, float, float]:
     """(estimate, low, high): the (weighted) mean and its 95 % percentile interval over
     `resamples` resamples of the rows with replacement. NaN rows are left out first."""
     values = np.asarray(values, dtype=np.float64)
@@ -70,8 +77,10 @@ def markdown(rows: dict[str, dict[str, tuple[float, float, float]]]) -> str:
         est, low, high = v
         return "n/a" if not math.isfinite(est) else f"{est:.3f} [{low:.3f}, {high:.3f}]"
 
-    lines = ["| audio | clips | " + " | ".join(title for _, title in COLUMNS) + " |",
-             "|---|---|" + "---|" * len(COLUMNS)]
+    lines = [
+        "| audio | clips | " + " | ".join(title for _, title in COLUMNS) + " |",
+        "|---|---|" + "---|" * len(COLUMNS),
+    ]
     for label, row in rows.items():
         lines.append(f"| {label} | {int(row['clips'][0])} | " + " | ".join(cell(row[k]) for k, _ in COLUMNS) + " |")
     return "\n".join(lines)
@@ -90,8 +99,17 @@ def main(argv: list[str] | None = None) -> None:
         rows[label] = run_row(Path(folder))
     print(markdown(rows))
     if args.json:
-        args.json.write_text(json.dumps({"resamples": RESAMPLES, "seed": SEED,
-                                         "interval": "95 % percentile bootstrap over clips", "rows": rows}, indent=2))
+        args.json.write_text(
+            json.dumps(
+                {
+                    "resamples": RESAMPLES,
+                    "seed": SEED,
+                    "interval": "95 % percentile bootstrap over clips",
+                    "rows": rows,
+                },
+                indent=2,
+            )
+        )
 
 
 if __name__ == "__main__":

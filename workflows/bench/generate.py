@@ -70,19 +70,51 @@ class StageRunner:
         return row
 
     def skip(self, stage: str, batch: int, reason: str) -> None:
-        self.add(BenchRow(bench=self.bench, stage=stage, median_ms=0.0, batch_size=batch, dtype=self.dtype,
-                          device=self.device, note=f"not run: {reason}"))
+        self.add(
+            BenchRow(
+                bench=self.bench,
+                stage=stage,
+                median_ms=0.0,
+                batch_size=batch,
+                dtype=self.dtype,
+                device=self.device,
+                note=f"not run: {reason}",
+            )
+        )
 
     def fail(self, stage: str, batch: int, exc: BaseException) -> None:
-        self.add(BenchRow(bench=self.bench, stage=stage, median_ms=0.0, batch_size=batch, dtype=self.dtype,
-                          device=self.device, note=f"ERROR {short_error(exc)}"))
+        self.add(
+            BenchRow(
+                bench=self.bench,
+                stage=stage,
+                median_ms=0.0,
+                batch_size=batch,
+                dtype=self.dtype,
+                device=self.device,
+                note=f"ERROR {short_error(exc)}",
+            )
+        )
         free_cuda_cache(self.device)
 
-    def measure(self, stage: str, fn: Callable[[], object], *, batch: int, audio_s: float | None = None,
-                slow: bool = False, note: str = "", need_s: float = 0.0, dtype: str | None = None,
-                device: str | None = None, repeats: int | None = None, warmup: int | None = None,
-                reference=None, tol: float = 2e-2, exact=None,
-                describe: Callable[[float], str] | None = None) -> float | None:
+    def measure(
+        self,
+        stage: str,
+        fn: Callable[[], object],
+        *,
+        batch: int,
+        audio_s: float | None = None,
+        slow: bool = False,
+        note: str = "",
+        need_s: float = 0.0,
+        dtype: str | None = None,
+        device: str | None = None,
+        repeats: int | None = None,
+        warmup: int | None = None,
+        reference=None,
+        tol: float = 2e-2,
+        exact=None,
+        describe: Callable[[float], str] | None = None,
+    ) -> float | None:
         """Median ms of `fn` (fewer repeats when `slow`), or None when it failed or was not run.
         With `reference` (the eager output), the note also gives fn's deviation from it (and, with
         `exact`, both outputs' distance from float32: see `compare`);
@@ -96,16 +128,27 @@ class StageRunner:
         try:
             if reference is not None:  # an optimised path: first its deviation from the eager output
                 note = f"{note}; {self.deviation(f'{stage}, batch {batch}', fn(), reference, tol, exact)}"
-            median_ms, peak_mb = time_call(fn, repeats=max(1, repeats), warmup=max(0, warmup),
-                                           device=device or self.device)
+            median_ms, peak_mb = time_call(
+                fn, repeats=max(1, repeats), warmup=max(0, warmup), device=device or self.device
+            )
         except Exception as exc:  # noqa: BLE001 - a failing stage must not stop the others
             self.fail(stage, batch, exc)
             return None
         if describe is not None:
             note = f"{note}; {describe(median_ms)}"
-        self.add(BenchRow(bench=self.bench, stage=stage, median_ms=median_ms, batch_size=batch,
-                          dtype=dtype or self.dtype, device=device or self.device, audio_s=audio_s,
-                          peak_mem_mb=peak_mb, note=note))
+        self.add(
+            BenchRow(
+                bench=self.bench,
+                stage=stage,
+                median_ms=median_ms,
+                batch_size=batch,
+                dtype=dtype or self.dtype,
+                device=device or self.device,
+                audio_s=audio_s,
+                peak_mem_mb=peak_mb,
+                note=note,
+            )
+        )
         return median_ms
 
     def deviation(self, name: str, fast, eager, tol: float = 2e-2, exact=None) -> str:
@@ -115,13 +158,18 @@ class StageRunner:
             self.on_check(check)
         verdict = "within" if check["pass"] else "OUTSIDE"
         if exact is None:
-            return (f"max|fast - eager| = {check['max_abs_err']:.2e} ({check['rel_err']:.1e} of max|eager|, "
-                    f"{verdict} {tol:g})")
-        return (f"max|fast - eager| = {check['max_abs_err']:.2e}; from float32: fast {check['fast_vs_float32']:.2e},"
-                f" eager {check['eager_vs_float32']:.2e} ({verdict} {tol:g} or {BF16_SLACK}x eager's)")
+            return (
+                f"max|fast - eager| = {check['max_abs_err']:.2e} ({check['rel_err']:.1e} of max|eager|, "
+                f"{verdict} {tol:g})"
+            )
+        return (
+            f"max|fast - eager| = {check['max_abs_err']:.2e}; from float32: fast {check['fast_vs_float32']:.2e},"
+            f" eager {check['eager_vs_float32']:.2e} ({verdict} {tol:g} or {BF16_SLACK}x eager's)"
+        )
 
-    def profile(self, stage: str, fn: Callable[[], object], *, batch: int, audio_s: float | None = None,
-                note: str = "") -> None:
+    def profile(
+        self, stage: str, fn: Callable[[], object], *, batch: int, audio_s: float | None = None, note: str = ""
+    ) -> None:
         """CUDA only: a row with the summed kernel time of one call of `fn` and its top kernels
         (torch.profiler), to show where a stage's time goes. Profiling problems are noted, not raised."""
         if not self.device.startswith("cuda") or not self.has_time(5):
@@ -129,12 +177,30 @@ class StageRunner:
         try:
             total_ms, count, top = kernel_profile(fn)
         except Exception as exc:  # noqa: BLE001 - the profile is a bonus
-            self.add(BenchRow(bench=self.bench, stage=f"{stage}: kernel profile", median_ms=0.0, batch_size=batch,
-                              dtype=self.dtype, device=self.device, note=f"not run: profiler {short_error(exc, 150)}"))
+            self.add(
+                BenchRow(
+                    bench=self.bench,
+                    stage=f"{stage}: kernel profile",
+                    median_ms=0.0,
+                    batch_size=batch,
+                    dtype=self.dtype,
+                    device=self.device,
+                    note=f"not run: profiler {short_error(exc, 150)}",
+                )
+            )
             return
-        self.add(BenchRow(bench=self.bench, stage=f"{stage}: kernel time (one call, torch.profiler)",
-                          median_ms=total_ms, batch_size=batch, dtype=self.dtype, device=self.device, audio_s=audio_s,
-                          note=f"{note}; {count} kernels; top: {top}"))
+        self.add(
+            BenchRow(
+                bench=self.bench,
+                stage=f"{stage}: kernel time (one call, torch.profiler)",
+                median_ms=total_ms,
+                batch_size=batch,
+                dtype=self.dtype,
+                device=self.device,
+                audio_s=audio_s,
+                note=f"{note}; {count} kernels; top: {top}",
+            )
+        )
 
     def attempt(self, stage: str, batch: int, build: Callable[[], T], need_s: float = 0.0) -> T | None:
         """Run a setup step (build a graph, compile); its failure is recorded against `stage`."""
@@ -146,7 +212,6 @@ class StageRunner:
         except Exception as exc:  # noqa: BLE001
             self.fail(stage, batch, exc)
             return None
-
 
 
 def kernel_profile(fn: Callable[[], object], top: int = 6) -> tuple[float, int, str]:
@@ -211,8 +276,14 @@ def compare(name: str, fast, eager, tol: float, exact=None) -> dict:
     scale = eager.float().abs().max().item()
     rel = err / scale if scale > 0 else (0.0 if err == 0 else math.inf)
     finite = math.isfinite(err) and math.isfinite(scale)
-    check = {"check": name, "max_abs_err": err, "max_abs_ref": scale, "rel_err": rel, "tol": tol,
-             "pass": bool(finite and rel <= tol)}
+    check = {
+        "check": name,
+        "max_abs_err": err,
+        "max_abs_ref": scale,
+        "rel_err": rel,
+        "tol": tol,
+        "pass": bool(finite and rel <= tol),
+    }
     if exact is not None:
         fast_err = (fast.float() - exact.float()).abs().max().item()
         eager_err = (eager.float() - exact.float()).abs().max().item()
@@ -250,10 +321,15 @@ def codec_configs(preset: str, sample_rate: int):
     from dub.model.codec.vae import VAEConfig
 
     if preset in TINY_PRESETS:
-        vocoder = BigVGANConfig(num_mels=80, upsample_rates=(4, 4, 2, 2, 2, 2),
-                                upsample_kernel_sizes=(8, 8, 4, 4, 4, 4),
-                                upsample_initial_channel=128, resblock_kernel_sizes=(3,),
-                                resblock_dilation_sizes=((1, 3),), sampling_rate=16_000)
+        vocoder = BigVGANConfig(
+            num_mels=80,
+            upsample_rates=(4, 4, 2, 2, 2, 2),
+            upsample_kernel_sizes=(8, 8, 4, 4, 4, 4),
+            upsample_initial_channel=128,
+            resblock_kernel_sizes=(3,),
+            resblock_dilation_sizes=((1, 3),),
+            sampling_rate=16_000,
+        )
         return MelConfig.mmaudio_16k(), VAEConfig(data_dim=80, embed_dim=20, hidden_dim=32), vocoder
     if sample_rate == 16_000:
         return MelConfig.mmaudio_16k(), VAEConfig.mmaudio_16k(), BigVGANConfig.mmaudio_16k()
@@ -322,8 +398,12 @@ def random_inputs(cfg, batch: int, device: str, seed: int = 0) -> list:
     import torch
 
     gen = torch.Generator(device="cpu").manual_seed(seed)
-    shapes = [(cfg.latent_seq_len, cfg.latent_dim), (cfg.clip_seq_len, cfg.clip_dim),
-              (cfg.sync_seq_len, cfg.sync_dim), (cfg.text_seq_len, cfg.text_dim)]
+    shapes = [
+        (cfg.latent_seq_len, cfg.latent_dim),
+        (cfg.clip_seq_len, cfg.clip_dim),
+        (cfg.sync_seq_len, cfg.sync_dim),
+        (cfg.text_seq_len, cfg.text_dim),
+    ]
     return [torch.randn(batch, *s, generator=gen).to(device) for s in shapes]
 
 
@@ -332,12 +412,14 @@ def autocast_for(device: str, cache: bool = True):
     weight-cast cache is not capture-safe (see model/runtime/fast.py)."""
     import torch
 
-    return torch.autocast(device.split(":")[0], dtype=torch.bfloat16, enabled=device.startswith("cuda"),
-                          cache_enabled=cache)
+    return torch.autocast(
+        device.split(":")[0], dtype=torch.bfloat16, enabled=device.startswith("cuda"), cache_enabled=cache
+    )
 
 
-def eager_latents(net, guidance, noise, clip_f, sync_f, text_f, *, euler_steps: int | None = None,
-                  batched: bool = True):
+def eager_latents(
+    net, guidance, noise, clip_f, sync_f, text_f, *, euler_steps: int | None = None, batched: bool = True
+):
     """The eager path of `Generator.latents` (same calls): one MeanFlow step, or Euler steps."""
     import torch
 
@@ -426,40 +508,67 @@ def _batch_stages(runner: StageRunner, stack: GenerateStack, guidance, b: int, d
         return eager_latents(net, guidance, *inputs, batched=batched)
 
     if b == 1:
-        runner.measure("network 1 step + CFG, eager, cond and uncond as 2 calls", lambda: eager_one(False),
-                       batch=b, audio_s=audio_s, note=base)
-    runner.measure("network 1 step + CFG, eager, cond+uncond in one batch", eager_one, batch=b, audio_s=audio_s,
-                   note=base)
-    runner.profile("network 1 step + CFG, eager, cond+uncond in one batch", eager_one, batch=b, audio_s=audio_s,
-                   note=base)
+        runner.measure(
+            "network 1 step + CFG, eager, cond and uncond as 2 calls",
+            lambda: eager_one(False),
+            batch=b,
+            audio_s=audio_s,
+            note=base,
+        )
+    runner.measure(
+        "network 1 step + CFG, eager, cond+uncond in one batch", eager_one, batch=b, audio_s=audio_s, note=base
+    )
+    runner.profile(
+        "network 1 step + CFG, eager, cond+uncond in one batch", eager_one, batch=b, audio_s=audio_s, note=base
+    )
     reference = runner.attempt("network 1 step + CFG, eager reference", b, eager_one)
     stage = f"network 1 step + CFG, {where}"
     graph = runner.attempt(stage, b, lambda: OneStepGraph(net, guidance, b))
     if graph is not None and reference is not None:
-        runner.measure(stage, lambda: graph(*inputs), batch=b, audio_s=audio_s, reference=reference,
-                       note=f"{base}; capture {graph.build_s:.1f} s")
+        runner.measure(
+            stage,
+            lambda: graph(*inputs),
+            batch=b,
+            audio_s=audio_s,
+            reference=reference,
+            note=f"{base}; capture {graph.build_s:.1f} s",
+        )
     if b == 1:
         euler = Guidance(**EULER_GUIDANCE)
-        runner.measure(f"network {EULER_STEPS} Euler steps + CFG, eager (baseline)",
-                       lambda: eager_latents(net, euler, *inputs, euler_steps=EULER_STEPS), batch=b, audio_s=audio_s,
-                       slow=True, note=f"{stack.description}; cfg 4.5 no rescale; cond+uncond in one batch")
+        runner.measure(
+            f"network {EULER_STEPS} Euler steps + CFG, eager (baseline)",
+            lambda: eager_latents(net, euler, *inputs, euler_steps=EULER_STEPS),
+            batch=b,
+            audio_s=audio_s,
+            slow=True,
+            note=f"{stack.description}; cfg 4.5 no rescale; cond+uncond in one batch",
+        )
     if reference is None:
         return
     _decoder_stages(runner, stack, reference, b, audio_s, cuda, where)
-    runner.measure("network + VAE + vocoder, eager", lambda: eager_decode(vae, vocoder, eager_one()), batch=b,
-                   audio_s=audio_s, slow=True, note=base)
+    runner.measure(
+        "network + VAE + vocoder, eager",
+        lambda: eager_decode(vae, vocoder, eager_one()),
+        batch=b,
+        audio_s=audio_s,
+        slow=True,
+        note=base,
+    )
     stage = f"network + VAE + vocoder, {where}"
-    full = runner.attempt(stage, b, lambda: OneStepGraph(net, guidance, b,
-                                                         decode=functools.partial(decode_latents, vae, vocoder)))
+    full = runner.attempt(
+        stage, b, lambda: OneStepGraph(net, guidance, b, decode=functools.partial(decode_latents, vae, vocoder))
+    )
     wav_ref = runner.attempt("VAE + vocoder, eager reference", b, lambda: eager_decode(vae, vocoder, reference))
     if full is not None and wav_ref is not None:
         target = f"; target < {LATENCY_TARGET_MS:.0f} ms on an H200" if b == 1 and cuda else ""
-        runner.measure(stage, lambda: full(*inputs), batch=b, audio_s=audio_s, slow=True, reference=wav_ref,
-                       note=f"{base}{target}")
+        runner.measure(
+            stage, lambda: full(*inputs), batch=b, audio_s=audio_s, slow=True, reference=wav_ref, note=f"{base}{target}"
+        )
 
 
-def _decoder_stages(runner: StageRunner, stack: GenerateStack, latents, b: int, audio_s: float, cuda: bool,
-                    where: str) -> None:
+def _decoder_stages(
+    runner: StageRunner, stack: GenerateStack, latents, b: int, audio_s: float, cuda: bool, where: str
+) -> None:
     import torch
 
     from dub.model.codec.bigvgan import BigVGAN, activation_form, activation_status
@@ -488,32 +597,77 @@ def _decoder_stages(runner: StageRunner, stack: GenerateStack, latents, b: int, 
             published = vocoder_only()
             with torch.no_grad(), true_float32():
                 exact = vocoder(mel.float()) if cuda else None
-    runner.measure("vocoder (BigVGAN)", vocoder_only, batch=b, audio_s=audio_s, slow=True, reference=published,
-                   exact=exact, note=f"{stack.description}; anti-aliased activations: {activation_status(device)}")
+    runner.measure(
+        "vocoder (BigVGAN)",
+        vocoder_only,
+        batch=b,
+        audio_s=audio_s,
+        slow=True,
+        reference=published,
+        exact=exact,
+        note=f"{stack.description}; anti-aliased activations: {activation_status(device)}",
+    )
     if isinstance(vocoder, BigVGAN):  # what each form of the anti-aliased activation costs
         with activation_form(vocoder, "polyphase"):
-            runner.measure("vocoder (BigVGAN), activations as grouped convs", vocoder_only, batch=b, audio_s=audio_s,
-                           slow=True, reference=published, exact=exact, note=f"{stack.description}; for comparison")
+            runner.measure(
+                "vocoder (BigVGAN), activations as grouped convs",
+                vocoder_only,
+                batch=b,
+                audio_s=audio_s,
+                slow=True,
+                reference=published,
+                exact=exact,
+                note=f"{stack.description}; for comparison",
+            )
         with activation_form(vocoder, "reference"):
-            runner.measure("vocoder (BigVGAN), BigVGAN's upsample -> snake -> downsample", vocoder_only, batch=b,
-                           audio_s=audio_s, slow=True, note=f"{stack.description}; the published order")
+            runner.measure(
+                "vocoder (BigVGAN), BigVGAN's upsample -> snake -> downsample",
+                vocoder_only,
+                batch=b,
+                audio_s=audio_s,
+                slow=True,
+                note=f"{stack.description}; the published order",
+            )
     del published, exact
-    runner.measure("VAE + vocoder, eager", lambda: eager_decode(vae, vocoder, latents), batch=b, audio_s=audio_s,
-                   slow=True, note=stack.description)
-    runner.profile("VAE + vocoder, eager", lambda: eager_decode(vae, vocoder, latents), batch=b, audio_s=audio_s,
-                   note=stack.description)
+    runner.measure(
+        "VAE + vocoder, eager",
+        lambda: eager_decode(vae, vocoder, latents),
+        batch=b,
+        audio_s=audio_s,
+        slow=True,
+        note=stack.description,
+    )
+    runner.profile(
+        "VAE + vocoder, eager",
+        lambda: eager_decode(vae, vocoder, latents),
+        batch=b,
+        audio_s=audio_s,
+        note=stack.description,
+    )
     if cuda:
         stage = f"VAE + vocoder, {where}"
         graph = runner.attempt(stage, b, lambda: CudaGraphCall(lambda z: eager_decode(vae, vocoder, z), [latents]))
         if graph is not None:
-            runner.measure(stage, lambda: graph(latents), batch=b, audio_s=audio_s, slow=True,
-                           reference=eager_decode(vae, vocoder, latents),
-                           note=f"{stack.description}; capture {graph.capture_s:.1f} s")
+            runner.measure(
+                stage,
+                lambda: graph(latents),
+                batch=b,
+                audio_s=audio_s,
+                slow=True,
+                reference=eager_decode(vae, vocoder, latents),
+                note=f"{stack.description}; capture {graph.capture_s:.1f} s",
+            )
     if stack.demo_codec is not None:
         with torch.no_grad():
-            runner.measure("demo codec decode (Griffin-Lim, 32 iterations)", lambda: stack.demo_codec.decode(latents),
-                           batch=b, audio_s=audio_s, slow=True, dtype="float32",
-                           note="the demo bundle's codec (no VAE, no vocoder)")
+            runner.measure(
+                "demo codec decode (Griffin-Lim, 32 iterations)",
+                lambda: stack.demo_codec.decode(latents),
+                batch=b,
+                audio_s=audio_s,
+                slow=True,
+                dtype="float32",
+                note="the demo bundle's codec (no VAE, no vocoder)",
+            )
 
 
 def _compiled_stages(runner: StageRunner, stack: GenerateStack, guidance, b: int, duration_s: float) -> None:
@@ -537,8 +691,14 @@ def _compiled_stages(runner: StageRunner, stack: GenerateStack, guidance, b: int
     started = time.perf_counter()
     graph = runner.attempt(stage, b, lambda: OneStepGraph(net, guidance, b, compile=True, use_graph=cuda), need_s=60)
     if graph is not None:
-        runner.measure(stage, lambda: graph(*inputs), batch=b, audio_s=audio_s, reference=reference,
-                       note=f"{base}; compile + capture {time.perf_counter() - started:.0f} s")
+        runner.measure(
+            stage,
+            lambda: graph(*inputs),
+            batch=b,
+            audio_s=audio_s,
+            reference=reference,
+            note=f"{base}; compile + capture {time.perf_counter() - started:.0f} s",
+        )
 
     stage = f"VAE + vocoder, {how}"
     decoder = runner.attempt(stage, b, lambda: compile_decoder(vae, vocoder, example_latents=reference), need_s=60)
@@ -556,15 +716,30 @@ def _compiled_stages(runner: StageRunner, stack: GenerateStack, guidance, b: int
 
     dec_graph = runner.attempt(stage, b, lambda: CudaGraphCall(compiled_decode, [reference], use_graph=cuda))
     if dec_graph is not None:
-        runner.measure(stage, lambda: dec_graph(reference), batch=b, audio_s=audio_s, slow=True, reference=wav_ref,
-                       note=f"{base}; compile {decoder.build_s:.0f} s")
+        runner.measure(
+            stage,
+            lambda: dec_graph(reference),
+            batch=b,
+            audio_s=audio_s,
+            slow=True,
+            reference=wav_ref,
+            note=f"{base}; compile {decoder.build_s:.0f} s",
+        )
 
     stage = f"network + VAE + vocoder, {how}"
     started = time.perf_counter()
-    full = runner.attempt(stage, b, lambda: OneStepGraph(net, guidance, b, decode=decoder.fn, compile=True,
-                                                         use_graph=cuda), need_s=30)
+    full = runner.attempt(
+        stage, b, lambda: OneStepGraph(net, guidance, b, decode=decoder.fn, compile=True, use_graph=cuda), need_s=30
+    )
     if full is not None:
         target = f"; target < {LATENCY_TARGET_MS:.0f} ms on an H200" if b == 1 and cuda else ""
-        runner.measure(stage, lambda: full(*inputs), batch=b, audio_s=audio_s, slow=True, reference=wav_ref,
-                       note=f"{base}; build {time.perf_counter() - started:.0f} s{target}")
+        runner.measure(
+            stage,
+            lambda: full(*inputs),
+            batch=b,
+            audio_s=audio_s,
+            slow=True,
+            reference=wav_ref,
+            note=f"{base}; build {time.perf_counter() - started:.0f} s{target}",
+        )
     free_cuda_cache(device)

@@ -51,12 +51,21 @@ def run(opts: BenchOptions) -> list[BenchRow]:
             median_ms, _ = time_call(call, repeats=repeats, warmup=warmup, device="cpu")
             out_frames = sum(frame_count(duration, t.fps) for t in targets)
             seconds = median_ms / 1000.0
-            rows.append(BenchRow(
-                bench="media", stage=stage, median_ms=median_ms, batch_size=1, dtype="uint8", device="cpu",
-                audio_s=duration,
-                note=(f"{out_frames / seconds:.0f} out frames/s, {source_frames / seconds:.0f} source frames/s "
-                      f"({source_frames} frames 1280x720 H.264, {backend})"),
-            ))
+            rows.append(
+                BenchRow(
+                    bench="media",
+                    stage=stage,
+                    median_ms=median_ms,
+                    batch_size=1,
+                    dtype="uint8",
+                    device="cpu",
+                    audio_s=duration,
+                    note=(
+                        f"{out_frames / seconds:.0f} out frames/s, {source_frames / seconds:.0f} source frames/s "
+                        f"({source_frames} frames 1280x720 H.264, {backend})"
+                    ),
+                )
+            )
         rows.append(_parallel_decode_row(clip.path, duration, source_frames, opts))
     return rows
 
@@ -85,8 +94,15 @@ def _parallel_decode_row(path: str, duration: float, source_frames: int, opts: B
         clips = sum(pool.starmap(_decode_clip_times, [(path, duration, per_worker)] * workers))
         wall_ms = (time.perf_counter() - start) * 1000.0
     return BenchRow(
-        bench="media", stage=f"decode both rates, one pass, {workers} process{'es' if workers > 1 else ''} in parallel", median_ms=wall_ms,
-        batch_size=clips, dtype="uint8", device="cpu", audio_s=duration * clips,
-        note=(f"decoding capacity: {clips} clips ({source_frames} frames 1280x720 H.264 each) in {wall_ms / 1000:.1f} s "
-              f"on {workers} process{'es' if workers > 1 else ''} ({len(os.sched_getaffinity(0))} CPUs; one left for a GPU replica), swscale"),
+        bench="media",
+        stage=f"decode both rates, one pass, {workers} process{'es' if workers > 1 else ''} in parallel",
+        median_ms=wall_ms,
+        batch_size=clips,
+        dtype="uint8",
+        device="cpu",
+        audio_s=duration * clips,
+        note=(
+            f"decoding capacity: {clips} clips ({source_frames} frames 1280x720 H.264 each) in {wall_ms / 1000:.1f} s "
+            f"on {workers} process{'es' if workers > 1 else ''} ({len(os.sched_getaffinity(0))} CPUs; one left for a GPU replica), swscale"
+        ),
     )

@@ -46,20 +46,39 @@ def run(opts: BenchOptions) -> list[BenchRow]:
             ("meanflow (exact 25%)", meanflow_loss, exact, model, eager_tangent, "eager"),
         ]
         if cuda:  # the JVP as CUDA graphs without a compiler (on a CPU it is the row above)
-            cases.append(("meanflow (exact 25%, graphed JVP)", meanflow_loss, exact, model, make_tangent("graphed"),
-                          "eager"))
+            cases.append(
+                ("meanflow (exact 25%, graphed JVP)", meanflow_loss, exact, model, make_tangent("graphed"), "eager")
+            )
         cases += [
-            ("meanflow (all s != t)", meanflow_loss, replace(default, flow_matching_ratio=0.0), model, eager_tangent,
-             "eager"),
+            (
+                "meanflow (all s != t)",
+                meanflow_loss,
+                replace(default, flow_matching_ratio=0.0),
+                model,
+                eager_tangent,
+                "eager",
+            ),
         ]
     if opts.extra.get("compile") or opts.extra.get("compiled_only"):
         compiled_model = torch.compile(model)
         cases += [
-            ("meanflow (exact 25%, compiled JVP)", meanflow_loss, exact, model, make_tangent("compiled", device),
-             "eager"),
+            (
+                "meanflow (exact 25%, compiled JVP)",
+                meanflow_loss,
+                exact,
+                model,
+                make_tangent("compiled", device),
+                "eager",
+            ),
             ("flow matching (compiled network)", flow_matching_loss, default, compiled_model, None, "compiled"),
-            ("meanflow (exact 25%, compiled JVP + network)", meanflow_loss, exact, compiled_model,
-             make_tangent("compiled", device), "compiled"),
+            (
+                "meanflow (exact 25%, compiled JVP + network)",
+                meanflow_loss,
+                exact,
+                compiled_model,
+                make_tangent("compiled", device),
+                "compiled",
+            ),
         ]
     rows: list[BenchRow] = []
     baselines: dict[str, float] = {}
@@ -81,11 +100,18 @@ def run(opts: BenchOptions) -> list[BenchRow]:
             baselines[group] = median_ms
         elif group in baselines:
             ratio = f"{median_ms / baselines[group]:.2f}x {'eager' if group == 'eager' else 'compiled'} flow matching; "
-        rows.append(BenchRow(
-            bench="train-step", stage=f"{stage}, AdamW step", median_ms=median_ms, batch_size=x.shape[0],
-            dtype=str(dtype).removeprefix("torch."), device=device, peak_mem_mb=peak_mb,
-            note=f"{ratio}{what}; {device_name(device)}",
-        ))
+        rows.append(
+            BenchRow(
+                bench="train-step",
+                stage=f"{stage}, AdamW step",
+                median_ms=median_ms,
+                batch_size=x.shape[0],
+                dtype=str(dtype).removeprefix("torch."),
+                device=device,
+                peak_mem_mb=peak_mb,
+                note=f"{ratio}{what}; {device_name(device)}",
+            )
+        )
     return rows
 
 
@@ -127,8 +153,9 @@ def _mlp_setup(opts: BenchOptions, device: str, what: str):
     class TokenMLP(nn.Module):
         def __init__(self, dim: int = 20, hidden: int = 512) -> None:
             super().__init__()
-            self.net = nn.Sequential(nn.Linear(dim + 2, hidden), nn.SiLU(), nn.Linear(hidden, hidden), nn.SiLU(),
-                                     nn.Linear(hidden, dim))
+            self.net = nn.Sequential(
+                nn.Linear(dim + 2, hidden), nn.SiLU(), nn.Linear(hidden, hidden), nn.SiLU(), nn.Linear(hidden, dim)
+            )
 
         def forward(self, z, t, s):
             times = torch.stack([t, s - t], dim=-1).to(z.dtype)[:, None].expand(-1, z.shape[1], -1)

@@ -45,9 +45,11 @@ class FoleySynthConfig:
             problems.append(f"min_gap_s={self.min_gap_s} must be > 0")
         usable = self.seconds - self.start_margin_s - self.end_margin_s
         if usable < self.min_gap_s:
-            problems.append(f"seconds={self.seconds} leaves {usable:.2f} s for events after the "
-                            f"{self.start_margin_s} s start and {self.end_margin_s} s end margins; use seconds >= "
-                            f"{self.start_margin_s + self.end_margin_s + self.min_gap_s:.2f}")
+            problems.append(
+                f"seconds={self.seconds} leaves {usable:.2f} s for events after the "
+                f"{self.start_margin_s} s start and {self.end_margin_s} s end margins; use seconds >= "
+                f"{self.start_margin_s + self.end_margin_s + self.min_gap_s:.2f}"
+            )
         if not 0.0 <= self.two_object_prob <= 1.0:
             problems.append(f"two_object_prob={self.two_object_prob} must be in [0, 1]")
         lo, hi = self.gain_range

@@ -12,8 +12,9 @@ import numpy as np
 _MP4_OPTIONS = {"movflags": "+faststart"}  # index first: players and HTTP range reads start at once
 
 
-def write_silent_mp4(path: Path, frames: Iterable[np.ndarray], *, fps: int, width: int, height: int,
-                     crf: int = 23) -> None:
+def write_silent_mp4(
+    path: Path, frames: Iterable[np.ndarray], *, fps: int, width: int, height: int, crf: int = 23
+) -> None:
     """Encode uint8 RGB frames as H.264 yuv420p at a constant `fps`, with no audio stream."""
     with av.open(str(path), "w", format="mp4", container_options=_MP4_OPTIONS) as out:
         stream = out.add_stream("libx264", rate=fps)
@@ -34,7 +35,7 @@ def _encode_aac(stream: av.audio.stream.AudioStream, audio: np.ndarray, sample_r
     frame_size = stream.codec_context.frame_size or 1024
     time_base = Fraction(1, sample_rate)
     for start in range(0, len(audio), frame_size):
-        chunk = np.ascontiguousarray(audio[None, start:start + frame_size], dtype=np.float32)
+        chunk = np.ascontiguousarray(audio[None, start : start + frame_size], dtype=np.float32)
         frame = av.AudioFrame.from_ndarray(chunk, format="fltp", layout="mono")
         frame.sample_rate, frame.pts, frame.time_base = sample_rate, start, time_base
         packets.extend(stream.encode(frame))
@@ -42,11 +43,14 @@ def _encode_aac(stream: av.audio.stream.AudioStream, audio: np.ndarray, sample_r
     return packets
 
 
-def add_aac_track(silent_path: Path, out_path: Path, audio: np.ndarray, *, sample_rate: int,
-                  bitrate: int = 64000) -> None:
+def add_aac_track(
+    silent_path: Path, out_path: Path, audio: np.ndarray, *, sample_rate: int, bitrate: int = 64000
+) -> None:
     """Copy the video of `silent_path` (no re-encode) and add `audio` (mono float) as AAC."""
-    with av.open(str(silent_path)) as src, \
-            av.open(str(out_path), "w", format="mp4", container_options=_MP4_OPTIONS) as out:
+    with (
+        av.open(str(silent_path)) as src,
+        av.open(str(out_path), "w", format="mp4", container_options=_MP4_OPTIONS) as out,
+    ):
         video_in = src.streams.video[0]
         video_out = out.add_stream_from_template(video_in)
         audio_out = out.add_stream("aac", rate=sample_rate, layout="mono")

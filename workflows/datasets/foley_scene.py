@@ -98,8 +98,10 @@ class ObjectSpec:
     def phrase(self) -> str:
         look = self.look
         article = "an" if look.colour[0] in "aeiou" else "a"
-        return (f"{article} {look.colour} {look.noun} {_MOTION_PHRASES[self.motion]}: "
-                f"{SOURCES_BY_CLASS[self.sound_class].description}")
+        return (
+            f"{article} {look.colour} {look.noun} {_MOTION_PHRASES[self.motion]}: "
+            f"{SOURCES_BY_CLASS[self.sound_class].description}"
+        )
 
 
 @dataclass(frozen=True)
@@ -207,10 +209,18 @@ def sample_clip(cfg: FoleySynthConfig, split: str, index: int) -> ClipSpec:
             anchor = (float(rng.uniform(left, right)), float(rng.uniform(layout.top_y + layout.radius, layout.rest_y)))
         objects.append(ObjectSpec(sound_class, motion, events, gains, region, anchor))
     return ClipSpec(
-        clip_id=clip_id(cfg.seed, split, index), split=split, index=index, seconds=float(cfg.seconds),
-        fps=int(cfg.fps), width=layout.width, height=layout.height, sample_rate=int(cfg.sample_rate),
-        background=tuple(int(v) for v in background), objects=tuple(objects),
-        noise_seed=int(rng.integers(2**31)), noise_dbfs=float(cfg.noise_dbfs),
+        clip_id=clip_id(cfg.seed, split, index),
+        split=split,
+        index=index,
+        seconds=float(cfg.seconds),
+        fps=int(cfg.fps),
+        width=layout.width,
+        height=layout.height,
+        sample_rate=int(cfg.sample_rate),
+        background=tuple(int(v) for v in background),
+        objects=tuple(objects),
+        noise_seed=int(rng.integers(2**31)),
+        noise_dbfs=float(cfg.noise_dbfs),
     )
 
 
@@ -233,8 +243,9 @@ def _bounce_height(events: np.ndarray, seconds: float, t: np.ndarray, full_heigh
     return peak * 4.0 * (t - a) * (b - t) / (b - a) ** 2
 
 
-def _hit_x(events: np.ndarray, seconds: float, t: np.ndarray, contacts: tuple[float, float],
-           start_x: float, first_wall: int) -> np.ndarray:
+def _hit_x(
+    events: np.ndarray, seconds: float, t: np.ndarray, contacts: tuple[float, float], start_x: float, first_wall: int
+) -> np.ndarray:
     """Centre x: straight runs from wall to wall, touching a wall exactly at each event.
 
     Runs never go slower than _MIN_SLIDE_SPEED (stage widths per second), so the object
@@ -280,8 +291,9 @@ def _flash_glow(events: np.ndarray, t: np.ndarray) -> np.ndarray:
     return np.where(k > 0, np.exp(-since / _FLASH_DECAY_S), 0.0)
 
 
-def object_track(obj: ObjectSpec, layout: SceneLayout, seconds: float,
-                 t: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def object_track(
+    obj: ObjectSpec, layout: SceneLayout, seconds: float, t: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Centre x, centre y and glow (0..1) of `obj` at times `t` (seconds)."""
     t = np.asarray(t, dtype=np.float64)
     events = np.asarray(obj.events, dtype=np.float64)
@@ -329,8 +341,14 @@ def _halo_coverage(dx: np.ndarray, dy: np.ndarray, *, r: float, strength: float)
     return strength * np.clip(1.0 - (np.hypot(dx, dy) - r) / (1.2 * r), 0.0, 1.0)
 
 
-def _blend_patch(frame: np.ndarray, cx: float, cy: float, reach: float,
-                 coverage_fn: Callable[[np.ndarray, np.ndarray], np.ndarray], rgb: np.ndarray) -> None:
+def _blend_patch(
+    frame: np.ndarray,
+    cx: float,
+    cy: float,
+    reach: float,
+    coverage_fn: Callable[[np.ndarray, np.ndarray], np.ndarray],
+    rgb: np.ndarray,
+) -> None:
     """Alpha-blend `rgb` into the pixels within `reach` of (cx, cy), weighted by coverage_fn(dx, dy)."""
     height, width = frame.shape[:2]
     x0, x1 = max(0, int(np.floor(cx - reach))), min(width, int(np.ceil(cx + reach)) + 1)
@@ -350,12 +368,12 @@ def background_image(clip: ClipSpec) -> np.ndarray:
     bg = np.array(clip.background, dtype=np.float32)
     frame = np.empty((layout.height, layout.width, 3), dtype=np.uint8)
     frame[:] = bg.round().astype(np.uint8)
-    frame[layout.floor_top:] = (bg * 0.55).round().astype(np.uint8)
+    frame[layout.floor_top :] = (bg * 0.55).round().astype(np.uint8)
     for obj in clip.objects:
         if obj.motion == "hit":
             x0, x1 = obj.region
-            frame[: layout.floor_top, x0:x0 + layout.wall] = (bg * 0.35).round().astype(np.uint8)
-            frame[: layout.floor_top, x1 - layout.wall:x1] = (bg * 0.35).round().astype(np.uint8)
+            frame[: layout.floor_top, x0 : x0 + layout.wall] = (bg * 0.35).round().astype(np.uint8)
+            frame[: layout.floor_top, x1 - layout.wall : x1] = (bg * 0.35).round().astype(np.uint8)
     return frame
 
 

@@ -31,8 +31,22 @@ from dub.workflows.datasets.foley_encode import add_aac_track, write_silent_mp4
 from dub.workflows.datasets.foley_scene import CLASS_LOOKS, ClipSpec, render_audio, render_frames, sample_clip
 from dub.workflows.datasets.sound_bank import SOURCES_BY_CLASS, load_sound_bank
 
-INDEX_COLUMNS = ("clip_id", "split", "index", "path_with_audio", "path_silent", "class", "classes", "motions",
-                 "events", "prompt", "n_objects", "seconds", "fps", "sample_rate")
+INDEX_COLUMNS = (
+    "clip_id",
+    "split",
+    "index",
+    "path_with_audio",
+    "path_silent",
+    "class",
+    "classes",
+    "motions",
+    "events",
+    "prompt",
+    "n_objects",
+    "seconds",
+    "fps",
+    "sample_rate",
+)
 SAMPLES_SEED = 0
 _SAMPLE_SECONDS = 6.0
 
@@ -50,8 +64,15 @@ def events_record(clip: ClipSpec, seed: int) -> dict:
         "sample_rate": clip.sample_rate,
         "seed": seed,
         "objects": [
-            {"class": obj.sound_class, "motion": obj.motion, "events": list(obj.events), "gains": list(obj.gains),
-             "shape": obj.look.shape, "colour": obj.look.colour, "region": list(obj.region)}
+            {
+                "class": obj.sound_class,
+                "motion": obj.motion,
+                "events": list(obj.events),
+                "gains": list(obj.gains),
+                "shape": obj.look.shape,
+                "colour": obj.look.colour,
+                "region": list(obj.region),
+            }
             for obj in clip.objects
         ],
     }
@@ -80,19 +101,36 @@ def _build_one(cfg: FoleySynthConfig, split: str, index: int, out_dir: Path) -> 
     rel_silent = Path(split) / "silent" / f"{clip.clip_id}.mp4"
     write_clip(clip, cfg, out_dir / rel_silent, out_dir / rel_audio)
     return {
-        "clip_id": clip.clip_id, "split": split, "index": index,
-        "path_with_audio": rel_audio.as_posix(), "path_silent": rel_silent.as_posix(),
-        "class": clip.sound_class, "classes": [o.sound_class for o in clip.objects],
-        "motions": [o.motion for o in clip.objects], "events": clip.events, "prompt": clip.prompt,
-        "n_objects": len(clip.objects), "seconds": clip.seconds, "fps": clip.fps, "sample_rate": clip.sample_rate,
+        "clip_id": clip.clip_id,
+        "split": split,
+        "index": index,
+        "path_with_audio": rel_audio.as_posix(),
+        "path_silent": rel_silent.as_posix(),
+        "class": clip.sound_class,
+        "classes": [o.sound_class for o in clip.objects],
+        "motions": [o.motion for o in clip.objects],
+        "events": clip.events,
+        "prompt": clip.prompt,
+        "n_objects": len(clip.objects),
+        "seconds": clip.seconds,
+        "fps": clip.fps,
+        "sample_rate": clip.sample_rate,
     }
 
 
 def _classes_table() -> dict:
-    return {name: {"shape": look.shape, "colour": look.colour, "noun": look.noun, "rgb": list(look.rgb),
-                   "sound": SOURCES_BY_CLASS[name].description, "recording": SOURCES_BY_CLASS[name].original_file,
-                   "licence": SOURCES_BY_CLASS[name].licence}
-            for name, look in CLASS_LOOKS.items()}
+    return {
+        name: {
+            "shape": look.shape,
+            "colour": look.colour,
+            "noun": look.noun,
+            "rgb": list(look.rgb),
+            "sound": SOURCES_BY_CLASS[name].description,
+            "recording": SOURCES_BY_CLASS[name].original_file,
+            "licence": SOURCES_BY_CLASS[name].licence,
+        }
+        for name, look in CLASS_LOOKS.items()
+    }
 
 
 def _absolute_paths(index: pd.DataFrame, root: Path) -> pd.DataFrame:
@@ -113,27 +151,52 @@ def build_foley_synth(cfg: FoleySynthConfig, out_dir: Path, *, workers: int = 1)
         rows = [_build_one(cfg, split, i, out_dir) for split, i in jobs]
     else:  # spawn: a forked Ray or torch process must not be copied into the workers
         with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn")) as pool:
-            rows = list(pool.map(_build_one, [cfg] * len(jobs), [s for s, _ in jobs], [i for _, i in jobs],
-                                 [out_dir] * len(jobs)))
+            rows = list(
+                pool.map(
+                    _build_one, [cfg] * len(jobs), [s for s, _ in jobs], [i for _, i in jobs], [out_dir] * len(jobs)
+                )
+            )
     index = pd.DataFrame(rows, columns=list(INDEX_COLUMNS))
     with atomic_path(out_dir / "index.parquet") as tmp:
         index.to_parquet(tmp, index=False)
     splits = {split: [r["clip_id"] for r in rows if r["split"] == split] for split in SPLITS}
     write_text_atomic(out_dir / "splits.json", json.dumps(splits, indent=1) + "\n")
-    write_text_atomic(out_dir / "dataset.json", json.dumps(
-        {"name": "foley-synth", "config": cfg.as_dict(), "classes": _classes_table()}, indent=1) + "\n")
+    write_text_atomic(
+        out_dir / "dataset.json",
+        json.dumps({"name": "foley-synth", "config": cfg.as_dict(), "classes": _classes_table()}, indent=1) + "\n",
+    )
     return _absolute_paths(index, out_dir)
 
 
-def make_foley_synth(out_dir: str | Path, *, seed: int = 0, n_train: int, n_val: int, n_test: int,
-                     seconds: float = 8.0, fps: int = 25, size: tuple[int, int] = (224, 224),
-                     sample_rate: int = 16000, workers: int = 1, **options) -> pd.DataFrame:
+def make_foley_synth(
+    out_dir: str | Path,
+    *,
+    seed: int = 0,
+    n_train: int,
+    n_val: int,
+    n_test: int,
+    seconds: float = 8.0,
+    fps: int = 25,
+    size: tuple[int, int] = (224, 224),
+    sample_rate: int = 16000,
+    workers: int = 1,
+    **options,
+) -> pd.DataFrame:
     """Build foley-synth under `out_dir` and return its index (absolute paths).
 
     `options` are further FoleySynthConfig fields (min_gap_s, two_object_prob, noise_dbfs, crf, ...).
     """
-    cfg = FoleySynthConfig(seed=seed, n_train=n_train, n_val=n_val, n_test=n_test, seconds=seconds, fps=fps,
-                           size=tuple(size), sample_rate=sample_rate, **options)
+    cfg = FoleySynthConfig(
+        seed=seed,
+        n_train=n_train,
+        n_val=n_val,
+        n_test=n_test,
+        seconds=seconds,
+        fps=fps,
+        size=tuple(size),
+        sample_rate=sample_rate,
+        **options,
+    )
     return build_foley_synth(cfg, Path(out_dir), workers=workers)
 
 
@@ -146,8 +209,9 @@ def read_index(root: str | Path) -> pd.DataFrame:
     return _absolute_paths(pd.read_parquet(path), root)
 
 
-def make_sample_clips(out_dir: str | Path, *, seed: int = SAMPLES_SEED, count: int = 3,
-                      seconds: float = _SAMPLE_SECONDS) -> list[Path]:
+def make_sample_clips(
+    out_dir: str | Path, *, seed: int = SAMPLES_SEED, count: int = 3, seconds: float = _SAMPLE_SECONDS
+) -> list[Path]:
     """Silent test-split clips with one object each, every one a different class and (up to three)
     motion, named `<colour>_<noun>_<motion>.mp4` with their .txt and .events.json."""
     if not 1 <= count <= len(CLASS_LOOKS):

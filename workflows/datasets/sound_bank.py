@@ -49,18 +49,51 @@ class SoundSource:
 
 
 SOUND_SOURCES: tuple[SoundSource, ...] = (
-    SoundSource("snare", "snare drum hit", "drum_snare_hard.flac", "menegass", 2010,
-                "http://www.freesound.org/people/menegass/sounds/100058/"),
-    SoundSource("tom", "low tom thump", "drum_tom_lo_hard.flac", "menegass", 2010,
-                "http://www.freesound.org/people/menegass/sounds/100064/", damping_s=0.15),
-    SoundSource("cowbell", "cowbell clank", "drum_cowbell.flac", "Neotone", 2009,
-                "http://freesound.org/people/Neotone/sounds/75338/"),
-    SoundSource("bell", "bell ding", "perc_bell.flac", "AlaskaRobotics", 2014,
-                "http://freesound.org/people/AlaskaRobotics/sounds/221515/", damping_s=0.15),
-    SoundSource("snap", "finger snap", "perc_snap.flac", "SoundCollectah", 2010,
-                "http://www.freesound.org/people/SoundCollectah/sounds/109400/"),
-    SoundSource("tabla", "tabla knock", "tabla_na.flac", "dio_333", 2011,
-                "http://freesound.org/people/dio_333/sounds/130421/"),
+    SoundSource(
+        "snare",
+        "snare drum hit",
+        "drum_snare_hard.flac",
+        "menegass",
+        2010,
+        "http://www.freesound.org/people/menegass/sounds/100058/",
+    ),
+    SoundSource(
+        "tom",
+        "low tom thump",
+        "drum_tom_lo_hard.flac",
+        "menegass",
+        2010,
+        "http://www.freesound.org/people/menegass/sounds/100064/",
+        damping_s=0.15,
+    ),
+    SoundSource(
+        "cowbell",
+        "cowbell clank",
+        "drum_cowbell.flac",
+        "Neotone",
+        2009,
+        "http://freesound.org/people/Neotone/sounds/75338/",
+    ),
+    SoundSource(
+        "bell",
+        "bell ding",
+        "perc_bell.flac",
+        "AlaskaRobotics",
+        2014,
+        "http://freesound.org/people/AlaskaRobotics/sounds/221515/",
+        damping_s=0.15,
+    ),
+    SoundSource(
+        "snap",
+        "finger snap",
+        "perc_snap.flac",
+        "SoundCollectah",
+        2010,
+        "http://www.freesound.org/people/SoundCollectah/sounds/109400/",
+    ),
+    SoundSource(
+        "tabla", "tabla knock", "tabla_na.flac", "dio_333", 2011, "http://freesound.org/people/dio_333/sounds/130421/"
+    ),
 )
 SOUND_CLASSES: tuple[str, ...] = tuple(s.name for s in SOUND_SOURCES)
 SOURCES_BY_CLASS: dict[str, SoundSource] = {s.name: s for s in SOUND_SOURCES}
@@ -107,7 +140,8 @@ def _load_bank(sample_rate: int, sounds_dir: str) -> dict[str, np.ndarray]:
         if not path.is_file():
             raise FileNotFoundError(
                 f"sound bank file {path} is missing; remake it with "
-                "`python -m dub.workflows.datasets.sound_bank <sonic-pi samples dir> <sounds dir>`")
+                "`python -m dub.workflows.datasets.sound_bank <sonic-pi samples dir> <sounds dir>`"
+            )
         samples, rate = read_wav(path)
         bank[source.name] = resample(samples, rate, sample_rate)
         bank[source.name].setflags(write=False)  # shared between calls through the cache
@@ -126,14 +160,16 @@ def decode_mono(path: Path) -> tuple[np.ndarray, int]:
     with av.open(str(path)) as container:
         stream = container.streams.audio[0]
         resampler = av.AudioResampler(format="flt", layout="mono", rate=stream.rate)
-        chunks = [out.to_ndarray().reshape(-1)
-                  for frame in container.decode(stream) for out in resampler.resample(frame)]
+        chunks = [
+            out.to_ndarray().reshape(-1) for frame in container.decode(stream) for out in resampler.resample(frame)
+        ]
         chunks += [out.to_ndarray().reshape(-1) for out in resampler.resample(None)]
         return np.concatenate(chunks).astype(np.float32), stream.rate
 
 
-def trim_sound(samples: np.ndarray, sample_rate: int, max_seconds: float = MAX_SOUND_SECONDS,
-               damping_s: float | None = None) -> np.ndarray:
+def trim_sound(
+    samples: np.ndarray, sample_rate: int, max_seconds: float = MAX_SOUND_SECONDS, damping_s: float | None = None
+) -> np.ndarray:
     """Start ONSET_PREROLL_SECONDS before the attack, keep at most `max_seconds`, damp a long
     ring (see SoundSource.damping_s), fade both ends, peak-normalise."""
     samples = samples - samples.mean()
@@ -143,13 +179,13 @@ def trim_sound(samples: np.ndarray, sample_rate: int, max_seconds: float = MAX_S
     if attack < preroll:  # the recording starts on its attack: pad so every sound has the same pre-roll
         samples = np.concatenate([np.zeros(preroll - attack, samples.dtype), samples])
         attack = preroll
-    cut = samples[attack - preroll:attack - preroll + int(round(max_seconds * sample_rate))].copy()
+    cut = samples[attack - preroll : attack - preroll + int(round(max_seconds * sample_rate))].copy()
     cut[:preroll] *= 0.5 * (1.0 - np.cos(np.linspace(0.0, np.pi, preroll)))
     if damping_s is not None:
         after_hold = np.maximum(0.0, np.arange(len(cut)) / sample_rate - ONSET_PREROLL_SECONDS - _DAMPING_HOLD_SECONDS)
         cut *= np.exp(-after_hold / damping_s)
     fade = min(len(cut), int(round(_FADE_OUT_SECONDS * sample_rate)))
-    cut[len(cut) - fade:] *= 0.5 * (1.0 + np.cos(np.linspace(0.0, np.pi, fade)))
+    cut[len(cut) - fade :] *= 0.5 * (1.0 + np.cos(np.linspace(0.0, np.pi, fade)))
     return (cut * (_PEAK / np.abs(cut).max())).astype(np.float32)
 
 
@@ -161,8 +197,10 @@ def extract_sounds(samples_dir: Path, out_dir: Path = SOUNDS_DIR, sample_rate: i
     for source in SOUND_SOURCES:
         original = samples_dir / source.original_file
         if not original.is_file():
-            raise FileNotFoundError(f"{original} not found: pass the directory usr/share/sonic-pi/samples "
-                                    "of the unpacked Debian package sonic-pi-samples")
+            raise FileNotFoundError(
+                f"{original} not found: pass the directory usr/share/sonic-pi/samples "
+                "of the unpacked Debian package sonic-pi-samples"
+            )
         samples, rate = decode_mono(original)
         sound = trim_sound(resample(samples, rate, sample_rate), sample_rate, damping_s=source.damping_s)
         write_wav(out_dir / source.file_name, sound, sample_rate)

@@ -87,15 +87,17 @@ def run_extract(cfg: ExtractConfig, progress: ProgressFn | None = None) -> Extra
         return _run_locked(cfg, progress, bundle, window_s, out, started)
 
 
-def _run_locked(cfg: ExtractConfig, progress: ProgressFn | None, bundle, window_s: float, out: Path,
-                started: float) -> ExtractSummary:
+def _run_locked(
+    cfg: ExtractConfig, progress: ProgressFn | None, bundle, window_s: float, out: Path, started: float
+) -> ExtractSummary:
     _prepare_out_dir(cfg, out, window_s)
 
     clips, skipped = _load_clips(cfg, window_s)
     done = completed_shard_keys(out)
     rows = _window_rows(clips, window_s, cfg.overlap_s)
-    summary = ExtractSummary(out_dir=str(out), clips=len(clips), skipped=sum(skipped.values()),
-                             skip_reasons=skipped, windows_total=len(rows))
+    summary = ExtractSummary(
+        out_dir=str(out), clips=len(clips), skipped=sum(skipped.values()), skip_reasons=skipped, windows_total=len(rows)
+    )
     pending = [r for r in rows if window_key(r["video_id"], r["window_index"]) not in done]
     summary.windows_done_before = len(rows) - len(pending)
     if cfg.limit is not None:
@@ -123,6 +125,7 @@ def _run_locked(cfg: ExtractConfig, progress: ProgressFn | None, bundle, window_
 
 # -- inputs and resume ---------------------------------------------------------------------
 
+
 def _prepare_out_dir(cfg: ExtractConfig, out: Path, window_s: float) -> None:
     from dub.model.runtime.bundles import resolve_bundle
 
@@ -135,16 +138,26 @@ def _prepare_out_dir(cfg: ExtractConfig, out: Path, window_s: float) -> None:
             if not cfg.overwrite:
                 raise ExtractError(
                     f"{out} holds shards made with other settings ({previous}, now {identity}); write to a new "
-                    "--out directory or pass --overwrite to replace them")
+                    "--out directory or pass --overwrite to replace them"
+                )
     if cfg.overwrite:
         for shard in out.glob("shard-*.tar"):
             shard.unlink()
         (out / EMPTY_TEXT_FILE).unlink(missing_ok=True)
     remove_stale_temporaries(out)
     bundle = resolve_bundle(cfg.model)
-    write_json_atomic(info_path, {"identity": identity, "config": cfg.as_dict(), "bundle": bundle.name,
-                                  "sample_rate": bundle.sample_rate, "encoders": bundle.encoders,
-                                  "codec": bundle.codec, "window_s": window_s})
+    write_json_atomic(
+        info_path,
+        {
+            "identity": identity,
+            "config": cfg.as_dict(),
+            "bundle": bundle.name,
+            "sample_rate": bundle.sample_rate,
+            "encoders": bundle.encoders,
+            "codec": bundle.codec,
+            "window_s": window_s,
+        },
+    )
 
 
 def _load_clips(cfg: ExtractConfig, window_s: float) -> tuple[list[_Clip], dict[str, int]]:
@@ -174,8 +187,15 @@ def _load_clips(cfg: ExtractConfig, window_s: float) -> tuple[list[_Clip], dict[
                 skip("silent audio track")
             else:
                 prompt = (row.get("prompt") or "").strip() or cfg.prompt
-                add(_Clip(row["video_id"], row["path"], prompt, float(row.get("duration_s") or 0.0),
-                          has_video=bool(row.get("video_codec"))))
+                add(
+                    _Clip(
+                        row["video_id"],
+                        row["path"],
+                        prompt,
+                        float(row.get("duration_s") or 0.0),
+                        has_video=bool(row.get("video_codec")),
+                    )
+                )
     if cfg.audio_dir is not None:
         for clip in _audio_clips(Path(cfg.audio_dir)):
             add(clip)
@@ -218,16 +238,37 @@ def _window_rows(clips: list[_Clip], window_s: float, overlap_s: float) -> list[
     for clip in clips:
         windows = plan_windows(clip.duration_s, window_s, overlap_s)
         for index, w in enumerate(windows):
-            rows.append({"video_id": clip.video_id, "path": clip.path, "window_index": index,
-                         "num_windows": len(windows), "start_s": float(w.start_s), "valid_s": float(w.duration_s),
-                         "prompt": clip.prompt, "negative_prompt": "", "seed": 0, "has_video": clip.has_video})
+            rows.append(
+                {
+                    "video_id": clip.video_id,
+                    "path": clip.path,
+                    "window_index": index,
+                    "num_windows": len(windows),
+                    "start_s": float(w.start_s),
+                    "valid_s": float(w.duration_s),
+                    "prompt": clip.prompt,
+                    "negative_prompt": "",
+                    "seed": 0,
+                    "has_video": clip.has_video,
+                }
+            )
     return rows
 
 
 # -- execution -----------------------------------------------------------------------------
 
-def _execute(cfg: ExtractConfig, bundle, window_s: float, rows: list[dict], with_video: bool, writer: ShardWriter,
-             summary: ExtractSummary, resources, progress: ProgressFn | None) -> None:
+
+def _execute(
+    cfg: ExtractConfig,
+    bundle,
+    window_s: float,
+    rows: list[dict],
+    with_video: bool,
+    writer: ShardWriter,
+    summary: ExtractSummary,
+    resources,
+    progress: ProgressFn | None,
+) -> None:
     import ray.data
     from ray.data import ActorPoolStrategy
 
@@ -242,21 +283,41 @@ def _execute(cfg: ExtractConfig, bundle, window_s: float, rows: list[dict], with
     if with_video:
         warn_if_store_small(window_frame_bytes(CLIP_FPS, CLIP_SIZE, SYNC_FPS, SYNC_SIZE, window_s))
         memory = decode_memory_bytes(CLIP_FPS, CLIP_SIZE, SYNC_FPS, SYNC_SIZE, window_s, cfg.decode_backend)
-        ds = ds.map_batches(decode_training_windows, batch_size=1, num_cpus=1, memory=memory, fn_kwargs=dict(
-            clip_fps=CLIP_FPS, clip_size=CLIP_SIZE, sync_fps=SYNC_FPS, sync_size=SYNC_SIZE, window_s=window_s,
-            sample_rate=bundle.sample_rate, backend=cfg.decode_backend))
+        ds = ds.map_batches(
+            decode_training_windows,
+            batch_size=1,
+            num_cpus=1,
+            memory=memory,
+            fn_kwargs=dict(
+                clip_fps=CLIP_FPS,
+                clip_size=CLIP_SIZE,
+                sync_fps=SYNC_FPS,
+                sync_size=SYNC_SIZE,
+                window_s=window_s,
+                sample_rate=bundle.sample_rate,
+                backend=cfg.decode_backend,
+            ),
+        )
     else:
-        ds = ds.map_batches(read_audio_windows, batch_size=1, num_cpus=1,
-                            fn_kwargs=dict(window_s=window_s, sample_rate=bundle.sample_rate))
+        ds = ds.map_batches(
+            read_audio_windows,
+            batch_size=1,
+            num_cpus=1,
+            fn_kwargs=dict(window_s=window_s, sample_rate=bundle.sample_rate),
+        )
     use_gpu = resources.gpus >= 1
     try:
         replicas = model_replicas(cfg.replicas, resources)
     except ValueError as exc:
         raise ExtractError(str(exc)) from exc
-    ds = ds.map_batches(ExtractReplica, batch_size=cfg.batch_size, compute=ActorPoolStrategy(size=replicas),
-                        num_gpus=1 if use_gpu else 0, num_cpus=1,
-                        fn_constructor_kwargs=dict(model=cfg.model, device="cuda" if use_gpu else "cpu",
-                                                   window_s=window_s))
+    ds = ds.map_batches(
+        ExtractReplica,
+        batch_size=cfg.batch_size,
+        compute=ActorPoolStrategy(size=replicas),
+        num_gpus=1 if use_gpu else 0,
+        num_cpus=1,
+        fn_constructor_kwargs=dict(model=cfg.model, device="cuda" if use_gpu else "cpu", window_s=window_s),
+    )
     for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
         for i in range(len(batch["video_id"])):
             error = str(batch["error"][i])
@@ -277,11 +338,20 @@ def _execute(cfg: ExtractConfig, bundle, window_s: float, rows: list[dict], with
 def _meta(cfg: ExtractConfig, bundle, window_s: float, batch: dict, i: int) -> dict:
     prompt = str(batch["prompt"][i])
     return {
-        "video_id": str(batch["video_id"][i]), "window_index": int(batch["window_index"][i]),
-        "num_windows": int(batch["num_windows"][i]), "start_s": float(batch["start_s"][i]), "length_s": window_s,
-        "valid_s": float(batch["valid_s"][i]), "prompt": prompt, "has_prompt": bool(prompt.strip()),
-        "has_video": bool(batch["has_video"][i]), "source": str(batch["path"][i]), "bundle": bundle.name,
-        "encoders": str(batch["encoders"][i]), "codec": str(batch["codec"][i]), "sample_rate": bundle.sample_rate,
+        "video_id": str(batch["video_id"][i]),
+        "window_index": int(batch["window_index"][i]),
+        "num_windows": int(batch["num_windows"][i]),
+        "start_s": float(batch["start_s"][i]),
+        "length_s": window_s,
+        "valid_s": float(batch["valid_s"][i]),
+        "prompt": prompt,
+        "has_prompt": bool(prompt.strip()),
+        "has_video": bool(batch["has_video"][i]),
+        "source": str(batch["path"][i]),
+        "bundle": bundle.name,
+        "encoders": str(batch["encoders"][i]),
+        "codec": str(batch["codec"][i]),
+        "sample_rate": bundle.sample_rate,
         "latents_per_second": float(batch["latents_per_second"][i]),
     }
 

@@ -55,8 +55,9 @@ def npy_bytes(array: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def encode_sample(arrays: dict[str, np.ndarray], meta: dict[str, Any],
-                  feature_dtype: str = "float32") -> dict[str, bytes]:
+def encode_sample(
+    arrays: dict[str, np.ndarray], meta: dict[str, Any], feature_dtype: str = "float32"
+) -> dict[str, bytes]:
     """WebDataset entries (without the key) for one window."""
     if feature_dtype not in FEATURE_DTYPES:
         raise ValueError(f"feature dtype must be one of {FEATURE_DTYPES}, got {feature_dtype!r}")

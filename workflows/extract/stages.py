@@ -36,13 +36,28 @@ def read_window_audio(path: str, start_s: float, window_s: float, sample_rate: i
     return out
 
 
-def decode_training_windows(batch: dict[str, np.ndarray], *, clip_fps: float, clip_size: int, sync_fps: float,
-                            sync_size: int, window_s: float, sample_rate: int,
-                            backend: str = "swscale") -> dict[str, np.ndarray]:
+def decode_training_windows(
+    batch: dict[str, np.ndarray],
+    *,
+    clip_fps: float,
+    clip_size: int,
+    sync_fps: float,
+    sync_size: int,
+    window_s: float,
+    sample_rate: int,
+    backend: str = "swscale",
+) -> dict[str, np.ndarray]:
     """Frames at both model rates (generate's decoder, `backend` its resizer) plus the window's
     audio track."""
-    out = decode_windows(batch, clip_fps=clip_fps, clip_size=clip_size, sync_fps=sync_fps, sync_size=sync_size,
-                         window_s=window_s, backend=backend)
+    out = decode_windows(
+        batch,
+        clip_fps=clip_fps,
+        clip_size=clip_size,
+        sync_fps=sync_fps,
+        sync_size=sync_size,
+        window_s=window_s,
+        backend=backend,
+    )
     return _with_audio(batch, out, window_s, sample_rate)
 
 
@@ -54,8 +69,9 @@ def read_audio_windows(batch: dict[str, np.ndarray], *, window_s: float, sample_
     return _with_audio(batch, out, window_s, sample_rate)
 
 
-def _with_audio(batch: dict[str, np.ndarray], out: dict[str, np.ndarray], window_s: float,
-                sample_rate: int) -> dict[str, np.ndarray]:
+def _with_audio(
+    batch: dict[str, np.ndarray], out: dict[str, np.ndarray], window_s: float, sample_rate: int
+) -> dict[str, np.ndarray]:
     n = len(batch["video_id"])
     audio = np.zeros((n, window_samples(window_s, sample_rate)), np.float32)
     errors = list(out["error"])
@@ -118,7 +134,8 @@ class ExtractReplica:
         probe = torch.zeros(1, window_samples(window_s, sr), device=device)
         latents = self.codec.encode(probe)[0].shape[1]
         self.shapes = {
-            "latent_mean": (latents, self.codec.latent_dim), "latent_std": (latents, self.codec.latent_dim),
+            "latent_mean": (latents, self.codec.latent_dim),
+            "latent_std": (latents, self.codec.latent_dim),
             "clip_f": (int(round(window_s * e.clip_fps)), e.clip_dim),
             "sync_f": (sync_token_count(window_s, e.sync_fps), e.sync_dim),
             "text_f": (e.text_seq_len, e.text_dim),
@@ -143,10 +160,15 @@ class ExtractReplica:
             took = time.perf_counter() - start
         out = {k: batch[k] for k in WINDOW_COLUMNS}
         out.update(arrays)
-        out.update(error=np.array(errors, dtype=object), has_video=np.full(n, "clip_frames" in batch),
-                   path=batch["path"], t_decode_s=batch["t_decode_s"], t_encode_s=np.full(n, took / max(1, len(ok))),
-                   latents_per_second=np.full(n, float(self.codec.latents_per_second)),
-                   **{k: np.full(n, v, dtype=object) for k, v in self.description.items()})
+        out.update(
+            error=np.array(errors, dtype=object),
+            has_video=np.full(n, "clip_frames" in batch),
+            path=batch["path"],
+            t_decode_s=batch["t_decode_s"],
+            t_encode_s=np.full(n, took / max(1, len(ok))),
+            latents_per_second=np.full(n, float(self.codec.latents_per_second)),
+            **{k: np.full(n, v, dtype=object) for k, v in self.description.items()},
+        )
         return out
 
     def _encode(self, batch: dict[str, np.ndarray], rows: list[int], arrays: dict[str, np.ndarray]) -> None:
@@ -155,8 +177,11 @@ class ExtractReplica:
         with torch.inference_mode():
             wav = torch.from_numpy(np.ascontiguousarray(batch["audio"][rows])).to(self.device)
             mean, std = self.codec.encode(wav)
-            result = {"latent_mean": mean, "latent_std": std,
-                      "text_f": self.encoders.text_features([str(batch["prompt"][i]) for i in rows])}
+            result = {
+                "latent_mean": mean,
+                "latent_std": std,
+                "text_f": self.encoders.text_features([str(batch["prompt"][i]) for i in rows]),
+            }
             if "clip_frames" in batch:
                 clip = torch.from_numpy(np.ascontiguousarray(batch["clip_frames"][rows]))
                 sync = torch.from_numpy(np.ascontiguousarray(batch["sync_frames"][rows]))
@@ -165,8 +190,9 @@ class ExtractReplica:
         for name, value in result.items():
             value = value.float().cpu().numpy()
             if value.shape[1:] != self.shapes[name]:
-                raise ValueError(f"{name} has shape {value.shape[1:]}, expected {self.shapes[name]} for a "
-                                 f"{self.window_s} s window")
+                raise ValueError(
+                    f"{name} has shape {value.shape[1:]}, expected {self.shapes[name]} for a {self.window_s} s window"
+                )
             arrays[name][rows] = value
 
 

@@ -84,8 +84,21 @@ class GenerateConfig:
 
     # Fields that do not change what is generated (compile only changes bf16 rounding, like the
     # batch size does through other matrix shapes).
-    _NOT_HASHED = ("out_dir", "manifest", "prompts_file", "batch_size", "limit", "address", "overwrite",
-                   "max_failures", "replicas", "format", "shard_size", "save_features", "compile")
+    _NOT_HASHED = (
+        "out_dir",
+        "manifest",
+        "prompts_file",
+        "batch_size",
+        "limit",
+        "address",
+        "overwrite",
+        "max_failures",
+        "replicas",
+        "format",
+        "shard_size",
+        "save_features",
+        "compile",
+    )
 
     def identity(self, weights_hash: str) -> dict:
         d = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in self._NOT_HASHED}

@@ -87,10 +87,12 @@ class _BusyClock:
             if column not in batch:
                 continue
             values = np.asarray(batch[column], dtype=float)
-            self.stage_seconds[name] += float(values.sum() if name == "decode_cpu" or len(ran) != len(values)
-                                              else values[ran].sum())
-        for replica, start, end in zip(batch.get("replica", ()), batch.get("t_call_start", ()),
-                                       batch.get("t_call_end", ())):
+            self.stage_seconds[name] += float(
+                values.sum() if name == "decode_cpu" or len(ran) != len(values) else values[ran].sum()
+            )
+        for replica, start, end in zip(
+            batch.get("replica", ()), batch.get("t_call_start", ()), batch.get("t_call_end", ())
+        ):
             span = self.spans.setdefault(str(replica), [float(start), float(end)])
             span[0], span[1] = min(span[0], float(start)), max(span[1], float(end))
         self.batches += 1
@@ -125,8 +127,10 @@ def run_generate(cfg: GenerateConfig, progress: ProgressFn | None = None) -> Sum
     info = bundle_info(cfg.model, checkpoint=cfg.checkpoint)
     window_s = cfg.window_s or info.window_s
     if cfg.window_s is not None and abs(cfg.window_s - info.window_s) > 1e-6:
-        raise GenerateError(f"--window {cfg.window_s} differs from the model's window of {info.window_s} s; "
-                            "this model generates fixed-length windows")
+        raise GenerateError(
+            f"--window {cfg.window_s} differs from the model's window of {info.window_s} s; "
+            "this model generates fixed-length windows"
+        )
     if cfg.fp8 and resolve_bundle(cfg.model).encoders != "mmaudio":
         raise GenerateError(f"--fp8 runs CLIP's vision tower in FP8; the {cfg.model!r} bundle does not use it")
     config_hash = cfg.config_hash(info.weights_hash)
@@ -135,8 +139,15 @@ def run_generate(cfg: GenerateConfig, progress: ProgressFn | None = None) -> Sum
         return _run_locked(cfg, progress, info, window_s, config_hash, paths, started)
 
 
-def _run_locked(cfg: GenerateConfig, progress: ProgressFn | None, info, window_s: float, config_hash: str,
-                paths: dict, started: float) -> Summary:
+def _run_locked(
+    cfg: GenerateConfig,
+    progress: ProgressFn | None,
+    info,
+    window_s: float,
+    config_hash: str,
+    paths: dict,
+    started: float,
+) -> Summary:
     from dub.workflows.ray_cluster import RayAuthError, connect, quiet_known_ray_lines
 
     _prepare_out_dir(cfg, paths, config_hash, info)
@@ -146,9 +157,14 @@ def _run_locked(cfg: GenerateConfig, progress: ProgressFn | None, info, window_s
     if cfg.limit is not None:
         pending = pending[: cfg.limit]
 
-    summary = Summary(out_dir=str(paths["out"]), config_hash=config_hash,
-                      total=len(videos) + len(skipped_rows), skipped=len(skipped_rows),
-                      already_done=len(done_rows), done=len(done_rows))
+    summary = Summary(
+        out_dir=str(paths["out"]),
+        config_hash=config_hash,
+        total=len(videos) + len(skipped_rows),
+        skipped=len(skipped_rows),
+        already_done=len(done_rows),
+        done=len(done_rows),
+    )
     from dub.manifests.schema import REPORT_SCHEMA
 
     journal = Journal(paths["journal"], REPORT_SCHEMA)
@@ -172,6 +188,7 @@ def _run_locked(cfg: GenerateConfig, progress: ProgressFn | None, info, window_s
 
 # -- inputs and resume ---------------------------------------------------------------------
 
+
 def _prepare_out_dir(cfg: GenerateConfig, paths: dict, config_hash: str, info) -> None:
     out = paths["out"]
     out.mkdir(parents=True, exist_ok=True)
@@ -182,14 +199,17 @@ def _prepare_out_dir(cfg: GenerateConfig, paths: dict, config_hash: str, info) -
             if not cfg.overwrite:
                 raise GenerateError(
                     f"{out} holds a run with another configuration (hash {previous.get('config_hash')}, "
-                    f"this one {config_hash}); write to a new --out directory or pass --overwrite")
+                    f"this one {config_hash}); write to a new --out directory or pass --overwrite"
+                )
         if cfg.overwrite:
             for key in ("mp4", "shards", "journal", "audio"):
                 shutil.rmtree(paths[key], ignore_errors=True)
             paths["report"].unlink(missing_ok=True)
     remove_stale_temporaries(out, paths["mp4"], paths["shards"], paths["journal"], paths["audio"])
-    write_json_atomic(run_json, {"config_hash": config_hash, "config": cfg.as_dict(),
-                                 "model": info.as_dict(), "dub_version": _version()})
+    write_json_atomic(
+        run_json,
+        {"config_hash": config_hash, "config": cfg.as_dict(), "model": info.as_dict(), "dub_version": _version()},
+    )
 
 
 def _version() -> str:
@@ -301,13 +321,19 @@ def _existing_outputs(cfg, paths, video: _Video, shard_keys: dict) -> tuple[dict
 
 
 def _row(video_id: str, path: str, status: str, error: str | None, **extra) -> dict:
-    row = {"video_id": video_id, "path": path, "status": status, "error": error,
-           "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    row = {
+        "video_id": video_id,
+        "path": path,
+        "status": status,
+        "error": error,
+        "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
+    }
     row.update(extra)
     return row
 
 
 # -- execution -----------------------------------------------------------------------------
+
 
 def _execute(cfg, info, window_s, config_hash, pending, paths, journal, summary, resources, progress) -> None:
     import ray.data
@@ -320,11 +346,19 @@ def _execute(cfg, info, window_s, config_hash, pending, paths, journal, summary,
     window_rows = []
     for v in pending:
         for index, (start, length) in enumerate(v.windows):
-            window_rows.append({
-                "video_id": v.video_id, "path": v.path, "window_index": index, "num_windows": len(v.windows),
-                "start_s": float(start), "valid_s": float(length), "prompt": v.prompt,
-                "negative_prompt": cfg.negative_prompt, "seed": window_seed(cfg.seed, v.video_id, index),
-            })
+            window_rows.append(
+                {
+                    "video_id": v.video_id,
+                    "path": v.path,
+                    "window_index": index,
+                    "num_windows": len(v.windows),
+                    "start_s": float(start),
+                    "valid_s": float(length),
+                    "prompt": v.prompt,
+                    "negative_prompt": cfg.negative_prompt,
+                    "seed": window_seed(cfg.seed, v.video_id, index),
+                }
+            )
 
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False
@@ -335,22 +369,43 @@ def _execute(cfg, info, window_s, config_hash, pending, paths, journal, summary,
     else:
         warn_if_store_small(window_frame_bytes(info.clip_fps, info.clip_size, info.sync_fps, info.sync_size, window_s))
         ds = ds.map_batches(
-            decode_windows, batch_size=1, num_cpus=1,
-            memory=decode_memory_bytes(info.clip_fps, info.clip_size, info.sync_fps, info.sync_size, window_s,
-                                       cfg.decode_backend),
-            fn_kwargs=dict(clip_fps=info.clip_fps, clip_size=info.clip_size, sync_fps=info.sync_fps,
-                           sync_size=info.sync_size, window_s=window_s, backend=cfg.decode_backend))
+            decode_windows,
+            batch_size=1,
+            num_cpus=1,
+            memory=decode_memory_bytes(
+                info.clip_fps, info.clip_size, info.sync_fps, info.sync_size, window_s, cfg.decode_backend
+            ),
+            fn_kwargs=dict(
+                clip_fps=info.clip_fps,
+                clip_size=info.clip_size,
+                sync_fps=info.sync_fps,
+                sync_size=info.sync_size,
+                window_s=window_s,
+                backend=cfg.decode_backend,
+            ),
+        )
     use_gpu = resources.gpus >= 1
     try:
         replicas = model_replicas(cfg.replicas, resources)
     except ValueError as exc:
         raise GenerateError(str(exc)) from exc
     ds = ds.map_batches(
-        GenerateReplica, batch_size=cfg.batch_size, compute=ActorPoolStrategy(size=replicas),
-        num_gpus=1 if use_gpu else 0, num_cpus=1,
-        fn_constructor_kwargs=dict(model=cfg.model, checkpoint=cfg.checkpoint, sampler=cfg.sampler.as_dict(),
-                                   device="cuda" if use_gpu else "cpu", save_features=cfg.save_features,
-                                   batch_size=cfg.batch_size, compile=cfg.compile, fp8=cfg.fp8))
+        GenerateReplica,
+        batch_size=cfg.batch_size,
+        compute=ActorPoolStrategy(size=replicas),
+        num_gpus=1 if use_gpu else 0,
+        num_cpus=1,
+        fn_constructor_kwargs=dict(
+            model=cfg.model,
+            checkpoint=cfg.checkpoint,
+            sampler=cfg.sampler.as_dict(),
+            device="cuda" if use_gpu else "cpu",
+            save_features=cfg.save_features,
+            batch_size=cfg.batch_size,
+            compile=cfg.compile,
+            fp8=cfg.fp8,
+        ),
+    )
 
     writer = _Writer(cfg, paths, info, config_hash, journal)
     collected: dict[str, dict[int, dict]] = {}
@@ -384,7 +439,8 @@ def _execute(cfg, info, window_s, config_hash, pending, paths, journal, summary,
                 if cfg.max_failures is not None and failures > cfg.max_failures:
                     raise GenerateError(
                         f"stopped after {failures} failed videos (--max-failures {cfg.max_failures}); "
-                        f"latest error: {row['error']}. Completed outputs are kept; rerun to resume.")
+                        f"latest error: {row['error']}. Completed outputs are kept; rerun to resume."
+                    )
     finally:
         writer.close()
         clock.fill(summary)
@@ -403,18 +459,28 @@ class _Writer:
 
     def __init__(self, cfg: GenerateConfig, paths: dict, info, config_hash: str, journal: Journal):
         self.cfg, self.paths, self.info, self.config_hash, self.journal = cfg, paths, info, config_hash, journal
-        self.shards = ShardWriter(paths["shards"], cfg.shard_size) if "wds" in cfg.formats and not cfg.text_to_audio else None
+        self.shards = (
+            ShardWriter(paths["shards"], cfg.shard_size) if "wds" in cfg.formats and not cfg.text_to_audio else None
+        )
         self._awaiting_shard: dict[str, dict] = {}
 
     def write(self, video: _Video, windows: list[dict]) -> dict:
         from dub.workflows.media.windows import Window, stitch
 
         errors = [str(w["error"]) for w in windows if str(w["error"])]
-        timings = {key: float(sum(float(w[key]) for w in windows))
-                   for key in STAGE_COLUMNS.values() if key in windows[0]}
+        timings = {
+            key: float(sum(float(w[key]) for w in windows)) for key in STAGE_COLUMNS.values() if key in windows[0]
+        }
         if errors:
-            row = _row(video.video_id, video.path, "failed", errors[0], num_windows=len(windows),
-                       prompt=video.prompt, **timings)
+            row = _row(
+                video.video_id,
+                video.path,
+                "failed",
+                errors[0],
+                num_windows=len(windows),
+                prompt=video.prompt,
+                **timings,
+            )
             self.journal.add([row])
             return row
         start = time.perf_counter()
@@ -423,12 +489,28 @@ class _Writer:
             spans = [Window(float(w["start_s"]), float(w["start_s"]) + float(w["valid_s"])) for w in windows]
             audio = stitch([np.asarray(w["audio"])[: int(round(float(w["valid_s"]) * sr))] for w in windows], spans, sr)
             audio = audio[: int(round(video.duration_s * sr))]
-            row = _row(video.video_id, video.path, "done", None, num_windows=len(windows), prompt=video.prompt,
-                       audio_duration_s=len(audio) / sr, config_hash=self.config_hash, **timings)
+            row = _row(
+                video.video_id,
+                video.path,
+                "done",
+                None,
+                num_windows=len(windows),
+                prompt=video.prompt,
+                audio_duration_s=len(audio) / sr,
+                config_hash=self.config_hash,
+                **timings,
+            )
             self._write_outputs(video, audio, sr, windows, row)
         except Exception as exc:  # noqa: BLE001 - a write failure fails this video, not the run
-            row = _row(video.video_id, video.path, "failed", f"write: {type(exc).__name__}: {exc}",
-                       num_windows=len(windows), prompt=video.prompt, **timings)
+            row = _row(
+                video.video_id,
+                video.path,
+                "failed",
+                f"write: {type(exc).__name__}: {exc}",
+                num_windows=len(windows),
+                prompt=video.prompt,
+                **timings,
+            )
             self.journal.add([row])
             return row
         row["t_write_s"] = time.perf_counter() - start
@@ -453,15 +535,24 @@ class _Writer:
 
             dst = _expected_mp4(self.paths, video)
             dst.parent.mkdir(parents=True, exist_ok=True)
-            remux_with_audio(video.path, audio, sr, dst, keep_original_audio=cfg.keep_original_audio,
-                             codec=cfg.audio_codec)
+            remux_with_audio(
+                video.path, audio, sr, dst, keep_original_audio=cfg.keep_original_audio, codec=cfg.audio_codec
+            )
             row["output_mp4"] = str(dst)
         if self.shards is not None and "wds" in video.missing:
-            meta = {"video_id": video.video_id, "source": video.path, "prompt": video.prompt,
-                    "model": cfg.model, "weights_hash": self.info.weights_hash, "config_hash": self.config_hash,
-                    "sampler": cfg.sampler.as_dict(), "seed": cfg.seed, "sample_rate": sr,
-                    "windows": [[float(w["start_s"]), float(w["valid_s"])] for w in windows],
-                    "timings": {k: v for k, v in row.items() if k.startswith("t_")}}
+            meta = {
+                "video_id": video.video_id,
+                "source": video.path,
+                "prompt": video.prompt,
+                "model": cfg.model,
+                "weights_hash": self.info.weights_hash,
+                "config_hash": self.config_hash,
+                "sampler": cfg.sampler.as_dict(),
+                "seed": cfg.seed,
+                "sample_rate": sr,
+                "windows": [[float(w["start_s"]), float(w["valid_s"])] for w in windows],
+                "timings": {k: v for k, v in row.items() if k.startswith("t_")},
+            }
             sample = {"flac": write_flac_bytes(audio, sr), "json": json.dumps(meta).encode()}
             if cfg.save_features and "clip_f" in windows[0]:
                 for name in ("clip_f", "sync_f", "text_f"):

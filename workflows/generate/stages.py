@@ -16,9 +16,7 @@ import numpy as np
 from dub.errors import short_error
 
 # Columns that flow between stages besides the frames / audio.
-WINDOW_COLUMNS = ("video_id", "window_index", "num_windows", "start_s", "valid_s", "prompt",
-                  "negative_prompt", "seed")
-
+WINDOW_COLUMNS = ("video_id", "window_index", "num_windows", "start_s", "valid_s", "prompt", "negative_prompt", "seed")
 
 
 def window_frame_bytes(clip_fps: float, clip_size: int, sync_fps: float, sync_size: int, window_s: float) -> float:
@@ -27,8 +25,9 @@ def window_frame_bytes(clip_fps: float, clip_size: int, sync_fps: float, sync_si
     return window_s * (clip_fps * clip_size**2 + sync_fps * sync_size**2) * 3
 
 
-def decode_memory_bytes(clip_fps: float, clip_size: int, sync_fps: float, sync_size: int, window_s: float,
-                        backend: str = "swscale") -> int:
+def decode_memory_bytes(
+    clip_fps: float, clip_size: int, sync_fps: float, sync_size: int, window_s: float, backend: str = "swscale"
+) -> int:
     """Memory a window-decoding task needs: the frames at both rates, their copy into the
     block, and headroom (more with `backend="torch"`). Declaring it also keeps Ray Data from
     fusing decoding into the model actors on a CPU-only cluster (operators with identical remote
@@ -45,15 +44,25 @@ def decode_memory_bytes(clip_fps: float, clip_size: int, sync_fps: float, sync_s
     return int(need)
 
 
-def decode_windows(batch: dict[str, np.ndarray], *, clip_fps: float, clip_size: int, sync_fps: float,
-                   sync_size: int, window_s: float, backend: str = "swscale") -> dict[str, np.ndarray]:
+def decode_windows(
+    batch: dict[str, np.ndarray],
+    *,
+    clip_fps: float,
+    clip_size: int,
+    sync_fps: float,
+    sync_size: int,
+    window_s: float,
+    backend: str = "swscale",
+) -> dict[str, np.ndarray]:
     """Decode each window's frames at both model rates in one pass over the file. `backend` is
     `decode_window`'s resizer: "swscale" (fast) or "torch" (torchvision's antialiased bicubic,
     as MMAudio; several times slower on CPU)."""
     from dub.workflows.media.decode import FrameTarget, decode_window
 
-    targets = [FrameTarget(fps=clip_fps, size=clip_size, mode="resize"),
-               FrameTarget(fps=sync_fps, size=sync_size, mode="crop")]
+    targets = [
+        FrameTarget(fps=clip_fps, size=clip_size, mode="resize"),
+        FrameTarget(fps=sync_fps, size=sync_size, mode="crop"),
+    ]
     n_clip = int(round(window_s * clip_fps))
     n_sync = int(round(window_s * sync_fps))
     n = len(batch["video_id"])
@@ -63,8 +72,9 @@ def decode_windows(batch: dict[str, np.ndarray], *, clip_fps: float, clip_size: 
     for i in range(n):
         start = time.perf_counter()
         try:
-            frames, _covered = decode_window(str(batch["path"][i]), float(batch["start_s"][i]), window_s, targets,
-                                             backend=backend)
+            frames, _covered = decode_window(
+                str(batch["path"][i]), float(batch["start_s"][i]), window_s, targets, backend=backend
+            )
             clip[i] = _fit(frames[0], n_clip)
             sync[i] = _fit(frames[1], n_sync)
             errors.append("")
@@ -72,8 +82,7 @@ def decode_windows(batch: dict[str, np.ndarray], *, clip_fps: float, clip_size: 
             errors.append("decode: " + short_error(exc))
         took.append(time.perf_counter() - start)
     out = {k: batch[k] for k in WINDOW_COLUMNS}
-    out.update(clip_frames=clip, sync_frames=sync, error=np.array(errors, dtype=object),
-               t_decode_s=np.array(took))
+    out.update(clip_frames=clip, sync_frames=sync, error=np.array(errors, dtype=object), t_decode_s=np.array(took))
     return out
 
 
@@ -117,8 +126,11 @@ class FittingCalls:
             half = (len(rows) + 1) // 2
             if self.max_windows is None or half < self.max_windows:
                 self.max_windows = half
-                print(f"dub: model replica on {self.device} ran out of memory with {len(rows)} windows per call "
-                      f"({short_error(exc)[:120]}); it now runs at most {half} (lower --batch-size)", flush=True)
+                print(
+                    f"dub: model replica on {self.device} ran out of memory with {len(rows)} windows per call "
+                    f"({short_error(exc)[:120]}); it now runs at most {half} (lower --batch-size)",
+                    flush=True,
+                )
             self._fitting(call, rows[:half])
             self._fitting(call, rows[half:])
 
@@ -127,8 +139,17 @@ class GenerateReplica:
     """One model replica. Ray Data builds one per actor and calls it with batches of windows
     from any videos."""
 
-    def __init__(self, model: str, checkpoint: str | None, sampler: dict, device: str,
-                 save_features: bool = False, batch_size: int = 1, compile: bool = False, fp8: bool = False):
+    def __init__(
+        self,
+        model: str,
+        checkpoint: str | None,
+        sampler: dict,
+        device: str,
+        save_features: bool = False,
+        batch_size: int = 1,
+        compile: bool = False,
+        fp8: bool = False,
+    ):
         import torch
 
         from dub.model.runtime.bundles import load_generator
@@ -151,15 +172,18 @@ class GenerateReplica:
         self.fp8 = self.generator.encoders.use_fp8() if fp8 else None
         self.fast_paths = self._use_fast_paths(batch_size, compile)
         if self.fast_paths or self.fp8:  # one line per replica in the run's log: what this run really uses
-            print(f"dub: model replica on {device}: " + "; ".join(filter(None, [self.fp8, *self.fast_paths])),
-                  flush=True)
+            print(
+                f"dub: model replica on {device}: " + "; ".join(filter(None, [self.fp8, *self.fast_paths])), flush=True
+            )
 
     def _use_fast_paths(self, batch_size: int, compile: bool) -> list[str]:
         """The latency paths (CUDA graphs; torch.compile with `compile`). Each falls back to the
         eager code, which computes the same thing, and says why."""
         gen = self.generator
-        builders = {"one-step network": lambda: gen.use_fast_step(batch_size, self.sampler, compile=compile),
-                    "decoder": lambda: gen.use_fast_decoder(batch_size, compile=compile)}
+        builders = {
+            "one-step network": lambda: gen.use_fast_step(batch_size, self.sampler, compile=compile),
+            "decoder": lambda: gen.use_fast_decoder(batch_size, compile=compile),
+        }
         if compile and hasattr(gen.encoders, "compile_towers"):
             builders["encoder towers"] = lambda: gen.encoders.compile_towers(windows=batch_size)
         active = []
@@ -197,14 +221,21 @@ class GenerateReplica:
         for i, a in audio.items():
             out_audio[i, : len(a)] = a
         out = {k: batch[k] for k in WINDOW_COLUMNS}
-        out.update(audio=out_audio, error=np.array(errors, dtype=object), t_decode_s=batch["t_decode_s"],
-                   sample_rate=np.full(n, self.generator.sample_rate))
+        out.update(
+            audio=out_audio,
+            error=np.array(errors, dtype=object),
+            t_decode_s=batch["t_decode_s"],
+            sample_rate=np.full(n, self.generator.sample_rate),
+        )
         share = max(1, len(ok))
         for key, value in timings.items():
             out["t_" + key] = np.full(n, value / share)
         # for the run's busy fraction: the gaps between one replica's calls are its waits for input
-        out.update(replica=np.full(n, self.replica_id, dtype=object), t_call_start=np.full(n, call_start),
-                   t_call_end=np.full(n, time.time()))
+        out.update(
+            replica=np.full(n, self.replica_id, dtype=object),
+            t_call_start=np.full(n, call_start),
+            t_call_end=np.full(n, time.time()),
+        )
         if self.save_features:
             for name in ("clip_f", "sync_f", "text_f"):
                 shape = next((f[name].shape for f in feats.values()), (0,))
@@ -220,8 +251,12 @@ class GenerateReplica:
         from dub.model.runtime.generator import WindowBatch
 
         wb = WindowBatch(
-            clip_frames=None if batch.get("clip_frames") is None else torch.from_numpy(np.ascontiguousarray(batch["clip_frames"][rows])),
-            sync_frames=None if batch.get("sync_frames") is None else torch.from_numpy(np.ascontiguousarray(batch["sync_frames"][rows])),
+            clip_frames=None
+            if batch.get("clip_frames") is None
+            else torch.from_numpy(np.ascontiguousarray(batch["clip_frames"][rows])),
+            sync_frames=None
+            if batch.get("sync_frames") is None
+            else torch.from_numpy(np.ascontiguousarray(batch["sync_frames"][rows])),
             prompts=[str(batch["prompt"][i]) for i in rows],
             negative_prompts=[str(batch["negative_prompt"][i]) for i in rows],
             seeds=[int(batch["seed"][i]) for i in rows],
@@ -232,7 +267,10 @@ class GenerateReplica:
         for j, i in enumerate(rows):
             audio[i] = wav[j]
             if self.save_features:
-                feats[i] = {"clip_f": clip_f[j].cpu().numpy(), "sync_f": sync_f[j].cpu().numpy(),
-                            "text_f": text_f[j].cpu().numpy()}
+                feats[i] = {
+                    "clip_f": clip_f[j].cpu().numpy(),
+                    "sync_f": sync_f[j].cpu().numpy(),
+                    "text_f": text_f[j].cpu().numpy(),
+                }
         for key, value in wb.timings.items():
             timings[key] += value

@@ -29,14 +29,29 @@ class AudioCodec:
 
 
 AUDIO_CODECS = {
-    "aac": AudioCodec("aac", "aac", (96000, 88200, 64000, 48000, 44100, 32000, 24000, 22050, 16000, 12000, 11025, 8000),
-                      48000, (".m4a", ".mp4", ".mka", ".mkv")),
+    "aac": AudioCodec(
+        "aac",
+        "aac",
+        (96000, 88200, 64000, 48000, 44100, 32000, 24000, 22050, 16000, 12000, 11025, 8000),
+        48000,
+        (".m4a", ".mp4", ".mka", ".mkv"),
+    ),
     "flac": AudioCodec("flac", "flac", None, 48000, (".flac", ".mka", ".mkv", ".mp4")),
     "opus": AudioCodec("opus", "libopus", (48000,), 48000, (".opus", ".ogg", ".mka", ".mkv", ".webm", ".mp4")),
     "pcm": AudioCodec("pcm", "pcm_s16le", None, 48000, (".wav", ".mka", ".mkv")),
 }
-_FORMATS = {".m4a": "ipod", ".mp4": "mp4", ".mov": "mov", ".mka": "matroska", ".mkv": "matroska", ".webm": "webm",
-            ".flac": "flac", ".opus": "ogg", ".ogg": "ogg", ".wav": "wav"}
+_FORMATS = {
+    ".m4a": "ipod",
+    ".mp4": "mp4",
+    ".mov": "mov",
+    ".mka": "matroska",
+    ".mkv": "matroska",
+    ".webm": "webm",
+    ".flac": "flac",
+    ".opus": "ogg",
+    ".ogg": "ogg",
+    ".wav": "wav",
+}
 
 
 def codec_spec(codec: str) -> AudioCodec:
@@ -90,7 +105,7 @@ def encode_frames(stream, audio: np.ndarray, rate: int, pts_offset: int = 0, chu
     layout = "mono" if audio.shape[0] == 1 else "stereo"
     time_base = Fraction(1, rate)
     for pos in range(0, audio.shape[-1], chunk):
-        block = np.ascontiguousarray(audio[:, pos:pos + chunk])
+        block = np.ascontiguousarray(audio[:, pos : pos + chunk])
         frame = av.AudioFrame.from_ndarray(block, format="fltp", layout=layout)
         frame.sample_rate = rate
         frame.pts = pts_offset + pos
@@ -99,24 +114,39 @@ def encode_frames(stream, audio: np.ndarray, rate: int, pts_offset: int = 0, chu
     yield from stream.encode(None)
 
 
-def encode_audio_file(audio: np.ndarray, sample_rate: int, path: str | Path, codec: str = "aac", *,
-                      output_rate: int | None = None, bitrate: int | None = None) -> Path:
+def encode_audio_file(
+    audio: np.ndarray,
+    sample_rate: int,
+    path: str | Path,
+    codec: str = "aac",
+    *,
+    output_rate: int | None = None,
+    bitrate: int | None = None,
+) -> Path:
     """Write `audio` to `path` (container from the extension), resampled to `output_rate`
     (None: the input rate where the codec can store it, else the codec's default)."""
     path = Path(path)
     spec = codec_spec(codec)
     suffix = path.suffix.lower()
     if suffix not in spec.extensions:
-        raise ValueError(f"{codec} audio cannot be written to a {suffix or 'no-extension'} file; "
-                         f"use one of {list(spec.extensions)}")
+        raise ValueError(
+            f"{codec} audio cannot be written to a {suffix or 'no-extension'} file; use one of {list(spec.extensions)}"
+        )
     with atomic_path(path, keep_suffix=True) as tmp:
         _encode(str(tmp), _FORMATS[suffix], audio, sample_rate, codec, output_rate, bitrate, None)
     return path
 
 
-def encode_audio_bytes(audio: np.ndarray, sample_rate: int, codec: str = "flac", container_format: str = "flac", *,
-                       output_rate: int | None = None, bitrate: int | None = None,
-                       options: dict[str, str] | None = None) -> bytes:
+def encode_audio_bytes(
+    audio: np.ndarray,
+    sample_rate: int,
+    codec: str = "flac",
+    container_format: str = "flac",
+    *,
+    output_rate: int | None = None,
+    bitrate: int | None = None,
+    options: dict[str, str] | None = None,
+) -> bytes:
     """`audio` as an encoded file in memory (WebDataset samples, audio embedded in a page)."""
     import io
 
@@ -125,8 +155,16 @@ def encode_audio_bytes(audio: np.ndarray, sample_rate: int, codec: str = "flac",
     return buf.getvalue()
 
 
-def _encode(target, container_format: str, audio: np.ndarray, sample_rate: int, codec: str,
-            output_rate: int | None, bitrate: int | None, options: dict[str, str] | None) -> None:
+def _encode(
+    target,
+    container_format: str,
+    audio: np.ndarray,
+    sample_rate: int,
+    codec: str,
+    output_rate: int | None,
+    bitrate: int | None,
+    options: dict[str, str] | None,
+) -> None:
     import av
 
     audio = as_channels_first(audio)
@@ -142,8 +180,14 @@ def _encode(target, container_format: str, audio: np.ndarray, sample_rate: int, 
             container.mux(packet)
 
 
-def read_audio(path: str | Path | bytes, sample_rate: int | None = None, mono: bool = True, *,
-               start_s: float = 0.0, duration_s: float | None = None) -> np.ndarray:
+def read_audio(
+    path: str | Path | bytes,
+    sample_rate: int | None = None,
+    mono: bool = True,
+    *,
+    start_s: float = 0.0,
+    duration_s: float | None = None,
+) -> np.ndarray:
     """The first audio track of `path` (or of an encoded file held in `bytes`, e.g. a
     WebDataset sample) as float32: (L,) when `mono` (channels averaged), else (C, L);
     resampled to `sample_rate` (None: the file's rate). Time 0 is the track's first sample;
@@ -156,8 +200,9 @@ def read_audio(path: str | Path | bytes, sample_rate: int | None = None, mono: b
     return audio[0] if mono else audio
 
 
-def read_audio_native(path: str | Path | bytes, *, start_s: float = 0.0,
-                      duration_s: float | None = None) -> tuple[np.ndarray, int]:
+def read_audio_native(
+    path: str | Path | bytes, *, start_s: float = 0.0, duration_s: float | None = None
+) -> tuple[np.ndarray, int]:
     """(C, L) float32 audio at the file's own rate, and that rate (`path` may be the bytes of
     an encoded file)."""
     import io

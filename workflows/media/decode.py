@@ -45,8 +45,10 @@ def resize_problem(mode: str) -> str | None:
     """What is wrong with a `--resize` value, or None (one message for generate, extract and report)."""
     if mode in RESIZE_BACKENDS:
         return None
-    return (f"--resize must be one of {RESIZE_MODES} (fast: swscale's bicubic; exact: torchvision's antialiased "
-            f"bicubic, as MMAudio), got {mode!r}")
+    return (
+        f"--resize must be one of {RESIZE_MODES} (fast: swscale's bicubic; exact: torchvision's antialiased "
+        f"bicubic, as MMAudio), got {mode!r}"
+    )
 
 
 @dataclass(frozen=True)
@@ -85,9 +87,14 @@ def frame_count(duration_s: float, fps: float) -> int:
     return max(0, math.ceil(duration_s * fps - 1e-6))
 
 
-def decode_window(path: str | Path, start_s: float = 0.0, duration_s: float | None = None,
-                  targets: Sequence[FrameTarget] = (CLIP_TARGET, SYNC_TARGET), *,
-                  backend: str = "swscale") -> DecodedWindow:
+def decode_window(
+    path: str | Path,
+    start_s: float = 0.0,
+    duration_s: float | None = None,
+    targets: Sequence[FrameTarget] = (CLIP_TARGET, SYNC_TARGET),
+    *,
+    backend: str = "swscale",
+) -> DecodedWindow:
     """Frames of [start_s, start_s + duration_s) for every target (duration None: to the end)."""
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
@@ -104,8 +111,9 @@ def decode_window(path: str | Path, start_s: float = 0.0, duration_s: float | No
 
 
 class _WindowReader:
-    def __init__(self, container, stream, start_s: float, duration_s: float | None,
-                 targets: list[FrameTarget], backend: str):
+    def __init__(
+        self, container, stream, start_s: float, duration_s: float | None, targets: list[FrameTarget], backend: str
+    ):
         self.container, self.stream = container, stream
         self.start_s = start_s
         self.end_s = math.inf if duration_s is None else start_s + duration_s
@@ -233,15 +241,16 @@ class _Converter:
     def __call__(self, frame) -> np.ndarray:
         if self.backend == "swscale":
             w, h = self.coded_out
-            rgb = self.reformatter.reformat(frame, width=w, height=h, format="rgb24",
-                                            interpolation="BICUBIC").to_ndarray()
+            rgb = self.reformatter.reformat(
+                frame, width=w, height=h, format="rgb24", interpolation="BICUBIC"
+            ).to_ndarray()
         else:
             rgb = _torch_resize(frame.to_ndarray(format="rgb24"), self.coded_out)
         if self.rotation:
             rgb = np.rot90(rgb, k=self.rotation // 90)
         size = self.target.size
         if self.target.mode != "short":
-            rgb = rgb[self.crop_top:self.crop_top + size, self.crop_left:self.crop_left + size]
+            rgb = rgb[self.crop_top : self.crop_top + size, self.crop_left : self.crop_left + size]
         return np.ascontiguousarray(rgb)
 
 

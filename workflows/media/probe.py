@@ -62,7 +62,9 @@ def probe_video(path: str | Path, *, silence_threshold_db: float = -60.0, silenc
         stream = pick_video_stream(container, path)
         ctx = stream.codec_context
         if ctx is None or not ctx.name:
-            raise MediaError("unsupported_codec", f"the video codec of {path.name} is not supported by this FFmpeg build")
+            raise MediaError(
+                "unsupported_codec", f"the video codec of {path.name} is not supported by this FFmpeg build"
+            )
         audio = container.streams.audio[0] if container.streams.audio else None
         scan = _PacketScan(stream, audio, silence_threshold_db, silence_scan_s)
         try:
@@ -147,20 +149,32 @@ class _PacketScan:
         header_frames = int(video.frames or 0)
         if count == 0:
             if header_frames:
-                raise MediaError("no_frames", f"no video frames: the header describes {header_frames} frames but the "
-                                              f"file holds none (it was cut off right after its header); fetch it again")
+                raise MediaError(
+                    "no_frames",
+                    f"no video frames: the header describes {header_frames} frames but the "
+                    f"file holds none (it was cut off right after its header); fetch it again",
+                )
             raise MediaError("no_frames", "no video frames: the video stream is empty")
         if header_frames and count < header_frames - _TRUNCATION_SLACK_FRAMES:
-            raise MediaError("truncated", f"truncated video: the header lists {header_frames} frames but only {count} "
-                                          f"are in the file (cut off while copying or downloading?); fetch it again")
+            raise MediaError(
+                "truncated",
+                f"truncated video: the header lists {header_frames} frames but only {count} "
+                f"are in the file (cut off while copying or downloading?); fetch it again",
+            )
         if self.first_frame is None:
             reason = self.decode_error or self.read_error
             detail = f": {reason}" if reason else ""
-            raise MediaError("undecodable", f"the {ctx.name} video could not be decoded{detail}; the file is damaged or "
-                                            f"uses a codec variant this FFmpeg cannot decode")
+            raise MediaError(
+                "undecodable",
+                f"the {ctx.name} video could not be decoded{detail}; the file is damaged or "
+                f"uses a codec variant this FFmpeg cannot decode",
+            )
         if self.read_error is not None:
-            raise MediaError("truncated", f"damaged video: reading stopped after {count} frames ({self.read_error}); "
-                                          f"the file is cut off or corrupt")
+            raise MediaError(
+                "truncated",
+                f"damaged video: reading stopped after {count} frames ({self.read_error}); "
+                f"the file is cut off or corrupt",
+            )
         fps, duration = self._rate_and_duration(count)
         return ProbeResult(
             container=container,
@@ -175,7 +189,9 @@ class _PacketScan:
             num_frames=count,
             has_audio=self.audio is not None,
             audio_codec=self.audio.codec_context.name if self.audio is not None and self.audio.codec_context else None,
-            audio_sample_rate=int(self.audio.codec_context.sample_rate) if self.audio is not None and self.audio.codec_context else None,
+            audio_sample_rate=int(self.audio.codec_context.sample_rate)
+            if self.audio is not None and self.audio.codec_context
+            else None,
             audio_is_silent=self._audio_is_silent(),
         )
 

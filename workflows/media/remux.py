@@ -21,9 +21,17 @@ DEFAULT_CONTAINER_RATE = 48000  # the usual rate of audio in video files; every 
 _CONTAINERS = {".mp4": "mp4", ".m4v": "mp4", ".mov": "mov", ".mkv": "matroska", ".webm": "webm"}
 
 
-def remux_with_audio(src: str | Path, audio: np.ndarray, sample_rate: int, dst: str | Path,
-                     keep_original_audio: bool = False, codec: str = "aac", *,
-                     output_rate: int | None = DEFAULT_CONTAINER_RATE, bitrate: int | None = None) -> Path:
+def remux_with_audio(
+    src: str | Path,
+    audio: np.ndarray,
+    sample_rate: int,
+    dst: str | Path,
+    keep_original_audio: bool = False,
+    codec: str = "aac",
+    *,
+    output_rate: int | None = DEFAULT_CONTAINER_RATE,
+    bitrate: int | None = None,
+) -> Path:
     """Write `dst`: the video of `src` copied untouched plus `audio` ((L,) or (C, L) float at
     `sample_rate`) as the first, default audio track, encoded with `codec` at `output_rate`.
     With `keep_original_audio`, the source's first audio track follows as a second track
@@ -49,10 +57,12 @@ def remux_with_audio(src: str | Path, audio: np.ndarray, sample_rate: int, dst: 
             original_out.disposition = _disposition(None)
             _name_track(original_out, "original")
             routes[original.index] = original_out
-        generated = list(encode_frames(audio_out, np.clip(track, -1.0, 1.0), rate,
-                                       pts_offset=int(round(start_s * rate))))
-        _interleave(container_in, container_out, [video_in] + ([original] if original is not None else []),
-                    routes, generated)
+        generated = list(
+            encode_frames(audio_out, np.clip(track, -1.0, 1.0), rate, pts_offset=int(round(start_s * rate)))
+        )
+        _interleave(
+            container_in, container_out, [video_in] + ([original] if original is not None else []), routes, generated
+        )
 
     return _write_atomic(src, dst, build)
 
@@ -140,6 +150,8 @@ def _write_atomic(src: Path, dst: Path, build) -> Path:
             with open_media(src) as container_in, av.open(str(tmp), "w", format=_CONTAINERS[suffix]) as container_out:
                 build(container_in, container_out)
     except av.error.FFmpegError as exc:
-        raise MediaError("remux_failed", f"could not write {dst.name} from {src.name}: {exc} (a codec the "
-                                         f"{suffix} container cannot hold? try .mkv)") from exc
+        raise MediaError(
+            "remux_failed",
+            f"could not write {dst.name} from {src.name}: {exc} (a codec the {suffix} container cannot hold? try .mkv)",
+        ) from exc
     return dst

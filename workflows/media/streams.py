@@ -24,8 +24,9 @@ def open_media(path: str | Path):
     try:
         return av.open(str(path), metadata_errors="ignore")
     except PermissionError as exc:
-        raise MediaError("unreadable", f"permission denied: cannot read {path.name} (check its permissions, "
-                                       f"e.g. `chmod a+r`)") from exc
+        raise MediaError(
+            "unreadable", f"permission denied: cannot read {path.name} (check its permissions, e.g. `chmod a+r`)"
+        ) from exc
     except (av.error.FFmpegError, UnicodeDecodeError) as exc:
         raise diagnose_unopenable(path, exc) from exc
 
@@ -37,16 +38,22 @@ def check_regular_file(path: Path) -> None:
     if not path.exists():
         raise MediaError("missing", f"file not found: {path} (moved or deleted since it was listed?)")
     if path.is_dir():
-        raise MediaError("directory", f"{path.name} is a directory named like a video, not a video file "
-                                      f"(its contents are scanned as usual)")
+        raise MediaError(
+            "directory",
+            f"{path.name} is a directory named like a video, not a video file (its contents are scanned as usual)",
+        )
     if not path.is_file():
         raise MediaError("not_media", f"{path.name} is not a regular file (a device, socket or pipe)")
     if path.stat().st_size == 0:
-        raise MediaError("empty", "empty file (0 bytes): there is nothing to read; the copy or download "
-                                  "probably failed, so fetch the file again")
+        raise MediaError(
+            "empty",
+            "empty file (0 bytes): there is nothing to read; the copy or download "
+            "probably failed, so fetch the file again",
+        )
     if not os.access(path, os.R_OK):
-        raise MediaError("unreadable", f"permission denied: cannot read {path.name} (check its permissions, "
-                                       f"e.g. `chmod a+r`)")
+        raise MediaError(
+            "unreadable", f"permission denied: cannot read {path.name} (check its permissions, e.g. `chmod a+r`)"
+        )
 
 
 def diagnose_unopenable(path: Path, exc: Exception) -> MediaError:
@@ -57,15 +64,21 @@ def diagnose_unopenable(path: Path, exc: Exception) -> MediaError:
     except OSError as read_exc:
         return MediaError("unreadable", f"cannot read {path.name}: {read_exc.strerror or read_exc}")
     if _looks_like_text(head):
-        return MediaError("not_media", "not a video: the file contains text (for example an error page or a "
-                                       "note saved under a video name), not video data")
+        return MediaError(
+            "not_media",
+            "not a video: the file contains text (for example an error page or a "
+            "note saved under a video name), not video data",
+        )
     if head[4:8] == b"ftyp":
         problem = _mp4_structure_problem(path)
         if problem:
             return MediaError("truncated", problem)
     detail = str(exc).split(":")[0].strip() if str(exc) else type(exc).__name__
-    return MediaError("not_media", f"not a video FFmpeg can read: the contents are not a known container format "
-                                   f"({detail}); the file may be damaged or another kind of file renamed")
+    return MediaError(
+        "not_media",
+        f"not a video FFmpeg can read: the contents are not a known container format "
+        f"({detail}); the file may be damaged or another kind of file renamed",
+    )
 
 
 def _looks_like_text(head: bytes) -> bool:
@@ -105,11 +118,15 @@ def _mp4_structure_problem(path: Path) -> str | None:
     if boxes and boxes[-1][1] + boxes[-1][2] > file_size:
         kind, offset, size = boxes[-1]
         missing = offset + size - file_size
-        return (f"truncated MP4: the file ends {missing} bytes before its last section ('{kind}') does, so it was "
-                f"cut off while being written, copied or downloaded; fetch or export it again")
+        return (
+            f"truncated MP4: the file ends {missing} bytes before its last section ('{kind}') does, so it was "
+            f"cut off while being written, copied or downloaded; fetch or export it again"
+        )
     if "moov" not in [b[0] for b in boxes]:
-        return ("incomplete MP4: the index ('moov' box) is missing, so the file was cut off before the recording "
-                "or export finished; fetch or export it again")
+        return (
+            "incomplete MP4: the index ('moov' box) is missing, so the file was cut off before the recording "
+            "or export finished; fetch or export it again"
+        )
     return None
 
 
@@ -125,8 +142,10 @@ def pick_video_stream(container, path: str | Path):
     if audio:
         codec = audio[0].codec_context.name if audio[0].codec_context else "unknown codec"
         rate = audio[0].codec_context.sample_rate if audio[0].codec_context else 0
-        raise MediaError("no_video", f"no video stream: {name} holds only audio ({codec}, {rate} Hz); "
-                                     f"dub needs a video to give a soundtrack to")
+        raise MediaError(
+            "no_video",
+            f"no video stream: {name} holds only audio ({codec}, {rate} Hz); dub needs a video to give a soundtrack to",
+        )
     kinds = sorted({s.type for s in container.streams}) or ["none"]
     raise MediaError("no_video", f"no video stream in {name} (streams found: {', '.join(kinds)})")
 

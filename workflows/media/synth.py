@@ -61,8 +61,17 @@ def read_frame_index(frame: np.ndarray) -> int:
     return int(round((level - 16) / _INDEX_STEP)) % _INDEX_LEVELS
 
 
-def render_frame(pattern: str, index: int, t: float, width: int, height: int, *, fps: float,
-                 duration_s: float, events: Sequence[float] = ()) -> np.ndarray:
+def render_frame(
+    pattern: str,
+    index: int,
+    t: float,
+    width: int,
+    height: int,
+    *,
+    fps: float,
+    duration_s: float,
+    events: Sequence[float] = (),
+) -> np.ndarray:
     """One RGB uint8 (height, width, 3) frame of `pattern` at frame `index`, time `t`."""
     if pattern == "frame_index":
         return np.full((height, width, 3), frame_index_value(index), np.uint8)
@@ -71,23 +80,38 @@ def render_frame(pattern: str, index: int, t: float, width: int, height: int, *,
         return np.full((height, width, 3), 235 if flash else 20, np.uint8)
     if pattern != "moving_box":
         raise ValueError(f"unknown pattern {pattern!r}; choose from {PATTERNS}")
-    ramp = np.linspace(40, 160, width, dtype=np.float32)[None, :] + np.linspace(0, 40, height, dtype=np.float32)[:, None]
+    ramp = (
+        np.linspace(40, 160, width, dtype=np.float32)[None, :] + np.linspace(0, 40, height, dtype=np.float32)[:, None]
+    )
     frame = np.repeat(ramp[:, :, None], 3, axis=2).astype(np.uint8)
     box = max(2, min(width, height) // 4)
     x = int((width - box) * (t / duration_s if duration_s > 0 else 0.0))
     y = (height - box) // 2
-    frame[y:y + box, x:x + box] = 250
+    frame[y : y + box, x : x + box] = 250
     marker = max(1, min(width, height) // 8)
     frame[:marker, :marker] = (230, 20, 20)
     return frame
 
 
-def write_synthetic_video(path: str | Path, seconds: float = 2.0, fps: float = 25.0, size: tuple[int, int] = (160, 120),
-                          *, codec: str = "libx264", pix_fmt: str = "yuv420p", with_audio: bool = False,
-                          audio: str | None = None, audio_rate: int = 48000, rotation: int | None = None,
-                          vfr: bool = False, pattern: str = "moving_box", events: Sequence[float] = (),
-                          container_format: str | None = None, faststart: bool = False,
-                          codec_options: dict[str, str] | None = None) -> SynthVideo:
+def write_synthetic_video(
+    path: str | Path,
+    seconds: float = 2.0,
+    fps: float = 25.0,
+    size: tuple[int, int] = (160, 120),
+    *,
+    codec: str = "libx264",
+    pix_fmt: str = "yuv420p",
+    with_audio: bool = False,
+    audio: str | None = None,
+    audio_rate: int = 48000,
+    rotation: int | None = None,
+    vfr: bool = False,
+    pattern: str = "moving_box",
+    events: Sequence[float] = (),
+    container_format: str | None = None,
+    faststart: bool = False,
+    codec_options: dict[str, str] | None = None,
+) -> SynthVideo:
     """Write a `seconds`-long clip and return its truth.
 
     `audio` (tone | silence | events; default events when `events` are given, else tone) only
@@ -134,9 +158,19 @@ def write_synthetic_video(path: str | Path, seconds: float = 2.0, fps: float = 2
             samples = synth_audio(kind, duration, audio_rate, events)
             for packet in encode_frames(audio_stream, samples[None], audio_rate):
                 container.mux(packet)
-    return SynthVideo(path=path, fps=float(rate), size=(width, height), frame_times=times, duration_s=duration,
-                      rotation=int(rotation or 0) % 360, codec=codec, pix_fmt=pix_fmt, audio=kind,
-                      audio_rate=audio_rate if kind else None, events=tuple(events))
+    return SynthVideo(
+        path=path,
+        fps=float(rate),
+        size=(width, height),
+        frame_times=times,
+        duration_s=duration,
+        rotation=int(rotation or 0) % 360,
+        codec=codec,
+        pix_fmt=pix_fmt,
+        audio=kind,
+        audio_rate=audio_rate if kind else None,
+        events=tuple(events),
+    )
 
 
 def synth_audio(kind: str, duration_s: float, rate: int, events: Sequence[float] = ()) -> np.ndarray:
@@ -149,7 +183,9 @@ def synth_audio(kind: str, duration_s: float, rate: int, events: Sequence[float]
     out = np.zeros(n, np.float32)
     if kind == "events":
         length = int(0.02 * rate)
-        burst = 0.8 * np.sin(2 * np.pi * 1000.0 * np.arange(length) / rate) * np.exp(-np.arange(length) / (0.004 * rate))
+        burst = (
+            0.8 * np.sin(2 * np.pi * 1000.0 * np.arange(length) / rate) * np.exp(-np.arange(length) / (0.004 * rate))
+        )
         for event in events:
             start = int(round(event * rate))
             stop = min(n, start + length)
@@ -169,8 +205,10 @@ def _frame_ticks(seconds: float, rate: Fraction, vfr: bool) -> list[int]:
 
 
 def _codec_options(codec: str, extra: dict[str, str] | None) -> dict[str, str]:
-    defaults = {"libx264": {"preset": "veryfast", "crf": "18"},
-                "libx265": {"preset": "ultrafast", "x265-params": "log-level=error"},
-                "libvpx-vp9": {"deadline": "realtime", "cpu-used": "8"},
-                "libvpx": {"deadline": "realtime", "cpu-used": "8"}}
+    defaults = {
+        "libx264": {"preset": "veryfast", "crf": "18"},
+        "libx265": {"preset": "ultrafast", "x265-params": "log-level=error"},
+        "libvpx-vp9": {"deadline": "realtime", "cpu-used": "8"},
+        "libvpx": {"deadline": "realtime", "cpu-used": "8"},
+    }
     return {**defaults.get(codec, {}), **(extra or {})}

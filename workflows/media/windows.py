@@ -41,8 +41,9 @@ def plan_windows(duration_s: float, window_s: float = 8.0, overlap_s: float = 1.
     return [Window(start, round(start + window_s, 9)) for start in starts]
 
 
-def stitch(audios: Sequence[np.ndarray], windows: Sequence[Window], sample_rate: int,
-           crossfade_s: float | None = None) -> np.ndarray:
+def stitch(
+    audios: Sequence[np.ndarray], windows: Sequence[Window], sample_rate: int, crossfade_s: float | None = None
+) -> np.ndarray:
     """Join per-window audio into one track covering windows[0].start_s .. last end.
 
     `audios[i]` ((L,) or (C, L), time on the last axis) starts at windows[i].start_s; shorter
@@ -73,7 +74,7 @@ def stitch(audios: Sequence[np.ndarray], windows: Sequence[Window], sample_rate:
             gain[:n] = np.sin(0.5 * np.pi * (np.arange(n) + 0.5) / n)
         if i < len(audios) - 1 and halves[i]:
             n = 2 * halves[i]
-            gain[len(gain) - n:] = np.cos(0.5 * np.pi * (np.arange(n) + 0.5) / n)
+            gain[len(gain) - n :] = np.cos(0.5 * np.pi * (np.arange(n) + 0.5) / n)
         segment = _segment(audio, lo - starts[i], hi - starts[i])
         out[..., lo:hi] += (segment * gain).astype(np.float32)
     return out
@@ -103,5 +104,5 @@ def _segment(audio: np.ndarray, lo: int, hi: int) -> np.ndarray:
     out = np.zeros(audio.shape[:-1] + (hi - lo,), np.float32)
     a, b = max(lo, 0), min(hi, audio.shape[-1])
     if b > a:
-        out[..., a - lo:b - lo] = audio[..., a:b]
+        out[..., a - lo : b - lo] = audio[..., a:b]
     return out

@@ -34,8 +34,9 @@ class MotionPeaks:
     fps: float
 
 
-def motion_peaks(frames: np.ndarray, frame_times_s: np.ndarray, fps: float,
-                 rel_threshold: float = 0.1, abs_threshold: float = 0.5) -> MotionPeaks:
+def motion_peaks(
+    frames: np.ndarray, frame_times_s: np.ndarray, fps: float, rel_threshold: float = 0.1, abs_threshold: float = 0.5
+) -> MotionPeaks:
     """Peaks of the frame-difference motion signal of grey frames (T, H, W)."""
     frames = np.asarray(frames, dtype=np.float32)
     if frames.ndim != 3 or len(frames) < 2:

@@ -47,8 +47,18 @@ if TYPE_CHECKING:
     from dub.workflows.metrics.models.htsat import HTSATConfig
     from dub.workflows.metrics.models.roberta import RobertaConfig
 
-__all__ = ["ROBERTA_MODEL", "ClapConfig", "ClapPreprocess", "ClapScorer",
-           "build_clap", "clap_htsat_base", "clap_score", "clap_state_dict", "load_clap", "prepare_clap_audio"]
+__all__ = [
+    "ROBERTA_MODEL",
+    "ClapConfig",
+    "ClapPreprocess",
+    "ClapScorer",
+    "build_clap",
+    "clap_htsat_base",
+    "clap_score",
+    "clap_state_dict",
+    "load_clap",
+    "prepare_clap_audio",
+]
 
 SAMPLE_RATE = 48000
 ROBERTA_MODEL = "roberta-base"  # registry model of RoBERTa's tokenizer files (vocab.json, merges.txt)
@@ -71,8 +81,12 @@ class ClapConfig:
     context_length: int = 77  # tokenizer max_length in CLAP's hook
 
     def as_dict(self) -> dict:
-        return {"audio": self.audio.as_dict(), "text": self.text.as_dict(), "joint_dim": self.joint_dim,
-                "context_length": self.context_length}
+        return {
+            "audio": self.audio.as_dict(),
+            "text": self.text.as_dict(),
+            "joint_dim": self.joint_dim,
+            "context_length": self.context_length,
+        }
 
     @classmethod
     def from_dict(cls, data: dict) -> ClapConfig:
@@ -80,8 +94,9 @@ class ClapConfig:
         from dub.workflows.metrics.models.roberta import RobertaConfig
 
         data = dict(data)
-        return cls(audio=HTSATConfig.from_dict(data.pop("audio")), text=RobertaConfig.from_dict(data.pop("text")),
-                   **data)
+        return cls(
+            audio=HTSATConfig.from_dict(data.pop("audio")), text=RobertaConfig.from_dict(data.pop("text")), **data
+        )
 
 
 def clap_htsat_base() -> ClapConfig:
@@ -105,8 +120,12 @@ class ClapPreprocess:
         return asdict(self)
 
 
-def prepare_clap_audio(wav: np.ndarray, clip_samples: int = 480000, sample_rate: int = SAMPLE_RATE,
-                       preprocess: ClapPreprocess = ClapPreprocess()) -> np.ndarray:
+def prepare_clap_audio(
+    wav: np.ndarray,
+    clip_samples: int = 480000,
+    sample_rate: int = SAMPLE_RATE,
+    preprocess: ClapPreprocess = ClapPreprocess(),
+) -> np.ndarray:
     """One mono 48 kHz waveform -> exactly `clip_samples` float32 samples."""
     x = np.asarray(wav, dtype=np.float32).reshape(-1)
     if x.size == 0:
@@ -196,8 +215,13 @@ def clap_state_dict(source) -> dict:
 
     from dub.model.weights.state_dicts import read_state_dict
 
-    state = read_state_dict(source, wrappers=("state_dict",), strip=("module.",),
-                            suffixes=(".pt", ".pth", ".bin", ".ckpt"), what="LAION-CLAP checkpoint")
+    state = read_state_dict(
+        source,
+        wrappers=("state_dict",),
+        strip=("module.",),
+        suffixes=(".pt", ".pth", ".bin", ".ckpt"),
+        what="LAION-CLAP checkpoint",
+    )
     for key in _DROPPED_BUFFERS:
         value = state.pop(key, None)
         if value is None:
@@ -205,14 +229,21 @@ def clap_state_dict(source) -> dict:
         flat = value.reshape(-1).long()
         expected = torch.arange(flat.numel()) if key.endswith("position_ids") else torch.zeros_like(flat)
         if not torch.equal(flat, expected):
-            raise ValueError(f"{key} in the checkpoint is not the constant buffer transformers writes; "
-                             "is this a LAION-CLAP checkpoint?")
+            raise ValueError(
+                f"{key} in the checkpoint is not the constant buffer transformers writes; "
+                "is this a LAION-CLAP checkpoint?"
+            )
     return state
 
 
-def load_clap(path, device: str = "cpu", config: ClapConfig | None = None,
-              vocab_path: str | Path | None = None, merges_path: str | Path | None = None,
-              preprocess: ClapPreprocess = ClapPreprocess()) -> ClapScorer:
+def load_clap(
+    path,
+    device: str = "cpu",
+    config: ClapConfig | None = None,
+    vocab_path: str | Path | None = None,
+    merges_path: str | Path | None = None,
+    preprocess: ClapPreprocess = ClapPreprocess(),
+) -> ClapScorer:
     """A ready `ClapScorer` from a LAION-CLAP checkpoint (`.pt`/`.pth` read with weights_only, or
     `.safetensors`) and RoBERTa's tokenizer files; the checkpoint must fit `config` exactly."""
     import torch
@@ -223,21 +254,28 @@ def load_clap(path, device: str = "cpu", config: ClapConfig | None = None,
     config = config or clap_htsat_base()
     for name, file in (("vocab.json", vocab_path), ("merges.txt", merges_path)):
         if file is None or not Path(file).is_file():
-            raise BackendUnavailable(f"missing RoBERTa tokenizer file {name}"
-                                     + (f" (looked for {file})" if file is not None else ""))
+            raise BackendUnavailable(
+                f"missing RoBERTa tokenizer file {name}" + (f" (looked for {file})" if file is not None else "")
+            )
     tokenizer = ByteLevelBPETokenizer(vocab_path, merges_path, max_length=config.context_length)
     with torch.device("meta"):
         model = _model_class()(config)
-    strict_load(model, clap_state_dict(path), str(path), against="LAION-CLAP model",
-                detail=f" (HTS-AT width {config.audio.embed_dim}, RoBERTa hidden {config.text.hidden})")
+    strict_load(
+        model,
+        clap_state_dict(path),
+        str(path),
+        against="LAION-CLAP model",
+        detail=f" (HTS-AT width {config.audio.embed_dim}, RoBERTa hidden {config.text.hidden})",
+    )
     return ClapScorer(model.eval().to(device), tokenizer, device, preprocess)
 
 
 class ClapScorer:
     """Text and audio embeddings of a loaded CLAP model, as numpy (N, joint_dim) float32 rows."""
 
-    def __init__(self, model, tokenizer, device: str = "cpu", preprocess: ClapPreprocess = ClapPreprocess(),
-                 batch: int = 8) -> None:
+    def __init__(
+        self, model, tokenizer, device: str = "cpu", preprocess: ClapPreprocess = ClapPreprocess(), batch: int = 8
+    ) -> None:
         self.model = model
         self.tokenizer = tokenizer
         self.device = device
@@ -254,7 +292,7 @@ class ClapScorer:
         rows = []
         with torch.inference_mode():
             for start in range(0, len(texts), self.batch):
-                ids, mask = self.tokenizer(list(texts[start:start + self.batch]))
+                ids, mask = self.tokenizer(list(texts[start : start + self.batch]))
                 rows.append(self.model.encode_text(ids.to(self.device), mask.to(self.device)).float().cpu())
         return torch.cat(rows).numpy() if rows else np.zeros((0, self.dim), np.float32)
 
@@ -266,8 +304,10 @@ class ClapScorer:
         rows = []
         with torch.inference_mode():
             for start in range(0, len(wavs_48k), self.batch):
-                chunk = [prepare_clap_audio(w, clip, SAMPLE_RATE, self.preprocess)
-                         for w in wavs_48k[start:start + self.batch]]
+                chunk = [
+                    prepare_clap_audio(w, clip, SAMPLE_RATE, self.preprocess)
+                    for w in wavs_48k[start : start + self.batch]
+                ]
                 x = torch.from_numpy(np.stack(chunk)).to(self.device)
                 rows.append(self.model.encode_audio(x).float().cpu())
         return torch.cat(rows).numpy() if rows else np.zeros((0, self.dim), np.float32)
@@ -292,11 +332,14 @@ def _tokenizer_file(locator: WeightsLocator, name: str) -> Path:
         raise BackendUnavailable(str(exc)) from exc
 
 
-def build_clap(locator: WeightsLocator, device: str = "cpu", config: ClapConfig | None = None,
-               preprocess: ClapPreprocess = ClapPreprocess()) -> ClapScorer:
+def build_clap(
+    locator: WeightsLocator,
+    device: str = "cpu",
+    config: ClapConfig | None = None,
+    preprocess: ClapPreprocess = ClapPreprocess(),
+) -> ClapScorer:
     """The CLAP scorer from the weights registry; BackendUnavailable names any missing file."""
     path = available_weights(locator, "laion_clap")
     vocab = _tokenizer_file(locator, "vocab.json")
     merges = _tokenizer_file(locator, "merges.txt")
     return load_clap(path, device, config, vocab, merges, preprocess)
-

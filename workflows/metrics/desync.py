@@ -34,9 +34,18 @@ from dub.workflows.metrics.weights import WeightsLocator
 if TYPE_CHECKING:
     from dub.workflows.metrics.models.synchformer_sync import FullSynchformer, FullSynchformerConfig
 
-__all__ = ["HEAD_SEGMENTS", "OFFSET_GRID_S", "SEGMENT_STRIDE_S", "WINDOW_S", "OffsetPredictor",
-           "SynchformerOffsetPredictor", "build_offset_predictor", "desync_score", "desync_segment_windows",
-           "desync_windows"]
+__all__ = [
+    "HEAD_SEGMENTS",
+    "OFFSET_GRID_S",
+    "SEGMENT_STRIDE_S",
+    "WINDOW_S",
+    "OffsetPredictor",
+    "SynchformerOffsetPredictor",
+    "build_offset_predictor",
+    "desync_score",
+    "desync_segment_windows",
+    "desync_windows",
+]
 
 OFFSET_GRID_S = np.linspace(-2.0, 2.0, 21)  # av-benchmark's make_class_grid(-2, 2, 21)
 HEAD_SEGMENTS = 14
@@ -73,8 +82,10 @@ def desync_windows(duration_s: float) -> list[tuple[float, float]]:
 
     frames = max(0, math.ceil(duration_s * VIDEO_FPS - 1e-6))
     segments = min(num_video_segments(frames), num_audio_segments(int(round(duration_s * SAMPLE_RATE))))
-    return [(round(w.start * SEGMENT_STRIDE_S, 6), round(w.start * SEGMENT_STRIDE_S + WINDOW_S, 6))
-            for w in desync_segment_windows(segments)]
+    return [
+        (round(w.start * SEGMENT_STRIDE_S, 6), round(w.start * SEGMENT_STRIDE_S + WINDOW_S, 6))
+        for w in desync_segment_windows(segments)
+    ]
 
 
 def desync_score(offsets_s: list[float]) -> float:
@@ -85,8 +96,14 @@ def desync_score(offsets_s: list[float]) -> float:
 class SynchformerOffsetPredictor:
     """Offsets of one clip from its video file and a 16 kHz waveform (e.g. the generated audio)."""
 
-    def __init__(self, model: FullSynchformer, *, max_duration_s: float | None = None, batch_size: int = 8,
-                 decode_backend: str = "swscale") -> None:
+    def __init__(
+        self,
+        model: FullSynchformer,
+        *,
+        max_duration_s: float | None = None,
+        batch_size: int = 8,
+        decode_backend: str = "swscale",
+    ) -> None:
         if max_duration_s is not None and max_duration_s <= 0:
             raise ValueError(f"max_duration_s must be positive or None, got {max_duration_s}")
         self.model = model
@@ -149,9 +166,15 @@ def _mono(wav: np.ndarray) -> np.ndarray:
     return wav
 
 
-def build_offset_predictor(locator: WeightsLocator, device: str = "cpu", *,
-                           config: FullSynchformerConfig | None = None, max_duration_s: float | None = None,
-                           batch_size: int = 8, decode_backend: str = "swscale") -> SynchformerOffsetPredictor:
+def build_offset_predictor(
+    locator: WeightsLocator,
+    device: str = "cpu",
+    *,
+    config: FullSynchformerConfig | None = None,
+    max_duration_s: float | None = None,
+    batch_size: int = 8,
+    decode_backend: str = "swscale",
+) -> SynchformerOffsetPredictor:
     """Load the full Synchformer from the weights registry; BackendUnavailable (with the reason)
     when the file is missing, unreadable or not the whole model. `decode_backend`: `decode_window`'s
     resizer for the 224 crop (dub.workflows.media.decode.RESIZE_BACKENDS)."""
@@ -162,5 +185,6 @@ def build_offset_predictor(locator: WeightsLocator, device: str = "cpu", *,
         model = load_full_synchformer(path, device, config)
     except (ValueError, KeyError, OSError) as exc:  # WeightsError subclasses are ValueError / OSError
         raise BackendUnavailable(f"{path.name} found, but it cannot be used for DeSync: {exc}") from exc
-    return SynchformerOffsetPredictor(model, max_duration_s=max_duration_s, batch_size=batch_size,
-                                      decode_backend=decode_backend)
+    return SynchformerOffsetPredictor(
+        model, max_duration_s=max_duration_s, batch_size=batch_size, decode_backend=decode_backend
+    )

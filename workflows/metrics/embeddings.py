@@ -27,8 +27,18 @@ if TYPE_CHECKING:
     from dub.workflows.metrics.models.passt import PasstConfig
     from dub.workflows.metrics.models.vggish import VGGishConfig
 
-__all__ = ["BACKENDS", "BackendInfo", "BackendUnavailable", "ClipFeatures", "EmbeddingBackend",
-           "LogMelStatsBackend", "PannsBackend", "PasstBackend", "VGGishBackend", "build_backend"]
+__all__ = [
+    "BACKENDS",
+    "BackendInfo",
+    "BackendUnavailable",
+    "ClipFeatures",
+    "EmbeddingBackend",
+    "LogMelStatsBackend",
+    "PannsBackend",
+    "PasstBackend",
+    "VGGishBackend",
+    "build_backend",
+]
 
 
 class BackendUnavailable(RuntimeError):
@@ -73,8 +83,9 @@ def _min_length(wav: np.ndarray, n: int) -> np.ndarray:
 
 
 class LogMelStatsBackend:
-    info = BackendInfo("logmel", 16000, False,
-                       "weights-free log-mel mean+std statistics: not comparable with published FAD")
+    info = BackendInfo(
+        "logmel", 16000, False, "weights-free log-mel mean+std statistics: not comparable with published FAD"
+    )
 
     def __init__(self, device: str = "cpu") -> None:
         import torch
@@ -118,7 +129,9 @@ class PannsBackend:
                 embs.append(e[0].double().cpu().numpy())
                 logits.append(lg[0].double().cpu().numpy())
         if not embs:
-            return ClipFeatures(np.zeros((0, self.model.config.channels[-1])), np.zeros((0, self.model.config.classes_num)))
+            return ClipFeatures(
+                np.zeros((0, self.model.config.channels[-1])), np.zeros((0, self.model.config.classes_num))
+            )
         return ClipFeatures(np.stack(embs), np.stack(logits))
 
 
@@ -126,11 +139,13 @@ class VGGishBackend:
     """FD-VGG as MMAudio's av-benchmark computes it: raw 128-d embeddings (no last ReLU, no PCA),
     one row per 0.96 s example, all examples of all clips in the Fréchet statistics."""
 
-    info = BackendInfo("vggish", 16000, True,
-                       "VGGish 128-d (torchvggish weights, no PCA), one row per 0.96 s example, as av-benchmark")
+    info = BackendInfo(
+        "vggish", 16000, True, "VGGish 128-d (torchvggish weights, no PCA), one row per 0.96 s example, as av-benchmark"
+    )
 
-    def __init__(self, weights_path: str | Path, device: str = "cpu", config: VGGishConfig | None = None,
-                 batch: int = 64) -> None:
+    def __init__(
+        self, weights_path: str | Path, device: str = "cpu", config: VGGishConfig | None = None, batch: int = 64
+    ) -> None:
         import torch
 
         from dub.workflows.metrics.models.vggish import VGGISH, VGGishFrontEnd, load_vggish
@@ -149,7 +164,7 @@ class VGGishBackend:
             if examples:
                 stacked = torch.cat(examples).float()
                 for start in range(0, len(stacked), self.batch):
-                    rows.append(self.model(stacked[start:start + self.batch].to(self.device)).double().cpu())
+                    rows.append(self.model(stacked[start : start + self.batch].to(self.device)).double().cpu())
         if not rows:
             return ClipFeatures(np.zeros((0, self.model.config.embedding_size)), None)
         return ClipFeatures(torch.cat(rows).numpy(), None)
@@ -162,12 +177,21 @@ class PasstBackend:
     one 768-d embedding and 527 logits per clip. av-benchmark also cuts clips at its
     --audio_length before this; the report does the same (`ReportConfig.audio_length_s`)."""
 
-    info = BackendInfo("passt", 32000, True,
-                       "PaSST-S SWA (AudioSet mAP .476) 768-d embedding + 527 logits, 10 s at 32 kHz, "
-                       "as av-benchmark")
+    info = BackendInfo(
+        "passt",
+        32000,
+        True,
+        "PaSST-S SWA (AudioSet mAP .476) 768-d embedding + 527 logits, 10 s at 32 kHz, as av-benchmark",
+    )
 
-    def __init__(self, weights_path: str | Path, device: str = "cpu", config: PasstConfig | None = None,
-                 batch: int = 8, remove_dc: bool = True) -> None:
+    def __init__(
+        self,
+        weights_path: str | Path,
+        device: str = "cpu",
+        config: PasstConfig | None = None,
+        batch: int = 8,
+        remove_dc: bool = True,
+    ) -> None:
         import torch
 
         from dub.workflows.metrics.models.passt import PASST_S_SWA, load_passt
@@ -191,7 +215,7 @@ class PasstBackend:
         embs, logits = [], []
         with torch.inference_mode():
             for start in range(0, len(wavs), self.batch):
-                x = torch.stack([self._clip(w) for w in wavs[start:start + self.batch]]).to(self.device)
+                x = torch.stack([self._clip(w) for w in wavs[start : start + self.batch]]).to(self.device)
                 e, lg = self.model(x)
                 embs.append(e.double().cpu())
                 logits.append(lg.double().cpu())

@@ -42,8 +42,7 @@ def _psd_sqrt(s: np.ndarray) -> np.ndarray:
     return (v * np.sqrt(np.clip(w, 0.0, None))) @ v.T
 
 
-def frechet_distance_from_stats(mu_a: np.ndarray, sigma_a: np.ndarray,
-                                mu_b: np.ndarray, sigma_b: np.ndarray) -> float:
+def frechet_distance_from_stats(mu_a: np.ndarray, sigma_a: np.ndarray, mu_b: np.ndarray, sigma_b: np.ndarray) -> float:
     """Fréchet distance between N(mu_a, sigma_a) and N(mu_b, sigma_b) (eigenvalue route)."""
     mu_a, mu_b = np.asarray(mu_a, np.float64), np.asarray(mu_b, np.float64)
     sigma_a, sigma_b = np.asarray(sigma_a, np.float64), np.asarray(sigma_b, np.float64)
@@ -75,10 +74,11 @@ def frechet_distance(a: np.ndarray, b: np.ndarray, method: str = "auto") -> floa
         raise ValueError(f"embedding sizes differ: a has D={a.shape[1]}, b has D={b.shape[1]}")
     na, nb, d = a.shape[0], b.shape[0], a.shape[1]
     mu_a, mu_b = a.mean(axis=0), b.mean(axis=0)
-    use_eig = method == "eig" or (method == "auto" and na * nb * min(na, nb) > d ** 3)
+    use_eig = method == "eig" or (method == "auto" and na * nb * min(na, nb) > d**3)
     if use_eig:  # the D x D eigen-decomposition is the cheaper route for many samples
-        return frechet_distance_from_stats(mu_a, np.cov(a, rowvar=False, ddof=1).reshape(d, d),
-                                           mu_b, np.cov(b, rowvar=False, ddof=1).reshape(d, d))
+        return frechet_distance_from_stats(
+            mu_a, np.cov(a, rowvar=False, ddof=1).reshape(d, d), mu_b, np.cov(b, rowvar=False, ddof=1).reshape(d, d)
+        )
     ca, cb = a - mu_a, b - mu_b
     trace_a = float(np.sum(ca * ca)) / (na - 1)
     trace_b = float(np.sum(cb * cb)) / (nb - 1)

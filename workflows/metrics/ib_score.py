@@ -54,9 +54,26 @@ if TYPE_CHECKING:
 
     from dub.workflows.metrics.models.imagebind import ImageBindConfig, ImageBindVisionAudio
 
-__all__ = ["AUDIO_CLIPS", "AUDIO_CLIP_S", "CLIP_MEAN", "CLIP_STD", "IB_FPS", "IB_SIZE", "MEL_MEAN", "MEL_STD",
-           "NUM_CROPS", "SAMPLE_RATE", "ImageBindScorer", "audio_clip_bounds", "audio_mel_clips", "build_imagebind",
-           "frame_pairs", "ib_score", "spatial_crops", "video_input"]
+__all__ = [
+    "AUDIO_CLIPS",
+    "AUDIO_CLIP_S",
+    "CLIP_MEAN",
+    "CLIP_STD",
+    "IB_FPS",
+    "IB_SIZE",
+    "MEL_MEAN",
+    "MEL_STD",
+    "NUM_CROPS",
+    "SAMPLE_RATE",
+    "ImageBindScorer",
+    "audio_clip_bounds",
+    "audio_mel_clips",
+    "build_imagebind",
+    "frame_pairs",
+    "ib_score",
+    "spatial_crops",
+    "video_input",
+]
 
 IB_FPS = 0.5
 IB_SIZE = 224
@@ -93,7 +110,7 @@ def spatial_crops(frames: torch.Tensor, size: int = IB_SIZE) -> list[torch.Tenso
             yi = (0, y, h - size)[index]
         else:
             xi = (0, x, w - size)[index]
-        crops.append(frames[..., yi:yi + size, xi:xi + size])
+        crops.append(frames[..., yi : yi + size, xi : xi + size])
     return crops
 
 
@@ -118,7 +135,7 @@ def frame_pairs(video: torch.Tensor) -> torch.Tensor:
     crops, t = video.shape[:2]
     if t < 2:
         raise ValueError(f"IB-score needs at least 2 frames at {IB_FPS} fps, got {t}")
-    pairs = torch.cat([video[:, i:i + 2] for i in range(t - 1)], dim=0)  # (pairs * crops, 2, 3, H, W)
+    pairs = torch.cat([video[:, i : i + 2] for i in range(t - 1)], dim=0)  # (pairs * crops, 2, 3, H, W)
     return pairs.permute(0, 2, 1, 3, 4).contiguous()
 
 
@@ -138,8 +155,10 @@ def ib_frames(path: str, duration_s: float | None, backend: str = "swscale") -> 
     window = None if want is None else max(want / IB_FPS - start, 1e-3)
     frames = decode_window(path, start, window, [FrameTarget(IB_FPS, IB_SIZE, "short")], backend=backend).frames[0]
     if want is not None and len(frames) < want:
-        raise ValueError(f"video gives {len(frames)} frames at {IB_FPS} fps, IB-score needs {want} "
-                         f"({duration_s:g} s, as av-benchmark's --audio_length)")
+        raise ValueError(
+            f"video gives {len(frames)} frames at {IB_FPS} fps, IB-score needs {want} "
+            f"({duration_s:g} s, as av-benchmark's --audio_length)"
+        )
     return frames[:want] if want is not None else frames
 
 
@@ -172,9 +191,17 @@ def audio_mel_clips(wav_16k: np.ndarray) -> torch.Tensor:
     for a, b in audio_clip_bounds(wav.shape[1]):
         view = wav[:, a:b]
         view -= view.mean()  # in place, on the waveform, as waveform2melspec does
-        fbank = torchaudio.compliance.kaldi.fbank(view, htk_compat=True, sample_frequency=SAMPLE_RATE,
-                                                  use_energy=False, window_type="hanning", num_mel_bins=MEL_BINS,
-                                                  dither=0.0, frame_length=25, frame_shift=10).t()
+        fbank = torchaudio.compliance.kaldi.fbank(
+            view,
+            htk_compat=True,
+            sample_frequency=SAMPLE_RATE,
+            use_energy=False,
+            window_type="hanning",
+            num_mel_bins=MEL_BINS,
+            dither=0.0,
+            frame_length=25,
+            frame_shift=10,
+        ).t()
         pad = MEL_FRAMES - fbank.shape[1]
         fbank = torch.nn.functional.pad(fbank, (0, pad)) if pad > 0 else fbank[:, :MEL_FRAMES]
         clips.append(fbank[None])
@@ -189,8 +216,15 @@ class ImageBindScorer:
 
     sample_rate = SAMPLE_RATE
 
-    def __init__(self, model: ImageBindVisionAudio, device: str = "cpu", *, duration_s: float | None = 8.0,
-                 decode_backend: str = "swscale", batch: int = 8) -> None:
+    def __init__(
+        self,
+        model: ImageBindVisionAudio,
+        device: str = "cpu",
+        *,
+        duration_s: float | None = 8.0,
+        decode_backend: str = "swscale",
+        batch: int = 8,
+    ) -> None:
         if duration_s is not None and duration_s < 2 / IB_FPS:
             raise ValueError(f"IB-score needs at least {2 / IB_FPS:g} s of video (2 frames at {IB_FPS} fps)")
         self.model = model
@@ -207,7 +241,7 @@ class ImageBindScorer:
         rows = []
         with torch.inference_mode():
             for start in range(0, len(pairs), self.batch):
-                x = pairs[start:start + self.batch].to(self.device)
+                x = pairs[start : start + self.batch].to(self.device)
                 rows.append(self.model.vision_clips(x).float().cpu())
         return torch.cat(rows).mean(dim=0).numpy()
 
@@ -224,8 +258,14 @@ class ImageBindScorer:
         return float(ib_score(self.video_embedding(frames), self.audio_embedding(wav_16k))[0])
 
 
-def build_imagebind(locator: WeightsLocator, device: str = "cpu", config: ImageBindConfig | None = None, *,
-                    duration_s: float | None = 8.0, decode_backend: str = "swscale") -> ImageBindScorer:
+def build_imagebind(
+    locator: WeightsLocator,
+    device: str = "cpu",
+    config: ImageBindConfig | None = None,
+    *,
+    duration_s: float | None = 8.0,
+    decode_backend: str = "swscale",
+) -> ImageBindScorer:
     """The IB-score model from the weights registry; BackendUnavailable (with the reason) when
     `imagebind_huge.pth` is missing or cannot be used."""
     path = available_weights(locator, "imagebind")

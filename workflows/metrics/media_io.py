@@ -80,6 +80,12 @@ def encode_opus(wav: np.ndarray, sample_rate: int, bit_rate: int = 32000) -> tup
     from dub.workflows.media.audio import encode_audio_bytes
 
     # 48 kHz is the only rate every Opus encoder takes; a preview: encode fast rather than best
-    data = encode_audio_bytes(np.asarray(wav, dtype=np.float32).reshape(-1), sample_rate, "opus", "ogg",
-                              bitrate=bit_rate, options={"compression_level": "3"})
+    data = encode_audio_bytes(
+        np.asarray(wav, dtype=np.float32).reshape(-1),
+        sample_rate,
+        "opus",
+        "ogg",
+        bitrate=bit_rate,
+        options={"compression_level": "3"},
+    )
     return data, "audio/ogg"

@@ -62,8 +62,11 @@ class OnsetConfig:
         # a matching window of 0 or less matches nothing: every score would be 0, silently
         windows = {"onset tolerance": self.tolerance_s, "P/R/F1 window": self.prf_window_s}
         bad = [f"{name} {value}" for name, value in windows.items() if not value > 0]
-        bad += [f"{name} {value}" for name, value in (("NMS window", self.nms_window_s),
-                                                      ("confidence window", self.confidence_window_s)) if value < 0]
+        bad += [
+            f"{name} {value}"
+            for name, value in (("NMS window", self.nms_window_s), ("confidence window", self.confidence_window_s))
+            if value < 0
+        ]
         if bad:
             raise ValueError(f"onset windows must be positive seconds, got {', '.join(bad)}")
 
@@ -102,8 +105,9 @@ class OnsetScores:
 def _mel_filters(sample_rate: int, n_fft: int, n_mels: int):
     import torchaudio
 
-    fb = torchaudio.functional.melscale_fbanks(n_fft // 2 + 1, 0.0, sample_rate / 2, n_mels, sample_rate,
-                                               norm="slaney", mel_scale="slaney")
+    fb = torchaudio.functional.melscale_fbanks(
+        n_fft // 2 + 1, 0.0, sample_rate / 2, n_mels, sample_rate, norm="slaney", mel_scale="slaney"
+    )
     return fb.T.contiguous()  # (n_mels, n_freq), librosa's default filters
 
 
@@ -140,8 +144,15 @@ def onset_strength(wav: np.ndarray, config: OnsetConfig = OnsetConfig()) -> np.n
     if len(x) == 0:
         return np.zeros(1)
     with torch.inference_mode():
-        spec = torch.stft(x, config.n_fft, config.hop_length, window=_hann(config.n_fft), center=True,
-                          pad_mode="constant", return_complex=True)
+        spec = torch.stft(
+            x,
+            config.n_fft,
+            config.hop_length,
+            window=_hann(config.n_fft),
+            center=True,
+            pad_mode="constant",
+            return_complex=True,
+        )
         mel = _mel_filters(config.sample_rate, config.n_fft, config.n_mels) @ (spec.real.square() + spec.imag.square())
         db = 10.0 * torch.log10(torch.clamp(mel, min=1e-10))
         db = torch.maximum(db, db.max() - config.top_db)
@@ -153,8 +164,9 @@ def onset_strength(wav: np.ndarray, config: OnsetConfig = OnsetConfig()) -> np.n
     return np.pad(env, (0, max(0, n_frames - len(env))))
 
 
-def peak_pick(x: np.ndarray, pre_max: int, post_max: int, pre_avg: int, post_avg: int,
-              delta: float, wait: int) -> np.ndarray:
+def peak_pick(
+    x: np.ndarray, pre_max: int, post_max: int, pre_avg: int, post_avg: int, delta: float, wait: int
+) -> np.ndarray:
     """Indices n with x[n] = max(x[n-pre_max : n+post_max]), x[n] >= mean(x[n-pre_avg : n+post_avg]) + delta,
     and more than `wait` frames after the previous pick (librosa.util.peak_pick semantics)."""
     x = np.asarray(x, dtype=np.float64)
@@ -206,9 +218,15 @@ def detect_onsets(wav: np.ndarray, sample_rate: int, config: OnsetConfig = Onset
     env = env - env.min()
     env = env / (env.max() + np.finfo(np.float64).tiny)
     per_s = sr / config.hop_length
-    frames = peak_pick(env, pre_max=int(0.03 * per_s), post_max=int(0.0 * per_s) + 1,
-                       pre_avg=int(0.10 * per_s), post_avg=int(0.10 * per_s) + 1,
-                       delta=config.peak_delta, wait=int(0.03 * per_s))
+    frames = peak_pick(
+        env,
+        pre_max=int(0.03 * per_s),
+        post_max=int(0.0 * per_s) + 1,
+        pre_avg=int(0.10 * per_s),
+        post_avg=int(0.10 * per_s) + 1,
+        delta=config.peak_delta,
+        wait=int(0.03 * per_s),
+    )
     samples = frames * config.hop_length
     samples = samples[samples < len(wav)]
     wav_norm = (wav - wav.min()) / (wav.max() - wav.min() + 1e-6)
@@ -234,8 +252,9 @@ def average_precision(y_true: np.ndarray, y_score: np.ndarray) -> float:
     return float(np.sum(np.diff(np.r_[0.0, recall]) * precision))
 
 
-def onset_acc_ap(detection: OnsetDetection, reference_s: np.ndarray,
-                 config: OnsetConfig = OnsetConfig()) -> tuple[float, float]:
+def onset_acc_ap(
+    detection: OnsetDetection, reference_s: np.ndarray, config: OnsetConfig = OnsetConfig()
+) -> tuple[float, float]:
     """MMAudio's onset accuracy and AP of `detection` against reference onset times (seconds).
     NaN for both when there are no reference onsets (undefined, not zero)."""
     sr = detection.sample_rate
@@ -289,8 +308,9 @@ def onset_prf(detected_s: np.ndarray, reference_s: np.ndarray, window_s: float =
     return precision, recall, f1
 
 
-def score_onsets(wav: np.ndarray, sample_rate: int, reference_s: np.ndarray,
-                 config: OnsetConfig = OnsetConfig()) -> OnsetScores:
+def score_onsets(
+    wav: np.ndarray, sample_rate: int, reference_s: np.ndarray, config: OnsetConfig = OnsetConfig()
+) -> OnsetScores:
     """All onset scores of one clip: detection on `wav`, then accuracy/AP and P/R/F1."""
     detection = detect_onsets(wav, sample_rate, config)
     ref = np.asarray(reference_s, dtype=np.float64)

@@ -73,8 +73,16 @@ def _mark_times(img: np.ndarray, times_s, duration_s: float, colour, rows: slice
             img[rows, x] = colour
 
 
-def waveform_png(wav: np.ndarray, sample_rate: int, duration_s: float, *, events_s=None, onsets_s=None,
-                 width: int = 640, height: int = 90) -> bytes:
+def waveform_png(
+    wav: np.ndarray,
+    sample_rate: int,
+    duration_s: float,
+    *,
+    events_s=None,
+    onsets_s=None,
+    width: int = 640,
+    height: int = 90,
+) -> bytes:
     """Min/max envelope per pixel column; events as full-height red lines, onsets as green
     ticks on the top quarter."""
     img = np.empty((height, width, 3), dtype=np.uint8)
@@ -86,10 +94,10 @@ def waveform_png(wav: np.ndarray, sample_rate: int, duration_s: float, *, events
     edges = np.linspace(0, n, width + 1).astype(int)
     mid = (height - 1) / 2
     for x in range(width):
-        seg = wav[edges[x]:max(edges[x + 1], edges[x] + 1)]
+        seg = wav[edges[x] : max(edges[x + 1], edges[x] + 1)]
         top = int(round(mid - seg.max() / peak * mid))
         bottom = int(round(mid - seg.min() / peak * mid))
-        img[max(0, top):min(height, bottom + 1), x] = WAVE_COLOUR
+        img[max(0, top) : min(height, bottom + 1), x] = WAVE_COLOUR
     _mark_times(img, events_s, duration_s, EVENT_COLOUR)
     _mark_times(img, onsets_s, duration_s, ONSET_COLOUR, slice(0, height // 4))
     return encode_png(img)
@@ -115,8 +123,17 @@ def _front_end():
     return LogMelFrontEnd().eval()
 
 
-def spectrogram_png(wav: np.ndarray, sample_rate: int, duration_s: float, *, events_s=None, onsets_s=None,
-                    width: int = 640, height: int = 128, dynamic_range_db: float = 80.0) -> bytes:
+def spectrogram_png(
+    wav: np.ndarray,
+    sample_rate: int,
+    duration_s: float,
+    *,
+    events_s=None,
+    onsets_s=None,
+    width: int = 640,
+    height: int = 128,
+    dynamic_range_db: float = 80.0,
+) -> bytes:
     """Mel spectrogram (low frequencies at the bottom), `dynamic_range_db` below the peak mapped
     to the colour scale; events and onsets marked as in `waveform_png`."""
     mel = mel_db(wav, sample_rate)  # (T, 64)

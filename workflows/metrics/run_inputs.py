@@ -50,8 +50,9 @@ def load_run(run_dir: str | Path) -> tuple[dict, list[GeneratedRow]]:
     run_dir = Path(run_dir)
     report = run_dir / "report.parquet"
     if not report.is_file():
-        raise FileNotFoundError(f"{run_dir} is not a generate run: {report.name} is missing "
-                                f"(run `dub generate ... -o {run_dir}` first)")
+        raise FileNotFoundError(
+            f"{run_dir} is not a generate run: {report.name} is missing (run `dub generate ... -o {run_dir}` first)"
+        )
     run_json = run_dir / "run.json"
     config = json.loads(run_json.read_text()) if run_json.is_file() else {}
     table = pq.read_table(report).to_pylist()
@@ -61,17 +62,21 @@ def load_run(run_dir: str | Path) -> tuple[dict, list[GeneratedRow]]:
             raise ValueError(f"{report} lacks columns {missing}; is it a `dub generate` report?")
     rows = []
     for r in table:
-        rows.append(GeneratedRow(
-            video_id=str(r["video_id"]),
-            # text-to-audio rows have no video: their path is "prompt:<index>"
-            source_path=None if str(r.get("path") or "").startswith("prompt:") else _resolve(run_dir, r.get("path")),
-            status=str(r.get("status") or ""),
-            error=r.get("error"),
-            output_mp4=_resolve(run_dir, r.get("output_mp4")),
-            output_shard=_resolve(run_dir, r.get("output_shard")),
-            prompt=r.get("prompt"),
-            output_audio=_resolve(run_dir, r.get("output_audio")),
-        ))
+        rows.append(
+            GeneratedRow(
+                video_id=str(r["video_id"]),
+                # text-to-audio rows have no video: their path is "prompt:<index>"
+                source_path=None
+                if str(r.get("path") or "").startswith("prompt:")
+                else _resolve(run_dir, r.get("path")),
+                status=str(r.get("status") or ""),
+                error=r.get("error"),
+                output_mp4=_resolve(run_dir, r.get("output_mp4")),
+                output_shard=_resolve(run_dir, r.get("output_shard")),
+                prompt=r.get("prompt"),
+                output_audio=_resolve(run_dir, r.get("output_audio")),
+            )
+        )
     return config, rows
 
 
@@ -89,8 +94,10 @@ def read_generated_audio(row: GeneratedRow, sample_rate: int) -> tuple[np.ndarra
                     data = tar.extractfile(member).read()  # type: ignore[union-attr]
                     return read_audio(data, sample_rate), f"{row.output_shard}:{member.name}"
         raise FileNotFoundError(f"{row.output_shard} has no audio for {row.video_id}")
-    raise FileNotFoundError(f"no generated audio for {row.video_id}: output_mp4={row.output_mp4}, "
-                            f"output_audio={row.output_audio}, output_shard={row.output_shard}")
+    raise FileNotFoundError(
+        f"no generated audio for {row.video_id}: output_mp4={row.output_mp4}, "
+        f"output_audio={row.output_audio}, output_shard={row.output_shard}"
+    )
 
 
 class ReferenceIndex:
@@ -148,5 +155,5 @@ def load_events(source_path: Path | None) -> np.ndarray | None:
     data = json.loads(sidecar.read_text())
     events = data.get("events") if isinstance(data, dict) else None
     if not isinstance(events, list):
-        raise ValueError(f"{sidecar} must hold {{\"events\": [seconds, ...]}}")
+        raise ValueError(f'{sidecar} must hold {{"events": [seconds, ...]}}')
     return np.sort(np.asarray(events, dtype=np.float64))

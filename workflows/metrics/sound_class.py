@@ -89,7 +89,7 @@ def _profile(wav: np.ndarray, start_s: float) -> np.ndarray:
     patch = np.zeros(length + N_FFT, dtype=np.float64)
     lo, hi = max(start, 0), min(start + length + N_FFT, len(wav))
     if hi > lo:
-        patch[lo - start:hi - start] = wav[lo:hi]
+        patch[lo - start : hi - start] = wav[lo:hi]
     frames = np.lib.stride_tricks.sliding_window_view(patch, N_FFT)[::HOP][: 1 + length // HOP]
     power = np.abs(np.fft.rfft(frames * np.hanning(N_FFT), axis=-1)) ** 2
     logmel = np.log10(np.maximum(power @ _mel_matrix().T, _FLOOR))
@@ -110,5 +110,7 @@ def _mel_matrix() -> np.ndarray:
 def _bank_profiles() -> dict[str, np.ndarray]:
     from dub.workflows.datasets.sound_bank import ONSET_PREROLL_SECONDS, load_sound_bank
 
-    return {name: _profile(samples, ONSET_PREROLL_SECONDS - LEAD_S)
-            for name, samples in load_sound_bank(SAMPLE_RATE).items()}
+    return {
+        name: _profile(samples, ONSET_PREROLL_SECONDS - LEAD_S)
+        for name, samples in load_sound_bank(SAMPLE_RATE).items()
+    }

@@ -2,7 +2,6 @@
 columns, and the records that pass between scoring, the journal, the page and the run.
 """
 
-
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
@@ -18,8 +17,21 @@ ALL_BACKENDS = ("panns", "vggish", "passt", "logmel")
 
 CLASSIFIER_BACKENDS = ("panns", "passt")  # backends whose logits give KL and IS
 
-PER_CLIP_METRICS = ("onset_acc", "onset_ap", "onset_precision", "onset_recall", "onset_f1", "sound_class_acc",
-                    "av_align", "av_align_reference", "kl_panns", "kl_passt", "desync_s", "clap_score", "ib_score")
+PER_CLIP_METRICS = (
+    "onset_acc",
+    "onset_ap",
+    "onset_precision",
+    "onset_recall",
+    "onset_f1",
+    "sound_class_acc",
+    "av_align",
+    "av_align_reference",
+    "kl_panns",
+    "kl_passt",
+    "desync_s",
+    "clap_score",
+    "ib_score",
+)
 
 SKIPPABLE = ("desync", "clap", "ib")  # model-based metrics a user may leave out (`--skip`)
 
@@ -100,6 +112,7 @@ class ReportConfig:
 @dataclass
 class ClipMedia:
     """Pictures and audio of one clip for the page (PNG / Ogg bytes)."""
+
     wave_generated: bytes
     spec_generated: bytes
     audio_generated: tuple[bytes, str]
@@ -120,6 +133,7 @@ class ReportResult:
 class ScoredClip:
     """One clip's outcome: its report row, page media, and embedding features per backend
     (kept for the set-level metrics: FAD, IS, KL)."""
+
     index: int
     record: dict
     media: ClipMedia | None = None
@@ -130,6 +144,7 @@ class ScoredClip:
 @dataclass(frozen=True)
 class Injected:
     """Already-built models that replace what the weights folder would give (tests, reuse)."""
+
     backends: dict[str, EmbeddingBackend] | None = None
     offsets: OffsetPredictor | None = None
     clap: object | None = None  # text_embeddings / audio_embeddings at 48 kHz

@@ -47,8 +47,17 @@ VERSION = 3
 # max_plots / write_html only pick the clips that get page media, and each clip's key says
 # whether it has media, so changing them rescores only the clips that gain or lose it; sample and
 # sample_seed pick which clips are scored, not how
-NOT_SCORING = ("out_dir", "workers", "address", "write_html", "max_plots", "fresh", "sample", "sample_seed",
-               "journal_every_s")
+NOT_SCORING = (
+    "out_dir",
+    "workers",
+    "address",
+    "write_html",
+    "max_plots",
+    "fresh",
+    "sample",
+    "sample_seed",
+    "journal_every_s",
+)
 BACKEND_WEIGHTS = {"panns": "panns_cnn14_16k", "vggish": "vggish", "passt": "passt"}  # logmel has none
 MEDIA_FIELDS = tuple(f.name for f in dataclasses.fields(ClipMedia))
 
@@ -72,16 +81,27 @@ def report_identity(config: ReportConfig, injected: Injected, wants_clap: bool, 
     if injected.backends is not None:
         backends = {name: "injected" for name in injected.backends}
     else:
-        backends = {name: _weights_file(locator, BACKEND_WEIGHTS[name]) if name in BACKEND_WEIGHTS else None
-                    for name in config.backends}
-    desync = None if "desync" in config.skip else (
-        "injected" if injected.offsets is not None else _weights_file(locator, "synchformer"))
+        backends = {
+            name: _weights_file(locator, BACKEND_WEIGHTS[name]) if name in BACKEND_WEIGHTS else None
+            for name in config.backends
+        }
+    desync = (
+        None
+        if "desync" in config.skip
+        else ("injected" if injected.offsets is not None else _weights_file(locator, "synchformer"))
+    )
     clap = None if not wants_clap else "injected" if injected.clap is not None else _weights_file(locator, "laion_clap")
-    ib = None if "ib" in config.skip or not wants_ib else (
-        "injected" if injected.imagebind is not None else _weights_file(locator, "imagebind"))
+    ib = (
+        None
+        if "ib" in config.skip or not wants_ib
+        else ("injected" if injected.imagebind is not None else _weights_file(locator, "imagebind"))
+    )
     scoring = {k: v for k, v in config.as_dict().items() if k not in NOT_SCORING}
-    return {"version": VERSION, "config": scoring,
-            "models": {"backends": backends, "desync": desync, "clap": clap, "ib": ib}}
+    return {
+        "version": VERSION,
+        "config": scoring,
+        "models": {"backends": backends, "desync": desync, "clap": clap, "ib": ib},
+    }
 
 
 def _stat(path: Path | None) -> list | None:
@@ -102,8 +122,11 @@ def clip_key(row: GeneratedRow, want_media: bool, references: ReferenceIndex | N
     outputs = [_stat(p) for p in (row.output_mp4, row.output_audio, row.output_shard)]
     source = row.source_path
     sidecar = events_sidecar(source)
-    candidates = [] if references is None else [references.by_key.get(k) for k in
-                                                 (row.video_id, source.stem if source else None) if k is not None]
+    candidates = (
+        []
+        if references is None
+        else [references.by_key.get(k) for k in (row.video_id, source.stem if source else None) if k is not None]
+    )
     inputs = [_stat(source), _stat(sidecar), *[[str(p), _stat(p)] for p in candidates if p is not None]]
     text = json.dumps([fields, outputs, inputs, want_media])
     return hashlib.blake2b(text.encode(), digest_size=16).hexdigest()
@@ -139,10 +162,14 @@ def _json_scalar(value):
 
 def encode_clip(key: str, clip: ScoredClip) -> dict:
     """One part row. Encoded when the clip comes back, before the set-level step adds KL to its record."""
-    row = {"video_id": clip.record["video_id"], "key": key,
-           # NaN stays NaN (json writes it as NaN); key order is kept: it is report.parquet's column order
-           "record": json.dumps(clip.record, default=_json_scalar),
-           "generated": _npz(clip.generated), "reference": _npz(clip.reference)}
+    row = {
+        "video_id": clip.record["video_id"],
+        "key": key,
+        # NaN stays NaN (json writes it as NaN); key order is kept: it is report.parquet's column order
+        "record": json.dumps(clip.record, default=_json_scalar),
+        "generated": _npz(clip.generated),
+        "reference": _npz(clip.reference),
+    }
     for name in MEDIA_FIELDS:
         value = None if clip.media is None else getattr(clip.media, name)
         row[f"media_{name}"], row[f"media_{name}_mime"] = value if isinstance(value, tuple) else (value, None)
@@ -152,16 +179,27 @@ def encode_clip(key: str, clip: ScoredClip) -> dict:
 def decode_clip(index: int, row: dict) -> ScoredClip:
     media = None
     if row[f"media_{MEDIA_FIELDS[0]}"] is not None:
-        media = ClipMedia(**{name: row[f"media_{name}"] if row[f"media_{name}_mime"] is None
-                             else (row[f"media_{name}"], row[f"media_{name}_mime"]) for name in MEDIA_FIELDS})
+        media = ClipMedia(
+            **{
+                name: row[f"media_{name}"]
+                if row[f"media_{name}_mime"] is None
+                else (row[f"media_{name}"], row[f"media_{name}_mime"])
+                for name in MEDIA_FIELDS
+            }
+        )
     return ScoredClip(index, json.loads(row["record"]), media, _from_npz(row["generated"]), _from_npz(row["reference"]))
 
 
 def _part_schema():
     import pyarrow as pa
 
-    fields = [("video_id", pa.string()), ("key", pa.string()), ("record", pa.string()),
-              ("generated", pa.binary()), ("reference", pa.binary())]
+    fields = [
+        ("video_id", pa.string()),
+        ("key", pa.string()),
+        ("record", pa.string()),
+        ("generated", pa.binary()),
+        ("reference", pa.binary()),
+    ]
     for name in MEDIA_FIELDS:
         fields += [(f"media_{name}", pa.binary()), (f"media_{name}_mime", pa.string())]
     return pa.schema(fields)
@@ -170,9 +208,15 @@ def _part_schema():
 class ReportJournal:
     """Scored clips of one report configuration in `directory`, written in small atomic parts."""
 
-    def __init__(self, directory: Path, identity: dict, fresh: bool = False,
-                 notice: Callable[[str], None] | None = None, flush_every_s: float = 2.0,
-                 flush_clips: int = 64) -> None:
+    def __init__(
+        self,
+        directory: Path,
+        identity: dict,
+        fresh: bool = False,
+        notice: Callable[[str], None] | None = None,
+        flush_every_s: float = 2.0,
+        flush_clips: int = 64,
+    ) -> None:
         # flush_every_s bounds what a kill -9 (which runs no `finally`) loses: the clips scored since
         # the last part. Each flush writes one part; a resume reads them all
         self.dir = Path(directory)
@@ -206,8 +250,11 @@ class ReportJournal:
         write_json_atomic(self.dir / "meta.json", {"hash": self.hash, "identity": self.identity, "loaded": self.loaded})
 
     def set_loaded(self, infos: dict[str, BackendInfo], load_s: float, unavailable: dict[str, str]) -> None:
-        self.loaded = {"infos": [dataclasses.asdict(i) for i in infos.values()],  # a list: backend order
-                       "load_s": load_s, "unavailable": unavailable}
+        self.loaded = {
+            "infos": [dataclasses.asdict(i) for i in infos.values()],  # a list: backend order
+            "load_s": load_s,
+            "unavailable": unavailable,
+        }
         self._write_meta()
 
     def loaded_models(self) -> tuple[dict[str, BackendInfo], dict[str, str]]:

@@ -109,8 +109,10 @@ def _summary_tables(summary: dict) -> str:
     lower = set(summary.get("lower_is_better", []))
     notes = summary.get("notes", {})
     metrics = summary.get("metrics", {})
-    parts = ['<table id="summary"><thead><tr><th class="text">metric</th><th>value</th><th>clips</th>'
-             '<th class="text">note</th></tr></thead><tbody>']
+    parts = [
+        '<table id="summary"><thead><tr><th class="text">metric</th><th>value</th><th>clips</th>'
+        '<th class="text">note</th></tr></thead><tbody>'
+    ]
     for key, value in metrics.items():
         if key.endswith("_n"):
             continue  # shown as the clip count of its mean
@@ -118,15 +120,19 @@ def _summary_tables(summary: dict) -> str:
         direction = "lower is better" if base in lower or key in lower else ""
         note = "; ".join(x for x in (notes.get(key, ""), direction) if x)
         count = _fmt(metrics.get(f"{base}_n")) if key.endswith("_mean") else ""
-        parts.append(f'<tr><td class="text">{html.escape(key)}</td><td>{_fmt(value)}</td><td>{count}</td>'
-                     f'<td class="text">{html.escape(note)}</td></tr>')
+        parts.append(
+            f'<tr><td class="text">{html.escape(key)}</td><td>{_fmt(value)}</td><td>{count}</td>'
+            f'<td class="text">{html.escape(note)}</td></tr>'
+        )
     parts.append("</tbody></table>")
     unavailable = summary.get("unavailable", {})
     if unavailable:
         parts.append('<h3>Not computed</h3><table id="unavailable"><tbody>')
         for keys, reason in grouped_unavailable(unavailable):
-            parts.append(f'<tr><td class="text">{html.escape(", ".join(keys))}</td>'
-                         f'<td class="text">{html.escape(reason)}</td></tr>')
+            parts.append(
+                f'<tr><td class="text">{html.escape(", ".join(keys))}</td>'
+                f'<td class="text">{html.escape(reason)}</td></tr>'
+            )
         parts.append("</tbody></table>")
     timings = summary.get("timings_ms_per_clip", {})
     if timings:
@@ -138,8 +144,11 @@ def _summary_tables(summary: dict) -> str:
 
 
 def _clips_table(records: list[dict], columns: list[str]) -> str:
-    head = "".join(f'<th class="{"text" if c in ("video_id", "status", "reference_kind", "onset_reference", "error") else ""}" '
-                   f'onclick="sortClips({i})">{html.escape(c)}</th>' for i, c in enumerate(columns))
+    head = "".join(
+        f'<th class="{"text" if c in ("video_id", "status", "reference_kind", "onset_reference", "error") else ""}" '
+        f'onclick="sortClips({i})">{html.escape(c)}</th>'
+        for i, c in enumerate(columns)
+    )
     rows = []
     for r in records:
         vid = html.escape(str(r["video_id"]))
@@ -160,47 +169,61 @@ def _clips_table(records: list[dict], columns: list[str]) -> str:
 
 def _clip_section(record: dict, media: ClipMedia | None, columns: list[str]) -> str:
     vid = html.escape(str(record["video_id"]))
-    metrics = ", ".join(f"{c} = {_fmt(record.get(c))}" for c in columns if c in PER_CLIP_METRICS and record.get(c) is not None)
+    metrics = ", ".join(
+        f"{c} = {_fmt(record.get(c))}" for c in columns if c in PER_CLIP_METRICS and record.get(c) is not None
+    )
     error = f'<p class="err">{html.escape(record["error"])}</p>' if record.get("error") else ""
     body = ""
     if media is not None:
-        body = ('<div class="pair">'
-                f'<b>generated</b><span></span>'
-                f'{_img(media.wave_generated, f"waveform generated {vid}", "wave")}'
-                f'{_img(media.spec_generated, f"mel spectrogram generated {vid}", "spectrogram")}'
-                f'{_audio(media.audio_generated)}<span></span>'
-                f'<b>reference</b><span></span>'
-                f'{_img(media.wave_reference, f"waveform reference {vid}", "wave")}'
-                f'{_img(media.spec_reference, f"mel spectrogram reference {vid}", "spectrogram")}'
-                f'{_audio(media.audio_reference)}<span></span>'
-                "</div>")
-    return (f'<section class="clip" id="clip-{vid}"><h3>{vid} <small>({html.escape(record["status"])})</small></h3>'
-            f"<p>{html.escape(metrics)}</p>{error}{body}</section>")
+        body = (
+            '<div class="pair">'
+            f"<b>generated</b><span></span>"
+            f"{_img(media.wave_generated, f'waveform generated {vid}', 'wave')}"
+            f"{_img(media.spec_generated, f'mel spectrogram generated {vid}', 'spectrogram')}"
+            f"{_audio(media.audio_generated)}<span></span>"
+            f"<b>reference</b><span></span>"
+            f"{_img(media.wave_reference, f'waveform reference {vid}', 'wave')}"
+            f"{_img(media.spec_reference, f'mel spectrogram reference {vid}', 'spectrogram')}"
+            f"{_audio(media.audio_reference)}<span></span>"
+            "</div>"
+        )
+    return (
+        f'<section class="clip" id="clip-{vid}"><h3>{vid} <small>({html.escape(record["status"])})</small></h3>'
+        f"<p>{html.escape(metrics)}</p>{error}{body}</section>"
+    )
 
 
 def render_page(summary: dict, records: list[dict], media: dict[str, ClipMedia]) -> str:
     """The whole page as a string."""
     present = [c for c in PER_CLIP_METRICS if any(r.get(c) is not None for r in records)]
     columns = list(_FIXED_COLUMNS) + present + ["error"]
-    counts = (f'{summary.get("n_rows", len(records))} rows: {summary.get("n_scored", 0)} scored, '
-              f'{summary.get("n_skipped", 0)} skipped, {summary.get("n_failed", 0)} failed; '
-              f'{summary.get("n_with_reference", 0)} with reference audio, '
-              f'{summary.get("n_with_events", 0)} with visual events')
+    counts = (
+        f"{summary.get('n_rows', len(records))} rows: {summary.get('n_scored', 0)} scored, "
+        f"{summary.get('n_skipped', 0)} skipped, {summary.get('n_failed', 0)} failed; "
+        f"{summary.get('n_with_reference', 0)} with reference audio, "
+        f"{summary.get('n_with_events', 0)} with visual events"
+    )
     if summary.get("sample"):
         sample = summary["sample"]
-        counts += (f'; a sample of {sample["clips"]} of the run\'s {sample["of_generated"]} generated clips '
-                   f'(--sample-seed {sample["seed"]})')
-    legend = ('<p class="legend">Pictures: waveform, then mel spectrogram (0-8 kHz, 80 dB range), '
-              'on one time axis per clip.<span style="background:#dc2828"></span>visual events '
-              '(or reference onsets)<span style="background:#1ea03c"></span>onsets detected in that audio</p>')
+        counts += (
+            f"; a sample of {sample['clips']} of the run's {sample['of_generated']} generated clips "
+            f"(--sample-seed {sample['seed']})"
+        )
+    legend = (
+        '<p class="legend">Pictures: waveform, then mel spectrogram (0-8 kHz, 80 dB range), '
+        'on one time axis per clip.<span style="background:#dc2828"></span>visual events '
+        '(or reference onsets)<span style="background:#1ea03c"></span>onsets detected in that audio</p>'
+    )
     sections = "".join(_clip_section(r, media.get(r["video_id"]), columns) for r in records)
-    return ("<!DOCTYPE html><html><head><meta charset=\"utf-8\"><title>dub report</title>"
-            f"<style>{_CSS}</style></head><body>"
-            f"<h1>dub report</h1><p>{html.escape(str(summary.get('run_dir', '')))}: {html.escape(counts)}</p>"
-            f"<h2>Summary</h2>{_summary_tables(summary)}"
-            f"<h2>Clips</h2><p>Click a column header to sort.</p>{_clips_table(records, columns)}"
-            f"<h2>Per clip</h2>{legend}<div id=\"details\">{sections}</div>"
-            f"<script>{_JS}</script></body></html>")
+    return (
+        '<!DOCTYPE html><html><head><meta charset="utf-8"><title>dub report</title>'
+        f"<style>{_CSS}</style></head><body>"
+        f"<h1>dub report</h1><p>{html.escape(str(summary.get('run_dir', '')))}: {html.escape(counts)}</p>"
+        f"<h2>Summary</h2>{_summary_tables(summary)}"
+        f"<h2>Clips</h2><p>Click a column header to sort.</p>{_clips_table(records, columns)}"
+        f'<h2>Per clip</h2>{legend}<div id="details">{sections}</div>'
+        f"<script>{_JS}</script></body></html>"
+    )
 
 
 def grouped_unavailable(unavailable: dict[str, str]) -> list[tuple[list[str], str]]:

@@ -40,10 +40,15 @@ class ScoringActor:
         return [self.scorer.score(index, row, want_media) for index, row, want_media in items]
 
 
-def score_on_ray(config: ReportConfig, run_config: dict, rows: list[GeneratedRow],
-                 items: list[tuple[int, GeneratedRow, bool]], injected: Injected,
-                 on_loaded: Callable[[dict[str, BackendInfo], float, dict[str, str]], None],
-                 on_scored: Callable[[list[ScoredClip]], None]) -> None:
+def score_on_ray(
+    config: ReportConfig,
+    run_config: dict,
+    rows: list[GeneratedRow],
+    items: list[tuple[int, GeneratedRow, bool]],
+    injected: Injected,
+    on_loaded: Callable[[dict[str, BackendInfo], float, dict[str, str]], None],
+    on_scored: Callable[[list[ScoredClip]], None],
+) -> None:
     """Score `items` (index, row, want media) on `config.workers` actors: `on_loaded` gets one
     actor's (backend infos, model load seconds, unavailable), `on_scored` each chunk of clips as
     it comes back, in any order (the driver journals them)."""
@@ -56,15 +61,17 @@ def score_on_ray(config: ReportConfig, run_config: dict, rows: list[GeneratedRow
     gpus = 0.0
     if config.device.startswith("cuda"):
         if resources.gpus < config.workers:
-            raise ValueError(f"--device cuda with {config.workers} workers needs {config.workers} GPUs; "
-                             f"the cluster has {resources.gpus:g}")
+            raise ValueError(
+                f"--device cuda with {config.workers} workers needs {config.workers} GPUs; "
+                f"the cluster has {resources.gpus:g}"
+            )
         gpus = 1.0
     elif resources.cpus < config.workers:
         raise ValueError(f"{config.workers} workers need {config.workers} CPUs; the cluster has {resources.cpus:g}")
     actor_class = ray.remote(num_cpus=1, num_gpus=gpus)(ScoringActor)
     setup = ray.put((config, run_config, rows, injected))  # one copy for all actors
     actors = [actor_class.remote(setup) for _ in range(config.workers)]
-    chunks = [items[start:start + CHUNK] for start in range(0, len(items), CHUNK)]
+    chunks = [items[start : start + CHUNK] for start in range(0, len(items), CHUNK)]
     try:
         on_loaded(*ray.get(actors[0].info.remote()))
         for clips in ActorPool(actors).map_unordered(lambda actor, chunk: actor.score.remote(chunk), chunks):

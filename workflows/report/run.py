@@ -15,7 +15,6 @@ metrics (FAD, IS) are computed from everything gathered, so both give the same n
 written as zero.
 """
 
-
 from __future__ import annotations
 
 import json
@@ -48,18 +47,26 @@ from dub.workflows.report.scoring import (
 )
 
 
-def _set_metrics(infos: dict[str, BackendInfo], scored: list[ScoredClip], records: list[dict], metrics: dict,
-                 notes: dict, unavailable: dict) -> None:
+def _set_metrics(
+    infos: dict[str, BackendInfo],
+    scored: list[ScoredClip],
+    records: list[dict],
+    metrics: dict,
+    notes: dict,
+    unavailable: dict,
+) -> None:
     for name, info in infos.items():
         gen = [(c.index, c.generated[name]) for c in scored if name in c.generated]
         ref = [(c.index, c.reference[name]) for c in scored if name in c.reference]
         if len(gen) < 2 or len(ref) < 2:
-            unavailable[f"fad_{name}"] = (f"needs >= 2 generated and >= 2 reference clips, "
-                                         f"have {len(gen)} and {len(ref)}")
+            unavailable[f"fad_{name}"] = (
+                f"needs >= 2 generated and >= 2 reference clips, have {len(gen)} and {len(ref)}"
+            )
         else:
             start = time.perf_counter()
-            metrics[f"fad_{name}"] = frechet_distance(np.concatenate([f.embeddings for _, f in gen]),
-                                                      np.concatenate([f.embeddings for _, f in ref]))
+            metrics[f"fad_{name}"] = frechet_distance(
+                np.concatenate([f.embeddings for _, f in gen]), np.concatenate([f.embeddings for _, f in ref])
+            )
             metrics[f"t_fad_{name}_s"] = time.perf_counter() - start
         if not info.comparable:
             notes[f"fad_{name}"] = info.note
@@ -89,15 +96,22 @@ def _per_clip_means(records: list[dict], metrics: dict, unavailable: dict) -> No
         elif m == "sound_class_acc" and m not in unavailable:
             unavailable[m] = "no clip's events sidecar names the class of each object's events (foley-synth's do)"
         elif m == "desync_s" and m not in unavailable:
-            unavailable[m] = ("no clip is 4.8 s or longer with a readable source video "
-                              "(Synchformer's sync head scores 14 segments)")
+            unavailable[m] = (
+                "no clip is 4.8 s or longer with a readable source video (Synchformer's sync head scores 14 segments)"
+            )
         elif m == "ib_score" and m not in unavailable:
             reasons = sorted({r["ib_reason"] for r in records if r.get("ib_reason")})
-            unavailable[m] = ("no clip has a source video and 8 s of frames at 0.5 fps" if not reasons
-                              else "no clip could be scored: " + "; ".join(reasons[:3]))
+            unavailable[m] = (
+                "no clip has a source video and 8 s of frames at 0.5 fps"
+                if not reasons
+                else "no clip could be scored: " + "; ".join(reasons[:3])
+            )
         elif m.startswith("av_align") and m not in unavailable:
-            unavailable[m] = ("no clip has a readable source video" if m == "av_align"
-                              else "no clip has both a source video and reference audio")
+            unavailable[m] = (
+                "no clip has a readable source video"
+                if m == "av_align"
+                else "no clip has both a source video and reference audio"
+            )
 
 
 def _timings_ms(records: list[dict]) -> dict[str, float]:
@@ -115,12 +129,22 @@ def _write_parquet(records: list[dict], path: Path) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    string_cols = {"video_id", "source_path", "status", "error", "generated_path", "reference_path",
-                   "reference_kind", "onset_reference", "ib_reason"}
+    string_cols = {
+        "video_id",
+        "source_path",
+        "status",
+        "error",
+        "generated_path",
+        "reference_path",
+        "reference_kind",
+        "onset_reference",
+        "ib_reason",
+    }
     int_cols = {"n_reference_onsets", "n_generated_onsets"}
     columns = list(dict.fromkeys(k for r in records for k in r)) or ["video_id"]
-    fields = [pa.field(c, pa.string() if c in string_cols else pa.int64() if c in int_cols else pa.float64())
-              for c in columns]
+    fields = [
+        pa.field(c, pa.string() if c in string_cols else pa.int64() if c in int_cols else pa.float64()) for c in columns
+    ]
     data = {c: [nan_to_none(r.get(c)) for r in records] for c in columns}
     with atomic_path(path) as tmp:
         pq.write_table(pa.Table.from_pydict(data, schema=pa.schema(fields)), tmp)
@@ -156,8 +180,12 @@ def _media_wanted(config: ReportConfig, rows: list[GeneratedRow]) -> list[bool]:
     return wanted
 
 
-def run_report(config: ReportConfig, progress: Callable[[int, int, str], None] | None = None,
-               notice: Callable[[str], None] | None = None, injected: Injected = Injected()) -> ReportResult:
+def run_report(
+    config: ReportConfig,
+    progress: Callable[[int, int, str], None] | None = None,
+    notice: Callable[[str], None] | None = None,
+    injected: Injected = Injected(),
+) -> ReportResult:
     """Score every row of the run, write report.parquet, summary.json and index.html.
 
     `injected` holds already-built models that replace what the weights folder would give
@@ -171,25 +199,35 @@ def run_report(config: ReportConfig, progress: Callable[[int, int, str], None] |
         import torch
 
         if not torch.cuda.is_available():  # else the first model load fails with torch's driver message
-            raise ValueError(f"--device {config.device}, but torch sees no CUDA GPU here; use --device cpu, or "
-                             "--workers N on a Ray cluster with GPUs")
+            raise ValueError(
+                f"--device {config.device}, but torch sees no CUDA GPU here; use --device cpu, or "
+                "--workers N on a Ray cluster with GPUs"
+            )
     run_config, all_rows = load_run(config.run_dir)
     writer = writer_of(config.run_dir)
     if writer is not None and notice is not None:  # generate rewrites report.parquet only when it ends
-        notice(f"note: {config.run_dir} is being written ({writer}); this report covers the clips its "
-               "report.parquet lists, not those generated since")
+        notice(
+            f"note: {config.run_dir} is being written ({writer}); this report covers the clips its "
+            "report.parquet lists, not those generated since"
+        )
     rows = sample_rows(all_rows, config.sample, config.sample_seed)
     # how many generated clips the sample was drawn from (None: every row is scored)
     sampled_from = sum(r.status == "done" for r in all_rows) if len(rows) < len(all_rows) else None
     out_dir = Path(config.out_dir)
     with exclusive_output(out_dir, "report"):
-        return _run_locked(config, progress, injected, notice, run_config, rows,
-                           sampled_from, out_dir)
+        return _run_locked(config, progress, injected, notice, run_config, rows, sampled_from, out_dir)
 
 
-def _run_locked(config: ReportConfig, progress: Callable[[int, int, str], None] | None, injected: Injected,
-                notice: Callable[[str], None] | None, run_config: dict, rows: list, sampled_from: int | None,
-                out_dir: Path) -> ReportResult:
+def _run_locked(
+    config: ReportConfig,
+    progress: Callable[[int, int, str], None] | None,
+    injected: Injected,
+    notice: Callable[[str], None] | None,
+    run_config: dict,
+    rows: list,
+    sampled_from: int | None,
+    out_dir: Path,
+) -> ReportResult:
     from dub.workflows.report.journal import ReportJournal, clip_key, report_identity
 
     unavailable: dict[str, str] = {}
@@ -198,8 +236,9 @@ def _run_locked(config: ReportConfig, progress: Callable[[int, int, str], None] 
 
     want_media = _media_wanted(config, rows)
     identity = report_identity(config, injected, wants_clap(config, run_config, rows), wants_imagebind(rows))
-    journal = ReportJournal(out_dir / "journal", identity, fresh=config.fresh, notice=notice,
-                           flush_every_s=config.journal_every_s)
+    journal = ReportJournal(
+        out_dir / "journal", identity, fresh=config.fresh, notice=notice, flush_every_s=config.journal_every_s
+    )
     references = ReferenceIndex(config.reference)  # a bad --reference fails here, before any scoring
     keys = [clip_key(row, want, references) for row, want in zip(rows, want_media)]
     scored = journal.reusable(keys)
@@ -258,12 +297,19 @@ def _run_locked(config: ReportConfig, progress: Callable[[int, int, str], None] 
         "lower_is_better": sorted(k for k in LOWER_IS_BETTER),
         "timings_ms_per_clip": _timings_ms(records),
         "journal": {"reused": reused, "scored": len(todo)},  # clips taken from the journal, scored now
-        "sample": None if sampled_from is None else {"clips": config.sample, "seed": config.sample_seed,
-                                                     "of_generated": sampled_from},
-        "timings_s_total": {"model_load": model_load_s,
-                            **{k[2:-2]: v for k, v in metrics.items() if k.startswith("t_")}},
-        "onset_definition": {"tolerance_s": config.onsets.tolerance_s, "prf_window_s": config.onsets.prf_window_s,
-                             "peak_delta": config.onsets.peak_delta, "max_duration_s": config.onsets.max_duration_s},
+        "sample": None
+        if sampled_from is None
+        else {"clips": config.sample, "seed": config.sample_seed, "of_generated": sampled_from},
+        "timings_s_total": {
+            "model_load": model_load_s,
+            **{k[2:-2]: v for k, v in metrics.items() if k.startswith("t_")},
+        },
+        "onset_definition": {
+            "tolerance_s": config.onsets.tolerance_s,
+            "prf_window_s": config.onsets.prf_window_s,
+            "peak_delta": config.onsets.peak_delta,
+            "max_duration_s": config.onsets.max_duration_s,
+        },
         "config": config.as_dict(),
         "run_config": run_config,
     }

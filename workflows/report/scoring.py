@@ -2,7 +2,6 @@
 the models loaded once (from the weights folder, or injected).
 """
 
-
 from __future__ import annotations
 
 import math
@@ -118,10 +117,19 @@ def nan_to_none(value):
 
 def _empty_record(row: GeneratedRow) -> dict:
     record: dict = {
-        "video_id": row.video_id, "source_path": None if row.source_path is None else str(row.source_path),
-        "status": "ok", "error": None, "generated_path": None, "reference_path": None,
-        "reference_kind": "none", "onset_reference": "none", "duration_s": None,
-        "n_reference_onsets": None, "n_generated_onsets": None, "n_class_events": None, "n_class_correct": None,
+        "video_id": row.video_id,
+        "source_path": None if row.source_path is None else str(row.source_path),
+        "status": "ok",
+        "error": None,
+        "generated_path": None,
+        "reference_path": None,
+        "reference_kind": "none",
+        "onset_reference": "none",
+        "duration_s": None,
+        "n_reference_onsets": None,
+        "n_generated_onsets": None,
+        "n_class_events": None,
+        "n_class_correct": None,
     }
     record.update({m: None for m in PER_CLIP_METRICS})
     record["ib_reason"] = None  # why a clip has no ib_score (no video, video too short, ...)
@@ -131,9 +139,15 @@ def _empty_record(row: GeneratedRow) -> dict:
 class _ClipScorer:
     """Per-clip metrics; keeps the embedding features for the set-level metrics."""
 
-    def __init__(self, config: ReportConfig, backends: dict[str, EmbeddingBackend], refs: ReferenceIndex,
-                 offsets: OffsetPredictor | None = None, clap: _ClapScorer | None = None,
-                 imagebind: ImageBindScorer | None = None) -> None:
+    def __init__(
+        self,
+        config: ReportConfig,
+        backends: dict[str, EmbeddingBackend],
+        refs: ReferenceIndex,
+        offsets: OffsetPredictor | None = None,
+        clap: _ClapScorer | None = None,
+        imagebind: ImageBindScorer | None = None,
+    ) -> None:
         self.config = config
         self.backends = backends
         self.refs = refs
@@ -194,8 +208,11 @@ class _ClipScorer:
                     ref_onsets = detect_onsets(ref, cfg.sample_rate, cfg.onsets).times_s
                     record["onset_reference"] = "reference_audio"
                 if ref_onsets is not None:
-                    scored_ref = ref_onsets if cfg.onsets.max_duration_s is None else \
-                        ref_onsets[ref_onsets < cfg.onsets.max_duration_s]
+                    scored_ref = (
+                        ref_onsets
+                        if cfg.onsets.max_duration_s is None
+                        else ref_onsets[ref_onsets < cfg.onsets.max_duration_s]
+                    )
                     record["n_reference_onsets"] = len(scored_ref)
                     record["onset_acc"], record["onset_ap"] = onset_acc_ap(detection, scored_ref, cfg.onsets)
                     p, r, f = onset_prf(gen_onsets, scored_ref, cfg.onsets.prf_window_s)
@@ -227,8 +244,9 @@ class _ClipScorer:
         if self.offsets is not None and row.source_path is not None:
             try:
                 with _Timer(record, "desync"):
-                    offsets = self.offsets.clip_offsets(str(row.source_path),
-                                                        gen_audio.model_input(16000, cfg.audio_length_s))
+                    offsets = self.offsets.clip_offsets(
+                        str(row.source_path), gen_audio.model_input(16000, cfg.audio_length_s)
+                    )
                     # none for clips under 4.8 s: the sync head has positions for 14 segments
                     record["desync_s"] = desync_score(offsets) if offsets else None
             except Exception as exc:
@@ -275,8 +293,9 @@ class _ClipScorer:
                 self._note(record, "plots", exc)
         return media
 
-    def _media(self, gen: np.ndarray, ref: np.ndarray | None, marks: np.ndarray | None,
-               gen_onsets: np.ndarray | None) -> ClipMedia:
+    def _media(
+        self, gen: np.ndarray, ref: np.ndarray | None, marks: np.ndarray | None, gen_onsets: np.ndarray | None
+    ) -> ClipMedia:
         """Pictures on one time axis; `marks` are the visual events (else the reference onsets)."""
         sr = self.config.sample_rate
         duration = max(len(gen), len(ref) if ref is not None else 0) / sr or 1.0
@@ -293,8 +312,9 @@ class _ClipScorer:
         return media
 
 
-def _load_backends(config: ReportConfig, locator: WeightsLocator,
-                   unavailable: dict[str, str]) -> dict[str, EmbeddingBackend]:
+def _load_backends(
+    config: ReportConfig, locator: WeightsLocator, unavailable: dict[str, str]
+) -> dict[str, EmbeddingBackend]:
     backends: dict[str, EmbeddingBackend] = {}
     for name in config.backends:
         try:
@@ -325,8 +345,9 @@ class LoadedModels:
         return _ClipScorer(config, self.backends, references, self.offsets, self.clap, self.imagebind)
 
 
-def load_models(config: ReportConfig, run_config: dict, rows: list[GeneratedRow],
-                injected: Injected = Injected()) -> LoadedModels:
+def load_models(
+    config: ReportConfig, run_config: dict, rows: list[GeneratedRow], injected: Injected = Injected()
+) -> LoadedModels:
     """Every model the report's metrics need, from the weights folder (or `injected`); what cannot
     load goes into `unavailable` with the reason."""
     import torch  # noqa: F401 - imported before timing so load_s is the models alone
@@ -341,8 +362,9 @@ def load_models(config: ReportConfig, run_config: dict, rows: list[GeneratedRow]
         unavailable["desync_s"] = "left out (--skip desync)"
     elif offsets is None:
         try:
-            offsets = build_offset_predictor(locator, config.device, max_duration_s=config.audio_length_s,
-                                             decode_backend=config.decode_backend)
+            offsets = build_offset_predictor(
+                locator, config.device, max_duration_s=config.audio_length_s, decode_backend=config.decode_backend
+            )
         except BackendUnavailable as exc:
             unavailable["desync_s"] = str(exc)
     clap_scorer = None
@@ -350,8 +372,11 @@ def load_models(config: ReportConfig, run_config: dict, rows: list[GeneratedRow]
         unavailable["clap_score"] = "left out (--skip clap)"
     elif wants_clap(config, run_config, rows):
         try:
-            clap_scorer = _ClapScorer(injected.clap if injected.clap is not None else build_clap(
-                locator, config.device, preprocess=ClapPreprocess(max_seconds=config.audio_length_s)))
+            clap_scorer = _ClapScorer(
+                injected.clap
+                if injected.clap is not None
+                else build_clap(locator, config.device, preprocess=ClapPreprocess(max_seconds=config.audio_length_s))
+            )
         except BackendUnavailable as exc:
             unavailable["clap_score"] = str(exc)
     else:
@@ -363,18 +388,29 @@ def load_models(config: ReportConfig, run_config: dict, rows: list[GeneratedRow]
         unavailable["ib_score"] = "no clip has a source video (text-to-audio): IB-score compares video and audio"
     else:
         try:
-            imagebind = injected.imagebind if injected.imagebind is not None else build_imagebind(
-                locator, config.device, duration_s=config.audio_length_s, decode_backend=config.decode_backend)
+            imagebind = (
+                injected.imagebind
+                if injected.imagebind is not None
+                else build_imagebind(
+                    locator, config.device, duration_s=config.audio_length_s, decode_backend=config.decode_backend
+                )
+            )
         except (BackendUnavailable, ValueError) as exc:  # ValueError: --audio-length under 4 s
             unavailable["ib_score"] = str(exc)
     unavailable.setdefault("kl_passt", unavailable.get("fad_passt", "passt backend not requested"))
     return LoadedModels(backends, offsets, clap_scorer, imagebind, unavailable, time.perf_counter() - start)
 
 
-def score_here(config: ReportConfig, run_config: dict, rows: list[GeneratedRow],
-                items: list[tuple[int, GeneratedRow, bool]], injected: Injected,
-                on_loaded: Callable[[dict[str, BackendInfo], float, dict[str, str]], None],
-                on_scored: Callable[[list[ScoredClip]], None], references: ReferenceIndex | None = None) -> None:
+def score_here(
+    config: ReportConfig,
+    run_config: dict,
+    rows: list[GeneratedRow],
+    items: list[tuple[int, GeneratedRow, bool]],
+    injected: Injected,
+    on_loaded: Callable[[dict[str, BackendInfo], float, dict[str, str]], None],
+    on_scored: Callable[[list[ScoredClip]], None],
+    references: ReferenceIndex | None = None,
+) -> None:
     """Score `items` (index, row, want media) in this process, the models loaded once."""
     models = load_models(config, run_config, rows, injected)
     on_loaded(models.infos(), models.load_s, models.unavailable)

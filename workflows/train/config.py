@@ -140,7 +140,9 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
     try:
         data = tomllib.loads(path.read_text())
     except FileNotFoundError:
-        raise FileNotFoundError(f"--config {path} does not exist (`dub train --write-config {path}` writes one)") from None
+        raise FileNotFoundError(
+            f"--config {path} does not exist (`dub train --write-config {path}` writes one)"
+        ) from None
     except tomllib.TOMLDecodeError as exc:
         raise ValueError(f"--config {path} is not valid TOML: {exc}") from None
     fields = {f.name for f in dataclasses.fields(TrainConfig)}
@@ -148,8 +150,10 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
     meanflow_fields = {f.name for f in dataclasses.fields(MeanFlowConfig)}
     unknown += [f"meanflow.{k}" for k in sorted(set(data.get("meanflow") or {}) - meanflow_fields)]
     if unknown:
-        raise ValueError(f"--config {path}: unknown settings {unknown}; known: {sorted(fields)} and "
-                         f"meanflow.{{{', '.join(sorted(meanflow_fields))}}}")
+        raise ValueError(
+            f"--config {path}: unknown settings {unknown}; known: {sorted(fields)} and "
+            f"meanflow.{{{', '.join(sorted(meanflow_fields))}}}"
+        )
     return data
 
 

@@ -101,24 +101,29 @@ def inspect_shard(path: str) -> tuple[dict, int]:
                 key, _, ext = Path(member.name).name.partition(".")
                 keys.add(key)
                 if member.offset_data + member.size > size:
-                    raise ShardError(f"shard {path} is truncated (member {member.name} runs past the end of the "
-                                     "file); re-run `dub extract` to rewrite it, or remove it")
+                    raise ShardError(
+                        f"shard {path} is truncated (member {member.name} runs past the end of the "
+                        "file); re-run `dub extract` to rewrite it, or remove it"
+                    )
                 if first_key is None:
                     first_key = key
                 if key == first_key:
                     handle = tar.extractfile(member)
                     raw[ext] = handle.read() if handle is not None else b""
     except (tarfile.TarError, OSError, EOFError) as exc:
-        raise ShardError(f"shard {path} is unreadable ({type(exc).__name__}: {exc}); re-run `dub extract` "
-                         "to rewrite it, or remove it") from None
+        raise ShardError(
+            f"shard {path} is unreadable ({type(exc).__name__}: {exc}); re-run `dub extract` "
+            "to rewrite it, or remove it"
+        ) from None
     if first_key is None:
         raise ShardError(f"shard {path} is empty; remove it or re-run `dub extract`")
     raw["__key__"] = first_key
     try:
         return decode_sample(raw), len(keys)
     except SampleError as exc:
-        raise ShardError(f"shard {path} is not a training shard: {exc}; "
-                         "make training shards with `dub extract`") from None
+        raise ShardError(
+            f"shard {path} is not a training shard: {exc}; make training shards with `dub extract`"
+        ) from None
 
 
 def check_shards(spec: str) -> ShardSet:
@@ -135,8 +140,10 @@ def check_shards(spec: str) -> ShardSet:
             shapes, first_meta = these, sample["meta"]
         elif these != shapes:
             diff = {k: (shapes[k], these[k]) for k in ARRAY_FIELDS if shapes[k] != these[k]}
-            raise ShardError(f"shard {path} has other shapes than {paths[0]}: {diff}; the shards come from "
-                             "different extract settings (window length or model): train on one set")
+            raise ShardError(
+                f"shard {path} has other shapes than {paths[0]}: {diff}; the shards come from "
+                "different extract settings (window length or model): train on one set"
+            )
     assert shapes is not None
     return ShardSet(tuple(paths), shapes, first_meta, directory, total)
 
@@ -180,8 +187,9 @@ def worker_share(paths: tuple[str, ...], rank: int, world: int) -> tuple[list[st
     return list(paths), world
 
 
-def sample_stream(paths: tuple[str, ...], rank: int, world: int, *, shuffle_buffer: int,
-                  seed: object) -> Iterator[dict]:
+def sample_stream(
+    paths: tuple[str, ...], rank: int, world: int, *, shuffle_buffer: int, seed: object
+) -> Iterator[dict]:
     """Endless shuffled samples for one worker: each epoch reshuffles the shard order and the
     buffer with a generator seeded from (seed, rank, epoch). A resumed run passes a new seed
     (the data order is not replayed exactly; the model state is)."""
@@ -218,8 +226,9 @@ def share_bytes(shards: ShardSet, world: int) -> int:
     return per_sample * -(-shards.num_samples // max(world, 1))
 
 
-def memory_batches(paths: tuple[str, ...], rank: int, world: int, batch_size: int, *,
-                   seed: object) -> Iterator[dict[str, np.ndarray]]:
+def memory_batches(
+    paths: tuple[str, ...], rank: int, world: int, batch_size: int, *, seed: object
+) -> Iterator[dict[str, np.ndarray]]:
     """Endless shuffled batches from this worker's share, read from the shards ONCE and held as
     stacked float32 arrays: an epoch is a permutation and a batch one fancy-indexing gather per
     field, so a small network is not waiting on tar reading and per-sample decoding. Each epoch
@@ -240,7 +249,7 @@ def memory_batches(paths: tuple[str, ...], rank: int, world: int, batch_size: in
             if pos == len(order):
                 order = np.random.default_rng(_seed_ints(seed, rank, epoch)).permutation(count)
                 epoch, pos = epoch + 1, 0
-            chunk = order[pos:pos + need]
+            chunk = order[pos : pos + need]
             take.append(chunk)
             pos += len(chunk)
             need -= len(chunk)
@@ -252,7 +261,7 @@ def _seed_ints(*parts: object) -> list[int]:
     import hashlib
 
     digest = hashlib.blake2b(":".join(map(str, parts)).encode(), digest_size=16).digest()
-    return [int.from_bytes(digest[i:i + 4], "little") for i in range(0, 16, 4)]
+    return [int.from_bytes(digest[i : i + 4], "little") for i in range(0, 16, 4)]
 
 
 def collate(samples: list[dict]) -> dict[str, np.ndarray]:

@@ -35,8 +35,9 @@ def evaluate_checkpoints(cfg: TrainConfig, shards: ShardSet, result) -> list[dic
     return [evaluate_checkpoint(cfg, bundle, step, path, resize=shards.resize) for step, path in sorted(chosen.items())]
 
 
-def evaluate_checkpoint(cfg: TrainConfig, bundle: str, step: int, checkpoint_dir: str, *,
-                        resize: str = "fast") -> dict[str, Any]:
+def evaluate_checkpoint(
+    cfg: TrainConfig, bundle: str, step: int, checkpoint_dir: str, *, resize: str = "fast"
+) -> dict[str, Any]:
     from dub.model.runtime.bundles import resolve_bundle
     from dub.model.runtime.generator import SamplerConfig
     from dub.workflows.generate.config import GenerateConfig
@@ -47,13 +48,21 @@ def evaluate_checkpoint(cfg: TrainConfig, bundle: str, step: int, checkpoint_dir
     out = cfg.resolved_log_dir / "eval" / f"step_{step:08d}"
     record: dict[str, Any] = {"step": step, "checkpoint": f"{checkpoint_dir}/{MODEL_FILE}", "dir": str(out)}
     try:
-        generated = run_generate(GenerateConfig(out_dir=str(out / "generated"), manifest=cfg.val_manifest,
-                                                model=bundle, checkpoint=record["checkpoint"], seed=cfg.seed,
-                                                resize=resize,  # the bundle's sampler: what `dub generate` runs
-                                                sampler=SamplerConfig(**resolve_bundle(bundle).sampler.as_dict())))
+        generated = run_generate(
+            GenerateConfig(
+                out_dir=str(out / "generated"),
+                manifest=cfg.val_manifest,
+                model=bundle,
+                checkpoint=record["checkpoint"],
+                seed=cfg.seed,
+                resize=resize,  # the bundle's sampler: what `dub generate` runs
+                sampler=SamplerConfig(**resolve_bundle(bundle).sampler.as_dict()),
+            )
+        )
         record["generate"] = generated.as_dict()
-        report = run_report(ReportConfig(run_dir=str(out / "generated"), out_dir=str(out / "report"),
-                                         reference=cfg.val_manifest))
+        report = run_report(
+            ReportConfig(run_dir=str(out / "generated"), out_dir=str(out / "report"), reference=cfg.val_manifest)
+        )
         record["summary"] = report.summary.get("metrics", report.summary)
     except Exception as exc:  # noqa: BLE001 - an evaluation failure must not lose the trained run
         record["error"] = f"{type(exc).__name__}: {exc}"

@@ -84,8 +84,9 @@ def train_loop_per_worker(job: dict[str, Any]) -> None:
     if job.get("in_memory"):
         data = memory_batches(tuple(job["shards"]), rank, world, cfg.batch_size, seed=f"{cfg.seed}:{step}")
     else:
-        stream = sample_stream(tuple(job["shards"]), rank, world, shuffle_buffer=cfg.shuffle_buffer,
-                               seed=f"{cfg.seed}:{step}")
+        stream = sample_stream(
+            tuple(job["shards"]), rank, world, shuffle_buffer=cfg.shuffle_buffer, seed=f"{cfg.seed}:{step}"
+        )
         data = batches(stream, cfg.batch_size)
     if cfg.objective == "meanflow":
         jvp = resolve_tangent_kind(cfg.jvp, device)
@@ -115,10 +116,14 @@ def train_loop_per_worker(job: dict[str, Any]) -> None:
 
         if step % cfg.log_every == 0 or step == cfg.steps:
             now = time.perf_counter()
-            row = {"step": step, **mean_over_workers({"loss": metrics["loss"], "mse": metrics["mse"]}, device),
-                   "grad_norm": float(grad_norm), "lr": lr,
-                   "samples_per_s": steps_since_log * cfg.batch_size * world / max(now - last_log, 1e-9),
-                   "elapsed_s": elapsed_before + now - started}
+            row = {
+                "step": step,
+                **mean_over_workers({"loss": metrics["loss"], "mse": metrics["mse"]}, device),
+                "grad_norm": float(grad_norm),
+                "lr": lr,
+                "samples_per_s": steps_since_log * cfg.batch_size * world / max(now - last_log, 1e-9),
+                "elapsed_s": elapsed_before + now - started,
+            }
             if rank == 0:
                 append_metrics(Path(job["metrics_csv"]), row)
             last_log, steps_since_log = now, 0
@@ -128,8 +133,11 @@ def train_loop_per_worker(job: dict[str, Any]) -> None:
                 elapsed = elapsed_before + time.perf_counter() - started
                 save(Path(folder), step, elapsed, net, ema, optimizer, scheduler, generator, rank, job)
                 report = {"step": step, "loss": metrics["loss"], "grad_norm": float(grad_norm)}
-                ray.train.report(report, checkpoint=ray.train.Checkpoint.from_directory(folder),
-                                 checkpoint_dir_name=checkpoint_dir_name(step))
+                ray.train.report(
+                    report,
+                    checkpoint=ray.train.Checkpoint.from_directory(folder),
+                    checkpoint_dir_name=checkpoint_dir_name(step),
+                )
 
 
 # ------------------------------------------------------------------------------- pieces
@@ -203,32 +211,66 @@ def mean_over_workers(values: dict[str, float], device: torch.device) -> dict[st
 # ------------------------------------------------------------------------- checkpoints
 
 
-def save(folder: Path, step: int, elapsed_s: float, net: MFMJT, ema: MFMJT, optimizer, scheduler,
-         generator: torch.Generator, rank: int, job: dict[str, Any]) -> None:
+def save(
+    folder: Path,
+    step: int,
+    elapsed_s: float,
+    net: MFMJT,
+    ema: MFMJT,
+    optimizer,
+    scheduler,
+    generator: torch.Generator,
+    rank: int,
+    job: dict[str, Any],
+) -> None:
     """Rank 0 writes the weights and state; every rank its generator (Ray merges the folders)."""
     # each rank's weight fingerprint (per-parameter float64 sums): DDP must keep the replicas
     # identical, and a checkpoint that shows it can be checked after the fact
     fingerprint = torch.stack([p.detach().double().sum().cpu() for p in net.parameters()])
-    torch.save({"generator": generator.get_state(), "torch": torch.get_rng_state(), "weights": fingerprint},
-               folder / f"rng_rank{rank}.pt")
+    torch.save(
+        {"generator": generator.get_state(), "torch": torch.get_rng_state(), "weights": fingerprint},
+        folder / f"rng_rank{rank}.pt",
+    )
     if rank != 0:
         return
     cfg = TrainConfig.from_dict(job["train"])
-    meta = {"step": step, "objective": cfg.objective, "run": cfg.name, "network": job["network"],
-            "train": job["train"], "shards": job["shard_info"]}
+    meta = {
+        "step": step,
+        "objective": cfg.objective,
+        "run": cfg.name,
+        "network": job["network"],
+        "train": job["train"],
+        "shards": job["shard_info"],
+    }
     info = job["shard_info"]
-    save_checkpoint(ema if cfg.ema_decay > 0 else net, folder / MODEL_FILE,
-                    metadata={"step": step, "objective": cfg.objective, "run": cfg.name, "ema": cfg.ema_decay > 0,
-                              "bundle": info.get("bundle"), "window_s": info.get("window_s")})
+    save_checkpoint(
+        ema if cfg.ema_decay > 0 else net,
+        folder / MODEL_FILE,
+        metadata={
+            "step": step,
+            "objective": cfg.objective,
+            "run": cfg.name,
+            "ema": cfg.ema_decay > 0,
+            "bundle": info.get("bundle"),
+            "window_s": info.get("window_s"),
+        },
+    )
     save_checkpoint(net, folder / ONLINE_FILE, metadata={"step": step})
-    torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "step": step,
-                "elapsed_s": elapsed_s},
-               folder / STATE_FILE)
+    torch.save(
+        {
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "step": step,
+            "elapsed_s": elapsed_s,
+        },
+        folder / STATE_FILE,
+    )
     (folder / META_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True))
 
 
-def restore(folder: Path, net: MFMJT, ema: MFMJT, optimizer, scheduler, generator: torch.Generator,
-            rank: int) -> tuple[int, float]:
+def restore(
+    folder: Path, net: MFMJT, ema: MFMJT, optimizer, scheduler, generator: torch.Generator, rank: int
+) -> tuple[int, float]:
     """Load a checkpoint written by `save` into the live objects; returns (step, training seconds)."""
     apply_state_dict(net, load_state_dict_file(folder / ONLINE_FILE))
     apply_state_dict(ema, load_state_dict_file(folder / MODEL_FILE))

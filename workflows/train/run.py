@@ -53,15 +53,18 @@ def run_train(cfg: TrainConfig, on_metrics: MetricsCallback | None = None) -> Tr
     shards = check_shards(cfg.shards)  # before any worker starts: a bad shard fails here
     writer = writer_of(shards.directory) if shards.directory else None
     if writer is not None:  # its finished shards are whole, but the set is not: training would miss the rest
-        raise TrainError(f"the shards in {shards.directory} are still being written ({writer}); wait for it to "
-                         "finish, or pass the shards to train on as a glob or a list")
+        raise TrainError(
+            f"the shards in {shards.directory} are still being written ({writer}); wait for it to "
+            "finish, or pass the shards to train on as a glob or a list"
+        )
     network = resolve_network(cfg, shards)
     with exclusive_output(cfg.resolved_log_dir, "train"):  # one run per name: checkpoints, metrics
         return _run_locked(cfg, on_metrics, shards, network, started)
 
 
-def _run_locked(cfg: TrainConfig, on_metrics: MetricsCallback | None, shards: ShardSet, network: NetworkConfig,
-                started: float) -> TrainResult:
+def _run_locked(
+    cfg: TrainConfig, on_metrics: MetricsCallback | None, shards: ShardSet, network: NetworkConfig, started: float
+) -> TrainResult:
     import ray.train
     from ray.train.torch import TorchTrainer
 
@@ -77,8 +80,10 @@ def _run_locked(cfg: TrainConfig, on_metrics: MetricsCallback | None, shards: Sh
     have = resources.gpus if use_gpu else resources.cpus
     if workers > have:  # Ray would wait forever for the missing resources
         kind = "GPUs" if use_gpu else "CPUs"
-        raise TrainError(f"--workers {workers} needs {workers} {kind}, but the Ray cluster has {have:g}; "
-                         "use fewer workers or a bigger cluster (--address)")
+        raise TrainError(
+            f"--workers {workers} needs {workers} {kind}, but the Ray cluster has {have:g}; "
+            "use fewer workers or a bigger cluster (--address)"
+        )
 
     log_dir = cfg.resolved_log_dir
     log_dir.mkdir(parents=True, exist_ok=True)
@@ -92,8 +97,9 @@ def _run_locked(cfg: TrainConfig, on_metrics: MetricsCallback | None, shards: Sh
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config=job,
-        scaling_config=ray.train.ScalingConfig(num_workers=workers, use_gpu=use_gpu,
-                                               resources_per_worker={"CPU": cpus_per_worker}),
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=workers, use_gpu=use_gpu, resources_per_worker={"CPU": cpus_per_worker}
+        ),
         run_config=ray.train.RunConfig(
             name=cfg.name,
             storage_path=cfg.resolved_storage_path,
@@ -107,10 +113,15 @@ def _run_locked(cfg: TrainConfig, on_metrics: MetricsCallback | None, shards: Sh
     step = _checkpoint_step(checkpoint_dir) if checkpoint_dir else 0
     parquet = _metrics_to_parquet(metrics_csv)
     out = TrainResult(
-        run_dir=cfg.run_dir, checkpoint_dir=checkpoint_dir,
-        model_path=f"{checkpoint_dir}/{MODEL_FILE}" if checkpoint_dir else None, step=step,
-        metrics_csv=str(metrics_csv), metrics_parquet=str(parquet) if parquet else None,
-        wall_s=time.perf_counter() - started, workers=workers, use_gpu=use_gpu,
+        run_dir=cfg.run_dir,
+        checkpoint_dir=checkpoint_dir,
+        model_path=f"{checkpoint_dir}/{MODEL_FILE}" if checkpoint_dir else None,
+        step=step,
+        metrics_csv=str(metrics_csv),
+        metrics_parquet=str(parquet) if parquet else None,
+        wall_s=time.perf_counter() - started,
+        workers=workers,
+        use_gpu=use_gpu,
     )
     if cfg.val_manifest is not None:
         from dub.workflows.train.evaluate import evaluate_checkpoints
@@ -132,8 +143,10 @@ def resolve_network(cfg: TrainConfig, shards: ShardSet) -> NetworkConfig:
         clash = {k: (getattr(base, k), data[k]) for k in fixed if getattr(base, k) != data[k]}
         if clash:
             listed = ", ".join(f"{k}: weights {w} vs shards {d}" for k, (w, d) in clash.items())
-            raise TrainError(f"--init {cfg.init} does not fit the shards ({listed}); extract the shards with "
-                             "the encoders and codec these weights were trained with")
+            raise TrainError(
+                f"--init {cfg.init} does not fit the shards ({listed}); extract the shards with "
+                "the encoders and codec these weights were trained with"
+            )
         return dataclasses.replace(base, **data)
     preset = cfg.preset or _bundle_preset(shards) or DEFAULT_PRESET
     try:
@@ -146,10 +159,14 @@ def resolve_network(cfg: TrainConfig, shards: ShardSet) -> NetworkConfig:
 def _data_dims(shards: ShardSet) -> dict[str, int]:
     s = shards.shapes
     return {
-        "latent_seq_len": s["latent_mean"][0], "latent_dim": s["latent_mean"][1],
-        "clip_seq_len": s["clip_f"][0], "clip_dim": s["clip_f"][1],
-        "sync_seq_len": s["sync_f"][0], "sync_dim": s["sync_f"][1],
-        "text_seq_len": s["text_f"][0], "text_dim": s["text_f"][1],
+        "latent_seq_len": s["latent_mean"][0],
+        "latent_dim": s["latent_mean"][1],
+        "clip_seq_len": s["clip_f"][0],
+        "clip_dim": s["clip_f"][1],
+        "sync_seq_len": s["sync_f"][0],
+        "sync_dim": s["sync_f"][1],
+        "text_seq_len": s["text_f"][0],
+        "text_dim": s["text_f"][1],
     }
 
 
@@ -184,13 +201,21 @@ def _bundle_preset(shards: ShardSet) -> str | None:
 
 def _job(cfg: TrainConfig, shards: ShardSet, network: NetworkConfig, metrics_csv: Path) -> dict[str, Any]:
     job: dict[str, Any] = {
-        "train": cfg.as_dict(), "network": network.as_dict(), "shards": list(shards.paths),
+        "train": cfg.as_dict(),
+        "network": network.as_dict(),
+        "shards": list(shards.paths),
         "metrics_csv": str(metrics_csv),
-        "shard_info": {"count": len(shards.paths), "samples": shards.num_samples, "directory": shards.directory,
-                       "bundle": shards.first_meta.get("bundle"),
-                       "window_s": shards.first_meta.get("length_s"),
-                       "shapes": {k: list(v) for k, v in shards.shapes.items()}},
-        "latent_mean": None, "latent_std": None, "empty_text": None,
+        "shard_info": {
+            "count": len(shards.paths),
+            "samples": shards.num_samples,
+            "directory": shards.directory,
+            "bundle": shards.first_meta.get("bundle"),
+            "window_s": shards.first_meta.get("length_s"),
+            "shapes": {k: list(v) for k, v in shards.shapes.items()},
+        },
+        "latent_mean": None,
+        "latent_std": None,
+        "empty_text": None,
     }
     if cfg.init is None:
         mean, std = latent_statistics(shards.paths, cfg.stats_samples)
@@ -222,7 +247,8 @@ def _check_earlier_run(cfg: TrainConfig, network: NetworkConfig) -> None:
         raise TrainError(
             f"run {cfg.name!r} in {cfg.resolved_storage_path} was trained with another network or objective "
             f"(see {latest / META_FILE}); a rerun with the same --name resumes it. Pick a new --name, or "
-            "delete the old run folder to start over.")
+            "delete the old run folder to start over."
+        )
 
 
 def _checkpoint_step(path: str) -> int:
@@ -262,7 +288,7 @@ class _MetricsTail:
         rows = _read_rows(self.path)
         if len(rows) < self._seen:  # the log was trimmed on resume
             self._seen = len(rows)
-        for row in rows[self._seen:]:
+        for row in rows[self._seen :]:
             self.callback({k: float(v) for k, v in row.items()})
         self._seen = len(rows)
 

@@ -47,13 +47,34 @@ import torch
 HERE = Path(__file__).resolve().parent
 SEED = 1234
 JOINT = 32
-TINY_ROBERTA = dict(hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=32,
-                    max_position_embeddings=80, type_vocab_size=1, layer_norm_eps=1e-5, pad_token_id=1,
-                    bos_token_id=0, eos_token_id=2, hidden_dropout_prob=0.1, attention_probs_dropout_prob=0.1)
+TINY_ROBERTA = dict(
+    hidden_size=16,
+    num_hidden_layers=2,
+    num_attention_heads=2,
+    intermediate_size=32,
+    max_position_embeddings=80,
+    type_vocab_size=1,
+    layer_norm_eps=1e-5,
+    pad_token_id=1,
+    bos_token_id=0,
+    eos_token_id=2,
+    hidden_dropout_prob=0.1,
+    attention_probs_dropout_prob=0.1,
+)
 # roberta-base's published config.json
-ROBERTA_BASE = dict(vocab_size=50265, hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
-                    intermediate_size=3072, max_position_embeddings=514, type_vocab_size=1, layer_norm_eps=1e-5,
-                    pad_token_id=1, bos_token_id=0, eos_token_id=2)
+ROBERTA_BASE = dict(
+    vocab_size=50265,
+    hidden_size=768,
+    num_hidden_layers=12,
+    num_attention_heads=12,
+    intermediate_size=3072,
+    max_position_embeddings=514,
+    type_vocab_size=1,
+    layer_norm_eps=1e-5,
+    pad_token_id=1,
+    bos_token_id=0,
+    eos_token_id=2,
+)
 TINY_HTSAT = dict(embed_dim=4, depths=[2, 2, 2, 2], num_heads=[1, 1, 2, 2], num_classes=5)
 AUDIO_LENGTHS = (14400, 100000, 250000, 384000, 480000)
 TEXTS = [
@@ -67,9 +88,11 @@ TEXTS = [
     "Quiet QQ question",  # 'Q' is left out of the tiny vocabulary: <unk>
     " ".join(f"word{i} birds chirp" for i in range(40)),  # longer than 75 tokens: truncated
 ]
-CORPUS = ("a dog barks twice then rain falls on a tin roof birds chirp in the morning the engine hums "
-          "water drips and a door slams footsteps on wooden floor wind blows through trees it's raining "
-          "numbers 123 and 4567 spaces café")
+CORPUS = (
+    "a dog barks twice then rain falls on a tin roof birds chirp in the morning the engine hums "
+    "water drips and a door slams footsteps on wooden floor wind blows through trees it's raining "
+    "numbers 123 and 4567 spaces café"
+)
 
 
 def test_signal(length: int, index: int) -> np.ndarray:
@@ -86,8 +109,7 @@ def test_signal(length: int, index: int) -> np.ndarray:
 
 
 def bytes_to_unicode() -> dict[int, str]:
-    bs = (list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1))
-          + list(range(ord("®"), ord("ÿ") + 1)))
+    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
     cs = bs[:]
     n = 0
     for b in range(256):
@@ -167,11 +189,21 @@ def patch_reference():
     htsat_kind = {"tiny": True}
 
     def create_htsat(audio_cfg, enable_fusion=False, fusion_type="None"):
-        sizes = TINY_HTSAT if htsat_kind["tiny"] else dict(embed_dim=128, depths=[2, 2, 12, 2],
-                                                             num_heads=[4, 8, 16, 32], num_classes=527)
-        return HTSAT_Swin_Transformer(spec_size=256, patch_size=4, patch_stride=(4, 4), window_size=8,
-                                      config=audio_cfg, enable_fusion=enable_fusion, fusion_type=fusion_type,
-                                      **sizes)
+        sizes = (
+            TINY_HTSAT
+            if htsat_kind["tiny"]
+            else dict(embed_dim=128, depths=[2, 2, 12, 2], num_heads=[4, 8, 16, 32], num_classes=527)
+        )
+        return HTSAT_Swin_Transformer(
+            spec_size=256,
+            patch_size=4,
+            patch_stride=(4, 4),
+            window_size=8,
+            config=audio_cfg,
+            enable_fusion=enable_fusion,
+            fusion_type=fusion_type,
+            **sizes,
+        )
 
     clap_model.create_htsat_model = create_htsat
     cfg = json.loads(json.dumps(_MODEL_CONFIGS["HTSAT-base"]))
@@ -191,8 +223,9 @@ def main() -> None:
     torch.manual_seed(SEED)
     module = laion_clap.CLAP_Module(enable_fusion=False, device="cpu", amodel="HTSAT-fixture")
     model = module.model
-    model.text_projection = nn.Sequential(nn.Linear(TINY_ROBERTA["hidden_size"], JOINT), nn.ReLU(),
-                                          nn.Linear(JOINT, JOINT))
+    model.text_projection = nn.Sequential(
+        nn.Linear(TINY_ROBERTA["hidden_size"], JOINT), nn.ReLU(), nn.Linear(JOINT, JOINT)
+    )
     # random everything (the constructors leave LayerNorm/BatchNorm at identity, biases at 0,
     # bias tables near 0): draw each learned tensor and bn0's statistics so that each one matters
     gen = torch.Generator().manual_seed(SEED)
@@ -224,8 +257,7 @@ def main() -> None:
     tmp.unlink()
     module.eval()
 
-    learned = {k: v.contiguous() for k, v in module.model.state_dict().items()
-               if not any(c in k for c in constant)}
+    learned = {k: v.contiguous() for k, v in module.model.state_dict().items() if not any(c in k for c in constant)}
     from safetensors.torch import save_file
 
     save_file(learned, str(HERE / "weights.safetensors"))
@@ -237,29 +269,50 @@ def main() -> None:
         text = module.get_text_embedding(TEXTS, use_tensor=True)
         # the parts, for locating a mismatch: log mel of clip 0 (before bn0), audio branch embedding
         branch = model.audio_branch
-        x = torch.from_numpy(np.pad(np.tile(waves[0], 480000 // len(waves[0])),
-                                    (0, 480000 - 480000 // len(waves[0]) * len(waves[0]))))[None]
+        x = torch.from_numpy(
+            np.pad(np.tile(waves[0], 480000 // len(waves[0])), (0, 480000 - 480000 // len(waves[0]) * len(waves[0])))
+        )[None]
         log_mel = branch.logmel_extractor(branch.spectrogram_extractor(x))
         branch_embedding = branch({"waveform": x}, device="cpu")["embedding"]
         pooled = model.text_branch(**{k: v for k, v in module.tokenizer(TEXTS[:2]).items()})["pooler_output"]
     tokens = module.tokenizer(TEXTS)
 
     reference = {
-        "produced_by": {"laion_clap": "1.1.7", "transformers": transformers.__version__, "torch": torch.__version__,
-                        "numpy": np.__version__, "script": "tests/data/clap_fixture/make_fixture.py"},
-        "config": {"htsat": TINY_HTSAT, "roberta": {k: TINY_ROBERTA[k] for k in (
-            "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
-            "max_position_embeddings", "type_vocab_size", "layer_norm_eps", "pad_token_id")},
-                   "vocab_size": len(json.loads((HERE / "vocab.json").read_text(encoding="utf-8"))),
-                   "joint_dim": JOINT},
+        "produced_by": {
+            "laion_clap": "1.1.7",
+            "transformers": transformers.__version__,
+            "torch": torch.__version__,
+            "numpy": np.__version__,
+            "script": "tests/data/clap_fixture/make_fixture.py",
+        },
+        "config": {
+            "htsat": TINY_HTSAT,
+            "roberta": {
+                k: TINY_ROBERTA[k]
+                for k in (
+                    "hidden_size",
+                    "num_hidden_layers",
+                    "num_attention_heads",
+                    "intermediate_size",
+                    "max_position_embeddings",
+                    "type_vocab_size",
+                    "layer_norm_eps",
+                    "pad_token_id",
+                )
+            },
+            "vocab_size": len(json.loads((HERE / "vocab.json").read_text(encoding="utf-8"))),
+            "joint_dim": JOINT,
+        },
         "texts": TEXTS,
         "input_ids": tokens["input_ids"].tolist(),
         "attention_mask": tokens["attention_mask"].tolist(),
         "tokens": [module.tokenize.tokenize(t) for t in TEXTS],
-        "audio": {"lengths": list(AUDIO_LENGTHS),
-                  "sums": [float(np.sum(w, dtype=np.float64)) for w in waves],
-                  "abs_sums": [float(np.sum(np.abs(w), dtype=np.float64)) for w in waves],
-                  "first": [w[:4].tolist() for w in waves]},
+        "audio": {
+            "lengths": list(AUDIO_LENGTHS),
+            "sums": [float(np.sum(w, dtype=np.float64)) for w in waves],
+            "abs_sums": [float(np.sum(np.abs(w), dtype=np.float64)) for w in waves],
+            "first": [w[:4].tolist() for w in waves],
+        },
         "audio_embedding": audio_tensor.tolist(),  # use_tensor=True: no quantisation (av-benchmark)
         "audio_embedding_quantized": np.asarray(audio_numpy).tolist(),  # numpy input: int16 round trip
         "text_embedding": text.tolist(),
@@ -273,7 +326,8 @@ def main() -> None:
     roberta_kind["config"] = {k: v for k, v in ROBERTA_BASE.items() if k != "vocab_size"}
     htsat_kind["tiny"] = False
     transformers.RobertaModel.from_pretrained = classmethod(
-        lambda cls, *a, **k: cls(transformers.RobertaConfig(**ROBERTA_BASE)))
+        lambda cls, *a, **k: cls(transformers.RobertaConfig(**ROBERTA_BASE))
+    )
     full = laion_clap.CLAP_Module(enable_fusion=False, device="cpu", amodel="HTSAT-base")
     listing = {k: list(v.shape) for k, v in full.model.state_dict().items()}
     (HERE / "htsat_base_keys.json").write_text(json.dumps(listing, indent=0), encoding="utf-8")

@@ -55,12 +55,27 @@ from safetensors.torch import save_file
 from torchvision.transforms import v2
 
 HERE = Path(__file__).resolve().parent
-TINY = dict(out_embed_dim=24, vision_embed_dim=16, vision_num_blocks=2, vision_num_heads=2,
-            audio_embed_dim=16, audio_num_blocks=2, audio_num_heads=2,
-            text_embed_dim=8, text_num_blocks=1, text_num_heads=2,
-            depth_embed_dim=8, depth_num_blocks=1, depth_num_heads=2,
-            thermal_embed_dim=8, thermal_num_blocks=1, thermal_num_heads=2,
-            imu_embed_dim=8, imu_num_blocks=1, imu_num_heads=2)
+TINY = dict(
+    out_embed_dim=24,
+    vision_embed_dim=16,
+    vision_num_blocks=2,
+    vision_num_heads=2,
+    audio_embed_dim=16,
+    audio_num_blocks=2,
+    audio_num_heads=2,
+    text_embed_dim=8,
+    text_num_blocks=1,
+    text_num_heads=2,
+    depth_embed_dim=8,
+    depth_num_blocks=1,
+    depth_num_heads=2,
+    thermal_embed_dim=8,
+    thermal_num_blocks=1,
+    thermal_num_heads=2,
+    imu_embed_dim=8,
+    imu_num_blocks=1,
+    imu_num_heads=2,
+)
 MODALITIES = ("vision", "audio")
 CLIP_MEAN, CLIP_STD = [0.48145466, 0.4578275, 0.40821073], [0.26862954, 0.26130258, 0.27577711]
 
@@ -76,9 +91,11 @@ def randomise(model: torch.nn.Module, seed: int) -> None:
             if not ours(name):
                 continue
             noise = torch.randn(p.shape, generator=gen)
-            if "norm" in name and name.endswith("weight") or name.endswith(("heads.vision.0.weight",
-                                                                              "heads.audio.0.weight",
-                                                                              "pre_transformer_layer.0.weight")):
+            if (
+                "norm" in name
+                and name.endswith("weight")
+                or name.endswith(("heads.vision.0.weight", "heads.audio.0.weight", "pre_transformer_layer.0.weight"))
+            ):
                 p.copy_(1.0 + 0.2 * noise)  # LayerNorm gains around 1
             elif p.dim() > 1 and "pos_embed" not in name and "cls_token" not in name and "bias_" not in name:
                 p.copy_(noise / math.sqrt(math.prod(p.shape[1:])))  # fan-in scaled weights
@@ -94,7 +111,7 @@ def audio_clips(waveform: torch.Tensor) -> tuple[torch.Tensor, list]:
     points = get_clip_timepoints(sampler, waveform.size(1) / 16000)
     clips = []
     for start, end in points:
-        clip = waveform[:, int(start * 16000):int(end * 16000)]
+        clip = waveform[:, int(start * 16000) : int(end * 16000)]
         clips.append(waveform2melspec(clip, 16000, 128, 204))
     normalize = v2.Normalize(mean=[-4.268], std=[9.138])
     return torch.stack([normalize(c) for c in clips]), [(float(s), float(e)) for s, e in points]
@@ -111,19 +128,22 @@ def main() -> None:
     yy, xx = torch.meshgrid(torch.arange(40.0), torch.arange(64.0), indexing="ij")
     frames = []
     for t in range(3):
-        base = torch.stack([torch.sin(xx / (5 + t) + yy / 7), torch.cos(yy / (4 + t) - xx / 11),
-                            torch.sin((xx + yy) / (6 + 2 * t))], dim=-1)
+        base = torch.stack(
+            [torch.sin(xx / (5 + t) + yy / 7), torch.cos(yy / (4 + t) - xx / 11), torch.sin((xx + yy) / (6 + 2 * t))],
+            dim=-1,
+        )
         frames.append(((base * 0.5 + 0.5) * 200 + 20 * torch.rand(40, 64, 3, generator=gen)).round())
     frames_u8 = torch.stack(frames).clamp(0, 255).to(torch.uint8)  # (T, H, W, 3)
     chunk = frames_u8.permute(0, 3, 1, 2)  # (T, C, H, W), as torio's rgb24 chunk
     resize = v2.Resize(224, interpolation=v2.InterpolationMode.BICUBIC)
     resized = resize(chunk)
-    transform = v2.Compose([resize, v2.ToImage(), v2.ToDtype(torch.float32, scale=True),
-                            v2.Normalize(mean=CLIP_MEAN, std=CLIP_STD)])
+    transform = v2.Compose(
+        [resize, v2.ToImage(), v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean=CLIP_MEAN, std=CLIP_STD)]
+    )
     video = torch.stack(SpatialCrop(224, 3)([transform(chunk)]))  # (3, T, C, 224, 224)
     x = video[None]
     b, crops, t, c, h, w = x.shape
-    clips = torch.cat([x[:, :, i:i + 2] for i in range(t - 1)], dim=1)
+    clips = torch.cat([x[:, :, i : i + 2] for i in range(t - 1)], dim=1)
     clips = rearrange(clips, "b n t c h w -> b n c t h w")
 
     # audio: 2.5 s (three overlapping clips) and 1.2 s (shorter than one clip)
@@ -142,9 +162,16 @@ def main() -> None:
         audio = model({ModalityType.AUDIO: torch.stack([mel_a, mel_b])})[ModalityType.AUDIO]
 
     io = {
-        "frames_u8": frames_u8, "resized_u8_sub": resized[..., ::4, ::4], "video_input_sub": video[..., ::8, ::8],
-        "vision_embedding": vision, "vision_clip_embeddings": per_clip,
-        "wav_a": wav_a, "wav_b": wav_b, "mel_a_sub": mel_a[..., ::2, ::2], "mel_b_sub": mel_b[..., ::2, ::2], "audio_embedding": audio,
+        "frames_u8": frames_u8,
+        "resized_u8_sub": resized[..., ::4, ::4],
+        "video_input_sub": video[..., ::8, ::8],
+        "vision_embedding": vision,
+        "vision_clip_embeddings": per_clip,
+        "wav_a": wav_a,
+        "wav_b": wav_b,
+        "mel_a_sub": mel_a[..., ::2, ::2],
+        "mel_b_sub": mel_b[..., ::2, ::2],
+        "audio_embedding": audio,
     }
     save_file({k: v.contiguous() for k, v in io.items()}, str(HERE / "io.safetensors"))
     weights = {k: v.contiguous() for k, v in model.state_dict().items() if ours(k)}
@@ -157,8 +184,10 @@ def main() -> None:
     torch.linspace = linspace
     meta = {
         "generated_by": "tests/data/imagebind_fixture/make_fixture.py",
-        "packages": {"imagebind-packaged": "0.1.2 (unpacked sdist, data.py imports patched as above)",
-                     **{name: version(name) for name in ("torch", "torchvision", "torchaudio", "pytorchvideo")}},
+        "packages": {
+            "imagebind-packaged": "0.1.2 (unpacked sdist, data.py imports patched as above)",
+            **{name: version(name) for name in ("torch", "torchvision", "torchaudio", "pytorchvideo")},
+        },
         "tiny_config": TINY,
         "video_input_shape": list(video.shape),
         "video_input_stats": {"sum": float(video.double().sum()), "abs_sum": float(video.double().abs().sum())},

@@ -39,14 +39,36 @@ from safetensors.torch import save_file
 
 HERE = Path(__file__).resolve().parent
 TINY = dict(embed_dim=32, depth=2, num_heads=4)
-GEOMETRY = dict(img_size=(128, 998), patch_size=16, stride=(10, 10), in_chans=1, num_classes=527,
-                distilled=True, u_patchout=0, s_patchout_t=0, s_patchout_f=0)
+GEOMETRY = dict(
+    img_size=(128, 998),
+    patch_size=16,
+    stride=(10, 10),
+    in_chans=1,
+    num_classes=527,
+    distilled=True,
+    u_patchout=0,
+    s_patchout_t=0,
+    s_patchout_f=0,
+)
 
 
 def basic_mel() -> AugmentMelSTFT:
     # the exact arguments of hear21passt.base.get_basic_model
-    return AugmentMelSTFT(n_mels=128, sr=32000, win_length=800, hopsize=320, n_fft=1024, freqm=48, timem=192,
-                          htk=False, fmin=0.0, fmax=None, norm=1, fmin_aug_range=10, fmax_aug_range=2000)
+    return AugmentMelSTFT(
+        n_mels=128,
+        sr=32000,
+        win_length=800,
+        hopsize=320,
+        n_fft=1024,
+        freqm=48,
+        timem=192,
+        htk=False,
+        fmin=0.0,
+        fmax=None,
+        norm=1,
+        fmin_aug_range=10,
+        fmax_aug_range=2000,
+    )
 
 
 def randomise(net: torch.nn.Module, seed: int) -> None:
@@ -81,9 +103,15 @@ def main() -> None:
         mel_padded = model.mel(padded)
         short_logits, short_embedding = net(mel_a[None, None])
     io = {
-        "wav_a": wav_a, "wav_b": wav_b, "mel_a": mel_a, "mel_b": mel_b,
-        "logits": out[:, :527], "embedding": out[:, 527:], "mel_padded_head": mel_padded[:, :, :16],
-        "short_logits_a": short_logits[0], "short_embedding_a": short_embedding[0],
+        "wav_a": wav_a,
+        "wav_b": wav_b,
+        "mel_a": mel_a,
+        "mel_b": mel_b,
+        "logits": out[:, :527],
+        "embedding": out[:, 527:],
+        "mel_padded_head": mel_padded[:, :, :16],
+        "short_logits_a": short_logits[0],
+        "short_embedding_a": short_embedding[0],
     }
     save_file({k: v.contiguous().float() for k, v in io.items()}, str(HERE / "io.safetensors"))
     save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(HERE / "weights.safetensors"))
@@ -92,8 +120,14 @@ def main() -> None:
     meta = {
         "generated_by": "tests/data/passt_fixture/make_fixture.py",
         "packages": {name: version(name) for name in ("hear21passt", "torch", "torchaudio")},
-        "tiny_config": {**TINY, "num_classes": 527, "patch_size": 16, "stride": 10,
-                        "input_mels": 128, "input_frames": 998},
+        "tiny_config": {
+            **TINY,
+            "num_classes": 527,
+            "patch_size": 16,
+            "stride": 10,
+            "input_mels": 128,
+            "input_frames": 998,
+        },
         "padded_frames": int(mel_padded.shape[-1]),
         "wrapper_output_dim": int(out.shape[1]),
         "full_checkpoint_shapes": {k: list(v.shape) for k, v in full.state_dict().items()},

@@ -97,8 +97,7 @@ def main() -> None:
     model.vproj = nn.Linear(D, D)
     model.aproj = nn.Linear(D, D)
     head_kwargs = dict(n_layer=2, n_head=2, n_embd=D)
-    model.transformer = GlobalTransformer(tok_pdrop=0.0, embd_pdrop=0.1, resid_pdrop=0.1, attn_pdrop=0.1,
-                                          **head_kwargs)
+    model.transformer = GlobalTransformer(tok_pdrop=0.0, embd_pdrop=0.1, resid_pdrop=0.1, attn_pdrop=0.1, **head_kwargs)
     model.transformer.pos_emb_cfg = RandInitPositionalEncoding(block_shape=[198], n_embd=D)
     model.transformer.off_head = nn.Linear(D, 21)
     gen = torch.Generator().manual_seed(SEED)
@@ -118,14 +117,20 @@ def main() -> None:
     state = {k: v.contiguous() for k, v in model.state_dict().items()}
 
     # ---- reference functions, verbatim from the publisher's files --------------------------
-    namespace: dict = {"torch": torch, "torchaudio": torchaudio, "rearrange": einops.rearrange,
-                       "Synchformer": Synchformer, "log": __import__("logging").getLogger("ref")}
+    namespace: dict = {
+        "torch": torch,
+        "torchaudio": torchaudio,
+        "rearrange": einops.rearrange,
+        "Synchformer": Synchformer,
+        "log": __import__("logging").getLogger("ref"),
+    }
     exec(function_source(args.avb / "av_bench/data/audio_dataset.py", "pad_or_truncate"), namespace)
     exec(function_source(args.avb / "av_bench/extract.py", "encode_audio_with_sync"), namespace)
     video_src = function_source(args.avb / "extract_video.py", "encode_video_with_sync")
     exec(video_src.replace("h == 224 and w == 224", f"h == {CROP} and w == {CROP}"), namespace)  # tiny crop
-    mel = torchaudio.transforms.MelSpectrogram(sample_rate=16000, win_length=400, hop_length=160, n_fft=1024,
-                                               n_mels=128)
+    mel = torchaudio.transforms.MelSpectrogram(
+        sample_rate=16000, win_length=400, hop_length=160, n_fft=1024, n_mels=128
+    )
 
     class Recorder:  # passes through to the model, keeping the AST input
         def __init__(self) -> None:
@@ -186,12 +191,27 @@ def main() -> None:
     save_file(state, str(args.out / "weights.safetensors"))
     save_file({k: v.contiguous() for k, v in io.items()}, str(args.out / "io.safetensors"))
     config = {
-        "producer": {"av_benchmark_commit": args.mirror_commit, "transformers": transformers.__version__,
-                     "torch": torch.__version__, "torchaudio": torchaudio.__version__, "seed": SEED},
-        "visual": {"embed_dim": D, "depth": 1, "num_heads": 2, "crop_size": CROP, "agg_num_heads": 2,
-                   "agg_ff_dim": 4 * D},
-        "audio": {"hidden_size": D, "depth": ast_kwargs["num_hidden_layers"],
-                  "num_heads": ast_kwargs["num_attention_heads"], "intermediate_size": ast_kwargs["intermediate_size"]},
+        "producer": {
+            "av_benchmark_commit": args.mirror_commit,
+            "transformers": transformers.__version__,
+            "torch": torch.__version__,
+            "torchaudio": torchaudio.__version__,
+            "seed": SEED,
+        },
+        "visual": {
+            "embed_dim": D,
+            "depth": 1,
+            "num_heads": 2,
+            "crop_size": CROP,
+            "agg_num_heads": 2,
+            "agg_ff_dim": 4 * D,
+        },
+        "audio": {
+            "hidden_size": D,
+            "depth": ast_kwargs["num_hidden_layers"],
+            "num_heads": ast_kwargs["num_attention_heads"],
+            "intermediate_size": ast_kwargs["intermediate_size"],
+        },
         "head": {"n_embd": D, **{k: v for k, v in head_kwargs.items() if k != "n_embd"}, "pos_len": 198},
         "min_top2_margin": min(margins),
         "desync": io["desync"].item(),

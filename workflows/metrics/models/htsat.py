@@ -82,14 +82,15 @@ class HTSATConfig:
         if self.freq_ratio < 1 or self.spec_size % self.mel_bins:
             raise ValueError(f"spec_size {self.spec_size} must be a multiple of mel_bins {self.mel_bins}")
         if self.frames > self.spec_size * self.freq_ratio:
-            raise ValueError(f"{self.frames} frames do not fit the {self.spec_size * self.freq_ratio}-frame "
-                             "input of the Swin tower")
+            raise ValueError(
+                f"{self.frames} frames do not fit the {self.spec_size * self.freq_ratio}-frame input of the Swin tower"
+            )
         grid = self.spec_size // self.patch_size
         if grid % 2 ** (len(self.depths) - 1):
             raise ValueError(f"a {grid} x {grid} token grid cannot be merged {len(self.depths) - 1} times")
         for i, heads in enumerate(self.num_heads):
-            if (self.embed_dim * 2 ** i) % heads:
-                raise ValueError(f"stage {i}: width {self.embed_dim * 2 ** i} not divisible by {heads} heads")
+            if (self.embed_dim * 2**i) % heads:
+                raise ValueError(f"stage {i}: width {self.embed_dim * 2**i} not divisible by {heads} heads")
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -150,9 +151,15 @@ class _LogMel(nn.Module):
         import torchaudio
 
         with torch.device("cpu"):
-            fb = torchaudio.functional.melscale_fbanks(config.window_size // 2 + 1, float(config.fmin),
-                                                       float(config.fmax), config.mel_bins, config.sample_rate,
-                                                       norm="slaney", mel_scale="slaney")
+            fb = torchaudio.functional.melscale_fbanks(
+                config.window_size // 2 + 1,
+                float(config.fmin),
+                float(config.fmax),
+                config.mel_bins,
+                config.sample_rate,
+                norm="slaney",
+                mel_scale="slaney",
+            )
         self.melW = nn.Parameter(fb, requires_grad=False)  # (F, mels): librosa.filters.mel(...).T
 
     def forward(self, power: torch.Tensor) -> torch.Tensor:
@@ -268,11 +275,13 @@ class _PatchMerging(nn.Module):
 
 
 class _Stage(nn.Module):
-    def __init__(self, dim: int, resolution: int, depth: int, heads: int, window: int, mlp_ratio: float,
-                 merge: bool) -> None:
+    def __init__(
+        self, dim: int, resolution: int, depth: int, heads: int, window: int, mlp_ratio: float, merge: bool
+    ) -> None:
         super().__init__()
-        self.blocks = nn.ModuleList(_SwinBlock(dim, resolution, heads, window, i % 2 == 1, mlp_ratio)
-                                    for i in range(depth))
+        self.blocks = nn.ModuleList(
+            _SwinBlock(dim, resolution, heads, window, i % 2 == 1, mlp_ratio) for i in range(depth)
+        )
         self.downsample = _PatchMerging(dim, resolution) if merge else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -308,12 +317,12 @@ class HTSATEncoder(nn.Module):
         grid = config.spec_size // config.patch_size
         last = len(config.depths) - 1
         self.layers = nn.ModuleList(
-            _Stage(config.embed_dim * 2 ** i, grid // 2 ** i, depth, heads, config.window, config.mlp_ratio,
-                   merge=i < last)
-            for i, (depth, heads) in enumerate(zip(config.depths, config.num_heads)))
+            _Stage(config.embed_dim * 2**i, grid // 2**i, depth, heads, config.window, config.mlp_ratio, merge=i < last)
+            for i, (depth, heads) in enumerate(zip(config.depths, config.num_heads))
+        )
         self.norm = nn.LayerNorm(config.num_features)
         # tscam head: (SF, 3) conv over the grouped final map, SF = final rows per frequency group
-        sf = config.spec_size // 2 ** last // config.patch_size // config.freq_ratio
+        sf = config.spec_size // 2**last // config.patch_size // config.freq_ratio
         self.tscam_conv = nn.Conv2d(config.num_features, config.num_classes, kernel_size=(sf, 3), padding=(0, 1))
         self.head = nn.Linear(config.num_classes, config.num_classes)
 

@@ -47,8 +47,17 @@ from torch import nn
 from dub.model.network.layers import GeluMlp
 from dub.model.weights.state_dicts import read_state_dict, strict_load
 
-__all__ = ["IGNORED_MODALITIES", "IMAGEBIND_HUGE", "IMAGEBIND_TINY", "MODALITIES", "ImageBindConfig",
-           "ImageBindVisionAudio", "checkpoint_shapes", "imagebind_state_dict", "load_imagebind"]
+__all__ = [
+    "IGNORED_MODALITIES",
+    "IMAGEBIND_HUGE",
+    "IMAGEBIND_TINY",
+    "MODALITIES",
+    "ImageBindConfig",
+    "ImageBindVisionAudio",
+    "checkpoint_shapes",
+    "imagebind_state_dict",
+    "load_imagebind",
+]
 
 MODALITIES = ("vision", "audio")  # what IB-score needs
 IGNORED_MODALITIES = ("text", "depth", "thermal", "imu")  # in the released file, never loaded
@@ -98,8 +107,9 @@ class ImageBindConfig:
 
 IMAGEBIND_HUGE = ImageBindConfig()  # imagebind_model.imagebind_huge()
 # the reference fixture's model (tests/data/imagebind_fixture): real geometry, tiny widths
-IMAGEBIND_TINY = ImageBindConfig(vision_width=16, vision_depth=2, vision_heads=2, audio_width=16, audio_depth=2,
-                                 audio_heads=2, out_dim=24)
+IMAGEBIND_TINY = ImageBindConfig(
+    vision_width=16, vision_depth=2, vision_heads=2, audio_width=16, audio_depth=2, audio_heads=2, out_dim=24
+)
 
 
 # ------------------------------------------------------------------------------ blocks
@@ -212,19 +222,25 @@ class ImageBindVisionAudio(nn.Module):
         super().__init__()
         self.config = config
         vw, aw = config.vision_width, config.audio_width
-        self.modality_preprocessors = nn.ModuleDict({
-            "vision": _Preprocessor(_VisionStem(config), config.vision_tokens, vw),
-            "audio": _Preprocessor(_AudioStem(config), config.audio_tokens, aw),
-        })
-        self.modality_trunks = nn.ModuleDict({
-            "vision": _Trunk(vw, config.vision_depth, config.vision_heads, pre_norm=True, add_bias_kv=False),
-            "audio": _Trunk(aw, config.audio_depth, config.audio_heads, pre_norm=False, add_bias_kv=True),
-        })
+        self.modality_preprocessors = nn.ModuleDict(
+            {
+                "vision": _Preprocessor(_VisionStem(config), config.vision_tokens, vw),
+                "audio": _Preprocessor(_AudioStem(config), config.audio_tokens, aw),
+            }
+        )
+        self.modality_trunks = nn.ModuleDict(
+            {
+                "vision": _Trunk(vw, config.vision_depth, config.vision_heads, pre_norm=True, add_bias_kv=False),
+                "audio": _Trunk(aw, config.audio_depth, config.audio_heads, pre_norm=False, add_bias_kv=True),
+            }
+        )
         self.modality_heads = nn.ModuleDict({"vision": _head(vw, config.out_dim), "audio": _head(aw, config.out_dim)})
-        self.modality_postprocessors = nn.ModuleDict({
-            "vision": _Normalize(),
-            "audio": nn.Sequential(_Normalize(), _LogitScale(config.audio_logit_scale)),
-        })
+        self.modality_postprocessors = nn.ModuleDict(
+            {
+                "vision": _Normalize(),
+                "audio": nn.Sequential(_Normalize(), _LogitScale(config.audio_logit_scale)),
+            }
+        )
 
     def _embed(self, modality: str, x: torch.Tensor) -> torch.Tensor:
         tokens = self.modality_trunks[modality](self.modality_preprocessors[modality](x))
@@ -269,8 +285,7 @@ def imagebind_state_dict(source: str | Path | Mapping) -> dict[str, torch.Tensor
             keys = list(f.keys())
             _check_keys(keys, known, source)
             return {k: f.get_tensor(k).float() for k in keys if _modality(k) in keep}
-    state = read_state_dict(source, strip=("module.",), suffixes=(".pth", ".pt", ".bin"),
-                            what="ImageBind weights file")
+    state = read_state_dict(source, strip=("module.",), suffixes=(".pth", ".pt", ".bin"), what="ImageBind weights file")
     _check_keys(list(state), known, source)
     return {k: v.float() for k, v in state.items() if _modality(k) in keep}
 
@@ -278,21 +293,28 @@ def imagebind_state_dict(source: str | Path | Mapping) -> dict[str, torch.Tensor
 def _check_keys(keys: list[str], known: set[str], source) -> None:
     strange = sorted(k for k in keys if _modality(k) not in known)
     if strange:
-        raise ValueError(f"{source} is not an ImageBind state dict: {len(strange)} keys are not "
-                         f"modality_<part>.<{'|'.join(sorted(known))}>.… (first: {strange[:5]})")
+        raise ValueError(
+            f"{source} is not an ImageBind state dict: {len(strange)} keys are not "
+            f"modality_<part>.<{'|'.join(sorted(known))}>.… (first: {strange[:5]})"
+        )
     if not any(_modality(k) in MODALITIES for k in keys):
         raise ValueError(f"{source} holds no vision or audio keys of ImageBind")
 
 
-def load_imagebind(path: str | Path | Mapping, config: ImageBindConfig = IMAGEBIND_HUGE,
-                   device: str = "cpu") -> ImageBindVisionAudio:
+def load_imagebind(
+    path: str | Path | Mapping, config: ImageBindConfig = IMAGEBIND_HUGE, device: str = "cpu"
+) -> ImageBindVisionAudio:
     """The vision and audio towers from `imagebind_huge.pth` (read weights-only), its safetensors
     conversion, or a mapping; every vision/audio key must match `config` exactly."""
     state = imagebind_state_dict(path)
     with torch.device("meta"):  # no random init of weights about to be overwritten
         model = ImageBindVisionAudio(config)
-    strict_load(model, state, str(path) if not isinstance(path, Mapping) else "the state dict",
-                against=f"ImageBind vision/audio towers {config}")
+    strict_load(
+        model,
+        state,
+        str(path) if not isinstance(path, Mapping) else "the state dict",
+        against=f"ImageBind vision/audio towers {config}",
+    )
     return model.eval().to(device)
 
 

@@ -73,9 +73,15 @@ class _LogMel(nn.Module):
         import torchaudio
 
         with torch.device("cpu"):  # real numbers even when the model is built on the meta device
-            fb = torchaudio.functional.melscale_fbanks(config.window_size // 2 + 1, config.fmin, config.fmax,
-                                                       config.mel_bins, config.sample_rate,
-                                                       norm="slaney", mel_scale="slaney")
+            fb = torchaudio.functional.melscale_fbanks(
+                config.window_size // 2 + 1,
+                config.fmin,
+                config.fmax,
+                config.mel_bins,
+                config.sample_rate,
+                norm="slaney",
+                mel_scale="slaney",
+            )
         self.melW = nn.Parameter(fb, requires_grad=False)  # (F, mels), librosa's filters
 
     def forward(self, power: torch.Tensor) -> torch.Tensor:
@@ -95,8 +101,9 @@ class LogMelFrontEnd(nn.Module):
         self.mel = _LogMel(config)
 
     def forward(self, wav: torch.Tensor) -> torch.Tensor:  # (B, L) -> (B, T, mels) dB
-        spec = torch.stft(wav, self.n_fft, self.hop, window=self.window, center=True, pad_mode="reflect",
-                          return_complex=True)
+        spec = torch.stft(
+            wav, self.n_fft, self.hop, window=self.window, center=True, pad_mode="reflect", return_complex=True
+        )
         return self.mel(spec.abs().square().transpose(1, 2))
 
 
@@ -149,10 +156,18 @@ def load_cnn14(path: str | Path, config: Cnn14Config = CNN14_16K, device: str = 
     try:
         state = read_state_dict(path, "fc_audioset.weight", what="CNN14 weights file")
     except KeyError as exc:
-        raise ValueError(f"{path} holds no CNN14 state dict (no 'fc_audioset.weight' key); expected "
-                         "Cnn14_16k_mAP=0.438.pth or its imported .safetensors") from exc
+        raise ValueError(
+            f"{path} holds no CNN14 state dict (no 'fc_audioset.weight' key); expected "
+            "Cnn14_16k_mAP=0.438.pth or its imported .safetensors"
+        ) from exc
     with torch.device("meta"):  # strict_load materialises it; skips initialising 81M parameters
         model = Cnn14(config)
-    strict_load(model, state, str(path), against="CNN14", detail=f" ({config})",
-                hint="expected PANNs' Cnn14_16k_mAP=0.438.pth (or its imported .safetensors)")
+    strict_load(
+        model,
+        state,
+        str(path),
+        against="CNN14",
+        detail=f" ({config})",
+        hint="expected PANNs' Cnn14_16k_mAP=0.438.pth (or its imported .safetensors)",
+    )
     return model.eval().to(device)

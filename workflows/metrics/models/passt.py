@@ -47,8 +47,20 @@ from torch import nn
 from dub.model.network.layers import GeluMlp
 from dub.model.weights.state_dicts import read_state_dict, strict_load
 
-__all__ = ["CLIP_SAMPLES", "PASST_S_SWA", "PASST_TINY", "SAMPLE_RATE", "Passt", "PasstConfig", "PasstMelFrontEnd",
-           "PaSST", "checkpoint_shapes", "fit_clip", "kaldi_mel_banks", "load_passt"]
+__all__ = [
+    "CLIP_SAMPLES",
+    "PASST_S_SWA",
+    "PASST_TINY",
+    "SAMPLE_RATE",
+    "Passt",
+    "PasstConfig",
+    "PasstMelFrontEnd",
+    "PaSST",
+    "checkpoint_shapes",
+    "fit_clip",
+    "kaldi_mel_banks",
+    "load_passt",
+]
 
 SAMPLE_RATE = 32000
 CLIP_SAMPLES = 320000  # 10 s: what av-benchmark feeds PaSST, whatever the clip length
@@ -106,8 +118,13 @@ PASST_TINY = PasstConfig(embed_dim=32, depth=2, num_heads=4)  # tests: real geom
 # ----------------------------------------------------------------------------- front end
 
 
-def kaldi_mel_banks(n_mels: int = N_MELS, n_fft: int = N_FFT, sample_rate: int = SAMPLE_RATE,
-                    fmin: float = FMIN_HZ, fmax: float = FMAX_HZ) -> torch.Tensor:
+def kaldi_mel_banks(
+    n_mels: int = N_MELS,
+    n_fft: int = N_FFT,
+    sample_rate: int = SAMPLE_RATE,
+    fmin: float = FMIN_HZ,
+    fmax: float = FMAX_HZ,
+) -> torch.Tensor:
     """(n_mels, n_fft // 2 + 1) float64 triangles, as `torchaudio.compliance.kaldi.get_mel_banks`
     builds them without VTLN warping and as AugmentMelSTFT pads them: triangles linear on the
     mel axis 1127 ln(1 + f/700), peak 1 (unnormalised), over the bins 0..n_fft/2 - 1; the
@@ -147,8 +164,17 @@ class PasstMelFrontEnd(nn.Module):
         if wav.shape[-1] <= N_FFT // 2 + 1:  # centred reflect padding needs more than n_fft / 2 samples
             raise ValueError(f"PaSST's front end needs more than {N_FFT // 2 + 1} samples, got {wav.shape[-1]}")
         x = wav[:, 1:] - PREEMPHASIS * wav[:, :-1]
-        spec = torch.stft(x, N_FFT, hop_length=HOP, win_length=WIN_LENGTH, window=self.window, center=True,
-                          pad_mode="reflect", normalized=False, return_complex=True)
+        spec = torch.stft(
+            x,
+            N_FFT,
+            hop_length=HOP,
+            win_length=WIN_LENGTH,
+            window=self.window,
+            center=True,
+            pad_mode="reflect",
+            normalized=False,
+            return_complex=True,
+        )
         spec = torch.view_as_real(spec)
         power = spec[..., 0].square() + spec[..., 1].square()  # (B, 513, T)
         log_mel = torch.log(torch.matmul(self.mel, power) + LOG_OFFSET)
@@ -222,11 +248,15 @@ class PaSST(nn.Module):
             raise ValueError(f"expected log mel of shape (B, {self.config.input_mels}, T), got {tuple(mel.shape)}")
         grid = self.patch_embed(mel[:, None])
         if grid.shape[2] != self.config.freq_patches:
-            raise ValueError(f"{mel.shape[1]} mel bands give {grid.shape[2]} frequency patches; the frequency "
-                             f"embedding has {self.config.freq_patches}")
+            raise ValueError(
+                f"{mel.shape[1]} mel bands give {grid.shape[2]} frequency patches; the frequency "
+                f"embedding has {self.config.freq_patches}"
+            )
         if grid.shape[3] > self.config.time_patches:
-            raise ValueError(f"{mel.shape[2]} frames give {grid.shape[3]} time patches; the time embedding has "
-                             f"only {self.config.time_patches} (at most ~{self.config.input_frames + 2} frames, 10 s)")
+            raise ValueError(
+                f"{mel.shape[2]} frames give {grid.shape[3]} time patches; the time embedding has "
+                f"only {self.config.time_patches} (at most ~{self.config.input_frames + 2} frames, 10 s)"
+            )
         grid = grid + self.time_new_pos_embed[..., : grid.shape[3]] + self.freq_new_pos_embed
         x = grid.flatten(2).transpose(1, 2)  # frequency-major patch order
         b = x.shape[0]
@@ -279,7 +309,7 @@ def _unwrap_wrapper_keys(state: dict[str, torch.Tensor]) -> dict[str, torch.Tens
     network's own keys; anything else is returned as is."""
     rest = [k for k in state if k != "device_proxy"]
     if rest and all(k.startswith("net.") for k in rest):
-        return {k[len("net."):]: v for k, v in state.items() if k != "device_proxy"}
+        return {k[len("net.") :]: v for k, v in state.items() if k != "device_proxy"}
     return state
 
 
@@ -290,8 +320,10 @@ def load_passt(path: str | Path, config: PasstConfig = PASST_S_SWA, device: str 
     mis-shaped entries raise ValueError naming them."""
     state = read_state_dict(path, strip=("module.",), what="PaSST weights file")
     if "cls_token" not in state and "net.cls_token" not in state:
-        raise ValueError(f"{path} holds no PaSST state dict (no 'cls_token'; keys: {sorted(state)[:8]}); "
-                         "expected passt-s-f128-p16-s10-ap.476-swa.pt or its safetensors conversion")
+        raise ValueError(
+            f"{path} holds no PaSST state dict (no 'cls_token'; keys: {sorted(state)[:8]}); "
+            "expected passt-s-f128-p16-s10-ap.476-swa.pt or its safetensors conversion"
+        )
     state = _unwrap_wrapper_keys({k: v.float() for k, v in state.items()})
     with torch.device("meta"):  # no random init of weights about to be overwritten
         net = PaSST(config)
@@ -303,4 +335,3 @@ def checkpoint_shapes(config: PasstConfig = PASST_S_SWA) -> dict[str, tuple[int,
     """Key -> shape of the released state dict for `config`, without allocating the weights."""
     with torch.device("meta"):
         return {k: tuple(v.shape) for k, v in PaSST(config).state_dict().items()}
-

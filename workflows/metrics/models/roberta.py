@@ -73,8 +73,11 @@ def bytes_to_unicode() -> dict[int, str]:
     """GPT-2's reversible byte -> character table: printable Latin-1 bytes map to themselves,
     the other 68 bytes (controls, space, ...) to code points 256, 257, ... in byte order, so no
     BPE symbol is white space or a control character."""
-    printable = [*range(ord("!"), ord("~") + 1), *range(ord("\xa1"), ord("\xac") + 1),
-                 *range(ord("\xae"), ord("\xff") + 1)]
+    printable = [
+        *range(ord("!"), ord("~") + 1),
+        *range(ord("\xa1"), ord("\xac") + 1),
+        *range(ord("\xae"), ord("\xff") + 1),
+    ]
     table = {b: chr(b) for b in printable}
     extra = 0
     for b in range(256):
@@ -87,9 +90,17 @@ def bytes_to_unicode() -> dict[int, str]:
 class ByteLevelBPETokenizer:
     """RoBERTa's tokenizer from its `vocab.json` and `merges.txt` (see the module docstring)."""
 
-    def __init__(self, vocab_path: str | Path, merges_path: str | Path, max_length: int = 77,
-                 bos: str = "<s>", eos: str = "</s>", pad: str = "<pad>", unk: str = "<unk>",
-                 mask: str = "<mask>") -> None:
+    def __init__(
+        self,
+        vocab_path: str | Path,
+        merges_path: str | Path,
+        max_length: int = 77,
+        bos: str = "<s>",
+        eos: str = "</s>",
+        pad: str = "<pad>",
+        unk: str = "<unk>",
+        mask: str = "<mask>",
+    ) -> None:
         import regex
 
         self.vocab: dict[str, int] = json.loads(Path(vocab_path).read_text(encoding="utf-8"))
@@ -184,8 +195,10 @@ class _Embeddings(nn.Module):
         real = (input_ids != self.pad_id).long()
         positions = torch.cumsum(real, dim=1) * real + self.pad_id
         if int(positions.max()) >= self.position_embeddings.num_embeddings:
-            raise ValueError(f"sequence of {int(real.sum(1).max())} tokens is longer than the "
-                             f"{self.position_embeddings.num_embeddings - self.pad_id - 1} positions of the model")
+            raise ValueError(
+                f"sequence of {int(real.sum(1).max())} tokens is longer than the "
+                f"{self.position_embeddings.num_embeddings - self.pad_id - 1} positions of the model"
+            )
         x = self.word_embeddings(input_ids) + self.position_embeddings(positions)
         x = x + self.token_type_embeddings.weight[0]  # CLAP passes no token types: all type 0
         return self.LayerNorm(x)
@@ -205,8 +218,9 @@ class _SelfAttention(nn.Module):
         def split(t: torch.Tensor) -> torch.Tensor:
             return t.view(b, n, self.heads, c // self.heads).transpose(1, 2)
 
-        out = F.scaled_dot_product_attention(split(self.query(x)), split(self.key(x)), split(self.value(x)),
-                                             attn_mask=keep[:, None, None, :])
+        out = F.scaled_dot_product_attention(
+            split(self.query(x)), split(self.key(x)), split(self.value(x)), attn_mask=keep[:, None, None, :]
+        )
         return out.transpose(1, 2).reshape(b, n, c)
 
 
@@ -278,8 +292,9 @@ class RobertaModel(nn.Module):
         self.encoder = _Encoder(config)
         self.pooler = _Pooler(config)
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None
-                ) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """(N, L) token ids and 0/1 mask -> (last hidden states (N, L, hidden), pooled (N, hidden))."""
         keep = (input_ids != -1) if attention_mask is None else attention_mask.bool()
         x = self.embeddings(input_ids)

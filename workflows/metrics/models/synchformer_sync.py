@@ -51,10 +51,25 @@ from dub.model.encoders.synchformer import MotionFormer, SpatialAggregation, Syn
 from dub.model.weights.state_dicts import read_state_dict, strict_load
 
 __all__ = [
-    "AUDIO_SEGMENT_SAMPLES", "AUDIO_STRIDE_SAMPLES", "AudioBranchConfig", "AudioFeatureExtractor", "FullSynchformer",
-    "FullSynchformerConfig", "HEAD_SEGMENTS", "NUM_OFFSET_CLASSES", "SAMPLE_RATE", "SyncHead", "SyncHeadConfig",
-    "SyncMelFrontEnd", "VIDEO_FPS", "VIDEO_SEGMENT_FRAMES", "VIDEO_STRIDE_FRAMES", "load_full_synchformer",
-    "mel_filterbank", "num_audio_segments", "num_video_segments",
+    "AUDIO_SEGMENT_SAMPLES",
+    "AUDIO_STRIDE_SAMPLES",
+    "AudioBranchConfig",
+    "AudioFeatureExtractor",
+    "FullSynchformer",
+    "FullSynchformerConfig",
+    "HEAD_SEGMENTS",
+    "NUM_OFFSET_CLASSES",
+    "SAMPLE_RATE",
+    "SyncHead",
+    "SyncHeadConfig",
+    "SyncMelFrontEnd",
+    "VIDEO_FPS",
+    "VIDEO_SEGMENT_FRAMES",
+    "VIDEO_STRIDE_FRAMES",
+    "load_full_synchformer",
+    "mel_filterbank",
+    "num_audio_segments",
+    "num_video_segments",
 ]
 
 SAMPLE_RATE = 16000
@@ -151,8 +166,9 @@ class FullSynchformerConfig:
         """A test-size model with the released geometry where it matters (14 segments, 21 classes,
         8 video and 6 audio tokens per segment, 128 mels) and a 32-pixel crop. Same sizes as the
         av-benchmark fixture in tests/data/synchformer_sync_fixture."""
-        visual = SynchformerConfig(embed_dim=width, depth=1, num_heads=2, crop_size=32, agg_num_heads=2,
-                                   agg_ff_dim=4 * width)
+        visual = SynchformerConfig(
+            embed_dim=width, depth=1, num_heads=2, crop_size=32, agg_num_heads=2, agg_ff_dim=4 * width
+        )
         audio = AudioBranchConfig(hidden_size=width, depth=2, num_heads=2, intermediate_size=2 * width)
         return cls(visual=visual, audio=audio, head=SyncHeadConfig(n_embd=width, n_layer=2, n_head=2))
 
@@ -174,8 +190,13 @@ class FullSynchformerConfig:
 # ------------------------------------------------------------------------------ audio front end
 
 
-def mel_filterbank(n_freqs: int = MEL_FFT // 2 + 1, n_mels: int = MEL_BANDS, sample_rate: int = SAMPLE_RATE,
-                   f_min: float = 0.0, f_max: float | None = None) -> np.ndarray:
+def mel_filterbank(
+    n_freqs: int = MEL_FFT // 2 + 1,
+    n_mels: int = MEL_BANDS,
+    sample_rate: int = SAMPLE_RATE,
+    f_min: float = 0.0,
+    f_max: float | None = None,
+) -> np.ndarray:
     """(n_freqs, n_mels) triangles as torchaudio's `melscale_fbanks` draws them by default: HTK
     mel scale (2595 log10(1 + f / 700)), triangles linear in Hz between mel-spaced corners, no
     area normalisation. (VGGish draws its triangles on the mel axis instead: other numbers.)"""
@@ -212,9 +233,18 @@ class SyncMelFrontEnd:
         """(..., L) -> (..., 128, 1 + L // 160) power mel spectrogram (centre-padded STFT)."""
         window, fbank = self._tensors(wav.device)
         lead = wav.shape[:-1]
-        spec = torch.stft(wav.reshape(-1, wav.shape[-1]).float(), n_fft=MEL_FFT, hop_length=MEL_HOP,
-                          win_length=MEL_WINDOW, window=window, center=True, pad_mode="reflect",
-                          normalized=False, onesided=True, return_complex=True)
+        spec = torch.stft(
+            wav.reshape(-1, wav.shape[-1]).float(),
+            n_fft=MEL_FFT,
+            hop_length=MEL_HOP,
+            win_length=MEL_WINDOW,
+            window=window,
+            center=True,
+            pad_mode="reflect",
+            normalized=False,
+            onesided=True,
+            return_complex=True,
+        )
         power = spec.abs().pow(2.0)  # (N, 513, frames)
         mel = torch.matmul(power.transpose(-1, -2), fbank).transpose(-1, -2)
         return mel.reshape(*lead, *mel.shape[-2:])
@@ -292,8 +322,9 @@ class ASTLayer(nn.Module):
 class _ASTPatchEmbeddings(nn.Module):
     def __init__(self, config: AudioBranchConfig) -> None:
         super().__init__()
-        self.projection = nn.Conv2d(1, config.hidden_size, kernel_size=config.patch_size,
-                                    stride=(config.freq_stride, config.time_stride))
+        self.projection = nn.Conv2d(
+            1, config.hidden_size, kernel_size=config.patch_size, stride=(config.freq_stride, config.time_stride)
+        )
 
 
 class _ASTEmbeddings(nn.Module):
@@ -345,16 +376,22 @@ class AudioFeatureExtractor(nn.Module):
         self.ast = ASTModel(config)
         # av-benchmark's FrequencyTransformerEncoderLayer and MotionFormer's spatial aggregation are
         # the same BaseEncoderLayer (CLS + pre-norm nn.TransformerEncoderLayer, GELU): reuse it.
-        agg = SynchformerConfig(embed_dim=config.hidden_size, agg_num_heads=config.num_heads,
-                                agg_ff_dim=config.intermediate_size, agg_norm_eps=config.agg_norm_eps)
+        agg = SynchformerConfig(
+            embed_dim=config.hidden_size,
+            agg_num_heads=config.num_heads,
+            agg_ff_dim=config.intermediate_size,
+            agg_norm_eps=config.agg_norm_eps,
+        )
         self.freq_attn_agg = SpatialAggregation(agg)
 
     def forward(self, spec: torch.Tensor) -> torch.Tensor:
         """spec (N, time, mel) = (N, 66, 128) -> (N, 6, D)."""
         cfg = self.config
         if spec.shape[1:] != (cfg.spec_frames, cfg.n_mels):
-            raise ValueError(f"the audio branch takes (N, {cfg.spec_frames}, {cfg.n_mels}) log-mel segments "
-                             f"(time, mel); got {tuple(spec.shape)}")
+            raise ValueError(
+                f"the audio branch takes (N, {cfg.spec_frames}, {cfg.n_mels}) log-mel segments "
+                f"(time, mel); got {tuple(spec.shape)}"
+            )
         x = self.ast(spec)[:, 2:]  # without CLS and distillation tokens
         n, _, dim = x.shape
         f, t = cfg.freq_patches, cfg.time_patches
@@ -434,10 +471,19 @@ class SyncHead(nn.Module):
         b = vis.shape[0]
         positions = self.pos_emb_cfg.pos_emb.shape[1]
         if 2 + vis.shape[1] + aud.shape[1] != positions:
-            raise ValueError(f"the sync head takes exactly {positions} tokens (OFF + video + MOD + audio); got "
-                             f"{vis.shape[1]} video and {aud.shape[1]} audio tokens")
-        x = torch.cat((self.OFF_tok.expand(b, -1, -1), self.vis_in_lnorm(vis),
-                       self.MOD_tok.expand(b, -1, -1), self.aud_in_lnorm(aud)), dim=1)
+            raise ValueError(
+                f"the sync head takes exactly {positions} tokens (OFF + video + MOD + audio); got "
+                f"{vis.shape[1]} video and {aud.shape[1]} audio tokens"
+            )
+        x = torch.cat(
+            (
+                self.OFF_tok.expand(b, -1, -1),
+                self.vis_in_lnorm(vis),
+                self.MOD_tok.expand(b, -1, -1),
+                self.aud_in_lnorm(aud),
+            ),
+            dim=1,
+        )
         x = self.ln_f(self.blocks(x + self.pos_emb_cfg.pos_emb))
         return self.off_head(x[:, 0])
 
@@ -472,8 +518,10 @@ class FullSynchformer(nn.Module):
         cfg = self.config.visual
         b, s, t, c, h, w = segments.shape
         if t != cfg.segment_frames or c != cfg.in_channels:
-            raise ValueError(f"video segments must be (B, S, {cfg.segment_frames}, {cfg.in_channels}, H, W); "
-                             f"got {tuple(segments.shape)}")
+            raise ValueError(
+                f"video segments must be (B, S, {cfg.segment_frames}, {cfg.in_channels}, H, W); "
+                f"got {tuple(segments.shape)}"
+            )
         out = self.vfeat_extractor(segments.reshape(b * s, t, c, h, w).transpose(1, 2))
         return out.view(b, s, cfg.temporal_resolution, cfg.embed_dim)
 
@@ -488,8 +536,10 @@ class FullSynchformer(nn.Module):
         """Synchformer.compare_v_a: (B, 14, 8, Dv) video and (B, 14, 6, Da) audio features -> (B, 21)."""
         segments = self.config.head.segments
         if vfeat.ndim != 4 or afeat.ndim != 4 or vfeat.shape[:2] != afeat.shape[:2] or vfeat.shape[1] != segments:
-            raise ValueError(f"the sync head compares exactly {segments} segments of both modalities, "
-                             f"(B, {segments}, tv, D) each; got video {tuple(vfeat.shape)}, audio {tuple(afeat.shape)}")
+            raise ValueError(
+                f"the sync head compares exactly {segments} segments of both modalities, "
+                f"(B, {segments}, tv, D) each; got video {tuple(vfeat.shape)}, audio {tuple(afeat.shape)}"
+            )
         vis = self.vproj(vfeat.to(self.device)).flatten(1, 2)
         aud = self.aproj(afeat.to(self.device)).flatten(1, 2)
         return self.transformer(vis, aud)
@@ -497,8 +547,9 @@ class FullSynchformer(nn.Module):
     # --- media-level entries
 
     @torch.no_grad()
-    def video_segments_features(self, frames: np.ndarray | torch.Tensor, segments: Sequence[int] | None = None,
-                                *, batch_size: int = 8) -> torch.Tensor:
+    def video_segments_features(
+        self, frames: np.ndarray | torch.Tensor, segments: Sequence[int] | None = None, *, batch_size: int = 8
+    ) -> torch.Tensor:
         """uint8 frames at 25 fps, (T, H, W, 3) or (B, T, H, W, 3) -> (B, S', 8, Dv) for the segments
         asked (all (T - 16) // 8 + 1 by default), in that order. Frames that are not crop x crop get
         the short-side resize + centre crop here; `batch_size` bounds segments run at once."""
@@ -506,23 +557,27 @@ class FullSynchformer(nn.Module):
         if frames.ndim == 4:
             frames = frames.unsqueeze(0)
         if frames.ndim != 5 or frames.shape[-1] != 3 or frames.dtype != torch.uint8:
-            raise ValueError(f"frames must be uint8 (T, H, W, 3) or (B, T, H, W, 3); got {frames.dtype} "
-                             f"{tuple(frames.shape)}")
+            raise ValueError(
+                f"frames must be uint8 (T, H, W, 3) or (B, T, H, W, 3); got {frames.dtype} {tuple(frames.shape)}"
+            )
         total = num_video_segments(frames.shape[1])
         index = _segment_index(segments, total, "video")
         b, size = frames.shape[0], self.config.visual.crop_size
         outputs = []
         for i in range(0, len(index), batch_size):
             chunk = index[i : i + batch_size]
-            clips = torch.stack([frames[:, s * VIDEO_STRIDE_FRAMES : s * VIDEO_STRIDE_FRAMES + VIDEO_SEGMENT_FRAMES]
-                                 for s in chunk], dim=1)  # (B, s, 16, H, W, 3)
+            clips = torch.stack(
+                [frames[:, s * VIDEO_STRIDE_FRAMES : s * VIDEO_STRIDE_FRAMES + VIDEO_SEGMENT_FRAMES] for s in chunk],
+                dim=1,
+            )  # (B, s, 16, H, W, 3)
             pixels = sync_pixels(clips.flatten(0, 1), size, self.device)  # (B*s, 16, 3, size, size)
             outputs.append(self.extract_vfeats(pixels.view(b, len(chunk), *pixels.shape[1:])))
         return torch.cat(outputs, dim=1)
 
     @torch.no_grad()
-    def audio_segments_features(self, wav_16k: np.ndarray | torch.Tensor, segments: Sequence[int] | None = None,
-                                *, batch_size: int = 32) -> torch.Tensor:
+    def audio_segments_features(
+        self, wav_16k: np.ndarray | torch.Tensor, segments: Sequence[int] | None = None, *, batch_size: int = 32
+    ) -> torch.Tensor:
         """16 kHz mono audio, (L,) or (B, L) -> (B, S', 6, Da) for the segments asked (all
         (L - 10240) // 5120 + 1 by default), in that order."""
         wav = torch.as_tensor(np.asarray(wav_16k, dtype=np.float32) if isinstance(wav_16k, np.ndarray) else wav_16k)
@@ -550,8 +605,11 @@ def _segment_index(segments: Sequence[int] | None, total: int, what: str) -> lis
     return index
 
 
-def load_full_synchformer(source: str | Path | Mapping[str, torch.Tensor], device: str | torch.device = "cpu",
-                          config: FullSynchformerConfig | None = None) -> FullSynchformer:
+def load_full_synchformer(
+    source: str | Path | Mapping[str, torch.Tensor],
+    device: str | torch.device = "cpu",
+    config: FullSynchformerConfig | None = None,
+) -> FullSynchformer:
     """Build the full Synchformer and load EVERY key of `source` strictly (a missing audio branch or
     head, or any extra key, is an error naming the keys).
 
@@ -569,7 +627,6 @@ def load_full_synchformer(source: str | Path | Mapping[str, torch.Tensor], devic
         "Synchformer checkpoint",
         detail=f" (visual {v.embed_dim}x{v.depth}, audio {a.hidden_size}x{a.depth}, head {h.n_embd}x{h.n_layer})",
         hint="DeSync needs the whole synchformer_state_dict.pth: vfeat_extractor.*, afeat_extractor.*, "
-             "vproj.*, aproj.* and transformer.*",
+        "vproj.*, aproj.* and transformer.*",
     )
     return model.to(device).eval()
-

@@ -33,8 +33,20 @@ from torch import nn
 
 from dub.model.weights.state_dicts import read_state_dict, strict_load
 
-__all__ = ["EXAMPLE_FRAMES", "MEL_BANDS", "MIN_SAMPLES", "SAMPLE_RATE", "VGGISH", "VGGish", "VGGishConfig",
-           "VGGishFrontEnd", "VGGishPCA", "htk_mel_matrix", "load_vggish", "load_vggish_pca"]
+__all__ = [
+    "EXAMPLE_FRAMES",
+    "MEL_BANDS",
+    "MIN_SAMPLES",
+    "SAMPLE_RATE",
+    "VGGISH",
+    "VGGish",
+    "VGGishConfig",
+    "VGGishFrontEnd",
+    "VGGishPCA",
+    "htk_mel_matrix",
+    "load_vggish",
+    "load_vggish_pca",
+]
 
 SAMPLE_RATE = 16000
 WINDOW = 400  # 25 ms
@@ -63,8 +75,13 @@ _POOL_AFTER = (0, 1, 3, 5)  # indices into channels
 _FLAT_FRAMES, _FLAT_BANDS = EXAMPLE_FRAMES // 16, MEL_BANDS // 16
 
 
-def htk_mel_matrix(n_freqs: int = FFT // 2 + 1, sample_rate: int = SAMPLE_RATE, n_mels: int = MEL_BANDS,
-                   fmin: float = MEL_MIN_HZ, fmax: float = MEL_MAX_HZ) -> np.ndarray:
+def htk_mel_matrix(
+    n_freqs: int = FFT // 2 + 1,
+    sample_rate: int = SAMPLE_RATE,
+    n_mels: int = MEL_BANDS,
+    fmin: float = MEL_MIN_HZ,
+    fmax: float = MEL_MAX_HZ,
+) -> np.ndarray:
     """(n_freqs, n_mels) weights from |STFT| bins to mel bands, as VGGish's TF front end builds
     them: triangles linear on the HTK mel axis (1127 ln(1 + f/700)), unnormalised, and no weight
     on the DC bin. (librosa/torchaudio draw the triangles on the Hz axis: different numbers.)"""
@@ -116,8 +133,9 @@ class VGGishFrontEnd(nn.Module):
     @staticmethod
     def _mono(wav: torch.Tensor) -> torch.Tensor:
         if wav.dim() != 1:
-            raise ValueError(f"expected one mono waveform of shape (L,), got shape {tuple(wav.shape)}; "
-                             "average the channels first")
+            raise ValueError(
+                f"expected one mono waveform of shape (L,), got shape {tuple(wav.shape)}; average the channels first"
+            )
         return wav
 
 
@@ -141,9 +159,13 @@ class VGGish(nn.Module):
         self.config = config
         self.features = _feature_stack(config.channels)
         flat = config.channels[-1] * _FLAT_FRAMES * _FLAT_BANDS
-        head: list[nn.Module] = [nn.Linear(flat, config.hidden), nn.ReLU(),
-                                 nn.Linear(config.hidden, config.hidden), nn.ReLU(),
-                                 nn.Linear(config.hidden, config.embedding_size)]
+        head: list[nn.Module] = [
+            nn.Linear(flat, config.hidden),
+            nn.ReLU(),
+            nn.Linear(config.hidden, config.hidden),
+            nn.ReLU(),
+            nn.Linear(config.hidden, config.embedding_size),
+        ]
         if config.final_relu:
             head.append(nn.ReLU())
         self.embeddings = nn.Sequential(*head)
@@ -151,8 +173,9 @@ class VGGish(nn.Module):
     def forward(self, examples: torch.Tensor) -> torch.Tensor:
         """(N, 96, 64) log-mel examples -> (N, embedding_size)."""
         if examples.dim() != 3 or tuple(examples.shape[1:]) != (EXAMPLE_FRAMES, MEL_BANDS):
-            raise ValueError(f"expected examples of shape (N, {EXAMPLE_FRAMES}, {MEL_BANDS}), "
-                             f"got {tuple(examples.shape)}")
+            raise ValueError(
+                f"expected examples of shape (N, {EXAMPLE_FRAMES}, {MEL_BANDS}), got {tuple(examples.shape)}"
+            )
         x = self.features(examples[:, None])  # (N, C, 6, 4)
         # the TF original flattens channel-last; the linear weights expect that order
         return self.embeddings(x.permute(0, 2, 3, 1).flatten(1))
@@ -180,12 +203,20 @@ def load_vggish(path: str | Path, config: VGGishConfig = VGGISH, device: str = "
     try:
         state = read_state_dict(path, "features.0.weight", what="VGGish weights file")
     except KeyError as exc:
-        raise ValueError(f"{path} holds no VGGish state dict (no 'features.0.weight' key); expected "
-                         "torchvggish's vggish-10086976.pth or its imported .safetensors") from exc
+        raise ValueError(
+            f"{path} holds no VGGish state dict (no 'features.0.weight' key); expected "
+            "torchvggish's vggish-10086976.pth or its imported .safetensors"
+        ) from exc
     with torch.device("meta"):  # strict_load materialises it; skips initialising 72M parameters
         model = VGGish(config)
-    strict_load(model, state, str(path), against="VGGish", detail=f" ({config})",
-                hint="expected torchvggish's vggish-10086976.pth (or its imported .safetensors)")
+    strict_load(
+        model,
+        state,
+        str(path),
+        against="VGGish",
+        detail=f" ({config})",
+        hint="expected torchvggish's vggish-10086976.pth (or its imported .safetensors)",
+    )
     return model.eval().to(device)
 
 
