@@ -324,9 +324,9 @@ def test_bf16_checks_measure_both_paths_from_float32():
 
 
 def test_gpu_bench_script_runs_its_parts_in_children_and_writes_json(tmp_path):
-    """scripts/gpu_bench.py as a GPU session runs it (child process per part, rows streamed back,
-    JSON rewritten after each part), here on the CPU with the tiny preset: a GPU session has one
-    call, and a harness that breaks there loses all of it."""
+    """scripts/gpu_bench.py as a GPU run uses it (child process per part, rows streamed back,
+    JSON rewritten after each part), here on the CPU with the tiny preset: a harness that breaks on the GPU
+    loses the whole run."""
     import subprocess
     import sys
 

@@ -55,7 +55,7 @@ def run_under_interpreter(module: str, workdir: Path) -> dict[str, torch.Tensor]
 def hopper_resource_usage(fn, signature: dict, constexprs: dict, workdir: Path, num_warps: int = 4) -> tuple[int, int]:
     """(registers, local memory bytes) of a Triton kernel built the way the GPU machine builds it
     (Triton -> PTX -> ptxas for sm_90, offline, no GPU needed; cuobjdump from Triton's package), so
-    a kernel that cannot compile, or spills to local memory, fails in CI and not in a GPU session."""
+    a kernel that cannot compile, or spills to local memory, fails in CI and not on a GPU."""
     import triton
     from triton.backends.compiler import GPUTarget
 

@@ -32,7 +32,7 @@ SYNC_SIZE = 224
 REAL_SOURCE = (1280, 720)  # (width, height) of the decoded frames the resize stages start from
 TINY_SOURCE = (640, 360)
 PROMPT = "a dog barks while a car drives past on a wet street"
-H200_BF16_PEAK_TFLOPS = 790.0  # dense bf16 matmul measured on the lent H200 (KINDS.md)
+H200_BF16_PEAK_TFLOPS = 790.0  # dense bf16 matmul measured on an H200 (docs/benchmarks.md)
 
 
 @dataclass
