@@ -65,7 +65,11 @@ def test_train_write_config_then_config_round_trip_with_flags_winning(tmp_path):
     assert data["steps"] == 300 and data["lr"] == 3e-4 and data["meanflow"]["flow_matching_ratio"] == 0.75
     assert "workers" not in data  # None ("one per GPU") is left out, not frozen into the file
 
-    edited = written.read_text().replace("warmup_steps = 1000", "warmup_steps = 7") + "[architecture]\ndepth = 3\n"
+    text = written.read_text()
+    assert "warmup_steps = 1000" in text and "[architecture]\n" in text  # the empty table is there to fill in
+    edited = text.replace("warmup_steps = 1000", "warmup_steps = 7").replace(
+        "[architecture]\n", "[architecture]\ndepth = 3\n"
+    )
     written.write_text(edited)
     again = tmp_path / "again.toml"
     result = CliRunner().invoke(app, ["train", "--config", str(written), "--write-config", str(again), "--steps", "9"])

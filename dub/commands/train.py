@@ -97,7 +97,6 @@ def register(app: typer.Typer) -> None:
         as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
     ) -> None:
         """Train MF-MJT; prints the final checkpoint's model.safetensors (for `dub generate --checkpoint`)."""
-        from click.core import ParameterSource
         from rich.console import Console
 
         from dub.storage.atomic import write_text_atomic
@@ -116,7 +115,9 @@ def register(app: typer.Typer) -> None:
         try:
             settings = read_config_file(config_file) if config_file is not None else {}
             for param, field in FLAG_FIELDS.items():  # the file's value unless the flag was typed
-                if field not in settings or ctx.get_parameter_source(param) is ParameterSource.COMMANDLINE:
+                # by name: typer carries its own copy of click's ParameterSource enum
+                typed = getattr(ctx.get_parameter_source(param), "name", None) == "COMMANDLINE"
+                if field not in settings or typed:
                     settings[field] = flags[param]
             config = TrainConfig.from_dict(settings)
         except (ValueError, TypeError, FileNotFoundError) as exc:
