@@ -16,11 +16,7 @@ if ! python3 -c "import open_clip" >/dev/null 2>&1 && ls .whl/*.whl >/dev/null 2
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
         --target /tmp/dub-site .whl/*.whl && export PYTHONPATH="/tmp/dub-site${PYTHONPATH:+:$PYTHONPATH}"
 fi
-# dub.model etc. are mapped from the repository's folders by the package install (pyproject's
-# package-dir): install the checkout itself, without dependencies, where it is not installed yet
-python3 -c "import dub.model" >/dev/null 2>&1 \
-    || python3 -m pip install -q --no-index --no-deps --no-build-isolation -e . \
-    || echo "could not install dub from this checkout; the parts that import it will fail" >&2
+source scripts/dub_on_path.sh
 command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 # the python budget (440 s by default) plus this margin keeps the whole call under 8 minutes
 timeout --kill-after=10 "${GPU_BENCH_TIMEOUT_S:-465}" python3 scripts/gpu_bench.py --out "$OUT_DIR" "$@" 2>&1 \

@@ -15,11 +15,7 @@ OUT="${OUT:-out/gpu_checks}"
 export OUT
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
-# dub.model etc. are mapped from the repository's folders by the package install (pyproject's
-# package-dir): install the checkout itself, without dependencies, where it is not installed yet
-python3 -c "import dub.model" >/dev/null 2>&1 \
-    || python3 -m pip install -q --no-index --no-deps --no-build-isolation -e . \
-    || echo "could not install dub from this checkout; the parts that import it will fail" >&2
+source scripts/dub_on_path.sh
 timeout --kill-after=5 75 python3 scripts/sync_attention_bench.py --out "$OUT" 2>&1 | tee "$OUT/sync_attention.log"
 timeout --kill-after=5 70 python3 scripts/clip_kernels_bench.py --budget-s 55 --out "$OUT" 2>&1 \
     | tee "$OUT/clip_kernels.log"
