@@ -78,6 +78,15 @@ REPORT_FIELDS = [
     pa.field("audio_duration_s", pa.float64()),
     pa.field("num_windows", pa.int32()),
     pa.field("config_hash", pa.string()),
+    # --loudness: BS.1770 integrated loudness as generated and as written (null: undefined, i.e.
+    # silence or under 400 ms, left as it was), the true peak written and whether it capped the gain
+    # --candidates: every candidate's selection score (NaN: undefined) and the one kept
+    pa.field("candidate_scores", pa.list_(pa.float64())),
+    pa.field("candidate_chosen", pa.int32()),
+    pa.field("loudness_generated_lufs", pa.float64()),
+    pa.field("loudness_lufs", pa.float64()),
+    pa.field("true_peak_dbtp", pa.float64()),
+    pa.field("loudness_peak_limited", pa.bool_()),
     pa.field("t_decode_s", pa.float64()),
     pa.field("t_features_s", pa.float64()),
     pa.field("t_generate_s", pa.float64()),

@@ -19,6 +19,7 @@ def test_every_choice_set_is_the_one_its_workflow_accepts():
     from dub.model.flow.guidance import RESCALE_MODES
     from dub.model.runtime.generator import SAMPLERS
     from dub.workflows.extract.sample import FEATURE_DTYPES
+    from dub.workflows.generate.candidates import SELECT_METRICS
     from dub.workflows.generate.config import AUDIO_CODECS, FORMATS
     from dub.workflows.media.decode import RESIZE_BACKENDS
     from dub.workflows.report.config import ALL_BACKENDS, SKIPPABLE
@@ -34,6 +35,7 @@ def test_every_choice_set_is_the_one_its_workflow_accepts():
         (choices.Objective, OBJECTIVES),
         (choices.ReportBackend, ALL_BACKENDS),
         (choices.Skippable, SKIPPABLE),
+        (choices.SelectMetric, SELECT_METRICS),
     ]
     for enum, accepted in pairs:
         assert sorted(choices.values(enum)) == sorted(accepted), enum.__name__

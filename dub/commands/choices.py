@@ -37,6 +37,12 @@ class AudioCodec(str, Enum):
     opus = "opus"
 
 
+class SelectMetric(str, Enum):
+    """How `--candidates` picks a clip's candidate."""
+
+    av_align = "av-align"
+
+
 class FeatureDtype(str, Enum):
     float32 = "float32"
     float16 = "float16"

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import typer
 
-from dub.commands.choices import AudioCodec, OutputFormat, RescaleMode, Resize, Sampler
+from dub.commands.choices import AudioCodec, OutputFormat, RescaleMode, Resize, Sampler, SelectMetric
 
 DEFAULT_MANIFEST = "manifest.parquet"
 
@@ -56,6 +56,33 @@ def register(app: typer.Typer) -> None:
         ),
         audio_codec: AudioCodec = typer.Option(
             AudioCodec.aac, "--audio-codec", help="Codec of the generated track.", rich_help_panel="Output"
+        ),
+        candidates: int = typer.Option(
+            1,
+            "--candidates",
+            min=1,
+            help="Noise draws per window; per clip the one whose audio agrees best with the video (--select) is kept. One network evaluation each.",
+            rich_help_panel="Sampling",
+        ),
+        select: SelectMetric = typer.Option(
+            SelectMetric.av_align,
+            "--select",
+            help="How --candidates chooses: av-align scores audio onsets against the video's motion peaks.",
+            rich_help_panel="Sampling",
+        ),
+        loudness: float | None = typer.Option(
+            None,
+            "--loudness",
+            metavar="LUFS",
+            help="Normalise every output to this integrated loudness (ITU-R BS.1770 / EBU R128: -23); silence stays silence.",
+            rich_help_panel="Output",
+        ),
+        true_peak: float = typer.Option(
+            -1.0,
+            "--true-peak",
+            metavar="DBTP",
+            help="With --loudness: the gain is capped so the true peak stays under this (dBTP).",
+            rich_help_panel="Output",
         ),
         keep_original_audio: bool = typer.Option(
             False, "--keep-original-audio", help="Keep the source audio as a second track.", rich_help_panel="Output"
@@ -106,6 +133,11 @@ def register(app: typer.Typer) -> None:
         overwrite: bool = typer.Option(False, "--overwrite", help="Regenerate everything, even under another config."),
         max_failures: int | None = typer.Option(
             None, "--max-failures", help="Stop when more videos than this have failed.", rich_help_panel="Cluster"
+        ),
+        dry_run: bool = typer.Option(
+            False,
+            "--dry-run",
+            help="Say what the run would do (pending clips, windows, hours of audio, outputs already done) and how long it would take here, from a short calibration; write nothing.",
         ),
         quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or table."),
         as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
@@ -160,9 +192,16 @@ def register(app: typer.Typer) -> None:
                 compile=compile_,
                 fp8=fp8,
                 resize=resize.value,
+                loudness_lufs=loudness,
+                candidates=candidates,
+                select=select.value,
+                true_peak_dbtp=true_peak,
             )
         except ValueError as exc:
             raise typer.BadParameter(str(exc)) from exc
+        if dry_run:
+            _dry_run(config, console, as_json)
+            return
 
         show = not quiet and not as_json
         try:
@@ -179,6 +218,36 @@ def register(app: typer.Typer) -> None:
             _print_summary(summary, console)
         if summary.failed and max_failures is not None and summary.failed > max_failures:
             raise typer.Exit(1)
+
+
+def _dry_run(config, console, as_json: bool) -> None:
+    from dub.workflows.generate.plan import plan_generate
+    from dub.workflows.generate.run import GenerateError
+
+    try:
+        with console.status("calibrating on one window"):
+            plan = plan_generate(config)
+    except (GenerateError, FileNotFoundError) as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from exc
+    if as_json:
+        print(json.dumps(plan.as_dict(), indent=2))
+        return
+    console.print(f"dry run for {plan.out_dir} (config {plan.config_hash}; existing run: {plan.existing_run})")
+    console.print(
+        f"  {plan.pending} clip(s) to generate, {plan.pending_windows} window(s), "
+        f"{plan.pending_audio_hours * 60:.1f} min of audio; {plan.already_done} already done, "
+        f"{plan.skipped} skipped by ingest, {plan.total} in all"
+    )
+    if plan.estimated_wall_s is not None and plan.model_s_per_call is not None:
+        console.print(
+            f"  {plan.replicas} {plan.device} replica(s), {plan.decode_slots} decode slot(s): "
+            f"load {plan.load_s:.1f} s, decode {plan.decode_s_per_window:.2f} s/window, "
+            f"model {plan.model_s_per_call:.2f} s per call of {plan.batch_size}"
+        )
+        console.print(f"  expected wall time here: {plan.estimated_wall_s:.0f} s, plus Ray's start-up")
+    if plan.note:
+        console.print(f"  note: {plan.note}")
 
 
 def _run_with_progress(config, console):

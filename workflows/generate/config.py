@@ -14,7 +14,9 @@ from pathlib import Path
 
 from dub.model.kernels.fp8 import FP8_RECIPE
 from dub.model.runtime.generator import SamplerConfig
+from dub.workflows.generate.candidates import candidates_problem
 from dub.workflows.media.decode import RESIZE_BACKENDS, resize_problem
+from dub.workflows.media.loudness import loudness_problem
 
 FORMATS = ("mp4", "wds", "both")
 AUDIO_CODECS = ("aac", "flac", "opus")
@@ -48,6 +50,13 @@ class GenerateConfig:
     fp8: bool = False  # the visual encoders' linear layers in FP8 (changes the features: hashed)
     resize: str = "fast"  # frame resizing: "fast" swscale, "exact" torchvision's (changes the frames: hashed)
     shard_size: int = 256  # samples per WebDataset shard
+    # each output scaled to this integrated loudness (LUFS, EBU R128: -23), the gain capped so the
+    # true peak stays under true_peak_dbtp; None: the level the model produced
+    loudness_lufs: float | None = None
+    true_peak_dbtp: float = -1.0
+    # noise draws per window; per clip the one `select` scores best is kept (candidates.py)
+    candidates: int = 1
+    select: str = "av-align"
 
     def __post_init__(self) -> None:
         if (self.manifest is None) == (self.prompts_file is None):
@@ -68,6 +77,12 @@ class GenerateConfig:
             raise ValueError("--limit must be >= 1")
         if self.replicas is not None and self.replicas < 1:
             raise ValueError("--replicas must be >= 1 (leave it out for one per GPU)")
+        if candidates_problem(self.candidates, self.select):
+            raise ValueError(candidates_problem(self.candidates, self.select))
+        if self.candidates > 1 and self.text_to_audio:
+            raise ValueError("--candidates picks by agreement with the video; text-to-audio runs have none")
+        if loudness_problem(self.loudness_lufs, self.true_peak_dbtp):
+            raise ValueError(loudness_problem(self.loudness_lufs, self.true_peak_dbtp))
 
     @property
     def formats(self) -> tuple[str, ...]:
@@ -108,6 +123,10 @@ class GenerateConfig:
             d["fp8"] = FP8_RECIPE
         if self.resize == "fast" or self.text_to_audio:  # added later, as fp8; no frames, no resizing
             del d["resize"]
+        if self.candidates == 1:  # added later, as fp8: one-candidate runs keep their hash
+            del d["candidates"], d["select"]
+        if self.loudness_lufs is None:  # added later, as fp8: runs without it keep their hash
+            del d["loudness_lufs"], d["true_peak_dbtp"]
         d["sampler"] = self.sampler.as_dict()
         d["weights_hash"] = weights_hash
         return d

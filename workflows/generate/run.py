@@ -24,8 +24,10 @@ from dub.storage.atomic import atomic_path, write_json_atomic
 from dub.storage.journal import Journal, read_journal
 from dub.storage.lock import exclusive_output
 from dub.storage.temporaries import remove_stale_temporaries
+from dub.workflows.generate.candidates import clip_motion, select_candidate
 from dub.workflows.generate.config import GenerateConfig, run_paths, window_seed
 from dub.workflows.generate.sinks import ShardWriter, completed_shard_keys, mp4_name, write_flac_bytes
+from dub.workflows.media.loudness import normalize_loudness
 
 
 class GenerateError(RuntimeError):
@@ -152,8 +154,8 @@ def _run_locked(
 
     _prepare_out_dir(cfg, paths, config_hash, info)
 
-    videos, skipped_rows = _load_inputs(cfg, window_s)
-    done_rows, pending = _reconcile(cfg, paths, videos, config_hash)
+    videos, skipped_rows = load_inputs(cfg, window_s)
+    done_rows, pending = reconcile(cfg, paths, videos, config_hash)
     if cfg.limit is not None:
         pending = pending[: cfg.limit]
 
@@ -222,7 +224,7 @@ def _version() -> str:
         return "unknown"
 
 
-def _load_inputs(cfg: GenerateConfig, window_s: float) -> tuple[list[_Video], list[dict]]:
+def load_inputs(cfg: GenerateConfig, window_s: float) -> tuple[list[_Video], list[dict]]:
     from dub.workflows.media.windows import plan_windows
 
     if cfg.text_to_audio:
@@ -279,7 +281,7 @@ def _expected_audio(paths: dict, video: _Video, codec: str) -> Path:
 _AUDIO_EXT = {"aac": "m4a", "flac": "flac", "opus": "ogg"}
 
 
-def _reconcile(cfg: GenerateConfig, paths: dict, videos: list[_Video], config_hash: str):
+def reconcile(cfg: GenerateConfig, paths: dict, videos: list[_Video], config_hash: str):
     """Done = every requested output is on disk. Outputs are the truth; the journal adds timings."""
     journal = read_journal(paths["journal"])
     shard_keys = completed_shard_keys(paths["shards"]) if "wds" in cfg.formats else {}
@@ -365,7 +367,7 @@ def _execute(cfg, info, window_s, config_hash, pending, paths, journal, summary,
     ctx.verbose_progress = False
     ds = ray.data.from_items(window_rows, override_num_blocks=window_blocks(len(window_rows), resources.cpus))
     if cfg.text_to_audio:
-        ds = ds.map_batches(_no_frames, batch_size=None)
+        ds = ds.map_batches(no_frames, batch_size=None)
     else:
         warn_if_store_small(window_frame_bytes(info.clip_fps, info.clip_size, info.sync_fps, info.sync_size, window_s))
         ds = ds.map_batches(
@@ -404,6 +406,7 @@ def _execute(cfg, info, window_s, config_hash, pending, paths, journal, summary,
             batch_size=cfg.batch_size,
             compile=cfg.compile,
             fp8=cfg.fp8,
+            candidates=cfg.candidates,
         ),
     )
 
@@ -446,7 +449,7 @@ def _execute(cfg, info, window_s, config_hash, pending, paths, journal, summary,
         clock.fill(summary)
 
 
-def _no_frames(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+def no_frames(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     n = len(batch["video_id"])
     batch["error"] = np.array([""] * n, dtype=object)
     batch["t_decode_s"] = np.zeros(n)
@@ -487,8 +490,30 @@ class _Writer:
         try:
             sr = int(windows[0]["sample_rate"])
             spans = [Window(float(w["start_s"]), float(w["start_s"]) + float(w["valid_s"])) for w in windows]
-            audio = stitch([np.asarray(w["audio"])[: int(round(float(w["valid_s"]) * sr))] for w in windows], spans, sr)
-            audio = audio[: int(round(video.duration_s * sr))]
+
+            def clip_audio(candidate: int | None) -> np.ndarray:
+                parts = [np.asarray(w["audio"] if candidate is None else w["audio"][candidate]) for w in windows]
+                audio = stitch([a[: int(round(float(w["valid_s"]) * sr))] for a, w in zip(parts, windows)], spans, sr)
+                return audio[: int(round(video.duration_s * sr))]
+
+            selection = {}
+            if self.cfg.candidates > 1:
+                candidates = [clip_audio(k) for k in range(self.cfg.candidates)]
+                motion, times = clip_motion(windows, self.info.sync_fps)
+                chosen = select_candidate(candidates, sr, motion, times, self.info.sync_fps)
+                audio = candidates[chosen.chosen]
+                selection = {"candidate_scores": chosen.scores, "candidate_chosen": chosen.chosen}
+            else:
+                audio = clip_audio(None)
+            loudness = {}
+            if self.cfg.loudness_lufs is not None:
+                audio, change = normalize_loudness(audio, sr, self.cfg.loudness_lufs, self.cfg.true_peak_dbtp)
+                loudness = {
+                    "loudness_generated_lufs": change.before_lufs,
+                    "loudness_lufs": change.after_lufs,
+                    "true_peak_dbtp": change.true_peak_dbtp,
+                    "loudness_peak_limited": change.peak_limited,
+                }
             row = _row(
                 video.video_id,
                 video.path,
@@ -498,6 +523,8 @@ class _Writer:
                 prompt=video.prompt,
                 audio_duration_s=len(audio) / sr,
                 config_hash=self.config_hash,
+                **selection,
+                **loudness,
                 **timings,
             )
             self._write_outputs(video, audio, sr, windows, row)

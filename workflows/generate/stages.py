@@ -14,6 +14,7 @@ import time
 import numpy as np
 
 from dub.errors import short_error
+from dub.workflows.generate.candidates import candidate_seed, window_motion
 
 # Columns that flow between stages besides the frames / audio.
 WINDOW_COLUMNS = ("video_id", "window_index", "num_windows", "start_s", "valid_s", "prompt", "negative_prompt", "seed")
@@ -149,6 +150,7 @@ class GenerateReplica:
         batch_size: int = 1,
         compile: bool = False,
         fp8: bool = False,
+        candidates: int = 1,
     ):
         import torch
 
@@ -167,10 +169,11 @@ class GenerateReplica:
         self.generator = load_generator(model, checkpoint=checkpoint, device=device)
         self.sampler = SamplerConfig(**sampler)
         self.save_features = save_features
+        self.candidates = candidates  # noise draws per window (dub.workflows.generate.candidates)
         # FP8 changes the features, so it is not a fast path that may quietly fall back: it
         # raises (e.g. a GPU without FP8 units) rather than make audio the run did not ask for
         self.fp8 = self.generator.encoders.use_fp8() if fp8 else None
-        self.fast_paths = self._use_fast_paths(batch_size, compile)
+        self.fast_paths = self._use_fast_paths(batch_size * candidates, compile)
         if self.fast_paths or self.fp8:  # one line per replica in the run's log: what this run really uses
             print(
                 f"dub: model replica on {device}: " + "; ".join(filter(None, [self.fp8, *self.fast_paths])), flush=True
@@ -216,10 +219,11 @@ class GenerateReplica:
                         self._run(batch, [i], audio, timings, feats)
                     except Exception as exc:  # noqa: BLE001
                         errors[i] = "generate: " + short_error(exc)
-        length = max((len(a) for a in audio.values()), default=0)
-        out_audio = np.zeros((n, length), np.float32)
+        length = max((a.shape[-1] for a in audio.values()), default=0)
+        # (n, L), or (n, candidates, L) when drawing several
+        out_audio = np.zeros((n, *((self.candidates,) if self.candidates > 1 else ()), length), np.float32)
         for i, a in audio.items():
-            out_audio[i, : len(a)] = a
+            out_audio[i, ..., : a.shape[-1]] = a
         out = {k: batch[k] for k in WINDOW_COLUMNS}
         out.update(
             audio=out_audio,
@@ -236,6 +240,8 @@ class GenerateReplica:
             t_call_start=np.full(n, call_start),
             t_call_end=np.full(n, time.time()),
         )
+        if self.candidates > 1 and batch.get("sync_frames") is not None:  # for the writer's selection
+            out["motion"] = np.stack([window_motion(frames) for frames in batch["sync_frames"]])
         if self.save_features:
             for name in ("clip_f", "sync_f", "text_f"):
                 shape = next((f[name].shape for f in feats.values()), (0,))
@@ -262,8 +268,24 @@ class GenerateReplica:
             seeds=[int(batch["seed"][i]) for i in rows],
         )
         clip_f, sync_f, text_f = self.generator.features(wb)
-        lat = self.generator.latents(clip_f, sync_f, text_f, wb, self.sampler)
+        n_cand = self.candidates
+        if n_cand > 1:  # every window's features once, then N noise draws of each
+            expanded = WindowBatch(
+                None,
+                None,
+                [p for p in wb.prompts for _ in range(n_cand)],
+                [p for p in wb.negative_prompts for _ in range(n_cand)],
+                [candidate_seed(s, k) for s in wb.seeds for k in range(n_cand)],
+                wb.timings,
+            )
+            lat = self.generator.latents(
+                *(f.repeat_interleave(n_cand, dim=0) for f in (clip_f, sync_f, text_f)), expanded, self.sampler
+            )
+        else:
+            lat = self.generator.latents(clip_f, sync_f, text_f, wb, self.sampler)
         wav = self.generator.decode(lat, wb).cpu().numpy()
+        if n_cand > 1:
+            wav = wav.reshape(len(rows), n_cand, -1)
         for j, i in enumerate(rows):
             audio[i] = wav[j]
             if self.save_features:

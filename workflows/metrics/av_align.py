@@ -20,7 +20,15 @@ import numpy as np
 
 from dub.workflows.metrics.onsets import OnsetConfig, detect_onsets
 
-__all__ = ["AV_ALIGN_ONSETS", "MotionPeaks", "av_align_iou", "av_align_score", "motion_peaks"]
+__all__ = [
+    "AV_ALIGN_ONSETS",
+    "MotionPeaks",
+    "av_align_iou",
+    "av_align_score",
+    "motion_peaks",
+    "motion_signal",
+    "peaks_of_motion",
+]
 
 # librosa.onset.onset_detect defaults, as the AV-Align script calls it
 AV_ALIGN_ONSETS = OnsetConfig(peak_delta=0.07, nms_window_s=0.0, max_duration_s=None)
@@ -34,15 +42,28 @@ class MotionPeaks:
     fps: float
 
 
-def motion_peaks(
-    frames: np.ndarray, frame_times_s: np.ndarray, fps: float, rel_threshold: float = 0.1, abs_threshold: float = 0.5
-) -> MotionPeaks:
-    """Peaks of the frame-difference motion signal of grey frames (T, H, W)."""
+def motion_signal(frames: np.ndarray) -> np.ndarray:
+    """Mean absolute grey-level difference between consecutive frames (T, H, W) -> (T,); frame 0
+    repeats the first difference, as the AV-Align script does."""
     frames = np.asarray(frames, dtype=np.float32)
     if frames.ndim != 3 or len(frames) < 2:
         raise ValueError(f"need at least 2 grey frames (T, H, W), got shape {frames.shape}")
     diff = np.abs(np.diff(frames, axis=0)).mean(axis=(1, 2))
-    signal = np.concatenate([diff[:1], diff])  # frame 0 repeats the first difference, as the script does
+    return np.concatenate([diff[:1], diff])
+
+
+def motion_peaks(
+    frames: np.ndarray, frame_times_s: np.ndarray, fps: float, rel_threshold: float = 0.1, abs_threshold: float = 0.5
+) -> MotionPeaks:
+    """Peaks of the frame-difference motion signal of grey frames (T, H, W)."""
+    return peaks_of_motion(motion_signal(frames), frame_times_s, fps, rel_threshold, abs_threshold)
+
+
+def peaks_of_motion(
+    signal: np.ndarray, frame_times_s: np.ndarray, fps: float, rel_threshold: float = 0.1, abs_threshold: float = 0.5
+) -> MotionPeaks:
+    """Strict local maxima of a motion signal above max(abs_threshold, rel_threshold x its peak)."""
+    signal = np.asarray(signal, dtype=np.float32)
     threshold = max(abs_threshold, rel_threshold * float(signal.max()))
     inner = np.arange(1, len(signal) - 1)
     is_peak = (signal[inner - 1] < signal[inner]) & (signal[inner] > signal[inner + 1]) & (signal[inner] > threshold)

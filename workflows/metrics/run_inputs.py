@@ -34,6 +34,9 @@ class GeneratedRow:
     output_shard: Path | None
     prompt: str | None
     output_audio: Path | None = None  # text-to-audio runs: the audio file
+    # `dub generate --candidates`: every candidate's selection score, and the one kept
+    candidate_scores: tuple[float, ...] | None = None
+    candidate_chosen: int | None = None
 
 
 def _resolve(run_dir: Path, value) -> Path | None:
@@ -75,6 +78,8 @@ def load_run(run_dir: str | Path) -> tuple[dict, list[GeneratedRow]]:
                 output_shard=_resolve(run_dir, r.get("output_shard")),
                 prompt=r.get("prompt"),
                 output_audio=_resolve(run_dir, r.get("output_audio")),
+                candidate_scores=None if r.get("candidate_scores") is None else tuple(r["candidate_scores"]),
+                candidate_chosen=r.get("candidate_chosen"),
             )
         )
     return config, rows

@@ -118,7 +118,10 @@ def clip_key(row: GeneratedRow, want_media: bool, references: ReferenceIndex | N
     scored against (the source video, whose audio track can be the reference and whose frames
     the sync metrics read; its events sidecar; its --reference file), whether it gets media.
     Stats, not reads: a rerun over a large run stays cheap."""
-    fields = [None if v is None else str(v) for v in dataclasses.astuple(row)]
+    values = dataclasses.asdict(row)
+    if row.candidate_scores is None:  # added later: clips of one-candidate runs keep their keys
+        del values["candidate_scores"], values["candidate_chosen"]
+    fields = [None if v is None else str(v) for v in values.values()]
     outputs = [_stat(p) for p in (row.output_mp4, row.output_audio, row.output_shard)]
     source = row.source_path
     sidecar = events_sidecar(source)

@@ -150,6 +150,27 @@ def _write_parquet(records: list[dict], path: Path) -> None:
         pq.write_table(pa.Table.from_pydict(data, schema=pa.schema(fields)), tmp)
 
 
+def candidate_selection(rows: list[GeneratedRow]) -> dict | None:
+    """What `dub generate --candidates` gained by its choice, in its own selection score: the
+    chosen candidates' mean against the mean candidate's (a random draw's expected score), over
+    the clips where every candidate's score is defined. None for one-candidate runs."""
+    picked = [r for r in rows if r.candidate_scores and r.candidate_chosen is not None]
+    scored = [r for r in picked if all(math.isfinite(s) for s in r.candidate_scores)]
+    if not picked:
+        return None
+    chosen = float(np.mean([r.candidate_scores[r.candidate_chosen] for r in scored])) if scored else None
+    mean = float(np.mean([np.mean(r.candidate_scores) for r in scored])) if scored else None
+    return {
+        "clips": len(picked),
+        "candidates": max(len(r.candidate_scores) for r in picked),
+        "clips_scored": len(scored),
+        "chosen_score_mean": chosen,
+        "mean_candidate_score": mean,
+        "gain": None if chosen is None else chosen - mean,
+        "chosen_not_first": sum(1 for r in picked if r.candidate_chosen != 0),
+    }
+
+
 def sample_rows(rows: list[GeneratedRow], n: int | None, seed: int = 0) -> list[GeneratedRow]:
     """The `n` generated clips ("done" rows) whose hash of (seed, video id) is smallest, with
     every other row, in the run's order. Hash-picked rather than drawn: the same clips whatever
@@ -297,6 +318,7 @@ def _run_locked(
         "lower_is_better": sorted(k for k in LOWER_IS_BETTER),
         "timings_ms_per_clip": _timings_ms(records),
         "journal": {"reused": reused, "scored": len(todo)},  # clips taken from the journal, scored now
+        "candidate_selection": candidate_selection(rows),
         "sample": None
         if sampled_from is None
         else {"clips": config.sample, "seed": config.sample_seed, "of_generated": sampled_from},

@@ -1,0 +1,79 @@
+"""Best-of-N generation (`dub generate --candidates N`): N noise draws per window, one clip kept.
+
+One network evaluation makes a candidate cheap, so a run can draw several per window (batched
+with the window's features computed once) and keep, per clip, the candidate whose audio agrees
+best with the video. The selection score is AV-Align's (onsets of the candidate's audio against
+motion peaks of the clip, `dub.workflows.metrics.av_align`), with the motion taken from the
+Synchformer-rate frames the run decodes anyway (grey, 4x smaller), so selection decodes nothing
+more. Ties keep the lower candidate number, so candidate 0 (the draw a one-candidate run makes)
+wins unless another is better.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+import numpy as np
+
+SELECT_METRICS = ("av-align",)
+MAX_CANDIDATES = 64
+MOTION_DOWNSAMPLE = 4  # Synchformer's 224 px frames -> 56 px grey for the motion signal
+
+
+def candidates_problem(candidates: int, select: str) -> str | None:
+    if not 1 <= candidates <= MAX_CANDIDATES:
+        return f"--candidates must be between 1 and {MAX_CANDIDATES}, got {candidates}"
+    if select not in SELECT_METRICS:
+        return f"--select must be one of {SELECT_METRICS}, got {select!r}"
+    return None
+
+
+def candidate_seed(window_seed: int, candidate: int) -> int:
+    """Candidate k's noise seed: the window's own seed for k = 0 (a one-candidate run's draw),
+    else a hash of (window seed, k): deterministic, independent of batching."""
+    if candidate == 0:
+        return int(window_seed)
+    digest = hashlib.sha256(f"{int(window_seed)}:candidate:{candidate}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") & (2**63 - 1)
+
+
+def window_motion(sync_frames: np.ndarray) -> np.ndarray:
+    """The motion signal (T,) of one window's uint8 frames (T, H, W, 3), as AV-Align defines it."""
+    from dub.workflows.metrics.av_align import motion_signal
+
+    frames = np.asarray(sync_frames[:, ::MOTION_DOWNSAMPLE, ::MOTION_DOWNSAMPLE], np.float32)
+    grey = frames @ np.array([0.299, 0.587, 0.114], np.float32)
+    return motion_signal(grey)
+
+
+def clip_motion(windows: list[dict], fps: float) -> tuple[np.ndarray, np.ndarray]:
+    """One motion signal for the clip from its windows' (they overlap: each window contributes
+    its frames up to the next window's start): (signal, frame times)."""
+    signals, times = [], []
+    for k, w in enumerate(windows):
+        start = float(w["start_s"])
+        t = start + np.arange(len(w["motion"])) / fps
+        end = float(windows[k + 1]["start_s"]) if k + 1 < len(windows) else start + float(w["valid_s"])
+        keep = t < end - 1e-9
+        signals.append(np.asarray(w["motion"], np.float32)[keep])
+        times.append(t[keep])
+    return np.concatenate(signals), np.concatenate(times)
+
+
+@dataclass(frozen=True)
+class Selection:
+    chosen: int
+    scores: list[float]  # per candidate; NaN where undefined (no onset and no motion peak)
+
+
+def select_candidate(
+    candidates: list[np.ndarray], sample_rate: int, motion: np.ndarray, times: np.ndarray, fps: float
+) -> Selection:
+    """The candidate clip whose audio onsets best match the clip's motion peaks (AV-Align IoU)."""
+    from dub.workflows.metrics.av_align import av_align_score, peaks_of_motion
+
+    peaks = peaks_of_motion(motion, times, fps)
+    scores = [av_align_score(audio, sample_rate, peaks)[0] for audio in candidates]
+    ranked = [s if np.isfinite(s) else -1.0 for s in scores]
+    return Selection(int(np.argmax(ranked)), [float(s) for s in scores])
