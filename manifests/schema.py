@@ -83,6 +83,13 @@ REPORT_FIELDS = [
     # --candidates: every candidate's selection score (NaN: undefined) and the one kept
     pa.field("candidate_scores", pa.list_(pa.float64())),
     pa.field("candidate_chosen", pa.int32()),
+    # where PANNs weights are present: AudioSet speech / music probabilities and top tags of the
+    # clip written, and whether it is flagged for a --reject kind (every candidate was)
+    pa.field("speech_prob", pa.float64()),
+    pa.field("music_prob", pa.float64()),
+    pa.field("audioset_tags", pa.list_(pa.string())),
+    pa.field("audioset_tag_probs", pa.list_(pa.float64())),
+    pa.field("content_rejected", pa.bool_()),
     pa.field("loudness_generated_lufs", pa.float64()),
     pa.field("loudness_lufs", pa.float64()),
     pa.field("true_peak_dbtp", pa.float64()),

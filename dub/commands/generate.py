@@ -70,6 +70,13 @@ def register(app: typer.Typer) -> None:
             help="How --candidates chooses: av-align scores audio onsets against the video's motion peaks.",
             rich_help_panel="Sampling",
         ),
+        reject: str | None = typer.Option(
+            None,
+            "--reject",
+            metavar="KINDS",
+            help="speech, music or speech,music: candidates PANNs tags as such are not chosen (needs PANNs weights); clips where every candidate was are kept and marked content_rejected.",
+            rich_help_panel="Sampling",
+        ),
         loudness: float | None = typer.Option(
             None,
             "--loudness",
@@ -194,6 +201,7 @@ def register(app: typer.Typer) -> None:
                 resize=resize.value,
                 loudness_lufs=loudness,
                 candidates=candidates,
+                reject=tuple(k.strip() for k in reject.split(",") if k.strip()) if reject else (),
                 select=select.value,
                 true_peak_dbtp=true_peak,
             )

@@ -68,12 +68,20 @@ class Selection:
 
 
 def select_candidate(
-    candidates: list[np.ndarray], sample_rate: int, motion: np.ndarray, times: np.ndarray, fps: float
+    candidates: list[np.ndarray],
+    sample_rate: int,
+    motion: np.ndarray,
+    times: np.ndarray,
+    fps: float,
+    allowed: list[bool] | None = None,
 ) -> Selection:
-    """The candidate clip whose audio onsets best match the clip's motion peaks (AV-Align IoU)."""
+    """The candidate clip whose audio onsets best match the clip's motion peaks (AV-Align IoU),
+    among the `allowed` ones (content flags) when any is allowed, else among all."""
     from dub.workflows.metrics.av_align import av_align_score, peaks_of_motion
 
     peaks = peaks_of_motion(motion, times, fps)
     scores = [av_align_score(audio, sample_rate, peaks)[0] for audio in candidates]
     ranked = [s if np.isfinite(s) else -1.0 for s in scores]
+    if allowed is not None and any(allowed):
+        ranked = [r if ok else -2.0 for r, ok in zip(ranked, allowed)]
     return Selection(int(np.argmax(ranked)), [float(s) for s in scores])

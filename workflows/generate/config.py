@@ -15,6 +15,7 @@ from pathlib import Path
 from dub.model.kernels.fp8 import FP8_RECIPE
 from dub.model.runtime.generator import SamplerConfig
 from dub.workflows.generate.candidates import candidates_problem
+from dub.workflows.generate.content import reject_problem
 from dub.workflows.media.decode import RESIZE_BACKENDS, resize_problem
 from dub.workflows.media.loudness import loudness_problem
 
@@ -57,6 +58,8 @@ class GenerateConfig:
     # noise draws per window; per clip the one `select` scores best is kept (candidates.py)
     candidates: int = 1
     select: str = "av-align"
+    # content kinds (speech, music) whose candidates selection skips (needs PANNs weights)
+    reject: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if (self.manifest is None) == (self.prompts_file is None):
@@ -77,6 +80,8 @@ class GenerateConfig:
             raise ValueError("--limit must be >= 1")
         if self.replicas is not None and self.replicas < 1:
             raise ValueError("--replicas must be >= 1 (leave it out for one per GPU)")
+        if reject_problem(self.reject):
+            raise ValueError(reject_problem(self.reject))
         if candidates_problem(self.candidates, self.select):
             raise ValueError(candidates_problem(self.candidates, self.select))
         if self.candidates > 1 and self.text_to_audio:
@@ -125,6 +130,10 @@ class GenerateConfig:
             del d["resize"]
         if self.candidates == 1:  # added later, as fp8: one-candidate runs keep their hash
             del d["candidates"], d["select"]
+        if not self.reject:  # added later, as fp8
+            del d["reject"]
+        else:
+            d["reject"] = sorted(self.reject)
         if self.loudness_lufs is None:  # added later, as fp8: runs without it keep their hash
             del d["loudness_lufs"], d["true_peak_dbtp"]
         d["sampler"] = self.sampler.as_dict()

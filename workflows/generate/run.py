@@ -26,6 +26,7 @@ from dub.storage.lock import exclusive_output
 from dub.storage.temporaries import remove_stale_temporaries
 from dub.workflows.generate.candidates import clip_motion, select_candidate
 from dub.workflows.generate.config import GenerateConfig, run_paths, window_seed
+from dub.workflows.generate.content import load_tagger, resample_16k, tagger_available
 from dub.workflows.generate.sinks import ShardWriter, completed_shard_keys, mp4_name, write_flac_bytes
 from dub.workflows.media.loudness import normalize_loudness
 
@@ -136,6 +137,11 @@ def run_generate(cfg: GenerateConfig, progress: ProgressFn | None = None) -> Sum
     if cfg.fp8 and resolve_bundle(cfg.model).encoders != "mmaudio":
         raise GenerateError(f"--fp8 runs CLIP's vision tower in FP8; the {cfg.model!r} bundle does not use it")
     config_hash = cfg.config_hash(info.weights_hash)
+    if cfg.reject and not tagger_available():
+        raise GenerateError(
+            f"--reject {','.join(cfg.reject)} needs PANNs CNN14 weights to tell speech and music "
+            "(`dub weights list` says where Cnn14_16k_mAP=0.438.pth goes)"
+        )
     paths = run_paths(cfg.out_dir)
     with exclusive_output(paths["out"], "generate"):
         return _run_locked(cfg, progress, info, window_s, config_hash, paths, started)
@@ -462,6 +468,8 @@ class _Writer:
 
     def __init__(self, cfg: GenerateConfig, paths: dict, info, config_hash: str, journal: Journal):
         self.cfg, self.paths, self.info, self.config_hash, self.journal = cfg, paths, info, config_hash, journal
+        # content flags wherever PANNs weights are present (run_generate refused --reject without them)
+        self.tagger = load_tagger()
         self.shards = (
             ShardWriter(paths["shards"], cfg.shard_size) if "wds" in cfg.formats and not cfg.text_to_audio else None
         )
@@ -496,15 +504,28 @@ class _Writer:
                 audio = stitch([a[: int(round(float(w["valid_s"]) * sr))] for a, w in zip(parts, windows)], spans, sr)
                 return audio[: int(round(video.duration_s * sr))]
 
-            selection = {}
-            if self.cfg.candidates > 1:
-                candidates = [clip_audio(k) for k in range(self.cfg.candidates)]
+            selection, kept = {}, 0
+            multi = self.cfg.candidates > 1
+            candidates = [clip_audio(k) for k in range(self.cfg.candidates)] if multi else [clip_audio(None)]
+            flags = None if self.tagger is None else self.tagger.flags([resample_16k(a, sr) for a in candidates])
+            if multi:
+                allowed = None
+                if flags is not None and self.cfg.reject:
+                    allowed = [not f.flagged(self.cfg.reject) for f in flags]
                 motion, times = clip_motion(windows, self.info.sync_fps)
-                chosen = select_candidate(candidates, sr, motion, times, self.info.sync_fps)
-                audio = candidates[chosen.chosen]
-                selection = {"candidate_scores": chosen.scores, "candidate_chosen": chosen.chosen}
-            else:
-                audio = clip_audio(None)
+                chosen = select_candidate(candidates, sr, motion, times, self.info.sync_fps, allowed)
+                kept = chosen.chosen
+                selection = {"candidate_scores": chosen.scores, "candidate_chosen": kept}
+            audio = candidates[kept]
+            if flags is not None:
+                f = flags[kept]
+                selection.update(
+                    speech_prob=f.speech_prob,
+                    music_prob=f.music_prob,
+                    audioset_tags=f.top_tags,
+                    audioset_tag_probs=f.top_probs,
+                    content_rejected=f.flagged(self.cfg.reject),
+                )
             loudness = {}
             if self.cfg.loudness_lufs is not None:
                 audio, change = normalize_loudness(audio, sr, self.cfg.loudness_lufs, self.cfg.true_peak_dbtp)
