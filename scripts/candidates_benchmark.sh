@@ -6,7 +6,8 @@
 #   scripts/candidates_benchmark.sh WORK [FOLEY_DATASET]      (N_CLIPS=100 by default)
 #
 # FOLEY_DATASET is a `dub dataset foley-synth` folder (made here with seed 0 when not given).
-# Outputs: WORK/table.json, WORK/table.md, WORK/timing.json (wall time per clip of each run).
+# Outputs: WORK/table.json, WORK/table.md, WORK/loudness.json (every --loudness -23 output metered), WORK/timing.json (wall time per clip of each run, and
+# the --dry-run estimate made before it on the same machine).
 set -euo pipefail
 W=$(realpath -m "${1:-runs/candidates-benchmark}")
 DATA=${2:-$W/foley}
@@ -31,6 +32,9 @@ write_parquet_atomic(table, w / "test-no-prompt.parquet")
 PY
 labels=()
 for n in 1 2 4 8; do
+  # the dry run's estimate first, then the run it estimates (same flags, same machine)
+  [ -f "$W/dry-n$n.json" ] || dub generate -m "$W/test-no-prompt.parquet" -o "$W/gen-n$n" \
+      --candidates "$n" --limit "$N_CLIPS" --dry-run --json > "$W/dry-n$n.json"
   [ -f "$W/gen-n$n/summary.json" ] || dub generate -m "$W/test-no-prompt.parquet" -o "$W/gen-n$n" \
       --candidates "$n" --limit "$N_CLIPS" --json > "$W/gen-n$n.json"
   [ -f "$W/report-n$n/summary.json" ] || dub report "$W/gen-n$n" -o "$W/report-n$n" --backend logmel \
@@ -38,6 +42,10 @@ for n in 1 2 4 8; do
   labels+=("best-of-$n=$W/report-n$n")
 done
 python3 -m dub.workflows.bench.foley_table "${labels[@]}" --json "$W/table.json" --markdown | tee "$W/table.md"
+# --loudness: every output of a one-candidate run at -23 LUFS, metered by ffmpeg's EBU R128 filter
+[ -f "$W/gen-loudness/summary.json" ] || dub generate -m "$W/test-no-prompt.parquet" -o "$W/gen-loudness" \
+    --loudness -23 --limit "$N_CLIPS" --json > "$W/gen-loudness.json"
+python3 -m dub.workflows.bench.loudness_check "$W/gen-loudness" --target -23 --json "$W/loudness.json"
 python3 - "$W" <<'PY' | tee "$W/timing.json"
 import json
 import sys
@@ -48,8 +56,10 @@ rows = {}
 for n in (1, 2, 4, 8):
     s = json.loads((w / f"gen-n{n}" / "summary.json").read_text())
     r = json.loads((w / f"report-n{n}" / "summary.json").read_text())
+    dry = json.loads((w / f"dry-n{n}.json").read_text())
     rows[f"best-of-{n}"] = {"clips": s["generated"], "wall_s": round(s["wall_s"], 1),
                             "wall_s_per_clip": round(s["wall_s"] / max(1, s["generated"]), 3),
+                            "dry_run_estimate_s": dry["estimated_wall_s"] and round(dry["estimated_wall_s"], 1),
                             "selection": r.get("candidate_selection")}
 print(json.dumps(rows, indent=2))
 PY
