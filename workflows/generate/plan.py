@@ -6,13 +6,11 @@ recorded figures: a model replica is built as a run builds one, one real pending
 decoded, and a batch of `--batch-size` windows goes through the replica twice (the first call
 warms it up). The estimate is then
 
-    load + max(windows x decode / decode slots, calls x model call / replicas)   (GPU replicas)
-    load + windows x decode / decode slots + calls x model call / replicas       (CPU replicas:
-                                                                                 decoding and the
-                                                                                 model share cores)
+    load + max(windows x decode / decode slots, calls x model call / replicas)
 
 plus Ray's start-up, which the dry run does not pay. Decode slots are the CPUs the replicas
-leave free (at least one).
+leave free (at least one): decoding and the replicas run side by side, as in a run. A CPU
+replica is timed on one thread, as Ray runs an actor that holds one CPU.
 """
 
 from __future__ import annotations
@@ -114,8 +112,7 @@ def _local_gpus() -> int:
 
 
 def _calibrate(cfg: GenerateConfig, info, window_s: float, video, plan: RunPlan) -> None:
-    from dub.workflows.generate.run import no_frames
-    from dub.workflows.generate.stages import GenerateReplica, decode_windows
+    import torch
 
     start, length = video.windows[0]
     row = {
@@ -129,6 +126,24 @@ def _calibrate(cfg: GenerateConfig, info, window_s: float, video, plan: RunPlan)
         "negative_prompt": np.array([cfg.negative_prompt], dtype=object),
         "seed": np.array([window_seed(cfg.seed, video.video_id, 0)]),
     }
+    threads = torch.get_num_threads()
+    if plan.device == "cpu":
+        torch.set_num_threads(1)  # what a CPU actor gets: Ray gives it one CPU, one thread
+    try:
+        _time_replica(cfg, info, window_s, row, plan)
+    finally:
+        torch.set_num_threads(threads)
+    calls = math.ceil(plan.pending_windows / cfg.batch_size)
+    decode = plan.pending_windows * plan.decode_s_per_window / plan.decode_slots
+    model = calls * plan.model_s_per_call / plan.replicas
+    plan.estimated_wall_s = plan.load_s + max(decode, model)
+
+
+def _time_replica(cfg: GenerateConfig, info, window_s: float, row: dict, plan: RunPlan) -> None:
+    """Build a replica as a run does, decode the window, and time a warm model call."""
+    from dub.workflows.generate.run import no_frames
+    from dub.workflows.generate.stages import GenerateReplica, decode_windows
+
     began = time.perf_counter()
     replica = GenerateReplica(
         model=cfg.model,
@@ -138,6 +153,7 @@ def _calibrate(cfg: GenerateConfig, info, window_s: float, video, plan: RunPlan)
         batch_size=cfg.batch_size,
         compile=cfg.compile,
         fp8=cfg.fp8,
+        candidates=cfg.candidates,
     )
     plan.load_s = time.perf_counter() - began
     if cfg.text_to_audio:
@@ -159,9 +175,6 @@ def _calibrate(cfg: GenerateConfig, info, window_s: float, video, plan: RunPlan)
     began = time.perf_counter()
     out = replica(batch)
     plan.model_s_per_call = time.perf_counter() - began
-    if any(str(e) for e in out["error"]):
-        plan.note = f"the calibration window failed: {next(str(e) for e in out['error'] if str(e))}"
-    calls = math.ceil(plan.pending_windows / cfg.batch_size)
-    decode = plan.pending_windows * plan.decode_s_per_window / plan.decode_slots
-    model = calls * plan.model_s_per_call / plan.replicas
-    plan.estimated_wall_s = plan.load_s + (max(decode, model) if plan.device == "cuda" else decode + model)
+    failed = [str(e) for e in out["error"] if str(e)]
+    if failed:
+        plan.note = f"the calibration window failed: {failed[0]}"
