@@ -41,7 +41,7 @@ for n in 1 2 4 8; do
       --skip desync --skip clap --skip ib --no-html --json > "$W/report-n$n.json"
   labels+=("best-of-$n=$W/report-n$n")
 done
-python3 -m dub.workflows.bench.foley_table "${labels[@]}" --json "$W/table.json" --markdown | tee "$W/table.md"
+python3 -m dub.workflows.bench.foley_table "${labels[@]}" --json "$W/table.json" | tee "$W/table.md"
 # --loudness: every output of a one-candidate run at -23 LUFS, metered by ffmpeg's EBU R128 filter
 [ -f "$W/gen-loudness/summary.json" ] || dub generate -m "$W/test-no-prompt.parquet" -o "$W/gen-loudness" \
     --loudness -23 --limit "$N_CLIPS" --json > "$W/gen-loudness.json"

@@ -5,7 +5,7 @@ per-clip metric with a percentile bootstrap interval from resampling CLIPS (the 
 split is drawn in): `RESAMPLES` resamples, one fixed seed, so the table is reproducible.
 Sound-class accuracy is pooled over events (correct / events of the resampled clips).
 
-    python -m dub.workflows.bench.foley_table LABEL=REPORT_DIR ... [--json OUT.json] [--markdown]
+    python -m dub.workflows.bench.foley_table LABEL=REPORT_DIR ... [--json OUT.json]      (prints Markdown)
 """
 
 from __future__ import annotations

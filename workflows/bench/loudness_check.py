@@ -55,7 +55,14 @@ def decoded_audio(path: str | Path) -> tuple[np.ndarray, int]:
 
     with av.open(str(path)) as container:
         stream = container.streams.audio[0]
-        frames = [f.to_ndarray().reshape(-1) for f in container.decode(stream)]
+        if stream.channels != 1:
+            raise ValueError(f"{path}: {stream.channels} channels; dub writes mono tracks and this meter takes mono")
+        frames = []
+        for frame in container.decode(stream):
+            samples = frame.to_ndarray().reshape(-1)
+            if np.issubdtype(samples.dtype, np.integer):  # s16 / s32 (FLAC): to [-1, 1)
+                samples = samples / float(np.iinfo(samples.dtype).max + 1)
+            frames.append(samples)
         return np.concatenate(frames).astype(np.float32), int(stream.rate)
 
 

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 
 TRUE_PEAK_OVERSAMPLING = 4  # BS.1770-4 Annex 2: 4x for 48 kHz and below
+MEASURE_RATE = 48000  # the rate BS.1770 specifies its filters at
 MIN_TARGET_LUFS, MAX_TARGET_LUFS = -70.0, 0.0  # the absolute gate, and full scale
 
 
@@ -37,14 +38,25 @@ def loudness_problem(target_lufs: float | None, ceiling_dbtp: float) -> str | No
 
 
 def integrated_loudness(audio: np.ndarray, sample_rate: int) -> float | None:
-    """BS.1770 integrated loudness in LUFS; None where it is undefined (all blocks gated out,
-    or the clip is shorter than one block)."""
-    import pyloudnorm
+    """BS.1770 integrated loudness in LUFS, measured at 48 kHz; None where it is undefined (all
+    blocks gated out, or the clip is shorter than one block).
 
-    meter = pyloudnorm.Meter(sample_rate)
+    BS.1770 specifies its K-weighting filters at 48 kHz; at other rates pyloudnorm redesigns them
+    by the bilinear transform, which warps near Nyquist. Generated 16 kHz audio can hold most of
+    its energy between 6 and 8 kHz, where that put the 16 kHz reading 2.3 LU above the 48 kHz
+    one, and the delivered AAC track (48 kHz) 2 LU under the target. So the signal is resampled
+    to 48 kHz for measuring (the audio written keeps its rate)."""
+    import pyloudnorm
+    from scipy.signal import resample_poly
+
+    meter = pyloudnorm.Meter(MEASURE_RATE)
     if len(audio) < int(round(meter.block_size * sample_rate)):
         return None
-    loudness = meter.integrated_loudness(np.asarray(audio, np.float64))
+    audio = np.asarray(audio, np.float64)
+    if sample_rate != MEASURE_RATE:
+        g = math.gcd(MEASURE_RATE, sample_rate)
+        audio = resample_poly(audio, MEASURE_RATE // g, sample_rate // g)
+    loudness = meter.integrated_loudness(audio)
     return float(loudness) if math.isfinite(loudness) else None
 
 
