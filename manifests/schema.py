@@ -83,6 +83,7 @@ REPORT_FIELDS = [
     # --candidates: every candidate's selection score (NaN: undefined) and the one kept
     pa.field("candidate_scores", pa.list_(pa.float64())),
     pa.field("candidate_chosen", pa.int32()),
+    pa.field("candidate_metric", pa.string()),  # what chose it: av-align, desync (lower wins) or clap
     # where PANNs weights are present: AudioSet speech / music probabilities and top tags of the
     # clip written, and whether it is flagged for a --reject kind (every candidate was)
     pa.field("speech_prob", pa.float64()),

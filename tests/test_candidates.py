@@ -132,6 +132,76 @@ def test_generate_with_candidates_records_every_score_and_keeps_the_best(ray_ses
         )
     )
     selection = report.summary["candidate_selection"]
-    assert selection["clips"] == 2 and selection["candidates"] == 3
-    if selection["clips_scored"]:
-        assert selection["gain"] >= 0.0  # the chosen scores are each >= their clip's mean
+    assert selection["clips"] == 2 and selection["candidates"] == 3 and list(selection["by_metric"]) == ["av-align"]
+    av_align = selection["by_metric"]["av-align"]
+    if av_align["clips_scored"]:
+        assert av_align["improvement"] >= 0.0  # the chosen scores are each >= their clip's mean
+
+
+def test_choose_follows_the_metric_direction_undefined_scores_and_flags():
+    from dub.workflows.generate.candidates import choose
+
+    assert choose([0.2, 0.5, 0.5], "av-align").chosen == 1  # higher wins, ties to the lower number
+    assert choose([0.3, 0.05, float("nan")], "desync").chosen == 1  # DeSync: lower wins
+    assert choose([float("nan"), 0.1], "clap").chosen == 1  # undefined ranks last
+    assert choose([0.9, 0.1], "clap", allowed=[False, True]).chosen == 1  # a flagged candidate is not chosen
+    assert choose([0.9, 0.1], "clap", allowed=[False, False]).chosen == 0  # unless all are
+
+
+def test_select_desync_without_synchformer_weights_fails_before_ray(tmp_path, monkeypatch):
+    from dub.workflows.generate.run import GenerateError, run_generate
+    from tests.generate_helpers import random_demo_checkpoint
+
+    monkeypatch.setenv("DUB_WEIGHTS_DIR", str(tmp_path / "no_weights"))
+    manifest = tmp_path / "m.parquet"
+    manifest.write_bytes(b"never read")
+    for metric, file in (("desync", "synchformer_state_dict.pth"), ("clap", "music_speech_audioset")):
+        cfg = GenerateConfig(
+            out_dir=str(tmp_path / "out"),
+            manifest=str(manifest),
+            candidates=2,
+            select=metric,
+            checkpoint=str(random_demo_checkpoint(tmp_path / "demo.safetensors")),
+        )
+        with pytest.raises(GenerateError, match=rf"--select {metric}: .*{file}"):
+            run_generate(cfg)
+    assert not (tmp_path / "out").exists()
+
+
+def test_generate_select_by_a_model_score_keeps_its_best(ray_session, tmp_path, monkeypatch):
+    """--select desync: the model's score (a stand-in ranking candidates by position) decides,
+    lower winning, and the rows say which metric chose."""
+    import dub.workflows.generate.run as run_module
+    from dub.workflows.ingest import IngestConfig, ingest
+    from tests.generate_helpers import random_demo_checkpoint
+    from tests.video_factory import make_video
+
+    class PositionalDesync:
+        def __init__(self, metric):
+            assert metric == "desync"
+
+        def scores(self, candidates, sample_rate, video_path, prompt):
+            assert len(candidates) == 3 and sample_rate == 16000 and video_path.endswith(".mp4")
+            return [0.4, 0.08, 0.2]
+
+    monkeypatch.setattr(run_module, "ModelScorer", PositionalDesync)
+    make_video(
+        tmp_path / "videos" / "clip.mp4", seconds=2.0, fps=25, size=(96, 64), pattern="flash_events", events=[0.5, 1.3]
+    )
+    manifest = tmp_path / "manifest.parquet"
+    ingest([tmp_path / "videos"], manifest, IngestConfig(workers=0))
+    run_module.run_generate(
+        GenerateConfig(
+            out_dir=str(tmp_path / "out"),
+            manifest=str(manifest),
+            candidates=3,
+            select="desync",
+            checkpoint=str(random_demo_checkpoint(tmp_path / "demo.safetensors")),
+        )
+    )
+    row = pq.read_table(tmp_path / "out" / "report.parquet").to_pylist()[0]
+    assert (row["candidate_chosen"], row["candidate_metric"], row["candidate_scores"]) == (
+        1,
+        "desync",
+        [0.4, 0.08, 0.2],
+    )

@@ -41,6 +41,8 @@ class SelectMetric(str, Enum):
     """How `--candidates` picks a clip's candidate."""
 
     av_align = "av-align"
+    desync = "desync"
+    clap = "clap"
 
 
 class FeatureDtype(str, Enum):

@@ -67,7 +67,7 @@ def register(app: typer.Typer) -> None:
         select: SelectMetric = typer.Option(
             SelectMetric.av_align,
             "--select",
-            help="How --candidates chooses: av-align scores audio onsets against the video's motion peaks.",
+            help="How --candidates chooses: av-align (onsets against the video's motion peaks, no weights), desync (Synchformer's offset, lower wins) or clap (prompt-audio agreement); the last two need their weights.",
             rich_help_panel="Sampling",
         ),
         reject: str | None = typer.Option(

@@ -194,6 +194,13 @@ def register(app: typer.Typer) -> None:
         console.print(table)
         for keys, reason in grouped_unavailable(summary["unavailable"]):
             console.print(f"[yellow]not computed[/yellow] {', '.join(keys)}: {reason}")
+        selection = summary.get("candidate_selection")
+        for metric, gain in (selection or {}).get("by_metric", {}).items():
+            if gain["chosen_score_mean"] is not None:
+                console.print(
+                    f"best of {selection['candidates']} by {metric}: chosen {gain['chosen_score_mean']:.4g} against "
+                    f"{gain['mean_candidate_score']:.4g} for the mean candidate, over {gain['clips_scored']} clips"
+                )
         if timings:
             t = Table(title="time per clip on this machine (median)")
             t.add_column("metric")

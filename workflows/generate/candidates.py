@@ -2,11 +2,18 @@
 
 One network evaluation makes a candidate cheap, so a run can draw several per window (batched
 with the window's features computed once) and keep, per clip, the candidate whose audio agrees
-best with the video. The selection score is AV-Align's (onsets of the candidate's audio against
-motion peaks of the clip, `dub.workflows.metrics.av_align`), with the motion taken from the
-Synchformer-rate frames the run decodes anyway (grey, 4x smaller), so selection decodes nothing
-more. Ties keep the lower candidate number, so candidate 0 (the draw a one-candidate run makes)
-wins unless another is better.
+best with the video, by `--select`:
+
+    av-align  AV-Align IoU of the candidate's audio onsets and the clip's motion peaks
+              (`dub.workflows.metrics.av_align`), the motion taken from the Synchformer-rate
+              frames the run decodes anyway (grey, 4x smaller): no weights, nothing decoded twice
+    desync    DeSync, the mean |offset| the full Synchformer predicts (lower is better; needs
+              its weights, decodes the clip's frames once per candidate)
+    clap      CLAP score of the clip's prompt and the candidate's audio (needs the CLAP weights;
+              a clip without a prompt is chosen by av-align, and its row says so)
+
+Ties keep the lower candidate number, so candidate 0 (the draw a one-candidate run makes) wins
+unless another is better.
 """
 
 from __future__ import annotations
@@ -16,7 +23,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-SELECT_METRICS = ("av-align",)
+SELECT_METRICS = ("av-align", "desync", "clap")
+LOWER_IS_BETTER = {"desync"}
+# the metric weights each selection needs (dub.workflows.metrics.weights keys)
+SELECT_WEIGHTS = {"desync": "synchformer", "clap": "laion_clap"}
 MAX_CANDIDATES = 64
 MOTION_DOWNSAMPLE = 4  # Synchformer's 224 px frames -> 56 px grey for the motion signal
 
@@ -64,7 +74,8 @@ def clip_motion(windows: list[dict], fps: float) -> tuple[np.ndarray, np.ndarray
 @dataclass(frozen=True)
 class Selection:
     chosen: int
-    scores: list[float]  # per candidate; NaN where undefined (no onset and no motion peak)
+    scores: list[float]  # per candidate, in the metric's own unit; NaN where undefined
+    metric: str = "av-align"
 
 
 def select_candidate(
@@ -80,8 +91,58 @@ def select_candidate(
     from dub.workflows.metrics.av_align import av_align_score, peaks_of_motion
 
     peaks = peaks_of_motion(motion, times, fps)
-    scores = [av_align_score(audio, sample_rate, peaks)[0] for audio in candidates]
-    ranked = [s if np.isfinite(s) else -1.0 for s in scores]
-    if allowed is not None and any(allowed):
-        ranked = [r if ok else -2.0 for r, ok in zip(ranked, allowed)]
-    return Selection(int(np.argmax(ranked)), [float(s) for s in scores])
+    return choose([av_align_score(audio, sample_rate, peaks)[0] for audio in candidates], "av-align", allowed)
+
+
+def choose(scores: list[float], metric: str, allowed: list[bool] | None = None) -> Selection:
+    """The best candidate by `scores` in the metric's direction. Undefined scores rank after
+    defined ones; when any candidate is `allowed` (content flags), the others rank after all of
+    those; ties keep the lowest number."""
+    sign = -1.0 if metric in LOWER_IS_BETTER else 1.0
+    ok = allowed if allowed is not None and any(allowed) else [True] * len(scores)
+
+    def rank(k: int) -> tuple:
+        defined = bool(np.isfinite(scores[k]))
+        return (ok[k], defined, sign * scores[k] if defined else 0.0, -k)
+
+    return Selection(max(range(len(scores)), key=rank), [float(x) for x in scores], metric)
+
+
+class ModelScorer:
+    """DeSync or CLAP scores of a clip's candidates, the models loaded once per run."""
+
+    def __init__(self, metric: str, device: str = "cpu", weights_dir: str | None = None) -> None:
+        from dub.workflows.metrics.weights import WeightsLocator
+
+        self.metric = metric
+        locator = WeightsLocator(weights_dir)
+        if metric == "desync":
+            from dub.workflows.metrics.desync import build_offset_predictor
+
+            self.model = build_offset_predictor(locator, device)
+        elif metric == "clap":
+            from dub.workflows.metrics.clap import build_clap
+
+            self.model = build_clap(locator, device)
+        else:
+            raise ValueError(f"no model scores {metric!r}")
+
+    def scores(self, candidates: list[np.ndarray], sample_rate: int, video_path: str, prompt: str) -> list[float]:
+        from dub.workflows.generate.content import resample_16k
+
+        if self.metric == "desync":
+            from dub.workflows.metrics.desync import desync_score
+
+            return [desync_score(self.model.clip_offsets(video_path, resample_16k(a, sample_rate))) for a in candidates]
+        from dub.workflows.metrics.clap import clap_score
+
+        wavs = [_resample(a, sample_rate, 48000) for a in candidates]
+        texts = [prompt] * len(candidates)
+        return [float(x) for x in clap_score(self.model.text_embeddings(texts), self.model.audio_embeddings(wavs))]
+
+
+def _resample(audio: np.ndarray, rate: int, target: int) -> np.ndarray:
+    from scipy.signal import resample_poly
+
+    g = np.gcd(rate, target)
+    return audio if rate == target else resample_poly(audio, target // g, rate // g).astype(np.float32)

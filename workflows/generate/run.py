@@ -24,11 +24,12 @@ from dub.storage.atomic import atomic_path, write_json_atomic
 from dub.storage.journal import Journal, read_journal
 from dub.storage.lock import exclusive_output
 from dub.storage.temporaries import remove_stale_temporaries
-from dub.workflows.generate.candidates import clip_motion, select_candidate
+from dub.workflows.generate.candidates import ModelScorer, choose, clip_motion, select_candidate
 from dub.workflows.generate.config import GenerateConfig, run_paths, window_seed
 from dub.workflows.generate.content import load_tagger, resample_16k, tagger_available
 from dub.workflows.generate.sinks import ShardWriter, completed_shard_keys, mp4_name, write_flac_bytes
 from dub.workflows.media.loudness import normalize_loudness
+from dub.workflows.metrics.embeddings import BackendUnavailable
 
 
 class GenerateError(RuntimeError):
@@ -142,9 +143,15 @@ def run_generate(cfg: GenerateConfig, progress: ProgressFn | None = None) -> Sum
             f"--reject {','.join(cfg.reject)} needs PANNs CNN14 weights to tell speech and music "
             "(`dub weights list` says where Cnn14_16k_mAP=0.438.pth goes)"
         )
+    scorer = None
+    if cfg.candidates > 1 and cfg.select != "av-align":  # its model, loaded once, before any work
+        try:
+            scorer = ModelScorer(cfg.select)
+        except BackendUnavailable as exc:
+            raise GenerateError(f"--select {cfg.select}: {exc}") from None
     paths = run_paths(cfg.out_dir)
     with exclusive_output(paths["out"], "generate"):
-        return _run_locked(cfg, progress, info, window_s, config_hash, paths, started)
+        return _run_locked(cfg, progress, info, window_s, config_hash, paths, started, scorer)
 
 
 def _run_locked(
@@ -155,6 +162,7 @@ def _run_locked(
     config_hash: str,
     paths: dict,
     started: float,
+    scorer=None,
 ) -> Summary:
     from dub.workflows.ray_cluster import RayAuthError, connect, quiet_known_ray_lines
 
@@ -185,7 +193,9 @@ def _run_locked(
             except RayAuthError as exc:
                 raise GenerateError(str(exc)) from None
             with quiet_known_ray_lines():  # Ray's per-run ERROR line about its own actor wrapper
-                _execute(cfg, info, window_s, config_hash, pending, paths, journal, summary, resources, progress)
+                _execute(
+                    cfg, info, window_s, config_hash, pending, paths, journal, summary, resources, progress, scorer
+                )
     finally:  # a run stopped by --max-failures still leaves a report of what it did
         journal.flush()
         _write_report(paths, [v.video_id for v in videos], skipped_rows)
@@ -343,7 +353,9 @@ def _row(video_id: str, path: str, status: str, error: str | None, **extra) -> d
 # -- execution -----------------------------------------------------------------------------
 
 
-def _execute(cfg, info, window_s, config_hash, pending, paths, journal, summary, resources, progress) -> None:
+def _execute(
+    cfg, info, window_s, config_hash, pending, paths, journal, summary, resources, progress, scorer=None
+) -> None:
     import ray.data
     from ray.data import ActorPoolStrategy
 
@@ -416,7 +428,7 @@ def _execute(cfg, info, window_s, config_hash, pending, paths, journal, summary,
         ),
     )
 
-    writer = _Writer(cfg, paths, info, config_hash, journal)
+    writer = _Writer(cfg, paths, info, config_hash, journal, scorer)
     collected: dict[str, dict[int, dict]] = {}
     failures = 0
     clock = _BusyClock(replicas)
@@ -466,10 +478,11 @@ class _Writer:
     """Stitches a video's windows and writes every requested output; journals its row once
     the outputs are durable (shard rows when their shard is closed)."""
 
-    def __init__(self, cfg: GenerateConfig, paths: dict, info, config_hash: str, journal: Journal):
+    def __init__(self, cfg: GenerateConfig, paths: dict, info, config_hash: str, journal: Journal, scorer=None):
         self.cfg, self.paths, self.info, self.config_hash, self.journal = cfg, paths, info, config_hash, journal
         # content flags wherever PANNs weights are present (run_generate refused --reject without them)
         self.tagger = load_tagger()
+        self.scorer = scorer  # --select desync / clap (candidates.ModelScorer); None: av-align
         self.shards = (
             ShardWriter(paths["shards"], cfg.shard_size) if "wds" in cfg.formats and not cfg.text_to_audio else None
         )
@@ -512,10 +525,18 @@ class _Writer:
                 allowed = None
                 if flags is not None and self.cfg.reject:
                     allowed = [not f.flagged(self.cfg.reject) for f in flags]
-                motion, times = clip_motion(windows, self.info.sync_fps)
-                chosen = select_candidate(candidates, sr, motion, times, self.info.sync_fps, allowed)
+                if self.scorer is not None and (self.cfg.select != "clap" or video.prompt.strip()):
+                    scores = self.scorer.scores(candidates, sr, video.path, video.prompt)
+                    chosen = choose(scores, self.cfg.select, allowed)
+                else:  # av-align, or clap for a clip without a prompt
+                    motion, times = clip_motion(windows, self.info.sync_fps)
+                    chosen = select_candidate(candidates, sr, motion, times, self.info.sync_fps, allowed)
                 kept = chosen.chosen
-                selection = {"candidate_scores": chosen.scores, "candidate_chosen": kept}
+                selection = {
+                    "candidate_scores": chosen.scores,
+                    "candidate_chosen": kept,
+                    "candidate_metric": chosen.metric,
+                }
             audio = candidates[kept]
             if flags is not None:
                 f = flags[kept]

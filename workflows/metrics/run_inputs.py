@@ -37,6 +37,7 @@ class GeneratedRow:
     # `dub generate --candidates`: every candidate's selection score, and the one kept
     candidate_scores: tuple[float, ...] | None = None
     candidate_chosen: int | None = None
+    candidate_metric: str | None = None
 
 
 def _resolve(run_dir: Path, value) -> Path | None:
@@ -80,6 +81,7 @@ def load_run(run_dir: str | Path) -> tuple[dict, list[GeneratedRow]]:
                 output_audio=_resolve(run_dir, r.get("output_audio")),
                 candidate_scores=None if r.get("candidate_scores") is None else tuple(r["candidate_scores"]),
                 candidate_chosen=r.get("candidate_chosen"),
+                candidate_metric=r.get("candidate_metric"),
             )
         )
     return config, rows

@@ -120,7 +120,7 @@ def clip_key(row: GeneratedRow, want_media: bool, references: ReferenceIndex | N
     Stats, not reads: a rerun over a large run stays cheap."""
     values = dataclasses.asdict(row)
     if row.candidate_scores is None:  # added later: clips of one-candidate runs keep their keys
-        del values["candidate_scores"], values["candidate_chosen"]
+        del values["candidate_scores"], values["candidate_chosen"], values["candidate_metric"]
     fields = [None if v is None else str(v) for v in values.values()]
     outputs = [_stat(p) for p in (row.output_mp4, row.output_audio, row.output_shard)]
     source = row.source_path

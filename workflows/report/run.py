@@ -27,6 +27,7 @@ import numpy as np
 
 from dub.storage.atomic import atomic_path, write_text_atomic
 from dub.storage.lock import exclusive_output, writer_of
+from dub.workflows.generate.candidates import LOWER_IS_BETTER as CANDIDATE_LOWER_IS_BETTER
 from dub.workflows.metrics.classifiers import inception_score, kl_softmax
 from dub.workflows.metrics.embeddings import BackendInfo
 from dub.workflows.metrics.fad import frechet_distance
@@ -151,23 +152,35 @@ def _write_parquet(records: list[dict], path: Path) -> None:
 
 
 def candidate_selection(rows: list[GeneratedRow]) -> dict | None:
-    """What `dub generate --candidates` gained by its choice, in its own selection score: the
-    chosen candidates' mean against the mean candidate's (a random draw's expected score), over
-    the clips where every candidate's score is defined. None for one-candidate runs."""
+    """What `dub generate --candidates` gained by its choice, in its own selection score, per
+    metric that chose (a run may choose prompted clips by CLAP and the others by AV-Align): the
+    chosen candidates' mean against the mean candidate's (a random draw's expected score) over
+    the clips where every candidate's score is defined; `improvement` is signed so that positive
+    is better (DeSync: lower wins). None for one-candidate runs."""
     picked = [r for r in rows if r.candidate_scores and r.candidate_chosen is not None]
-    scored = [r for r in picked if all(math.isfinite(s) for s in r.candidate_scores)]
     if not picked:
         return None
-    chosen = float(np.mean([r.candidate_scores[r.candidate_chosen] for r in scored])) if scored else None
-    mean = float(np.mean([np.mean(r.candidate_scores) for r in scored])) if scored else None
+    by_metric = {}
+    for metric in sorted({r.candidate_metric or "av-align" for r in picked}):
+        scored = [
+            r
+            for r in picked
+            if (r.candidate_metric or "av-align") == metric and all(math.isfinite(s) for s in r.candidate_scores)
+        ]
+        chosen = float(np.mean([r.candidate_scores[r.candidate_chosen] for r in scored])) if scored else None
+        mean = float(np.mean([np.mean(r.candidate_scores) for r in scored])) if scored else None
+        sign = -1.0 if metric in CANDIDATE_LOWER_IS_BETTER else 1.0
+        by_metric[metric] = {
+            "clips_scored": len(scored),
+            "chosen_score_mean": chosen,
+            "mean_candidate_score": mean,
+            "improvement": None if chosen is None else sign * (chosen - mean),
+        }
     return {
         "clips": len(picked),
         "candidates": max(len(r.candidate_scores) for r in picked),
-        "clips_scored": len(scored),
-        "chosen_score_mean": chosen,
-        "mean_candidate_score": mean,
-        "gain": None if chosen is None else chosen - mean,
         "chosen_not_first": sum(1 for r in picked if r.candidate_chosen != 0),
+        "by_metric": by_metric,
     }
 
 
