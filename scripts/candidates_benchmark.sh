@@ -16,20 +16,7 @@ mkdir -p "$W"
 [ -f "$DATA/index.parquet" ] || dub dataset foley-synth -o "$DATA" --seed 0 --train 1 --val 1 --test "$N_CLIPS" \
     -j "$(nproc)"
 [ -f "$W/test.parquet" ] || dub ingest "$DATA/test/silent" -o "$W/test.parquet" -q
-[ -f "$W/test-no-prompt.parquet" ] || python3 - "$W" <<'PY'
-import sys
-from pathlib import Path
-
-import pyarrow as pa
-
-from dub.manifests.io import read_manifest, write_parquet_atomic
-
-w = Path(sys.argv[1])
-table = read_manifest(w / "test.parquet")
-i = table.schema.get_field_index("prompt")
-table = table.set_column(i, table.schema.field(i), pa.nulls(len(table), table.schema.field(i).type))
-write_parquet_atomic(table, w / "test-no-prompt.parquet")
-PY
+[ -f "$W/test-no-prompt.parquet" ] || python3 -m dub.workflows.bench.no_prompt "$W/test.parquet" "$W/test-no-prompt.parquet"
 labels=()
 for n in 1 2 4 8; do
   # the dry run's estimate first, then the run it estimates (same flags, same machine)

@@ -32,20 +32,7 @@ stamp dataset
 [ -f "$W/val.parquet" ] || dub ingest "$W/foley/val/audio" -o "$W/val.parquet" -q
 [ -f "$W/test.parquet" ] || dub ingest "$W/foley/test/silent" -o "$W/test.parquet" -q
 # The look must decide the sound: the same test clips without their prompts (which name the class)
-[ -f "$W/test-no-prompt.parquet" ] || python3 - "$W" <<'EOF'
-import sys
-from pathlib import Path
-
-import pyarrow as pa
-
-from dub.manifests.io import read_manifest, write_parquet_atomic
-
-w = Path(sys.argv[1])
-table = read_manifest(w / "test.parquet")
-i = table.schema.get_field_index("prompt")
-table = table.set_column(i, table.schema.field(i), pa.nulls(len(table), table.schema.field(i).type))
-write_parquet_atomic(table, w / "test-no-prompt.parquet")
-EOF
+[ -f "$W/test-no-prompt.parquet" ] || python3 -m dub.workflows.bench.no_prompt "$W/test.parquet" "$W/test-no-prompt.parquet"
 [ -f "$W/shards/summary.json" ] || dub extract -m "$W/train.parquet" -o "$W/shards" --shard-size 128
 stamp extract
 

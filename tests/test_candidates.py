@@ -84,23 +84,11 @@ def test_generate_with_candidates_records_every_score_and_keeps_the_best(ray_ses
     holds 3 scores and keeps the best (ties: the lowest number); the same command again makes the
     same choices; `dub report` states the gain over the mean candidate."""
     from dub.workflows.generate.run import run_generate
-    from dub.workflows.ingest import IngestConfig, ingest
     from dub.workflows.report.config import ReportConfig
     from dub.workflows.report.run import run_report
-    from tests.generate_helpers import random_demo_checkpoint
-    from tests.video_factory import make_video
+    from tests.generate_helpers import flash_clips_manifest, random_demo_checkpoint
 
-    for k in range(2):
-        make_video(
-            tmp_path / "videos" / f"clip{k}.mp4",
-            seconds=3.0,
-            fps=25,
-            size=(96, 64),
-            pattern="flash_events",
-            events=[0.6 + 0.3 * k, 1.5, 2.4],
-        )
-    manifest = tmp_path / "manifest.parquet"
-    ingest([tmp_path / "videos"], manifest, IngestConfig(workers=0))
+    manifest = flash_clips_manifest(tmp_path, [[0.6, 1.5, 2.4], [0.9, 1.5, 2.4]], seconds=3.0)
     checkpoint = random_demo_checkpoint(tmp_path / "demo.safetensors")
     runs = []
     for name in ("a", "b"):
@@ -172,9 +160,7 @@ def test_generate_select_by_a_model_score_keeps_its_best(ray_session, tmp_path, 
     """--select desync: the model's score (a stand-in ranking candidates by position) decides,
     lower winning, and the rows say which metric chose."""
     import dub.workflows.generate.run as run_module
-    from dub.workflows.ingest import IngestConfig, ingest
-    from tests.generate_helpers import random_demo_checkpoint
-    from tests.video_factory import make_video
+    from tests.generate_helpers import flash_clips_manifest, random_demo_checkpoint
 
     class PositionalDesync:
         def __init__(self, metric):
@@ -185,11 +171,7 @@ def test_generate_select_by_a_model_score_keeps_its_best(ray_session, tmp_path, 
             return [0.4, 0.08, 0.2]
 
     monkeypatch.setattr(run_module, "ModelScorer", PositionalDesync)
-    make_video(
-        tmp_path / "videos" / "clip.mp4", seconds=2.0, fps=25, size=(96, 64), pattern="flash_events", events=[0.5, 1.3]
-    )
-    manifest = tmp_path / "manifest.parquet"
-    ingest([tmp_path / "videos"], manifest, IngestConfig(workers=0))
+    manifest = flash_clips_manifest(tmp_path, [[0.5, 1.3]], seconds=2.0)
     run_module.run_generate(
         GenerateConfig(
             out_dir=str(tmp_path / "out"),

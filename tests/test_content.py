@@ -79,23 +79,11 @@ def test_generate_reject_keeps_the_unflagged_candidate_and_records_the_flags(ray
     """Candidates 0 and 1 of every clip are tagged as speech, 2 is not: with --reject speech
     every clip keeps candidate 2 whatever its sync score, and report.parquet holds its flags."""
     import dub.workflows.generate.run as run_module
-    from dub.workflows.ingest import IngestConfig, ingest
-    from tests.generate_helpers import random_demo_checkpoint
-    from tests.video_factory import make_video
+    from tests.generate_helpers import flash_clips_manifest, random_demo_checkpoint
 
     monkeypatch.setattr(run_module, "tagger_available", lambda: True)
     monkeypatch.setattr(run_module, "load_tagger", lambda: ContentTagger(PositionalBackend([3.0, 3.0, -3.0])))
-    for k in range(2):
-        make_video(
-            tmp_path / "videos" / f"clip{k}.mp4",
-            seconds=2.0,
-            fps=25,
-            size=(96, 64),
-            pattern="flash_events",
-            events=[0.5, 1.2 + 0.2 * k],
-        )
-    manifest = tmp_path / "manifest.parquet"
-    ingest([tmp_path / "videos"], manifest, IngestConfig(workers=0))
+    manifest = flash_clips_manifest(tmp_path, [[0.5, 1.2], [0.5, 1.4]], seconds=2.0)
     run_module.run_generate(
         GenerateConfig(
             out_dir=str(tmp_path / "out"),

@@ -50,3 +50,20 @@ def test_a_report_folder_becomes_a_row(tmp_path):
     assert math.isnan(row["av_align"][0])
     table = markdown({"x": row})
     assert "| x | 2 | 0.750 [" in table and "n/a" in table
+
+
+def test_no_prompt_clears_prompts_and_keeps_every_other_column(tmp_path):
+    """The benchmarks' no-prompt manifest: the same rows, read back by pyarrow, prompts null."""
+    import pyarrow.parquet as pq
+
+    from dub.manifests.io import manifest_from_rows, write_parquet_atomic
+    from dub.workflows.bench.no_prompt import strip_prompts
+
+    rows = [
+        {"video_id": f"v{k}", "path": f"/clips/{k}.mp4", "status": "ok", "prompt": f"a red ball {k}"} for k in range(3)
+    ]
+    src = write_parquet_atomic(manifest_from_rows(rows), tmp_path / "in.parquet")
+    out = pq.read_table(strip_prompts(src, tmp_path / "out.parquet"))
+    before = pq.read_table(src)
+    assert out.column("prompt").null_count == 3
+    assert out.drop(["prompt"]).equals(before.drop(["prompt"]))

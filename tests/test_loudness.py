@@ -80,17 +80,9 @@ def test_generate_writes_every_clip_at_the_target_loudness(ray_session, tmp_path
     loudness before and after."""
     from dub.workflows.generate.config import GenerateConfig
     from dub.workflows.generate.run import run_generate
-    from dub.workflows.ingest import IngestConfig, ingest
-    from tests.generate_helpers import random_demo_checkpoint
-    from tests.video_factory import make_video
+    from tests.generate_helpers import flash_clips_manifest, random_demo_checkpoint
 
-    videos = tmp_path / "videos"
-    for k in range(2):
-        make_video(
-            videos / f"clip{k}.mp4", seconds=3.0, fps=25, size=(96, 64), pattern="flash_events", events=[0.5 + k, 2.0]
-        )
-    manifest = tmp_path / "manifest.parquet"
-    ingest([videos], manifest, IngestConfig(workers=0))
+    manifest = flash_clips_manifest(tmp_path, [[0.5, 2.0], [1.5, 2.0]], seconds=3.0)
     out = tmp_path / "out"
     run_generate(
         GenerateConfig(
