@@ -142,7 +142,7 @@ def _calibrate(cfg: GenerateConfig, info, window_s: float, video, plan: RunPlan)
 def _time_replica(cfg: GenerateConfig, info, window_s: float, row: dict, plan: RunPlan) -> None:
     """Build a replica as a run does, decode the window, and time a warm model call."""
     from dub.workflows.generate.run import no_frames
-    from dub.workflows.generate.stages import GenerateReplica, decode_windows
+    from dub.workflows.generate.stages import GenerateReplica, decode_settings, decode_windows
 
     began = time.perf_counter()
     replica = GenerateReplica(
@@ -160,15 +160,7 @@ def _time_replica(cfg: GenerateConfig, info, window_s: float, row: dict, plan: R
         decoded, plan.decode_s_per_window = no_frames(row), 0.0
     else:
         began = time.perf_counter()
-        decoded = decode_windows(
-            row,
-            clip_fps=info.clip_fps,
-            clip_size=info.clip_size,
-            sync_fps=info.sync_fps,
-            sync_size=info.sync_size,
-            window_s=window_s,
-            backend=cfg.decode_backend,
-        )
+        decoded = decode_windows(row, **decode_settings(info, window_s, cfg.decode_backend))
         plan.decode_s_per_window = time.perf_counter() - began
     batch = {k: np.repeat(np.asarray(v), cfg.batch_size, axis=0) for k, v in decoded.items()}
     replica(batch)  # warm-up: first-call allocations, graph capture, compilation

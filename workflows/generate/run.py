@@ -359,7 +359,13 @@ def _execute(
     import ray.data
     from ray.data import ActorPoolStrategy
 
-    from dub.workflows.generate.stages import GenerateReplica, decode_memory_bytes, decode_windows, window_frame_bytes
+    from dub.workflows.generate.stages import (
+        GenerateReplica,
+        decode_memory_bytes,
+        decode_settings,
+        decode_windows,
+        window_frame_bytes,
+    )
     from dub.workflows.ray_cluster import model_replicas, warn_if_store_small, window_blocks
 
     by_id = {v.video_id: v for v in pending}
@@ -395,14 +401,7 @@ def _execute(
             memory=decode_memory_bytes(
                 info.clip_fps, info.clip_size, info.sync_fps, info.sync_size, window_s, cfg.decode_backend
             ),
-            fn_kwargs=dict(
-                clip_fps=info.clip_fps,
-                clip_size=info.clip_size,
-                sync_fps=info.sync_fps,
-                sync_size=info.sync_size,
-                window_s=window_s,
-                backend=cfg.decode_backend,
-            ),
+            fn_kwargs=decode_settings(info, window_s, cfg.decode_backend),
         )
     use_gpu = resources.gpus >= 1
     try:

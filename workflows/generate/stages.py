@@ -45,6 +45,18 @@ def decode_memory_bytes(
     return int(need)
 
 
+def decode_settings(info, window_s: float, backend: str) -> dict:
+    """`decode_windows`'s keyword arguments for a bundle (its frame rates and sizes)."""
+    return dict(
+        clip_fps=info.clip_fps,
+        clip_size=info.clip_size,
+        sync_fps=info.sync_fps,
+        sync_size=info.sync_size,
+        window_s=window_s,
+        backend=backend,
+    )
+
+
 def decode_windows(
     batch: dict[str, np.ndarray],
     *,
