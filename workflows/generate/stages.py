@@ -34,9 +34,10 @@ def decode_memory_bytes(
     fusing decoding into the model actors on a CPU-only cluster (operators with identical remote
     args fuse), so decoding overlaps the model instead of running inside the actor."""
     frames = window_frame_bytes(clip_fps, clip_size, sync_fps, sync_size, window_s)
-    # + the worker's own footprint (PyAV decoder, swscale buffers): Ray Data measured 214 MiB for
-    # an 8 s window where 3 x frames alone is 167 MiB, and asks for 1.25 x its peak
-    need = 3 * frames + 128 * 2**20
+    # + the worker's own footprint (the Python worker with numpy and PyAV, decoder and swscale
+    # buffers): Ray Data 2.60 measured peaks of 573 MiB per decoding worker for 8 s windows on
+    # the 2-core box, where 3 x frames is ~165 MiB, and warns below 1.25 x the peak
+    need = 3 * frames + 576 * 2**20
     if backend == "torch":
         # torch itself (~0.5 GiB resident after import) and float32 copies of each source frame,
         # which the allocator does not always give back: peaks of one 8 s window measured on the
