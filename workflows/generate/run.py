@@ -110,7 +110,7 @@ class _BusyClock:
             summary.model_busy_fraction = round(model_s / span, 3)  # <= 1: stages run inside calls
 
 
-@dataclass
+@dataclass(slots=True)  # one per manifest row: a million of them in a large run
 class _Video:
     video_id: str
     path: str
@@ -240,6 +240,9 @@ def _version() -> str:
         return "unknown"
 
 
+_PLAN_COLUMNS = ("video_id", "path", "status", "duplicate_of", "error", "duration_s", "prompt")
+
+
 def load_inputs(cfg: GenerateConfig, window_s: float) -> tuple[list[_Video], list[dict]]:
     from dub.workflows.media.windows import plan_windows
 
@@ -248,8 +251,11 @@ def load_inputs(cfg: GenerateConfig, window_s: float) -> tuple[list[_Video], lis
     from dub.manifests.io import read_manifest
 
     table = read_manifest(cfg.manifest)
+    # only the columns planning reads, a batch of rows at a time: at a million rows the whole
+    # manifest as Python dicts was most of the driver's memory
+    wanted = [c for c in _PLAN_COLUMNS if c in table.column_names]
     videos, skipped = [], []
-    for row in table.to_pylist():
+    for row in (r for batch in table.select(wanted).to_batches(max_chunksize=65536) for r in batch.to_pylist()):
         vid = row["video_id"]
         if row.get("status") == "duplicate" or row.get("duplicate_of"):
             skipped.append(_row(vid, row["path"], "skipped", f"duplicate of {row.get('duplicate_of')}"))
