@@ -87,3 +87,26 @@ def test_train_config_with_an_unknown_setting_is_refused(tmp_path):
     assert result.exit_code == 2
     assert "warmup" in result.output and "meanflow.ratio" in result.output
     assert not (tmp_path / "x.toml").exists()
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["ingest", "s3://bucket/videos", "-o", "manifest.parquet"],
+        ["ingest", "videos", "-o", "gs://bucket/manifest.parquet"],
+        ["generate", "-m", "s3://bucket/manifest.parquet", "-o", "out"],
+        ["generate", "-m", "manifest.parquet", "-o", "s3://bucket/out"],
+        ["extract", "-m", "manifest.parquet", "-o", "s3://bucket/shards"],
+        ["report", "s3://bucket/run", "-o", "report"],
+        ["train", "--val-manifest", "s3://bucket/val.parquet", "--write-config", "run.toml"],
+    ],
+)
+def test_object_storage_uris_are_refused_while_parsing_not_written_as_local_folders(args, tmp_path, monkeypatch):
+    """pathlib would turn s3://bucket/out into a local folder "s3:/bucket/out" and the run would
+    write there; the command refuses the URI before doing anything and says what to do."""
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 2
+    text = " ".join(result.output.replace("│", " ").split())
+    assert "locations are not supported here yet" in text and "mount the bucket" in text
+    assert list(tmp_path.iterdir()) == []

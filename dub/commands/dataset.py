@@ -6,13 +6,17 @@ from pathlib import Path
 
 import typer
 
+from dub.commands.paths import local_path
+
 
 def register(app: typer.Typer) -> None:
     dataset_app = typer.Typer(help="Build benchmark data sets with known audio-visual sync.", no_args_is_help=True)
 
     @dataset_app.command("foley-synth")
     def foley_synth(
-        out: Path = typer.Option(..., "--out", "-o", help="Output directory (created; files in it are overwritten)."),
+        out: Path = typer.Option(
+            ..., "--out", "-o", help="Output directory (created; files in it are overwritten).", callback=local_path
+        ),
         seed: int = typer.Option(0, help="Every clip is a function of (seed, split, index)."),
         train: int = typer.Option(16, "--train", help="Clips in the train split."),
         val: int = typer.Option(4, "--val", help="Clips in the validation split."),
@@ -59,7 +63,7 @@ def register(app: typer.Typer) -> None:
 
     @dataset_app.command("samples")
     def samples(
-        out: Path = typer.Option(..., "--out", "-o", help="Output directory, e.g. dub/samples."),
+        out: Path = typer.Option(..., "--out", "-o", help="Output directory, e.g. dub/samples.", callback=local_path),
         seed: int = typer.Option(0, help="foley-synth seed the clips are drawn from (test split)."),
         count: int = typer.Option(3, help="Number of clips, each a different sound class."),
         seconds: float = typer.Option(6.0, help="Clip duration in seconds."),

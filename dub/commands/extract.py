@@ -8,17 +8,20 @@ from pathlib import Path
 import typer
 
 from dub.commands.choices import FeatureDtype, Resize
+from dub.commands.paths import local_path
 
 
 def register(app: typer.Typer) -> None:
     @app.command()
     def extract(
         manifest: Path | None = typer.Option(
-            None, "--manifest", "-m", help="Manifest from `dub ingest` (clips WITH audio)."
+            None, "--manifest", "-m", help="Manifest from `dub ingest` (clips WITH audio).", callback=local_path
         ),
-        out: Path = typer.Option(Path("shards"), "--out", "-o", help="Output directory for the training shards."),
+        out: Path = typer.Option(
+            Path("shards"), "--out", "-o", help="Output directory for the training shards.", callback=local_path
+        ),
         audio_dir: Path | None = typer.Option(
-            None, "--audio-dir", help="Audio-only files with NAME.txt captions (text-to-audio)."
+            None, "--audio-dir", help="Audio-only files with NAME.txt captions (text-to-audio).", callback=local_path
         ),
         model: str = typer.Option("demo", "--model", help="Model bundle whose encoders and codec make the features."),
         window: float | None = typer.Option(

@@ -9,6 +9,7 @@ from pathlib import Path
 import typer
 
 from dub.commands.choices import AudioCodec, OutputFormat, RescaleMode, Resize, Sampler, SelectMetric
+from dub.commands.paths import local_path
 
 DEFAULT_MANIFEST = "manifest.parquet"
 
@@ -17,17 +18,25 @@ def register(app: typer.Typer) -> None:
     @app.command()
     def generate(
         manifest: Path | None = typer.Option(
-            None, "--manifest", "-m", help="Manifest from `dub ingest` (default: ./manifest.parquet)."
+            None,
+            "--manifest",
+            "-m",
+            help="Manifest from `dub ingest` (default: ./manifest.parquet).",
+            callback=local_path,
         ),
         out: Path = typer.Option(
-            Path("dubbed"), "--out", "-o", help="Output directory (one generation config per directory)."
+            Path("dubbed"),
+            "--out",
+            "-o",
+            help="Output directory (one generation config per directory).",
+            callback=local_path,
         ),
         prompts: Path | None = typer.Option(
-            None, "--prompts", help="Text-to-audio: a file with one prompt per line (no video)."
+            None, "--prompts", help="Text-to-audio: a file with one prompt per line (no video).", callback=local_path
         ),
         model: str = typer.Option("demo", "--model", help="Model bundle name (see `dub weights list`)."),
         checkpoint: Path | None = typer.Option(
-            None, "--checkpoint", help="An MF-MJT checkpoint (.safetensors) from `dub train`."
+            None, "--checkpoint", help="An MF-MJT checkpoint (.safetensors) from `dub train`.", callback=local_path
         ),
         sampler: Sampler = typer.Option(
             Sampler.meanflow,

@@ -6,13 +6,17 @@ from pathlib import Path
 
 import typer
 
+from dub.commands.paths import local_path
+
 
 def register(app: typer.Typer) -> None:
     @app.command()
     def ingest(
-        paths: list[Path] = typer.Argument(..., help="Video files or folders (scanned recursively)."),
+        paths: list[Path] = typer.Argument(
+            ..., help="Video files or folders (scanned recursively).", callback=local_path
+        ),
         output: Path = typer.Option(
-            ..., "--output", "-o", help="Manifest to write (Parquet); an existing one is updated."
+            ..., "--output", "-o", help="Manifest to write (Parquet); an existing one is updated.", callback=local_path
         ),
         ext: str | None = typer.Option(
             None, "--ext", help="Comma-separated extensions to scan for (default: common video formats)."

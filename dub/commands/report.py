@@ -7,14 +7,17 @@ from pathlib import Path
 import typer
 
 from dub.commands.choices import ReportBackend, Resize, Skippable, values
+from dub.commands.paths import local_path
 
 
 def register(app: typer.Typer) -> None:
     @app.command()
     def report(
-        run: Path = typer.Argument(..., help="A `dub generate` output directory (run.json, report.parquet, mp4/)."),
+        run: Path = typer.Argument(
+            ..., help="A `dub generate` output directory (run.json, report.parquet, mp4/).", callback=local_path
+        ),
         out: Path = typer.Option(
-            ..., "--out", "-o", help="Report directory (report.parquet, summary.json, index.html)."
+            ..., "--out", "-o", help="Report directory (report.parquet, summary.json, index.html).", callback=local_path
         ),
         reference: Path | None = typer.Option(
             None,
@@ -22,6 +25,7 @@ def register(app: typer.Typer) -> None:
             "-r",
             help="Reference audio when the source videos have none: a folder (<video_id>.* or <source stem>.*) "
             "or a Parquet manifest with columns video_id, path.",
+            callback=local_path,
         ),
         backend: list[ReportBackend] = typer.Option(
             None,
@@ -30,7 +34,10 @@ def register(app: typer.Typer) -> None:
             help="FAD embedding backends, repeatable (default: all; unavailable ones are reported).",
         ),
         weights_dir: Path | None = typer.Option(
-            None, "--weights-dir", help="Local weights folder (default: $DUB_WEIGHTS_DIR or ~/.cache/dub/weights)."
+            None,
+            "--weights-dir",
+            help="Local weights folder (default: $DUB_WEIGHTS_DIR or ~/.cache/dub/weights).",
+            callback=local_path,
         ),
         device: str = typer.Option("cpu", help="cpu | cuda (embedding, Synchformer and CLAP models)."),
         audio_length: float = typer.Option(

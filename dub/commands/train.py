@@ -13,6 +13,7 @@ from pathlib import Path
 import typer
 
 from dub.commands.choices import Objective
+from dub.commands.paths import local_path
 
 # command-line parameter -> TrainConfig field, for the flags that override a --config file
 FLAG_FIELDS = {
@@ -51,14 +52,16 @@ def register(app: typer.Typer) -> None:
             None,
             "--config",
             help="TOML file with any training settings (architecture, optimiser, MeanFlow, JVP); flags given here win.",
+            callback=local_path,
         ),
         write_config: Path | None = typer.Option(
             None,
             "--write-config",
             help="Write the resolved settings as TOML to this file and exit (a starting point for --config).",
+            callback=local_path,
         ),
         init: Path | None = typer.Option(
-            None, "--init", help="Start from these weights (MMAudio .pth or dub .safetensors)."
+            None, "--init", help="Start from these weights (MMAudio .pth or dub .safetensors).", callback=local_path
         ),
         preset: str | None = typer.Option(
             None, "--preset", help="Network preset for a from-scratch run (default: the shards' model)."
@@ -77,6 +80,7 @@ def register(app: typer.Typer) -> None:
             "--val-manifest",
             help="Evaluate checkpoints on this manifest (generate + report).",
             rich_help_panel="Evaluation",
+            callback=local_path,
         ),
         sample_every: int | None = typer.Option(
             None, "--sample-every", help="Evaluate checkpoints at multiples of this step.", rich_help_panel="Evaluation"
