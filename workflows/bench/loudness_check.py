@@ -49,30 +49,18 @@ def ebur128_lufs(audio: np.ndarray, sample_rate: int) -> float | None:
     return loudness if loudness is not None and loudness > -70.0 else None
 
 
-def decoded_audio(path: str | Path) -> tuple[np.ndarray, int]:
-    """The first audio track of a media file as mono float32, and its rate."""
-    import av
-
-    with av.open(str(path)) as container:
-        stream = container.streams.audio[0]
-        if stream.channels != 1:
-            raise ValueError(f"{path}: {stream.channels} channels; dub writes mono tracks and this meter takes mono")
-        frames = []
-        for frame in container.decode(stream):
-            samples = frame.to_ndarray().reshape(-1)
-            if np.issubdtype(samples.dtype, np.integer):  # s16 / s32 (FLAC): to [-1, 1)
-                samples = samples / float(np.iinfo(samples.dtype).max + 1)
-            frames.append(samples)
-        return np.concatenate(frames).astype(np.float32), int(stream.rate)
-
-
 def check_run(run_dir: str | Path, target_lufs: float) -> dict:
     import pyarrow.parquet as pq
+
+    from dub.workflows.media.audio import read_audio_native
 
     rows = [r for r in pq.read_table(Path(run_dir) / "report.parquet").to_pylist() if r["status"] == "done"]
     measured = []
     for row in rows:
-        audio, rate = decoded_audio(row["output_mp4"] or row["output_audio"])
+        channels, rate = read_audio_native(row["output_mp4"] or row["output_audio"])
+        if len(channels) != 1:  # ebur128 is fed one channel here; dub writes mono tracks
+            raise ValueError(f"{row['video_id']}: {len(channels)} audio channels, this meter takes mono")
+        audio = channels[0]
         measured.append(
             {
                 "video_id": row["video_id"],

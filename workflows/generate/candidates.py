@@ -128,21 +128,16 @@ class ModelScorer:
             raise ValueError(f"no model scores {metric!r}")
 
     def scores(self, candidates: list[np.ndarray], sample_rate: int, video_path: str, prompt: str) -> list[float]:
-        from dub.workflows.generate.content import resample_16k
+        from dub.workflows.media.audio import resample
 
         if self.metric == "desync":
             from dub.workflows.metrics.desync import desync_score
 
-            return [desync_score(self.model.clip_offsets(video_path, resample_16k(a, sample_rate))) for a in candidates]
+            return [
+                desync_score(self.model.clip_offsets(video_path, resample(a, sample_rate, 16000))) for a in candidates
+            ]
         from dub.workflows.metrics.clap import clap_score
 
-        wavs = [_resample(a, sample_rate, 48000) for a in candidates]
+        wavs = [resample(a, sample_rate, 48000) for a in candidates]
         texts = [prompt] * len(candidates)
         return [float(x) for x in clap_score(self.model.text_embeddings(texts), self.model.audio_embeddings(wavs))]
-
-
-def _resample(audio: np.ndarray, rate: int, target: int) -> np.ndarray:
-    from scipy.signal import resample_poly
-
-    g = np.gcd(rate, target)
-    return audio if rate == target else resample_poly(audio, target // g, rate // g).astype(np.float32)

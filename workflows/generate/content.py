@@ -42,7 +42,7 @@ class ContentFlags:
 
 
 class ContentTagger:
-    """PANNs CNN14 as a tagger: `flags(wavs at 16 kHz)` -> one ContentFlags per clip."""
+    """PANNs CNN14 as a tagger: `flags(wavs at sample_rate)` -> one ContentFlags per clip."""
 
     sample_rate = 16000
 
@@ -95,12 +95,3 @@ def _labels(path: Path) -> list[str] | None:
     with path.open(newline="", encoding="utf-8") as handle:
         rows = list(csv.DictReader(handle))
     return [row["display_name"] for row in sorted(rows, key=lambda r: int(r["index"]))]
-
-
-def resample_16k(audio: np.ndarray, sample_rate: int) -> np.ndarray:
-    from scipy.signal import resample_poly
-
-    if sample_rate == 16000:
-        return np.asarray(audio, np.float32)
-    g = np.gcd(16000, sample_rate)
-    return resample_poly(audio, 16000 // g, sample_rate // g).astype(np.float32)

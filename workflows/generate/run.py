@@ -26,8 +26,9 @@ from dub.storage.lock import exclusive_output
 from dub.storage.temporaries import remove_stale_temporaries
 from dub.workflows.generate.candidates import ModelScorer, choose, clip_motion, select_candidate
 from dub.workflows.generate.config import GenerateConfig, run_paths, window_seed
-from dub.workflows.generate.content import load_tagger, resample_16k, tagger_available
+from dub.workflows.generate.content import load_tagger, tagger_available
 from dub.workflows.generate.sinks import ShardWriter, completed_shard_keys, mp4_name, write_flac_bytes
+from dub.workflows.media.audio import resample
 from dub.workflows.media.loudness import normalize_loudness
 from dub.workflows.metrics.embeddings import BackendUnavailable
 
@@ -525,7 +526,11 @@ class _Writer:
             selection, kept = {}, 0
             multi = self.cfg.candidates > 1
             candidates = [clip_audio(k) for k in range(self.cfg.candidates)] if multi else [clip_audio(None)]
-            flags = None if self.tagger is None else self.tagger.flags([resample_16k(a, sr) for a in candidates])
+            flags = (
+                None
+                if self.tagger is None
+                else self.tagger.flags([resample(a, sr, self.tagger.sample_rate) for a in candidates])
+            )
             if multi:
                 allowed = None
                 if flags is not None and self.cfg.reject:
