@@ -318,3 +318,25 @@ def test_importing_desync_does_not_import_torch():
         cwd=Path(__file__).resolve().parents[1],
     )
     assert out.stdout.split() == ["False", "21"]
+
+
+def test_candidate_scoring_by_desync_decodes_once_and_scores_as_clip_offsets(tmp_path):
+    """`--select desync` scores each candidate as the report's DeSync would (clip_offsets on the
+    candidate resampled to 16 kHz), decoding the clip's frames once for all of them."""
+    from dub.workflows.generate.candidates import ModelScorer
+    from dub.workflows.media.audio import resample
+
+    predictor = SynchformerOffsetPredictor(random_tiny(7))
+    rng = np.random.default_rng(2)
+    frames = rng.integers(0, 256, (150, 32, 32, 3), dtype=np.uint8)
+    clip = write_clip(tmp_path / "clip.mp4", frames)
+    candidates = [(0.2 * rng.standard_normal(6 * 22050)).astype(np.float32) for _ in range(3)]
+    decodes = []
+    decode = predictor.frames
+    predictor.frames = lambda path: decodes.append(path) or decode(path)
+    scorer = object.__new__(ModelScorer)
+    scorer.metric, scorer.model = "desync", predictor
+    scores = scorer.scores(candidates, 22050, str(clip), prompt="")
+    assert len(decodes) == 1
+    expected = [desync_score(predictor.clip_offsets(str(clip), resample(a, 22050, 16000))) for a in candidates]
+    assert scores == expected  # offsets are grid values from the same model on the same frames: exact

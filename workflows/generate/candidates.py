@@ -8,7 +8,8 @@ best with the video, by `--select`:
               (`dub.workflows.metrics.av_align`), the motion taken from the Synchformer-rate
               frames the run decodes anyway (grey, 4x smaller): no weights, nothing decoded twice
     desync    DeSync, the mean |offset| the full Synchformer predicts (lower is better; needs
-              its weights, decodes the clip's frames once per candidate)
+              its weights; the clip's frames are decoded once, its visual features are still
+              computed once per candidate)
     clap      CLAP score of the clip's prompt and the candidate's audio (needs the CLAP weights;
               a clip without a prompt is chosen by av-align, and its row says so)
 
@@ -133,8 +134,9 @@ class ModelScorer:
         if self.metric == "desync":
             from dub.workflows.metrics.desync import desync_score
 
+            frames = self.model.frames(video_path)  # decoded once for all candidates
             return [
-                desync_score(self.model.clip_offsets(video_path, resample(a, sample_rate, 16000))) for a in candidates
+                desync_score(self.model.segment_offsets(frames, resample(a, sample_rate, 16000))) for a in candidates
             ]
         from dub.workflows.metrics.clap import clap_score
 
