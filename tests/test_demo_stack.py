@@ -9,9 +9,19 @@ import sys
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from dub.model.demo import DemoCodec, DemoEncoders
-from dub.model.demo.features import SYNC_FPS, _event_descriptors, _pooled_frames, num_sync_segments, sync_token_times
+from dub.model.demo.features import (
+    _IMPACT_DECAY,
+    _IMPACT_HOLD,
+    SYNC_FPS,
+    _event_descriptors,
+    _foreground_look,
+    _pooled_frames,
+    num_sync_segments,
+    sync_token_times,
+)
 
 SR = 16_000
 
@@ -113,8 +123,10 @@ def test_a_flash_moves_only_the_tokens_at_its_moment(k):
     diff = (enc.sync_features(flashed) - enc.sync_features(base)).abs().amax(dim=-1)[0]
     changed = set(diff.nonzero().flatten().tolist())
     # the change into frame k and back out of it (k + 1), the centroid's velocity and
-    # acceleration use one frame either side: nothing further than two frames away moves
-    assert changed and changed <= tokens_near({k}, 48, reach=2.0)
+    # acceleration use one frame either side: nothing further than two frames away moves,
+    # except the impact's trace, which lasts _IMPACT_HOLD frames after it
+    assert changed and changed <= tokens_near(set(range(k, k + _IMPACT_HOLD)), 48, reach=2.0)
+    assert not changed <= tokens_near({k}, 48, reach=2.0)  # the trace is there
     peak_time = sync_token_times(48)[int(diff.argmax())] * SYNC_FPS
     assert abs(peak_time - k) <= 1.0  # the strongest change is at the flash, not a neighbour
 
@@ -127,7 +139,7 @@ def test_a_one_frame_shake_moves_the_tokens_at_its_moment():
     k = 25
     shaken[:, k] = torch.roll(base[:, k], shifts=(6, 6), dims=(1, 2))  # the square jumps for one frame
     changed = changed_tokens(enc.sync_features(shaken), enc.sync_features(base))
-    assert changed and changed <= tokens_near({k}, 40, reach=2.0)
+    assert changed and changed <= tokens_near(set(range(k, k + _IMPACT_HOLD)), 40, reach=2.0)
 
 
 def test_motion_energy_grows_with_motion():
@@ -145,22 +157,59 @@ def test_motion_energy_grows_with_motion():
     assert 0 < d_small < d_large
 
 
+def bouncing_square(rgb: tuple[int, int, int], bounce_frame: int = 20, frames: int = 40) -> torch.Tensor:
+    """A 10 x 10 square of colour `rgb` falls 2 px a frame, reverses at `bounce_frame`, rises."""
+    clip = torch.full((1, frames, 64, 64, 3), 200, dtype=torch.uint8)
+    for f in range(frames):
+        y = 2 + 2 * f if f <= bounce_frame else 2 + 2 * (2 * bounce_frame - f)
+        clip[0, f, y : y + 10, 27:37] = torch.tensor(rgb, dtype=torch.uint8)
+    return clip
+
+
 def test_a_bounce_is_a_peak_of_acceleration_at_its_frame():
     """A square falls at constant speed, reverses at frame 20 (a bounce) and rises: |acceleration|
     of the foreground centroid (event descriptor 8) peaks at frame 20, and a square that keeps
     falling at the same speed has no such peak while it is in the picture (until frame 26)."""
 
-    def clip(bounce: bool) -> torch.Tensor:
-        frames = torch.full((1, 40, 64, 64, 3), 200, dtype=torch.uint8)
-        for f in range(40):
-            y = 2 + 2 * f if (not bounce or f <= 20) else 2 + 2 * (40 - f)
-            frames[0, f, y : y + 10, 27:37] = torch.tensor([220, 40, 40], dtype=torch.uint8)
-        return frames
-
-    acc = _event_descriptors(_pooled_frames(clip(True), 32))[0, :, 8]
-    steady = _event_descriptors(_pooled_frames(clip(False), 32))[0, :, 8]
+    acc = _event_descriptors(_pooled_frames(bouncing_square((220, 40, 40)), 32))[0, :, 8]
+    steady = _event_descriptors(_pooled_frames(bouncing_square((220, 40, 40), bounce_frame=40), 32))[0, :, 8]
     assert int(acc[5:35].argmax()) + 5 == 20
     assert acc[20] > 10 * steady[5:25].max()
+
+
+# Event descriptor columns: the foreground's colour, the impact, its trace, and their products.
+LOOK, IMPACT, TRACE, LOOK_AT_IMPACT, LOOK_IN_TRACE = slice(12, 15), 15, 16, slice(17, 20), slice(20, 23)
+
+
+def test_the_look_of_what_bounces_rides_on_its_impact():
+    """What sounds depends on what is hit and when: at the bounce the token carries the square's
+    colour times the impact, and a trace of it that fades frame by frame afterwards, not before."""
+    for rgb in ((220, 40, 40), (40, 80, 220)):
+        ev = _event_descriptors(_pooled_frames(bouncing_square(rgb), 32))[0]
+        colour = (torch.tensor(rgb) / 255 - 0.5) * 2
+        # pooling blends the square's edge cells with the grey floor, which shrinks the look
+        # towards grey but cannot turn its direction: a cosine, not equality
+        assert F.cosine_similarity(ev[5:35, LOOK], colour.expand(30, 3), dim=-1).min() > 0.95
+        assert int(ev[5:35, IMPACT].argmax()) + 5 == 20
+        assert ev[20, IMPACT] > 10 * ev[5:18, IMPACT].max()
+        assert F.cosine_similarity(ev[20, LOOK_AT_IMPACT], colour, dim=0) > 0.95
+        # the trace holds the impact and decays by _IMPACT_DECAY a frame unless a new one is larger
+        after = ev[20, TRACE] * _IMPACT_DECAY ** torch.arange(1, 6)
+        assert torch.all(ev[21:26, TRACE] >= after * (1 - 1e-6))
+        assert ev[25, TRACE] < 0.5 * ev[20, TRACE]
+        assert ev[:18, TRACE].max() < 0.1 * ev[20, TRACE]  # nothing before (not even the window's edge)
+        assert ev[20 + _IMPACT_HOLD + 1 : 35, TRACE].max() < 0.1 * ev[20, TRACE]  # and it ends
+        assert torch.allclose(ev[:, LOOK_IN_TRACE], ev[:, LOOK] * ev[:, TRACE : TRACE + 1] * 2)
+
+
+def test_clip_features_see_a_small_object_s_colour_through_its_background():
+    """The foreground look of the clip descriptor: the moving square's colour, zero for a still clip."""
+    red = _foreground_look(_pooled_frames(bouncing_square((220, 40, 40)), 32))[0]
+    blue = _foreground_look(_pooled_frames(bouncing_square((40, 80, 220)), 32))[0]
+    assert (red[5:35, 0] > 0).all() and (red[5:35, 2] < 0).all()
+    assert (blue[5:35, 0] < 0).all() and (blue[5:35, 2] > 0).all()
+    still = _foreground_look(_pooled_frames(textured_still(12, 64, seed=3), 32))
+    assert torch.equal(still, torch.zeros_like(still))
 
 
 def test_text_features_hashed_bag_of_words():

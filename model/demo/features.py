@@ -7,8 +7,9 @@ them is a working toy: it can follow cuts, flashes and motion, not recognise a d
 Clip features (8 fps, frames meant to be 384 x 384; any size works because every frame is
 first area-pooled to a 32 x 32 analysis grid), one per frame:
     soft colour histogram (8 bins per channel) + 4 x 4 colour layout + edge statistics
-    (gradient energy on a 4 x 4 grid, an 8-bin orientation histogram) + brightness mean/std,
-    projected to `clip_dim` by a fixed seeded random orthogonal matrix and L2-normalised.
+    (gradient energy on a 4 x 4 grid, an 8-bin orientation histogram) + brightness mean/std +
+    the foreground's colour and amount (what differs from the window's per-pixel median: a small
+    object's look, which the whole-frame statistics drown in its background), projected to `clip_dim` by a fixed seeded random orthogonal matrix and L2-normalised.
 
 Sync features (25 fps, frames meant to be 224 x 224; pooled to 32 x 32): as many tokens as
 Synchformer gives for the window (S = (T - 16) // 8 + 1 segments of 8, so the network's shapes
@@ -67,10 +68,14 @@ _LUMA = (0.299, 0.587, 0.114)
 _FRAME_CHUNK = 64  # frames converted to float at once (bounds memory for long clips)
 _WORD = re.compile(r"[\w']+")
 
-CLIP_RAW_DIM = 3 * _HIST_BINS + 3 * 16 + 16 + _ORIENT_BINS + 2
+_FOREGROUND_DIM = 3 + 1
+CLIP_RAW_DIM = 3 * _HIST_BINS + 3 * 16 + 16 + _ORIENT_BINS + 2 + _FOREGROUND_DIM
 _TRANSITION_DIM = 16 + 1 + 3 + 1
 _APPEARANCE_DIM = 3 * 4 + 1
-_EVENT_DIM = 2 + 2 + 2 + 2 + 1 + 3
+_EVENT_DIM = 2 + 2 + 2 + 2 + 1 + 3 + 3 + 2 + 3 + 3
+_IMPACT_SCALE = 1.5  # |acceleration| and onset terms (as scaled below) of a clear bounce, hit or flash
+_IMPACT_DECAY = 0.8  # per 25 fps frame: an impact's trace halves in about 0.12 s, as a struck sound fades
+_IMPACT_HOLD = 8  # frames an impact's trace lasts (0.32 s, down to a fifth): a change stays local
 SYNC_RAW_DIM = _TRANSITION_DIM + _APPEARANCE_DIM + _EVENT_DIM
 
 
@@ -149,8 +154,8 @@ class DemoEncoders(nn.Module):
         b, t = frames.shape[:2]
         if t == 0:
             return torch.zeros(b, 0, self.clip_dim, device=self.device)
-        pooled = _pooled_frames(frames.to(self.device), _CLIP_GRID).flatten(0, 1)  # (BT, 3, g, g)
-        raw = _clip_descriptor(pooled)
+        pooled = _pooled_frames(frames.to(self.device), _CLIP_GRID)  # (B, T, 3, g, g)
+        raw = torch.cat([_clip_descriptor(pooled.flatten(0, 1)), _foreground_look(pooled).flatten(0, 1)], dim=-1)
         out = raw @ self.clip_projection
         out = out / out.norm(dim=-1, keepdim=True).clamp_min(1e-8)
         return out.reshape(b, t, self.clip_dim)
@@ -268,6 +273,23 @@ def _clip_descriptor(x: torch.Tensor) -> torch.Tensor:
     )
 
 
+def _foreground(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, T, 3, g, g) in [0, 1] -> per-pixel foreground weight (B, T, g, g): summed |RGB - the
+    window's per-pixel median| above the noise floor; and presence (B, T) in [0, 1]."""
+    background = x.median(dim=1, keepdim=True).values
+    fg = ((x - background).abs().sum(dim=2) - _FG_FLOOR).clamp_min(0)
+    mass = fg.mean(dim=(2, 3))
+    return fg, (mass / (mass + 2e-3)).clamp(0, 1)
+
+
+def _foreground_look(x: torch.Tensor) -> torch.Tensor:
+    """(B, T, 3, g, g) -> (B, T, _FOREGROUND_DIM): the foreground's mean colour (zero where
+    there is none) and its amount, scaled up so they count next to ~100 whole-frame terms."""
+    fg, present = _foreground(x)
+    colour = (x * fg.unsqueeze(2)).sum(dim=(3, 4)) / fg.sum(dim=(2, 3)).unsqueeze(-1).clamp_min(1e-6)
+    return torch.cat([(colour - 0.5) * 6 * present.unsqueeze(-1), fg.mean(dim=(2, 3)).sqrt().unsqueeze(-1) * 8], -1)
+
+
 def _signed_sqrt(x: torch.Tensor) -> torch.Tensor:
     return torch.sign(x) * x.abs().sqrt()
 
@@ -307,14 +329,15 @@ def _event_descriptors(x: torch.Tensor) -> torch.Tensor:
     camera's background is the median of a window in which things move or flash). Per frame:
     its amount and the new foreground since the last frame (an object lighting up or coming
     into view), its centroid (x, y), the centroid's velocity (into the frame) and acceleration
-    (centred on the frame: a bounce or a hit reverses the velocity), |acceleration|, and the
-    colour of what changed (foreground weighted by its change from the last frame). Motion
-    terms count only while the foreground is there in every frame they use."""
+    (centred on the frame: a bounce or a hit reverses the velocity), |acceleration|, the
+    colour of what changed (foreground weighted by its change from the last frame), the
+    foreground's colour, the impact (the larger of the scaled |acceleration| and onset, squared
+    so peaks stand out of steady motion) and its decaying trace (a peak hold that falls by
+    `_IMPACT_DECAY` a frame for `_IMPACT_HOLD` frames), and impact and trace times the foreground's colour. Motion terms
+    count only while the foreground is there in every frame they use."""
     b, t, _, g, _ = x.shape
-    background = x.median(dim=1, keepdim=True).values
-    fg = ((x - background).abs().sum(dim=2) - _FG_FLOOR).clamp_min(0)  # (B, T, g, g)
-    mass = fg.mean(dim=(2, 3))  # (B, T)
-    present = (mass / (mass + 2e-3)).clamp(0, 1)
+    fg, present = _foreground(x)  # (B, T, g, g), (B, T)
+    mass = fg.mean(dim=(2, 3))
     coords = (torch.arange(g, device=x.device, dtype=x.dtype) + 0.5) / g - 0.5
     weight = fg / fg.sum(dim=(2, 3), keepdim=True).clamp_min(1e-8)
     cx = (weight.sum(dim=2) * coords).sum(dim=-1)
@@ -323,25 +346,46 @@ def _event_descriptors(x: torch.Tensor) -> torch.Tensor:
 
     both = torch.minimum(present, _shifted(present, 1))
     velocity = (centre - _shifted(centre, 1)) * both.unsqueeze(-1)
-    all3 = torch.minimum(both, _shifted(present, -1))
+    inner = torch.ones(t, device=x.device, dtype=x.dtype)
+    inner[[0, -1]] = 0  # a window edge repeats its frame: no acceleration there, no made-up impact
+    all3 = torch.minimum(both, _shifted(present, -1)) * inner
     acceleration = (_shifted(centre, -1) - 2 * centre + _shifted(centre, 1)) * all3.unsqueeze(-1)
     change = (x - _shifted(x, 1)).abs().sum(dim=2)  # (B, T, g, g)
     w = fg * change
     colour = (x * w.unsqueeze(2)).sum(dim=(3, 4)) / w.sum(dim=(2, 3)).unsqueeze(-1).clamp_min(1e-6)
     colour_weight = (w.mean(dim=(2, 3)) / (w.mean(dim=(2, 3)) + 1e-3)).unsqueeze(-1)
     onset = (mass - _shifted(mass, 1)).clamp_min(0)
+    hit = acceleration.norm(dim=-1).sqrt() * 6
+    appear = onset.sqrt() * 8
+    look = (x * fg.unsqueeze(2)).sum(dim=(3, 4)) / fg.sum(dim=(2, 3)).unsqueeze(-1).clamp_min(1e-6)
+    look = (look - 0.5) * 2 * present.unsqueeze(-1)
+    impact = (torch.maximum(hit, appear) / _IMPACT_SCALE).square()  # (B, T)
+    trace = _decaying_peak_hold(impact, _IMPACT_DECAY, _IMPACT_HOLD)
     return torch.cat(
         [
             mass.sqrt().unsqueeze(-1) * 4,
-            onset.sqrt().unsqueeze(-1) * 8,
+            appear.unsqueeze(-1),
             centre * present.unsqueeze(-1) * 2,
             _signed_sqrt(velocity) * 4,
             _signed_sqrt(acceleration) * 4,
-            acceleration.norm(dim=-1, keepdim=True).sqrt() * 6,
+            hit.unsqueeze(-1),
             (colour - 0.5) * 2 * colour_weight,
+            look,
+            impact.unsqueeze(-1),
+            trace.unsqueeze(-1),
+            look * impact.unsqueeze(-1) * 2,
+            look * trace.unsqueeze(-1) * 2,
         ],
         dim=-1,
     )
+
+
+def _decaying_peak_hold(v: torch.Tensor, decay: float, hold: int) -> torch.Tensor:
+    """(B, T) -> (B, T): out[k] = max over j < hold of v[k - j] * decay**j. Causal (a sound follows
+    its cause) and finite, so an event moves only the tokens of its next `hold` frames."""
+    return torch.stack(
+        [_shifted(v, j) * decay**j * (torch.arange(v.shape[1], device=v.device) >= j) for j in range(hold)]
+    ).amax(0)
 
 
 @functools.lru_cache(maxsize=65536)
