@@ -477,6 +477,16 @@ def test_jvp_under_math_sdpa_matches_finite_difference():
     torch.testing.assert_close(tangent, finite, rtol=1e-6, atol=1e-7 * finite.abs().max().item())
 
 
+def test_conv_columns_by_stacked_slices_are_the_unfolded_ones() -> None:
+    """The CPU way of building a convolution's columns copies exactly what unfold views (the
+    CUDA way), so both devices run the same GEMM on the same numbers."""
+    from dub.model.network.layers import _columns
+
+    x = torch.randn(2, 19, 5, generator=torch.Generator().manual_seed(3))
+    for k in (1, 3, 7):
+        assert torch.equal(_columns(x, k), x.unfold(1, k, 1).flatten(2))
+
+
 @pytest.mark.parametrize("in_ch, out_ch, kernel, bias", [(6, 10, 3, False), (5, 4, 7, True), (3, 8, 1, True)])
 def test_channel_last_conv_as_one_matmul_equals_the_convolution(in_ch, out_ch, kernel, bias) -> None:
     """ChannelLastConv1d runs as a GEMM over the unfolded sequence (no layout conversions on a
@@ -501,6 +511,11 @@ def test_channel_last_conv_as_one_matmul_equals_the_convolution(in_ch, out_ch, k
         want = torch.func.jvp(as_conv, (x,), (dx,))
     for a, b in zip(got, want):
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+    # and its gradients (training backpropagates through the column building)
+    grads = [torch.autograd.grad(f(x.requires_grad_()).square().sum(), (x, conv.weight)) for f in (conv, as_conv)]
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+    x = x.detach()
     strided = ChannelLastConv1d(in_ch, out_ch, kernel, stride=2, padding=kernel // 2).double()
     assert not strided._as_matmul()  # other shapes keep nn.Conv1d's path
     assert strided(x).shape == (2, 7, out_ch)

@@ -37,9 +37,7 @@ class ChannelLastConv1d(nn.Conv1d):
         (k,), (pad,) = self.kernel_size, self.padding
         if pad:
             x = F.pad(x, (0, 0, pad, pad))  # zeros before and after the sequence
-        columns = x.unfold(1, k, 1)  # (B, L, C_in, k) view: columns[b, l, c, j] = x[b, l + j, c]
-        columns = columns.reshape(*columns.shape[:2], -1)
-        return F.linear(columns, self.weight.reshape(self.out_channels, -1), self.bias)
+        return F.linear(_columns(x, k), self.weight.reshape(self.out_channels, -1), self.bias)
 
     def _as_matmul(self) -> bool:
         return (
@@ -50,6 +48,19 @@ class ChannelLastConv1d(nn.Conv1d):
             and isinstance(self.padding, tuple)
             and 2 * self.padding[0] == self.kernel_size[0] - 1
         )
+
+
+def _columns(x: torch.Tensor, k: int) -> torch.Tensor:
+    """(B, L + k - 1, C) -> (B, L, C * k) with columns[b, l, c * k + j] = x[b, l + j, c].
+
+    Two ways to the same tensor: unfold (a view, copied by the reshape) where its backward is
+    a fast kernel (CUDA); elsewhere k stacked slices, because on CPU unfold's backward is a
+    scatter that took about a quarter of a training step of the demo network, while slices
+    backpropagate as plain additions."""
+    if x.is_cuda:
+        return x.unfold(1, k, 1).flatten(2)
+    n = x.shape[1] - k + 1
+    return torch.stack([x[:, j : j + n] for j in range(k)], dim=-1).flatten(2)
 
 
 def gated_hidden_dim(hidden_dim: int, multiple_of: int = 256) -> int:
