@@ -111,6 +111,26 @@ def _sample_batch(seconds: float, prompts: list[str], negatives: list[str]) -> W
     return WindowBatch(clip, sync, prompts, negatives, seeds=[11, 12][: len(prompts)])
 
 
+def test_train_step_bench_times_the_bundled_network_as_dub_train_runs_it_on_a_cpu():
+    """`dub bench train-step --preset demo --bf16`: the demo bundle's network (not the tiny
+    preset), under bf16 autocast on a CPU, for both objectives."""
+    result = CliRunner().invoke(
+        app,
+        ["bench", "train-step", "--device", "cpu", "--preset", "demo", "-b", "2", "--bf16", "--repeats", "1", "--json"],
+    )
+    assert result.exit_code == 0, result.output
+    rows = json.loads(result.stdout)["rows"]
+    assert [r["stage"].split(",")[0] for r in rows] == [
+        "flow matching",
+        "meanflow (25% s != t)",
+        "meanflow (exact 25%)",
+        "meanflow (all s != t)",
+    ]
+    for r in rows:
+        assert r["dtype"] == "bfloat16" and r["batch_size"] == 2 and r["median_ms"] > 0, r
+        assert "MF-MJT demo," in r["note"], r
+
+
 @pytest.mark.parametrize("negatives", [["", ""], ["rain and wind", ""]])
 def test_fast_path_matches_eager_generator(negatives):
     torch.manual_seed(0)

@@ -16,7 +16,9 @@ def register(app: typer.Typer) -> None:
         ),
         device: str = typer.Option("auto", help="auto | cpu | cuda"),
         preset: str = typer.Option(
-            "tiny", help="Model sizes: tiny (CPU) or a real preset such as small_16k (random weights)."
+            "tiny",
+            help="Model sizes: tiny (CPU), demo (the bundled model's network) or a real preset such as small_16k "
+            "(random weights).",
         ),
         batch_size: int = typer.Option(1, "--batch-size", "-b"),
         repeats: int = typer.Option(5, help="Timed repetitions per stage (median reported)."),
@@ -25,6 +27,12 @@ def register(app: typer.Typer) -> None:
             False,
             "--compile",
             help="Add the torch.compile variants where a sub-benchmark has them (train-step; slow to build).",
+        ),
+        bf16: bool = typer.Option(
+            None,
+            "--bf16/--no-bf16",
+            help="train-step: bf16 autocast (default on CUDA only); --bf16 on a CPU times what `dub train --bf16` runs.",
+            show_default=False,
         ),
         fp8: bool = typer.Option(
             False,
@@ -49,7 +57,7 @@ def register(app: typer.Typer) -> None:
             batch_size=batch_size,
             repeats=repeats,
             duration_s=duration,
-            extra={"compile": compile, "fp8": fp8},
+            extra={"compile": compile, "fp8": fp8, "bf16": bf16},
         )
         rows = []
         skipped = []

@@ -3,7 +3,9 @@
 Times a full step (loss, backward, optimiser) on random latents and random condition
 features of the preset's shapes (random weights): plain flow matching, MeanFlow with the
 default recipe (25% of samples need the JVP), and MeanFlow with every sample s != t (the
-JVP on the whole batch, the worst case). bf16 autocast on CUDA, float32 on CPU. Falls back
+JVP on the whole batch, the worst case). bf16 autocast on CUDA, float32 on CPU unless
+`extra["bf16"]` says otherwise (`--bf16`: what `dub train --bf16` runs on a CPU). The preset
+`demo` is the bundled model's network, with the recipe's batch given by --batch-size. Falls back
 to a per-token MLP when the MF-MJT network cannot be imported, and says so in the notes.
 
 With `extra={"compile": True}` (`dub bench train-step --compile`) it adds the compiled
@@ -33,7 +35,8 @@ def run(opts: BenchOptions) -> list[BenchRow]:
     torch.manual_seed(0)
     model, x, cond, empty, what = _setup(opts, device)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
-    dtype = torch.bfloat16 if cuda else torch.float32
+    bf16 = cuda if opts.extra.get("bf16") is None else bool(opts.extra["bf16"])
+    dtype = torch.bfloat16 if bf16 else torch.float32
     default = MeanFlowConfig()
     exact = replace(default, exact_ratio=True)
     cases = []  # (stage, objective, cfg, model, tangent, baseline group)
@@ -87,7 +90,7 @@ def run(opts: BenchOptions) -> list[BenchRow]:
         kwargs = {} if tangent is None else {"tangent": tangent}
 
         def step(objective=objective, cfg=cfg, net=net, kwargs=kwargs, generator=generator) -> None:
-            with torch.autocast(device.split(":")[0], dtype=torch.bfloat16, enabled=cuda):
+            with torch.autocast(device.split(":")[0], dtype=torch.bfloat16, enabled=bf16):
                 loss, _ = objective(net, x, cond=cond, empty=empty, cfg=cfg, generator=generator, **kwargs)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -125,8 +128,13 @@ def _setup(opts: BenchOptions, device: str):
     except ImportError as exc:
         return _mlp_setup(opts, device, f"MLP fallback (MF-MJT unavailable: {exc})")
 
-    preset = opts.preset if opts.preset in NETWORK_PRESETS else _FALLBACK_PRESET
-    config = NETWORK_PRESETS[preset]
+    if opts.preset == "demo":
+        from dub.model.runtime.bundles import network_config, resolve_bundle
+
+        preset, config = "demo", network_config(resolve_bundle("demo"))
+    else:
+        preset = opts.preset if opts.preset in NETWORK_PRESETS else _FALLBACK_PRESET
+        config = NETWORK_PRESETS[preset]
     if opts.duration_s != 8.0:
         config = config.with_duration(opts.duration_s)
     if not config.mean_flow:
