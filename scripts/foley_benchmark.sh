@@ -8,7 +8,8 @@
 #
 # Every step is a plain `dub` command and is skipped when its output already exists, so the
 # script resumes after an interruption. The table lands in WORK_DIR/table.md and table.json; the
-# report page of the 1-step model on the test split in WORK_DIR/report-meanflow-1/index.html.
+# report page of the 1-step model on the test split in WORK_DIR/report-meanflow-1/index.html, and
+# three of its clips next to their recordings in WORK_DIR/report-meanflow-1-vs-recording/index.html.
 # FOLEY_SEED / FOLEY_TEST change the dataset (a split made with another seed checks that nothing
 # was tuned to seed 0's); TRAIN_STEPS the budget of both trainings.
 set -euo pipefail
@@ -87,5 +88,8 @@ python3 -m dub.workflows.bench.foley_table --json "$W/table.json" \
     "MF-MJT 1 step, with the prompt=$W/report-meanflow-1-prompt" \
     "flow matching, 1 step=$W/report-flowmatch-1" \
     "flow matching, 25 Euler steps=$W/report-flowmatch-25" | tee "$W/table.md"
+# The page to look at: three test clips of the MeanFlow row, generated next to the recording
+[ -f "$W/report-meanflow-1-vs-recording/summary.json" ] || dub report "$W/gen-meanflow-1" \
+    -o "$W/report-meanflow-1-vs-recording" --reference "$W/foley/test/audio" --skip desync --sample 3 --json > /dev/null
 python3 -m dub.workflows.bench.learning_curve "$W/runs/demo-meanflow" "$W/runs/demo-flow-matching" | tee "$W/learning_curve.md"
 stamp done
