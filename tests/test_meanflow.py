@@ -133,6 +133,27 @@ def test_sample_times_follow_the_meanflow_recipe():
     assert abs(float((1 - s0 <= median).float().mean()) - 0.75) < 0.01
 
 
+def test_a_second_draw_towards_the_data_trains_the_long_jumps_one_step_takes():
+    """data_time_mu centres MeanFlow's second draw apart from the first: with the first at the
+    noise end (1.5) and the second towards the data (-1.5), intervals longer than 0.8 of the path
+    become common; with both at 1.5 they almost never occur. Unset, the draws are bit for bit the
+    one-location ones (same random numbers, same arithmetic)."""
+    n = 40_000
+    gen = lambda: torch.Generator().manual_seed(6)  # noqa: E731
+    one = MeanFlowConfig(flow_matching_ratio=0.0, time_mu=1.5)
+    apart = MeanFlowConfig(flow_matching_ratio=0.0, time_mu=1.5, data_time_mu=-1.5)
+    t1, s1 = sample_times(n, one, generator=gen())
+    t2, s2 = sample_times(n, apart, generator=gen())
+    assert bool((t2 <= s2).all() and (t2 >= 0).all() and (s2 <= 1).all())
+    # P(interval > 0.8): ~0.03 % for one location (sampling error ~0.01 %), ~11.8 % apart
+    # (binomial error 0.16 %): thresholds far from both
+    assert float((s1 - t1 > 0.8).float().mean()) < 0.005
+    assert float((s2 - t2 > 0.8).float().mean()) > 0.08
+    same = MeanFlowConfig(flow_matching_ratio=0.0, time_mu=1.5, data_time_mu=1.5)
+    t3, s3 = sample_times(n, same, generator=gen())
+    assert torch.equal(t3, t1) and torch.equal(s3, s1)
+
+
 def test_dropout_replaces_exactly_the_dropped_groups():
     torch.manual_seed(0)
     net = TinyAttentionVelocity()

@@ -38,6 +38,10 @@ class MeanFlowConfig:
     exact_ratio: bool | None = None
     time_mu: float = -0.4  # logit-normal location, MeanFlow convention (1 = noise)
     time_sigma: float = 1.0
+    # location of MeanFlow's second draw (None: time_mu). Both draws from one narrow distribution
+    # give short intervals; one step jumps the whole path, so a second draw towards the data
+    # (below time_mu) trains the long intervals that jump takes
+    data_time_mu: float | None = None
     adaptive_p: float = 1.0  # loss weight 1 / (mse + eps)^p, detached; 0 = plain MSE
     adaptive_eps: float = 1e-3
     guidance_omega: float = 1.0  # guidance folded into training; omega = 1, kappa = 0 is off
@@ -80,12 +84,14 @@ def sample_times(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(t, s) of shape (batch,), float32, 0 <= t <= s <= 1.
 
-    MeanFlow draws two logit-normal times in its convention (1 = noise) and calls the larger
-    one the noise-side time; mapped to ours (x -> 1 - x) the larger draw becomes the smaller t.
+    MeanFlow draws two logit-normal times in its convention (1 = noise; the second centred on
+    `data_time_mu` when set) and calls the larger one the noise-side time; mapped to ours (x -> 1 - x) the larger draw becomes the smaller t.
     With probability `flow_matching_ratio` the data-side time collapses onto it (s = t); with
     `exact_ratio`, exactly round(flow_matching_ratio * batch) randomly chosen samples do.
     """
-    draws = torch.sigmoid(cfg.time_mu + cfg.time_sigma * _randn((batch, 2), generator, device))
+    second = cfg.time_mu if cfg.data_time_mu is None else cfg.data_time_mu
+    mu = torch.tensor([cfg.time_mu, second], device=device)
+    draws = torch.sigmoid(mu + cfg.time_sigma * _randn((batch, 2), generator, device))
     noise_side, data_side = draws.max(dim=1).values, draws.min(dim=1).values
     coins = _rand((batch,), generator, device)
     if cfg.exact_ratio:  # the k smallest coins: a uniformly random subset of size k
