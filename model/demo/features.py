@@ -9,7 +9,8 @@ first area-pooled to a 32 x 32 analysis grid), one per frame:
     soft colour histogram (8 bins per channel) + 4 x 4 colour layout + edge statistics
     (gradient energy on a 4 x 4 grid, an 8-bin orientation histogram) + brightness mean/std +
     the foreground's colour and amount (what differs from the window's per-pixel median: a small
-    object's look, which the whole-frame statistics drown in its background), projected to `clip_dim` by a fixed seeded random orthogonal matrix and L2-normalised.
+    object's look, which the whole-frame statistics drown in its background), projected to
+    `clip_dim` by a fixed seeded random orthogonal matrix and L2-normalised.
 
 Sync features (25 fps, frames meant to be 224 x 224; pooled to 32 x 32): as many tokens as
 Synchformer gives for the window (S = (T - 16) // 8 + 1 segments of 8, so the network's shapes
@@ -282,11 +283,16 @@ def _foreground(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return fg, (mass / (mass + 2e-3)).clamp(0, 1)
 
 
+def _weighted_colour(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """(B, T, 3, g, g) frames, (B, T, g, g) pixel weights -> (B, T, 3) weighted mean colour."""
+    return (x * weight.unsqueeze(2)).sum(dim=(3, 4)) / weight.sum(dim=(2, 3)).unsqueeze(-1).clamp_min(1e-6)
+
+
 def _foreground_look(x: torch.Tensor) -> torch.Tensor:
     """(B, T, 3, g, g) -> (B, T, _FOREGROUND_DIM): the foreground's mean colour (zero where
     there is none) and its amount, scaled up so they count next to ~100 whole-frame terms."""
     fg, present = _foreground(x)
-    colour = (x * fg.unsqueeze(2)).sum(dim=(3, 4)) / fg.sum(dim=(2, 3)).unsqueeze(-1).clamp_min(1e-6)
+    colour = _weighted_colour(x, fg)
     return torch.cat([(colour - 0.5) * 6 * present.unsqueeze(-1), fg.mean(dim=(2, 3)).sqrt().unsqueeze(-1) * 8], -1)
 
 
@@ -333,8 +339,9 @@ def _event_descriptors(x: torch.Tensor) -> torch.Tensor:
     colour of what changed (foreground weighted by its change from the last frame), the
     foreground's colour, the impact (the larger of the scaled |acceleration| and onset, squared
     so peaks stand out of steady motion) and its decaying trace (a peak hold that falls by
-    `_IMPACT_DECAY` a frame for `_IMPACT_HOLD` frames), and impact and trace times the foreground's colour. Motion terms
-    count only while the foreground is there in every frame they use."""
+    `_IMPACT_DECAY` a frame for `_IMPACT_HOLD` frames), and impact and trace times the
+    foreground's colour. Motion terms count only while the foreground is there in every frame
+    they use."""
     b, t, _, g, _ = x.shape
     fg, present = _foreground(x)  # (B, T, g, g), (B, T)
     mass = fg.mean(dim=(2, 3))
@@ -352,13 +359,12 @@ def _event_descriptors(x: torch.Tensor) -> torch.Tensor:
     acceleration = (_shifted(centre, -1) - 2 * centre + _shifted(centre, 1)) * all3.unsqueeze(-1)
     change = (x - _shifted(x, 1)).abs().sum(dim=2)  # (B, T, g, g)
     w = fg * change
-    colour = (x * w.unsqueeze(2)).sum(dim=(3, 4)) / w.sum(dim=(2, 3)).unsqueeze(-1).clamp_min(1e-6)
+    colour = _weighted_colour(x, w)
     colour_weight = (w.mean(dim=(2, 3)) / (w.mean(dim=(2, 3)) + 1e-3)).unsqueeze(-1)
     onset = (mass - _shifted(mass, 1)).clamp_min(0)
     hit = acceleration.norm(dim=-1).sqrt() * 6
     appear = onset.sqrt() * 8
-    look = (x * fg.unsqueeze(2)).sum(dim=(3, 4)) / fg.sum(dim=(2, 3)).unsqueeze(-1).clamp_min(1e-6)
-    look = (look - 0.5) * 2 * present.unsqueeze(-1)
+    look = (_weighted_colour(x, fg) - 0.5) * 2 * present.unsqueeze(-1)
     impact = (torch.maximum(hit, appear) / _IMPACT_SCALE).square()  # (B, T)
     trace = _decaying_peak_hold(impact, _IMPACT_DECAY, _IMPACT_HOLD)
     return torch.cat(
