@@ -85,13 +85,14 @@ def sample_times(
     """(t, s) of shape (batch,), float32, 0 <= t <= s <= 1.
 
     MeanFlow draws two logit-normal times in its convention (1 = noise; the second centred on
-    `data_time_mu` when set) and calls the larger one the noise-side time; mapped to ours (x -> 1 - x) the larger draw becomes the smaller t.
+    `data_time_mu` when set) and calls the larger one the noise-side time; mapped to ours
+    (x -> 1 - x) the larger draw becomes the smaller t.
     With probability `flow_matching_ratio` the data-side time collapses onto it (s = t); with
     `exact_ratio`, exactly round(flow_matching_ratio * batch) randomly chosen samples do.
     """
     second = cfg.time_mu if cfg.data_time_mu is None else cfg.data_time_mu
-    mu = torch.tensor([cfg.time_mu, second], device=device)
-    draws = torch.sigmoid(mu + cfg.time_sigma * _randn((batch, 2), generator, device))
+    spread = cfg.time_sigma * _randn((batch, 2), generator, device)
+    draws = torch.sigmoid(torch.stack([cfg.time_mu + spread[:, 0], second + spread[:, 1]], dim=1))
     noise_side, data_side = draws.max(dim=1).values, draws.min(dim=1).values
     coins = _rand((batch,), generator, device)
     if cfg.exact_ratio:  # the k smallest coins: a uniformly random subset of size k
