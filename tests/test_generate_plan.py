@@ -57,6 +57,9 @@ def test_a_dry_run_after_part_of_a_run_plans_only_the_rest(clips, tmp_path, ray_
     assert sorted(p.name for p in out.rglob("*")) == before  # still nothing written
     other = plan_generate(_cfg(clips, out, seed=7), calibrate=False)
     assert other.existing_run.startswith("another configuration") and "--overwrite" in other.existing_run
+    # --overwrite clears the folder first, in the same configuration too: everything is pending
+    again = plan_generate(_cfg(clips, out, overwrite=True), calibrate=False)
+    assert (again.already_done, again.pending, again.existing_run) == (0, 3, "same configuration")
 
 
 def test_cli_dry_run_prints_the_plan_as_json(clips, tmp_path):

@@ -15,7 +15,6 @@ replica is timed on one thread, as Ray runs an actor that holds one CPU.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import time
@@ -54,22 +53,21 @@ class RunPlan:
 def plan_generate(cfg: GenerateConfig, calibrate: bool = True) -> RunPlan:
     """The plan of `run_generate(cfg)`, without writing anything; `calibrate` measures the time."""
     from dub.model.runtime.bundles import bundle_info
-    from dub.workflows.generate.run import GenerateError, load_inputs, reconcile
+    from dub.workflows.generate.run import GenerateError, existing_run, load_inputs, reconcile, starts_empty
 
     info = bundle_info(cfg.model, checkpoint=cfg.checkpoint)
     window_s = cfg.window_s or info.window_s
     config_hash = cfg.config_hash(info.weights_hash)
     paths = run_paths(cfg.out_dir)
-    existing = "none"
-    if paths["run_json"].exists():
-        previous = json.loads(paths["run_json"].read_text()).get("config_hash")
-        existing = (
-            "same configuration"
-            if previous == config_hash
-            else (f"another configuration ({previous}): the run needs a new --out or --overwrite")
-        )
+    previous = existing_run(paths)
+    if previous is None:
+        existing = "none"
+    elif previous.get("config_hash") == config_hash:
+        existing = "same configuration"
+    else:
+        existing = f"another configuration ({previous.get('config_hash')}): the run needs a new --out or --overwrite"
     videos, skipped = load_inputs(cfg, window_s)
-    if existing.startswith("another") and cfg.overwrite:
+    if starts_empty(cfg, previous):
         done, pending = [], list(videos)
     else:
         done, pending = reconcile(cfg, paths, videos, config_hash)

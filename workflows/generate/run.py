@@ -208,25 +208,33 @@ def _run_locked(
 # -- inputs and resume ---------------------------------------------------------------------
 
 
+def existing_run(paths: dict) -> dict | None:
+    """The run.json of the run already in the output folder; None when there is none."""
+    return json.loads(paths["run_json"].read_text()) if paths["run_json"].exists() else None
+
+
+def starts_empty(cfg: GenerateConfig, previous: dict | None) -> bool:
+    """Whether the run clears the folder's outputs first: --overwrite over an existing run,
+    whatever its configuration (the dry run plans by the same rule)."""
+    return previous is not None and cfg.overwrite
+
+
 def _prepare_out_dir(cfg: GenerateConfig, paths: dict, config_hash: str, info) -> None:
     out = paths["out"]
     out.mkdir(parents=True, exist_ok=True)
-    run_json = paths["run_json"]
-    if run_json.exists():
-        previous = json.loads(run_json.read_text())
-        if previous.get("config_hash") != config_hash:
-            if not cfg.overwrite:
-                raise GenerateError(
-                    f"{out} holds a run with another configuration (hash {previous.get('config_hash')}, "
-                    f"this one {config_hash}); write to a new --out directory or pass --overwrite"
-                )
-        if cfg.overwrite:
-            for key in ("mp4", "shards", "journal", "audio"):
-                shutil.rmtree(paths[key], ignore_errors=True)
-            paths["report"].unlink(missing_ok=True)
+    previous = existing_run(paths)
+    if previous is not None and previous.get("config_hash") != config_hash and not cfg.overwrite:
+        raise GenerateError(
+            f"{out} holds a run with another configuration (hash {previous.get('config_hash')}, "
+            f"this one {config_hash}); write to a new --out directory or pass --overwrite"
+        )
+    if starts_empty(cfg, previous):
+        for key in ("mp4", "shards", "journal", "audio"):
+            shutil.rmtree(paths[key], ignore_errors=True)
+        paths["report"].unlink(missing_ok=True)
     remove_stale_temporaries(out, paths["mp4"], paths["shards"], paths["journal"], paths["audio"])
     write_json_atomic(
-        run_json,
+        paths["run_json"],
         {"config_hash": config_hash, "config": cfg.as_dict(), "model": info.as_dict(), "dub_version": _version()},
     )
 
