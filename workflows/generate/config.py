@@ -66,8 +66,8 @@ class GenerateConfig:
             raise ValueError("give exactly one of a manifest (video-to-audio) or a prompts file (text-to-audio)")
         if self.format not in FORMATS:
             raise ValueError(f"--format must be one of {FORMATS}, got {self.format!r}")
-        if resize_problem(self.resize):
-            raise ValueError(resize_problem(self.resize))
+        if problem := resize_problem(self.resize):
+            raise ValueError(problem)
         if self.audio_codec not in AUDIO_CODECS:
             raise ValueError(f"--audio-codec must be one of {AUDIO_CODECS}, got {self.audio_codec!r}")
         if self.batch_size < 1:
@@ -80,14 +80,14 @@ class GenerateConfig:
             raise ValueError("--limit must be >= 1")
         if self.replicas is not None and self.replicas < 1:
             raise ValueError("--replicas must be >= 1 (leave it out for one per GPU)")
-        if reject_problem(self.reject):
-            raise ValueError(reject_problem(self.reject))
-        if candidates_problem(self.candidates, self.select):
-            raise ValueError(candidates_problem(self.candidates, self.select))
+        if problem := reject_problem(self.reject):
+            raise ValueError(problem)
+        if problem := candidates_problem(self.candidates, self.select):
+            raise ValueError(problem)
         if self.candidates > 1 and self.text_to_audio:
             raise ValueError("--candidates picks by agreement with the video; text-to-audio runs have none")
-        if loudness_problem(self.loudness_lufs, self.true_peak_dbtp):
-            raise ValueError(loudness_problem(self.loudness_lufs, self.true_peak_dbtp))
+        if problem := loudness_problem(self.loudness_lufs, self.true_peak_dbtp):
+            raise ValueError(problem)
 
     @property
     def formats(self) -> tuple[str, ...]:
