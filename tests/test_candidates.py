@@ -16,20 +16,10 @@ from dub.workflows.generate.candidates import (
     select_candidate,
 )
 from dub.workflows.generate.config import GenerateConfig
+from tests.report_helpers import burst_audio
 
 SR = 16000
 FPS = 25.0
-
-
-def _clicks(times_s, seconds=4.0, seed=0) -> np.ndarray:
-    """Decaying noise bursts at `times_s`: onsets a detector finds at those times."""
-    rng = np.random.default_rng(seed)
-    audio = rng.standard_normal(int(seconds * SR)).astype(np.float32) * 1e-3
-    for t in times_s:
-        start = int(t * SR)
-        n = int(0.15 * SR)
-        audio[start : start + n] += rng.standard_normal(n).astype(np.float32) * np.exp(-np.arange(n) / (0.03 * SR))
-    return audio
 
 
 def _motion(times_s, seconds=4.0) -> tuple[np.ndarray, np.ndarray]:
@@ -43,8 +33,8 @@ def _motion(times_s, seconds=4.0) -> tuple[np.ndarray, np.ndarray]:
 def test_the_candidate_whose_onsets_meet_the_motion_is_kept():
     events = [0.8, 2.0, 3.1]
     motion, times = _motion(events)
-    off = _clicks([0.4, 1.5, 2.6], seed=1)
-    on = _clicks(events, seed=2)
+    off = burst_audio([0.4, 1.5, 2.6], 4.0, SR, seed=1)
+    on = burst_audio(events, 4.0, SR, seed=2)
     chosen = select_candidate([off, on, off], SR, motion, times, FPS)
     assert chosen.chosen == 1 and chosen.scores[1] > max(chosen.scores[0], chosen.scores[2])
     tie = select_candidate([on, on], SR, motion, times, FPS)
