@@ -53,7 +53,8 @@ def integrated_loudness(audio: np.ndarray, sample_rate: int) -> float | None:
     if len(audio) < int(round(meter.block_size * sample_rate)):
         return None
     audio = np.asarray(audio, np.float64)
-    if sample_rate != MEASURE_RATE:
+    if sample_rate != MEASURE_RATE:  # in float64, not media.audio.resample's float32: the gain is
+        # read off this measurement and must put the clip on the target to ~1e-6 LU
         g = math.gcd(MEASURE_RATE, sample_rate)
         audio = resample_poly(audio, MEASURE_RATE // g, sample_rate // g)
     loudness = meter.integrated_loudness(audio)
