@@ -15,9 +15,12 @@ _CHUNK = 1 << 20
 
 
 def content_id(path: str | Path) -> str:
-    """Content id of a file, streamed in 1 MiB chunks (constant memory for any size)."""
+    """Content id of a file (or an object-storage URI), streamed in 1 MiB chunks (constant
+    memory for any size)."""
+    from dub.storage.location import open_input
+
     digest = hashlib.blake2b(digest_size=ID_HEX_CHARS // 2)
-    with open(path, "rb") as handle:
+    with open_input(str(path)) as handle:
         while chunk := handle.read(_CHUNK):
             digest.update(chunk)
     return digest.hexdigest()

@@ -22,6 +22,7 @@ from dub.manifests.schema import (
     schema_name,
 )
 from dub.storage.atomic import atomic_path
+from dub.storage.location import exists, is_uri, put_bytes, read_bytes
 
 
 class ManifestError(ValueError):
@@ -33,6 +34,11 @@ def write_parquet_atomic(table: pa.Table, path: str | Path) -> Path:
 
     (`dub.storage.atomic`: a temporary file beside it, fsynced, renamed, the directory fsynced.)
     """
+    if is_uri(path):  # one upload: the object appears whole (dub.storage.location)
+        sink = pa.BufferOutputStream()
+        pq.write_table(table, sink)
+        put_bytes(sink.getvalue().to_pybytes(), str(path))
+        return path
     with atomic_path(path) as tmp:
         pq.write_table(table, tmp)
     return Path(path)
@@ -63,13 +69,21 @@ def manifest_from_rows(rows: list[dict]) -> pa.Table:
 
 
 def _read(path: str | Path, expected: str, hint: str) -> pa.Table:
+    if is_uri(path):  # object storage: one object, read whole
+        if not exists(str(path)):
+            raise FileNotFoundError(f"{expected.replace('_', ' ')} not found: {path} ({hint})")
+        return _checked(pa.BufferReader(read_bytes(str(path))), str(path), expected, hint)
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{expected.replace('_', ' ')} not found: {path} ({hint})")
     if path.is_dir():
         raise ManifestError(f"{path} is a directory; expected a {expected.replace('_', ' ')} Parquet file ({hint})")
+    return _checked(path, str(path), expected, hint)
+
+
+def _checked(source, path: str, expected: str, hint: str) -> pa.Table:
     try:
-        table = pq.read_table(path)
+        table = pq.read_table(source)
     except (pa.ArrowInvalid, OSError) as exc:
         raise ManifestError(f"{path} is not a readable Parquet file ({exc}); {hint}") from exc
     found = schema_name(table.schema)

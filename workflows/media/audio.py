@@ -209,13 +209,13 @@ def read_audio_native(
 
     import av
 
-    from dub.workflows.media.streams import open_media
+    from dub.workflows.media.streams import as_location, open_media
 
     if isinstance(path, (bytes, bytearray)):
         opened, name = av.open(io.BytesIO(path)), "the audio bytes"
     else:
-        path = Path(path)
-        opened, name = open_media(path), path.name
+        path = as_location(path)
+        opened, name = open_media(path), Path(path).name
     with opened as container:
         if not container.streams.audio:
             raise MediaError("no_audio", f"{name} has no audio track")

@@ -29,7 +29,7 @@ import numpy as np
 
 from dub.workflows.media.errors import MediaError
 from dub.workflows.media.probe import normalize_rotation
-from dub.workflows.media.streams import open_media, pick_video_stream, time_origin
+from dub.workflows.media.streams import as_location, open_media, pick_video_stream, time_origin
 
 _EPS = 1e-6  # seconds; frame times and target instants are compared with this tolerance
 _SEEK_MARGIN_S = 0.5  # seek a little early: some demuxers land after the asked time
@@ -102,7 +102,7 @@ def decode_window(
         raise ValueError(f"bad window: start_s={start_s} must be >= 0 and duration_s={duration_s} > 0")
     if not targets:
         raise ValueError("give at least one FrameTarget")
-    path = Path(path)
+    path = as_location(path)
     with open_media(path) as container:
         stream = pick_video_stream(container, path)
         stream.thread_type = "AUTO"

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from dub.workflows.media.errors import MediaError
-from dub.workflows.media.streams import container_name, open_media, pick_video_stream
+from dub.workflows.media.streams import as_location, container_name, open_media, pick_video_stream
 
 # A file whose packets fall short of the header's frame count by more than this is truncated
 # (edit lists may legitimately hide a frame or two).
@@ -57,7 +57,7 @@ def probe_video(path: str | Path, *, silence_threshold_db: float = -60.0, silenc
     """
     import av
 
-    path = Path(path)
+    path = as_location(path)
     with open_media(path) as container:
         stream = pick_video_stream(container, path)
         ctx = stream.codec_context

@@ -15,7 +15,7 @@ import numpy as np
 from dub.storage.atomic import atomic_path
 from dub.workflows.media.audio import add_audio_stream, as_channels_first, encode_frames, resample
 from dub.workflows.media.errors import MediaError
-from dub.workflows.media.streams import open_media, pick_video_stream
+from dub.workflows.media.streams import as_location, open_media, pick_video_stream
 
 DEFAULT_CONTAINER_RATE = 48000  # the usual rate of audio in video files; every player handles it
 _CONTAINERS = {".mp4": "mp4", ".m4v": "mp4", ".mov": "mov", ".mkv": "matroska", ".webm": "webm"}
@@ -36,7 +36,7 @@ def remux_with_audio(
     `sample_rate`) as the first, default audio track, encoded with `codec` at `output_rate`.
     With `keep_original_audio`, the source's first audio track follows as a second track
     (copied, not re-encoded)."""
-    src, dst = Path(src), Path(dst)
+    src, dst = as_location(src), Path(dst)
     audio = as_channels_first(audio)
     if audio.shape[0] > 2:
         raise ValueError(f"only mono or stereo audio can be muxed, got {audio.shape[0]} channels")
@@ -69,7 +69,7 @@ def remux_with_audio(
 
 def strip_audio(src: str | Path, dst: str | Path) -> Path:
     """Copy only the video stream of `src` to `dst` (a silent input, bit-identical video)."""
-    src, dst = Path(src), Path(dst)
+    src, dst = as_location(src), Path(dst)
 
     def build(container_in, container_out) -> None:
         video_in = pick_video_stream(container_in, src)
@@ -81,7 +81,7 @@ def strip_audio(src: str | Path, dst: str | Path) -> Path:
 
 def video_span(path: str | Path) -> tuple[float, float]:
     """(first frame start, last frame end) of the video stream in seconds, from its packets."""
-    path = Path(path)
+    path = as_location(path)
     with open_media(path) as container:
         stream = pick_video_stream(container, path)
         tb = float(stream.time_base)
@@ -139,7 +139,7 @@ def _interleave(container_in, container_out, streams_in, routes, generated) -> N
         pending = next(queue, None)
 
 
-def _write_atomic(src: Path, dst: Path, build) -> Path:
+def _write_atomic(src: str | Path, dst: Path, build) -> Path:
     import av
 
     suffix = dst.suffix.lower()
@@ -152,6 +152,6 @@ def _write_atomic(src: Path, dst: Path, build) -> Path:
     except av.error.FFmpegError as exc:
         raise MediaError(
             "remux_failed",
-            f"could not write {dst.name} from {src.name}: {exc} (a codec the {suffix} container cannot hold? try .mkv)",
+            f"could not write {dst.name} from {Path(src).name}: {exc} (a codec the {suffix} container cannot hold? try .mkv)",
         ) from exc
     return dst

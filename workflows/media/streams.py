@@ -7,18 +7,29 @@ says the same thing wherever it is met.
 from __future__ import annotations
 
 import os
+import posixpath
 import struct
 from pathlib import Path
 
+from dub.storage.location import is_uri
 from dub.workflows.media.errors import MediaError
 
 _TEXT_SNIFF_BYTES = 512
 
 
+def as_location(path: str | Path) -> str | Path:
+    """A media location as open_media takes it: object-storage URIs stay strings (a Path
+    would fold `s3://` into `s3:/`), everything else becomes a Path."""
+    return str(path) if is_uri(path) else Path(path)
+
+
 def open_media(path: str | Path):
-    """`av.open(path)` for reading; failures become MediaError with a diagnosis."""
+    """`av.open(path)` for reading; failures become MediaError with a diagnosis. `path` may be
+    an object-storage URI (dub.storage.location): FFmpeg then reads through a seekable file."""
     import av
 
+    if is_uri(path):
+        return _open_object(str(path))
     path = Path(path)
     check_regular_file(path)
     try:
@@ -29,6 +40,34 @@ def open_media(path: str | Path):
         ) from exc
     except (av.error.FFmpegError, UnicodeDecodeError) as exc:
         raise diagnose_unopenable(path, exc) from exc
+
+
+def _open_object(uri: str):
+    import av
+
+    from dub.storage import location
+
+    name = posixpath.basename(uri)
+    try:
+        info = location.stat(uri)
+    except OSError as exc:
+        raise MediaError("unreadable", f"cannot reach {uri}: {exc}") from exc
+    if info is None:
+        raise MediaError("missing", f"object not found: {uri} (moved or deleted since it was listed?)")
+    if info.size == 0:
+        raise MediaError("empty", f"empty object (0 bytes): {name} has nothing to read; upload it again")
+    handle = location.open_input(uri)
+    try:
+        return av.open(handle, metadata_errors="ignore")
+    except (av.error.FFmpegError, UnicodeDecodeError) as exc:
+        handle.seek(0)
+        head = handle.read(_TEXT_SNIFF_BYTES)
+        handle.close()
+        if _looks_like_text(head):
+            raise MediaError("not_media", f"not a video: {name} contains text, not video data") from exc
+        raise MediaError(
+            "not_media", f"not a video FFmpeg can read: {name} is damaged or another kind of file renamed"
+        ) from exc
 
 
 def check_regular_file(path: Path) -> None:
