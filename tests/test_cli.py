@@ -92,21 +92,36 @@ def test_train_config_with_an_unknown_setting_is_refused(tmp_path):
 @pytest.mark.parametrize(
     "args",
     [
-        ["ingest", "s3://bucket/videos", "-o", "manifest.parquet"],
-        ["ingest", "videos", "-o", "gs://bucket/manifest.parquet"],
-        ["generate", "-m", "s3://bucket/manifest.parquet", "-o", "out"],
-        ["generate", "-m", "manifest.parquet", "-o", "s3://bucket/out"],
         ["extract", "-m", "manifest.parquet", "-o", "s3://bucket/shards"],
         ["report", "s3://bucket/run", "-o", "report"],
         ["train", "--val-manifest", "s3://bucket/val.parquet", "--write-config", "run.toml"],
     ],
 )
-def test_object_storage_uris_are_refused_while_parsing_not_written_as_local_folders(args, tmp_path, monkeypatch):
+def test_object_storage_uris_are_refused_where_an_option_takes_local_paths_only(args, tmp_path, monkeypatch):
     """pathlib would turn s3://bucket/out into a local folder "s3:/bucket/out" and the run would
-    write there; the command refuses the URI before doing anything and says what to do."""
+    write there; an option that reads and writes local files only refuses the URI before doing
+    anything and says what to do."""
     monkeypatch.chdir(tmp_path)
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 2
     text = " ".join(result.output.replace("│", " ").split())
-    assert "locations are not supported here yet" in text and "mount the bucket" in text
+    assert "locations are not supported by this option" in text and "mount the bucket" in text
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["ingest", "ftp://host/videos", "-o", "manifest.parquet"],
+        ["ingest", "videos", "-o", "http://host/manifest.parquet"],
+        ["generate", "-m", "hdfs://cluster/manifest.parquet", "-o", "out"],
+        ["generate", "-m", "manifest.parquet", "-o", "ftp://host/out"],
+    ],
+)
+def test_uris_of_stores_dub_cannot_write_are_refused_with_the_ones_it_can(args, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 2
+    text = " ".join(result.output.replace("│", " ").split())
+    assert "locations are not supported" in text and "s3://" in text and "gs://" in text
     assert list(tmp_path.iterdir()) == []

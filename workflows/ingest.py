@@ -24,6 +24,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from dub.storage.location import is_uri
+
 DEFAULT_EXTENSIONS = (
     "mp4",
     "m4v",
@@ -63,7 +65,7 @@ class IngestConfig:
 
 @dataclass
 class ScanResult:
-    files: list[Path] = field(default_factory=list)  # candidate videos, absolute, sorted
+    files: list[Path | str] = field(default_factory=list)  # candidate videos, absolute (or URIs), sorted
     directories: list[Path] = field(default_factory=list)  # directories named like videos
     warnings: list[str] = field(default_factory=list)  # folders that could not be listed, loops
 
@@ -99,6 +101,9 @@ def scan(roots: Iterable[str | Path], extensions: Iterable[str] = DEFAULT_EXTENS
     files: set[Path] = set()
     seen_dirs: set[tuple[int, int]] = set()
     for root in roots:
+        if is_uri(root):
+            _list_objects(str(root), exts, files)
+            continue
         root = Path(os.path.abspath(root))
         if root.is_dir():
             _walk(root, exts, files, seen_dirs, result)
@@ -106,7 +111,7 @@ def scan(roots: Iterable[str | Path], extensions: Iterable[str] = DEFAULT_EXTENS
             files.add(root)
         else:
             raise FileNotFoundError(f"{root} does not exist")
-    result.files = sorted(files)
+    result.files = sorted(files, key=str)
     result.directories = sorted(set(result.directories))
     return result
 
@@ -137,6 +142,25 @@ def _walk(root: Path, exts: set[str], files: set[Path], seen_dirs: set[tuple[int
                 files.add(here / name)
 
 
+def _list_objects(root: str, exts: set[str], files: set) -> None:
+    """Video objects under an object-storage prefix (or the one object it names); names with a
+    hidden part (".x/", ".x.mp4") are skipped as on disk."""
+    from dub.storage.location import check_uri, list_objects, stat
+
+    root = check_uri(root)
+    single = stat(root)
+    if single is not None:
+        files.add(root)
+        return
+    found = list_objects(root)
+    if not found:
+        raise FileNotFoundError(f"{root} holds no objects (or the bucket cannot be listed with these credentials)")
+    for obj in found:
+        parts = obj.uri[len(root) :].strip("/").split("/")
+        if not any(part.startswith(".") for part in parts) and _has_ext(parts[-1], exts):
+            files.add(obj.uri)
+
+
 def _has_ext(name: str, exts: set[str]) -> bool:
     _, dot, ext = name.rpartition(".")
     return bool(dot) and ext.lower() in exts
@@ -150,22 +174,19 @@ def probe_file(path: str, silence_threshold_db: float = -60.0, silence_scan_s: f
     from dub.manifests.ids import content_id, name_id
     from dub.workflows.media.errors import MediaError
     from dub.workflows.media.probe import probe_video
-    from dub.workflows.media.streams import check_regular_file
+    from dub.workflows.media.streams import as_location, check_regular_file
 
     start = time.perf_counter()
-    p = Path(path)
+    p = as_location(path)
     row: dict = {"path": display_path(path), "video_id": name_id(path), "status": "error"}
     try:
         if row["path"] != path:
             raise MediaError(
                 "bad_name", "the file name is not valid UTF-8, so it cannot be stored in the manifest; rename the file"
             )
-        try:
-            st = p.stat()
-            row.update(size_bytes=st.st_size, mtime_ns=st.st_mtime_ns)
-        except OSError:
-            pass  # check_regular_file says why
-        check_regular_file(p)
+        row.update(_size_and_mtime(path))  # empty when it cannot be read: the checks below say why
+        if not is_uri(path):
+            check_regular_file(p)
         try:
             row["video_id"] = content_id(p)
         except PermissionError as exc:
@@ -380,11 +401,22 @@ def _run_pool(paths: list[str], config: IngestConfig, size: int, done: Callable[
             worker.stop()
 
 
-def _size_of(path: str) -> int:
+def _size_and_mtime(path: str | Path) -> dict:
+    """{"size_bytes", "mtime_ns"} of a file or object; {} when it cannot be read."""
     try:
-        return os.stat(path).st_size
+        if is_uri(path):
+            from dub.storage.location import stat
+
+            info = stat(str(path))
+            return {} if info is None else {"size_bytes": info.size, "mtime_ns": info.mtime_ns}
+        st = os.stat(path)
+        return {"size_bytes": st.st_size, "mtime_ns": st.st_mtime_ns}
     except OSError:
-        return 0
+        return {}
+
+
+def _size_of(path: str) -> int:
+    return _size_and_mtime(path).get("size_bytes", 0)
 
 
 def _failure_row(path: str, kind: str, message: str) -> dict:
@@ -397,19 +429,23 @@ def _failure_row(path: str, kind: str, message: str) -> dict:
         "error_kind": kind,
         "error": message,
     }
-    try:
-        st = os.stat(path)
-        row.update(size_bytes=st.st_size, mtime_ns=st.st_mtime_ns)
-    except OSError:
-        pass
+    row.update(_size_and_mtime(path))
     return row
 
 
 # -- the whole run ------------------------------------------------------------------------
 
 
-def read_prompt(video: Path) -> str:
+def read_prompt(video: Path | str) -> str:
     """The sidecar prompt NAME.txt beside NAME.ext, stripped; "" when there is none."""
+    if is_uri(video):
+        from dub.storage.location import exists, read_bytes
+
+        sidecar = str(video).rsplit(".", 1)[0] + ".txt"
+        try:
+            return read_bytes(sidecar).decode("utf-8", "replace").strip() if exists(sidecar) else ""
+        except OSError:
+            return ""
     sidecar = video.with_suffix(".txt")
     try:
         return sidecar.read_bytes().decode("utf-8", "replace").strip() if sidecar.is_file() else ""
@@ -427,15 +463,16 @@ def ingest(
     from dub.manifests.io import manifest_from_rows, read_manifest, write_parquet_atomic
     from dub.manifests.schema import MANIFEST_SCHEMA
     from dub.storage.journal import Journal, read_journal
+    from dub.storage.location import exists
 
     started = time.perf_counter()
-    output = Path(output)
+    output = str(output) if is_uri(output) else Path(output)
     summary = IngestSummary(output=output)
     found = scan(roots, config.extensions)
     summary.scanned = len(found.files)
     summary.warnings = list(found.warnings)
 
-    previous = read_manifest(output).to_pylist() if output.exists() else []
+    previous = read_manifest(output).to_pylist() if exists(str(output)) else []
     previous_by_path = {row["path"]: row for row in previous}
     journal_dir = probe_journal_dir(output)
     interrupted = read_journal(journal_dir, key="path")  # newer than the manifest: it wins
@@ -480,7 +517,7 @@ def ingest(
     for key, old in previous_by_path.items():  # rows from other roots stay while their file exists
         if key in rows_by_path:
             continue
-        if os.path.lexists(key):
+        if exists(key) if is_uri(key) else os.path.lexists(key):
             rows_by_path[key] = dict(old)
         else:
             summary.removed += 1
@@ -503,17 +540,19 @@ def ingest(
 JOURNAL_FLUSH_S = 1.0
 
 
-def probe_journal_dir(output: Path) -> Path:
-    """Where rows probed for `output` wait until the manifest is written: `.NAME.probed/` beside it."""
+def probe_journal_dir(output: Path | str) -> Path:
+    """Where rows probed for `output` wait until the manifest is written: `.NAME.probed/` beside
+    it, or for a manifest in object storage, in its local stage folder (dub.storage.mirror)."""
+    if is_uri(output):
+        from dub.storage.mirror import stage_for
+
+        return stage_for(str(output)) / "probed"
     return output.with_name(f".{output.name}.probed")
 
 
-def _unchanged(path: Path, old: dict) -> bool:
-    try:
-        st = path.stat()
-    except OSError:
-        return False
-    return st.st_size == old.get("size_bytes") and st.st_mtime_ns == old.get("mtime_ns")
+def _unchanged(path: Path | str, old: dict) -> bool:
+    now = _size_and_mtime(path)
+    return bool(now) and now["size_bytes"] == old.get("size_bytes") and now["mtime_ns"] == old.get("mtime_ns")
 
 
 def _flag_duplicates(rows: list[dict], previously_ok: set[str]) -> None:

@@ -9,7 +9,7 @@ from pathlib import Path
 import typer
 
 from dub.commands.choices import AudioCodec, OutputFormat, RescaleMode, Resize, Sampler, SelectMetric
-from dub.commands.paths import local_path
+from dub.commands.paths import local_path, location
 
 DEFAULT_MANIFEST = "manifest.parquet"
 
@@ -17,19 +17,20 @@ DEFAULT_MANIFEST = "manifest.parquet"
 def register(app: typer.Typer) -> None:
     @app.command()
     def generate(
-        manifest: Path | None = typer.Option(
+        manifest: str | None = typer.Option(
             None,
             "--manifest",
             "-m",
-            help="Manifest from `dub ingest` (default: ./manifest.parquet).",
-            callback=local_path,
+            help="Manifest from `dub ingest` (default: ./manifest.parquet); a path or s3://, gs:// URI.",
+            callback=location,
         ),
-        out: Path = typer.Option(
-            Path("dubbed"),
+        out: str = typer.Option(
+            "dubbed",
             "--out",
             "-o",
-            help="Output directory (one generation config per directory).",
-            callback=local_path,
+            help="Output directory (one generation config per directory); a path or an s3://, gs:// prefix, "
+            "written through a local stage folder (DUB_STAGE_DIR, default ~/.cache/dub/stage).",
+            callback=location,
         ),
         prompts: Path | None = typer.Option(
             None, "--prompts", help="Text-to-audio: a file with one prompt per line (no video).", callback=local_path

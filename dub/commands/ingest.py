@@ -6,17 +6,25 @@ from pathlib import Path
 
 import typer
 
-from dub.commands.paths import local_path
+from dub.commands.paths import location
+from dub.storage.location import is_uri
 
 
 def register(app: typer.Typer) -> None:
     @app.command()
     def ingest(
-        paths: list[Path] = typer.Argument(
-            ..., help="Video files or folders (scanned recursively).", callback=local_path
+        paths: list[str] = typer.Argument(
+            ...,
+            help="Video files or folders (scanned recursively), or s3://, gs:// prefixes (credentials and "
+            "endpoint from the store's usual environment, e.g. AWS_PROFILE, AWS_ENDPOINT_URL).",
+            callback=location,
         ),
-        output: Path = typer.Option(
-            ..., "--output", "-o", help="Manifest to write (Parquet); an existing one is updated.", callback=local_path
+        output: str = typer.Option(
+            ...,
+            "--output",
+            "-o",
+            help="Manifest to write (Parquet), a path or an s3://, gs:// URI; an existing one is updated.",
+            callback=location,
         ),
         ext: str | None = typer.Option(
             None, "--ext", help="Comma-separated extensions to scan for (default: common video formats)."
@@ -48,11 +56,11 @@ def register(app: typer.Typer) -> None:
             config = IngestConfig(extensions=extensions, workers=workers, timeout_s=timeout)
         except ValueError as exc:
             raise typer.BadParameter(str(exc)) from exc
-        missing = [str(p) for p in paths if not p.exists() and not p.is_symlink()]
+        missing = [p for p in paths if not is_uri(p) and not Path(p).exists() and not Path(p).is_symlink()]
         if missing:
             console.print(f"[red]not found: {', '.join(missing)}[/red]")
             raise typer.Exit(2)
-        if output.exists() and output.is_dir():
+        if not is_uri(output) and Path(output).is_dir():
             console.print(
                 f"[red]--output {output} is a directory; give a file name such as {output}/manifest.parquet[/red]"
             )
@@ -60,6 +68,9 @@ def register(app: typer.Typer) -> None:
         try:
             summary = _run_with_progress(run_ingest, paths, output, config, console, quiet)
         except ValueError as exc:  # an unreadable existing manifest: say so, do not overwrite it
+            console.print(f"[red]{exc}[/red]")
+            raise typer.Exit(2) from exc
+        except FileNotFoundError as exc:  # an object-storage prefix with nothing under it
             console.print(f"[red]{exc}[/red]")
             raise typer.Exit(2) from exc
         except OSError as exc:  # the output's folder cannot be made or written (checked before probing)

@@ -1,29 +1,38 @@
-"""Path options: local (or mounted) files and folders only, for now.
+"""Path options: `local_path` for options that take local (or mounted) files only, and
+`location` for those that also take object storage (s3://, gs://; dub.storage.location).
 
-A URI such as s3://bucket/out given where dub expects a path would otherwise become a local
-folder named "s3:" (pathlib folds the two slashes into one), and a run would quietly write
-there. Until dub reads and writes object storage itself, such a value is refused while the
-command line is parsed, with what to do instead.
+A URI given where dub expects a local path would otherwise become a local folder named "s3:"
+(pathlib folds the two slashes into one), and a run would quietly write there; such a value is
+refused while the command line is parsed, with what to do instead. Options that take URIs are
+typed `str` for the same reason: a Path would fold the URI before any check sees it.
 """
 
 from __future__ import annotations
 
-import re
-
 import typer
 
-# a URI scheme (two or more characters, so a Windows drive letter is not one) and its colon
-_URI = re.compile(r"^[A-Za-z][A-Za-z0-9+.\-]+:/")
+from dub.storage.location import LocationError, check_uri, is_uri, scheme
 
 
 def local_path(value):
     """typer callback for Path options and arguments (single or repeated)."""
     values = value if isinstance(value, (list, tuple)) else [value]
     for v in values:
-        if v is not None and _URI.match(str(v)):
-            scheme = str(v).split(":", 1)[0]
+        if v is not None and is_uri(v):
             raise typer.BadParameter(
-                f"{scheme}:// locations are not supported here yet; mount the bucket (e.g. with "
+                f"{scheme(v)}:// locations are not supported by this option; mount the bucket (e.g. with "
                 "s3fs or gcsfuse) and give its local path, or copy the files to a local folder"
             )
+    return value
+
+
+def location(value):
+    """typer callback for `str` options that take a local path or an object-storage URI."""
+    values = value if isinstance(value, (list, tuple)) else [value]
+    for v in values:
+        if v is not None and is_uri(v):
+            try:
+                check_uri(v)
+            except LocationError as exc:
+                raise typer.BadParameter(str(exc)) from None
     return value

@@ -15,7 +15,7 @@ class Journal:
     parts in `journal_dir`, flushed every `flush_rows` rows or `flush_every_s` seconds: what a
     kill -9 (which runs no `finally`) can lose is bounded by those."""
 
-    def __init__(self, journal_dir: Path, schema, flush_every_s: float = 5.0, flush_rows: int = 64):
+    def __init__(self, journal_dir: Path, schema, flush_every_s: float = 5.0, flush_rows: int = 64, on_part=None):
         self.dir = Path(journal_dir)
         self.dir.mkdir(parents=True, exist_ok=True)
         self.flush_every_s = flush_every_s
@@ -23,6 +23,7 @@ class Journal:
         self.schema = schema
         self._rows: list[dict] = []
         self._last = time.monotonic()
+        self.on_part = on_part  # called with each part once it is written (generate publishes it)
 
     def add(self, rows: list[dict]) -> None:
         self._rows.extend(rows)
@@ -37,8 +38,11 @@ class Journal:
 
         names = self.schema.names
         table = pa.Table.from_pylist([{name: r.get(name) for name in names} for r in self._rows], schema=self.schema)
-        with atomic_path(self.dir / f"part-{time.time_ns()}-{uuid.uuid4().hex[:6]}.parquet") as tmp:
+        part = self.dir / f"part-{time.time_ns()}-{uuid.uuid4().hex[:6]}.parquet"
+        with atomic_path(part) as tmp:
             pq.write_table(table, tmp)
+        if self.on_part is not None:
+            self.on_part(part)
         self._rows = []
         self._last = time.monotonic()
 

@@ -53,12 +53,20 @@ class RunPlan:
 def plan_generate(cfg: GenerateConfig, calibrate: bool = True) -> RunPlan:
     """The plan of `run_generate(cfg)`, without writing anything; `calibrate` measures the time."""
     from dub.model.runtime.bundles import bundle_info
-    from dub.workflows.generate.run import GenerateError, existing_run, load_inputs, reconcile, starts_empty
+    from dub.workflows.generate.run import (
+        GenerateError,
+        existing_run,
+        load_inputs,
+        pull_state,
+        reconcile,
+        starts_empty,
+    )
 
     info = bundle_info(cfg.model, checkpoint=cfg.checkpoint)
     window_s = cfg.window_s or info.window_s
     config_hash = cfg.config_hash(info.weights_hash)
     paths = run_paths(cfg.out_dir)
+    pull_state(paths)  # an object-storage output: its state, into the local stage only
     previous = existing_run(paths)
     if previous is None:
         existing = "none"
@@ -79,7 +87,7 @@ def plan_generate(cfg: GenerateConfig, calibrate: bool = True) -> RunPlan:
         raise GenerateError(f"--replicas {replicas} needs {replicas} GPUs; this machine has {gpus}")
     cpus = os.cpu_count() or 1
     plan = RunPlan(
-        out_dir=str(paths["out"]),
+        out_dir=paths["where"],
         config_hash=config_hash,
         existing_run=existing,
         total=len(videos) + len(skipped),

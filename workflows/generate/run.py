@@ -27,7 +27,7 @@ from dub.storage.temporaries import remove_stale_temporaries
 from dub.workflows.generate.candidates import ModelScorer, choose, clip_motion, select_candidate
 from dub.workflows.generate.config import GenerateConfig, run_paths, window_seed
 from dub.workflows.generate.content import load_tagger, tagger_available
-from dub.workflows.generate.sinks import ShardWriter, completed_shard_keys, mp4_name, write_flac_bytes
+from dub.workflows.generate.sinks import ShardWriter, mp4_name, write_flac_bytes
 from dub.workflows.media.audio import resample
 from dub.workflows.media.loudness import normalize_loudness
 from dub.workflows.metrics.embeddings import BackendUnavailable
@@ -151,8 +151,23 @@ def run_generate(cfg: GenerateConfig, progress: ProgressFn | None = None) -> Sum
         except BackendUnavailable as exc:
             raise GenerateError(f"--select {cfg.select}: {exc}") from None
     paths = run_paths(cfg.out_dir)
-    with exclusive_output(paths["out"], "generate"):
+    mirror = paths["mirror"]
+    with exclusive_output(paths["out"], "generate"), _lease(mirror) as lease:
+        if lease is not None:
+            mirror.guard = lease.check  # nothing more is published once another run took over
         return _run_locked(cfg, progress, info, window_s, config_hash, paths, started, scorer)
+
+
+def _lease(mirror):
+    """The object-storage lock (dub.storage.lease) when the output is a URI; the local flock
+    on the stage alone otherwise."""
+    from contextlib import nullcontext
+
+    if not mirror.active:
+        return nullcontext()
+    from dub.storage.lease import remote_lease
+
+    return remote_lease(mirror.remote, "generate")
 
 
 def _run_locked(
@@ -175,7 +190,7 @@ def _run_locked(
         pending = pending[: cfg.limit]
 
     summary = Summary(
-        out_dir=str(paths["out"]),
+        out_dir=paths["where"],
         config_hash=config_hash,
         total=len(videos) + len(skipped_rows),
         skipped=len(skipped_rows),
@@ -184,7 +199,7 @@ def _run_locked(
     )
     from dub.manifests.schema import REPORT_SCHEMA
 
-    journal = Journal(paths["journal"], REPORT_SCHEMA)
+    journal = Journal(paths["journal"], REPORT_SCHEMA, on_part=lambda part: paths["mirror"].publish(part, keep=True))
     # Skipped rows are derived from the manifest on every run, so they are never journaled.
     journal.add([r for r in done_rows if r.pop("reconstructed", False)])
     try:
@@ -201,7 +216,7 @@ def _run_locked(
         journal.flush()
         _write_report(paths, [v.video_id for v in videos], skipped_rows)
     summary.wall_s = time.perf_counter() - started
-    write_json_atomic(paths["out"] / "summary.json", summary.as_dict())
+    paths["mirror"].publish(write_json_atomic(paths["out"] / "summary.json", summary.as_dict()), keep=True)
     return summary
 
 
@@ -213,6 +228,17 @@ def existing_run(paths: dict) -> dict | None:
     return json.loads(paths["run_json"].read_text()) if paths["run_json"].exists() else None
 
 
+# what a run reads back from an object-storage output before it starts (its outputs are listed)
+STATE_FILES = ("run.json", "journal", "report.parquet")
+
+
+def pull_state(paths: dict) -> None:
+    """Bring the output's state files into the stage from the store (no-op for a local --out)."""
+    if paths["mirror"].active:
+        paths["out"].mkdir(parents=True, exist_ok=True)
+        paths["mirror"].pull(*STATE_FILES)
+
+
 def starts_empty(cfg: GenerateConfig, previous: dict | None) -> bool:
     """Whether the run clears the folder's outputs first: --overwrite over an existing run,
     whatever its configuration (the dry run plans by the same rule)."""
@@ -220,8 +246,9 @@ def starts_empty(cfg: GenerateConfig, previous: dict | None) -> bool:
 
 
 def _prepare_out_dir(cfg: GenerateConfig, paths: dict, config_hash: str, info) -> None:
-    out = paths["out"]
-    out.mkdir(parents=True, exist_ok=True)
+    out = paths["where"]
+    paths["out"].mkdir(parents=True, exist_ok=True)
+    pull_state(paths)
     previous = existing_run(paths)
     if previous is not None and previous.get("config_hash") != config_hash and not cfg.overwrite:
         raise GenerateError(
@@ -231,12 +258,15 @@ def _prepare_out_dir(cfg: GenerateConfig, paths: dict, config_hash: str, info) -
     if starts_empty(cfg, previous):
         for key in ("mp4", "shards", "journal", "audio"):
             shutil.rmtree(paths[key], ignore_errors=True)
+            paths["mirror"].remove(key)
         paths["report"].unlink(missing_ok=True)
-    remove_stale_temporaries(out, paths["mp4"], paths["shards"], paths["journal"], paths["audio"])
-    write_json_atomic(
+        paths["mirror"].remove("report.parquet")
+    remove_stale_temporaries(paths["out"], paths["mp4"], paths["shards"], paths["journal"], paths["audio"])
+    run_json = write_json_atomic(
         paths["run_json"],
         {"config_hash": config_hash, "config": cfg.as_dict(), "model": info.as_dict(), "dub_version": _version()},
     )
+    paths["mirror"].publish(run_json, keep=True)
 
 
 def _version() -> str:
@@ -315,10 +345,15 @@ _AUDIO_EXT = {"aac": "m4a", "flac": "flac", "opus": "ogg"}
 def reconcile(cfg: GenerateConfig, paths: dict, videos: list[_Video], config_hash: str):
     """Done = every requested output is on disk. Outputs are the truth; the journal adds timings."""
     journal = read_journal(paths["journal"])
-    shard_keys = completed_shard_keys(paths["shards"]) if "wds" in cfg.formats else {}
+    mirror = paths["mirror"]
+    present = {
+        "shards": mirror.tar_keys("shards") if "wds" in cfg.formats else {},
+        "mp4": mirror.names("mp4") if "mp4" in cfg.formats or cfg.text_to_audio else set(),
+        "audio": mirror.names("audio") if cfg.text_to_audio else set(),
+    }
     done, pending = [], []
     for video in videos:
-        outputs, missing = _existing_outputs(cfg, paths, video, shard_keys)
+        outputs, missing = _existing_outputs(cfg, paths, video, present)
         if missing:
             video.missing, video.existing = missing, outputs
             pending.append(video)
@@ -333,21 +368,22 @@ def reconcile(cfg: GenerateConfig, paths: dict, videos: list[_Video], config_has
     return done, pending
 
 
-def _existing_outputs(cfg, paths, video: _Video, shard_keys: dict) -> tuple[dict, tuple[str, ...]]:
-    """(outputs already on disk, formats still missing)."""
+def _existing_outputs(cfg, paths, video: _Video, present: dict) -> tuple[dict, tuple[str, ...]]:
+    """(outputs already written, formats still missing); `present` lists what the output holds."""
+    mirror = paths["mirror"]
     if cfg.text_to_audio:
         audio = _expected_audio(paths, video, cfg.audio_codec)
-        return ({"output_audio": str(audio)}, ()) if audio.exists() else ({}, ("audio",))
+        return ({"output_audio": mirror.location(audio)}, ()) if audio.name in present["audio"] else ({}, ("audio",))
     outputs, missing = {}, []
     if "mp4" in cfg.formats:
         mp4 = _expected_mp4(paths, video)
-        if mp4.exists():
-            outputs["output_mp4"] = str(mp4)
+        if mp4.name in present["mp4"]:
+            outputs["output_mp4"] = mirror.location(mp4)
         else:
             missing.append("mp4")
     if "wds" in cfg.formats:
-        if video.video_id in shard_keys:
-            outputs["output_shard"] = shard_keys[video.video_id]
+        if video.video_id in present["shards"]:
+            outputs["output_shard"] = present["shards"][video.video_id]
         else:
             missing.append("wds")
     return outputs, tuple(missing)
@@ -614,7 +650,7 @@ class _Writer:
             dst = _expected_audio(self.paths, video, cfg.audio_codec)
             dst.parent.mkdir(parents=True, exist_ok=True)
             encode_audio_file(audio, sr, dst, codec=cfg.audio_codec)
-            row["output_audio"] = str(dst)
+            row["output_audio"] = self.paths["mirror"].publish(dst)
             return
         row.update(video.existing)
         if "mp4" in video.missing:
@@ -625,7 +661,7 @@ class _Writer:
             remux_with_audio(
                 video.path, audio, sr, dst, keep_original_audio=cfg.keep_original_audio, codec=cfg.audio_codec
             )
-            row["output_mp4"] = str(dst)
+            row["output_mp4"] = self.paths["mirror"].publish(dst)
         if self.shards is not None and "wds" in video.missing:
             meta = {
                 "video_id": video.video_id,
@@ -644,22 +680,24 @@ class _Writer:
             if cfg.save_features and "clip_f" in windows[0]:
                 for name in ("clip_f", "sync_f", "text_f"):
                     sample[f"{name}.npy"] = _npy_bytes(np.stack([np.asarray(w[name]) for w in windows]))
-            row["output_shard"] = self.shards.current_path or ""
             self._awaiting_shard[video.video_id] = row
             shard_path = self.shards.current_path
-            for key in self.shards.add(video.video_id, sample):
-                self._release(key, shard_path)
+            self._release(self.shards.add(video.video_id, sample), shard_path)
 
-    def _release(self, key: str, shard_path: str) -> None:
-        row = self._awaiting_shard.pop(key)
-        row["output_shard"] = shard_path
-        self.journal.add([row])
+    def _release(self, keys: list[str], shard_path: str) -> None:
+        """Journal the rows of a shard that just closed, once it is published."""
+        if not keys:
+            return
+        where = self.paths["mirror"].publish(shard_path)
+        for key in keys:
+            row = self._awaiting_shard.pop(key)
+            row["output_shard"] = where
+            self.journal.add([row])
 
     def close(self) -> None:
         if self.shards is not None:
             shard_path = self.shards.current_path
-            for key in self.shards.close():
-                self._release(key, shard_path)
+            self._release(self.shards.close(), shard_path)
         self.journal.flush()
 
 
@@ -688,11 +726,11 @@ def _write_report(paths: dict, order: list[str], skipped_rows: list[dict]) -> No
         rows.append({name: row.get(name) for name in REPORT_SCHEMA.names})
     rows.extend({name: row.get(name) for name in REPORT_SCHEMA.names} for row in skipped_rows)
     table = pa.Table.from_pylist(rows, schema=REPORT_SCHEMA)
-    write_parquet_atomic(table, paths["report"])
-    _compact_journal(paths["journal"], table)
+    paths["mirror"].publish(write_parquet_atomic(table, paths["report"]), keep=True)
+    _compact_journal(paths["journal"], table, paths["mirror"])
 
 
-def _compact_journal(journal_dir: Path, table) -> None:
+def _compact_journal(journal_dir: Path, table, mirror) -> None:
     """Fold the journal into one part so reruns do not grow it. The new part is written
     (atomically) before the old ones go, and sorts after them, so a crash in between is harmless."""
     import pyarrow as pa
@@ -701,7 +739,10 @@ def _compact_journal(journal_dir: Path, table) -> None:
 
     old = sorted(Path(journal_dir).glob("part-*.parquet"))
     rows = table.filter(pc.is_in(table["status"], pa.array(["done", "failed"])))
-    with atomic_path(Path(journal_dir) / f"part-{time.time_ns()}-compact.parquet") as tmp:
+    compact = Path(journal_dir) / f"part-{time.time_ns()}-compact.parquet"
+    with atomic_path(compact) as tmp:
         pq.write_table(rows, tmp)
+    mirror.publish(compact, keep=True)
     for part in old:
         part.unlink(missing_ok=True)
+        mirror.remove(f"journal/{part.name}")

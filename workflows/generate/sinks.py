@@ -8,7 +8,6 @@ records report rows as they become durable.
 from __future__ import annotations
 
 import re
-import tarfile
 import time
 import uuid
 from pathlib import Path
@@ -85,15 +84,6 @@ class ShardWriter:
 
 def completed_shard_keys(shard_dir: Path) -> dict[str, str]:
     """Keys (video ids) in finished shards -> shard path. Temporary shards are ignored."""
-    found: dict[str, str] = {}
-    if not shard_dir.is_dir():
-        return found
-    for shard in sorted(shard_dir.glob("shard-*.tar")):
-        try:
-            with tarfile.open(shard) as tar:
-                for member in tar.getmembers():
-                    key = member.name.split(".", 1)[0]
-                    found.setdefault(key, str(shard))
-        except tarfile.TarError:
-            continue  # a damaged shard does not count as done: its videos are redone
-    return found
+    from dub.storage.mirror import Mirror
+
+    return Mirror(Path(shard_dir)).tar_keys(".")
