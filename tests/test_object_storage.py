@@ -109,6 +109,11 @@ def test_readme_workflow_on_s3_then_a_killed_run_resumes_from_an_empty_stage(ing
     assert len(done) == 3 and {r["output_mp4"] for r in done} == {f"s3://{bucket}/{k}" for k in mp4s}
     assert all(r["output_shard"].startswith(f"s3://{bucket}/dubbed/shards/") for r in done)
     assert [r["status"] for r in report if r["status"] != "done"] == ["skipped"]  # notes.mp4
+    # the run's configuration is read back from the bucket: another one is refused there too
+    proc = start_cli([*args, "--seed", "7"], logs, "generate-other-config")
+    assert proc.wait(timeout=120) == 2
+    assert "holds a run with another configuration" in (logs / "generate-other-config.err").read_text()
+
     # nothing half-written is visible, no lease is left, and the stage keeps no outputs
     assert not [k for k in names if ".tmp" in k or ".partial" in k or k.endswith(".dub.lock")]
     staged = [p.name for p in (tmp_path / "stage-b").rglob("*") if p.suffix in (".mp4", ".tar")]

@@ -70,7 +70,8 @@ class Mirror:
             else:
                 local.unlink(missing_ok=True)
             prefix = location.join(self.remote, name)
-            found = [o for o in location.list_objects(prefix) if o.uri == prefix or o.uri.startswith(prefix + "/")]
+            single = location.stat(prefix)  # a file (run.json) or a folder's objects (journal/)
+            found = [single] if single is not None else location.list_objects(prefix)
             for obj in found:
                 dst = self.stage / Path(obj.uri[len(self.remote) + 1 :])
                 dst.parent.mkdir(parents=True, exist_ok=True)
