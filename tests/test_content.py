@@ -79,10 +79,12 @@ def test_generate_reject_keeps_the_unflagged_candidate_and_records_the_flags(ray
     """Candidates 0 and 1 of every clip are tagged as speech, 2 is not: with --reject speech
     every clip keeps candidate 2 whatever its sync score, and report.parquet holds its flags."""
     import dub.workflows.generate.run as run_module
+    import dub.workflows.generate.writer as writer_module
     from tests.generate_helpers import flash_clips_manifest, random_demo_checkpoint
 
-    monkeypatch.setattr(run_module, "tagger_available", lambda: True)
-    monkeypatch.setattr(run_module, "load_tagger", lambda: ContentTagger(PositionalBackend([3.0, 3.0, -3.0])))
+    monkeypatch.setattr(run_module, "tagger_available", lambda: True)  # the driver's check
+    # the clip writer, which runs in the driver on the embedded local Ray
+    monkeypatch.setattr(writer_module, "load_tagger", lambda: ContentTagger(PositionalBackend([3.0, 3.0, -3.0])))
     manifest = flash_clips_manifest(tmp_path, [[0.5, 1.2], [0.5, 1.4]], seconds=2.0)
     run_module.run_generate(
         GenerateConfig(

@@ -129,6 +129,15 @@ def register(app: typer.Typer) -> None:
             help="Model replicas (default: one per GPU, else 1 CPU actor).",
             rich_help_panel="Cluster",
         ),
+        writers: int | None = typer.Option(
+            None,
+            "--writers",
+            min=0,
+            help="Ray actors that stitch, encode and write the clips, so one driver does not bound the "
+            "cluster (default: one per replica with --address/RAY_ADDRESS; 0, the driver writes, on the "
+            "embedded local Ray).",
+            rich_help_panel="Cluster",
+        ),
         fp8: bool = typer.Option(
             False,
             "--fp8",
@@ -206,6 +215,7 @@ def register(app: typer.Typer) -> None:
                 overwrite=overwrite,
                 max_failures=max_failures,
                 replicas=replicas,
+                writers=writers,
                 compile=compile_,
                 fp8=fp8,
                 resize=resize.value,
@@ -333,6 +343,8 @@ def _print_summary(summary, console) -> None:
             "model: features / generate / audio",
             " / ".join(f"{stages.get(k, 0.0):.1f}" for k in ("features", "generate", "decode_audio")) + " s",
         )
+        writers = f"{summary.writers} writer actor(s)" if summary.writers else "the driver writes"
+        table.add_row(f"driver CPU ({writers})", f"{summary.driver_cpu_s:.1f} s")
     if summary.model_busy_fraction is not None:
         table.add_row(f"model replicas busy ({summary.replicas})", f"{100 * summary.model_busy_fraction:.0f} %")
     for reason, count in sorted(summary.errors.items()):

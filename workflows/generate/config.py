@@ -47,6 +47,9 @@ class GenerateConfig:
     overwrite: bool = False
     max_failures: int | None = None
     replicas: int | None = None  # model replicas; default one per GPU, or CPU actors
+    # clip writers as Ray actors (writer.py); None: none on the embedded local Ray (the driver
+    # writes), one per replica on a cluster (--address), where one driver cannot write for all
+    writers: int | None = None
     compile: bool = False  # torch.compile the network step, decoder and encoder towers per replica
     fp8: bool = False  # the visual encoders' linear layers in FP8 (changes the features: hashed)
     resize: str = "fast"  # frame resizing: "fast" swscale, "exact" torchvision's (changes the frames: hashed)
@@ -80,6 +83,8 @@ class GenerateConfig:
             raise ValueError("--limit must be >= 1")
         if self.replicas is not None and self.replicas < 1:
             raise ValueError("--replicas must be >= 1 (leave it out for one per GPU)")
+        if self.writers is not None and self.writers < 0:
+            raise ValueError("--writers must be >= 0 (0: the driver writes every clip itself)")
         if problem := reject_problem(self.reject):
             raise ValueError(problem)
         if problem := candidates_problem(self.candidates, self.select):
@@ -114,6 +119,7 @@ class GenerateConfig:
         "overwrite",
         "max_failures",
         "replicas",
+        "writers",
         "format",
         "shard_size",
         "save_features",

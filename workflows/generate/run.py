@@ -20,16 +20,24 @@ from pathlib import Path
 
 import numpy as np
 
+from dub.errors import short_error
 from dub.storage.atomic import atomic_path, write_json_atomic
 from dub.storage.journal import Journal, read_journal
 from dub.storage.lock import exclusive_output
 from dub.storage.temporaries import remove_stale_temporaries
-from dub.workflows.generate.candidates import ModelScorer, choose, clip_motion, select_candidate
+from dub.workflows.generate.candidates import ModelScorer
+from dub.workflows.generate.clips import (
+    MODEL_STAGES,
+    STAGE_COLUMNS,
+    PlannedVideo,
+    expected_audio,
+    expected_mp4,
+    report_row,
+)
 from dub.workflows.generate.config import GenerateConfig, run_paths, window_seed
-from dub.workflows.generate.content import load_tagger, tagger_available
-from dub.workflows.generate.sinks import ShardWriter, mp4_name, write_flac_bytes
-from dub.workflows.media.audio import resample
-from dub.workflows.media.loudness import normalize_loudness
+from dub.workflows.generate.content import tagger_available
+from dub.workflows.generate.sinks import ShardWriter
+from dub.workflows.generate.writer import ClipWriter
 from dub.workflows.metrics.embeddings import BackendUnavailable
 
 
@@ -53,6 +61,8 @@ class Summary:
     replicas: int = 0
     # summed over this run's windows: CPU decoding (tasks) and the replicas' three model stages
     stage_seconds: dict[str, float] = field(default_factory=dict)
+    writers: int = 0  # writer actors (0: the driver wrote every clip)
+    driver_cpu_s: float = 0.0  # the driver process's CPU seconds from the first result on
     # the replicas' model seconds / the time from each replica's first call to its last: near 1,
     # the models were the bottleneck; well below, they waited between calls (on decoding, or on
     # the driver). Host time around each stage; on a GPU it waits for the stage's kernels.
@@ -66,10 +76,6 @@ class Summary:
         d = dict(self.__dict__)
         d["clips_per_s"] = self.clips_per_s
         return d
-
-
-MODEL_STAGES = ("features", "generate", "decode_audio")
-STAGE_COLUMNS = {"decode_cpu": "t_decode_s", **{name: f"t_{name}_s" for name in MODEL_STAGES}}
 
 
 class _BusyClock:
@@ -109,17 +115,6 @@ class _BusyClock:
         model_s = sum(self.stage_seconds[name] for name in MODEL_STAGES)
         if self.batches >= 2 and span > 0:  # one batch is busy by construction
             summary.model_busy_fraction = round(model_s / span, 3)  # <= 1: stages run inside calls
-
-
-@dataclass(slots=True)  # one per manifest row: a million of them in a large run
-class _Video:
-    video_id: str
-    path: str
-    prompt: str
-    duration_s: float
-    windows: list  # [(start_s, length_s)]
-    missing: tuple[str, ...] = ()  # outputs still to write (resume writes only what is missing)
-    existing: dict = field(default_factory=dict)  # outputs already on disk, for the report row
 
 
 ProgressFn = Callable[[Summary], None]
@@ -282,7 +277,7 @@ def _version() -> str:
 _PLAN_COLUMNS = ("video_id", "path", "status", "duplicate_of", "error", "duration_s", "prompt")
 
 
-def load_inputs(cfg: GenerateConfig, window_s: float) -> tuple[list[_Video], list[dict]]:
+def load_inputs(cfg: GenerateConfig, window_s: float) -> tuple[list[PlannedVideo], list[dict]]:
     from dub.workflows.media.windows import plan_windows
 
     if cfg.text_to_audio:
@@ -297,22 +292,22 @@ def load_inputs(cfg: GenerateConfig, window_s: float) -> tuple[list[_Video], lis
     for row in (r for batch in table.select(wanted).to_batches(max_chunksize=65536) for r in batch.to_pylist()):
         vid = row["video_id"]
         if row.get("status") == "duplicate" or row.get("duplicate_of"):
-            skipped.append(_row(vid, row["path"], "skipped", f"duplicate of {row.get('duplicate_of')}"))
+            skipped.append(report_row(vid, row["path"], "skipped", f"duplicate of {row.get('duplicate_of')}"))
             continue
         if row.get("status") != "ok":
-            skipped.append(_row(vid, row["path"], "skipped", f"ingest: {row.get('error') or row.get('status')}"))
+            skipped.append(report_row(vid, row["path"], "skipped", f"ingest: {row.get('error') or row.get('status')}"))
             continue
         duration = float(row.get("duration_s") or 0.0)
         if duration <= 0:
-            skipped.append(_row(vid, row["path"], "skipped", "ingest found no duration"))
+            skipped.append(report_row(vid, row["path"], "skipped", "ingest found no duration"))
             continue
         prompt = (row.get("prompt") or "").strip() or cfg.prompt
         windows = [(w.start_s, w.end_s - w.start_s) for w in plan_windows(duration, window_s, cfg.overlap_s)]
-        videos.append(_Video(vid, row["path"], prompt, duration, windows))
+        videos.append(PlannedVideo(vid, row["path"], prompt, duration, windows))
     return videos, skipped
 
 
-def _load_prompts(cfg: GenerateConfig, window_s: float) -> list[_Video]:
+def _load_prompts(cfg: GenerateConfig, window_s: float) -> list[PlannedVideo]:
     path = Path(cfg.prompts_file)
     if not path.is_file():
         raise GenerateError(f"prompts file {path} does not exist")
@@ -325,24 +320,13 @@ def _load_prompts(cfg: GenerateConfig, window_s: float) -> list[_Video]:
         if not prompt:
             continue
         vid = hashlib.sha256(f"{index}:{prompt}".encode()).hexdigest()[:16]
-        videos.append(_Video(vid, f"prompt:{index}", prompt, duration, [(0.0, duration)]))
+        videos.append(PlannedVideo(vid, f"prompt:{index}", prompt, duration, [(0.0, duration)]))
     if not videos:
         raise GenerateError(f"prompts file {path} has no prompts")
     return videos
 
 
-def _expected_mp4(paths: dict, video: _Video) -> Path:
-    return paths["mp4"] / mp4_name(video.video_id, video.path)
-
-
-def _expected_audio(paths: dict, video: _Video, codec: str) -> Path:
-    return paths["audio"] / f"{video.video_id}.{_AUDIO_EXT[codec]}"
-
-
-_AUDIO_EXT = {"aac": "m4a", "flac": "flac", "opus": "ogg"}
-
-
-def reconcile(cfg: GenerateConfig, paths: dict, videos: list[_Video], config_hash: str):
+def reconcile(cfg: GenerateConfig, paths: dict, videos: list[PlannedVideo], config_hash: str):
     """Done = every requested output is on disk. Outputs are the truth; the journal adds timings."""
     journal = read_journal(paths["journal"])
     mirror = paths["mirror"]
@@ -361,22 +345,22 @@ def reconcile(cfg: GenerateConfig, paths: dict, videos: list[_Video], config_has
         row = journal.get(video.video_id)
         if row is None or row.get("status") != "done":
             # Outputs made durable just before a crash, before their journal row: adopt them.
-            row = _row(video.video_id, video.path, "done", None, config_hash=config_hash, reconstructed=True)
+            row = report_row(video.video_id, video.path, "done", None, config_hash=config_hash, reconstructed=True)
         row.update(outputs)
         row["prompt"] = video.prompt
         done.append(row)
     return done, pending
 
 
-def _existing_outputs(cfg, paths, video: _Video, present: dict) -> tuple[dict, tuple[str, ...]]:
+def _existing_outputs(cfg, paths, video: PlannedVideo, present: dict) -> tuple[dict, tuple[str, ...]]:
     """(outputs already written, formats still missing); `present` lists what the output holds."""
     mirror = paths["mirror"]
     if cfg.text_to_audio:
-        audio = _expected_audio(paths, video, cfg.audio_codec)
+        audio = expected_audio(paths, video, cfg.audio_codec)
         return ({"output_audio": mirror.location(audio)}, ()) if audio.name in present["audio"] else ({}, ("audio",))
     outputs, missing = {}, []
     if "mp4" in cfg.formats:
-        mp4 = _expected_mp4(paths, video)
+        mp4 = expected_mp4(paths, video)
         if mp4.name in present["mp4"]:
             outputs["output_mp4"] = mirror.location(mp4)
         else:
@@ -387,18 +371,6 @@ def _existing_outputs(cfg, paths, video: _Video, present: dict) -> tuple[dict, t
         else:
             missing.append("wds")
     return outputs, tuple(missing)
-
-
-def _row(video_id: str, path: str, status: str, error: str | None, **extra) -> dict:
-    row = {
-        "video_id": video_id,
-        "path": path,
-        "status": status,
-        "error": error,
-        "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
-    }
-    row.update(extra)
-    return row
 
 
 # -- execution -----------------------------------------------------------------------------
@@ -478,10 +450,12 @@ def _execute(
         ),
     )
 
-    writer = _Writer(cfg, paths, info, config_hash, journal, scorer)
+    outputs = _Outputs(cfg, paths, info, config_hash, journal, scorer, replicas)
+    summary.writers = len(outputs.actors)
     collected: dict[str, dict[int, dict]] = {}
-    failures = 0
+    tally = _Tally(cfg, summary, progress)
     clock = _BusyClock(replicas)
+    driver_cpu = time.process_time()
     try:
         for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
             clock.add(batch)
@@ -495,194 +469,95 @@ def _execute(
                     continue
                 video = by_id.pop(vid)
                 collected.pop(vid)
-                row = writer.write(video, [windows[j] for j in sorted(windows)])
-                if row["status"] == "done":
-                    summary.done += 1
-                    summary.generated += 1
-                    summary.audio_seconds += video.duration_s
-                else:
-                    summary.failed += 1
-                    failures += 1
-                    reason = (row["error"] or "").split(":", 1)[0]
-                    summary.errors[reason] = summary.errors.get(reason, 0) + 1
-                if progress:
-                    progress(summary)
-                if cfg.max_failures is not None and failures > cfg.max_failures:
-                    raise GenerateError(
-                        f"stopped after {failures} failed videos (--max-failures {cfg.max_failures}); "
-                        f"latest error: {row['error']}. Completed outputs are kept; rerun to resume."
-                    )
+                for row, done_video in outputs.submit(video, [windows[j] for j in sorted(windows)]):
+                    tally.add(row, done_video)
     finally:
-        writer.close()
+        tally.stopping = True  # clips still being written are counted, never raised on
+        for row, done_video in outputs.close():
+            tally.add(row, done_video)
         clock.fill(summary)
+        summary.driver_cpu_s = round(time.process_time() - driver_cpu, 3)
 
 
-def no_frames(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    n = len(batch["video_id"])
-    batch["error"] = np.array([""] * n, dtype=object)
-    batch["t_decode_s"] = np.zeros(n)
-    return batch
+class _Tally:
+    """Counts each finished clip into the summary; stops the run past --max-failures."""
+
+    def __init__(self, cfg: GenerateConfig, summary: Summary, progress: ProgressFn | None):
+        self.cfg, self.summary, self.progress = cfg, summary, progress
+        self.failures = 0
+        self.stopping = False
+
+    def add(self, row: dict, video: PlannedVideo) -> None:
+        summary = self.summary
+        if row["status"] == "done":
+            summary.done += 1
+            summary.generated += 1
+            summary.audio_seconds += video.duration_s
+        else:
+            summary.failed += 1
+            self.failures += 1
+            reason = (row["error"] or "").split(":", 1)[0]
+            summary.errors[reason] = summary.errors.get(reason, 0) + 1
+        if self.progress:
+            self.progress(summary)
+        limit = self.cfg.max_failures
+        if limit is not None and self.failures > limit and not self.stopping:
+            raise GenerateError(
+                f"stopped after {self.failures} failed videos (--max-failures {limit}); "
+                f"latest error: {row['error']}. Completed outputs are kept; rerun to resume."
+            )
 
 
-class _Writer:
-    """Stitches a video's windows and writes every requested output; journals its row once
-    the outputs are durable (shard rows when their shard is closed)."""
+class _Outputs:
+    """The driver's side of writing. Each complete clip goes to a ClipWriter: in this process,
+    or one of the run's writer actors (the least busy; at most two clips in flight each, so the
+    driver's memory stays bounded). The driver keeps what must be sequential: shard samples
+    appended in order, and journal rows written once the clip's outputs are published."""
 
-    def __init__(self, cfg: GenerateConfig, paths: dict, info, config_hash: str, journal: Journal, scorer=None):
-        self.cfg, self.paths, self.info, self.config_hash, self.journal = cfg, paths, info, config_hash, journal
-        # content flags wherever PANNs weights are present (run_generate refused --reject without them)
-        self.tagger = load_tagger()
-        self.scorer = scorer  # --select desync / clap (candidates.ModelScorer); None: av-align
-        self.shards = (
-            ShardWriter(paths["shards"], cfg.shard_size) if "wds" in cfg.formats and not cfg.text_to_audio else None
-        )
+    IN_FLIGHT_PER_WRITER = 2
+
+    def __init__(self, cfg, paths, info, config_hash, journal: Journal, scorer, replicas: int):
+        self.paths, self.journal = paths, journal
+        wants_shard = "wds" in cfg.formats and not cfg.text_to_audio
+        self.shards = ShardWriter(paths["shards"], cfg.shard_size) if wants_shard else None
         self._awaiting_shard: dict[str, dict] = {}
+        self.actors = start_writers(cfg, info, config_hash, replicas, remote=paths["mirror"].active)
+        self.local = None if self.actors else ClipWriter(cfg, info, config_hash, scorer)
+        self.in_flight: dict = {}  # ObjectRef -> (actor index, video)
+        self.load = [0] * len(self.actors)
 
-    def write(self, video: _Video, windows: list[dict]) -> dict:
-        from dub.workflows.media.windows import Window, stitch
+    def submit(self, video: PlannedVideo, windows: list[dict]) -> list[tuple[dict, PlannedVideo]]:
+        """Hand one clip over; returns the clips that finished meanwhile, as (row, video)."""
+        if self.local is not None:
+            return [self._finish(*self.local.write(video, windows), video)]
+        finished = []
+        while len(self.in_flight) >= self.IN_FLIGHT_PER_WRITER * len(self.actors):
+            finished.append(self._wait_one())
+        index = min(range(len(self.actors)), key=self.load.__getitem__)
+        self.load[index] += 1
+        self.in_flight[self.actors[index].write.remote(video, windows)] = (index, video)
+        return finished
 
-        errors = [str(w["error"]) for w in windows if str(w["error"])]
-        timings = {
-            key: float(sum(float(w[key]) for w in windows)) for key in STAGE_COLUMNS.values() if key in windows[0]
-        }
-        if errors:
-            row = _row(
-                video.video_id,
-                video.path,
-                "failed",
-                errors[0],
-                num_windows=len(windows),
-                prompt=video.prompt,
-                **timings,
-            )
-            self.journal.add([row])
-            return row
-        start = time.perf_counter()
+    def _wait_one(self) -> tuple[dict, PlannedVideo]:
+        import ray
+
+        (ref,), _ = ray.wait(list(self.in_flight), num_returns=1)
+        index, video = self.in_flight.pop(ref)
+        self.load[index] -= 1
         try:
-            sr = int(windows[0]["sample_rate"])
-            spans = [Window(float(w["start_s"]), float(w["start_s"]) + float(w["valid_s"])) for w in windows]
+            row, sample = ray.get(ref)
+        except ray.exceptions.RayError as exc:  # the writer died past its retries: this clip fails
+            row, sample = report_row(video.video_id, video.path, "failed", f"write: {short_error(exc)}"), None
+        return self._finish(row, sample, video)
 
-            def clip_audio(candidate: int | None) -> np.ndarray:
-                parts = [np.asarray(w["audio"] if candidate is None else w["audio"][candidate]) for w in windows]
-                audio = stitch([a[: int(round(float(w["valid_s"]) * sr))] for a, w in zip(parts, windows)], spans, sr)
-                return audio[: int(round(video.duration_s * sr))]
-
-            selection, kept = {}, 0
-            multi = self.cfg.candidates > 1
-            candidates = [clip_audio(k) for k in range(self.cfg.candidates)] if multi else [clip_audio(None)]
-            flags = (
-                None
-                if self.tagger is None
-                else self.tagger.flags([resample(a, sr, self.tagger.sample_rate) for a in candidates])
-            )
-            if multi:
-                allowed = None
-                if flags is not None and self.cfg.reject:
-                    allowed = [not f.flagged(self.cfg.reject) for f in flags]
-                if self.scorer is not None and (self.cfg.select != "clap" or video.prompt.strip()):
-                    scores = self.scorer.scores(candidates, sr, video.path, video.prompt)
-                    chosen = choose(scores, self.cfg.select, allowed)
-                else:  # av-align, or clap for a clip without a prompt
-                    motion, times = clip_motion(windows, self.info.sync_fps)
-                    chosen = select_candidate(candidates, sr, motion, times, self.info.sync_fps, allowed)
-                kept = chosen.chosen
-                selection = {
-                    "candidate_scores": chosen.scores,
-                    "candidate_chosen": kept,
-                    "candidate_metric": chosen.metric,
-                }
-            audio = candidates[kept]
-            if flags is not None:
-                f = flags[kept]
-                selection.update(
-                    speech_prob=f.speech_prob,
-                    music_prob=f.music_prob,
-                    audioset_tags=f.top_tags,
-                    audioset_tag_probs=f.top_probs,
-                    content_rejected=f.flagged(self.cfg.reject),
-                )
-            loudness = {}
-            if self.cfg.loudness_lufs is not None:
-                audio, change = normalize_loudness(audio, sr, self.cfg.loudness_lufs, self.cfg.true_peak_dbtp)
-                loudness = {
-                    "loudness_generated_lufs": change.before_lufs,
-                    "loudness_lufs": change.after_lufs,
-                    "true_peak_dbtp": change.true_peak_dbtp,
-                    "loudness_peak_limited": change.peak_limited,
-                }
-            row = _row(
-                video.video_id,
-                video.path,
-                "done",
-                None,
-                num_windows=len(windows),
-                prompt=video.prompt,
-                audio_duration_s=len(audio) / sr,
-                config_hash=self.config_hash,
-                **selection,
-                **loudness,
-                **timings,
-            )
-            self._write_outputs(video, audio, sr, windows, row)
-        except Exception as exc:  # noqa: BLE001 - a write failure fails this video, not the run
-            row = _row(
-                video.video_id,
-                video.path,
-                "failed",
-                f"write: {type(exc).__name__}: {exc}",
-                num_windows=len(windows),
-                prompt=video.prompt,
-                **timings,
-            )
-            self.journal.add([row])
-            return row
-        row["t_write_s"] = time.perf_counter() - start
-        if self.shards is not None and video.video_id in self._awaiting_shard:
-            return row  # journaled when its shard closes
-        self.journal.add([row])
-        return row
-
-    def _write_outputs(self, video: _Video, audio: np.ndarray, sr: int, windows: list[dict], row: dict) -> None:
-        cfg = self.cfg
-        if cfg.text_to_audio:
-            from dub.workflows.media.audio import encode_audio_file
-
-            dst = _expected_audio(self.paths, video, cfg.audio_codec)
-            dst.parent.mkdir(parents=True, exist_ok=True)
-            encode_audio_file(audio, sr, dst, codec=cfg.audio_codec)
-            row["output_audio"] = self.paths["mirror"].publish(dst)
-            return
-        row.update(video.existing)
-        if "mp4" in video.missing:
-            from dub.workflows.media.remux import remux_with_audio
-
-            dst = _expected_mp4(self.paths, video)
-            dst.parent.mkdir(parents=True, exist_ok=True)
-            remux_with_audio(
-                video.path, audio, sr, dst, keep_original_audio=cfg.keep_original_audio, codec=cfg.audio_codec
-            )
-            row["output_mp4"] = self.paths["mirror"].publish(dst)
-        if self.shards is not None and "wds" in video.missing:
-            meta = {
-                "video_id": video.video_id,
-                "source": video.path,
-                "prompt": video.prompt,
-                "model": cfg.model,
-                "weights_hash": self.info.weights_hash,
-                "config_hash": self.config_hash,
-                "sampler": cfg.sampler.as_dict(),
-                "seed": cfg.seed,
-                "sample_rate": sr,
-                "windows": [[float(w["start_s"]), float(w["valid_s"])] for w in windows],
-                "timings": {k: v for k, v in row.items() if k.startswith("t_")},
-            }
-            sample = {"flac": write_flac_bytes(audio, sr), "json": json.dumps(meta).encode()}
-            if cfg.save_features and "clip_f" in windows[0]:
-                for name in ("clip_f", "sync_f", "text_f"):
-                    sample[f"{name}.npy"] = _npy_bytes(np.stack([np.asarray(w[name]) for w in windows]))
-            self._awaiting_shard[video.video_id] = row
+    def _finish(self, row: dict, sample: dict | None, video: PlannedVideo) -> tuple[dict, PlannedVideo]:
+        if sample is not None and row["status"] == "done":
+            self._awaiting_shard[row["video_id"]] = row
             shard_path = self.shards.current_path
-            self._release(self.shards.add(video.video_id, sample), shard_path)
+            self._release(self.shards.add(row["video_id"], sample), shard_path)
+        else:
+            self.journal.add([row])
+        return row, video
 
     def _release(self, keys: list[str], shard_path: str) -> None:
         """Journal the rows of a shard that just closed, once it is published."""
@@ -694,19 +569,47 @@ class _Writer:
             row["output_shard"] = where
             self.journal.add([row])
 
-    def close(self) -> None:
+    def close(self) -> list[tuple[dict, PlannedVideo]]:
+        """Wait for the clips in flight, close the last shard, flush the journal."""
+        finished = [self._wait_one() for _ in range(len(self.in_flight))]
         if self.shards is not None:
             shard_path = self.shards.current_path
             self._release(self.shards.close(), shard_path)
         self.journal.flush()
+        return finished
 
 
-def _npy_bytes(array: np.ndarray) -> bytes:
-    import io
+def start_writers(cfg: GenerateConfig, info, config_hash: str, replicas: int, remote: bool) -> list:
+    """The run's writer actors (none: the driver writes). For a local output folder they run on
+    the driver's node, the one whose disk holds it; for object storage on any node. They hold no
+    CPU in Ray's accounting, so they never wait for slots the decode tasks and replicas hold (a
+    run whose writers waited on those would stall); a writer lost with its node is restarted
+    and its clip retried (the outputs' names are fixed, so a retry overwrites, never adds)."""
+    import os
 
-    buf = io.BytesIO()
-    np.save(buf, array.astype(np.float16))
-    return buf.getvalue()
+    import ray
+
+    count = cfg.writers
+    if count is None:  # on a cluster one per replica; on the embedded local Ray the driver writes
+        count = replicas if (cfg.address or os.environ.get("RAY_ADDRESS")) else 0
+    if count == 0:
+        return []
+    options = dict(num_cpus=0, max_restarts=-1, max_task_retries=3)
+    if not remote:
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        options["scheduling_strategy"] = NodeAffinitySchedulingStrategy(
+            ray.get_runtime_context().get_node_id(), soft=False
+        )
+    actor = ray.remote(ClipWriter).options(**options)
+    return [actor.remote(cfg, info, config_hash) for _ in range(count)]
+
+
+def no_frames(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    n = len(batch["video_id"])
+    batch["error"] = np.array([""] * n, dtype=object)
+    batch["t_decode_s"] = np.zeros(n)
+    return batch
 
 
 def _write_report(paths: dict, order: list[str], skipped_rows: list[dict]) -> None:
