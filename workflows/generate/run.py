@@ -523,7 +523,7 @@ class _Outputs:
         self._awaiting_shard: dict[str, dict] = {}
         self.actors = start_writers(cfg, info, config_hash, replicas, remote=paths["mirror"].active)
         self.local = None if self.actors else ClipWriter(cfg, info, config_hash, scorer)
-        self.in_flight: dict = {}  # ObjectRef -> (actor index, video)
+        self.in_flight: dict = {}  # ObjectRef -> (actor index, video, windows, attempt)
         self.load = [0] * len(self.actors)
 
     def submit(self, video: PlannedVideo, windows: list[dict]) -> list[tuple[dict, PlannedVideo]]:
@@ -532,23 +532,35 @@ class _Outputs:
             return [self._finish(*self.local.write(video, windows), video)]
         finished = []
         while len(self.in_flight) >= self.IN_FLIGHT_PER_WRITER * len(self.actors):
-            finished.append(self._wait_one())
-        index = min(range(len(self.actors)), key=self.load.__getitem__)
-        self.load[index] += 1
-        self.in_flight[self.actors[index].write.remote(video, windows)] = (index, video)
+            finished.extend(self._wait_one())
+        self._send(video, windows, attempt=1)
         return finished
 
-    def _wait_one(self) -> tuple[dict, PlannedVideo]:
+    def _send(self, video: PlannedVideo, windows: list[dict], attempt: int) -> None:
+        index = min(range(len(self.actors)), key=self.load.__getitem__)
+        self.load[index] += 1
+        self.in_flight[self.actors[index].write.remote(video, windows)] = (index, video, windows, attempt)
+
+    # a writer lost with its node answers "unavailable" (the call may or may not have run) until
+    # Ray has restarted it elsewhere; the clip is sent again, which is safe: its outputs have fixed
+    # names, so a second write replaces the first, and its row comes back once
+    WRITE_ATTEMPTS = 4
+
+    def _wait_one(self) -> list[tuple[dict, PlannedVideo]]:
         import ray
 
         (ref,), _ = ray.wait(list(self.in_flight), num_returns=1)
-        index, video = self.in_flight.pop(ref)
+        index, video, windows, attempt = self.in_flight.pop(ref)
         self.load[index] -= 1
         try:
             row, sample = ray.get(ref)
-        except ray.exceptions.RayError as exc:  # the writer died past its retries: this clip fails
+        except ray.exceptions.RayError as exc:
+            if attempt < self.WRITE_ATTEMPTS and isinstance(exc, ray.exceptions.RayActorError):
+                time.sleep(attempt)  # time for Ray to notice the lost node and restart the writer
+                self._send(video, windows, attempt + 1)
+                return []
             row, sample = report_row(video.video_id, video.path, "failed", f"write: {short_error(exc)}"), None
-        return self._finish(row, sample, video)
+        return [self._finish(row, sample, video)]
 
     def _finish(self, row: dict, sample: dict | None, video: PlannedVideo) -> tuple[dict, PlannedVideo]:
         if sample is not None and row["status"] == "done":
@@ -571,7 +583,9 @@ class _Outputs:
 
     def close(self) -> list[tuple[dict, PlannedVideo]]:
         """Wait for the clips in flight, close the last shard, flush the journal."""
-        finished = [self._wait_one() for _ in range(len(self.in_flight))]
+        finished = []
+        while self.in_flight:
+            finished.extend(self._wait_one())
         if self.shards is not None:
             shard_path = self.shards.current_path
             self._release(self.shards.close(), shard_path)
@@ -614,37 +628,47 @@ def no_frames(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
 
 def _write_report(paths: dict, order: list[str], skipped_rows: list[dict]) -> None:
     """One row per manifest row: processed videos from the journal (newest row per id), then
-    the rows ingest flagged; written atomically."""
-    import pyarrow as pa
+    the rows ingest flagged; written atomically, a slice of rows at a time (a million rows as
+    Python dicts at once were gigabytes of the driver's memory)."""
+    import itertools
 
-    from dub.manifests.io import write_parquet_atomic
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
     from dub.manifests.schema import REPORT_SCHEMA
 
     journal = read_journal(paths["journal"])
-    rows = []
-    for vid in order:
-        row = journal.get(vid)
-        if row is None:
-            row = {"video_id": vid, "status": "pending", "error": "not processed in this run (--limit or stopped)"}
-        rows.append({name: row.get(name) for name in REPORT_SCHEMA.names})
-    rows.extend({name: row.get(name) for name in REPORT_SCHEMA.names} for row in skipped_rows)
-    table = pa.Table.from_pylist(rows, schema=REPORT_SCHEMA)
-    paths["mirror"].publish(write_parquet_atomic(table, paths["report"]), keep=True)
-    _compact_journal(paths["journal"], table, paths["mirror"])
+    names = REPORT_SCHEMA.names
+    pending = {"status": "pending", "error": "not processed in this run (--limit or stopped)"}
+    rows = itertools.chain(
+        ({name: (journal.get(vid) or {"video_id": vid, **pending}).get(name) for name in names} for vid in order),
+        ({name: row.get(name) for name in names} for row in skipped_rows),
+    )
+    with atomic_path(paths["report"]) as tmp, pq.ParquetWriter(tmp, REPORT_SCHEMA) as writer:
+        while chunk := list(itertools.islice(rows, REPORT_SLICE_ROWS)):
+            writer.write_table(pa.Table.from_pylist(chunk, schema=REPORT_SCHEMA))
+    paths["mirror"].publish(paths["report"], keep=True)
+    finished = [journal[v] for v in order if v in journal and journal[v].get("status") in ("done", "failed")]
+    _compact_journal(paths["journal"], finished, paths["mirror"])
 
 
-def _compact_journal(journal_dir: Path, table, mirror) -> None:
-    """Fold the journal into one part so reruns do not grow it. The new part is written
-    (atomically) before the old ones go, and sorts after them, so a crash in between is harmless."""
+REPORT_SLICE_ROWS = 65536
+
+
+def _compact_journal(journal_dir: Path, rows: list[dict], mirror) -> None:
+    """Fold the journal into one part (the finished rows of this manifest) so reruns do not grow
+    it. The new part is written (atomically) before the old ones go, and sorts after them, so a
+    crash in between is harmless."""
     import pyarrow as pa
-    import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
+    from dub.manifests.schema import REPORT_SCHEMA
+
     old = sorted(Path(journal_dir).glob("part-*.parquet"))
-    rows = table.filter(pc.is_in(table["status"], pa.array(["done", "failed"])))
+    table = pa.Table.from_pylist([{n: r.get(n) for n in REPORT_SCHEMA.names} for r in rows], schema=REPORT_SCHEMA)
     compact = Path(journal_dir) / f"part-{time.time_ns()}-compact.parquet"
     with atomic_path(compact) as tmp:
-        pq.write_table(rows, tmp)
+        pq.write_table(table, tmp)
     mirror.publish(compact, keep=True)
     for part in old:
         part.unlink(missing_ok=True)
