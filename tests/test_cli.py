@@ -92,7 +92,6 @@ def test_train_config_with_an_unknown_setting_is_refused(tmp_path):
 @pytest.mark.parametrize(
     "args",
     [
-        ["extract", "-m", "manifest.parquet", "-o", "s3://bucket/shards"],
         ["report", "s3://bucket/run", "-o", "report"],
         ["train", "--val-manifest", "s3://bucket/val.parquet", "--write-config", "run.toml"],
     ],
@@ -116,6 +115,7 @@ def test_object_storage_uris_are_refused_where_an_option_takes_local_paths_only(
         ["ingest", "videos", "-o", "http://host/manifest.parquet"],
         ["generate", "-m", "hdfs://cluster/manifest.parquet", "-o", "out"],
         ["generate", "-m", "manifest.parquet", "-o", "ftp://host/out"],
+        ["extract", "-m", "manifest.parquet", "-o", "ftp://host/shards"],
     ],
 )
 def test_uris_of_stores_dub_cannot_write_are_refused_with_the_ones_it_can(args, tmp_path, monkeypatch):

@@ -8,17 +8,26 @@ from pathlib import Path
 import typer
 
 from dub.commands.choices import FeatureDtype, Resize
-from dub.commands.paths import local_path
+from dub.commands.paths import local_path, location
 
 
 def register(app: typer.Typer) -> None:
     @app.command()
     def extract(
-        manifest: Path | None = typer.Option(
-            None, "--manifest", "-m", help="Manifest from `dub ingest` (clips WITH audio).", callback=local_path
+        manifest: str | None = typer.Option(
+            None,
+            "--manifest",
+            "-m",
+            help="Manifest from `dub ingest` (clips WITH audio); a path or an s3://, gs:// URI.",
+            callback=location,
         ),
-        out: Path = typer.Option(
-            Path("shards"), "--out", "-o", help="Output directory for the training shards.", callback=local_path
+        out: str = typer.Option(
+            "shards",
+            "--out",
+            "-o",
+            help="Output directory for the training shards, or an s3://, gs:// prefix (made in a local stage "
+            "folder, DUB_STAGE_DIR, each shard published whole).",
+            callback=location,
         ),
         audio_dir: Path | None = typer.Option(
             None, "--audio-dir", help="Audio-only files with NAME.txt captions (text-to-audio).", callback=local_path
@@ -100,7 +109,7 @@ def register(app: typer.Typer) -> None:
             raise typer.BadParameter(str(exc)) from exc
         try:
             summary = run_extract(config)
-        except (ExtractError, OutputInUse, FileNotFoundError, ValueError) as exc:
+        except (ExtractError, OutputInUse, OSError, ValueError) as exc:  # OSError: also an unreachable store
             console.print(f"[red]error:[/red] {exc}")
             raise typer.Exit(2) from exc
         if as_json:

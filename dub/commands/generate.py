@@ -237,7 +237,7 @@ def register(app: typer.Typer) -> None:
                 summary = _run_with_progress(config, console)
             else:
                 summary = run_generate(config)
-        except (GenerateError, OutputInUse, FileNotFoundError) as exc:
+        except (GenerateError, OutputInUse, OSError) as exc:  # OSError: also an unreachable store
             console.print(f"[red]error:[/red] {exc}")
             raise typer.Exit(2) from exc
         if as_json:
@@ -318,7 +318,7 @@ def _run_with_progress(config, console):
 
         try:
             return run_generate(config, progress=update)
-        except (GenerateError, OutputInUse, FileNotFoundError):
+        except (GenerateError, OutputInUse, OSError):
             bar.remove_task(task)  # refused before it ran: the error line says everything
             raise
 

@@ -74,7 +74,8 @@ def register(app: typer.Typer) -> None:
             console.print(f"[red]{exc}[/red]")
             raise typer.Exit(2) from exc
         except OSError as exc:  # the output's folder cannot be made or written (checked before probing)
-            console.print(f"[red]cannot write beside {output}: {exc.strerror or exc} ({exc.filename})[/red]")
+            where = f"cannot reach {output}" if is_uri(output) else f"cannot write beside {output}"
+            console.print(f"[red]{where}: {exc.strerror or exc} ({exc.filename})[/red]")
             raise typer.Exit(2) from exc
         _print_summary(summary, Console())
         if strict and summary.errors:

@@ -83,7 +83,7 @@ class Mirror:
         if self.remote is None:
             local = self.stage / folder
             return {p.name for p in local.iterdir() if p.is_file()} if local.is_dir() else set()
-        prefix = location.join(self.remote, folder)
+        prefix = location.join(self.remote, folder) if folder else self.remote
         return {o.uri.rsplit("/", 1)[1] for o in location.list_objects(prefix) if o.uri.startswith(prefix + "/")}
 
     def remove(self, name: str) -> None:
@@ -95,14 +95,14 @@ class Mirror:
         location.delete_prefix(target + "/")
 
     def tar_keys(self, folder: str, pattern_prefix: str = "shard-") -> dict[str, str]:
-        """Keys of the finished WebDataset tars in `folder` -> the tar's location; a damaged
-        tar does not count (its samples are redone)."""
+        """Keys of the finished WebDataset tars in `folder` ("" the root) -> the tar's location;
+        a damaged tar does not count (its samples are redone)."""
         sources = (
             [str(p) for p in sorted((self.stage / folder).glob(f"{pattern_prefix}*.tar"))]
             if self.remote is None
             else [
                 o.uri
-                for o in location.list_objects(location.join(self.remote, folder))
+                for o in location.list_objects(location.join(self.remote, folder) if folder else self.remote)
                 if o.uri.rsplit("/", 1)[1].startswith(pattern_prefix) and o.uri.endswith(".tar")
             ]
         )

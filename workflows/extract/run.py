@@ -3,9 +3,11 @@
     manifest rows -> window rows -> decode frames + audio (CPU tasks)
         -> encoder actors (features + codec posterior, batched) -> driver: ShardWriter
 
-Resume: a window's key `<video_id>_w<index>` in a finished shard means it is done (generate's
-`completed_shard_keys`; shards are written under a temporary name and renamed when full), so
-a rerun redoes only missing windows and never writes one twice. `OUT/extract.json` records
+Resume: a window's key `<video_id>_w<index>` in a finished shard means it is done (the output's
+`Mirror.tar_keys`; shards are written under a temporary name and renamed when full), so a rerun
+redoes only missing windows and never writes one twice. An object-storage --out (s3://, gs://)
+is made in a local stage folder and each finished file published with one upload
+(dub.storage.mirror), under a lease instead of the folder lock (dub.storage.lease). `OUT/extract.json` records
 what decides the windows and their contents; a rerun with other settings is refused.
 
     OUT/shard-<session>-<n>.tar    training samples (workflows/extract/sample.py)
@@ -25,11 +27,13 @@ from pathlib import Path
 import numpy as np
 
 from dub.storage.atomic import write_bytes_atomic, write_json_atomic
+from dub.storage.location import check_uri, is_uri
 from dub.storage.lock import exclusive_output
+from dub.storage.mirror import Mirror, stage_for
 from dub.storage.temporaries import remove_stale_temporaries
 from dub.workflows.extract.config import AUDIO_EXTENSIONS, ExtractConfig
 from dub.workflows.extract.sample import EMPTY_TEXT_FILE, EXTRACT_INFO_FILE, encode_sample, npy_bytes, window_key
-from dub.workflows.generate.sinks import ShardWriter, completed_shard_keys
+from dub.workflows.generate.sinks import ShardWriter
 from dub.workflows.generate.stages import decode_memory_bytes, window_frame_bytes
 
 
@@ -82,32 +86,44 @@ def run_extract(cfg: ExtractConfig, progress: ProgressFn | None = None) -> Extra
     bundle = resolve_bundle(cfg.model)
     feature_weight_paths(cfg.model)  # missing or damaged weights fail here, not inside an actor
     window_s = cfg.window_s or bundle.window_s
-    out = Path(cfg.out_dir)
-    with exclusive_output(out, "extract"):
-        return _run_locked(cfg, progress, bundle, window_s, out, started)
+    if is_uri(cfg.out_dir):  # object storage: shards made in a local stage, each published whole
+        from dub.storage.lease import remote_lease
+
+        mirror = Mirror(stage_for(check_uri(cfg.out_dir)), check_uri(cfg.out_dir))
+        with exclusive_output(mirror.stage, "extract"), remote_lease(mirror.remote, "extract") as lease:
+            mirror.guard = lease.check
+            return _run_locked(cfg, progress, bundle, window_s, mirror, started)
+    mirror = Mirror(Path(cfg.out_dir))
+    with exclusive_output(mirror.stage, "extract"):
+        return _run_locked(cfg, progress, bundle, window_s, mirror, started)
 
 
 def _run_locked(
-    cfg: ExtractConfig, progress: ProgressFn | None, bundle, window_s: float, out: Path, started: float
+    cfg: ExtractConfig, progress: ProgressFn | None, bundle, window_s: float, mirror: Mirror, started: float
 ) -> ExtractSummary:
-    _prepare_out_dir(cfg, out, window_s)
+    out = mirror.stage
+    _prepare_out_dir(cfg, mirror, window_s)
 
     clips, skipped = _load_clips(cfg, window_s)
-    done = completed_shard_keys(out)
+    done = mirror.tar_keys("")
     rows = _window_rows(clips, window_s, cfg.overlap_s)
     summary = ExtractSummary(
-        out_dir=str(out), clips=len(clips), skipped=sum(skipped.values()), skip_reasons=skipped, windows_total=len(rows)
+        out_dir=mirror.remote or str(out),
+        clips=len(clips),
+        skipped=sum(skipped.values()),
+        skip_reasons=skipped,
+        windows_total=len(rows),
     )
     pending = [r for r in rows if window_key(r["video_id"], r["window_index"]) not in done]
     summary.windows_done_before = len(rows) - len(pending)
     if cfg.limit is not None:
         keep = set(list(dict.fromkeys(r["video_id"] for r in pending))[: cfg.limit])
         pending = [r for r in pending if r["video_id"] in keep]
-    if pending or not (out / EMPTY_TEXT_FILE).exists():
+    if pending or EMPTY_TEXT_FILE not in mirror.names(""):
         from dub.workflows.ray_cluster import connect, quiet_known_ray_lines
 
         resources = connect(cfg.address)
-        writer = ShardWriter(out, cfg.shard_size)
+        writer = ShardWriter(out, cfg.shard_size, on_close=mirror.publish)
         try:
             with quiet_known_ray_lines():  # Ray's per-run ERROR line about its own actor wrapper
                 for with_video in (True, False):
@@ -116,20 +132,22 @@ def _run_locked(
                         _execute(cfg, bundle, window_s, part, with_video, writer, summary, resources, progress)
         finally:
             writer.close()
-        _write_empty_text(cfg, out, resources)
-    summary.shards = sorted(str(p) for p in out.glob("shard-*.tar"))
+        _write_empty_text(cfg, mirror, resources)
+    summary.shards = sorted(set(mirror.tar_keys("").values()))
     summary.wall_s = time.perf_counter() - started
-    write_json_atomic(out / "summary.json", summary.as_dict())
+    mirror.publish(write_json_atomic(out / "summary.json", summary.as_dict()), keep=True)
     return summary
 
 
 # -- inputs and resume ---------------------------------------------------------------------
 
 
-def _prepare_out_dir(cfg: ExtractConfig, out: Path, window_s: float) -> None:
+def _prepare_out_dir(cfg: ExtractConfig, mirror: Mirror, window_s: float) -> None:
     from dub.model.runtime.bundles import resolve_bundle
 
+    out = mirror.stage
     out.mkdir(parents=True, exist_ok=True)
+    mirror.pull(EXTRACT_INFO_FILE)  # the store's copy is the truth
     info_path = out / EXTRACT_INFO_FILE
     identity = cfg.identity(window_s)
     if info_path.exists():
@@ -137,13 +155,16 @@ def _prepare_out_dir(cfg: ExtractConfig, out: Path, window_s: float) -> None:
         if previous != identity:
             if not cfg.overwrite:
                 raise ExtractError(
-                    f"{out} holds shards made with other settings ({previous}, now {identity}); write to a new "
+                    f"{mirror.remote or out} holds shards made with other settings ({previous}, now {identity}); write to a new "
                     "--out directory or pass --overwrite to replace them"
                 )
     if cfg.overwrite:
         for shard in out.glob("shard-*.tar"):
             shard.unlink()
         (out / EMPTY_TEXT_FILE).unlink(missing_ok=True)
+        for name in mirror.names("") if mirror.active else ():
+            if name == EMPTY_TEXT_FILE or (name.startswith("shard-") and name.endswith(".tar")):
+                mirror.remove(name)
     remove_stale_temporaries(out)
     bundle = resolve_bundle(cfg.model)
     write_json_atomic(
@@ -158,6 +179,7 @@ def _prepare_out_dir(cfg: ExtractConfig, out: Path, window_s: float) -> None:
             "window_s": window_s,
         },
     )
+    mirror.publish(info_path, keep=True)
 
 
 def _load_clips(cfg: ExtractConfig, window_s: float) -> tuple[list[_Clip], dict[str, int]]:
@@ -356,16 +378,16 @@ def _meta(cfg: ExtractConfig, bundle, window_s: float, batch: dict, i: int) -> d
     }
 
 
-def _write_empty_text(cfg: ExtractConfig, out: Path, resources) -> None:
+def _write_empty_text(cfg: ExtractConfig, mirror: Mirror, resources) -> None:
     """Once per shard directory, on a worker (the text encoder may be large)."""
     import ray
 
     from dub.workflows.extract.stages import empty_text_features
 
-    path = out / EMPTY_TEXT_FILE
-    if path.exists():
+    path = mirror.stage / EMPTY_TEXT_FILE
+    if EMPTY_TEXT_FILE in mirror.names(""):
         return
     use_gpu = resources.gpus >= 1
     task = ray.remote(empty_text_features).options(num_cpus=1, num_gpus=1 if use_gpu else 0)
     features = ray.get(task.remote(cfg.model, "cuda" if use_gpu else "cpu"))
-    write_bytes_atomic(path, npy_bytes(np.asarray(features, np.float32)))
+    mirror.publish(write_bytes_atomic(path, npy_bytes(np.asarray(features, np.float32))), keep=True)

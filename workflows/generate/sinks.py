@@ -40,8 +40,9 @@ class ShardWriter:
     """Appends samples to a WebDataset tar under a temporary name; `close()` renames it and
     returns the keys that became durable."""
 
-    def __init__(self, shard_dir: Path, shard_size: int):
+    def __init__(self, shard_dir: Path, shard_size: int, on_close=None):
         self.shard_dir = Path(shard_dir)
+        self.on_close = on_close  # called with each shard's path once it is renamed (extract publishes it)
         self.shard_dir.mkdir(parents=True, exist_ok=True)
         self.shard_size = shard_size
         self.session = f"{time.strftime('%Y%m%d%H%M%S')}-{uuid.uuid4().hex[:6]}"
@@ -76,6 +77,8 @@ class ShardWriter:
         self._writer.close()
         self._stream.close()
         commit(self._tmp, self._final)
+        if self.on_close is not None:
+            self.on_close(self._final)
         keys, self._keys = self._keys, []
         self._writer = None
         self._count += 1
@@ -86,4 +89,4 @@ def completed_shard_keys(shard_dir: Path) -> dict[str, str]:
     """Keys (video ids) in finished shards -> shard path. Temporary shards are ignored."""
     from dub.storage.mirror import Mirror
 
-    return Mirror(Path(shard_dir)).tar_keys(".")
+    return Mirror(Path(shard_dir)).tar_keys("")

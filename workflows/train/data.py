@@ -7,7 +7,9 @@ instead of killing a worker hours in.
 
 from __future__ import annotations
 
+import fnmatch
 import glob
+import io
 import json
 import random
 import tarfile
@@ -17,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from dub.storage import location
 from dub.workflows.extract.sample import ARRAY_FIELDS, EMPTY_TEXT_FILE, SampleError, decode_sample
 
 
@@ -40,9 +43,9 @@ class ShardSet:
         "fast" when unknown), so evaluation generates from frames made the same way."""
         if self.directory is None:
             return "fast"
-        info = Path(self.directory) / "extract.json"
         try:
-            return json.loads(info.read_text()).get("identity", {}).get("resize", "fast")
+            info = location.read_bytes(location.join(self.directory, "extract.json"))
+            return json.loads(info).get("identity", {}).get("resize", "fast")
         except (OSError, ValueError):
             return "fast"
 
@@ -50,8 +53,10 @@ class ShardSet:
         """The text encoder's features of "" saved by `dub extract` (None when absent)."""
         if self.directory is None:
             return None
-        path = Path(self.directory) / EMPTY_TEXT_FILE
-        return np.load(path, allow_pickle=False).astype(np.float32) if path.is_file() else None
+        path = location.join(self.directory, EMPTY_TEXT_FILE)
+        if not location.exists(path):
+            return None
+        return np.load(io.BytesIO(location.read_bytes(path)), allow_pickle=False).astype(np.float32)
 
 
 def list_shards(spec: str) -> tuple[list[str], str | None]:
@@ -59,6 +64,8 @@ def list_shards(spec: str) -> tuple[list[str], str | None]:
     parts = [p.strip() for p in spec.split(",") if p.strip()]
     if not parts:
         raise ShardError("no shards given: pass the output directory of `dub extract` (or a glob of .tar files)")
+    if any(location.is_uri(part) for part in parts):
+        return _list_shard_objects(parts)
     paths: list[str] = []
     directory = None
     for part in parts:
@@ -85,16 +92,46 @@ def list_shards(spec: str) -> tuple[list[str], str | None]:
     return paths, (str(Path(directory).resolve()) if directory else None)
 
 
+def _list_shard_objects(parts: list[str]) -> tuple[list[str], str | None]:
+    """list_shards for object storage: each part a prefix (its shard-*.tar objects), one object,
+    or a pattern on object names (s3://bucket/shards/shard-0*.tar)."""
+    paths: list[str] = []
+    for part in parts:
+        try:
+            part = location.check_uri(part)
+        except location.LocationError as exc:
+            raise ShardError(str(exc)) from None
+        if any(ch in part for ch in "*?["):
+            parent = part.rsplit("/", 1)[0]
+            found = [o.uri for o in location.list_objects(parent) if fnmatch.fnmatchcase(o.uri, part)]
+            if not found:
+                raise ShardError(f"no shard matches {part!r}")
+        elif location.stat(part) is not None:
+            found = [part]
+        else:
+            found = [
+                o.uri
+                for o in location.list_objects(part)
+                if o.uri.rsplit("/", 1)[1].startswith("shard-") and o.uri.endswith(".tar")
+            ]
+            if not found:
+                raise ShardError(f"{part} holds no shard-*.tar objects; run `dub extract -m MANIFEST -o {part}` first")
+        paths += found
+    parents = {p.rsplit("/", 1)[0] for p in paths}
+    return paths, (parents.pop() if len(parents) == 1 else None)
+
+
 def inspect_shard(path: str) -> tuple[dict, int]:
     """(decoded first sample, number of samples) of a shard; ShardError naming the shard and
     the problem. Every member header is read (cheap: data is skipped), so a truncated shard
     is caught here too."""
-    size = Path(path).stat().st_size
     raw: dict = {}
     first_key = None
     keys: set[str] = set()
     try:
-        with tarfile.open(path) as tar:
+        info = location.stat(path) if location.is_uri(path) else None
+        size = info.size if info is not None else Path(path).stat().st_size
+        with location.open_input(path) as handle, tarfile.open(fileobj=handle) as tar:
             for member in tar:
                 if not member.isfile():
                     continue
@@ -149,10 +186,21 @@ def check_shards(spec: str) -> ShardSet:
 
 
 def iter_samples(paths: list[str] | tuple[str, ...]) -> Iterator[dict]:
-    """Decoded samples of the shards in order (WebDataset tar reading)."""
+    """Decoded samples of the shards in order (WebDataset tar reading; each shard opened through
+    dub.storage.location, so local paths and object-storage URIs alike)."""
     import webdataset as wds
 
-    pipeline = wds.DataPipeline(wds.SimpleShardList(list(paths)), wds.tarfile_to_samples())
+    def opened(shards):
+        for shard in shards:
+            with location.open_input(shard["url"]) as stream:
+                yield {**shard, "stream": stream}
+
+    pipeline = wds.DataPipeline(
+        wds.SimpleShardList(list(paths)),
+        opened,
+        wds.tariterators.tar_file_expander,
+        wds.tariterators.group_by_keys,
+    )
     for raw in pipeline:
         yield decode_sample(raw)
 
