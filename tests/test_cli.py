@@ -92,7 +92,7 @@ def test_train_config_with_an_unknown_setting_is_refused(tmp_path):
 @pytest.mark.parametrize(
     "args",
     [
-        ["report", "s3://bucket/run", "-o", "report"],
+        ["train", "--init", "s3://bucket/weights.safetensors", "--write-config", "run.toml"],
         ["train", "--val-manifest", "s3://bucket/val.parquet", "--write-config", "run.toml"],
     ],
 )

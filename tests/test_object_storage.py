@@ -40,7 +40,7 @@ def _streams(data: bytes) -> tuple[int, int, float]:
 def bucket_with_videos(s3_server):  # noqa: F811 - the fixture imported above
     s3 = client(s3_server)
     bucket = new_bucket(s3)
-    upload_dir(s3, SAMPLES, bucket, "videos", (".mp4", ".txt"))
+    upload_dir(s3, SAMPLES, bucket, "videos", (".mp4", ".txt", ".events.json"))
     s3.put_object(Bucket=bucket, Key="videos/notes.mp4", Body=b"not a video, a note saved under a video name\n")
     s3.put_object(Bucket=bucket, Key="videos/.hidden/skip.mp4", Body=b"hidden folders are skipped as on disk")
     return s3, bucket
@@ -129,6 +129,15 @@ def test_readme_workflow_on_s3_then_a_killed_run_resumes_from_an_empty_stage(ing
     samples = list(wds.WebDataset(local, shardshuffle=False))
     assert sorted(x["__key__"] for x in samples) == sorted(r["video_id"] for r in done)
     assert all(json.loads(x["json"])["source"].startswith(f"s3://{bucket}/videos/") for x in samples)
+
+    # dub report scores the run in the bucket and writes its report to the bucket: the clips'
+    # files and the sources' events sidecars are copied to the stage, every report file published
+    out_text, _ = run_cli(["report", out, "-o", f"s3://{bucket}/scores", "--json"], logs, "report")
+    scored = json.loads(out_text)
+    assert scored["n_scored"] == 3
+    assert {"scores/report.parquet", "scores/summary.json", "scores/index.html"} <= set(keys(s3, bucket, "scores/"))
+    rows = _read_parquet(s3, bucket, "scores/report.parquet").to_pylist()
+    assert len(rows) == 4 and sum(r["onset_f1"] is not None for r in rows) == 3  # the 3 clips with events
 
 
 def test_lease_keeps_one_writer_per_prefix_and_a_lost_lease_stops_publishing(s3_server, tmp_path):  # noqa: F811

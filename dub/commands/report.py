@@ -7,17 +7,25 @@ from pathlib import Path
 import typer
 
 from dub.commands.choices import ReportBackend, Resize, Skippable, values
-from dub.commands.paths import local_path
+from dub.commands.paths import local_path, location
+from dub.storage.location import is_uri, join
 
 
 def register(app: typer.Typer) -> None:
     @app.command()
     def report(
-        run: Path = typer.Argument(
-            ..., help="A `dub generate` output directory (run.json, report.parquet, mp4/).", callback=local_path
+        run: str = typer.Argument(
+            ...,
+            help="A `dub generate` output directory (run.json, report.parquet, mp4/), or its s3://, gs:// prefix "
+            "(the clips scored are copied to the local stage folder, DUB_STAGE_DIR).",
+            callback=location,
         ),
-        out: Path = typer.Option(
-            ..., "--out", "-o", help="Report directory (report.parquet, summary.json, index.html).", callback=local_path
+        out: str = typer.Option(
+            ...,
+            "--out",
+            "-o",
+            help="Report directory (report.parquet, summary.json, index.html), or an s3://, gs:// prefix.",
+            callback=location,
         ),
         reference: Path | None = typer.Option(
             None,
@@ -130,6 +138,7 @@ def register(app: typer.Typer) -> None:
         from dub.workflows.metrics.onsets import OnsetConfig
         from dub.workflows.report.config import ALL_BACKENDS, ReportConfig
         from dub.workflows.report.page import grouped_unavailable
+        from dub.workflows.report.remote import remote_report
         from dub.workflows.report.run import run_report
 
         backends = values(backend) if backend else ALL_BACKENDS
@@ -167,13 +176,13 @@ def register(app: typer.Typer) -> None:
             raise typer.BadParameter(str(exc)) from exc
         console = Console(stderr=as_json)
         try:
-            with console.status("scoring clips") as status:
+            with console.status("scoring clips") as status, remote_report(config) as local_config:
                 result = run_report(
-                    config,
+                    local_config,
                     progress=lambda i, n, vid: status.update(f"scored {i}/{n} ({vid})"),
                     notice=lambda line: console.print(line, markup=False),
                 )
-        except (FileNotFoundError, OutputInUse, ValueError) as exc:
+        except (OSError, OutputInUse, ValueError) as exc:  # OSError: a missing file, or an unreachable store
             console.print(f"[red]error:[/red] {exc}")
             raise typer.Exit(2) from exc
         summary = result.summary
@@ -217,7 +226,8 @@ def register(app: typer.Typer) -> None:
             for key, s in summary["timings_s_total"].items():
                 t.add_row(f"{key} (once, total)", f"{1000 * s:.1f}")
             console.print(t)
+        where = out if is_uri(out) else str(result.out_dir)  # the store, or the folder written
         console.print(
-            f"wrote {result.out_dir / 'report.parquet'}, {result.out_dir / 'summary.json'}"
-            + ("" if no_html else f", {result.out_dir / 'index.html'}")
+            f"wrote {join(where, 'report.parquet')}, {join(where, 'summary.json')}"
+            + ("" if no_html else f", {join(where, 'index.html')}")
         )
