@@ -284,6 +284,23 @@ def test_writer_actors_write_what_the_driver_writes(first_run, corpus, checkpoin
         assert np.abs(a.astype(np.int32) - b).max() <= 1
 
 
+def test_clips_go_through_ray_data_a_slice_at_a_time_and_each_is_done_once(
+    first_run, corpus, checkpoint, tmp_path, monkeypatch
+):
+    """With one clip per slice, every clip is its own Ray Data run (its own replicas): the clips
+    done and their shards are those of one slice (first_run), each once."""
+    import dub.workflows.generate.run as run_module
+
+    monkeypatch.setattr(run_module, "CLIPS_PER_SLICE", 1)
+    out = tmp_path / "out"
+    summary = run_generate(_config(corpus["manifest"], out, checkpoint, format="wds"))
+    assert summary.generated == 4 and summary.failed == 0
+    report = pq.read_table(out / "report.parquet").to_pylist()
+    before = pq.read_table(first_run["out"] / "report.parquet").to_pylist()
+    assert sorted((r["video_id"], r["status"]) for r in report) == sorted((r["video_id"], r["status"]) for r in before)
+    assert sorted(_flac_by_key(out)) == sorted(r["video_id"] for r in report if r["status"] == "done")
+
+
 def test_same_seed_same_audio_other_seed_differs(ray_session, checkpoint, tmp_path):
     folder = tmp_path / "v"
     folder.mkdir()

@@ -376,9 +376,56 @@ def _existing_outputs(cfg, paths, video: PlannedVideo, present: dict) -> tuple[d
 # -- execution -----------------------------------------------------------------------------
 
 
+# Pending clips go through Ray Data this many at a time: the driver holds one dict per window of
+# the slice (Ray Data's input rows) instead of one per window of the run, which at a million
+# clips was gigabytes. Each slice starts its own replicas (a model load per slice).
+CLIPS_PER_SLICE = 20_000
+
+
 def _execute(
     cfg, info, window_s, config_hash, pending, paths, journal, summary, resources, progress, scorer=None
 ) -> None:
+    from dub.workflows.ray_cluster import model_replicas
+
+    try:
+        replicas = model_replicas(cfg.replicas, resources)
+    except ValueError as exc:
+        raise GenerateError(str(exc)) from exc
+    outputs = _Outputs(cfg, paths, info, config_hash, journal, scorer, replicas)
+    summary.writers = len(outputs.actors)
+    tally = _Tally(cfg, summary, progress)
+    clock = _BusyClock(replicas)
+    driver_cpu = time.process_time()
+    try:
+        for start in range(0, len(pending), CLIPS_PER_SLICE):
+            part = pending[start : start + CLIPS_PER_SLICE]
+            by_id = {v.video_id: v for v in part}
+            collected: dict[str, dict[int, dict]] = {}
+            ds = _window_dataset(cfg, info, window_s, part, resources, replicas)
+            for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
+                clock.add(batch)
+                for i in range(len(batch["video_id"])):
+                    vid = str(batch["video_id"][i])
+                    if vid not in by_id:
+                        continue
+                    windows = collected.setdefault(vid, {})
+                    windows[int(batch["window_index"][i])] = {k: batch[k][i] for k in batch}
+                    if len(windows) < int(batch["num_windows"][i]):
+                        continue
+                    video = by_id.pop(vid)
+                    collected.pop(vid)
+                    for row, done_video in outputs.submit(video, [windows[j] for j in sorted(windows)]):
+                        tally.add(row, done_video)
+    finally:
+        tally.stopping = True  # clips still being written are counted, never raised on
+        for row, done_video in outputs.close():
+            tally.add(row, done_video)
+        clock.fill(summary)
+        summary.driver_cpu_s = round(time.process_time() - driver_cpu, 3)
+
+
+def _window_dataset(cfg, info, window_s: float, part: list[PlannedVideo], resources, replicas: int):
+    """The Ray Data pipeline of one slice: its window rows -> decode (CPU tasks) -> replicas."""
     import ray.data
     from ray.data import ActorPoolStrategy
 
@@ -389,26 +436,23 @@ def _execute(
         decode_windows,
         window_frame_bytes,
     )
-    from dub.workflows.ray_cluster import model_replicas, warn_if_store_small, window_blocks
+    from dub.workflows.ray_cluster import warn_if_store_small, window_blocks
 
-    by_id = {v.video_id: v for v in pending}
-    window_rows = []
-    for v in pending:
-        for index, (start, length) in enumerate(v.windows):
-            window_rows.append(
-                {
-                    "video_id": v.video_id,
-                    "path": v.path,
-                    "window_index": index,
-                    "num_windows": len(v.windows),
-                    "start_s": float(start),
-                    "valid_s": float(length),
-                    "prompt": v.prompt,
-                    "negative_prompt": cfg.negative_prompt,
-                    "seed": window_seed(cfg.seed, v.video_id, index),
-                }
-            )
-
+    window_rows = [
+        {
+            "video_id": v.video_id,
+            "path": v.path,
+            "window_index": index,
+            "num_windows": len(v.windows),
+            "start_s": float(start),
+            "valid_s": float(length),
+            "prompt": v.prompt,
+            "negative_prompt": cfg.negative_prompt,
+            "seed": window_seed(cfg.seed, v.video_id, index),
+        }
+        for v in part
+        for index, (start, length) in enumerate(v.windows)
+    ]
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False
     ctx.verbose_progress = False
@@ -427,11 +471,7 @@ def _execute(
             fn_kwargs=decode_settings(info, window_s, cfg.decode_backend),
         )
     use_gpu = resources.gpus >= 1
-    try:
-        replicas = model_replicas(cfg.replicas, resources)
-    except ValueError as exc:
-        raise GenerateError(str(exc)) from exc
-    ds = ds.map_batches(
+    return ds.map_batches(
         GenerateReplica,
         batch_size=cfg.batch_size,
         compute=ActorPoolStrategy(size=replicas),
@@ -449,34 +489,6 @@ def _execute(
             candidates=cfg.candidates,
         ),
     )
-
-    outputs = _Outputs(cfg, paths, info, config_hash, journal, scorer, replicas)
-    summary.writers = len(outputs.actors)
-    collected: dict[str, dict[int, dict]] = {}
-    tally = _Tally(cfg, summary, progress)
-    clock = _BusyClock(replicas)
-    driver_cpu = time.process_time()
-    try:
-        for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
-            clock.add(batch)
-            for i in range(len(batch["video_id"])):
-                vid = str(batch["video_id"][i])
-                if vid not in by_id:
-                    continue
-                windows = collected.setdefault(vid, {})
-                windows[int(batch["window_index"][i])] = {k: batch[k][i] for k in batch}
-                if len(windows) < int(batch["num_windows"][i]):
-                    continue
-                video = by_id.pop(vid)
-                collected.pop(vid)
-                for row, done_video in outputs.submit(video, [windows[j] for j in sorted(windows)]):
-                    tally.add(row, done_video)
-    finally:
-        tally.stopping = True  # clips still being written are counted, never raised on
-        for row, done_video in outputs.close():
-            tally.add(row, done_video)
-        clock.fill(summary)
-        summary.driver_cpu_s = round(time.process_time() - driver_cpu, 3)
 
 
 class _Tally:
