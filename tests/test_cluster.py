@@ -18,7 +18,7 @@ from tests.object_store import client, keys, new_bucket, s3_server  # noqa: F401
 from tests.process_helpers import PROJECT_ROOT, kill_session, start_cli, wait_until
 from tests.video_factory import make_video
 
-CLIPS = 8
+CLIPS = 6
 
 
 @pytest.fixture
@@ -95,9 +95,8 @@ def test_a_node_lost_mid_run_and_every_clip_is_done_once(cluster, s3_server, tmp
         kill_session(proc)
     err = (logs / "generate.err").read_text(errors="replace")
     assert proc.returncode == 0, err[-3000:]
-    # Ray's driver prints what it saw of the lost node to stdout before the summary
-    out = (logs / "generate.out").read_text(errors="replace")
-    result = json.loads(out[out.rindex("\n{\n") + 1 :])
+    # stdout holds the summary alone: what Ray printed of the lost node went to stderr
+    result = json.loads((logs / "generate.out").read_text())
     names = keys(s3, bucket, "dubbed/")
     report = pq.read_table(io.BytesIO(s3.get_object(Bucket=bucket, Key="dubbed/report.parquet")["Body"].read()))
     rows = report.to_pylist()

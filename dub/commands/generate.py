@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -236,7 +238,13 @@ def register(app: typer.Typer) -> None:
             if show:
                 summary = _run_with_progress(config, console)
             else:
-                summary = run_generate(config)
+                # --json: stdout holds the summary alone; what Ray prints there while the run goes
+                # (a lost node, a restarted actor) goes to stderr
+                started_here = not _ray_running()
+                with contextlib.redirect_stdout(sys.stderr):
+                    summary = run_generate(config)
+                    if started_here:  # its printing threads stop too, before the summary is printed
+                        _stop_ray()
         except (GenerateError, OutputInUse, OSError) as exc:  # OSError: also an unreachable store
             console.print(f"[red]error:[/red] {exc}")
             raise typer.Exit(2) from exc
@@ -321,6 +329,19 @@ def _run_with_progress(config, console):
         except (GenerateError, OutputInUse, OSError):
             bar.remove_task(task)  # refused before it ran: the error line says everything
             raise
+
+
+def _ray_running() -> bool:
+    import ray
+
+    return ray.is_initialized()
+
+
+def _stop_ray() -> None:
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()
 
 
 def _print_summary(summary, console) -> None:
