@@ -1,4 +1,5 @@
 # a journal as a finished million-clip run leaves it: one done row per clip (the report's columns)
+import os
 import time
 
 import pyarrow as pa
@@ -22,8 +23,6 @@ for name in REPORT_SCHEMA.names:
 t = pa.table(
     {n: pa.array(rows[n], type=REPORT_SCHEMA.field(n).type) for n in REPORT_SCHEMA.names}, schema=REPORT_SCHEMA
 )
-import os
-
 os.makedirs("OUT/journal", exist_ok=True)
 pq.write_table(t, f"OUT/journal/part-{time.time_ns()}-x.parquet")
 print(t.num_rows, t.nbytes / 1e6, "MB in Arrow")
