@@ -76,9 +76,10 @@ def plan_generate(cfg: GenerateConfig, calibrate: bool = True) -> RunPlan:
         existing = f"another configuration ({previous.get('config_hash')}): the run needs a new --out or --overwrite"
     videos, skipped = load_inputs(cfg, window_s)
     if starts_empty(cfg, previous):
-        done, pending = [], list(videos)
+        done, pending = 0, list(videos)
     else:
-        done, pending = reconcile(cfg, paths, videos, config_hash)
+        state = reconcile(cfg, paths, videos, config_hash)
+        done, pending = state.done, state.pending
     if cfg.limit is not None:
         pending = pending[: cfg.limit]
     gpus = _local_gpus()
@@ -92,7 +93,7 @@ def plan_generate(cfg: GenerateConfig, calibrate: bool = True) -> RunPlan:
         existing_run=existing,
         total=len(videos) + len(skipped),
         skipped=len(skipped),
-        already_done=len(done),
+        already_done=done,
         pending=len(pending),
         pending_windows=sum(len(v.windows) for v in pending),
         pending_audio_hours=sum(v.duration_s for v in pending) / 3600.0,

@@ -22,7 +22,7 @@ import numpy as np
 
 from dub.errors import short_error
 from dub.storage.atomic import atomic_path, write_json_atomic
-from dub.storage.journal import Journal, read_journal
+from dub.storage.journal import Journal
 from dub.storage.lock import exclusive_output
 from dub.storage.temporaries import remove_stale_temporaries
 from dub.workflows.generate.candidates import ModelScorer
@@ -180,7 +180,8 @@ def _run_locked(
     _prepare_out_dir(cfg, paths, config_hash, info)
 
     videos, skipped_rows = load_inputs(cfg, window_s)
-    done_rows, pending = reconcile(cfg, paths, videos, config_hash)
+    state = reconcile(cfg, paths, videos, config_hash)
+    pending = state.pending
     if cfg.limit is not None:
         pending = pending[: cfg.limit]
 
@@ -189,14 +190,14 @@ def _run_locked(
         config_hash=config_hash,
         total=len(videos) + len(skipped_rows),
         skipped=len(skipped_rows),
-        already_done=len(done_rows),
-        done=len(done_rows),
+        already_done=state.done,
+        done=state.done,
     )
     from dub.manifests.schema import REPORT_SCHEMA
 
     journal = Journal(paths["journal"], REPORT_SCHEMA, on_part=lambda part: paths["mirror"].publish(part, keep=True))
     # Skipped rows are derived from the manifest on every run, so they are never journaled.
-    journal.add([r for r in done_rows if r.pop("reconstructed", False)])
+    journal.add(state.adopted)
     try:
         if pending:
             try:
@@ -326,30 +327,42 @@ def _load_prompts(cfg: GenerateConfig, window_s: float) -> list[PlannedVideo]:
     return videos
 
 
-def reconcile(cfg: GenerateConfig, paths: dict, videos: list[PlannedVideo], config_hash: str):
-    """Done = every requested output is on disk. Outputs are the truth; the journal adds timings."""
-    journal = read_journal(paths["journal"])
+@dataclass
+class Reconciled:
+    done: int  # clips whose every requested output is there
+    adopted: list[dict]  # rows of done clips the journal lacks (outputs published just before a crash)
+    pending: list[PlannedVideo]
+
+
+def reconcile(cfg: GenerateConfig, paths: dict, videos: list[PlannedVideo], config_hash: str) -> Reconciled:
+    """Done = every requested output is on disk. Outputs are the truth; the journal adds timings.
+    Only the journal's done ids are read into Python (a finished million-clip run's rows as
+    dicts were gigabytes)."""
+    import pyarrow.compute as pc
+
+    journal = _latest_journal_rows(paths["journal"])
+    journaled = set(journal.filter(pc.equal(journal["status"], "done"))["video_id"].to_pylist())
     mirror = paths["mirror"]
     present = {
         "shards": mirror.tar_keys("shards") if "wds" in cfg.formats else {},
         "mp4": mirror.names("mp4") if "mp4" in cfg.formats or cfg.text_to_audio else set(),
         "audio": mirror.names("audio") if cfg.text_to_audio else set(),
     }
-    done, pending = [], []
+    state = Reconciled(0, [], [])
     for video in videos:
         outputs, missing = _existing_outputs(cfg, paths, video, present)
         if missing:
             video.missing, video.existing = missing, outputs
-            pending.append(video)
+            state.pending.append(video)
             continue
-        row = journal.get(video.video_id)
-        if row is None or row.get("status") != "done":
+        state.done += 1
+        if video.video_id not in journaled:
             # Outputs made durable just before a crash, before their journal row: adopt them.
-            row = report_row(video.video_id, video.path, "done", None, config_hash=config_hash, reconstructed=True)
-        row.update(outputs)
-        row["prompt"] = video.prompt
-        done.append(row)
-    return done, pending
+            row = report_row(video.video_id, video.path, "done", None, config_hash=config_hash)
+            row.update(outputs)
+            row["prompt"] = video.prompt
+            state.adopted.append(row)
+    return state
 
 
 def _existing_outputs(cfg, paths, video: PlannedVideo, present: dict) -> tuple[dict, tuple[str, ...]]:
