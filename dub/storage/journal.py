@@ -58,3 +58,29 @@ def read_journal(journal_dir: Path, key: str = "video_id") -> dict[str, dict]:
         for row in pq.read_table(part).to_pylist():
             latest[row[key]] = row
     return latest
+
+
+def read_journal_table(journal_dir: Path, schema, key: str = "video_id"):
+    """The journal as one Arrow table in `schema`: the newest row per `key` (parts are written
+    whole, in time order, and a part's later rows are newer). `read_journal`'s rule, kept in
+    columns: a million rows as Python dicts are gigabytes."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    parts = [in_schema(pq.read_table(p), schema) for p in sorted(Path(journal_dir).glob("part-*.parquet"))]
+    table = pa.concat_tables(parts) if parts else schema.empty_table()
+    numbered = table.append_column("__row", pa.array(np.arange(table.num_rows)))
+    newest = numbered.group_by(key, use_threads=False).aggregate([("__row", "max")])
+    return table.take(pa.array(np.sort(newest["__row_max"].to_numpy())))
+
+
+def in_schema(table, schema):
+    """`table`'s columns in `schema`'s order and types, nulls for any it lacks (a part written
+    before a column was added)."""
+    import pyarrow as pa
+
+    columns = [
+        table[f.name].cast(f.type) if f.name in table.column_names else pa.nulls(table.num_rows, f.type) for f in schema
+    ]
+    return pa.Table.from_arrays(columns, schema=schema)

@@ -53,9 +53,10 @@ def check_uri(value: str) -> str:
 
 
 def join(base: str, *parts: str) -> str:
-    """`base` / parts, for URIs (always "/") and local paths alike."""
+    """`base` / parts, for URIs (always "/") and local paths alike; an empty part adds nothing
+    (as for a Path), so `join(prefix, "")` is the prefix itself."""
     if is_uri(base):
-        return posixpath.join(str(base).rstrip("/"), *[str(p).strip("/") for p in parts])
+        return posixpath.join(str(base).rstrip("/"), *[str(p).strip("/") for p in parts if str(p).strip("/")])
     return str(Path(base).joinpath(*parts))
 
 

@@ -15,7 +15,8 @@ import hashlib
 import os
 import shutil
 import tarfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from dub.storage import location
@@ -36,6 +37,27 @@ class Mirror:
         self.stage = Path(stage)
         self.remote = remote
         self.guard: Callable[[], None] = lambda: None  # raises when the run lost its lease
+
+    @classmethod
+    def of(cls, uri: str, part: str = "") -> Mirror:
+        """The mirror of an object-storage `uri`, staged in its own folder (`part`: a sub-folder,
+        for a command that stages more than one thing for the same URI)."""
+        uri = location.check_uri(uri)
+        return cls(stage_for(uri) / part, uri)
+
+    @contextmanager
+    def leased(self, command: str) -> Iterator[None]:
+        """For an object-storage output, hold its lease (dub.storage.lease) for the block, and
+        publish nothing once another run has taken it over; nothing for a local folder, whose
+        lock is the caller's flock (dub.storage.lock)."""
+        if self.remote is None:
+            yield
+            return
+        from dub.storage.lease import remote_lease
+
+        with remote_lease(self.remote, command) as lease:
+            self.guard = lease.check
+            yield
 
     @property
     def active(self) -> bool:
@@ -83,7 +105,7 @@ class Mirror:
         if self.remote is None:
             local = self.stage / folder
             return {p.name for p in local.iterdir() if p.is_file()} if local.is_dir() else set()
-        prefix = location.join(self.remote, folder) if folder else self.remote
+        prefix = location.join(self.remote, folder)
         return {o.uri.rsplit("/", 1)[1] for o in location.list_objects(prefix) if o.uri.startswith(prefix + "/")}
 
     def remove(self, name: str) -> None:
@@ -102,7 +124,7 @@ class Mirror:
             if self.remote is None
             else [
                 o.uri
-                for o in location.list_objects(location.join(self.remote, folder) if folder else self.remote)
+                for o in location.list_objects(location.join(self.remote, folder))
                 if o.uri.rsplit("/", 1)[1].startswith(pattern_prefix) and o.uri.endswith(".tar")
             ]
         )

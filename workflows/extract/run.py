@@ -27,9 +27,9 @@ from pathlib import Path
 import numpy as np
 
 from dub.storage.atomic import write_bytes_atomic, write_json_atomic
-from dub.storage.location import check_uri, is_uri
+from dub.storage.location import is_uri
 from dub.storage.lock import exclusive_output
-from dub.storage.mirror import Mirror, stage_for
+from dub.storage.mirror import Mirror
 from dub.storage.temporaries import remove_stale_temporaries
 from dub.workflows.extract.config import AUDIO_EXTENSIONS, ExtractConfig
 from dub.workflows.extract.sample import EMPTY_TEXT_FILE, EXTRACT_INFO_FILE, encode_sample, npy_bytes, window_key
@@ -86,15 +86,9 @@ def run_extract(cfg: ExtractConfig, progress: ProgressFn | None = None) -> Extra
     bundle = resolve_bundle(cfg.model)
     feature_weight_paths(cfg.model)  # missing or damaged weights fail here, not inside an actor
     window_s = cfg.window_s or bundle.window_s
-    if is_uri(cfg.out_dir):  # object storage: shards made in a local stage, each published whole
-        from dub.storage.lease import remote_lease
-
-        mirror = Mirror(stage_for(check_uri(cfg.out_dir)), check_uri(cfg.out_dir))
-        with exclusive_output(mirror.stage, "extract"), remote_lease(mirror.remote, "extract") as lease:
-            mirror.guard = lease.check
-            return _run_locked(cfg, progress, bundle, window_s, mirror, started)
-    mirror = Mirror(Path(cfg.out_dir))
-    with exclusive_output(mirror.stage, "extract"):
+    # object storage: shards made in a local stage, each published whole
+    mirror = Mirror.of(cfg.out_dir) if is_uri(cfg.out_dir) else Mirror(Path(cfg.out_dir))
+    with exclusive_output(mirror.stage, "extract"), mirror.leased("extract"):
         return _run_locked(cfg, progress, bundle, window_s, mirror, started)
 
 
@@ -133,13 +127,17 @@ def _run_locked(
         finally:
             writer.close()
         _write_empty_text(cfg, mirror, resources)
-    summary.shards = sorted(set(mirror.tar_keys("").values()))
+    summary.shards = sorted(mirror.location(out / name) for name in mirror.names("") if _is_shard(name))
     summary.wall_s = time.perf_counter() - started
     mirror.publish(write_json_atomic(out / "summary.json", summary.as_dict()), keep=True)
     return summary
 
 
 # -- inputs and resume ---------------------------------------------------------------------
+
+
+def _is_shard(name: str) -> bool:
+    return name.startswith("shard-") and name.endswith(".tar")
 
 
 def _prepare_out_dir(cfg: ExtractConfig, mirror: Mirror, window_s: float) -> None:
@@ -163,7 +161,7 @@ def _prepare_out_dir(cfg: ExtractConfig, mirror: Mirror, window_s: float) -> Non
             shard.unlink()
         (out / EMPTY_TEXT_FILE).unlink(missing_ok=True)
         for name in mirror.names("") if mirror.active else ():
-            if name == EMPTY_TEXT_FILE or (name.startswith("shard-") and name.endswith(".tar")):
+            if name == EMPTY_TEXT_FILE or _is_shard(name):
                 mirror.remove(name)
     remove_stale_temporaries(out)
     bundle = resolve_bundle(cfg.model)

@@ -167,11 +167,12 @@ def run_paths(out_dir: str | Path) -> dict:
     """The run's files in its local folder, and the Mirror that publishes them: for an
     object-storage --out the folder is a local stage and the store holds the outputs
     (dub.storage.mirror); for a local --out the folder is the output itself."""
-    from dub.storage.location import check_uri, is_uri
-    from dub.storage.mirror import Mirror, stage_for
+    from dub.storage.location import is_uri
+    from dub.storage.mirror import Mirror
 
-    remote = check_uri(str(out_dir)) if is_uri(out_dir) else None
-    out = stage_for(remote) if remote else Path(out_dir).resolve()  # report rows hold absolute paths
+    # report rows hold absolute paths, valid from any directory
+    mirror = Mirror.of(str(out_dir)) if is_uri(out_dir) else Mirror(Path(out_dir).resolve())
+    out = mirror.stage
     return {
         "out": out,
         "run_json": out / "run.json",
@@ -180,6 +181,6 @@ def run_paths(out_dir: str | Path) -> dict:
         "mp4": out / "mp4",
         "shards": out / "shards",
         "audio": out / "audio",
-        "mirror": Mirror(out, remote),
-        "where": remote or str(out),  # what the user named, for messages and the summary
+        "mirror": mirror,
+        "where": mirror.remote or str(out),  # what the user named, for messages and the summary
     }

@@ -21,8 +21,9 @@ from pathlib import Path
 import numpy as np
 
 from dub.errors import short_error
+from dub.manifests.schema import REPORT_SCHEMA
 from dub.storage.atomic import atomic_path, write_json_atomic
-from dub.storage.journal import Journal
+from dub.storage.journal import Journal, in_schema, read_journal_table
 from dub.storage.lock import exclusive_output
 from dub.storage.temporaries import remove_stale_temporaries
 from dub.workflows.generate.candidates import ModelScorer
@@ -146,23 +147,8 @@ def run_generate(cfg: GenerateConfig, progress: ProgressFn | None = None) -> Sum
         except BackendUnavailable as exc:
             raise GenerateError(f"--select {cfg.select}: {exc}") from None
     paths = run_paths(cfg.out_dir)
-    mirror = paths["mirror"]
-    with exclusive_output(paths["out"], "generate"), _lease(mirror) as lease:
-        if lease is not None:
-            mirror.guard = lease.check  # nothing more is published once another run took over
+    with exclusive_output(paths["out"], "generate"), paths["mirror"].leased("generate"):
         return _run_locked(cfg, progress, info, window_s, config_hash, paths, started, scorer)
-
-
-def _lease(mirror):
-    """The object-storage lock (dub.storage.lease) when the output is a URI; the local flock
-    on the stage alone otherwise."""
-    from contextlib import nullcontext
-
-    if not mirror.active:
-        return nullcontext()
-    from dub.storage.lease import remote_lease
-
-    return remote_lease(mirror.remote, "generate")
 
 
 def _run_locked(
@@ -193,8 +179,6 @@ def _run_locked(
         already_done=state.done,
         done=state.done,
     )
-    from dub.manifests.schema import REPORT_SCHEMA
-
     journal = Journal(paths["journal"], REPORT_SCHEMA, on_part=lambda part: paths["mirror"].publish(part, keep=True))
     # Skipped rows are derived from the manifest on every run, so they are never journaled.
     journal.add(state.adopted)
@@ -340,7 +324,7 @@ def reconcile(cfg: GenerateConfig, paths: dict, videos: list[PlannedVideo], conf
     dicts were gigabytes)."""
     import pyarrow.compute as pc
 
-    journal = _latest_journal_rows(paths["journal"])
+    journal = read_journal_table(paths["journal"], REPORT_SCHEMA)
     journaled = set(journal.filter(pc.equal(journal["status"], "done"))["video_id"].to_pylist())
     mirror = paths["mirror"]
     present = {
@@ -659,9 +643,7 @@ def _write_report(paths: dict, order: list[str], skipped_rows: list[dict]) -> No
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
-    from dub.manifests.schema import REPORT_SCHEMA
-
-    journal = _latest_journal_rows(paths["journal"])
+    journal = read_journal_table(paths["journal"], REPORT_SCHEMA)
     wanted = pa.array(order, pa.string())
     # each manifest id's journal row (a null row where it has none), in the manifest's order
     joined = journal.take(pc.index_in(wanted, value_set=journal["video_id"]))
@@ -676,7 +658,7 @@ def _write_report(paths: dict, order: list[str], skipped_rows: list[dict]) -> No
         pc.if_else(unseen, "not processed in this run (--limit or stopped)", joined["error"]),
     )
     skipped = pa.Table.from_pylist([{n: r.get(n) for n in REPORT_SCHEMA.names} for r in skipped_rows], REPORT_SCHEMA)
-    report = pa.concat_tables([_in_report_schema(joined), skipped])
+    report = pa.concat_tables([in_schema(joined, REPORT_SCHEMA), skipped])
     with atomic_path(paths["report"]) as tmp:
         pq.write_table(report, tmp)
     paths["mirror"].publish(paths["report"], keep=True)
@@ -687,36 +669,6 @@ def _write_report(paths: dict, order: list[str], skipped_rows: list[dict]) -> No
         )
     )
     _compact_journal(paths["journal"], finished, paths["mirror"])
-
-
-def _in_report_schema(table):
-    """`table`'s report columns in REPORT_SCHEMA's order and types (nulls for any it lacks: a
-    journal part written before a column was added)."""
-    import pyarrow as pa
-
-    from dub.manifests.schema import REPORT_SCHEMA
-
-    columns = [
-        table[f.name].cast(f.type) if f.name in table.column_names else pa.nulls(table.num_rows, f.type)
-        for f in REPORT_SCHEMA
-    ]
-    return pa.Table.from_arrays(columns, schema=REPORT_SCHEMA)
-
-
-def _latest_journal_rows(journal_dir: Path):
-    """The journal as one table in REPORT_SCHEMA: the newest row per video id (parts are
-    written whole, in time order, and a part's later rows are newer)."""
-    import numpy as np
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    from dub.manifests.schema import REPORT_SCHEMA
-
-    parts = [_in_report_schema(pq.read_table(p)) for p in sorted(Path(journal_dir).glob("part-*.parquet"))]
-    table = pa.concat_tables(parts) if parts else REPORT_SCHEMA.empty_table()
-    numbered = table.append_column("__row", pa.array(np.arange(table.num_rows)))
-    newest = numbered.group_by("video_id", use_threads=False).aggregate([("__row", "max")])
-    return table.take(pa.array(np.sort(newest["__row_max"].to_numpy())))
 
 
 def _compact_journal(journal_dir: Path, table, mirror) -> None:

@@ -18,7 +18,7 @@ from contextlib import contextmanager
 from pathlib import Path, PurePosixPath
 
 from dub.storage import location
-from dub.storage.mirror import Mirror, stage_for
+from dub.storage.mirror import Mirror
 from dub.workflows.report.config import ReportConfig
 from dub.workflows.report.run import sample_rows
 
@@ -48,9 +48,9 @@ def localize_run(uri: str, sample: int | None, seed: int) -> Path:
     from dub.manifests.io import write_parquet_atomic
     from dub.workflows.metrics.run_inputs import GeneratedRow
 
-    stage = stage_for(location.check_uri(uri)) / "scoring"
+    run = Mirror.of(uri, "scoring")
+    stage = run.stage
     stage.mkdir(parents=True, exist_ok=True)
-    run = Mirror(stage, location.check_uri(uri))
     run.pull("run.json", "report.parquet")
     if not (stage / "report.parquet").is_file():
         raise FileNotFoundError(f"{uri} is not a generate run: report.parquet is missing")
@@ -89,17 +89,14 @@ def remote_report(config: ReportConfig) -> Iterator[ReportConfig]:
         changes["run_dir"] = str(localize_run(config.run_dir, config.sample, config.sample_seed))
     out = None
     if location.is_uri(config.out_dir):
-        out = Mirror(stage_for(location.check_uri(config.out_dir)) / "report", location.check_uri(config.out_dir))
+        out = Mirror.of(config.out_dir, "report")
         out.stage.mkdir(parents=True, exist_ok=True)
         out.pull("journal")
         changes["out_dir"] = str(out.stage)
     if out is None:
         yield dataclasses.replace(config, **changes)
         return
-    from dub.storage.lease import remote_lease
-
-    with remote_lease(out.remote, "report") as lease:
-        out.guard = lease.check
+    with out.leased("report"):
         yield dataclasses.replace(config, **changes)
         for path in sorted(p for p in out.stage.rglob("*") if p.is_file() and p.name != ".dub.lock"):
             out.publish(path, keep=True)
