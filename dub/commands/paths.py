@@ -14,11 +14,15 @@ import typer
 from dub.storage.location import LocationError, check_uri, is_uri, scheme
 
 
+def _given(value) -> list:
+    """The values of a single or repeated option, without the unset ones."""
+    return [v for v in (value if isinstance(value, (list, tuple)) else [value]) if v is not None]
+
+
 def local_path(value):
     """typer callback for Path options and arguments (single or repeated)."""
-    values = value if isinstance(value, (list, tuple)) else [value]
-    for v in values:
-        if v is not None and is_uri(v):
+    for v in _given(value):
+        if is_uri(v):
             raise typer.BadParameter(
                 f"{scheme(v)}:// locations are not supported by this option; mount the bucket (e.g. with "
                 "s3fs or gcsfuse) and give its local path, or copy the files to a local folder"
@@ -28,9 +32,8 @@ def local_path(value):
 
 def location(value):
     """typer callback for `str` options that take a local path or an object-storage URI."""
-    values = value if isinstance(value, (list, tuple)) else [value]
-    for v in values:
-        if v is not None and is_uri(v):
+    for v in _given(value):
+        if is_uri(v):
             try:
                 check_uri(v)
             except LocationError as exc:

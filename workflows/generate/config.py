@@ -103,6 +103,11 @@ class GenerateConfig:
         return self.prompts_file is not None
 
     @property
+    def writes_shards(self) -> bool:
+        """WebDataset shards are written (a text-to-audio run writes audio files only)."""
+        return "wds" in self.formats and not self.text_to_audio
+
+    @property
     def decode_backend(self) -> str:
         """`decode_window`'s backend for `resize`."""
         return RESIZE_BACKENDS[self.resize]

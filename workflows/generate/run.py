@@ -527,8 +527,7 @@ class _Outputs:
 
     def __init__(self, cfg, paths, info, config_hash, journal: Journal, scorer, replicas: int):
         self.paths, self.journal = paths, journal
-        wants_shard = "wds" in cfg.formats and not cfg.text_to_audio
-        self.shards = ShardWriter(paths["shards"], cfg.shard_size) if wants_shard else None
+        self.shards = ShardWriter(paths["shards"], cfg.shard_size) if cfg.writes_shards else None
         self._awaiting_shard: dict[str, dict] = {}
         self.actors = start_writers(cfg, info, config_hash, replicas, remote=paths["mirror"].active)
         self.local = None if self.actors else ClipWriter(cfg, info, config_hash, scorer)

@@ -37,7 +37,6 @@ class ClipWriter:
         if scorer is None and cfg.candidates > 1 and cfg.select != "av-align":
             scorer = ModelScorer(cfg.select)  # --select desync / clap, loaded once per writer
         self.scorer = scorer
-        self.wants_shard = "wds" in cfg.formats and not cfg.text_to_audio
 
     def write(self, video: PlannedVideo, windows: list[dict]) -> tuple[dict, dict | None]:
         """(the clip's report row, its WebDataset sample or None); never raises: a failure is
@@ -162,7 +161,7 @@ class ClipWriter:
                 video.path, audio, sr, dst, keep_original_audio=cfg.keep_original_audio, codec=cfg.audio_codec
             )
             row["output_mp4"] = self.paths["mirror"].publish(dst)
-        if not (self.wants_shard and "wds" in video.missing):
+        if not (cfg.writes_shards and "wds" in video.missing):
             return None
         meta = {
             "video_id": video.video_id,
