@@ -206,14 +206,15 @@ def _expected_guided_mse(net, x, cond, noise, cfg, seed):
     return float(mse), apply
 
 
-def test_training_time_guidance_mixes_the_models_own_velocities():
+@pytest.mark.parametrize("kappa", [0.3, 0.0])  # 0: the unconditional branch runs alone
+def test_training_time_guidance_mixes_the_models_own_velocities(kappa):
     torch.manual_seed(1)
     net = TinyAttentionVelocity()
     gen = torch.Generator().manual_seed(7)
     x = torch.randn(64, 5, 4, generator=gen)
     noise = torch.randn(64, 5, 4, generator=gen)
     cond = random_conditions(64, gen, net)
-    cfg = MeanFlowConfig(guidance_omega=2.0, guidance_kappa=0.3, guidance_t_max=0.6, cond_dropout=0.3, adaptive_p=0.0)
+    cfg = MeanFlowConfig(guidance_omega=2.0, guidance_kappa=kappa, guidance_t_max=0.6, cond_dropout=0.3, adaptive_p=0.0)
     _, metrics = meanflow_loss(
         net, x, cond=cond, empty=net.empty(), cfg=cfg, noise=noise, generator=torch.Generator().manual_seed(8)
     )

@@ -303,13 +303,17 @@ def _guided_velocity(
         return v
     sub = _select(cond, chosen, z.shape[0])
     uncond = empty_like_conditions(sub, empty or {}, groups)
-    both = {key: torch.cat([sub[key], uncond[key]]) for key in sub}
     z_c, t_c = z[chosen], t[chosen]
     inner = unwrap_model(model)
+    mixed = cfg.guidance_omega * v[chosen]
     with torch.no_grad():
-        u = inner(torch.cat([z_c, z_c]), torch.cat([t_c, t_c]), torch.cat([t_c, t_c]), **both)
-    u_cond, u_uncond = u.to(v.dtype).split(chosen.numel())
-    mixed = cfg.guidance_omega * v[chosen] + cfg.guidance_kappa * u_cond
+        if cfg.guidance_kappa != 0.0:  # both branches as one batch
+            both = {key: torch.cat([sub[key], uncond[key]]) for key in sub}
+            u = inner(torch.cat([z_c, z_c]), torch.cat([t_c, t_c]), torch.cat([t_c, t_c]), **both)
+            u_cond, u_uncond = u.to(v.dtype).split(chosen.numel())
+            mixed = mixed + cfg.guidance_kappa * u_cond
+        else:  # kappa = 0 (MeanFlow's main recipe) needs the unconditional branch alone
+            u_uncond = inner(z_c, t_c, t_c, **uncond).to(v.dtype)
     mixed = mixed + (1.0 - cfg.guidance_omega - cfg.guidance_kappa) * u_uncond
     out = v.clone()
     out[chosen] = mixed
