@@ -394,6 +394,25 @@ def test_demo_bundle_generates_with_a_checkpoint(tmp_path):
     assert wav.shape == (1, 8 * 16_000) and torch.isfinite(wav).all() and wav.abs().max() > 0
 
 
+def test_weights_trained_with_guidance_default_to_cfg_one(tmp_path):
+    """MeanFlow's training-time guidance puts CFG in the weights: `dub generate` on such a
+    checkpoint must not guide a second time by default; other weights keep the bundle's CFG."""
+    from dub.model.network.transformer import MFMJT
+    from dub.model.runtime.bundles import BUNDLES, bundle_info, network_config, sampler_defaults
+    from dub.model.weights.checkpoint import save_checkpoint
+    from dub.model.weights.registry import WeightsRegistry
+
+    net = MFMJT(network_config(BUNDLES["demo"]))
+    guided = save_checkpoint(net, tmp_path / "guided.safetensors", metadata={"guidance_in_weights": True})
+    plain = save_checkpoint(net, tmp_path / "plain.safetensors", metadata={"guidance_in_weights": False})
+    bundle_cfg = BUNDLES["demo"].sampler.cfg
+    assert bundle_cfg > 1.0
+    assert sampler_defaults("demo", guided).cfg == 1.0
+    assert sampler_defaults("demo", plain).cfg == bundle_cfg
+    registry = WeightsRegistry(tmp_path / "weights")
+    assert bundle_info("demo", checkpoint=guided, registry=registry).sampler["cfg"] == 1.0
+
+
 def test_generator_encodes_each_recent_prompt_once():
     """A run's --prompt and --negative-prompt repeat in every batch: the text tower sees each
     distinct prompt once, the features are the ones it gave, and the cache stays bounded."""

@@ -188,7 +188,7 @@ def register(app: typer.Typer) -> None:
                     param_hint="--manifest",
                 )
         try:
-            defaults = _bundle_sampler(model)
+            defaults = _default_sampler(model, checkpoint)
             cfg = defaults.cfg if cfg is None else cfg
             rescale_mode = defaults.rescale if rescale_mode is None else rescale_mode.value
             cfg_rescale = defaults.phi if cfg_rescale is None else cfg_rescale
@@ -373,12 +373,13 @@ def _print_summary(summary, console) -> None:
     console.print(table)
 
 
-def _bundle_sampler(model: str):
-    """The bundle's default sampler settings (what its published figures used); an unknown
-    bundle name falls through to GenerateConfig, which says what the known ones are."""
-    from dub.model.runtime.bundles import MF_MJT_SAMPLER, resolve_bundle
+def _default_sampler(model: str, checkpoint: Path | None):
+    """The model's default sampler settings (what its published figures used; cfg 1 for weights
+    trained with guidance folded in); an unknown bundle name falls through to GenerateConfig,
+    which says what the known ones are."""
+    from dub.model.runtime.bundles import MF_MJT_SAMPLER, sampler_defaults
 
     try:
-        return resolve_bundle(model).sampler
+        return sampler_defaults(model, checkpoint)
     except ValueError:
         return MF_MJT_SAMPLER

@@ -298,27 +298,47 @@ def bundle_info(
         clip_size=CLIP_SIZE,
         sync_fps=SYNC_FPS,
         sync_size=SYNC_SIZE,
-        sampler=bundle.sampler.as_dict(),
+        sampler=sampler_defaults(bundle, checkpoint).as_dict(),
         weights_hash=weights_hash(bundle, registry, paths),
         weights={role: str(p) for role, p in sorted(paths.items())},
         checkpoint=None if checkpoint is None else str(checkpoint),
     )
 
 
+def sampler_defaults(name: str | ModelBundle, checkpoint: str | Path | None = None) -> SamplerDefaults:
+    """The sampler a model runs by default: its bundle's, except that weights trained with
+    MeanFlow's guidance folded in (their metadata says so) default to cfg 1: the one step is
+    already guided, and CFG on top would guide twice."""
+    bundle = resolve_bundle(name)
+    weights = checkpoint if checkpoint is not None else asset_path(bundle)
+    if _checkpoint_metadata(weights).get("guidance_in_weights"):
+        return dataclasses.replace(bundle.sampler, cfg=1.0)
+    return bundle.sampler
+
+
 def _checkpoint_window_s(checkpoint: str | Path | None) -> float | None:
     """The window a `dub train` checkpoint was trained on (stored in its metadata), if any."""
-    if checkpoint is None or Path(checkpoint).suffix != ".safetensors":
+    value = _checkpoint_metadata(checkpoint).get("window_s")
+    try:
+        return float(value) if value is not None else None
+    except (ValueError, TypeError):
         return None
+
+
+def _checkpoint_metadata(checkpoint: str | Path | None) -> dict[str, Any]:
+    """What `dub train` stored in a checkpoint's metadata; {} for other or unreadable files."""
+    if checkpoint is None or Path(checkpoint).suffix != ".safetensors":
+        return {}
     import json
 
     from dub.model.weights.checkpoint import USER_METADATA_KEY
     from dub.model.weights.state_dicts import safetensors_metadata
 
     try:
-        value = json.loads(safetensors_metadata(Path(checkpoint)).get(USER_METADATA_KEY, "{}")).get("window_s")
-        return float(value) if value is not None else None
+        meta = json.loads(safetensors_metadata(Path(checkpoint)).get(USER_METADATA_KEY, "{}"))
     except (OSError, ValueError, TypeError, AttributeError):
-        return None
+        return {}
+    return meta if isinstance(meta, dict) else {}
 
 
 class LoadedBundle(NamedTuple):

@@ -38,7 +38,7 @@ def evaluate_checkpoints(cfg: TrainConfig, shards: ShardSet, result) -> list[dic
 def evaluate_checkpoint(
     cfg: TrainConfig, bundle: str, step: int, checkpoint_dir: str, *, resize: str = "fast"
 ) -> dict[str, Any]:
-    from dub.model.runtime.bundles import resolve_bundle
+    from dub.model.runtime.bundles import sampler_defaults
     from dub.model.runtime.generator import SamplerConfig
     from dub.workflows.generate.config import GenerateConfig
     from dub.workflows.generate.run import run_generate
@@ -55,8 +55,8 @@ def evaluate_checkpoint(
                 model=bundle,
                 checkpoint=record["checkpoint"],
                 seed=cfg.seed,
-                resize=resize,  # the bundle's sampler: what `dub generate` runs
-                sampler=SamplerConfig(**resolve_bundle(bundle).sampler.as_dict()),
+                resize=resize,  # the sampler `dub generate` runs on this checkpoint
+                sampler=SamplerConfig(**sampler_defaults(bundle, record["checkpoint"]).as_dict()),
             )
         )
         record["generate"] = generated.as_dict()

@@ -253,6 +253,8 @@ def save(
             "ema": cfg.ema_decay > 0,
             "bundle": info.get("bundle"),
             "window_s": info.get("window_s"),
+            # the one step is already guided: `dub generate` then defaults to cfg 1
+            "guidance_in_weights": cfg.objective == "meanflow" and cfg.meanflow.guided,
         },
     )
     save_checkpoint(net, folder / ONLINE_FILE, metadata={"step": step})
