@@ -8,7 +8,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from dub.workflows.bench.foley_table import bootstrap, markdown, run_row
+from dub.workflows.bench.foley_table import bootstrap, fad_bootstrap, markdown, run_row
 
 
 def test_interval_holds_the_mean_and_narrows_with_more_clips():
@@ -50,6 +50,48 @@ def test_a_report_folder_becomes_a_row(tmp_path):
     assert math.isnan(row["av_align"][0])
     table = markdown({"x": row})
     assert "| x | 2 | 0.750 [" in table and "n/a" in table
+
+
+def _journal(folder, generated, reference):
+    """A report journal as `dub report` writes it, with log-mel embeddings per clip."""
+    from dub.workflows.metrics.embeddings import ClipFeatures
+    from dub.workflows.report.config import ScoredClip
+    from dub.workflows.report.journal import ReportJournal
+
+    journal = ReportJournal(folder, identity={"test": 1})
+    clips = [
+        (
+            f"key{i}",
+            ScoredClip(
+                i,
+                {"video_id": f"v{i}"},
+                generated={"logmel": ClipFeatures(g[None], None)},
+                reference={"logmel": ClipFeatures(r[None], None)},
+            ),
+        )
+        for i, (g, r) in enumerate(zip(generated, reference))
+    ]
+    journal.add(clips)
+    journal.flush()
+    return [f"v{i}" for i in range(len(clips))]
+
+
+def test_fad_interval_comes_from_the_journaled_embeddings(tmp_path):
+    from dub.workflows.metrics.fad import frechet_distance
+
+    rng = np.random.default_rng(1)
+    reference = rng.normal(size=(80, 6))
+    close, far = reference + rng.normal(scale=0.3, size=(80, 6)), reference + 2.0
+    ids = _journal(tmp_path / "close", close, reference)
+    est, low, high = fad_bootstrap(tmp_path / "close", ids)
+    assert est == frechet_distance(close, reference)  # the same embeddings, the same function
+    assert low < est < high
+    _journal(tmp_path / "far", far, reference)
+    far_est, far_low, _ = fad_bootstrap(tmp_path / "far", ids)
+    assert far_est > high and far_low > high  # a shift of 2 per dimension adds ~24 to the distance
+    # clips the report did not list (a failed row) and reports without references give n/a
+    assert fad_bootstrap(tmp_path / "close", ids[:40])[0] == frechet_distance(close[:40], reference[:40])
+    assert all(math.isnan(v) for v in fad_bootstrap(tmp_path / "none", ids))
 
 
 def test_no_prompt_clears_prompts_and_keeps_every_other_column(tmp_path):

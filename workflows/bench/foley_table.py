@@ -3,7 +3,11 @@
 Reads the `report.parquet` of each `dub report` folder and prints, per run, the mean of every
 per-clip metric with a percentile bootstrap interval from resampling CLIPS (the unit the test
 split is drawn in): `RESAMPLES` resamples, one fixed seed, so the table is reproducible.
-Sound-class accuracy is pooled over events (correct / events of the resampled clips).
+Sound-class accuracy is pooled over events (correct / events of the resampled clips). The
+weights-free log-mel FAD is a set-level figure: it is recomputed on each resample of the clips
+(the generated and reference embeddings of the same clips, from the report's journal), for runs
+reported with `--reference`; it falls with the number of clips, so compare it between rows of
+one table only.
 
     python -m dub.workflows.bench.foley_table LABEL=REPORT_DIR ... [--json OUT.json]      (prints Markdown)
 """
@@ -28,7 +32,10 @@ COLUMNS = (
     ("onset_acc", "onset acc (±0.3 s)"),
     ("sound_class", "sound class acc"),
     ("av_align", "AV-Align"),
+    ("fad_logmel", "log-mel FAD"),
 )
+FAD_BACKEND = "logmel"
+FAD_RESAMPLES = 500  # each resample is a 128-d Fréchet distance: fewer than the means' resamples
 
 
 def bootstrap(
@@ -50,6 +57,33 @@ def bootstrap(
     return float((values * weights).sum() / weights.sum()), float(low), float(high)
 
 
+def fad_bootstrap(
+    journal_dir: Path, video_ids: list[str], *, resamples: int = FAD_RESAMPLES, seed: int = SEED
+) -> tuple[float, float, float]:
+    """(FAD, low, high) between the generated and the reference log-mel embeddings of the clips
+    `video_ids`, with a 95 % bias-corrected percentile interval over resamples of those clips
+    (paired: a clip drawn brings both its embeddings). NaN when the report had no reference audio."""
+    from dub.workflows.metrics.fad import frechet_distance
+    from dub.workflows.report.journal import journaled_embeddings
+
+    found = journaled_embeddings(journal_dir, FAD_BACKEND)
+    pairs = [found.get(v, (None, None)) for v in video_ids]
+    pairs = [(g, r) for g, r in pairs if g is not None and r is not None]
+    if len(pairs) < 3:
+        return math.nan, math.nan, math.nan
+    generated = np.stack([g.reshape(-1) for g, _ in pairs])
+    reference = np.stack([r.reshape(-1) for _, r in pairs])
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, len(pairs), size=(resamples, len(pairs)))
+    values = np.array([frechet_distance(generated[i], reference[i]) for i in idx])
+    estimate = frechet_distance(generated, reference)
+    # a resample repeats clips, which biases a distance between fitted Gaussians upward: the
+    # percentile interval is moved back by that bias (the resamples' mean minus the estimate)
+    bias = float(values.mean()) - estimate
+    low, high = np.percentile(values, [2.5, 97.5]) - bias
+    return estimate, max(float(low), 0.0), float(high)
+
+
 def run_row(report_dir: Path) -> dict[str, tuple[float, float, float]]:
     """Every column's (estimate, low, high) for one `dub report` folder."""
     table = pq.read_table(report_dir / "report.parquet").to_pandas()
@@ -64,6 +98,9 @@ def run_row(report_dir: Path) -> dict[str, tuple[float, float, float]]:
             correct = table["n_class_correct"].fillna(0).to_numpy(dtype=np.float64)
             acc = np.divide(correct, events, out=np.full_like(events, np.nan), where=events > 0)
             row[key] = bootstrap(acc, events)  # events-weighted mean of clip accuracy = pooled accuracy
+        elif key == "fad_logmel":
+            ids = list(table["video_id"]) if "video_id" in table else []
+            row[key] = fad_bootstrap(report_dir / "journal", ids)
         elif key in table:
             row[key] = bootstrap(table[key].to_numpy(dtype=np.float64))
         else:
@@ -75,7 +112,10 @@ def run_row(report_dir: Path) -> dict[str, tuple[float, float, float]]:
 def markdown(rows: dict[str, dict[str, tuple[float, float, float]]]) -> str:
     def cell(v: tuple[float, float, float]) -> str:
         est, low, high = v
-        return "n/a" if not math.isfinite(est) else f"{est:.3f} [{low:.3f}, {high:.3f}]"
+        if not math.isfinite(est):
+            return "n/a"
+        digits = 0 if est >= 100 else 3  # FAD's scale is hundreds; the rates are fractions
+        return f"{est:.{digits}f} [{low:.{digits}f}, {high:.{digits}f}]"
 
     lines = [
         "| audio | clips | " + " | ".join(title for _, title in COLUMNS) + " |",
@@ -104,6 +144,7 @@ def main(argv: list[str] | None = None) -> None:
                 {
                     "resamples": RESAMPLES,
                     "seed": SEED,
+                    "fad_resamples": FAD_RESAMPLES,
                     "interval": "95 % percentile bootstrap over clips",
                     "rows": rows,
                 },

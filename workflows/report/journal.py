@@ -38,7 +38,7 @@ from dub.workflows.metrics.run_inputs import (
 from dub.workflows.metrics.weights import METRIC_WEIGHTS, WeightsLocator
 from dub.workflows.report.config import ClipMedia, Injected, ReportConfig, ScoredClip
 
-__all__ = ["ReportJournal", "clip_key", "report_identity"]
+__all__ = ["ReportJournal", "clip_key", "journaled_embeddings", "report_identity"]
 
 # 2: records carry ib_score / ib_reason; 3: clip keys include the stats of the source, its events
 # sidecar and its reference file. Bump when the part layout, a record or a key changes
@@ -206,6 +206,22 @@ def _part_schema():
     for name in MEDIA_FIELDS:
         fields += [(f"media_{name}", pa.binary()), (f"media_{name}_mime", pa.string())]
     return pa.schema(fields)
+
+
+def journaled_embeddings(directory: Path, backend: str) -> dict[str, tuple[np.ndarray | None, np.ndarray | None]]:
+    """video_id -> (generated, reference) embeddings of one FAD backend, read from a report's
+    journal without changing it (a later part wins): what set-level figures were computed from,
+    for tools that recompute them on subsets of the clips (bootstrap intervals)."""
+    import pyarrow.parquet as pq
+
+    found: dict[str, tuple[np.ndarray | None, np.ndarray | None]] = {}
+    for part in sorted(Path(directory).glob("part-*.parquet")):
+        for row in pq.read_table(part, columns=["video_id", "generated", "reference"]).to_pylist():
+            generated, reference = _from_npz(row["generated"]), _from_npz(row["reference"])
+            found[row["video_id"]] = tuple(  # type: ignore[assignment]
+                f[backend].embeddings if backend in f else None for f in (generated, reference)
+            )
+    return found
 
 
 class ReportJournal:
