@@ -115,6 +115,11 @@ def _mmaudio_weights(network: tuple[str, str], rate: Literal["16k", "44k"]) -> d
 MMAUDIO_SAMPLER = SamplerDefaults("euler", steps=25, cfg=4.5, rescale="none", phi=0.0)
 # One MeanFlow step with CFG and the std rescale (SPEC 2.3); provisional until measured.
 MF_MJT_SAMPLER = SamplerDefaults("meanflow", steps=1, cfg=4.5, rescale="std", phi=0.7)
+# The demo model's, measured on a foley-synth split of its own (docs/benchmarks.md, "Guidance
+# at one step"): at one step CFG's difference of two noise-dependent predictions comes out as
+# grain, and full std matching (phi 1) with a milder weight keeps the sync at a fraction of
+# the grain (log-mel FAD about 3.7x lower than 4.5 / 0.7)
+DEMO_SAMPLER = SamplerDefaults("meanflow", steps=1, cfg=2.0, rescale="std", phi=1.0)
 # The demo stack's sizes (model/demo defaults) on the "tiny" network preset.
 DEMO_NETWORK_OVERRIDES = {"latent_dim": 20, "clip_dim": 64, "sync_dim": 64, "text_dim": 64, "text_seq_len": 8}
 
@@ -143,7 +148,7 @@ BUNDLES: dict[str, ModelBundle] = {
             "demo",
             "demo",
             {},
-            MF_MJT_SAMPLER,
+            DEMO_SAMPLER,
             network_overrides=DEMO_NETWORK_OVERRIDES,
             network_asset="default/mf_mjt_demo.safetensors",
         ),
