@@ -112,9 +112,13 @@ class DemoCodec(nn.Module):
         mel = torch.pow(10.0, latent.transpose(1, 2) * LOG_SCALE + LOG_CENTER)
         mel = torch.where(mel <= LOG_FLOOR * 1.0001, torch.zeros_like(mel), mel)  # the floor means silence
         magnitude = torch.matmul(self.mel_inverse.T, mel)  # (B, freqs, N)
-        # torchaudio's Griffin-Lim re-analyses `length` samples with centred frames, which
-        # yields length / hop + 1 of them: repeat the last frame to match.
-        magnitude = torch.cat([magnitude, magnitude[..., -1:]], dim=-1)
+        # Griffin-Lim centres frame m on sample m * hop; our frame n sits at n * hop + pad. A copy
+        # of the first frame in front (m = n + 1) gives the samples before frame 0, so the
+        # output starts at sample hop - pad of the reconstruction: no zeros at the start (a
+        # zero-padded start turned a steady room tone into an onset). torchaudio re-analyses
+        # `length` samples with centred frames, length / hop + 1 of them: the last frame is
+        # repeated to match.
+        magnitude = torch.cat([magnitude[..., :1], magnitude, magnitude[..., -1:]], dim=-1)
         length = n * self.hop_length
         wav = AF.griffinlim(
             magnitude,
@@ -125,11 +129,11 @@ class DemoCodec(nn.Module):
             power=1.0,
             n_iter=self.griffin_lim_iters,
             momentum=0.99,
-            length=length,
+            length=length + self.hop_length,
             rand_init=False,
         )
-        # Griffin-Lim centres frame n on sample n * hop; ours sits `pad` samples later.
-        return F.pad(wav, (self.pad, 0))[:, :length]
+        start = self.hop_length - self.pad
+        return wav[:, start : start + length]
 
 
 def _band_interpolation_inverse(fb: torch.Tensor) -> torch.Tensor:
