@@ -334,13 +334,10 @@ def _checkpoint_metadata(checkpoint: str | Path | None) -> dict[str, Any]:
     """What `dub train` stored in a checkpoint's metadata; {} for other or unreadable files."""
     if checkpoint is None or Path(checkpoint).suffix != ".safetensors":
         return {}
-    import json
-
-    from dub.model.weights.checkpoint import USER_METADATA_KEY
-    from dub.model.weights.state_dicts import safetensors_metadata
+    from dub.model.weights.checkpoint import checkpoint_metadata
 
     try:
-        meta = json.loads(safetensors_metadata(Path(checkpoint)).get(USER_METADATA_KEY, "{}"))
+        meta = checkpoint_metadata(checkpoint)
     except (OSError, ValueError, TypeError, AttributeError):
         return {}
     return meta if isinstance(meta, dict) else {}

@@ -231,7 +231,13 @@ def load_checkpoint(path: str | os.PathLike) -> tuple[MFMJT, dict[str, Any]]:
         raise ValueError(f"load_checkpoint reads .safetensors files written by save_checkpoint, got {path.name!r}")
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
-    header = safetensors_metadata(path)
-    user = json.loads(header[USER_METADATA_KEY]) if USER_METADATA_KEY in header else {}
+    user = checkpoint_metadata(path)
     model = load_network(path)
     return model, user
+
+
+def checkpoint_metadata(path: str | os.PathLike) -> dict[str, Any]:
+    """The `metadata` that `save_checkpoint` stored ({} where it stored none); the tensors are
+    not read."""
+    header = safetensors_metadata(path)
+    return json.loads(header[USER_METADATA_KEY]) if USER_METADATA_KEY in header else {}
