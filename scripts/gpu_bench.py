@@ -109,15 +109,22 @@ def main(argv: list[str] | None = None) -> int:
         return child_main(args)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    # the parts' row streams live outside OUT: only the JSON and the log come back from the GPU machine
-    work = Path(tempfile.mkdtemp(prefix="dub-gpu-bench-"))
-    started = time.time()
-    deadline = started + args.budget_s
     wanted = [name.strip() for name in args.parts.split(",") if name.strip()]
     unknown = sorted(set(wanted) - {part.name for part in PARTS})
     if unknown:
         print(f"unknown parts {unknown}; choose from {[part.name for part in PARTS]}", file=sys.stderr)
         return 2
+    # the parts' row streams live outside OUT: only the JSON and the log come back from the GPU machine
+    work = Path(tempfile.mkdtemp(prefix="dub-gpu-bench-"))
+    try:
+        return run_parts(args, out, work, wanted)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def run_parts(args: argparse.Namespace, out: Path, work: Path, wanted: list[str]) -> int:
+    started = time.time()
+    deadline = started + args.budget_s
     result = {
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
         "device": None,
@@ -143,7 +150,6 @@ def main(argv: list[str] | None = None) -> int:
         )
         write_result(out, result, started)
     write_result(out, result, started)
-    shutil.rmtree(work, ignore_errors=True)
     print_summary(result)
     return 0
 
@@ -196,7 +202,7 @@ def run_part(args: argparse.Namespace, part: Part, limit_s: float, work: Path, s
         status = f"killed at its {limit_s:.0f} s limit"
         # a compile killed mid-write can leave a truncated .so in Inductor's cache that breaks
         # every later import of it ("file too short"): later parts get a fresh cache
-        os.environ["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp(prefix="inductor-after-kill-")
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp(prefix="inductor-after-kill-", dir=work)
     seconds = time.time() - t0
     info = collect(rows_file, result)
     log(started, f"part {part.name}: {status} after {seconds:.0f} s, {info['rows']} rows")

@@ -4,6 +4,7 @@ model/runtime/fast.py against the eager Generator on frames decoded from a bundl
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -374,9 +375,15 @@ def test_gpu_bench_script_runs_its_parts_in_children_and_writes_json(tmp_path):
         str(tmp_path),
         "--parts",
     ]
-    typo = subprocess.run([*command, "generate,e2e-fp9"], cwd=root, timeout=120, capture_output=True, text=True)
+    scratch = tmp_path / "scratch"  # the script's own temporary folder must not outlive it
+    scratch.mkdir()
+    env = {**os.environ, "TMPDIR": str(scratch)}
+    typo = subprocess.run(
+        [*command, "generate,e2e-fp9"], cwd=root, env=env, timeout=120, capture_output=True, text=True
+    )
     assert typo.returncode == 2 and "e2e-fp9" in typo.stderr  # refused before any part runs
-    subprocess.run([*command, "generate"], cwd=root, check=True, timeout=300, capture_output=True)
+    subprocess.run([*command, "generate"], cwd=root, env=env, check=True, timeout=300, capture_output=True)
+    assert not any(scratch.glob("dub-gpu-bench-*"))
     result = json.loads((tmp_path / "gpu_bench.json").read_text())
     assert result["parts"]["generate"]["status"] == "ok" and result["parts"]["generate"]["rows"] > 0
     stages = {row["stage"] for row in result["rows"] if row["bench"] == "generate"}
