@@ -12,6 +12,18 @@ PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
 pytest_plugins = ["pytester"]  # tests/test_requirements.py runs small pytest sessions
 
+# Tests read the CLI's output line by line. rich wraps it to the terminal's width, which a
+# terminal, CI and pytest-xdist's workers (no terminal: 80 columns) each answer differently.
+os.environ["COLUMNS"] = "200"
+
+# Workers beyond this contend for memory: each one starts its own local Ray (ray_session).
+MAX_TEST_WORKERS = 4
+
+
+def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
+    """`-n auto` (pyproject's addopts): one test worker per core, at most MAX_TEST_WORKERS."""
+    return max(1, min(os.cpu_count() or 1, MAX_TEST_WORKERS))
+
 
 def mmaudio_fixture_root() -> Path:
     """Where the MMAudio reference tensors live.
