@@ -61,10 +61,12 @@ def test_train_write_config_then_config_round_trip_with_flags_winning(tmp_path):
     from dub.workflows.train.config import TrainConfig, read_config_file
 
     written = tmp_path / "run.toml"
-    result = CliRunner().invoke(app, ["train", "--write-config", str(written), "--steps", "300", "--lr", "3e-4"])
+    args = ["train", "--write-config", str(written), "--steps", "300", "--lr", "3e-4", "--compile"]
+    result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     data = tomllib.loads(written.read_text())
     assert data["steps"] == 300 and data["lr"] == 3e-4 and data["meanflow"]["flow_matching_ratio"] == 0.75
+    assert data["compile"] is True
     assert "workers" not in data  # None ("one per GPU") is left out, not frozen into the file
 
     text = written.read_text()

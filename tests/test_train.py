@@ -379,3 +379,61 @@ def test_validation_manifest_evaluates_each_chosen_checkpoint(ray_session, tmp_p
         )
     )
     assert_evaluated_every_step(result, [1, 2], resize="exact")
+
+
+@pytest.mark.slow  # a cold Inductor build of the network's forward and backward; its fall-back is tested below
+def test_compile_trains_the_same_network_through_torch_compile(ray_session, shard_dir, tmp_path):
+    """--compile: the training step through torch.compile on a real Ray worker (flow matching:
+    the compiled JVP has its own test in test_meanflow.py). The compiled step must hold
+    (meta.json would say it fell back to eager, and why) and compute the eager step's loss from
+    the same seed. Step 1 runs both on the same weights and noise, so only Inductor's reordered
+    float32 sums differ: worst case about n * 2**-24 relative for sums of n ~ 1e3 terms, 1e-4."""
+    same = {"workers": 1, "objective": "flow-matching"}
+    eager = run_train(tiny_config(shard_dir, tmp_path / "runs", name="eager", **same))
+    compiled = run_train(tiny_config(shard_dir, tmp_path / "runs", name="compiled", compile=True, **same))
+    meta = json.loads((Path(compiled.checkpoint_dir) / "meta.json").read_text())
+    assert meta["fast_paths"] == {"step": "ok"}
+    assert json.loads((Path(eager.checkpoint_dir) / "meta.json").read_text())["fast_paths"] == {}
+    losses = [pd.read_parquet(r.metrics_parquet).set_index("step")["loss"] for r in (eager, compiled)]
+    assert losses[1][1] == pytest.approx(losses[0][1], rel=1e-4)
+
+
+def test_a_compiled_step_whose_build_fails_is_redone_eagerly_and_meta_says_why(tmp_path, monkeypatch):
+    """A machine without a working C++ compiler: Inductor's build really fails (the compiler it
+    calls does not exist; a fresh kernel cache, so no earlier build can stand in), the step is
+    redone eagerly with the same gradients as a plain eager step, and fast_paths records the
+    fall-back for meta.json. Gradients are compared with float32 closeness: the same eager
+    arithmetic on the same inputs."""
+    import torch._inductor.config as inductor_config
+
+    from dub.workflows.train.loop import fast_paths, make_train_step
+
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))
+    monkeypatch.setattr(inductor_config, "fx_graph_cache", False)
+    monkeypatch.setattr(inductor_config.cpp, "cxx", (str(tmp_path / "no-such-c++"),))
+    torch._dynamo.reset()
+
+    def objective(forward, x, *, cond, empty):
+        loss = (forward(x) - cond["target"]).pow(2).mean()
+        return loss, {"loss": float(loss.detach())}
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.GELU(), torch.nn.Linear(16, 8))
+    optimizer = torch.optim.AdamW(net.parameters(), lr=1e-3)
+    x, cond = torch.randn(4, 8), {"target": torch.randn(4, 8)}
+
+    eager = make_train_step(net, objective, optimizer, "cpu", False, compile_step=False)
+    assert fast_paths(eager, None) == {}
+    expected_metrics = eager(x, cond, {})
+    expected = [p.grad.clone() for p in net.parameters()]
+
+    step = make_train_step(net, objective, optimizer, "cpu", False, compile_step=True)
+    with pytest.warns(RuntimeWarning, match="training eagerly from now on"):
+        metrics = step(x, cond, {})
+    torch._dynamo.reset()
+    assert metrics["loss"] == pytest.approx(expected_metrics["loss"], rel=1e-6)
+    for p, g in zip(net.parameters(), expected, strict=True):
+        torch.testing.assert_close(p.grad, g)
+    paths = fast_paths(step, None)
+    assert list(paths) == ["step"] and paths["step"].startswith("fell back to eager: ")
+    assert "C++ compiler" in paths["step"]

@@ -30,6 +30,7 @@ FLAG_FIELDS = {
     "steps": "steps",
     "lr": "lr",
     "bf16": "bf16",
+    "compile_step": "compile",
     "checkpoint_every": "checkpoint_every",
     "seed": "seed",
     "val_manifest": "val_manifest",
@@ -73,6 +74,12 @@ def register(app: typer.Typer) -> None:
         batch_size: int = typer.Option(8, "--batch-size", help="Samples per worker per step."),
         lr: float = typer.Option(1e-4, "--lr", help="Peak learning rate (AdamW)."),
         bf16: bool | None = typer.Option(None, "--bf16/--no-bf16", help="bf16 autocast (default: on GPU only)."),
+        compile_step: bool = typer.Option(
+            False,
+            "--compile/--no-compile",
+            help="torch.compile the training step: faster steps once a build before the first one is "
+            "paid, worth it for long runs; falls back to eager where the compiler fails.",
+        ),
         checkpoint_every: int = typer.Option(1_000, "--checkpoint-every", help="Steps between checkpoints."),
         seed: int = typer.Option(0, "--seed"),
         val_manifest: Path | None = typer.Option(

@@ -34,6 +34,10 @@ class TrainConfig:
     objective: str = "meanflow"
     meanflow: MeanFlowConfig = field(default_factory=MeanFlowConfig)
     jvp: str = "auto"  # "auto": "graphed" (CUDA graphs of the eager JVP) on GPU workers, "eager" on CPU ones
+    # torch.compile the network's training step (and, with jvp "auto", the JVP): a build before the
+    # first step, then fused steps (passes over activations dominate a small network's step on a
+    # CPU); a build that fails falls back to eager
+    compile: bool = False
     # optimisation
     batch_size: int = 8  # per worker
     steps: int = 10_000

@@ -29,6 +29,7 @@ import torch
 
 from dub.model.flow.jvp import make_tangent, resolve_tangent_kind
 from dub.model.flow.meanflow import exact_ratio_for, flow_matching_loss, meanflow_loss
+from dub.model.kernels.graphs import FallbackOnError
 from dub.model.network.config import NetworkConfig
 from dub.model.network.transformer import MFMJT
 from dub.model.weights.checkpoint import apply_state_dict, load_network, load_state_dict_file, save_checkpoint
@@ -88,13 +89,18 @@ def train_loop_per_worker(job: dict[str, Any]) -> None:
             tuple(job["shards"]), rank, world, shuffle_buffer=cfg.shuffle_buffer, seed=f"{cfg.seed}:{step}"
         )
         data = batches(stream, cfg.batch_size)
+    tangent = None
     if cfg.objective == "meanflow":
-        jvp = resolve_tangent_kind(cfg.jvp, device)
-        objective = functools.partial(meanflow_loss, tangent=make_tangent(jvp, device))
+        jvp = resolve_tangent_kind("compiled" if cfg.compile and cfg.jvp == "auto" else cfg.jvp, device)
+        tangent = make_tangent(jvp, device)
+        objective = functools.partial(meanflow_loss, tangent=tangent)
         meanflow_cfg = exact_ratio_for(cfg.meanflow, jvp)
     else:
         objective, meanflow_cfg = flow_matching_loss, cfg.meanflow
     use_bf16 = cfg.bf16 if cfg.bf16 is not None else device.type == "cuda"
+
+    objective = functools.partial(objective, cfg=meanflow_cfg, generator=generator)
+    train_step = make_train_step(model, objective, optimizer, device.type, use_bf16, cfg.compile)
 
     started = last_log = time.perf_counter()
     steps_since_log = 0
@@ -102,10 +108,7 @@ def train_loop_per_worker(job: dict[str, Any]) -> None:
         batch = {k: torch.from_numpy(v).to(device) for k, v in next(data).items()}
         x = net.normalize(batch["latent_mean"] + batch["latent_std"] * randn_like(batch["latent_mean"], generator))
         cond, empty = conditions(net, batch)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
-            loss, metrics = objective(model, x, cond=cond, empty=empty, cfg=meanflow_cfg, generator=generator)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        metrics = train_step(x, cond, empty)
         grad_norm = torch.nn.utils.clip_grad_norm_(net.parameters(), cfg.grad_clip or math.inf)
         lr = scheduler.get_last_lr()[0]  # the rate this step used
         optimizer.step()
@@ -131,7 +134,19 @@ def train_loop_per_worker(job: dict[str, Any]) -> None:
         if step % cfg.checkpoint_every == 0 or step == cfg.steps:
             with tempfile.TemporaryDirectory() as folder:
                 elapsed = elapsed_before + time.perf_counter() - started
-                save(Path(folder), step, elapsed, net, ema, optimizer, scheduler, generator, rank, job)
+                save(
+                    Path(folder),
+                    step,
+                    elapsed,
+                    net,
+                    ema,
+                    optimizer,
+                    scheduler,
+                    generator,
+                    rank,
+                    job,
+                    fast_paths(train_step, tangent),
+                )
                 report = {"step": step, "loss": metrics["loss"], "grad_norm": float(grad_norm)}
                 ray.train.report(
                     report,
@@ -211,6 +226,42 @@ def mean_over_workers(values: dict[str, float], device: torch.device) -> dict[st
 # ------------------------------------------------------------------------- checkpoints
 
 
+def make_train_step(
+    model: Any, objective: Any, optimizer: Any, device_type: str, bf16: bool, compile_step: bool
+) -> Any:
+    """step(x, cond, empty) -> metrics: zero the gradients, the loss under autocast, backward.
+
+    With `compile_step` the model goes through torch.compile. A compiler that cannot build here
+    (no C compiler, an unsupported op) costs the speed-up, not the run: the failed step is redone
+    eagerly (with fresh noise) and so is every later one; `.failed` keeps the reason."""
+
+    def loss_and_backward(forward: Any, x: torch.Tensor, cond: dict, empty: dict) -> dict[str, float]:
+        optimizer.zero_grad(set_to_none=True)
+        with torch.autocast(device_type, dtype=torch.bfloat16, enabled=bf16):
+            loss, metrics = objective(forward, x, cond=cond, empty=empty)
+        loss.backward()
+        return metrics
+
+    eager = functools.partial(loss_and_backward, model)
+    if not compile_step:
+        return eager
+    return FallbackOnError(
+        functools.partial(loss_and_backward, torch.compile(model)),
+        eager,
+        warning="dub train: the compiled training step failed, training eagerly from now on",
+    )
+
+
+def fast_paths(train_step: Any, tangent: Any) -> dict[str, str]:
+    """What ran compiled (or graphed) and what fell back, with the reason: meta.json says it, so a
+    slow run can be told from one whose compiler failed."""
+    paths = {}
+    for name, path in (("step", train_step), ("jvp", tangent)):
+        if hasattr(path, "failed"):
+            paths[name] = "ok" if path.failed is None else f"fell back to eager: {path.failed}"
+    return paths
+
+
 def save(
     folder: Path,
     step: int,
@@ -222,8 +273,10 @@ def save(
     generator: torch.Generator,
     rank: int,
     job: dict[str, Any],
+    fast_paths: dict[str, str] | None = None,
 ) -> None:
-    """Rank 0 writes the weights and state; every rank its generator (Ray merges the folders)."""
+    """Rank 0 writes the weights and state; every rank its generator (Ray merges the folders).
+    `fast_paths`: compiled / graphed parts of the step and whether they held (meta.json)."""
     # each rank's weight fingerprint (per-parameter float64 sums): DDP must keep the replicas
     # identical, and a checkpoint that shows it can be checked after the fact
     fingerprint = torch.stack([p.detach().double().sum().cpu() for p in net.parameters()])
@@ -241,6 +294,7 @@ def save(
         "network": job["network"],
         "train": job["train"],
         "shards": job["shard_info"],
+        "fast_paths": fast_paths or {},
     }
     info = job["shard_info"]
     save_checkpoint(
