@@ -223,7 +223,7 @@ def mean_over_workers(values: dict[str, float], device: torch.device) -> dict[st
     return dict(zip(values, (tensor / dist.get_world_size()).tolist()))
 
 
-# ------------------------------------------------------------------------- checkpoints
+# ---------------------------------------------------------------------------- the step
 
 
 def make_train_step(
@@ -262,6 +262,9 @@ def fast_paths(train_step: Any, tangent: Any) -> dict[str, str]:
     return paths
 
 
+# ------------------------------------------------------------------------- checkpoints
+
+
 def save(
     folder: Path,
     step: int,
@@ -273,10 +276,10 @@ def save(
     generator: torch.Generator,
     rank: int,
     job: dict[str, Any],
-    fast_paths: dict[str, str] | None = None,
+    paths_held: dict[str, str] | None = None,
 ) -> None:
     """Rank 0 writes the weights and state; every rank its generator (Ray merges the folders).
-    `fast_paths`: compiled / graphed parts of the step and whether they held (meta.json)."""
+    `paths_held`: `fast_paths` of the step, written to meta.json."""
     # each rank's weight fingerprint (per-parameter float64 sums): DDP must keep the replicas
     # identical, and a checkpoint that shows it can be checked after the fact
     fingerprint = torch.stack([p.detach().double().sum().cpu() for p in net.parameters()])
@@ -294,7 +297,7 @@ def save(
         "network": job["network"],
         "train": job["train"],
         "shards": job["shard_info"],
-        "fast_paths": fast_paths or {},
+        "fast_paths": paths_held or {},
     }
     info = job["shard_info"]
     save_checkpoint(
