@@ -10,14 +10,13 @@ of one window's output over three noises ("seed-std"), and the MSE to the real l
 import glob
 import sys
 
-import numpy as np
 import torch
-from scipy.linalg import sqrtm
 
 from dub.model.flow.guidance import Guidance
 from dub.model.flow.sampling import guided_field, sample_euler, sample_meanflow
 from dub.model.weights.checkpoint import load_checkpoint
-from dub.workflows.train.data import iter_samples
+from dub.workflows.metrics.fad import frechet_distance
+from dub.workflows.train.data import collate, iter_samples
 from dub.workflows.train.loop import conditions
 
 torch.set_num_threads(2)
@@ -29,18 +28,12 @@ def load(path, limit):
         samples.append(sample)
         if len(samples) >= limit:
             break
-    keys = ("latent_mean", "clip_f", "sync_f", "text_f")
-    out = {k: torch.from_numpy(np.stack([s[k] for s in samples]).astype(np.float32)) for k in keys}
-    out["has_video"] = torch.ones(len(samples), dtype=torch.bool)
-    return out
+    return {k: torch.from_numpy(v) for k, v in collate(samples).items()}
 
 
 def fd(a, b):
-    a = a.reshape(-1, a.shape[-1]).double()
-    b = b.reshape(-1, b.shape[-1]).double()
-    ca, cb = torch.cov(a.T), torch.cov(b.T)
-    cross = sqrtm((ca @ cb).numpy()).real
-    return float((a.mean(0) - b.mean(0)).square().sum() + torch.trace(ca) + torch.trace(cb) - 2 * np.trace(cross))
+    """Frechet distance between the latent frames' Gaussians (frames as samples, 20-d)."""
+    return frechet_distance(a.reshape(-1, a.shape[-1]).double().numpy(), b.reshape(-1, b.shape[-1]).double().numpy())
 
 
 def texture(x):
