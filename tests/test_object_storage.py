@@ -167,12 +167,16 @@ def test_lease_keeps_one_writer_per_prefix_and_a_lost_lease_stops_publishing(s3_
             mirror.publish(tmp_path / "b.txt")
     assert keys(s3, bucket, "out/") == ["out/.dub.lock", "out/a.txt"]  # the other run's lease stays
 
-    # a lease left by a process of this host that has exited is taken over at once
-    dead = {"token": "dead", "renewed": time.time(), "host": os.uname().nodename, "pid": _exited_pid()}
-    location.put_bytes(json.dumps(dead).encode(), f"{prefix}/.dub.lock")
-    with remote_lease(prefix, "generate", settle_s=0.05):
-        pass
-    assert keys(s3, bucket, "out/") == ["out/a.txt"]
+    # a lease left by a process of this host that has exited is taken over at once, also while
+    # its parent has not reaped it yet (a zombie: signal 0 still reaches it)
+    for pid, unreaped in [(_exited_pid(), None), _zombie_pid()]:
+        dead = {"token": "dead", "renewed": time.time(), "host": os.uname().nodename, "pid": pid}
+        location.put_bytes(json.dumps(dead).encode(), f"{prefix}/.dub.lock")
+        with remote_lease(prefix, "generate", settle_s=0.05):
+            pass
+        if unreaped is not None:
+            unreaped.wait()
+        assert keys(s3, bucket, "out/") == ["out/a.txt"]
 
 
 def _exited_pid() -> int:
@@ -182,6 +186,19 @@ def _exited_pid() -> int:
     proc = subprocess.Popen([sys.executable, "-c", "pass"])
     proc.wait()
     return proc.pid
+
+
+def _zombie_pid():
+    """(pid, Popen) of a child that has exited and is not reaped yet: /proc says Z."""
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    deadline = time.monotonic() + 30
+    while Path(f"/proc/{proc.pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z":
+        assert time.monotonic() < deadline, "the child did not exit"
+        time.sleep(0.01)
+    return proc.pid, proc
 
 
 def test_extract_to_a_bucket_then_train_from_it(s3_server, tmp_path, monkeypatch):  # noqa: F811

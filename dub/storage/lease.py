@@ -9,7 +9,7 @@ winner's and stops before publishing anything. A background thread renews the le
 `renew_s` and checks the token each time; a run that finds another token (it stalled past
 `stale_s` and was taken over) stops publishing at its next file (`check`). A killed run's
 lease is taken over after `stale_s`, or at once by a run on the same host, which can see that
-the holder's process is gone.
+the holder's process is gone (or a zombie its parent has not reaped yet).
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 from dub.storage import location
 from dub.storage.lock import LOCK_FILE, OutputInUse
@@ -74,12 +75,24 @@ def _live(holder: dict | None, stale_s: float) -> bool:
         return False
     if holder.get("host") == socket.gethostname():
         try:
-            os.kill(int(holder.get("pid", 0)), 0)
+            pid = int(holder.get("pid", 0))
+            os.kill(pid, 0)
         except ProcessLookupError:
             return False
         except (OSError, ValueError):
-            pass  # another user's process (EPERM): alive
+            return True  # another user's process (EPERM): alive
+        return not _zombie(pid)
     return True
+
+
+def _zombie(pid: int) -> bool:
+    """Whether `pid` has exited but its parent has not reaped it yet: signal 0 still reaches it,
+    yet it writes nothing more (Linux /proc; elsewhere such a holder counts as alive)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat[stat.rindex(")") + 2 :].startswith("Z")
 
 
 def _who(holder: dict | None) -> str:
