@@ -12,7 +12,11 @@
 # report page of the 1-step model on the test split in WORK_DIR/report-meanflow-1/index.html, and
 # three of its clips next to their recordings in WORK_DIR/report-meanflow-1-vs-recording/index.html.
 # FOLEY_SEED / FOLEY_TEST change the dataset (a split made with another seed checks that nothing
-# was tuned to seed 0's); TRAIN_STEPS the budget of both trainings.
+# was tuned to seed 0's); TRAIN_STEPS the budget of both trainings; TRAIN_PRESET another network
+# preset for both (e.g. demo_narrow); TRAIN_COMPILE=1 trains with --compile. The bundled weights
+# come from the defaults (the bundle's network, 1600 eager steps):
+#   TRAIN_PRESET=demo_narrow TRAIN_STEPS=2400 TRAIN_COMPILE=1 scripts/foley_benchmark.sh WORK
+# is the narrow network's run in docs/benchmarks.md.
 set -euo pipefail
 W=$(realpath -m "${1:-runs/foley-benchmark}")
 SEED=${FOLEY_SEED:-0}
@@ -27,6 +31,8 @@ printf 'warmup_steps = 100\nema_decay = 0.995\nlog_every = 50\n[meanflow]\ntime_
 TRAIN_FLAGS=(--workers 1 --steps "$STEPS" --batch-size 32 --lr 1e-3 --config "$W/train.toml"
              --checkpoint-every $((STEPS / 4)) --bf16
              --val-manifest "$W/val.parquet" --sample-every $((STEPS / 4)))
+[ -z "${TRAIN_PRESET:-}" ] || TRAIN_FLAGS+=(--preset "$TRAIN_PRESET")
+[ "${TRAIN_COMPILE:-0}" != 1 ] || TRAIN_FLAGS+=(--compile)
 started=$(date +%s)
 stamp() { echo "[$(($(date +%s) - started)) s] $*"; }
 

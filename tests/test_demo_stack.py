@@ -374,6 +374,7 @@ def test_mmaudio_bundle_lists_every_missing_file(tmp_path):
 
 
 def test_demo_encoders_and_codec_fit_the_demo_network():
+    from dub.model.network.config import get_preset
     from dub.model.runtime.bundles import BUNDLES, build_codec, build_encoders, check_compatible, network_config
 
     bundle = BUNDLES["demo"]
@@ -381,6 +382,7 @@ def test_demo_encoders_and_codec_fit_the_demo_network():
     encoders, codec = build_encoders(bundle, {}, "cpu"), build_codec(bundle, {}, "cpu")
     assert isinstance(encoders, DemoEncoders) and isinstance(codec, DemoCodec)
     check_compatible(config, encoders, codec)
+    check_compatible(get_preset("demo_narrow"), encoders, codec)  # `dub train --preset demo_narrow`
     assert codec.sample_rate == bundle.sample_rate == config.sample_rate == 16_000
     assert round(bundle.window_s * codec.latents_per_second) == config.latent_seq_len
     assert bundle.window_s * 8 == config.clip_seq_len

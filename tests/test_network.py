@@ -387,6 +387,29 @@ def test_all_fused_network_as_mmaudio_builds_it(tmp_path):
         dataclasses.replace(TINY_2S, fused_depth=3)
 
 
+def test_narrow_mlp_rounding_builds_narrow_mlps_and_is_inferred_back(tmp_path):
+    """MMAudio rounds every gated MLP up to a multiple of 256, which for a 32-wide network is
+    eight times its width; `mlp_multiple_of` 128 gives the nominal 2/3 x 4 x 32 = 85 -> 128. A
+    file of such a network (or a plain state dict without dub's metadata) must load back as the
+    same network: the rounding is read off the tensor shapes, as the largest that gives them
+    (64 would give the same widths here)."""
+    config = dataclasses.replace(TINY_2S, hidden_dim=32, depth=1, fused_depth=0, mlp_multiple_of=128)
+    model = random_tiny_network(config, seed=71)
+    widths = {name: p.shape[0] for name, p in model.state_dict().items() if name.endswith(".w1.weight")}
+    assert set(widths.values()) == {128}, widths
+    assert NETWORK_PRESETS["small_16k"].mlp_multiple_of == 256
+    assert dataclasses.replace(config, mlp_multiple_of=256) != config
+    assert MFMJT(dataclasses.replace(config, mlp_multiple_of=256)).global_cond_mlp.w1.out_features == 256
+    path = save_checkpoint(model, tmp_path / "narrow.safetensors")
+    assert infer_network_config(load_state_dict_file(path), duration_s=2.0) == config
+    same_widths = dataclasses.replace(config, mlp_multiple_of=64)
+    assert MFMJT(same_widths).state_dict().keys() == model.state_dict().keys()
+    assert all(p.shape == model.state_dict()[k].shape for k, p in MFMJT(same_widths).state_dict().items())
+    assert load_network(path).config == config
+    with pytest.raises(ValueError, match="mlp_multiple_of must be >= 1"):
+        dataclasses.replace(config, mlp_multiple_of=0)
+
+
 def test_ten_second_tiny_network_runs():
     config = NETWORK_PRESETS["tiny"].with_duration(10.0)
     assert (config.latent_seq_len, config.clip_seq_len, config.sync_seq_len) == (313, 80, 240)

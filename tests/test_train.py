@@ -305,6 +305,23 @@ def test_config_rejects_bad_values():
     assert TrainConfig.from_dict(json.loads(json.dumps(cfg.as_dict()))) == cfg
 
 
+def test_narrow_demo_preset_on_demo_stack_shards(tmp_path):
+    """`--preset demo_narrow` on shards of the demo stack: the narrow network (one joint block, 32
+    wide, gated MLPs 128 wide rather than MMAudio's multiple of 256) with the shards' lengths, and
+    `mlp_multiple_of` is an architecture knob of the config file like the other sizes."""
+    demo_shapes = {"latent_mean": (63, 20), "latent_std": (63, 20), "clip_f": (16, 64), "sync_f": (40, 64)}
+    write_synthetic_shards(tmp_path / "shards", samples=2, shard_size=2, shapes={**demo_shapes, "text_f": (8, 64)})
+    shards = check_shards(str(tmp_path / "shards"))
+    cfg = TrainConfig(shards=str(tmp_path / "shards"), preset="demo_narrow")
+    network = resolve_network(cfg, shards)
+    assert (network.hidden_dim, network.depth, network.fused_depth, network.mlp_multiple_of) == (32, 1, 0, 128)
+    assert (network.latent_seq_len, network.clip_seq_len, network.sync_seq_len) == (63, 16, 40)
+    widths = {p.shape[0] for k, p in MFMJT(network).state_dict().items() if k.endswith(".w1.weight")}
+    assert widths == {128}
+    wider = dataclasses.replace(cfg, architecture={"mlp_multiple_of": 256})
+    assert resolve_network(wider, shards).mlp_multiple_of == 256
+
+
 def test_init_from_mmaudio_weights_fine_tunes_that_network(fixtures_root, tmp_path):
     """--init with MMAudio-format weights (the conformance fixture's, which has no interval
     embedding): the worker's network holds exactly those weights, with a zero-output interval

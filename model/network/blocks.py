@@ -58,7 +58,14 @@ class SingleBlock(nn.Module):
     convolutions over the sequence. A pre-only block only produces q/k/v (2-chunk modulation)."""
 
     def __init__(
-        self, dim: int, num_heads: int, mlp_ratio: float = 4.0, *, pre_only: bool = False, kernel_size: int = 3
+        self,
+        dim: int,
+        num_heads: int,
+        mlp_ratio: float = 4.0,
+        *,
+        pre_only: bool = False,
+        kernel_size: int = 3,
+        mlp_multiple_of: int = 256,
     ) -> None:
         super().__init__()
         self.pre_only = pre_only
@@ -69,10 +76,10 @@ class SingleBlock(nn.Module):
             return
         if kernel_size == 1:
             self.linear1: nn.Module = nn.Linear(dim, dim)
-            self.ffn: nn.Module = MLP(dim, int(dim * mlp_ratio))
+            self.ffn: nn.Module = MLP(dim, int(dim * mlp_ratio), mlp_multiple_of)
         else:
             self.linear1 = ChannelLastConv1d(dim, dim, kernel_size, padding=kernel_size // 2)
-            self.ffn = ConvMLP(dim, int(dim * mlp_ratio), kernel_size=kernel_size)
+            self.ffn = ConvMLP(dim, int(dim * mlp_ratio), kernel_size, mlp_multiple_of)
         self.norm2 = nn.LayerNorm(dim, elementwise_affine=False)
         self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(dim, 6 * dim, bias=True))
 
@@ -105,12 +112,15 @@ class JointBlock(nn.Module):
     In the last joint block (pre_only) clip and text only give keys/values.
     """
 
-    def __init__(self, dim: int, num_heads: int, mlp_ratio: float = 4.0, *, pre_only: bool = False) -> None:
+    def __init__(
+        self, dim: int, num_heads: int, mlp_ratio: float = 4.0, *, pre_only: bool = False, mlp_multiple_of: int = 256
+    ) -> None:
         super().__init__()
         self.pre_only = pre_only
-        self.latent_block = SingleBlock(dim, num_heads, mlp_ratio, pre_only=False, kernel_size=3)
-        self.clip_block = SingleBlock(dim, num_heads, mlp_ratio, pre_only=pre_only, kernel_size=3)
-        self.text_block = SingleBlock(dim, num_heads, mlp_ratio, pre_only=pre_only, kernel_size=1)
+        widths = {"mlp_multiple_of": mlp_multiple_of}
+        self.latent_block = SingleBlock(dim, num_heads, mlp_ratio, pre_only=False, kernel_size=3, **widths)
+        self.clip_block = SingleBlock(dim, num_heads, mlp_ratio, pre_only=pre_only, kernel_size=3, **widths)
+        self.text_block = SingleBlock(dim, num_heads, mlp_ratio, pre_only=pre_only, kernel_size=1, **widths)
 
     def forward(
         self,

@@ -88,6 +88,10 @@ class NetworkConfig:
     fused_depth: int
     num_heads: int
     mlp_ratio: float = 4.0
+    # gated MLP widths are rounded up to a multiple of this (MMAudio: 256). A network much
+    # narrower than MMAudio's (the demo_narrow preset) takes a smaller one, or its MLPs would be
+    # several times its width and dominate a training step
+    mlp_multiple_of: int = 256
     latent_seq_len: int = 250
     clip_seq_len: int = 64
     sync_seq_len: int = 192
@@ -106,6 +110,8 @@ class NetworkConfig:
         # [0, depth] its block counts would no longer add up to `depth`.
         if not 0 <= self.fused_depth <= self.depth:
             problems.append(f"fused_depth {self.fused_depth} must be in [0, depth={self.depth}]")
+        if self.mlp_multiple_of < 1:
+            problems.append(f"mlp_multiple_of must be >= 1, got {self.mlp_multiple_of}")
         if self.sync_seq_len % SYNC_TOKENS_PER_SEGMENT:
             problems.append(f"sync_seq_len {self.sync_seq_len} must be a multiple of {SYNC_TOKENS_PER_SEGMENT}")
         for name in ("latent_seq_len", "clip_seq_len", "sync_seq_len", "text_seq_len"):
@@ -193,6 +199,26 @@ NETWORK_PRESETS: dict[str, NetworkConfig] = {
         clip_seq_len=64,
         sync_seq_len=192,
         text_seq_len=77,
+    ),
+    # A narrower network for the demo stack (its encoders' widths, 8 prompt tokens): one joint
+    # block, 32 wide, gated MLPs 4x its width. A training step of the bundled model's network on
+    # two CPU cores is bound by passes over activations (tokens x width); this one trains about
+    # 1.9x as fast and learns foley-synth's sync, at a lower one-step sound-class accuracy
+    # (docs/benchmarks.md, "`dub train` samples/s"). `dub train --preset demo_narrow`.
+    "demo_narrow": NetworkConfig(
+        latent_dim=20,
+        clip_dim=64,
+        sync_dim=64,
+        text_dim=64,
+        hidden_dim=32,
+        depth=1,
+        fused_depth=0,
+        num_heads=2,
+        mlp_multiple_of=128,
+        latent_seq_len=250,
+        clip_seq_len=64,
+        sync_seq_len=192,
+        text_seq_len=8,
     ),
 }
 

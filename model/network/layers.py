@@ -64,7 +64,8 @@ def _columns(x: torch.Tensor, k: int) -> torch.Tensor:
 
 
 def gated_hidden_dim(hidden_dim: int, multiple_of: int = 256) -> int:
-    """SwiGLU width as in sd3-ref / MMAudio: 2/3 of the nominal width, rounded up to 256."""
+    """SwiGLU width as in sd3-ref / MMAudio: 2/3 of the nominal width, rounded up to a multiple of
+    `multiple_of` (MMAudio: 256; a much narrower network would have MLPs several times its width)."""
     h = int(2 * hidden_dim / 3)
     return multiple_of * ((h + multiple_of - 1) // multiple_of)
 
@@ -72,9 +73,9 @@ def gated_hidden_dim(hidden_dim: int, multiple_of: int = 256) -> int:
 class MLP(nn.Module):
     """Gated MLP without biases: w2(silu(w1 x) * w3 x)."""
 
-    def __init__(self, dim: int, hidden_dim: int) -> None:
+    def __init__(self, dim: int, hidden_dim: int, multiple_of: int = 256) -> None:
         super().__init__()
-        h = gated_hidden_dim(hidden_dim)
+        h = gated_hidden_dim(hidden_dim, multiple_of)
         self.w1 = nn.Linear(dim, h, bias=False)
         self.w2 = nn.Linear(h, dim, bias=False)
         self.w3 = nn.Linear(dim, h, bias=False)
@@ -86,9 +87,9 @@ class MLP(nn.Module):
 class ConvMLP(nn.Module):
     """Gated MLP whose three projections are bias-free convolutions over the sequence."""
 
-    def __init__(self, dim: int, hidden_dim: int, kernel_size: int = 3) -> None:
+    def __init__(self, dim: int, hidden_dim: int, kernel_size: int = 3, multiple_of: int = 256) -> None:
         super().__init__()
-        h = gated_hidden_dim(hidden_dim)
+        h = gated_hidden_dim(hidden_dim, multiple_of)
         pad = kernel_size // 2
         self.w1 = ChannelLastConv1d(dim, h, kernel_size, padding=pad, bias=False)
         self.w2 = ChannelLastConv1d(h, dim, kernel_size, padding=pad, bias=False)

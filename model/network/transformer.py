@@ -63,18 +63,18 @@ class Conditions:
 def _input_projections(cfg: NetworkConfig) -> dict[str, nn.Sequential]:
     """MMAudio's input projections; v2 swaps SELU for SiLU and adds a SiLU after clip/text Lin
     (which shifts the module indices in the state-dict keys)."""
-    d = cfg.hidden_dim
+    d, m = cfg.hidden_dim, cfg.mlp_multiple_of
     act = nn.SiLU if cfg.v2 else nn.SELU
     extra = [nn.SiLU()] if cfg.v2 else []
     return {
         "audio_input_proj": nn.Sequential(
-            ChannelLastConv1d(cfg.latent_dim, d, kernel_size=7, padding=3), act(), ConvMLP(d, d * 4, kernel_size=7)
+            ChannelLastConv1d(cfg.latent_dim, d, kernel_size=7, padding=3), act(), ConvMLP(d, d * 4, 7, m)
         ),
-        "clip_input_proj": nn.Sequential(nn.Linear(cfg.clip_dim, d), *extra, ConvMLP(d, d * 4, kernel_size=3)),
+        "clip_input_proj": nn.Sequential(nn.Linear(cfg.clip_dim, d), *extra, ConvMLP(d, d * 4, 3, m)),
         "sync_input_proj": nn.Sequential(
-            ChannelLastConv1d(cfg.sync_dim, d, kernel_size=7, padding=3), act(), ConvMLP(d, d * 4, kernel_size=3)
+            ChannelLastConv1d(cfg.sync_dim, d, kernel_size=7, padding=3), act(), ConvMLP(d, d * 4, 3, m)
         ),
-        "text_input_proj": nn.Sequential(nn.Linear(cfg.text_dim, d), *extra, MLP(d, d * 4)),
+        "text_input_proj": nn.Sequential(nn.Linear(cfg.text_dim, d), *extra, MLP(d, d * 4, m)),
     }
 
 
@@ -89,23 +89,27 @@ class MFMJT(nn.Module):
             self.add_module(name, module)
         self.clip_cond_proj = nn.Linear(d, d)
         self.text_cond_proj = nn.Linear(d, d)
-        self.global_cond_mlp = MLP(d, d * 4)
+        self.global_cond_mlp = MLP(d, d * 4, cfg.mlp_multiple_of)
         # each Synchformer segment yields 8 feature frames; one learned embedding per frame slot
         self.sync_pos_emb = nn.Parameter(torch.zeros(1, 1, SYNC_TOKENS_PER_SEGMENT, cfg.sync_dim))
         self.final_layer = FinalBlock(d, cfg.latent_dim)
 
         n_freq, max_period = (d, 1.0) if cfg.v2 else (256, 10000.0)
+        widths = cfg.mlp_multiple_of
         self.t_embed = TimestepEmbedder(d, n_freq, max_period)
         self.interval_embed = TimestepEmbedder(d, n_freq, max_period) if cfg.mean_flow else None
 
         self.joint_blocks = nn.ModuleList(
             [
-                JointBlock(d, cfg.num_heads, cfg.mlp_ratio, pre_only=(i == cfg.joint_depth - 1))
+                JointBlock(d, cfg.num_heads, cfg.mlp_ratio, pre_only=(i == cfg.joint_depth - 1), mlp_multiple_of=widths)
                 for i in range(cfg.joint_depth)
             ]
         )
         self.fused_blocks = nn.ModuleList(
-            [SingleBlock(d, cfg.num_heads, cfg.mlp_ratio, kernel_size=3) for _ in range(cfg.fused_depth)]
+            [
+                SingleBlock(d, cfg.num_heads, cfg.mlp_ratio, kernel_size=3, mlp_multiple_of=widths)
+                for _ in range(cfg.fused_depth)
+            ]
         )
 
         # Frozen data: identity normalisation until a checkpoint provides the statistics, and

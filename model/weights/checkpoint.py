@@ -101,9 +101,10 @@ def infer_network_config(
         if hidden % head_dim:
             raise ValueError(f"hidden dim {hidden} is not a multiple of the q_norm width {head_dim}")
         num_heads = hidden // head_dim
+    multiple_of = _mlp_multiple_of(sd, hidden)
     ffn_key = f"{first_block}.ffn.w1.weight"
     ffn_width = _shape(sd, ffn_key)[0]
-    if gated_hidden_dim(int(hidden * mlp_ratio)) != ffn_width:
+    if gated_hidden_dim(int(hidden * mlp_ratio), multiple_of) != ffn_width:
         raise ValueError(
             f"{ffn_key} has {ffn_width} channels, which mlp_ratio={mlp_ratio} does not give for "
             f"hidden dim {hidden}; pass the mlp_ratio the network was built with"
@@ -119,11 +120,23 @@ def infer_network_config(
         fused_depth=fused,
         num_heads=num_heads,
         mlp_ratio=mlp_ratio,
+        mlp_multiple_of=multiple_of,
         text_seq_len=text_seq_len,
         v2="clip_input_proj.2.w1.weight" in sd,
         mean_flow=mean_flow,
     )
     return config.with_duration(duration_s, sample_rate or sample_rate_for_latent_dim(latent_dim))
+
+
+def _mlp_multiple_of(sd: Mapping[str, torch.Tensor], hidden: int) -> int:
+    """The rounding of gated MLP widths, read off the global condition MLP (nominal width 4 x
+    hidden whatever mlp_ratio is): the largest power of two up to MMAudio's 256 that gives it."""
+    key = "global_cond_mlp.w1.weight"
+    width = _shape(sd, key)[0]
+    for multiple_of in (256, 128, 64, 32, 16, 8, 4, 2, 1):
+        if gated_hidden_dim(4 * hidden, multiple_of) == width:
+            return multiple_of
+    raise ValueError(f"{key} has {width} channels, which no MLP rounding gives for hidden dim {hidden}")
 
 
 # ------------------------------------------------------------------------------ loading

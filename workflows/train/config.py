@@ -14,7 +14,7 @@ from dub.model.flow.meanflow import MeanFlowConfig
 OBJECTIVES = ("meanflow", "flow-matching")
 # NetworkConfig fields a user may set for a from-scratch network; the data fixes the rest
 # (feature widths and sequence lengths come from the shards).
-ARCHITECTURE_FIELDS = ("hidden_dim", "depth", "fused_depth", "num_heads", "mlp_ratio", "v2")
+ARCHITECTURE_FIELDS = ("hidden_dim", "depth", "fused_depth", "num_heads", "mlp_ratio", "mlp_multiple_of", "v2")
 DEFAULT_PRESET = "small_16k"
 
 
