@@ -202,8 +202,8 @@ NETWORK_PRESETS: dict[str, NetworkConfig] = {
     ),
     # A narrower network for the demo stack (its encoders' widths, 8 prompt tokens): one joint
     # block, 32 wide, gated MLPs 4x its width. A training step of the bundled model's network on
-    # two CPU cores is bound by passes over activations (tokens x width); this one trains about
-    # 1.9x as fast and learns foley-synth's sync, at a lower one-step sound-class accuracy
+    # two CPU cores is bound by passes over activations (tokens x width); this one trains much
+    # faster and learns foley-synth's sync, at a lower one-step sound-class accuracy
     # (docs/benchmarks.md, "`dub train` samples/s"). `dub train --preset demo_narrow`.
     "demo_narrow": NetworkConfig(
         latent_dim=20,
