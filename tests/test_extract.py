@@ -25,7 +25,7 @@ from dub.workflows.media.synth import synth_audio
 from tests.train_helpers import assert_evaluated_every_step
 
 WINDOW_S = 2.0
-# demo bundle sizes (model/runtime/bundles.py DEMO_NETWORK_OVERRIDES) for a 2 s window
+# demo bundle sizes (DEMO_STACK_WIDTHS, model/network/config.py) for a 2 s window
 SHAPES = {"latent_mean": (63, 20), "latent_std": (63, 20), "clip_f": (16, 64), "sync_f": (40, 64), "text_f": (8, 64)}
 
 

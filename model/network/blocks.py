@@ -117,10 +117,10 @@ class JointBlock(nn.Module):
     ) -> None:
         super().__init__()
         self.pre_only = pre_only
-        widths = {"mlp_multiple_of": mlp_multiple_of}
-        self.latent_block = SingleBlock(dim, num_heads, mlp_ratio, pre_only=False, kernel_size=3, **widths)
-        self.clip_block = SingleBlock(dim, num_heads, mlp_ratio, pre_only=pre_only, kernel_size=3, **widths)
-        self.text_block = SingleBlock(dim, num_heads, mlp_ratio, pre_only=pre_only, kernel_size=1, **widths)
+        m = mlp_multiple_of
+        self.latent_block = SingleBlock(dim, num_heads, mlp_ratio, pre_only=False, kernel_size=3, mlp_multiple_of=m)
+        self.clip_block = SingleBlock(dim, num_heads, mlp_ratio, pre_only=pre_only, kernel_size=3, mlp_multiple_of=m)
+        self.text_block = SingleBlock(dim, num_heads, mlp_ratio, pre_only=pre_only, kernel_size=1, mlp_multiple_of=m)
 
     def forward(
         self,

@@ -200,27 +200,25 @@ NETWORK_PRESETS: dict[str, NetworkConfig] = {
         sync_seq_len=192,
         text_seq_len=77,
     ),
-    # A narrower network for the demo stack (its encoders' widths, 8 prompt tokens): one joint
-    # block, 32 wide, gated MLPs 4x its width. A training step of the bundled model's network on
-    # two CPU cores is bound by passes over activations (tokens x width); this one trains much
-    # faster and learns foley-synth's sync, at a lower one-step sound-class accuracy
-    # (docs/benchmarks.md, "`dub train` samples/s"). `dub train --preset demo_narrow`.
-    "demo_narrow": NetworkConfig(
-        latent_dim=20,
-        clip_dim=64,
-        sync_dim=64,
-        text_dim=64,
-        hidden_dim=32,
-        depth=1,
-        fused_depth=0,
-        num_heads=2,
-        mlp_multiple_of=128,
-        latent_seq_len=250,
-        clip_seq_len=64,
-        sync_seq_len=192,
-        text_seq_len=8,
-    ),
 }
+
+# The demo stack's feature widths (model/demo's encoders and codec) and prompt length: the demo
+# bundle's overrides of the "tiny" preset, and the narrow preset below.
+DEMO_STACK_WIDTHS = {"latent_dim": 20, "clip_dim": 64, "sync_dim": 64, "text_dim": 64, "text_seq_len": 8}
+# A narrower network for the demo stack: one joint block, 32 wide, gated MLPs 4x its width. A
+# training step of the bundled model's network on two CPU cores is bound by passes over
+# activations (tokens x width); this one trains much faster and learns foley-synth's sync, at a
+# lower one-step sound-class accuracy (docs/benchmarks.md, "`dub train` samples/s").
+# `dub train --preset demo_narrow`.
+NETWORK_PRESETS["demo_narrow"] = dataclasses.replace(
+    NETWORK_PRESETS["tiny"],
+    **DEMO_STACK_WIDTHS,
+    hidden_dim=32,
+    depth=1,
+    fused_depth=0,
+    num_heads=2,
+    mlp_multiple_of=128,
+)
 
 
 def get_preset(name: str) -> NetworkConfig:

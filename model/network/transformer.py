@@ -63,7 +63,7 @@ class Conditions:
 def _input_projections(cfg: NetworkConfig) -> dict[str, nn.Sequential]:
     """MMAudio's input projections; v2 swaps SELU for SiLU and adds a SiLU after clip/text Lin
     (which shifts the module indices in the state-dict keys)."""
-    d, m = cfg.hidden_dim, cfg.mlp_multiple_of
+    d, m = cfg.hidden_dim, cfg.mlp_multiple_of  # m: the gated MLPs' width rounding
     act = nn.SiLU if cfg.v2 else nn.SELU
     extra = [nn.SiLU()] if cfg.v2 else []
     return {
@@ -95,19 +95,24 @@ class MFMJT(nn.Module):
         self.final_layer = FinalBlock(d, cfg.latent_dim)
 
         n_freq, max_period = (d, 1.0) if cfg.v2 else (256, 10000.0)
-        widths = cfg.mlp_multiple_of
         self.t_embed = TimestepEmbedder(d, n_freq, max_period)
         self.interval_embed = TimestepEmbedder(d, n_freq, max_period) if cfg.mean_flow else None
 
         self.joint_blocks = nn.ModuleList(
             [
-                JointBlock(d, cfg.num_heads, cfg.mlp_ratio, pre_only=(i == cfg.joint_depth - 1), mlp_multiple_of=widths)
+                JointBlock(
+                    d,
+                    cfg.num_heads,
+                    cfg.mlp_ratio,
+                    pre_only=(i == cfg.joint_depth - 1),
+                    mlp_multiple_of=cfg.mlp_multiple_of,
+                )
                 for i in range(cfg.joint_depth)
             ]
         )
         self.fused_blocks = nn.ModuleList(
             [
-                SingleBlock(d, cfg.num_heads, cfg.mlp_ratio, kernel_size=3, mlp_multiple_of=widths)
+                SingleBlock(d, cfg.num_heads, cfg.mlp_ratio, kernel_size=3, mlp_multiple_of=cfg.mlp_multiple_of)
                 for _ in range(cfg.fused_depth)
             ]
         )

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, NamedTuple
 
+from dub.model.network.config import DEMO_STACK_WIDTHS
 from dub.model.weights.registry import MissingWeightsError, WeightsRegistry, file_digests
 
 ASSETS_DIR = Path(__file__).resolve().parents[1] / "assets"
@@ -120,8 +121,6 @@ MF_MJT_SAMPLER = SamplerDefaults("meanflow", steps=1, cfg=4.5, rescale="std", ph
 # grain, and full std matching (phi 1) with a milder weight keeps the sync at a fraction of
 # the grain (log-mel FAD about 3.7x lower than 4.5 / 0.7)
 DEMO_SAMPLER = SamplerDefaults("meanflow", steps=1, cfg=2.0, rescale="std", phi=1.0)
-# The demo stack's sizes (model/demo defaults) on the "tiny" network preset.
-DEMO_NETWORK_OVERRIDES = {"latent_dim": 20, "clip_dim": 64, "sync_dim": 64, "text_dim": 64, "text_seq_len": 8}
 
 
 def _mmaudio_bundle(preset: str, rate: Literal["16k", "44k"], description: str) -> ModelBundle:
@@ -149,7 +148,7 @@ BUNDLES: dict[str, ModelBundle] = {
             "demo",
             {},
             DEMO_SAMPLER,
-            network_overrides=DEMO_NETWORK_OVERRIDES,
+            network_overrides=DEMO_STACK_WIDTHS,  # the demo stack's sizes on the "tiny" preset
             network_asset="default/mf_mjt_demo.safetensors",
         ),
         _mmaudio_bundle("small_16k", "16k", "MMAudio small, 16 kHz (multi-step baseline)"),
