@@ -13,15 +13,15 @@
 # three of its clips next to their recordings in WORK_DIR/report-meanflow-1-vs-recording/index.html.
 # FOLEY_SEED / FOLEY_TEST change the dataset (a split made with another seed checks that nothing
 # was tuned to seed 0's); TRAIN_STEPS the budget of both trainings; TRAIN_PRESET another network
-# preset for both (e.g. demo_narrow); TRAIN_COMPILE=1 trains with --compile. The bundled weights
-# come from the defaults (the bundle's network, 1600 eager steps):
-#   TRAIN_PRESET=demo_narrow TRAIN_STEPS=2400 TRAIN_COMPILE=1 scripts/foley_benchmark.sh WORK
-# is the narrow network's run in docs/benchmarks.md.
+# preset for both; TRAIN_COMPILE=0 trains without --compile. The bundled weights come from the
+# defaults (the bundle's network, demo_narrow, 4000 compiled steps);
+#   TRAIN_PRESET=tiny TRAIN_STEPS=1600 TRAIN_COMPILE=0 scripts/foley_benchmark.sh WORK
+# makes the wider network bundled before it (docs/benchmarks.md).
 set -euo pipefail
 W=$(realpath -m "${1:-runs/foley-benchmark}")
 SEED=${FOLEY_SEED:-0}
 N_TEST=${FOLEY_TEST:-200}
-STEPS=${TRAIN_STEPS:-1600}
+STEPS=${TRAIN_STEPS:-4000}
 mkdir -p "$W"
 # Knobs without a flag of their own go through a --config file. time_mu: the logit-normal time
 # sampler centred near the noise end (MeanFlow's convention, 1 = noise). One step starts from pure
@@ -32,7 +32,7 @@ TRAIN_FLAGS=(--workers 1 --steps "$STEPS" --batch-size 32 --lr 1e-3 --config "$W
              --checkpoint-every $((STEPS / 4)) --bf16
              --val-manifest "$W/val.parquet" --sample-every $((STEPS / 4)))
 [ -z "${TRAIN_PRESET:-}" ] || TRAIN_FLAGS+=(--preset "$TRAIN_PRESET")
-[ "${TRAIN_COMPILE:-0}" != 1 ] || TRAIN_FLAGS+=(--compile)
+[ "${TRAIN_COMPILE:-1}" != 1 ] || TRAIN_FLAGS+=(--compile)
 started=$(date +%s)
 stamp() { echo "[$(($(date +%s) - started)) s] $*"; }
 

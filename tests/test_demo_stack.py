@@ -374,7 +374,7 @@ def test_mmaudio_bundle_lists_every_missing_file(tmp_path):
 
 
 def test_demo_encoders_and_codec_fit_the_demo_network():
-    from dub.model.network.config import get_preset
+    from dub.model.network.config import DEMO_STACK_WIDTHS, get_preset
     from dub.model.runtime.bundles import BUNDLES, build_codec, build_encoders, check_compatible, network_config
 
     bundle = BUNDLES["demo"]
@@ -382,7 +382,9 @@ def test_demo_encoders_and_codec_fit_the_demo_network():
     encoders, codec = build_encoders(bundle, {}, "cpu"), build_codec(bundle, {}, "cpu")
     assert isinstance(encoders, DemoEncoders) and isinstance(codec, DemoCodec)
     check_compatible(config, encoders, codec)
-    check_compatible(get_preset("demo_narrow"), encoders, codec)  # `dub train --preset demo_narrow`
+    assert config == get_preset("demo_narrow")  # what `dub train` makes on demo-stack shards
+    # `dub train --preset tiny`: the wider network bundled before, its widths from the shards
+    check_compatible(dataclasses.replace(get_preset("tiny"), **DEMO_STACK_WIDTHS), encoders, codec)
     assert codec.sample_rate == bundle.sample_rate == config.sample_rate == 16_000
     assert round(bundle.window_s * codec.latents_per_second) == config.latent_seq_len
     assert bundle.window_s * 8 == config.clip_seq_len

@@ -305,19 +305,26 @@ def test_config_rejects_bad_values():
     assert TrainConfig.from_dict(json.loads(json.dumps(cfg.as_dict()))) == cfg
 
 
-def test_narrow_demo_preset_on_demo_stack_shards(tmp_path):
-    """`--preset demo_narrow` on shards of the demo stack: the narrow network (one joint block, 32
-    wide, gated MLPs 128 wide rather than MMAudio's multiple of 256) with the shards' lengths, and
+def test_demo_stack_shards_train_the_bundled_narrow_network_by_default(tmp_path):
+    """On shards of the demo stack with no --preset: the demo bundle's network (demo_narrow: one
+    joint block, 32 wide, gated MLPs 128 wide rather than MMAudio's multiple of 256) with the
+    shards' lengths; `--preset tiny` still trains the wider network bundled before it, and
     `mlp_multiple_of` is an architecture knob of the config file like the other sizes."""
     demo_shapes = {"latent_mean": (63, 20), "latent_std": (63, 20), "clip_f": (16, 64), "sync_f": (40, 64)}
-    write_synthetic_shards(tmp_path / "shards", samples=2, shard_size=2, shapes={**demo_shapes, "text_f": (8, 64)})
+    write_synthetic_shards(
+        tmp_path / "shards", samples=2, shard_size=2, shapes={**demo_shapes, "text_f": (8, 64)}, bundle="demo"
+    )
     shards = check_shards(str(tmp_path / "shards"))
-    cfg = TrainConfig(shards=str(tmp_path / "shards"), preset="demo_narrow")
+    cfg = TrainConfig(shards=str(tmp_path / "shards"))
     network = resolve_network(cfg, shards)
+    assert network == resolve_network(dataclasses.replace(cfg, preset="demo_narrow"), shards)
     assert (network.hidden_dim, network.depth, network.fused_depth, network.mlp_multiple_of) == (32, 1, 0, 128)
     assert (network.latent_seq_len, network.clip_seq_len, network.sync_seq_len) == (63, 16, 40)
     widths = {p.shape[0] for k, p in MFMJT(network).state_dict().items() if k.endswith(".w1.weight")}
     assert widths == {128}
+    wide = resolve_network(dataclasses.replace(cfg, preset="tiny"), shards)
+    assert (wide.hidden_dim, wide.depth, wide.fused_depth, wide.mlp_multiple_of) == (64, 2, 1, 256)
+    assert (wide.latent_dim, wide.clip_dim, wide.text_seq_len) == (20, 64, 8)  # widths from the shards
     wider = dataclasses.replace(cfg, architecture={"mlp_multiple_of": 256})
     assert resolve_network(wider, shards).mlp_multiple_of == 256
 

@@ -67,9 +67,9 @@ def register(app: typer.Typer) -> None:
         preset: str | None = typer.Option(
             None,
             "--preset",
-            help="Network preset for a from-scratch run (default: the shards' model). On demo-stack shards, "
-            "demo_narrow trains a narrower network much faster on CPU cores, with a lower one-step "
-            "sound-class accuracy than the bundled one.",
+            help="Network preset for a from-scratch run (default: the shards' model). On demo-stack shards "
+            "the default is the bundled model's narrow network (demo_narrow); tiny trains the wider one "
+            "bundled before it, slower on CPU cores.",
         ),
         objective: Objective = typer.Option(
             Objective.meanflow, "--objective", help="MeanFlow (one-step sampling) or plain flow matching."

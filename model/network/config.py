@@ -202,14 +202,12 @@ NETWORK_PRESETS: dict[str, NetworkConfig] = {
     ),
 }
 
-# The demo stack's feature widths (model/demo's encoders and codec) and prompt length: the demo
-# bundle's overrides of the "tiny" preset, and the narrow preset below.
+# The demo stack's feature widths (model/demo's encoders and codec) and prompt length.
 DEMO_STACK_WIDTHS = {"latent_dim": 20, "clip_dim": 64, "sync_dim": 64, "text_dim": 64, "text_seq_len": 8}
-# A narrower network for the demo stack: one joint block, 32 wide, gated MLPs 4x its width. A
-# training step of the bundled model's network on two CPU cores is bound by passes over
-# activations (tokens x width); this one trains much faster and learns foley-synth's sync, at a
-# lower one-step sound-class accuracy (docs/benchmarks.md, "`dub train` samples/s").
-# `dub train --preset demo_narrow`.
+# The demo bundle's network: one joint block, 32 wide, gated MLPs 4x its width. A training step
+# on two CPU cores is bound by passes over activations (tokens x width), so a narrow network
+# trains fast enough there to take more steps; with them it learns foley-synth as well as the
+# "tiny" preset on the demo stack, which it replaced (docs/benchmarks.md, "`dub train` samples/s").
 NETWORK_PRESETS["demo_narrow"] = dataclasses.replace(
     NETWORK_PRESETS["tiny"],
     **DEMO_STACK_WIDTHS,

@@ -23,7 +23,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, NamedTuple
 
-from dub.model.network.config import DEMO_STACK_WIDTHS
 from dub.model.weights.registry import MissingWeightsError, WeightsRegistry, file_digests
 
 ASSETS_DIR = Path(__file__).resolve().parents[1] / "assets"
@@ -143,12 +142,11 @@ BUNDLES: dict[str, ModelBundle] = {
             "demo",
             "bundled demo model: hand-made video features + Griffin-Lim codec + a small MF-MJT "
             "network; no downloads, runs on CPU, toy quality",
-            "tiny",
+            "demo_narrow",
             "demo",
             "demo",
             {},
             DEMO_SAMPLER,
-            network_overrides=DEMO_STACK_WIDTHS,  # the demo stack's sizes on the "tiny" preset
             network_asset="default/mf_mjt_demo.safetensors",
         ),
         _mmaudio_bundle("small_16k", "16k", "MMAudio small, 16 kHz (multi-step baseline)"),
