@@ -179,6 +179,11 @@ def test_sync_attention_bench_runs_on_cpu(tmp_path: Path) -> None:
     # 1e-5); the embedding's one GEMM against Conv3d sums 1536 terms in another order (~sqrt(1536)
     # u ~ 2e-6 of the peak); the model rows fall back to the SDPA form here.
     assert all(row["median_ms"] > 0 and row["rel_err_vs_float32"] < 1e-6 for row in sdpa)
+    # the rate counts each byte of the minimal traffic once: qkv read (3 widths), output written (1)
+    for row in sdpa:
+        segments, tokens, width = row["shape"]
+        minimal = segments * tokens * (width + width // 3) * 4  # float32 on the CPU
+        assert row["gb_per_s"] * row["median_ms"] * 1e6 == pytest.approx(minimal, rel=1e-12)
     kernels = [row for row in rows if "attention" in row and row["form"].startswith("Triton")]
     assert len(kernels) == 2 * (len(bench.CONFIGS) + 1)
     assert all("error" in row or row["rel_err_vs_float32"] < 1e-5 for row in kernels)
