@@ -52,6 +52,15 @@ PARTS = (
     Part("encoders", "encoders", 75),
     Part("train-step", "train_step", 60, train_batch=True),
     Part("train-step-compiled", "train_step", 240, {"compiled_only": True}, train_batch=True),
+    # MeanFlow over flow matching with the same optimisations on both sides, alternating rounds
+    Part("train-step-like-for-like", "train_step", 60, {"like_for_like": True}, train_batch=True),
+    Part(
+        "train-step-like-for-like-compiled",
+        "train_step",
+        240,
+        {"like_for_like": True, "compile": True},
+        train_batch=True,
+    ),
     Part("generate-compiled", "generate", 150, {"compiled_only": True, "compile_batches": [1]}),
     Part("encoders-compiled", "encoders", 90, {"compiled_only": True}),
     Part("e2e-compiled", "e2e", 150, {"compiled_only": True}),

@@ -22,4 +22,4 @@ timeout --kill-after=5 70 python3 scripts/clip_kernels_bench.py --budget-s 55 --
 left=$(( ${GPU_CHECKS_S:-585} - SECONDS ))
 echo "gpu_checks: ${SECONDS} s used by steps 1-2, ${left} s left for gpu_bench"
 GPU_BENCH_BUDGET_S="${GPU_BENCH_BUDGET_S:-$(( left - 15 ))}" GPU_BENCH_TIMEOUT_S="${GPU_BENCH_TIMEOUT_S:-$left}" \
-    bash scripts/gpu_bench.sh --parts "${GPU_BENCH_PARTS:-generate,train-step,e2e-fp8,media,correctness,e2e-fp8-all,e2e-compiled}" "$@"
+    bash scripts/gpu_bench.sh --parts "${GPU_BENCH_PARTS:-generate,train-step-like-for-like,e2e-fp8,media,correctness,train-step-like-for-like-compiled,e2e-fp8-all,e2e-compiled}" "$@"

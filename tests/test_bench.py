@@ -132,6 +132,42 @@ def test_train_step_bench_times_the_bundled_network_as_dub_train_runs_it_on_a_cp
         assert "MF-MJT demo," in r["note"], r
 
 
+def test_compare_reports_each_feature_vectors_cosine_with_the_eager_one():
+    """The FP8 rows' deviation: besides the max error, the cosine of every feature vector (last
+    axis) with the eager one. Row 0 turned by 45 degrees (cos = 1/sqrt 2), row 1 scaled (cos 1)."""
+    from dub.workflows.bench.generate import compare
+
+    eager = torch.tensor([[[1.0, 0.0], [0.0, 1.0]]])
+    check = compare("fp8 features", torch.tensor([[[1.0, 1.0], [0.0, 3.0]]]), eager, tol=0.1)
+    assert check["cosine_min"] == pytest.approx(2**-0.5, rel=1e-6)
+    assert check["cosine_mean"] == pytest.approx((2**-0.5 + 1) / 2, rel=1e-6)
+    assert compare("same", eager, eager, tol=0.0)["cosine_min"] == pytest.approx(1.0, rel=1e-6)
+
+
+def test_like_for_like_train_step_alternates_both_objectives_and_reports_the_ratio_with_its_spread():
+    """`dub bench train-step --like-for-like`: flow matching and MeanFlow (exactly 25 % through
+    the JVP) with the same optimisations, in alternating rounds; the JSON carries every round's
+    time, and the MeanFlow row the median of the per-round ratios with their range."""
+    result = CliRunner().invoke(
+        app,
+        ["bench", "train-step", "--device", "cpu", "--preset", "demo", "-b", "4", "--duration", "2"]
+        + ["--repeats", "3", "--like-for-like", "--json"],
+    )
+    assert result.exit_code == 0, result.output
+    fm, mf = json.loads(result.stdout)["rows"]
+    assert fm["stage"].startswith("flow matching, eager, like for like")
+    assert mf["stage"].startswith("meanflow (exact 25%), eager, like for like")
+    for row in (fm, mf):
+        assert row["like_for_like"] is True and row["optimisations"] == "eager" and row["rounds"] == 3
+        assert len(row["round_ms"]) == 3 and all(t > 0 for t in row["round_ms"])
+        assert row["median_ms"] == pytest.approx(float(np.median(row["round_ms"])), rel=1e-3)  # rounded to us
+    ratios = [m / f for m, f in zip(mf["round_ms"], fm["round_ms"])]
+    # round_ms is rounded to 1 us of times of several ms: ratios agree to about 1e-3
+    assert mf["meanflow_over_flow_matching"] == pytest.approx(float(np.median(ratios)), rel=1e-3)
+    assert mf["ratio_min"] <= mf["meanflow_over_flow_matching"] <= mf["ratio_max"]
+    assert "meanflow_over_flow_matching" not in fm
+
+
 @pytest.mark.parametrize("negatives", [["", ""], ["rain and wind", ""]])
 def test_fast_path_matches_eager_generator(negatives):
     torch.manual_seed(0)

@@ -34,6 +34,12 @@ def register(app: typer.Typer) -> None:
             help="train-step: bf16 autocast (default on CUDA only); --bf16 on a CPU times what `dub train --bf16` runs.",
             show_default=False,
         ),
+        like_for_like: bool = typer.Option(
+            False,
+            "--like-for-like",
+            help="train-step: only flow matching against MeanFlow with the same optimisations on both sides "
+            "(eager; with --compile also both compiled), alternating rounds, the ratio with its spread.",
+        ),
         fp8: bool = typer.Option(
             False,
             "--fp8",
@@ -57,7 +63,7 @@ def register(app: typer.Typer) -> None:
             batch_size=batch_size,
             repeats=repeats,
             duration_s=duration,
-            extra={"compile": compile, "fp8": fp8, "bf16": bf16},
+            extra={"compile": compile, "fp8": fp8, "bf16": bf16, "like_for_like": like_for_like},
         )
         rows = []
         skipped = []

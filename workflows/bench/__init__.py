@@ -37,6 +37,8 @@ class BenchRow:
     audio_s: float | None = None  # seconds of audio (or video) one call covers, for the real-time factor
     peak_mem_mb: float | None = None
     note: str = ""
+    # measured figures a sub-benchmark adds to its JSON row beside the standard ones
+    extra: dict = field(default_factory=dict)
 
     @property
     def rtf(self) -> float | None:
@@ -53,6 +55,7 @@ class BenchRow:
 
     def as_dict(self) -> dict:
         out = asdict(self)
+        out.update(out.pop("extra"))
         out["rtf"] = self.rtf
         out["clips_per_s"] = self.clips_per_s
         return out

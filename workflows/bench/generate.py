@@ -157,10 +157,13 @@ class StageRunner:
         if self.on_check is not None:
             self.on_check(check)
         verdict = "within" if check["pass"] else "OUTSIDE"
+        cosine = (
+            f"; cosine min {check['cosine_min']:.5f}, mean {check['cosine_mean']:.5f}" if "cosine_min" in check else ""
+        )
         if exact is None:
             return (
                 f"max|fast - eager| = {check['max_abs_err']:.2e} ({check['rel_err']:.1e} of max|eager|, "
-                f"{verdict} {tol:g})"
+                f"{verdict} {tol:g}){cosine}"
             )
         return (
             f"max|fast - eager| = {check['max_abs_err']:.2e}; from float32: fast {check['fast_vs_float32']:.2e},"
@@ -283,6 +286,7 @@ def compare(name: str, fast, eager, tol: float, exact=None) -> dict:
         "rel_err": rel,
         "tol": tol,
         "pass": bool(finite and rel <= tol),
+        **_cosines(fast, eager),
     }
     if exact is not None:
         fast_err = (fast.float() - exact.float()).abs().max().item()
@@ -291,6 +295,20 @@ def compare(name: str, fast, eager, tol: float, exact=None) -> dict:
         within = math.isfinite(fast_err) and fast_err <= BF16_SLACK * eager_err + 1e-6 * scale
         check["pass"] = bool(check["pass"] or within)
     return check
+
+
+def _cosines(fast, eager) -> dict:
+    """Cosine similarity of each feature vector (the last axis) with its eager counterpart, the
+    least and the mean: how a downstream network sees an approximation such as FP8, where a max
+    error alone says little about direction."""
+    import torch.nn.functional as F
+
+    if fast.dim() == 0 or fast.shape != eager.shape:
+        return {}
+    cos = F.cosine_similarity(
+        fast.float().reshape(-1, fast.shape[-1]), eager.float().reshape(-1, eager.shape[-1]), dim=-1
+    )
+    return {"cosine_min": cos.min().item(), "cosine_mean": cos.mean().item()}
 
 
 # -- model builders --------------------------------------------------------------------------

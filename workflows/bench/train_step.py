@@ -13,10 +13,19 @@ variants: MeanFlow with a fixed JVP sub-batch (exact 25 %) and the JVP through t
 (CUDA graphs on a GPU), then flow matching and that MeanFlow with the network compiled too, so
 the ratio is read against the matching baseline. `compiled_only` skips the eager cases.
 Compilation happens in the warm-up calls and is not timed.
+
+With `extra={"like_for_like": True}` (`dub bench train-step --like-for-like`) it times instead
+the one ratio that compares like with like: flow matching against MeanFlow (exactly 25 % of each
+batch through the JVP) with the same optimisations on both sides, eager and, with `--compile`,
+both compiled (the network and the JVP in one torch.compile mode: reduce-overhead, i.e. CUDA
+graphs, on a GPU). The two steps alternate in rounds, the order flipped every round, so drift
+in the machine's speed falls on both; each row's JSON carries the per-round times and the
+MeanFlow row the ratio with its spread over the rounds.
 """
 
 from __future__ import annotations
 
+import statistics
 from dataclasses import replace
 
 from dub.workflows.bench import BenchOptions, BenchRow, device_name, resolve_device, time_call
@@ -39,6 +48,8 @@ def run(opts: BenchOptions) -> list[BenchRow]:
     dtype = torch.bfloat16 if bf16 else torch.float32
     default = MeanFlowConfig()
     exact = replace(default, exact_ratio=True)
+    if opts.extra.get("like_for_like"):
+        return _like_for_like(opts, device, model, x, cond, empty, optimizer, dtype, what)
     cases = []  # (stage, objective, cfg, model, tangent, baseline group)
     if not opts.extra.get("compiled_only"):
         cases += [
@@ -86,16 +97,7 @@ def run(opts: BenchOptions) -> list[BenchRow]:
     rows: list[BenchRow] = []
     baselines: dict[str, float] = {}
     for stage, objective, cfg, net, tangent, group in cases:
-        generator = torch.Generator(device).manual_seed(0)
-        kwargs = {} if tangent is None else {"tangent": tangent}
-
-        def step(objective=objective, cfg=cfg, net=net, kwargs=kwargs, generator=generator) -> None:
-            with torch.autocast(device.split(":")[0], dtype=torch.bfloat16, enabled=bf16):
-                loss, _ = objective(net, x, cond=cond, empty=empty, cfg=cfg, generator=generator, **kwargs)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-
+        step = _step(objective, cfg, net, tangent, x, cond, empty, optimizer, device, dtype)
         warmup = max(1, opts.warmup) + (2 if group == "compiled" or tangent not in (None, eager_tangent) else 0)
         median_ms, peak_mb = time_call(step, repeats=opts.repeats, warmup=warmup, device=device)
         ratio = ""
@@ -115,6 +117,86 @@ def run(opts: BenchOptions) -> list[BenchRow]:
                 note=f"{ratio}{what}; {device_name(device)}",
             )
         )
+    return rows
+
+
+def _step(objective, cfg, net, tangent, x, cond, empty, optimizer, device: str, dtype):
+    """One training step (loss, backward, AdamW) as a callable, its noise from its own generator."""
+    import torch
+
+    generator = torch.Generator(device).manual_seed(0)
+    kwargs = {} if tangent is None else {"tangent": tangent}
+
+    def step() -> None:
+        with torch.autocast(device.split(":")[0], dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
+            loss, _ = objective(net, x, cond=cond, empty=empty, cfg=cfg, generator=generator, **kwargs)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    return step
+
+
+# timed steps per round and side: a round's median of a few steps smooths single hiccups while
+# rounds stay short enough to alternate often
+_STEPS_PER_ROUND = 3
+
+
+def _like_for_like(opts: BenchOptions, device: str, model, x, cond, empty, optimizer, dtype, what: str):
+    import torch
+
+    from dub.model.flow.jvp import eager_tangent, make_tangent
+    from dub.model.flow.meanflow import MeanFlowConfig, flow_matching_loss, meanflow_loss
+
+    exact = MeanFlowConfig(exact_ratio=True)
+    levels = ["eager"] + (["compiled"] if opts.extra.get("compile") else [])
+    rounds = max(3, opts.repeats)
+    rows: list[BenchRow] = []
+    for level in levels:
+        if level == "eager":
+            net, tangent = model, eager_tangent
+        else:  # the network in the JVP's own mode, so neither side has an optimisation the other lacks
+            net = torch.compile(model, mode="reduce-overhead" if device.startswith("cuda") else None)
+            tangent = make_tangent("compiled", device)
+        sides = {
+            "flow matching": _step(flow_matching_loss, exact, net, None, x, cond, empty, optimizer, device, dtype),
+            "meanflow (exact 25%)": _step(meanflow_loss, exact, net, tangent, x, cond, empty, optimizer, device, dtype),
+        }
+        for _ in range(max(1, opts.warmup) + (2 if level == "compiled" else 0)):  # builds happen here
+            for step in sides.values():
+                step()
+        times: dict[str, list[float]] = {name: [] for name in sides}
+        peaks: list[float] = []
+        for r in range(rounds):
+            for name in list(sides)[:: 1 if r % 2 == 0 else -1]:
+                ms, peak = time_call(sides[name], repeats=_STEPS_PER_ROUND, warmup=0, device=device)
+                times[name].append(ms)
+                peaks += [] if peak is None else [peak]
+        fm_ms, mf_ms = times.values()
+        ratios = [mf / fm for mf, fm in zip(mf_ms, fm_ms)]
+        ratio = statistics.median(ratios)
+        common = {"like_for_like": True, "optimisations": level, "rounds": rounds, "steps_per_round": _STEPS_PER_ROUND}
+        for name, ms in times.items():
+            meanflow = name.startswith("meanflow")
+            extra = {**common, "round_ms": [round(t, 3) for t in ms]}
+            if meanflow:
+                extra.update(meanflow_over_flow_matching=ratio, ratio_min=min(ratios), ratio_max=max(ratios))
+            spread = (
+                f"{ratio:.2f}x [{min(ratios):.2f}, {max(ratios):.2f}] flow matching over {rounds} alternating rounds; "
+            )
+            rows.append(
+                BenchRow(
+                    bench="train-step",
+                    stage=f"{name}, {level}, like for like, AdamW step",
+                    median_ms=statistics.median(ms),
+                    batch_size=x.shape[0],
+                    dtype=str(dtype).removeprefix("torch."),
+                    device=device,
+                    peak_mem_mb=max(peaks) if peaks else None,
+                    note=f"{spread if meanflow else ''}{what}; {device_name(device)}",
+                    extra=extra,
+                )
+            )
     return rows
 
 
