@@ -580,6 +580,25 @@ def test_cli_bad_sampler_flags_are_usage_errors_before_any_video_runs(flags, mes
     assert not (tmp_path / "out").exists()
 
 
+def test_sampling_flags_left_out_take_the_model_bundles_defaults():
+    """`dub generate --model mmaudio-small-16k` with no sampling flags samples as MMAudio's
+    figures were made (25 Euler steps, cfg 4.5), not with one MeanFlow step, which its
+    flow-matching network was never trained for; the demo model keeps its one step; a flag given
+    wins over the bundle."""
+    from dub.commands.choices import Sampler
+    from dub.commands.generate import sampler_config
+    from dub.model.runtime.bundles import BUNDLES
+
+    mmaudio = sampler_config("mmaudio-small-16k", None, None, None, None, None, None)
+    assert (mmaudio.sampler, mmaudio.steps, mmaudio.cfg) == ("euler", 25, 4.5)
+    assert mmaudio == sampler_config("mmaudio-small-16k", None, Sampler.euler, 25, 4.5, None, None)
+    demo = sampler_config("demo", None, None, None, None, None, None)
+    expected = BUNDLES["demo"].sampler
+    assert (demo.sampler, demo.steps, demo.cfg, demo.phi) == ("meanflow", 1, expected.cfg, expected.phi)
+    chosen = sampler_config("mmaudio-small-16k", None, Sampler.meanflow, 2, 1.0, None, None)
+    assert (chosen.sampler, chosen.steps, chosen.cfg) == ("meanflow", 2, 1.0)
+
+
 def test_replica_counts_the_cluster_cannot_hold_are_refused_not_waited_for():
     """Ray waits forever for an actor it has no GPU or CPU for (seen: --replicas 2 and 3 hung on
     the 2-CPU dev box until killed), so the count is checked against the cluster first."""

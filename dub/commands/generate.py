@@ -41,12 +41,18 @@ def register(app: typer.Typer) -> None:
         checkpoint: Path | None = typer.Option(
             None, "--checkpoint", help="An MF-MJT checkpoint (.safetensors) from `dub train`.", callback=local_path
         ),
-        sampler: Sampler = typer.Option(
-            Sampler.meanflow,
-            help="meanflow (1..k steps) or euler (the flow-matching baseline).",
+        sampler: Sampler | None = typer.Option(
+            None,
+            help="meanflow (1..k steps) or euler (the flow-matching baseline). Default: the model bundle's "
+            "(MeanFlow for the demo model and MF-MJT weights, Euler for MMAudio's flow-matching networks).",
             rich_help_panel="Sampling",
+            show_default=False,
         ),
-        steps: int = typer.Option(1, help="Sampler steps: 1 for one-step MeanFlow; 25 for the Euler baseline."),
+        steps: int | None = typer.Option(
+            None,
+            help="Sampler steps: 1 for one-step MeanFlow; 25 for the Euler baseline. Default: the model bundle's.",
+            show_default=False,
+        ),
         cfg: float | None = typer.Option(
             None,
             "--cfg",
@@ -173,7 +179,6 @@ def register(app: typer.Typer) -> None:
         """Generate a synchronized soundtrack for every pending clip; resumable and idempotent."""
         from rich.console import Console
 
-        from dub.model.runtime.generator import SamplerConfig
         from dub.storage.lock import OutputInUse
         from dub.workflows.generate.config import GenerateConfig
         from dub.workflows.generate.run import GenerateError, run_generate
@@ -188,19 +193,13 @@ def register(app: typer.Typer) -> None:
                     param_hint="--manifest",
                 )
         try:
-            defaults = _default_sampler(model, checkpoint)
-            cfg = defaults.cfg if cfg is None else cfg
-            rescale_mode = defaults.rescale if rescale_mode is None else rescale_mode.value
-            cfg_rescale = defaults.phi if cfg_rescale is None else cfg_rescale
             config = GenerateConfig(
                 out_dir=str(out),
                 manifest=str(manifest) if prompts is None else None,
                 prompts_file=str(prompts) if prompts else None,
                 model=model,
                 checkpoint=str(checkpoint) if checkpoint else None,
-                sampler=SamplerConfig(
-                    sampler=sampler.value, steps=steps, cfg=cfg, rescale=rescale_mode, phi=cfg_rescale
-                ),
+                sampler=sampler_config(model, checkpoint, sampler, steps, cfg, rescale_mode, cfg_rescale),
                 seed=seed,
                 prompt=prompt,
                 negative_prompt=negative_prompt,
@@ -371,6 +370,29 @@ def _print_summary(summary, console) -> None:
     for reason, count in sorted(summary.errors.items()):
         table.add_row(f"  failed: {reason}", str(count))
     console.print(table)
+
+
+def sampler_config(
+    model: str,
+    checkpoint: Path | None,
+    sampler: Sampler | None,
+    steps: int | None,
+    cfg: float | None,
+    rescale_mode: RescaleMode | None,
+    cfg_rescale: float | None,
+):
+    """The sampling flags, each left out taking the model bundle's default: MMAudio's networks were
+    trained for 25 Euler steps, and a single step from them is far from what they were made for."""
+    from dub.model.runtime.generator import SamplerConfig
+
+    defaults = _default_sampler(model, checkpoint)
+    return SamplerConfig(
+        sampler=defaults.sampler if sampler is None else sampler.value,
+        steps=defaults.steps if steps is None else steps,
+        cfg=defaults.cfg if cfg is None else cfg,
+        rescale=defaults.rescale if rescale_mode is None else rescale_mode.value,
+        phi=defaults.phi if cfg_rescale is None else cfg_rescale,
+    )
 
 
 def _default_sampler(model: str, checkpoint: Path | None):
