@@ -4,23 +4,15 @@ their error, and the numbers it writes are finite and plausible."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 from pathlib import Path
 
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "clip_kernels_bench.py"
-
-
-def _load():
-    spec = importlib.util.spec_from_file_location("clip_kernels_bench", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from tests.script_helpers import load_script
 
 
 def test_tiny_cpu_run_writes_every_row(tmp_path: Path) -> None:
-    bench = _load()
+    bench = load_script("clip_kernels_bench")
     returned = bench.main(
         ["--device", "cpu", "--tiny", "--frames", "1", "--repeats", "1", "--warmup", "0", "--out", str(tmp_path)]
     )

@@ -5,19 +5,16 @@ summary."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 import pyarrow.parquet as pq
 
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "generate_e2e.py"
+from tests.script_helpers import load_script
 
 
 def test_generate_e2e_records_the_real_commands_throughput(tmp_path: Path) -> None:
-    spec = importlib.util.spec_from_file_location("generate_e2e", SCRIPT)
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
+    script = load_script("generate_e2e")
     out = tmp_path / "e2e"
     args = ["--out", str(out), "--model", "demo", "--clips", "2", "--seconds", "2", "--size", "64x64"]
     assert script.main([*args, "--batch-size", "2"]) == 0

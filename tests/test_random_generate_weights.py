@@ -4,7 +4,6 @@ downloads): every role lands at the registry's stored path, passes the registry 
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -14,17 +13,10 @@ from safetensors.torch import load_file
 
 from dub.model.runtime.bundles import BUNDLES, build_codec, load_bundle, network_config, weight_paths
 from dub.model.weights.registry import MissingWeightsError, WeightsRegistry, safetensors_metadata
+from tests.script_helpers import load_script
 
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "random_generate_weights.py"
 # Every role but CLIP (~1e9 parameters, 2 GB even in bf16): ~1.1 GB on disk, ~10 s on 2 cores.
 SMALL_ROLES = ("network", "clip_config", "synchformer", "vae", "vocoder")
-
-
-def _load():
-    spec = importlib.util.spec_from_file_location("random_generate_weights", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_roles_land_where_the_registry_looks_and_load_at_full_size(tmp_path: Path) -> None:
@@ -32,7 +24,7 @@ def test_roles_land_where_the_registry_looks_and_load_at_full_size(tmp_path: Pat
     `dub generate` runs (the files carry no publisher checksum: the script marks them), and reads
     back through the role's own loader with the values written; the one role not asked for (CLIP)
     is the only one `weight_paths` reports missing."""
-    script = _load()
+    script = load_script("random_generate_weights")
     assert script.main([str(tmp_path), "--roles", ",".join(SMALL_ROLES)]) == 0
     bundle, registry = BUNDLES["mmaudio-small-16k"], WeightsRegistry(tmp_path)
     for role in SMALL_ROLES:
@@ -77,7 +69,8 @@ def test_44k_bundle_writes_the_optional_vocoder_config_the_loader_reads(tmp_path
     publisher's field names, and the registry and BigVGAN's config reader take it."""
     from dub.model.codec.bigvgan import BigVGANConfig
 
-    assert _load().main([str(tmp_path), "--model", "mmaudio-small-44k", "--roles", "vocoder_config"]) == 0
+    script = load_script("random_generate_weights")
+    assert script.main([str(tmp_path), "--model", "mmaudio-small-44k", "--roles", "vocoder_config"]) == 0
     registry = WeightsRegistry(tmp_path)
     found = registry.locate(*BUNDLES["mmaudio-small-44k"].weights["vocoder_config"])
     assert found is not None
@@ -87,7 +80,7 @@ def test_44k_bundle_writes_the_optional_vocoder_config_the_loader_reads(tmp_path
 def test_refuses_the_demo_bundle_and_unknown_roles(tmp_path: Path) -> None:
     """Mistakes stop before anything is written: the demo ships its own weights, and a role the
     bundle does not have is named."""
-    script = _load()
+    script = load_script("random_generate_weights")
     with pytest.raises(SystemExit) as demo:
         script.main([str(tmp_path), "--model", "demo"])
     assert demo.value.code == 2
@@ -101,7 +94,7 @@ def test_refuses_the_demo_bundle_and_unknown_roles(tmp_path: Path) -> None:
 def test_full_bundle_loads_end_to_end(tmp_path: Path) -> None:
     """With every role written, `load_bundle` (verification on, as `dub generate` loads it) builds
     the whole mmaudio-small-16k stack and its widths agree."""
-    assert _load().main([str(tmp_path)]) == 0
+    assert load_script("random_generate_weights").main([str(tmp_path)]) == 0
     loaded = load_bundle("mmaudio-small-16k", WeightsRegistry(tmp_path), "cpu")
     assert loaded.encoders.clip_dim == 1024 and loaded.encoders.sync_dim == 768
     assert loaded.codec.latent_dim == loaded.network.config.latent_dim == 20

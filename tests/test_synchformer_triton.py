@@ -161,14 +161,11 @@ if __name__ == "__main__":
 def test_sync_attention_bench_runs_on_cpu(tmp_path: Path) -> None:
     """scripts/sync_attention_bench.py (the GPU comparison of the two forms) at tiny sizes on CPU:
     SDPA rows timed and exact against float32; kernel rows are rows (errors without a GPU)."""
-    import importlib.util
     import json
 
-    spec = importlib.util.spec_from_file_location(
-        "sync_attention_bench", PROJECT_ROOT / "scripts" / "sync_attention_bench.py"
-    )
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    from tests.script_helpers import load_script
+
+    bench = load_script("sync_attention_bench")
     bench.main(["--device", "cpu", "--out", str(tmp_path)])
     rows = json.loads((tmp_path / "sync_attention.json").read_text())["rows"]
     sdpa = [row for row in rows if row["form"] == "SDPA form"]
