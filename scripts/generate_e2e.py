@@ -65,20 +65,14 @@ def write_clips(folder: Path, n: int, seconds: float, size: tuple[int, int]) -> 
             )
 
 
-def device_name() -> str:
-    import torch
-
-    if torch.cuda.is_available():
-        return torch.cuda.get_device_name(0)
-    return f"cpu ({os.cpu_count()} cores)"
-
-
 def commit() -> str | None:
     found = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
     return found.stdout.strip() or None
 
 
 def main(argv: list[str] | None = None) -> int:
+    from dub.workflows.bench import device_name, resolve_device
+
     args = parse_args(argv)
     out = args.out.resolve()
     clips, manifest, run_dir = out / "clips", out / "manifest.parquet", out / "run"
@@ -115,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
     summary = json.loads((run_dir / "summary.json").read_text())
     record = {
         "command": shlex.join(command),
-        "device": device_name(),
+        "device": device_name(resolve_device("auto")),  # where dub generate puts its replicas
         "clips_per_s": summary["clips_per_s"],
         "wall_s": summary["wall_s"],
         "process_wall_s": outer_s,  # with Python start-up and Ray's, which the summary leaves out

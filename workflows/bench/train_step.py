@@ -49,7 +49,7 @@ def run(opts: BenchOptions) -> list[BenchRow]:
     default = MeanFlowConfig()
     exact = replace(default, exact_ratio=True)
     if opts.extra.get("like_for_like"):
-        return _like_for_like(opts, device, model, x, cond, empty, optimizer, dtype, what)
+        return _like_for_like(opts, device, model, x, cond, empty, optimizer, dtype, exact, what)
     cases = []  # (stage, objective, cfg, model, tangent, baseline group)
     if not opts.extra.get("compiled_only"):
         cases += [
@@ -142,13 +142,12 @@ def _step(objective, cfg, net, tangent, x, cond, empty, optimizer, device: str, 
 _STEPS_PER_ROUND = 3
 
 
-def _like_for_like(opts: BenchOptions, device: str, model, x, cond, empty, optimizer, dtype, what: str):
+def _like_for_like(opts: BenchOptions, device: str, model, x, cond, empty, optimizer, dtype, exact, what: str):
     import torch
 
     from dub.model.flow.jvp import eager_tangent, make_tangent
-    from dub.model.flow.meanflow import MeanFlowConfig, flow_matching_loss, meanflow_loss
+    from dub.model.flow.meanflow import flow_matching_loss, meanflow_loss
 
-    exact = MeanFlowConfig(exact_ratio=True)
     levels = ["eager"] + (["compiled"] if opts.extra.get("compile") else [])
     rounds = max(3, opts.repeats)
     rows: list[BenchRow] = []
@@ -166,24 +165,22 @@ def _like_for_like(opts: BenchOptions, device: str, model, x, cond, empty, optim
             for step in sides.values():
                 step()
         times: dict[str, list[float]] = {name: [] for name in sides}
-        peaks: list[float] = []
+        peaks: dict[str, list[float]] = {name: [] for name in sides}  # CUDA only: None on a CPU
         for r in range(rounds):
             for name in list(sides)[:: 1 if r % 2 == 0 else -1]:
                 ms, peak = time_call(sides[name], repeats=_STEPS_PER_ROUND, warmup=0, device=device)
                 times[name].append(ms)
-                peaks += [] if peak is None else [peak]
+                peaks[name] += [] if peak is None else [peak]
         fm_ms, mf_ms = times.values()
         ratios = [mf / fm for mf, fm in zip(mf_ms, fm_ms)]
         ratio = statistics.median(ratios)
         common = {"like_for_like": True, "optimisations": level, "rounds": rounds, "steps_per_round": _STEPS_PER_ROUND}
+        spread = f"{ratio:.2f}x [{min(ratios):.2f}, {max(ratios):.2f}] flow matching over {rounds} alternating rounds; "
         for name, ms in times.items():
             meanflow = name.startswith("meanflow")
             extra = {**common, "round_ms": [round(t, 3) for t in ms]}
             if meanflow:
                 extra.update(meanflow_over_flow_matching=ratio, ratio_min=min(ratios), ratio_max=max(ratios))
-            spread = (
-                f"{ratio:.2f}x [{min(ratios):.2f}, {max(ratios):.2f}] flow matching over {rounds} alternating rounds; "
-            )
             rows.append(
                 BenchRow(
                     bench="train-step",
@@ -192,7 +189,7 @@ def _like_for_like(opts: BenchOptions, device: str, model, x, cond, empty, optim
                     batch_size=x.shape[0],
                     dtype=str(dtype).removeprefix("torch."),
                     device=device,
-                    peak_mem_mb=max(peaks) if peaks else None,
+                    peak_mem_mb=max(peaks[name], default=None),
                     note=f"{spread if meanflow else ''}{what}; {device_name(device)}",
                     extra=extra,
                 )
