@@ -740,6 +740,14 @@ def _read_cache(path: Path) -> _Cached | None:
     return _Cached(data.get("status", UNCHECKED), data.get("detail", ""), data.get("sha256", ""))
 
 
+def mark_unverifiable(path: str | Path, detail: str) -> None:
+    """Record in the verification cache that a file present under a registry name can have no
+    publisher checksum (say, random weights written for timing), so loading it is not refused as
+    a mismatch; `dub weights verify` re-hashes it and reports what it really is."""
+    path = Path(path)
+    _write_cache(path, UNVERIFIABLE, detail, sha256=file_digests(path).sha256)
+
+
 def _write_cache(path: Path, status: str, detail: str, sha256: str = "") -> None:
     try:
         stat = path.stat()
