@@ -74,23 +74,21 @@ def _synchformer(bundle, dtype):
     return _state(Synchformer(SynchformerConfig.released()), dtype), {}  # keys are vfeat_extractor.*
 
 
-def _codec_kind(bundle) -> str:
-    return "16k" if bundle.codec == "mmaudio-16k" else "44k"
+def _codec_configs(bundle):
+    """(mel, VAE, vocoder) configurations of the bundle's MMAudio codec ("mmaudio-16k" / "-44k")."""
+    from dub.model.codec.mmaudio import released_configs
+
+    return released_configs(bundle.codec.removeprefix("mmaudio-"))
 
 
 def _vae(bundle, dtype):
-    from dub.model.codec.vae import VAE, VAEConfig
+    from dub.model.codec.vae import VAE
 
-    config = VAEConfig.mmaudio_16k() if _codec_kind(bundle) == "16k" else VAEConfig.mmaudio_44k()
-    return _state(VAE(config), dtype), {}
+    return _state(VAE(_codec_configs(bundle)[1]), dtype), {}
 
 
 def _vocoder_config(bundle):
-    from dub.model.codec.bigvgan import BigVGANConfig
-
-    if _codec_kind(bundle) == "16k":
-        return BigVGANConfig.mmaudio_16k()
-    return BigVGANConfig.bigvgan_v2_44k_128band_512x()
+    return _codec_configs(bundle)[2]
 
 
 def _vocoder(bundle, dtype):

@@ -92,8 +92,18 @@ def _vocoder_source(
         if config is None and (folder / "config.json").is_file():
             config = folder / "config.json"
     if config is None:
-        config = BigVGANConfig.mmaudio_16k() if kind == "16k" else BigVGANConfig.bigvgan_v2_44k_128band_512x()
+        config = released_configs(kind)[2]
     return weights, config
+
+
+def released_configs(kind: str) -> tuple[MelConfig, VAEConfig, BigVGANConfig]:
+    """The mel, VAE and vocoder configurations MMAudio's released codec weights were made with,
+    at 16 kHz or 44.1 kHz."""
+    if kind == "16k":
+        return MelConfig.mmaudio_16k(), VAEConfig.mmaudio_16k(), BigVGANConfig.mmaudio_16k()
+    if kind == "44k":
+        return MelConfig.mmaudio_44k(), VAEConfig.mmaudio_44k(), BigVGANConfig.bigvgan_v2_44k_128band_512x()
+    raise ValueError(f"kind must be '16k' or '44k', got {kind!r}")
 
 
 def build_mmaudio_codec(
@@ -104,12 +114,7 @@ def build_mmaudio_codec(
 ) -> MMAudioCodec:
     """MMAudio's codec from local files: `v1-16.pth` + `best_netG.pt` (16k), or `v1-44.pth` +
     BigVGAN-v2 44 kHz (`bigvgan_generator.pt`, or its folder holding config.json too)."""
-    if kind == "16k":
-        mel_config, vae_config = MelConfig.mmaudio_16k(), VAEConfig.mmaudio_16k()
-    elif kind == "44k":
-        mel_config, vae_config = MelConfig.mmaudio_44k(), VAEConfig.mmaudio_44k()
-    else:
-        raise ValueError(f"kind must be '16k' or '44k', got {kind!r}")
+    mel_config, vae_config, _ = released_configs(kind)
     weights, config = _vocoder_source(vocoder_weights, vocoder_config, kind)
     return MMAudioCodec(
         MelConverter(mel_config), load_vae(vae_weights, vae_config), load_bigvgan(weights, config)
